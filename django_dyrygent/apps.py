@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class DyrygentConfig(AppConfig):
+    """Default configuration for the django_dyrygent app."""
+
+    name = "django_dyrygent"
+    label = "django_dyrygent"
+    verbose_name = _("Workflows")
+    # Pinned so a host project's DEFAULT_AUTO_FIELD never creates migrations here.
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from . import checks, handlers  # noqa: F401  (registers checks and receivers)
+
+        handlers.connect_worker_signals()

@@ -1,0 +1,75 @@
+"""Settings of django_dyrygent: flat ``DYRYGENT_*`` names, read lazily.
+
+Values are looked up on first use and cached; ``setting_changed`` clears the
+cache so ``override_settings`` and pytest-django's ``settings`` fixture work.
+"""
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+DEFAULTS = {
+    # Seconds between two safety-net ticks of a running workflow. Progress is
+    # event driven; the tick only reconciles what events missed.
+    "TICK_INTERVAL": 10.0,
+    # Seconds a workflow may run before the engine gives up (ERROR).
+    # Same default as celery-dyrygent's max processing time: 7 days.
+    "MAX_PROCESSING_TIME": 7 * 24 * 3600,
+    # Seconds a QUEUED node may wait for a worker to report it before the tick
+    # checks the result backend and, if the task is unknown, publishes it again.
+    "REQUEUE_AFTER": 60.0,
+    # Largest JSON-encoded task result stored in a node row, in bytes.
+    "MAX_RESULT_BYTES": 1024 * 1024,
+    # Most stale nodes one tick reconciles (keeps a tick's cost bounded).
+    "RECONCILE_BATCH": 500,
+    # Dotted path to the Celery app; None means celery.current_app.
+    "CELERY_APP": None,
+    # A running workflow whose scheduled tick is this many seconds overdue is
+    # picked up by the sweeper (``dyrygent_tick`` / ``django_dyrygent.sweep``).
+    "STALE_AFTER": 60.0,
+    # Whether every transition writes a WorkflowEvent row.
+    "EVENT_LOG": True,
+}
+
+TYPES = {
+    "TICK_INTERVAL": (int, float),
+    "MAX_PROCESSING_TIME": (int, float),
+    "REQUEUE_AFTER": (int, float),
+    "MAX_RESULT_BYTES": (int,),
+    "RECONCILE_BATCH": (int,),
+    "CELERY_APP": (str, type(None)),
+    "STALE_AFTER": (int, float),
+    "EVENT_LOG": (bool,),
+}
+
+PREFIX = "DYRYGENT_"
+
+
+class Settings:
+    """Lazy accessor: ``conf.settings.TICK_INTERVAL`` reads ``DYRYGENT_TICK_INTERVAL``."""
+
+    def __getattr__(self, name):
+        if name not in DEFAULTS:
+            raise AttributeError(f"Invalid django_dyrygent setting: {name!r}")
+        value = getattr(django_settings, PREFIX + name, DEFAULTS[name])
+        self.__dict__[name] = value
+        return value
+
+    def change_setting(self, setting, **kwargs):
+        if setting.startswith(PREFIX):
+            self.__dict__.pop(setting[len(PREFIX):], None)
+
+
+settings = Settings()
+setting_changed.connect(settings.change_setting)
+
+
+def get_celery_app():
+    """The Celery app that publishes nodes and ticks."""
+    path = settings.CELERY_APP
+    if path:
+        from django.utils.module_loading import import_string
+
+        return import_string(path)
+    from celery import current_app
+
+    return current_app._get_current_object()

@@ -1,0 +1,890 @@
+"""The engine: every decision about a workflow, made under its row lock.
+
+Plain functions, no Celery task definitions: ``tasks.py`` and the worker-side
+signal handlers in ``handlers.py`` are thin wrappers around them.
+
+Rules that hold everywhere in this module:
+
+* a decision (publish, fail, finish) is taken inside ``transaction.atomic()``
+  after ``lock_workflow()``; completion events wait for the lock, the
+  safety-net tick skips a locked workflow;
+* every state change goes through ``transition_nodes`` / ``transition_workflow``:
+  the state table is checked and the UPDATE is conditional on the old state;
+* nothing talks to the broker or sends a signal before the commit: both are
+  queued with ``transaction.on_commit``;
+* the number of queries of one step does not depend on the size of the
+  workflow, only on how many nodes the step itself changes.
+"""
+
+import json
+import logging
+import traceback as tb_module
+from collections import defaultdict
+from datetime import timedelta
+from functools import partial
+
+from celery.utils import uuid
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections, router, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import signals
+from .conf import get_celery_app, settings
+from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+from .states import (
+    NODE_ACTIVE,
+    NODE_FAILED,
+    NODE_FINAL,
+    NODE_OK,
+    NODE_TRANSITIONS,
+    WORKFLOW_FINAL,
+    WORKFLOW_TRANSITIONS,
+    NodeKind,
+    NodeState,
+    TriggerRule,
+    WorkflowState,
+)
+
+logger = logging.getLogger("django_dyrygent.engine")
+
+#: Message header naming the workflow a published task belongs to.
+HEADER = "dyrygent_workflow"
+
+CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
+# Fields loaded whenever the engine reasons about a node.
+NODE_FIELDS = (
+    "id", "workflow_id", "task_id", "task_name", "kind", "state", "trigger_rule",
+    "waiting", "failed_dependencies", "signature", "publish_count",
+)
+
+
+class TransitionNotAllowed(Exception):
+    """The state table forbids this change."""
+
+
+class ConcurrentTransition(Exception):
+    """The row was not in the state the engine read: someone wrote it without the lock."""
+
+
+# -- locking ---------------------------------------------------------------------------
+
+
+def _connection():
+    return connections[router.db_for_write(Workflow)]
+
+
+def lock_workflow(pk, skip_locked=False):
+    """Lock the workflow row for the current transaction and return it fresh.
+
+    Returns None when the row does not exist or, with ``skip_locked``, when
+    another transaction holds it. On SQLite (no row locks) the first statement
+    is an UPDATE of the row: it takes the database write lock up front, so the
+    busy timeout applies and the transaction never deadlocks on a lock upgrade.
+    """
+    conn = _connection()
+    if conn.vendor == "sqlite" or not conn.features.has_select_for_update:
+        if not Workflow.objects.filter(pk=pk).update(lock_version=F("lock_version") + 1):
+            return None
+        return Workflow.objects.filter(pk=pk).first()
+    qs = Workflow.objects.all()
+    if skip_locked and conn.features.has_select_for_update_skip_locked:
+        qs = qs.select_for_update(skip_locked=True)
+    else:
+        qs = qs.select_for_update()
+    return qs.filter(pk=pk).first()
+
+
+def _chunks(items, size=None):
+    if size is None:
+        limit = _connection().features.max_query_params
+        size = max(100, (limit or 20000) - 50)
+    items = list(items)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# -- one engine step -------------------------------------------------------------------
+
+
+class Step:
+    """What one locked transaction changes; flushed once, announced after commit."""
+
+    def __init__(self, workflow):
+        self.wf = workflow
+        self.now = timezone.now()
+        self.old_state = workflow.state
+        self.counters = defaultdict(int)
+        self.wf_fields = {}
+        self.events = []
+        self.node_changes = []
+        self.wf_changes = []
+        self.to_publish = []
+        self.to_revoke = []
+        self.results = {}  # node id -> result known in memory
+        self.finished = False
+
+    # state changes -------------------------------------------------------------------
+
+    def transition_nodes(self, nodes, target, reason="", **fields):
+        """Move ``nodes`` to ``target``: checked against the table, conditional UPDATE."""
+        if not nodes:
+            return
+        by_old = defaultdict(list)
+        for node in nodes:
+            if target not in NODE_TRANSITIONS[node.state]:
+                raise TransitionNotAllowed(
+                    f"Node {node.task_id} of workflow {self.wf.pk}: {node.state} -> {target}"
+                )
+            by_old[node.state].append(node)
+        values = dict(fields, state=target)
+        if reason:
+            values["reason"] = reason[:255]
+        if target in NODE_FINAL:
+            values.setdefault("finished_at", self.now)
+        for old, group in by_old.items():
+            for chunk in _chunks(group):
+                updated = WorkflowNode.objects.filter(
+                    pk__in=[n.pk for n in chunk], state=old
+                ).update(**values)
+                if updated != len(chunk):
+                    raise ConcurrentTransition(
+                        f"Workflow {self.wf.pk}: {len(chunk) - updated} of {len(chunk)} nodes "
+                        f"were no longer {old} when moving them to {target}"
+                    )
+            for node in group:
+                self._record_node(node, old, target, reason)
+                for key, value in fields.items():
+                    if not hasattr(value, "resolve_expression"):
+                        setattr(node, key, value)
+
+    def _record_node(self, node, old, new, reason):
+        node.state = new
+        if node.kind == NodeKind.TASK and old not in NODE_FINAL and new in NODE_FINAL:
+            self.counters["nodes_done"] += 1
+            if new == NodeState.SUCCESS:
+                self.counters["nodes_succeeded"] += 1
+            elif new == NodeState.SKIPPED:
+                self.counters["nodes_skipped"] += 1
+            else:
+                self.counters["nodes_failed"] += 1
+        if node.kind != NodeKind.JOIN:
+            self.node_changes.append((node, old, new))
+        self.events.append(
+            WorkflowEvent(
+                workflow_id=self.wf.pk, node_id=node.pk, old_state=old, new_state=new,
+                reason=reason[:255], created_at=self.now,
+            )
+        )
+
+    def transition_workflow(self, target, reason="", **fields):
+        old = self.wf.state
+        if target == old:
+            return
+        if target not in WORKFLOW_TRANSITIONS[old]:
+            raise TransitionNotAllowed(f"Workflow {self.wf.pk}: {old} -> {target}")
+        self.wf.state = target
+        self.wf_fields["state"] = target
+        for key, value in fields.items():
+            setattr(self.wf, key, value)
+            self.wf_fields[key] = value
+        self.wf_changes.append((old, target))
+        self.events.append(
+            WorkflowEvent(
+                workflow_id=self.wf.pk, old_state=old, new_state=target,
+                reason=reason[:255], created_at=self.now,
+            )
+        )
+
+    def count(self, name):
+        return getattr(self.wf, name) + self.counters.get(name, 0)
+
+    # writing ------------------------------------------------------------------------
+
+    def flush(self):
+        """One UPDATE of the workflow row (counters, state), the event rows, then on_commit work."""
+        values = dict(self.wf_fields)
+        for name, delta in self.counters.items():
+            if delta:
+                values[name] = F(name) + delta
+                setattr(self.wf, name, getattr(self.wf, name) + delta)
+        if values:
+            updated = Workflow.objects.filter(pk=self.wf.pk, state=self.old_state).update(**values)
+            if not updated:
+                raise ConcurrentTransition(
+                    f"Workflow {self.wf.pk} was no longer {self.old_state} at flush"
+                )
+        if self.events and settings.EVENT_LOG:
+            WorkflowEvent.objects.bulk_create(self.events, batch_size=1000)
+        if self.to_publish:
+            transaction.on_commit(
+                partial(publish, self.wf.pk, self.wf.tasks_options, self.to_publish)
+            )
+        if self.to_revoke:
+            transaction.on_commit(partial(revoke, self.to_revoke))
+        transaction.on_commit(self.announce)
+
+    def announce(self):
+        wf = self.wf
+        for node, old, new in self.node_changes:
+            signals.send(signals.node_state_changed, node=node, old_state=old, new_state=new)
+        for old, new in self.wf_changes:
+            signals.send(signals.workflow_state_changed, workflow=wf, old_state=old, new_state=new)
+        published = [node for node, _args in self.to_publish if node.kind == NodeKind.TASK]
+        if published:
+            signals.send(signals.workflow_active_tick, workflow=wf, nodes=published)
+        if self.finished:
+            signals.send(signals.workflow_finished, workflow=wf)
+
+
+# -- moving the graph ------------------------------------------------------------------
+
+
+def _readiness(node):
+    """What a PENDING node should become given its counters, or None to keep waiting."""
+    rule = node.trigger_rule if node.kind == NodeKind.TASK else TriggerRule.ALL_SUCCESS
+    if rule == TriggerRule.ALL_SUCCESS:
+        if node.failed_dependencies:
+            return NodeState.UPSTREAM_FAILED
+        if not node.waiting:
+            return NodeState.SUCCESS if node.kind == NodeKind.JOIN else NodeState.QUEUED
+    elif rule == TriggerRule.ALL_DONE:
+        if not node.waiting:
+            return NodeState.QUEUED
+    elif rule == TriggerRule.ONE_FAILED:
+        if node.failed_dependencies:
+            return NodeState.QUEUED
+        if not node.waiting:
+            return NodeState.SKIPPED
+    return None
+
+
+def _apply_readiness(step, candidates):
+    """Move every ready PENDING node on; return the nodes that became final (joins, skips, ...)."""
+    decided = defaultdict(list)
+    for node in candidates:
+        if node.state == NodeState.PENDING:
+            target = _readiness(node)
+            if target is not None:
+                decided[target].append(node)
+    finals = []
+    joins = decided.pop(NodeState.SUCCESS, [])
+    if joins and step.wf.pass_results:
+        # Each join carries its own list of results, so one UPDATE per join.
+        results = _dependency_results(step, joins)
+        for join in joins:
+            step.results[join.pk] = results.get(join.pk, [])
+            step.transition_nodes([join], NodeState.SUCCESS, result=step.results[join.pk])
+    else:
+        step.transition_nodes(joins, NodeState.SUCCESS)
+    finals.extend(joins)
+    upstream = decided.pop(NodeState.UPSTREAM_FAILED, [])
+    step.transition_nodes(upstream, NodeState.UPSTREAM_FAILED, reason="a dependency did not succeed")
+    finals.extend(upstream)
+    skipped = decided.pop(NodeState.SKIPPED, [])
+    step.transition_nodes(skipped, NodeState.SKIPPED, reason="trigger rule one_failed: no dependency failed")
+    finals.extend(skipped)
+    queued = decided.pop(NodeState.QUEUED, [])
+    queue_nodes(step, queued)
+    return finals
+
+
+def queue_nodes(step, nodes, reason=""):
+    """Mark nodes QUEUED now; they are published after commit with their call arguments."""
+    if not nodes:
+        return
+    calls = _call_args(step, nodes)
+    step.transition_nodes(
+        nodes, NodeState.QUEUED, reason=reason, queued_at=step.now,
+        publish_count=F("publish_count") + 1,
+    )
+    for node in nodes:
+        step.to_publish.append((node, calls.get(node.pk, ())))
+
+
+def _call_args(step, nodes):
+    """Arguments prepended to mutable signatures in pass-results mode (Celery canvas rules)."""
+    if not step.wf.pass_results:
+        return {}
+    mutable = [n for n in nodes if n.kind == NodeKind.TASK and not n.signature.get("immutable")]
+    if not mutable:
+        return {}
+    per_node = _dependency_results(step, mutable)
+    calls = {}
+    for node in mutable:
+        results = per_node.get(node.pk)
+        if results is None:
+            continue
+        calls[node.pk] = (results[0],) if len(results) == 1 else (results,)
+    return calls
+
+
+def _dependency_results(step, nodes):
+    """node id -> list of its dependencies' results, in dependency order."""
+    edges = list(
+        WorkflowEdge.objects.filter(node_id__in=[n.pk for n in nodes])
+        .order_by("node_id", "position").values_list("node_id", "dependency_id")
+    )
+    missing = {dep for _node, dep in edges if dep not in step.results}
+    if missing:
+        for chunk in _chunks(missing):
+            step.results.update(
+                WorkflowNode.objects.filter(pk__in=chunk).values_list("pk", "result")
+            )
+    out = defaultdict(list)
+    for node_id, dep in edges:
+        out[node_id].append(step.results.get(dep))
+    return out
+
+
+def settle(step, finished):
+    """Propagate nodes that just became final to their dependents, level by level.
+
+    Each level costs a constant number of queries: one to read the dependents
+    through the edge table, one UPDATE per distinct counter change, and one
+    UPDATE per target state. Levels only continue through joins, skips and
+    upstream failures, so a normal completion takes one or two levels.
+    """
+    frontier = [n for n in finished if n.state in NODE_FINAL]
+    while frontier:
+        ok = {n.pk for n in frontier if n.state in NODE_OK}
+        rows = (
+            WorkflowEdge.objects.filter(dependency_id__in=[n.pk for n in frontier])
+            .select_related("node")
+            .only("node_id", "dependency_id", *("node__" + f for f in NODE_FIELDS if f != "id"))
+        )
+        dependents = {}
+        deltas = defaultdict(lambda: [0, 0])
+        for edge in rows:
+            node = dependents.setdefault(edge.node_id, edge.node)
+            deltas[node.pk][0] += 1
+            if edge.dependency_id not in ok:
+                deltas[node.pk][1] += 1
+        groups = defaultdict(list)
+        for pk, (done, failed) in deltas.items():
+            groups[(done, failed)].append(pk)
+            node = dependents[pk]
+            node.waiting -= done
+            node.failed_dependencies += failed
+        for (done, failed), pks in groups.items():
+            for chunk in _chunks(pks):
+                WorkflowNode.objects.filter(pk__in=chunk).update(
+                    waiting=F("waiting") - done,
+                    failed_dependencies=F("failed_dependencies") + failed,
+                )
+        frontier = _apply_readiness(step, dependents.values())
+
+
+def release_ready(step):
+    """Queue every PENDING node whose rule is already satisfied (start, retry, safety net)."""
+    candidates = list(
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk, state=NodeState.PENDING)
+        .exclude(kind__in=CALLBACK_KINDS)
+        .filter(Q(waiting=0) | Q(failed_dependencies__gt=0))
+        .only(*NODE_FIELDS)
+        .order_by("position")
+    )
+    finals = _apply_readiness(step, candidates)
+    settle(step, finals)
+
+
+def maybe_finish(step):
+    """End the workflow when every task node is final."""
+    wf = step.wf
+    if wf.state != WorkflowState.RUNNING or step.count("nodes_done") < wf.nodes_total:
+        return
+    if step.count("nodes_failed"):
+        finish(step, WorkflowState.FAILURE, "some nodes did not succeed")
+    else:
+        finish(step, WorkflowState.SUCCESS)
+
+
+def finish(step, target, reason="", error=""):
+    fields = {"finished_at": step.now, "next_tick_at": None}
+    if error:
+        fields["error"] = error
+    step.transition_workflow(target, reason=reason, **fields)
+    step.finished = True
+    callbacks = list(
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk, kind__in=CALLBACK_KINDS,
+                                    state=NodeState.PENDING)
+        .only(*NODE_FIELDS).order_by("position")
+    )
+    run, skip = [], []
+    for node in callbacks:
+        wanted = node.kind == NodeKind.FINALIZER or target in (WorkflowState.FAILURE, WorkflowState.ERROR)
+        (run if wanted else skip).append(node)
+    step.transition_nodes(skip, NodeState.SKIPPED, reason=f"workflow ended {target}")
+    queue_nodes(step, run, reason=f"workflow ended {target}")
+
+
+def _schedule_tick(step, force=False):
+    wf = step.wf
+    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING):
+        return
+    due = wf.next_tick_at
+    if force or due is None or due <= step.now:
+        interval = float(settings.TICK_INTERVAL)
+        step.wf_fields["next_tick_at"] = wf.next_tick_at = step.now + timedelta(seconds=interval)
+        transaction.on_commit(partial(send_tick, wf.pk, wf.options, interval))
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+def start(step):
+    wf = step.wf
+    step.transition_workflow(
+        WorkflowState.RUNNING, started_at=step.now,
+        deadline=wf.deadline or step.now + timedelta(seconds=float(settings.MAX_PROCESSING_TIME)),
+    )
+    release_ready(step)
+    maybe_finish(step)
+
+
+def tick(workflow_id, scheduled=True):
+    """The safety net: start, reconcile lost events, enforce the deadline, finish.
+
+    Takes the lock with ``skip_locked``: a workflow someone else is advancing is
+    left to them (a scheduled tick still keeps the tick chain alive).
+    Returns a short word saying what happened, for logs and commands.
+    """
+    with transaction.atomic():
+        wf = lock_workflow(workflow_id, skip_locked=True)
+        if wf is None:
+            busy = Workflow.objects.filter(pk=workflow_id).values_list("options", "state").first()
+        else:
+            busy = None
+            step = Step(wf)
+            step.counters["ticks"] += 1
+            if wf.state == WorkflowState.INITIAL:
+                start(step)
+            elif wf.state == WorkflowState.RUNNING:
+                if wf.deadline and wf.deadline <= step.now:
+                    abort(step, WorkflowState.ERROR, "deadline exceeded",
+                          f"Workflow still running at its deadline {wf.deadline.isoformat()}")
+                else:
+                    reconcile(step)
+                    release_ready(step)
+                    maybe_finish(step)
+            _schedule_tick(step, force=scheduled)
+            step.flush()
+    if wf is None:
+        if busy is None:
+            logger.warning("Tick for unknown workflow %s ignored", workflow_id)
+            return "missing"
+        options, state = busy
+        if scheduled and state in (WorkflowState.INITIAL, WorkflowState.RUNNING):
+            send_tick(workflow_id, options, float(settings.TICK_INTERVAL))
+        logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
+        return "busy"
+    return wf.state
+
+
+def _locked_step(workflow_id, action):
+    """Run ``action(step)`` under the workflow lock (waiting for it) and flush."""
+    with transaction.atomic():
+        wf = lock_workflow(workflow_id)
+        if wf is None:
+            logger.warning("Workflow %s does not exist (%s ignored)", workflow_id, action.__name__)
+            return None
+        step = Step(wf)
+        result = action(step)
+        step.flush()
+    return result
+
+
+def _node_for_event(step, task_id):
+    node = (
+        WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*NODE_FIELDS).first()
+    )
+    if node is None:
+        logger.info("Task %s is not a node of workflow %s (retried node?); ignored", task_id, step.wf.pk)
+    return node
+
+
+def _encode_result(result):
+    """The result as it will be stored, or an error message saying why it cannot be."""
+    try:
+        text = json.dumps(result, cls=DjangoJSONEncoder)
+    except (TypeError, ValueError) as exc:
+        return None, f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}"
+    cap = settings.MAX_RESULT_BYTES
+    size = len(text.encode())
+    if cap and size > cap:
+        return None, (
+            f"Result of {size} bytes exceeds DYRYGENT_MAX_RESULT_BYTES={cap}; "
+            "store large data elsewhere and return a reference to it"
+        )
+    return json.loads(text), None
+
+
+def _finish_node(step, node, target, **fields):
+    step.transition_nodes([node], target, **fields)
+    if node.kind in CALLBACK_KINDS:
+        return
+    settle(step, [node])
+    maybe_finish(step)
+
+
+def node_succeeded(workflow_id, task_id, result):
+    """A worker reports that the node's task returned ``result``."""
+
+    def succeeded(step):
+        node = _node_for_event(step, task_id)
+        if node is None or _ignore(node, NodeState.SUCCESS):
+            return None
+        value, problem = _encode_result(result)
+        if problem:
+            _finish_node(step, node, NodeState.FAILURE, error=problem, reason="result not storable")
+            return node
+        step.results[node.pk] = value
+        _finish_node(step, node, NodeState.SUCCESS, result=value, error="")
+        return node
+
+    return _locked_step(workflow_id, succeeded)
+
+
+def node_failed(workflow_id, task_id, exception=None, traceback=""):
+    """A worker reports that the node's task raised (its retries, if any, are exhausted)."""
+    error = _format_error(exception, traceback)
+
+    def failed(step):
+        node = _node_for_event(step, task_id)
+        if node is None or _ignore(node, NodeState.FAILURE):
+            return None
+        _finish_node(step, node, NodeState.FAILURE, error=error, reason="task raised")
+        return node
+
+    return _locked_step(workflow_id, failed)
+
+
+def node_revoked(workflow_id, task_id, reason="revoked"):
+    def revoked(step):
+        node = _node_for_event(step, task_id)
+        if node is None or _ignore(node, NodeState.CANCELED):
+            return None
+        _finish_node(step, node, NodeState.CANCELED, reason=reason)
+        return node
+
+    return _locked_step(workflow_id, revoked)
+
+
+def _ignore(node, target):
+    if target in NODE_TRANSITIONS[node.state]:
+        return False
+    logger.info("Node %s is %s; late %s report ignored", node.task_id, node.state, target)
+    return True
+
+
+def _format_error(exception, traceback):
+    if exception is None:
+        return traceback or ""
+    head = "".join(tb_module.format_exception_only(type(exception), exception)).strip()
+    if traceback and head not in traceback:
+        return f"{head}\n\n{traceback}"
+    return traceback or head
+
+
+def node_started(workflow_id, task_id):
+    """Lock-free: a conditional UPDATE QUEUED/RETRY -> STARTED is all a start decides."""
+    return _simple_transition(workflow_id, task_id, NodeState.STARTED, started_at=timezone.now())
+
+
+def node_retrying(workflow_id, task_id, reason=""):
+    return _simple_transition(
+        workflow_id, task_id, NodeState.RETRY, error=str(reason or "")[:10000],
+        retries=F("retries") + 1,
+    )
+
+
+def _simple_transition(workflow_id, task_id, target, **fields):
+    sources = [s for s, targets in NODE_TRANSITIONS.items() if target in targets and s not in NODE_FINAL]
+    with transaction.atomic():
+        # UPDATE first: on SQLite it takes the write lock before anything is read.
+        updated = WorkflowNode.objects.filter(
+            task_id=task_id, workflow_id=workflow_id, state__in=sources
+        ).update(state=target, **fields)
+        if not updated:
+            return None
+        node = WorkflowNode.objects.filter(task_id=task_id).only(*NODE_FIELDS).first()
+        event = WorkflowEvent(
+            workflow_id=workflow_id, node_id=node.pk, old_state="", new_state=target,
+            created_at=timezone.now(),
+        )
+        if settings.EVENT_LOG:
+            event.save(force_insert=True)
+        transaction.on_commit(
+            partial(signals.send, signals.node_state_changed, node=node, old_state=None, new_state=target)
+        )
+    return node
+
+
+# -- reconciliation ----------------------------------------------------------------------
+
+
+def _result_backend(app):
+    from celery.backends.base import DisabledBackend
+
+    backend = app.backend
+    return None if isinstance(backend, DisabledBackend) else backend
+
+
+def reconcile(step):
+    """Repair nodes whose worker events were lost, from the result backend when there is one.
+
+    Only nodes QUEUED (or STARTED/RETRY) for longer than DYRYGENT_REQUEUE_AFTER
+    are looked at, at most DYRYGENT_RECONCILE_BATCH per tick.
+    """
+    cutoff = step.now - timedelta(seconds=float(settings.REQUEUE_AFTER))
+    stale = list(
+        WorkflowNode.objects.filter(
+            workflow_id=step.wf.pk, state__in=NODE_ACTIVE, queued_at__lt=cutoff
+        ).only(*NODE_FIELDS).order_by("queued_at")[: settings.RECONCILE_BATCH]
+    )
+    if not stale:
+        return
+    app = get_celery_app()
+    backend = _result_backend(app)
+    metas = _backend_metas(backend, [n.task_id for n in stale]) if backend else {}
+    republish, finished = [], []
+    for node in stale:
+        meta = metas.get(node.task_id) or {}
+        status = meta.get("status", "PENDING")
+        if status == "SUCCESS":
+            value, problem = _encode_result(meta.get("result"))
+            if problem:
+                step.transition_nodes([node], NodeState.FAILURE, error=problem, reason="reconciled")
+            else:
+                step.results[node.pk] = value
+                step.transition_nodes([node], NodeState.SUCCESS, result=value, reason="reconciled")
+            finished.append(node)
+        elif status == "FAILURE":
+            error = _format_error(None, meta.get("traceback") or repr(meta.get("result")))
+            step.transition_nodes([node], NodeState.FAILURE, error=error, reason="reconciled")
+            finished.append(node)
+        elif status == "REVOKED":
+            step.transition_nodes([node], NodeState.CANCELED, reason="revoked (reconciled)")
+            finished.append(node)
+        elif node.state == NodeState.QUEUED and status == "PENDING":
+            republish.append(node)
+        # STARTED / RETRY with no outcome yet: the task is running; leave it.
+    if republish:
+        logger.warning(
+            "Workflow %s: republishing %d node(s) no worker reported within %ss: %s",
+            step.wf.pk, len(republish), settings.REQUEUE_AFTER,
+            ", ".join(n.task_id for n in republish[:10]),
+        )
+        queue_nodes(step, republish, reason="republished: no worker reported it")
+    settle(step, [n for n in finished if n.kind not in CALLBACK_KINDS])
+
+
+def _backend_metas(backend, task_ids):
+    try:
+        from django_celery_results.backends.database import DatabaseBackend
+    except ImportError:  # pragma: no cover - django-celery-results is a dependency
+        DatabaseBackend = ()
+    if isinstance(backend, DatabaseBackend):
+        from django_celery_results.models import TaskResult
+
+        metas = {}
+        for row in TaskResult.objects.filter(task_id__in=task_ids):
+            metas[row.task_id] = {
+                "status": row.status,
+                "result": backend.decode_content(row, row.result) if row.result else None,
+                "traceback": row.traceback,
+            }
+        return metas
+    metas = {}
+    for task_id in task_ids:
+        try:
+            metas[task_id] = backend.get_task_meta(task_id)
+        except Exception:  # a broken backend must not stop the tick
+            logger.exception("Result backend lookup of task %s failed", task_id)
+    return metas
+
+
+# -- operations ------------------------------------------------------------------------
+
+
+def abort(step, target, reason, error=""):
+    """End the workflow now (cancel, deadline): revoke what runs, cancel what waits."""
+    open_nodes = list(
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk)
+        .exclude(state__in=NODE_FINAL).exclude(kind__in=CALLBACK_KINDS)
+        .only(*NODE_FIELDS)
+    )
+    step.to_revoke.extend(n.task_id for n in open_nodes if n.state in NODE_ACTIVE)
+    step.transition_nodes(open_nodes, NodeState.CANCELED, reason=reason)
+    finish(step, target, reason=reason, error=error)
+
+
+def cancel(workflow_id, reason=""):
+    """Cancel a workflow; returns False when it had already ended."""
+
+    def do_cancel(step):
+        if step.wf.state in WORKFLOW_FINAL:
+            return False
+        abort(step, WorkflowState.CANCELED, reason or "canceled")
+        return True
+
+    return bool(_locked_step(workflow_id, do_cancel))
+
+
+def retry(workflow_id):
+    """Re-run FAILURE / UPSTREAM_FAILED / CANCELED nodes with fresh task ids; resume.
+
+    Successful nodes keep their results. Returns the number of nodes reset.
+    """
+
+    def do_retry(step):
+        wf = step.wf
+        if wf.state == WorkflowState.INITIAL:
+            return 0
+        nodes = {
+            n.pk: n for n in WorkflowNode.objects.filter(workflow_id=wf.pk)
+            .only(*NODE_FIELDS, "previous_task_ids", "attempts")
+        }
+        # Failed callbacks are re-armed too: they run again when the workflow ends again.
+        reset = [n for n in nodes.values() if n.state in NODE_FAILED]
+        if not reset:
+            return 0
+        step.transition_nodes(reset, NodeState.PENDING, reason="retry")
+        for node in reset:
+            if node.kind != NodeKind.JOIN:
+                node.previous_task_ids = list(node.previous_task_ids or []) + [node.task_id]
+                node.task_id = uuid()
+                node.attempts += 1
+        waiting = defaultdict(int)
+        failed = defaultdict(int)
+        for node_id, dep_id in WorkflowEdge.objects.filter(workflow_id=wf.pk).values_list(
+            "node_id", "dependency_id"
+        ):
+            dep = nodes[dep_id]
+            if dep.state not in NODE_FINAL:
+                waiting[node_id] += 1
+            elif dep.state in NODE_FAILED:
+                failed[node_id] += 1
+        for node in reset:
+            node.waiting = waiting[node.pk]
+            node.failed_dependencies = failed[node.pk]
+            node.result = None
+            node.error = ""
+            for stamp in ("queued_at", "started_at", "finished_at"):
+                setattr(node, stamp, None)
+        WorkflowNode.objects.bulk_update(
+            reset,
+            ["task_id", "previous_task_ids", "attempts", "waiting", "failed_dependencies",
+             "result", "error", "queued_at", "started_at", "finished_at"],
+            batch_size=500,
+        )
+        task_reset = [n for n in reset if n.kind == NodeKind.TASK]
+        step.counters["nodes_done"] -= len(task_reset)
+        step.counters["nodes_failed"] -= len(task_reset)
+        if wf.state != WorkflowState.RUNNING:
+            step.transition_workflow(
+                WorkflowState.RUNNING, reason="retry", finished_at=None, error="",
+                deadline=step.now + timedelta(seconds=float(settings.MAX_PROCESSING_TIME)),
+            )
+        release_ready(step)
+        maybe_finish(step)
+        _schedule_tick(step, force=True)
+        return len(reset)
+
+    return _locked_step(workflow_id, do_retry) or 0
+
+
+def skip(workflow_id, nodes, reason=""):
+    """Mark PENDING or QUEUED nodes SKIPPED so their dependents may run.
+
+    Refuses (ValidationError, nothing changed) when a node is in another state
+    or one of its dependencies is neither done nor skipped in the same call.
+    """
+    wanted = {getattr(n, "pk", n) for n in nodes}
+
+    def do_skip(step):
+        targets = list(
+            WorkflowNode.objects.filter(workflow_id=step.wf.pk, pk__in=wanted).only(*NODE_FIELDS)
+        )
+        if len(targets) != len(wanted):
+            raise ValidationError(f"Some nodes to skip are not nodes of workflow {step.wf.pk}")
+        problems = [
+            f"node {n.task_id} is {n.state}; only PENDING or QUEUED nodes can be skipped"
+            for n in targets if n.state not in (NodeState.PENDING, NodeState.QUEUED)
+        ]
+        deps = WorkflowEdge.objects.filter(node_id__in=wanted).values_list(
+            "node_id", "dependency_id", "dependency__state", "dependency__task_id"
+        )
+        for node_id, dep_id, dep_state, dep_task in deps:
+            if dep_state not in NODE_OK and dep_id not in wanted:
+                problems.append(
+                    f"node {node_id} depends on {dep_task}, which is {dep_state} (neither done nor skipped)"
+                )
+        if problems:
+            raise ValidationError(problems)
+        step.to_revoke.extend(n.task_id for n in targets if n.state == NodeState.QUEUED)
+        step.transition_nodes(targets, NodeState.SKIPPED, reason=reason or "skipped by request")
+        settle(step, targets)
+        maybe_finish(step)
+        return len(targets)
+
+    return _locked_step(workflow_id, do_skip) or 0
+
+
+# -- talking to Celery (after commit only) ---------------------------------------------------
+
+
+def send_tick(workflow_id, options=None, countdown=None):
+    from .tasks import tick as tick_task
+
+    try:
+        tick_task.apply_async((str(workflow_id),), countdown=countdown, **(options or {}))
+    except Exception:
+        # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
+        logger.exception("Could not send the tick of workflow %s", workflow_id)
+
+
+def publish(workflow_id, tasks_options, entries):
+    """Publish queued nodes with their own task ids and the workflow header."""
+    app = get_celery_app()
+    headers = {HEADER: str(workflow_id)}
+    with app.producer_or_acquire() as producer:
+        for node, extra_args in entries:
+            sig_dict = node.signature or {}
+            options = {**(tasks_options or {}), **sig_dict.get("options", {})}
+            options["headers"] = {**options.get("headers", {}), **headers}
+            if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
+                extra_args = (str(workflow_id),)
+            sig = app.signature(
+                sig_dict["task"], args=sig_dict.get("args", ()), kwargs=sig_dict.get("kwargs", {}),
+                immutable=sig_dict.get("immutable", False),
+            )
+            try:
+                sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
+            except Exception:
+                # The node stays QUEUED; the tick republishes it after DYRYGENT_REQUEUE_AFTER.
+                logger.exception(
+                    "Could not publish node %s (%s) of workflow %s", node.task_id, node.task_name, workflow_id
+                )
+
+
+def revoke(task_ids):
+    try:
+        get_celery_app().control.revoke(list(task_ids))
+    except Exception:
+        logger.exception("Could not revoke %d task(s)", len(task_ids))
+
+
+def sweep(stale_after=None, batch_size=100):
+    """Tick active workflows whose scheduled tick is overdue; returns how many were ticked."""
+    stale_after = settings.STALE_AFTER if stale_after is None else stale_after
+    ids = list(Workflow.objects.stale(stale_after).order_by("next_tick_at").values_list("pk", flat=True)[:batch_size])
+    done = 0
+    for pk in ids:
+        try:
+            tick(pk, scheduled=True)
+            done += 1
+        except Exception:
+            logger.exception("Sweeping workflow %s failed", pk)
+    return done

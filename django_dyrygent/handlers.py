@@ -1,0 +1,104 @@
+"""Worker-side Celery signal receivers: they turn task events into engine steps.
+
+A task belongs to a workflow when its message carries the ``dyrygent_workflow``
+header; every other task costs one dictionary lookup. A receiver never lets an
+exception escape into Celery: the event is logged and the tick reconciles it
+later from the result backend.
+"""
+
+import logging
+
+from celery import signals as celery_signals
+from django.db import close_old_connections
+
+logger = logging.getLogger("django_dyrygent.handlers")
+
+
+def _workflow_id(request):
+    if request is None:
+        return None
+    value = getattr(request, "dyrygent_workflow", None)
+    if value is None:
+        headers = getattr(request, "headers", None) or {}
+        value = headers.get("dyrygent_workflow")
+    return value
+
+
+def _task_request(sender, request=None):
+    if request is not None:
+        return request
+    return getattr(sender, "request", None)
+
+
+def _guarded(what, func, *args, **kwargs):
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        logger.exception("django_dyrygent could not record %s; the tick will reconcile it", what)
+        return None
+
+
+def on_task_prerun(sender=None, task_id=None, task=None, **kwargs):
+    request = _task_request(task or sender)
+    workflow_id = _workflow_id(request)
+    if workflow_id and task_id:
+        from . import engine
+
+        _guarded(f"the start of task {task_id}", engine.node_started, workflow_id, task_id)
+
+
+def on_task_success(sender=None, result=None, **kwargs):
+    request = _task_request(sender)
+    workflow_id = _workflow_id(request)
+    if workflow_id:
+        from . import engine
+
+        _guarded(f"the success of task {request.id}", engine.node_succeeded, workflow_id, request.id, result)
+
+
+def on_task_failure(sender=None, task_id=None, exception=None, einfo=None, **kwargs):
+    request = _task_request(sender)
+    workflow_id = _workflow_id(request)
+    if workflow_id:
+        from . import engine
+
+        traceback = getattr(einfo, "traceback", "") or ""
+        _guarded(
+            f"the failure of task {task_id}", engine.node_failed, workflow_id,
+            task_id or request.id, exception, traceback,
+        )
+
+
+def on_task_retry(sender=None, request=None, reason=None, **kwargs):
+    workflow_id = _workflow_id(request)
+    if workflow_id:
+        from . import engine
+
+        _guarded(f"the retry of task {request.id}", engine.node_retrying, workflow_id, request.id, reason)
+
+
+def on_task_revoked(sender=None, request=None, terminated=None, signum=None, expired=None, **kwargs):
+    workflow_id = _workflow_id(request)
+    if workflow_id:
+        from . import engine
+
+        why = "expired" if expired else ("terminated" if terminated else "revoked")
+        task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
+        # Runs in the worker's main process: make sure its connection is usable.
+        close_old_connections()
+        _guarded(f"the revocation of task {task_id}", engine.node_revoked, workflow_id, task_id, why)
+
+
+def connect_worker_signals():
+    """Idempotent: dispatch_uid keeps one connection per receiver."""
+    celery_signals.task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="django_dyrygent.prerun")
+    celery_signals.task_success.connect(on_task_success, weak=False, dispatch_uid="django_dyrygent.success")
+    celery_signals.task_failure.connect(on_task_failure, weak=False, dispatch_uid="django_dyrygent.failure")
+    celery_signals.task_retry.connect(on_task_retry, weak=False, dispatch_uid="django_dyrygent.retry")
+    celery_signals.task_revoked.connect(on_task_revoked, weak=False, dispatch_uid="django_dyrygent.revoked")
+
+
+def worker_signals_connected():
+    return any(
+        "django_dyrygent.success" in str(key) for key, _ in celery_signals.task_success.receivers
+    )

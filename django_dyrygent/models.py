@@ -1,0 +1,388 @@
+"""Workflow rows: one ``Workflow``, one ``WorkflowNode`` per signature, one edge per dependency."""
+
+import time
+import uuid
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
+from .states import (
+    NODE_FINAL,
+    WORKFLOW_FINAL,
+    NodeKind,
+    NodeState,
+    TriggerRule,
+    WorkflowState,
+)
+
+
+class Workflow(models.Model):
+    """Run a DAG of Celery signatures; the rows are the single source of truth.
+
+    An unsaved instance collects nodes in memory (``add_celery_canvas``,
+    ``add_signature``); ``apply_async`` validates and saves everything in one
+    transaction and starts it on commit.
+    """
+
+    State = WorkflowState
+
+    id = models.UUIDField(_("id"), primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(
+        _("name"), max_length=255, blank=True, default="", db_index=True,
+        help_text=_("Free-form label, shown in the admin and searchable."),
+    )
+    state = models.CharField(
+        _("state"), max_length=20, choices=WorkflowState.choices,
+        default=WorkflowState.INITIAL, db_index=True,
+        help_text=_("Changed only by the engine, through its transition function."),
+    )
+    custom_payload = models.JSONField(
+        _("custom payload"), default=dict, blank=True, encoder=DjangoJSONEncoder,
+        help_text=_("Application data stored with the workflow; never read by the engine."),
+    )
+    options = models.JSONField(
+        _("tick options"), default=dict, blank=True,
+        help_text=_("apply_async options of the tick task (queue, priority, ...)."),
+    )
+    tasks_options = models.JSONField(
+        _("task options"), default=dict, blank=True,
+        help_text=_("apply_async options given to every node's task; a signature's own options win."),
+    )
+    pass_results = models.BooleanField(
+        _("pass results"), default=False,
+        help_text=_("Give mutable signatures their parents' results, as native Celery canvas does."),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    deadline = models.DateTimeField(
+        _("deadline"), null=True, blank=True,
+        help_text=_("The engine ends the workflow ERROR if it still runs at this time."),
+    )
+    next_tick_at = models.DateTimeField(
+        _("next tick at"), null=True, blank=True, db_index=True,
+        help_text=_("When the scheduled safety-net tick is due; overdue means it was lost."),
+    )
+    error = models.TextField(_("error"), blank=True, default="")
+    nodes_total = models.PositiveIntegerField(_("nodes"), default=0)
+    nodes_done = models.PositiveIntegerField(
+        _("nodes done"), default=0, help_text=_("Nodes in a final state (any outcome)."),
+    )
+    nodes_succeeded = models.PositiveIntegerField(_("nodes succeeded"), default=0)
+    nodes_failed = models.PositiveIntegerField(
+        _("nodes failed"), default=0, help_text=_("FAILURE, UPSTREAM_FAILED and CANCELED nodes."),
+    )
+    nodes_skipped = models.PositiveIntegerField(_("nodes skipped"), default=0)
+    ticks = models.PositiveIntegerField(_("ticks"), default=0)
+    lock_version = models.PositiveBigIntegerField(
+        _("lock version"), default=0, editable=False,
+        help_text=_("Bumped by every engine transaction; on SQLite the bump is the lock."),
+    )
+
+    objects = WorkflowQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("workflow")
+        verbose_name_plural = _("workflows")
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["state", "next_tick_at"], name="dyrygent_wf_state_tick_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.name or 'workflow'} {str(self.id)[:8]} ({self.state})"
+
+    # -- building (unsaved workflow) -------------------------------------------------
+
+    @property
+    def _draft(self):
+        draft = self.__dict__.get("_draft_nodes")
+        if draft is None:
+            draft = self.__dict__["_draft_nodes"] = []
+        return draft
+
+    def _require_draft(self, what):
+        if not self._state.adding:
+            from django.core.exceptions import ValidationError
+
+            raise ValidationError(
+                f"Cannot {what}: workflow {self.pk} was already applied; build a new Workflow.",
+                code="already_applied",
+            )
+
+    def add_signature(self, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS):
+        """Add one signature as a node depending on ``dependencies``; returns the node."""
+        from .canvas import add_signature
+
+        self._require_draft("add a signature")
+        return add_signature(self, signature, dependencies, trigger_rule=trigger_rule)
+
+    def add_celery_canvas(self, canvas, dependencies=None):
+        """Add a chain/group/chord/signature; returns the nodes a follower must depend on."""
+        from .canvas import add_canvas
+
+        self._require_draft("add a canvas")
+        return add_canvas(self, canvas, dependencies)
+
+    def leaves(self):
+        """Nodes nobody depends on (callbacks excluded)."""
+        if self._state.adding:
+            has_dependents = {id(dep) for node in self._draft for dep in node._draft_deps}
+            return [
+                n for n in self._draft
+                if id(n) not in has_dependents and n.kind in (NodeKind.TASK, NodeKind.JOIN)
+            ]
+        return list(
+            self.nodes.filter(kind__in=[NodeKind.TASK, NodeKind.JOIN], dependents__isnull=True)
+            .order_by("position")
+        )
+
+    def link_error(self, signature):
+        """Run ``signature`` once if the workflow ends FAILURE or ERROR."""
+        from .canvas import add_callback
+
+        self._require_draft("link an error callback")
+        return add_callback(self, signature, NodeKind.ERROR_CALLBACK)
+
+    def link_finalizer(self, signature):
+        """Run ``signature`` once whenever the workflow ends, whatever the outcome."""
+        from .canvas import add_callback
+
+        self._require_draft("link a finalizer")
+        return add_callback(self, signature, NodeKind.FINALIZER)
+
+    # -- running ---------------------------------------------------------------------
+
+    def apply_async(self, options=None):
+        """Validate, save everything in one transaction and start the workflow on commit."""
+        from .builder import save_and_start
+
+        self._require_draft("apply it again")
+        save_and_start(self, options)
+        return self
+
+    def wait(self, timeout=None, interval=0.1):
+        """Poll the row until the workflow is final; return the final state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = type(self).objects.filter(pk=self.pk).values_list("state", flat=True).first()
+            if state is None:
+                raise type(self).DoesNotExist(f"Workflow {self.pk} does not exist")
+            if state in WORKFLOW_FINAL:
+                self.refresh_from_db()
+                return self.state
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Workflow {self.pk} is still {state} after {timeout}s")
+            time.sleep(interval)
+
+    def tick(self):
+        """Run one tick now, in this process."""
+        from . import engine
+
+        return engine.tick(self.pk, scheduled=False)
+
+    def cancel(self, reason=""):
+        """Cancel: revoke published tasks, mark the rest CANCELED. Idempotent."""
+        from . import engine
+
+        result = engine.cancel(self.pk, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    def retry(self):
+        """Re-run FAILURE, UPSTREAM_FAILED and CANCELED nodes with fresh task ids and resume."""
+        from . import engine
+
+        result = engine.retry(self.pk)
+        self.refresh_from_db()
+        return result
+
+    def skip(self, nodes, reason=""):
+        """Mark pending nodes SKIPPED so their dependents may run."""
+        from . import engine
+
+        result = engine.skip(self.pk, nodes, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    # -- reading ---------------------------------------------------------------------
+
+    @property
+    def is_final(self):
+        return self.state in WORKFLOW_FINAL
+
+    @property
+    def progress(self):
+        """Fraction of nodes in a final state, from the row counters (no query)."""
+        return 1.0 if not self.nodes_total else self.nodes_done / self.nodes_total
+
+    @property
+    def duration(self):
+        if not self.started_at:
+            return None
+        from django.utils import timezone
+
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @classmethod
+    def connect(cls, signal_name):
+        """Decorator registering a celery-dyrygent style ``handler(workflow, payload)``.
+
+        Names: ``on_state_change`` (payload: new state), ``on_finish`` (payload:
+        None), ``after_active_tick`` (payload: None).
+        """
+        from .signals import connect_compat_handler
+
+        def decorator(handler):
+            connect_compat_handler(signal_name, handler)
+            return handler
+
+        return decorator
+
+
+class WorkflowNode(models.Model):
+    """One signature of a workflow (or an internal join, or a workflow callback)."""
+
+    State = NodeState
+    Kind = NodeKind
+    TriggerRule = TriggerRule
+
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="nodes", verbose_name=_("workflow"),
+    )
+    task_id = models.CharField(
+        _("task id"), max_length=255, unique=True,
+        help_text=_("Celery task id this node publishes with; fresh on every retry()."),
+    )
+    task_name = models.CharField(_("task name"), max_length=255, blank=True, default="", db_index=True)
+    kind = models.CharField(_("kind"), max_length=20, choices=NodeKind.choices, default=NodeKind.TASK)
+    signature = models.JSONField(
+        _("signature"), default=dict, blank=True,
+        help_text=_("task, args, kwargs, options, immutable; Celery's own chaining options removed."),
+    )
+    state = models.CharField(
+        _("state"), max_length=20, choices=NodeState.choices, default=NodeState.PENDING, db_index=True,
+    )
+    trigger_rule = models.CharField(
+        _("trigger rule"), max_length=20, choices=TriggerRule.choices, default=TriggerRule.ALL_SUCCESS,
+    )
+    result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    error = models.TextField(_("error"), blank=True, default="", help_text=_("Exception and traceback."))
+    reason = models.CharField(
+        _("reason"), max_length=255, blank=True, default="",
+        help_text=_("Why the engine put the node in its state (skipped, upstream failed, ...)."),
+    )
+    custom_payload = models.JSONField(
+        _("custom payload"), default=dict, blank=True, encoder=DjangoJSONEncoder,
+    )
+    position = models.PositiveIntegerField(_("position"), default=0, help_text=_("Order of creation."))
+    waiting = models.PositiveIntegerField(
+        _("unfinished dependencies"), default=0,
+        help_text=_("Dependencies not yet final; the node is released when it drops to zero."),
+    )
+    failed_dependencies = models.PositiveIntegerField(_("failed dependencies"), default=0)
+    attempts = models.PositiveIntegerField(_("attempts"), default=1)
+    publish_count = models.PositiveIntegerField(_("publishes"), default=0)
+    retries = models.PositiveIntegerField(_("Celery retries"), default=0)
+    previous_task_ids = models.JSONField(_("previous task ids"), default=list, blank=True)
+    queued_at = models.DateTimeField(_("queued at"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    dependencies = models.ManyToManyField(
+        "self", symmetrical=False, related_name="dependents", blank=True,
+        through="WorkflowEdge", through_fields=("node", "dependency"),
+        verbose_name=_("dependencies"),
+    )
+
+    objects = WorkflowNodeQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("workflow node")
+        verbose_name_plural = _("workflow nodes")
+        ordering = ["workflow", "position"]
+        indexes = [
+            models.Index(fields=["workflow", "state"], name="dyrygent_node_wf_state_idx"),
+            models.Index(fields=["workflow", "position"], name="dyrygent_node_wf_pos_idx"),
+        ]
+
+    def __str__(self):
+        label = self.task_name or self.kind
+        return f"{label} [{self.task_id}] ({self.state})"
+
+    @property
+    def _draft_deps(self):
+        deps = self.__dict__.get("_draft_dependencies")
+        if deps is None:
+            deps = self.__dict__["_draft_dependencies"] = []
+        return deps
+
+    def add_dependency(self, other):
+        """Make this node wait for ``other`` (both nodes of the same unsaved workflow)."""
+        from .canvas import add_dependency
+
+        add_dependency(self, other)
+
+    @property
+    def is_final(self):
+        return self.state in NODE_FINAL
+
+    @property
+    def args(self):
+        return self.signature.get("args", [])
+
+    @property
+    def kwargs(self):
+        return self.signature.get("kwargs", {})
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class WorkflowEdge(models.Model):
+    """``node`` waits for ``dependency``; ``position`` keeps the dependency order (header order)."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
+    node = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+")
+    dependency = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("workflow edge")
+        verbose_name_plural = _("workflow edges")
+        constraints = [
+            models.UniqueConstraint(fields=["node", "dependency"], name="dyrygent_edge_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["dependency", "node"], name="dyrygent_edge_dep_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.dependency_id} -> {self.node_id}"
+
+
+class WorkflowEvent(models.Model):
+    """One transition of a workflow or of one of its nodes, written with the change."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="events")
+    node = models.ForeignKey(
+        WorkflowNode, on_delete=models.CASCADE, related_name="events", null=True, blank=True,
+    )
+    old_state = models.CharField(_("old state"), max_length=20, blank=True, default="")
+    new_state = models.CharField(_("new state"), max_length=20)
+    reason = models.CharField(_("reason"), max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(_("at"), db_index=True)
+
+    class Meta:
+        verbose_name = _("workflow event")
+        verbose_name_plural = _("workflow events")
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["workflow", "created_at"], name="dyrygent_event_wf_idx")]
+
+    def __str__(self):
+        who = f"node {self.node_id}" if self.node_id else "workflow"
+        return f"{who}: {self.old_state or '-'} -> {self.new_state}"

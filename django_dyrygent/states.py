@@ -1,0 +1,110 @@
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class WorkflowState(models.TextChoices):
+    INITIAL = "INITIAL", _("Initial")
+    RUNNING = "RUNNING", _("Running")
+    SUCCESS = "SUCCESS", _("Success")
+    FAILURE = "FAILURE", _("Failure")
+    ERROR = "ERROR", _("Error")
+    CANCELED = "CANCELED", _("Canceled")
+
+
+class NodeState(models.TextChoices):
+    PENDING = "PENDING", _("Pending")
+    QUEUED = "QUEUED", _("Queued")
+    STARTED = "STARTED", _("Started")
+    RETRY = "RETRY", _("Retry")
+    SUCCESS = "SUCCESS", _("Success")
+    FAILURE = "FAILURE", _("Failure")
+    UPSTREAM_FAILED = "UPSTREAM_FAILED", _("Upstream failed")
+    SKIPPED = "SKIPPED", _("Skipped")
+    CANCELED = "CANCELED", _("Canceled")
+
+
+class NodeKind(models.TextChoices):
+    TASK = "task", _("Task")
+    # Internal: no Celery task, completes inside the transaction that satisfies it.
+    JOIN = "join", _("Join")
+    # link_error / link_finalizer signatures: run once the workflow has ended.
+    ERROR_CALLBACK = "error_callback", _("Error callback")
+    FINALIZER = "finalizer", _("Finalizer")
+
+
+class TriggerRule(models.TextChoices):
+    ALL_SUCCESS = "all_success", _("All dependencies succeeded (or were skipped)")
+    ALL_DONE = "all_done", _("All dependencies finished, whatever the outcome")
+    ONE_FAILED = "one_failed", _("At least one dependency failed")
+
+
+WORKFLOW_FINAL = frozenset(
+    {WorkflowState.SUCCESS, WorkflowState.FAILURE, WorkflowState.ERROR, WorkflowState.CANCELED}
+)
+NODE_FINAL = frozenset(
+    {
+        NodeState.SUCCESS,
+        NodeState.FAILURE,
+        NodeState.UPSTREAM_FAILED,
+        NodeState.SKIPPED,
+        NodeState.CANCELED,
+    }
+)
+# Final states that let an ``all_success`` dependent run.
+NODE_OK = frozenset({NodeState.SUCCESS, NodeState.SKIPPED})
+NODE_FAILED = NODE_FINAL - NODE_OK
+NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
+
+# The node state machine. Every node state change goes through
+# ``engine.transition_nodes`` which refuses anything not listed here.
+NODE_TRANSITIONS = {
+    NodeState.PENDING: {
+        NodeState.QUEUED,
+        NodeState.SUCCESS,  # join nodes complete in place
+        NodeState.UPSTREAM_FAILED,
+        NodeState.SKIPPED,
+        NodeState.CANCELED,
+        NodeState.FAILURE,  # a node whose call cannot even be built
+    },
+    NodeState.QUEUED: {
+        NodeState.QUEUED,  # republished after being lost
+        NodeState.STARTED,
+        NodeState.RETRY,
+        NodeState.SUCCESS,
+        NodeState.FAILURE,
+        NodeState.CANCELED,
+    },
+    NodeState.STARTED: {
+        NodeState.STARTED,
+        NodeState.RETRY,
+        NodeState.SUCCESS,
+        NodeState.FAILURE,
+        NodeState.CANCELED,
+    },
+    NodeState.RETRY: {
+        NodeState.QUEUED,
+        NodeState.STARTED,
+        NodeState.SUCCESS,
+        NodeState.FAILURE,
+        NodeState.CANCELED,
+    },
+    NodeState.SUCCESS: set(),
+    NodeState.FAILURE: {NodeState.PENDING},  # retry()
+    NodeState.UPSTREAM_FAILED: {NodeState.PENDING},
+    NodeState.CANCELED: {NodeState.PENDING},
+    NodeState.SKIPPED: set(),
+}
+
+WORKFLOW_TRANSITIONS = {
+    WorkflowState.INITIAL: {WorkflowState.RUNNING, WorkflowState.CANCELED, WorkflowState.ERROR},
+    WorkflowState.RUNNING: {
+        WorkflowState.SUCCESS,
+        WorkflowState.FAILURE,
+        WorkflowState.ERROR,
+        WorkflowState.CANCELED,
+    },
+    WorkflowState.SUCCESS: set(),
+    WorkflowState.FAILURE: {WorkflowState.RUNNING},  # retry()
+    WorkflowState.ERROR: {WorkflowState.RUNNING},
+    WorkflowState.CANCELED: {WorkflowState.RUNNING},
+}

@@ -1,0 +1,81 @@
+"""Test settings: SQLite + file-system broker by default; DATABASE_URL / CELERY_BROKER_URL switch."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import dj_database_url
+
+BASE = Path(os.environ.get("DYRYGENT_TEST_DIR", Path(tempfile.gettempdir()) / "dyrygent-tests"))
+BASE.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_celery_results",
+    "django_dyrygent",
+    "tests",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
+    # A file, not :memory:, so worker threads and the test share one database.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE / "test-db.sqlite3")}
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "django-db")
+CELERY_BROKER_TRANSPORT_OPTIONS = {}
+if CELERY_BROKER_URL.startswith("filesystem"):
+    _queue = BASE / "broker"
+    (_queue / "out").mkdir(parents=True, exist_ok=True)
+    (_queue / "processed").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue / "out"),
+        "data_folder_out": str(_queue / "out"),
+        "processed_folder": str(_queue / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.02,
+    }
+CELERY_TASK_DEFAULT_QUEUE = "dyrygent-tests"
+CELERY_RESULT_EXTENDED = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+DYRYGENT_TICK_INTERVAL = 2.0
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_dyrygent": {"handlers": ["console"], "level": "WARNING"}},
+}
