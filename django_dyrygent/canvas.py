@@ -151,7 +151,9 @@ def add_canvas(workflow, canvas, dependencies=None):
 def _add(workflow, sig, deps):
     """Add ``sig`` after ``deps`` (at most one node); return its leaves."""
     if isinstance(sig, _chord):
-        header = list(sig.tasks)
+        # A frozen/applied chord holds its header as a group, not a list.
+        header = sig.tasks
+        header = list(header.tasks if isinstance(header, group) else header)
         leaves = _add_group(workflow, header, deps) if header else deps
         body = sig.body
         if body is None:
