@@ -10,6 +10,8 @@ node: chaining two groups of 100 then costs 200 edges instead of 10,000, and
 in pass-results mode the join carries the list of results in header order.
 """
 
+from datetime import timedelta
+
 from celery import group
 from celery.canvas import Signature, _chain, _chord, maybe_signature
 from celery.utils import uuid
@@ -97,7 +99,38 @@ def add_dependency(node, other):
         node._draft_deps.append(other)
 
 
-def add_signature(workflow, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS):
+def _as_timeout(workflow, timeout):
+    if timeout is None:
+        return None
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return timedelta(seconds=timeout)
+    if isinstance(timeout, timedelta) and timeout.total_seconds() > 0:
+        return timeout
+    raise ValidationError(
+        f"timeout must be a positive number of seconds or a timedelta, got {timeout!r}",
+        code="bad_timeout",
+    )
+
+
+def add_fanout(workflow, template, dependency, timeout=None):
+    sig = _as_signature(workflow, template)
+    if isinstance(sig, (group, _chain, _chord)):
+        raise ValidationError(
+            f"add_fanout() takes a single task signature as template, got a {type(sig).__name__}",
+            code="not_a_task",
+        )
+    (dep,) = _check_dependencies(workflow, [dependency])
+    stored = signature_to_dict(sig)
+    node = _new_node(
+        workflow, task_id=uuid(), task_name=sig.task or "", kind=NodeKind.MAP, signature=stored,
+        timeout=_as_timeout(workflow, timeout),
+    )
+    node._draft_deps.append(dep)
+    return node
+
+
+def add_signature(workflow, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
+                  timeout=None):
     sig = _as_signature(workflow, signature)
     if isinstance(sig, (group, _chain, _chord)):
         raise ValidationError(
@@ -120,6 +153,7 @@ def add_signature(workflow, signature, dependencies=None, trigger_rule=TriggerRu
         task_name=sig.task or "",
         signature=signature_to_dict(sig),
         trigger_rule=trigger_rule,
+        timeout=_as_timeout(workflow, timeout),
     )
     node._draft_deps.extend(deps)
     return node

@@ -27,7 +27,7 @@ from celery.utils import uuid
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
-from django.db.models import F, Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
 
 from . import signals
@@ -53,10 +53,14 @@ logger = logging.getLogger("django_dyrygent.engine")
 HEADER = "dyrygent_workflow"
 
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
+# Nodes without a Celery task of their own: they succeed when their dependencies have.
+JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
+# Pseudo-target of _readiness: a fan-out node whose source succeeded expands.
+EXPAND = "EXPAND"
 # Fields loaded whenever the engine reasons about a node.
 NODE_FIELDS = (
     "id", "workflow_id", "task_id", "task_name", "kind", "state", "trigger_rule",
-    "waiting", "failed_dependencies", "signature", "publish_count",
+    "waiting", "failed_dependencies", "signature", "publish_count", "fanout_size", "timeout",
 )
 
 
@@ -122,6 +126,7 @@ class Step:
         self.wf_changes = []
         self.to_publish = []
         self.to_revoke = []
+        self.to_terminate = []
         self.results = {}  # node id -> result known in memory
         self.finished = False
 
@@ -223,6 +228,8 @@ class Step:
             )
         if self.to_revoke:
             transaction.on_commit(partial(revoke, self.to_revoke))
+        if self.to_terminate:
+            transaction.on_commit(partial(revoke, self.to_terminate, terminate=True))
         transaction.on_commit(self.announce)
 
     def announce(self):
@@ -248,7 +255,9 @@ def _readiness(node):
         if node.failed_dependencies:
             return NodeState.UPSTREAM_FAILED
         if not node.waiting:
-            return NodeState.SUCCESS if node.kind == NodeKind.JOIN else NodeState.QUEUED
+            if node.kind == NodeKind.MAP and node.fanout_size is None:
+                return EXPAND
+            return NodeState.SUCCESS if node.kind in JOIN_KINDS else NodeState.QUEUED
     elif rule == TriggerRule.ALL_DONE:
         if not node.waiting:
             return NodeState.QUEUED
@@ -269,6 +278,8 @@ def _apply_readiness(step, candidates):
             if target is not None:
                 decided[target].append(node)
     finals = []
+    for fanout in decided.pop(EXPAND, []):
+        finals.extend(expand_fanout(step, fanout))
     joins = decided.pop(NodeState.SUCCESS, [])
     if joins and step.wf.pass_results:
         # Each join carries its own list of results, so one UPDATE per join.
@@ -288,6 +299,75 @@ def _apply_readiness(step, candidates):
     queued = decided.pop(NodeState.QUEUED, [])
     queue_nodes(step, queued)
     return finals
+
+
+def expand_fanout(step, fanout):
+    """Create one task node per item of the fan-out source's result; queue them.
+
+    The fan-out node then waits for its children like a join and, in
+    pass-results mode, collects their results in item order. Returns the
+    nodes that became final (the fan-out itself when there is nothing to run).
+    """
+    (source_result,) = _dependency_results(step, [fanout]).get(fanout.pk, [None])
+    if not isinstance(source_result, (list, tuple)):
+        step.transition_nodes(
+            [fanout], NodeState.FAILURE, reason="fan-out source did not return a list",
+            error=f"The fan-out source returned {type(source_result).__name__}, not a list: "
+                  f"{source_result!r:.200}",
+        )
+        return [fanout]
+    template = fanout.signature or {}
+    # The fan-out now waits for its children instead of its source: the children
+    # take over the source edge (source -> children -> fan-out).
+    source_edge = WorkflowEdge.objects.filter(node_id=fanout.pk).only("pk", "dependency_id").get()
+    source_id = source_edge.dependency_id
+    source_edge.delete()
+    base = _next_position(step)
+    children = [
+        WorkflowNode(
+            workflow_id=step.wf.pk, task_id=uuid(), task_name=fanout.task_name, kind=NodeKind.TASK,
+            # The item is the call's first argument; "immutable" keeps pass-results
+            # mode from prepending the whole list as well.
+            signature={**template, "args": [item, *template.get("args", [])], "immutable": True},
+            position=base + i, timeout=fanout.timeout, waiting=0,
+            custom_payload={"fanout": fanout.pk, "item_index": i},
+        )
+        for i, item in enumerate(source_result)
+    ]
+    WorkflowNode.objects.bulk_create(children, batch_size=1000)
+    if children and any(c.pk is None for c in children):  # MySQL: no ids from bulk inserts
+        ids = dict(WorkflowNode.objects.filter(task_id__in=[c.task_id for c in children])
+                   .values_list("task_id", "pk"))
+        for child in children:
+            child.pk = ids[child.task_id]
+    for child in children:
+        child._state.adding = False
+    WorkflowEdge.objects.bulk_create(
+        [WorkflowEdge(workflow_id=step.wf.pk, node_id=c.pk, dependency_id=source_id) for c in children]
+        + [WorkflowEdge(workflow_id=step.wf.pk, node_id=fanout.pk, dependency_id=c.pk, position=i)
+           for i, c in enumerate(children)],
+        batch_size=1000,
+    )
+    WorkflowNode.objects.filter(pk=fanout.pk).update(fanout_size=len(children), waiting=len(children))
+    fanout.fanout_size = fanout.waiting = len(children)
+    step.counters["nodes_total"] += len(children)
+    step.events.append(
+        WorkflowEvent(workflow_id=step.wf.pk, node_id=fanout.pk, old_state=fanout.state,
+                      new_state=fanout.state, reason=f"expanded into {len(children)} nodes",
+                      created_at=step.now)
+    )
+    if not children:
+        step.results[fanout.pk] = []
+        step.transition_nodes([fanout], NodeState.SUCCESS, result=[] if step.wf.pass_results else None)
+        return [fanout]
+    queue_nodes(step, children, reason="fan-out")
+    return []
+
+
+def _next_position(step):
+    from django.db.models import Max
+
+    return (WorkflowNode.objects.filter(workflow_id=step.wf.pk).aggregate(m=Max("position"))["m"] or 0) + 1
 
 
 def queue_nodes(step, nodes, reason=""):
@@ -392,7 +472,7 @@ def release_ready(step):
 def maybe_finish(step):
     """End the workflow when every task node is final."""
     wf = step.wf
-    if wf.state != WorkflowState.RUNNING or step.count("nodes_done") < wf.nodes_total:
+    if wf.state != WorkflowState.RUNNING or step.count("nodes_done") < step.count("nodes_total"):
         return
     if step.count("nodes_failed"):
         finish(step, WorkflowState.FAILURE, "some nodes did not succeed")
@@ -419,13 +499,21 @@ def finish(step, target, reason="", error=""):
     queue_nodes(step, run, reason=f"workflow ended {target}")
 
 
-def _schedule_tick(step, force=False):
+def _schedule_tick(step):
+    """Keep exactly one chain of countdown ticks per active workflow.
+
+    A tick reschedules itself only when it is the one that was due (or none
+    is due, e.g. the first tick, or the scheduled one was lost): an extra
+    tick (admin "tick now", a retry, a duplicate message) arriving before the
+    due time leaves the chain to the pending one instead of starting another.
+    """
     wf = step.wf
     if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING):
         return
+    interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at
-    if force or due is None or due <= step.now:
-        interval = float(settings.TICK_INTERVAL)
+    tolerance = timedelta(seconds=min(1.0, interval / 2))
+    if due is None or due <= step.now + tolerance:
         step.wf_fields["next_tick_at"] = wf.next_tick_at = step.now + timedelta(seconds=interval)
         transaction.on_commit(partial(send_tick, wf.pk, wf.options, interval))
 
@@ -465,10 +553,11 @@ def tick(workflow_id, scheduled=True):
                     abort(step, WorkflowState.ERROR, "deadline exceeded",
                           f"Workflow still running at its deadline {wf.deadline.isoformat()}")
                 else:
+                    enforce_timeouts(step)
                     reconcile(step)
                     release_ready(step)
                     maybe_finish(step)
-            _schedule_tick(step, force=scheduled)
+            _schedule_tick(step)
             step.flush()
     if wf is None:
         if busy is None:
@@ -589,7 +678,12 @@ def _format_error(exception, traceback):
 
 def node_started(workflow_id, task_id):
     """Lock-free: a conditional UPDATE QUEUED/RETRY -> STARTED is all a start decides."""
-    return _simple_transition(workflow_id, task_id, NodeState.STARTED, started_at=timezone.now())
+    now = timezone.now()
+    return _simple_transition(
+        workflow_id, task_id, NodeState.STARTED, started_at=now,
+        # NULL when the node has no timeout.
+        timeout_at=ExpressionWrapper(Value(now) + F("timeout"), output_field=DateTimeField()),
+    )
 
 
 def node_retrying(workflow_id, task_id, reason=""):
@@ -622,6 +716,25 @@ def _simple_transition(workflow_id, task_id, target, **fields):
 
 
 # -- reconciliation ----------------------------------------------------------------------
+
+
+def enforce_timeouts(step):
+    """Fail STARTED/RETRY nodes past their ``timeout_at``; their tasks are revoked (terminate)."""
+    late = list(
+        WorkflowNode.objects.filter(
+            workflow_id=step.wf.pk, state__in=[NodeState.STARTED, NodeState.RETRY],
+            timeout_at__lt=step.now,
+        ).only(*NODE_FIELDS)
+    )
+    if not late:
+        return
+    for node in late:
+        step.transition_nodes(
+            [node], NodeState.FAILURE, reason="timed out",
+            error=f"Timed out: no outcome {node.timeout.total_seconds():g}s after the task started",
+        )
+    step.to_terminate.extend(n.task_id for n in late)
+    settle(step, [n for n in late if n.kind not in CALLBACK_KINDS])
 
 
 def _result_backend(app):
@@ -789,7 +902,7 @@ def retry(workflow_id):
             )
         release_ready(step)
         maybe_finish(step)
-        _schedule_tick(step, force=True)
+        _schedule_tick(step)
         return len(reset)
 
     return _locked_step(workflow_id, do_retry) or 0
@@ -869,9 +982,9 @@ def publish(workflow_id, tasks_options, entries):
                 )
 
 
-def revoke(task_ids):
+def revoke(task_ids, terminate=False):
     try:
-        get_celery_app().control.revoke(list(task_ids))
+        get_celery_app().control.revoke(list(task_ids), terminate=terminate)
     except Exception:
         logger.exception("Could not revoke %d task(s)", len(task_ids))
 

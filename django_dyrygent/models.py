@@ -112,12 +112,31 @@ class Workflow(models.Model):
                 code="already_applied",
             )
 
-    def add_signature(self, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS):
-        """Add one signature as a node depending on ``dependencies``; returns the node."""
+    def add_signature(self, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
+                      timeout=None):
+        """Add one signature as a node depending on ``dependencies``; returns the node.
+
+        ``trigger_rule``: "all_success" (default), "all_done" or "one_failed".
+        ``timeout``: seconds (or timedelta) after its start at which a node
+        still running is failed and its task revoked.
+        """
         from .canvas import add_signature
 
         self._require_draft("add a signature")
-        return add_signature(self, signature, dependencies, trigger_rule=trigger_rule)
+        return add_signature(self, signature, dependencies, trigger_rule=trigger_rule, timeout=timeout)
+
+    def add_fanout(self, template, dependency, timeout=None):
+        """Run ``template`` once per item of ``dependency``'s result (a list), at run time.
+
+        Returns the fan-out node: it succeeds once every item's task has, with
+        the list of their results (in pass-results mode), so followers depend
+        on it like on a chord header. Each item is prepended to the
+        template's arguments.
+        """
+        from .canvas import add_fanout
+
+        self._require_draft("add a fan-out")
+        return add_fanout(self, template, dependency, timeout=timeout)
 
     def add_celery_canvas(self, canvas, dependencies=None):
         """Add a chain/group/chord/signature; returns the nodes a follower must depend on."""
@@ -132,10 +151,10 @@ class Workflow(models.Model):
             has_dependents = {id(dep) for node in self._draft for dep in node._draft_deps}
             return [
                 n for n in self._draft
-                if id(n) not in has_dependents and n.kind in (NodeKind.TASK, NodeKind.JOIN)
+                if id(n) not in has_dependents and n.kind in (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
             ]
         return list(
-            self.nodes.filter(kind__in=[NodeKind.TASK, NodeKind.JOIN], dependents__isnull=True)
+            self.nodes.filter(kind__in=[NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP], dependents__isnull=True)
             .order_by("position")
         )
 
@@ -287,6 +306,15 @@ class WorkflowNode(models.Model):
     publish_count = models.PositiveIntegerField(_("publishes"), default=0)
     retries = models.PositiveIntegerField(_("Celery retries"), default=0)
     previous_task_ids = models.JSONField(_("previous task ids"), default=list, blank=True)
+    timeout = models.DurationField(
+        _("timeout"), null=True, blank=True,
+        help_text=_("A STARTED node with no outcome this long after it started is failed (timed out)."),
+    )
+    timeout_at = models.DateTimeField(_("times out at"), null=True, blank=True)
+    fanout_size = models.PositiveIntegerField(
+        _("fan-out size"), null=True, blank=True,
+        help_text=_("For a fan-out node: how many task nodes it expanded into (empty until then)."),
+    )
     queued_at = models.DateTimeField(_("queued at"), null=True, blank=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)

@@ -27,6 +27,9 @@ class NodeKind(models.TextChoices):
     TASK = "task", _("Task")
     # Internal: no Celery task, completes inside the transaction that satisfies it.
     JOIN = "join", _("Join")
+    # Dynamic fan-out: expands at run time into one task node per item of its
+    # dependency's result, then completes like a join with their results.
+    MAP = "map", _("Fan-out")
     # link_error / link_finalizer signatures: run once the workflow has ended.
     ERROR_CALLBACK = "error_callback", _("Error callback")
     FINALIZER = "finalizer", _("Finalizer")

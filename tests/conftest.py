@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.db import connection
@@ -17,9 +19,13 @@ def purged_broker():
     return celery_app
 
 
-@pytest.fixture
-def worker(transactional_db, purged_broker):
-    """A real Celery worker (thread pool) consuming the real broker, in this process."""
+@pytest.fixture(scope="session")
+def session_worker(django_db_setup, purged_broker):
+    """A real Celery worker (thread pool) consuming the real broker, in this process.
+
+    Started once per session: stopping a worker costs seconds (its consumer
+    loop drains the broker with a 2 s timeout), which would dominate the suite.
+    """
     with start_worker(
         celery_app, pool="threads", concurrency=4, perform_ping_check=False,
         loglevel="WARNING", shutdown_timeout=30,
@@ -28,5 +34,81 @@ def worker(transactional_db, purged_broker):
 
 
 @pytest.fixture
+def worker(transactional_db, session_worker):
+    """The session's worker, with a committed-data test database; waits for it to go idle after."""
+    yield session_worker
+    from celery.worker import state
+
+    deadline = time.monotonic() + 15
+    while state.active_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
 def is_postgres():
     return connection.vendor == "postgresql"
+
+
+# -- a worker shared by the tests of one module ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def module_worker(django_db_setup, purged_broker):
+    """One real worker per test module.
+
+    Stopping a worker on the file-system broker takes about 4 s (its consumer
+    polls with a 2 s timeout): one per module instead of one per test keeps
+    the end-to-end suites inside their time budget.
+    """
+    with start_worker(
+        celery_app, pool="threads", concurrency=4, perform_ping_check=False,
+        loglevel="WARNING", shutdown_timeout=30,
+    ) as w:
+        yield w
+
+
+def wait_worker_idle(timeout=20.0):
+    """Block until the shared worker runs no task, so none outlives its test's database rows."""
+    import time
+
+    from celery.worker import state
+
+    deadline = time.monotonic() + timeout
+    while state.active_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not state.active_requests
+
+
+@pytest.fixture
+def live_worker(transactional_db, module_worker):
+    """The module's real worker, for one test; waits for it to be idle before the rows are flushed."""
+    yield module_worker
+    wait_worker_idle()
+
+
+@pytest.hookimpl(specname="pytest_configure")
+def _register_e2e_markers(config):
+    config.addinivalue_line("markers", "large: end-to-end test of a large workflow (runs on every database)")
+
+
+@pytest.fixture
+def compat_handler():
+    """Register celery-dyrygent style handlers with Workflow.connect; disconnect them after the test.
+
+    ``Workflow.connect`` has no disconnect of its own, and a handler left
+    connected would see every later test's workflows.
+    """
+    from django_dyrygent import signals as dy_signals
+    from django_dyrygent.models import Workflow
+
+    connected = []
+
+    def connect(name, handler):
+        Workflow.connect(name)(handler)
+        connected.append((name, handler))
+        return handler
+
+    yield connect
+    for name, handler in connected:
+        signal, _payload = dy_signals.COMPAT_SIGNALS[name]
+        signal.disconnect(dispatch_uid=("django_dyrygent.compat", name, id(handler)))

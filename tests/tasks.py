@@ -66,3 +66,58 @@ def big(size):
 @shared_task(name="tests.not_json")
 def not_json():
     return object()
+
+
+@shared_task(name="tests.make_list")
+def make_list(n):
+    return list(range(n))
+
+
+@shared_task(name="tests.square")
+def square(x):
+    return x * x
+
+
+@shared_task(name="tests.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+# -- end-to-end suites (test_e2e, test_operations_e2e, test_pass_results, test_signals) --
+
+
+@shared_task(bind=True, name="tests.request_info")
+def request_info(self, *args):
+    """What the worker saw of the message: lets tests check that publish options arrived."""
+    headers = self.request.headers or {}
+    delivery = self.request.delivery_info or {}
+    return {
+        "x_tag": getattr(self.request, "x_tag", None) or headers.get("x_tag"),
+        "priority": delivery.get("priority"),
+        "routing_key": delivery.get("routing_key"),
+        "workflow": getattr(self.request, "dyrygent_workflow", None) or headers.get("dyrygent_workflow"),
+    }
+
+
+@shared_task(bind=True, name="tests.gate")
+def gate(self, flag, *args):
+    """Fails until an Execution row labelled ``flag:<flag>`` exists: a switch tests flip between runs."""
+    Execution.objects.create(label=f"gate:{flag}", task_id=self.request.id or "")
+    if not Execution.objects.filter(label=f"flag:{flag}").exists():
+        raise Boom(f"flag {flag} is not set")
+    return flag
+
+
+@shared_task(bind=True, name="tests.on_end")
+def on_end(self, workflow_id, label):
+    """A workflow callback: records which callback ran for which workflow."""
+    Execution.objects.create(label=f"{label}:{workflow_id}", task_id=self.request.id or "")
+    return label
+
+
+@shared_task(name="tests.append")
+def append(values, item):
+    """Order-sensitive combination for pass-results canvases."""
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    return values + [item]
