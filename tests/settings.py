@@ -60,10 +60,13 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     _queue = BASE / "broker"
     (_queue / "out").mkdir(parents=True, exist_ok=True)
     (_queue / "processed").mkdir(parents=True, exist_ok=True)
+    (_queue / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue / "out"),
         "data_folder_out": str(_queue / "out"),
         "processed_folder": str(_queue / "processed"),
+        # kombu's default is ./control, relative to wherever the tests run.
+        "control_folder": str(_queue / "control"),
         "store_processed": False,
         "polling_interval": 0.02,
     }
