@@ -1,0 +1,59 @@
+"""The demo DAG: a Celery canvas (chain, group, chord) plus explicit-dependency nodes.
+
+::
+
+    fetch_inventory ──> provision × N ──> check × N ──> summarize ──┐
+          │            (group)           (chord header)  (chord body)├──> notify
+          └──────────────────────────> audit ───────────────────────┘
+
+``fetch_inventory`` and ``audit`` are added with ``add_signature``; the
+middle is one native canvas hung below ``fetch_inventory`` with
+``add_celery_canvas(..., dependencies=[fetch])``; ``notify`` waits for every
+leaf. Between the group and the chord header the importer puts one internal
+join node, so the N × N edges a naive import would draw become 2 × N.
+"""
+
+from celery import chain, chord, group
+
+from django_dyrygent.models import Workflow
+
+from .tasks import audit, check, fetch_inventory, notify, provision, summarize
+
+DEFAULT_HOSTS = 4
+
+
+def host_names(count):
+    return [f"web-{i + 1}" for i in range(count)]
+
+
+def build_demo_workflow(hosts=DEFAULT_HOSTS, delay=0.2, fail=False, name="demo"):
+    """An unsaved demo Workflow; call ``apply_async()`` on it to run it.
+
+    ``fail=True`` makes the last host's provisioning raise, to show a failed
+    branch: its descendants end UPSTREAM_FAILED, ``audit`` still runs, and the
+    workflow ends FAILURE.
+    """
+    if not isinstance(hosts, int) or not 1 <= hosts <= 100:
+        raise ValueError(f"hosts must be an integer from 1 to 100, not {hosts!r}")
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 60:
+        raise ValueError(f"delay must be from 0 to 60 seconds, not {delay!r}")
+    names = host_names(hosts)
+    wf = Workflow(
+        name=name,
+        # Native canvas semantics: summarize (a mutable signature, .s()) gets the
+        # list of check results as its first argument.
+        pass_results=True,
+        custom_payload={"hosts": hosts, "delay": delay, "fail": fail, "source": "demo"},
+    )
+    fetch = wf.add_signature(fetch_inventory.si(names, delay=delay))
+    wf.add_celery_canvas(
+        chain(
+            group(provision.si(h, delay=delay, fail=fail and h == names[-1]) for h in names),
+            chord([check.si(h, delay=delay) for h in names], summarize.s(delay=delay)),
+        ),
+        dependencies=[fetch],
+    )
+    wf.add_signature(audit.si(delay=delay), dependencies=[fetch])
+    last = wf.add_signature(notify.si("ops", delay=delay), dependencies=wf.leaves())
+    last.custom_payload["channel"] = "ops"
+    return wf
