@@ -1,0 +1,352 @@
+"""Operator helpers behind the ``dyrygent_*`` management commands.
+
+Plain functions so the commands stay thin and the same logic can be called
+from a view, a task or a shell. They raise ``ValueError`` / ``LookupError``
+with a message meant for a person; the commands turn those into
+``CommandError``.
+"""
+
+import json
+import logging
+import re
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Count, Max, Min, Q
+from django.utils import timezone
+
+from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+from .states import WORKFLOW_FINAL, NodeKind
+
+logger = logging.getLogger("django_dyrygent.commands")
+
+#: Below this many nodes ``dyrygent_status`` lists every node; above, it groups them.
+NODE_TABLE_LIMIT = 50
+#: Shortest id prefix accepted: 8 hex digits make an accidental match unlikely.
+MIN_PREFIX = 8
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+# -- finding a workflow ------------------------------------------------------------------------
+
+
+def _hyphenate(hex_prefix):
+    """Put the hyphens back where a UUID's text form has them (8-4-4-4-12).
+
+    PostgreSQL compares the text form of a native uuid (with hyphens); SQLite
+    and MySQL store 32 hex digits and Django strips hyphens from the lookup
+    value there, so the hyphenated form matches on every backend.
+    """
+    out, pos = [], 0
+    for size in (8, 4, 4, 4, 12):
+        part = hex_prefix[pos:pos + size]
+        if not part:
+            break
+        out.append(part)
+        pos += size
+    return "-".join(out)
+
+
+def resolve_workflow(ident):
+    """The workflow named by a full UUID or a unique prefix of at least 8 hex digits.
+
+    Raises ``LookupError`` for an unknown or ambiguous id and ``ValueError``
+    for something that cannot be a workflow id at all.
+    """
+    text = str(ident).strip().lower()
+    digits = text.replace("-", "")
+    if not digits or not _HEX.match(digits) or len(digits) > 32:
+        raise ValueError(
+            f"{ident!r} is not a workflow id: give the UUID or at least its first "
+            f"{MIN_PREFIX} hex digits."
+        )
+    if len(digits) == 32:
+        wf = Workflow.objects.filter(pk=_hyphenate(digits)).first()
+        if wf is None:
+            raise LookupError(f"No workflow with id {_hyphenate(digits)}.")
+        return wf
+    if len(digits) < MIN_PREFIX:
+        raise ValueError(
+            f"Workflow id prefix {ident!r} is too short: give at least {MIN_PREFIX} hex digits."
+        )
+    matches = list(Workflow.objects.filter(id__startswith=_hyphenate(digits)).order_by("created_at")[:6])
+    if not matches:
+        raise LookupError(f"No workflow id starts with {ident!r}.")
+    if len(matches) > 1:
+        shown = ", ".join(str(m.pk) for m in matches[:5])
+        more = " and more" if len(matches) > 5 else ""
+        raise LookupError(
+            f"Workflow id prefix {ident!r} is ambiguous: it matches {shown}{more}. Give more digits."
+        )
+    return matches[0]
+
+
+# -- durations ----------------------------------------------------------------------------------
+
+
+def parse_duration(text):
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"3600s"`` (and ``"2w"``) -> timedelta."""
+    match = _DURATION.match(str(text).lower())
+    if not match:
+        raise ValueError(
+            f"Invalid duration {text!r}: use a number followed by s, m, h, d or w, "
+            "e.g. 30d, 12h, 90m or 3600s."
+        )
+    value = float(match.group(1)) * _UNITS[match.group(2)]
+    if value <= 0:
+        raise ValueError(f"Invalid duration {text!r}: it must be greater than zero.")
+    return timedelta(seconds=value)
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+
+def _iso(value):
+    return value.isoformat() if value else None
+
+
+def _seconds(delta):
+    return round(delta.total_seconds(), 3) if delta is not None else None
+
+
+def workflow_summary(workflow, node_limit=NODE_TABLE_LIMIT):
+    """Everything ``dyrygent_status`` shows, as JSON-ready data.
+
+    Up to ``node_limit`` nodes are listed one by one; a bigger workflow is
+    summarised per (task name, kind, state) with a constant number of queries,
+    so the command stays fast on a 10,000-node workflow.
+    """
+    wf = workflow
+    data = {
+        "id": str(wf.pk),
+        "name": wf.name,
+        "state": wf.state,
+        "pass_results": wf.pass_results,
+        "error": wf.error,
+        "counters": {
+            "total": wf.nodes_total,
+            "done": wf.nodes_done,
+            "succeeded": wf.nodes_succeeded,
+            "failed": wf.nodes_failed,
+            "skipped": wf.nodes_skipped,
+            "ticks": wf.ticks,
+        },
+        "timings": {
+            "created_at": _iso(wf.created_at),
+            "started_at": _iso(wf.started_at),
+            "finished_at": _iso(wf.finished_at),
+            "deadline": _iso(wf.deadline),
+            "next_tick_at": _iso(wf.next_tick_at),
+            "duration_seconds": _seconds(wf.duration),
+        },
+        "custom_payload": wf.custom_payload,
+    }
+    nodes = WorkflowNode.objects.filter(workflow_id=wf.pk)
+    count = nodes.count()
+    data["node_rows"] = count
+    if count <= node_limit:
+        data["collapsed"] = False
+        data["nodes"] = [
+            {
+                "position": n.position,
+                "task_id": n.task_id,
+                "task_name": n.task_name,
+                "kind": n.kind,
+                "state": n.state,
+                "reason": n.reason,
+                "attempts": n.attempts,
+                "queued_at": _iso(n.queued_at),
+                "started_at": _iso(n.started_at),
+                "finished_at": _iso(n.finished_at),
+                "duration_seconds": _seconds(n.duration),
+            }
+            for n in nodes.order_by("position").only(
+                "position", "task_id", "task_name", "kind", "state", "reason", "attempts",
+                "queued_at", "started_at", "finished_at",
+            )
+        ]
+    else:
+        data["collapsed"] = True
+        data["groups"] = [
+            {
+                "task_name": row["task_name"],
+                "kind": row["kind"],
+                "state": row["state"],
+                "count": row["count"],
+                "first_started_at": _iso(row["first_started"]),
+                "last_finished_at": _iso(row["last_finished"]),
+            }
+            for row in nodes.values("task_name", "kind", "state")
+            .annotate(count=Count("id"), first_started=Min("started_at"), last_finished=Max("finished_at"))
+            .order_by("task_name", "kind", "state")
+        ]
+    return data
+
+
+def node_label(task_name, kind):
+    if kind == NodeKind.TASK:
+        return task_name or "?"
+    return f"{task_name} ({kind})" if task_name else f"({kind})"
+
+
+# -- graph export --------------------------------------------------------------------------------------
+
+
+def graph_data(workflow):
+    """Nodes and edges of a saved workflow, JSON-ready (edge: dependency -> dependent)."""
+    nodes = [
+        {
+            "id": n["pk"],
+            "task_id": n["task_id"],
+            "task_name": n["task_name"],
+            "kind": n["kind"],
+            "state": n["state"],
+            "position": n["position"],
+        }
+        for n in WorkflowNode.objects.filter(workflow_id=workflow.pk)
+        .order_by("position").values("pk", "task_id", "task_name", "kind", "state", "position")
+    ]
+    edges = [
+        {"from": dep, "to": node}
+        for node, dep in WorkflowEdge.objects.filter(workflow_id=workflow.pk)
+        .order_by("node_id", "position").values_list("node_id", "dependency_id")
+    ]
+    return {
+        "workflow": {"id": str(workflow.pk), "name": workflow.name, "state": workflow.state},
+        "nodes": nodes,
+        "edges": edges,
+    }
+
+
+def _dot_string(text):
+    """A DOT double-quoted string: backslashes and quotes escaped, newlines as \\n."""
+    text = str(text).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("\r", "").replace("\n", "\\n") + '"'
+
+
+DOT_COLOURS = {
+    "PENDING": "#eeeeee", "QUEUED": "#cfe2ff", "STARTED": "#9ec5fe", "RETRY": "#ffe69c",
+    "SUCCESS": "#a3cfbb", "FAILURE": "#f1aeb5", "UPSTREAM_FAILED": "#f8d7da",
+    "SKIPPED": "#e2e3e5", "CANCELED": "#adb5bd",
+}
+
+
+def graph_to_dot(data):
+    wf = data["workflow"]
+    lines = [
+        "digraph workflow {",
+        f"  label={_dot_string((wf['name'] or 'workflow') + ' ' + wf['id'] + ' (' + wf['state'] + ')')};",
+        "  rankdir=LR;",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+    ]
+    for n in data["nodes"]:
+        colour = DOT_COLOURS.get(n["state"], "#ffffff")
+        if n["kind"] == NodeKind.JOIN:
+            lines.append(
+                f'  n{n["id"]} [shape=point, width=0.12, fillcolor="{colour}", '
+                f'tooltip={_dot_string("join " + n["state"])}];'
+            )
+            continue
+        label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
+        lines.append(
+            f'  n{n["id"]} [label={_dot_string(label)}, fillcolor="{colour}", '
+            f'tooltip={_dot_string(n["task_id"])}];'
+        )
+    for e in data["edges"]:
+        lines.append(f'  n{e["from"]} -> n{e["to"]};')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text):
+    """Mermaid labels are HTML-ish: quote them and use entity codes for risky characters."""
+    replacements = {
+        "&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;",
+        "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;", "`": "#96;",
+    }
+    text = "".join(replacements.get(ch, ch) for ch in str(text))
+    return '"' + text.replace("\r", "").replace("\n", "<br/>") + '"'
+
+
+def graph_to_mermaid(data):
+    lines = ["flowchart LR"]
+    for n in data["nodes"]:
+        if n["kind"] == NodeKind.JOIN:
+            lines.append(f'  n{n["id"]}(({_mermaid_text(" ")}))')
+        else:
+            label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
+            lines.append(f'  n{n["id"]}[{_mermaid_text(label)}]')
+        lines.append(f'  class n{n["id"]} {n["state"].lower()}')
+    for e in data["edges"]:
+        lines.append(f'  n{e["from"]} --> n{e["to"]}')
+    for state, colour in DOT_COLOURS.items():
+        lines.append(f"  classDef {state.lower()} fill:{colour}")
+    return "\n".join(lines) + "\n"
+
+
+def graph_to_json(data):
+    return json.dumps(data, indent=2) + "\n"
+
+
+# -- pruning -------------------------------------------------------------------------------------------
+
+
+def prunable(cutoff, states=None):
+    """Finished workflows that ended (or, lacking an end time, were created) before ``cutoff``."""
+    states = list(states or WORKFLOW_FINAL)
+    not_final = set(states) - set(WORKFLOW_FINAL)
+    if not_final:
+        raise ValueError(
+            f"Only finished workflows can be pruned; {', '.join(sorted(not_final))} "
+            f"is not a final state (use {', '.join(sorted(WORKFLOW_FINAL))})."
+        )
+    return Workflow.objects.filter(state__in=states).filter(
+        Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff)
+    )
+
+
+def prune(cutoff, states=None, batch_size=500, dry_run=False):
+    """Delete finished workflows (and their nodes, edges, events) older than ``cutoff``.
+
+    Works in batches, each in its own transaction that first locks the
+    workflow rows it deletes, so a concurrent ``retry()`` (which takes the
+    same lock) either revives a workflow before it is chosen or waits and
+    finds it gone; the state filter is re-applied under the lock. Children
+    are deleted with one DELETE per table per batch, not row by row.
+    Returns ``{"workflows": n, "nodes": n, "edges": n, "events": n}``.
+    """
+    if batch_size < 1:
+        raise ValueError("batch size must be at least 1")
+    qs = prunable(cutoff, states)
+    totals = {"workflows": 0, "nodes": 0, "edges": 0, "events": 0}
+    if dry_run:
+        ids = qs.values("pk")
+        totals["workflows"] = qs.count()
+        totals["nodes"] = WorkflowNode.objects.filter(workflow_id__in=ids).count()
+        totals["edges"] = WorkflowEdge.objects.filter(workflow_id__in=ids).count()
+        totals["events"] = WorkflowEvent.objects.filter(workflow_id__in=ids).count()
+        return totals
+    while True:
+        with transaction.atomic():
+            ids = list(
+                qs.order_by("created_at").select_for_update(skip_locked=True)
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if not ids:
+                break
+            # Children first, one DELETE per table: the workflow's own delete()
+            # then only walks an empty tree (and still honours other apps' FKs).
+            totals["events"] += WorkflowEvent.objects.filter(workflow_id__in=ids).delete()[0]
+            totals["edges"] += WorkflowEdge.objects.filter(workflow_id__in=ids).delete()[0]
+            totals["nodes"] += WorkflowNode.objects.filter(workflow_id__in=ids).delete()[1].get(
+                WorkflowNode._meta.label, 0
+            )
+            deleted = Workflow.objects.filter(pk__in=ids).delete()[1].get(Workflow._meta.label, 0)
+            totals["workflows"] += deleted
+        logger.info("Pruned %d workflow(s): %s", deleted, ", ".join(str(pk) for pk in ids[:20]))
+        if len(ids) < batch_size:
+            break
+    return totals
