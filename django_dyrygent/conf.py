@@ -16,7 +16,7 @@ DEFAULTS = {
     "MAX_PROCESSING_TIME": 7 * 24 * 3600,
     # Seconds a QUEUED node may wait for a worker to report it before the tick
     # checks the result backend and, if the task is unknown, publishes it again.
-    "REQUEUE_AFTER": 60.0,
+    "REQUEUE_AFTER": 300.0,
     # Largest JSON-encoded task result stored in a node row, in bytes.
     "MAX_RESULT_BYTES": 1024 * 1024,
     # Most stale nodes one tick reconciles (keeps a tick's cost bounded).

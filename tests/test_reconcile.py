@@ -1,0 +1,108 @@
+"""Lost messages and lost events: the tick repairs them (rows are the truth)."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from django_dyrygent import engine
+from django_dyrygent.models import Workflow, WorkflowNode
+from tests.models import Execution
+from tests.tasks import record
+
+
+def _age_queued_nodes(wf, seconds=3600):
+    WorkflowNode.objects.filter(workflow=wf, state=WorkflowNode.State.QUEUED).update(
+        queued_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def _wait_for(predicate, timeout=20):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.worker
+def test_reconcile__a_publish_lost_after_commit_is_republished_with_the_same_task_id(worker, monkeypatch):
+    real_publish = engine.publish
+    lost = []
+
+    def lossy_publish(workflow_id, tasks_options, entries):
+        # The process "dies" between commit and publish for the first node.
+        if not lost:
+            lost.extend(node.task_id for node, _ in entries)
+            return None
+        return real_publish(workflow_id, tasks_options, entries)
+
+    monkeypatch.setattr(engine, "publish", lossy_publish)
+    wf = Workflow(name="lost-publish")
+    first = wf.add_signature(record.si("first"))
+    wf.add_signature(record.si("second"), dependencies=[first])
+    wf.apply_async()
+    assert _wait_for(lambda: WorkflowNode.objects.filter(pk=first.pk, state="QUEUED").exists())
+    assert lost == [first.task_id]
+    # Nothing moves until the grace period is over.
+    engine.tick(wf.pk, scheduled=False)
+    assert Execution.objects.count() == 0
+    _age_queued_nodes(wf)
+    engine.tick(wf.pk, scheduled=False)
+    assert wf.wait(timeout=30) == Workflow.State.SUCCESS
+    first.refresh_from_db()
+    assert first.task_id == lost[0]
+    assert first.publish_count == 2
+    assert list(Execution.objects.values_list("label", flat=True)) == ["first", "second"]
+    assert first.events.filter(reason__startswith="republished").exists()
+
+
+@pytest.mark.worker
+def test_reconcile__a_lost_success_event_is_recovered_from_the_result_backend(worker, monkeypatch):
+    real = engine.node_succeeded
+    dropped = []
+
+    def flaky_event(workflow_id, task_id, result):
+        if not dropped:
+            dropped.append(task_id)  # the worker crashed before recording the outcome
+            return None
+        return real(workflow_id, task_id, result)
+
+    monkeypatch.setattr(engine, "node_succeeded", flaky_event)
+    wf = Workflow(name="lost-event")
+    first = wf.add_signature(record.si("first"))
+    wf.add_signature(record.si("second"), dependencies=[first])
+    wf.apply_async()
+    assert _wait_for(lambda: Execution.objects.filter(label="first").exists() and dropped)
+    # The result backend (django-db) knows the outcome; the node row does not yet.
+    assert _wait_for(lambda: WorkflowNode.objects.get(pk=first.pk).state == "STARTED")
+    WorkflowNode.objects.filter(pk=first.pk).update(queued_at=timezone.now() - timedelta(hours=1))
+    engine.tick(wf.pk, scheduled=False)
+    first.refresh_from_db()
+    assert first.state == WorkflowNode.State.SUCCESS
+    assert first.result == "first"
+    assert first.reason == "reconciled"
+    assert wf.wait(timeout=30) == Workflow.State.SUCCESS
+    # Reconciling did not run the task again.
+    assert list(Execution.objects.values_list("label", flat=True)) == ["first", "second"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconcile__a_lost_tick_is_picked_up_by_the_sweeper(monkeypatch):
+    sent = []
+    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: sent.append(a[0]))
+    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    wf = Workflow(name="lost-tick")
+    wf.add_signature(record.si("x"))
+    wf.apply_async()
+    assert sent == [wf.pk]  # the first tick, "lost" on its way
+    assert engine.sweep(stale_after=3600) == 0  # not stale yet
+    Workflow.objects.filter(pk=wf.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    assert engine.sweep(stale_after=3600) == 1
+    wf.refresh_from_db()
+    assert wf.state == Workflow.State.RUNNING
+    assert wf.next_tick_at is not None
+    assert WorkflowNode.objects.get(workflow=wf).state == WorkflowNode.State.QUEUED
