@@ -64,12 +64,18 @@ def _new_node(workflow, **fields):
 
 
 def _as_signature(workflow, obj):
-    if isinstance(obj, dict):
-        obj = maybe_signature(obj)
-    if not isinstance(obj, Signature):
+    original = obj
+    if isinstance(obj, dict) and not isinstance(obj, Signature):
+        try:
+            obj = maybe_signature(obj)
+        except (KeyError, TypeError, ValueError):
+            obj = None
+    # Celery itself wraps anything in a Signature (chord([sig, 42], ...) holds "42()"),
+    # so a signature must also name its task.
+    if not isinstance(obj, Signature) or not isinstance(obj.task, str) or not obj.task:
         raise ValidationError(
             f"Workflow {workflow.name or workflow.pk}: expected a Celery signature or canvas, "
-            f"got {type(obj).__name__}: {obj!r:.200}",
+            f"got {type(original).__name__}: {original!r:.200}",
             code="not_a_signature",
         )
     return obj
