@@ -153,9 +153,10 @@ class Command(BaseCommand):
 
     def explain(self, wf, superuser):
         path = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])
+        python = self.python()
         self.stdout.write("")
         self.stdout.write("See it in the Django admin:")
-        self.stdout.write("  python manage.py runserver")
+        self.stdout.write(f"  {python} manage.py runserver")
         self.stdout.write(f"  http://127.0.0.1:8000{path}")
         if superuser:
             if not settings.DEBUG:
@@ -171,5 +172,17 @@ class Command(BaseCommand):
                 ))
         else:
             self.stdout.write("  create a login first: python manage.py createsuperuser")
-        self.stdout.write("Start more workflows from http://127.0.0.1:8000/ "
-                          "(with a worker running: celery -A example_project worker -l info).")
+        self.stdout.write(
+            "Start more workflows from http://127.0.0.1:8000/ with a worker running beside the server:"
+        )
+        self.stdout.write(f"  {python} -m celery -A example_project worker -l info")
+
+    def python(self):
+        """The interpreter to tell the user about: ``.venv/bin/python`` after ``make demo``."""
+        from pathlib import Path
+
+        exe = Path(sys.executable)
+        try:
+            return str(exe.relative_to(Path(settings.BASE_DIR).resolve()))
+        except ValueError:
+            return "python"

@@ -1,0 +1,44 @@
+# Two commands, no server needed:
+#   make demo   run the example workflow on a real Celery worker (SQLite + file-system broker)
+#   make test   run the test suite (SQLite by default; DATABASE_URL / CELERY_BROKER_URL switch it)
+#
+# Both create .venv with python3 when it is missing. Extra pytest arguments:
+#   make test PYTEST_ARGS="-k smoke -x"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+PYTEST_ARGS ?=
+DEMO_ARGS ?= --superuser
+
+.PHONY: demo test install-demo install-test clean help
+
+help:
+	@echo "make demo   run the demo workflow on a real Celery worker (no server needed)"
+	@echo "make test   run the test suite (set DATABASE_URL / CELERY_BROKER_URL for PostgreSQL / Redis)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps: reinstall only when the package metadata changes.
+$(VENV)/.installed-demo: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install -q -e . "dj-database-url>=2"
+	@touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[test]"
+	@touch $@ $(VENV)/.installed-demo
+
+install-demo: $(VENV)/.installed-demo
+install-test: $(VENV)/.installed-test
+
+demo: install-demo
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py run_demo --worker $(DEMO_ARGS)
+
+test: install-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var
