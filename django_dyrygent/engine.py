@@ -448,11 +448,11 @@ def settle(step, finished):
             node.waiting -= done
             node.failed_dependencies += failed
         for (done, failed), pks in groups.items():
+            change = {"waiting": F("waiting") - done}
+            if failed:
+                change["failed_dependencies"] = F("failed_dependencies") + failed
             for chunk in _chunks(pks):
-                WorkflowNode.objects.filter(pk__in=chunk).update(
-                    waiting=F("waiting") - done,
-                    failed_dependencies=F("failed_dependencies") + failed,
-                )
+                WorkflowNode.objects.filter(pk__in=chunk).update(**change)
         frontier = _apply_readiness(step, dependents.values())
 
 
