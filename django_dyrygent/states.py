@@ -76,6 +76,7 @@ NODE_TRANSITIONS = {
         NodeState.SUCCESS,
         NodeState.FAILURE,
         NodeState.CANCELED,
+        NodeState.SKIPPED,  # skip(): published but not started yet, so revoked
     },
     NodeState.STARTED: {
         NodeState.STARTED,

@@ -1,0 +1,540 @@
+"""The state machine and the engine's decisions, driven by hand without a worker.
+
+Worker events are replaced by direct calls to ``engine.node_succeeded`` /
+``node_failed`` and the broker by a recorder, so each test can say exactly
+which nodes were published after each event. Running on-commit callbacks
+explicitly keeps the test inside pytest-django's transaction.
+"""
+
+import itertools
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import pytest
+from celery import chain, chord, group
+from celery.canvas import Signature
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from django_dyrygent import engine
+from django_dyrygent.engine import ConcurrentTransition, Step, TransitionNotAllowed
+from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+from django_dyrygent.states import (
+    NODE_FINAL,
+    NODE_TRANSITIONS,
+    WORKFLOW_FINAL,
+    WORKFLOW_TRANSITIONS,
+    NodeState,
+    WorkflowState,
+)
+from tests.celery_app import app as celery_app
+from tests.tasks import noop
+
+pytestmark = pytest.mark.django_db
+
+S = NodeState
+W = WorkflowState
+
+
+def t(label):
+    return noop.si(label).set(task_id=f"task-{label}")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    """Record what the engine would send to Celery instead of sending it."""
+    calls = SimpleNamespace(published=[], ticks=[], revoked=[])
+
+    def fake_apply_async(sig, args=(), kwargs=None, task_id=None, producer=None, **options):
+        call_args = tuple(sig.args) if sig.immutable else tuple(args) + tuple(sig.args)
+        calls.published.append(
+            SimpleNamespace(task=sig.task, task_id=task_id, args=call_args, options=options)
+        )
+
+    monkeypatch.setattr(Signature, "apply_async", fake_apply_async)
+    monkeypatch.setattr(celery_app, "producer_or_acquire", lambda *a, **k: nullcontext())
+    monkeypatch.setattr(engine, "send_tick", lambda pk, options=None, countdown=None: calls.ticks.append(
+        (str(pk), countdown)))
+    monkeypatch.setattr(engine, "revoke", lambda ids, terminate=False: calls.revoked.extend(ids))
+
+    def take():
+        out = [c.task_id for c in calls.published]
+        calls.published.clear()
+        return out
+
+    calls.take = take
+    return calls
+
+
+@pytest.fixture
+def run(django_capture_on_commit_callbacks):
+    """Call an engine entry point and run what it queued for after commit."""
+
+    def call(fn, *args, **kwargs):
+        with django_capture_on_commit_callbacks(execute=True):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def states(wf):
+    return {n.task_id: n.state for n in WorkflowNode.objects.filter(workflow=wf, kind="task")}
+
+
+def node(task_id):
+    return WorkflowNode.objects.get(task_id=task_id)
+
+
+def started(run, wf):
+    run(wf.apply_async)
+    run(engine.tick, wf.pk)
+    wf.refresh_from_db()
+    return wf
+
+
+def one_node_workflow(state=S.PENDING, kind="task"):
+    wf = Workflow()
+    n = wf.add_signature(noop.si())
+    wf.apply_async()
+    WorkflowNode.objects.filter(pk=n.pk).update(state=state, kind=kind)
+    Workflow.objects.filter(pk=wf.pk).update(state=W.RUNNING)
+    return wf, WorkflowNode.objects.get(pk=n.pk)
+
+
+def locked_step(wf):
+    return Step(engine.lock_workflow(wf.pk))
+
+
+# -- the state tables -----------------------------------------------------------------------
+
+
+def test_states__final_node_states_only_leave_through_retry():
+    for state in NODE_FINAL:
+        assert NODE_TRANSITIONS[state] <= {S.PENDING}, state
+    assert NODE_TRANSITIONS[S.SUCCESS] == set() and NODE_TRANSITIONS[S.SKIPPED] == set()
+    assert WORKFLOW_TRANSITIONS[W.SUCCESS] == set()
+    for state in WORKFLOW_FINAL - {W.SUCCESS}:
+        assert WORKFLOW_TRANSITIONS[state] == {W.RUNNING}, state
+    assert set(NODE_TRANSITIONS) == set(S) and set(WORKFLOW_TRANSITIONS) == set(W)
+
+
+@pytest.mark.parametrize("old, new", list(itertools.product(S, S)), ids=lambda s: s.value)
+def test_transition_nodes__follows_the_table(old, new):
+    wf, n = one_node_workflow(old)
+    with transaction.atomic():
+        step = locked_step(wf)
+        if new in NODE_TRANSITIONS[old]:
+            step.transition_nodes([n], new, reason="test")
+            assert node(n.task_id).state == new and n.state == new
+            assert [(e.old_state, e.new_state) for e in step.events] == [(old, new)]
+        else:
+            with pytest.raises(TransitionNotAllowed, match=f"{old} -> {new}"):
+                step.transition_nodes([n], new)
+            assert node(n.task_id).state == old and n.state == old
+            assert step.events == [] and not step.counters
+
+
+def test_transition_nodes__one_forbidden_node_stops_the_whole_batch():
+    wf = Workflow()
+    a, b = wf.add_signature(noop.si()), wf.add_signature(noop.si())
+    wf.apply_async()
+    WorkflowNode.objects.filter(pk=b.pk).update(state=S.SUCCESS)
+    nodes = list(WorkflowNode.objects.filter(workflow=wf).order_by("position"))
+    with transaction.atomic():
+        step = locked_step(wf)
+        with pytest.raises(TransitionNotAllowed, match=b.task_id):
+            step.transition_nodes(nodes, S.QUEUED)
+        assert states(wf) == {a.task_id: S.PENDING, b.task_id: S.SUCCESS}
+        assert step.events == []
+
+
+def test_transition_nodes__row_changed_behind_the_engine_raises_concurrent_transition():
+    wf = Workflow()
+    a, b = wf.add_signature(noop.si()), wf.add_signature(noop.si())
+    wf.apply_async()
+    nodes = list(WorkflowNode.objects.filter(workflow=wf).order_by("position"))
+    # Someone writes b without the lock after the engine read it.
+    WorkflowNode.objects.filter(pk=b.pk).update(state=S.CANCELED)
+    with pytest.raises(ConcurrentTransition, match="1 of 2 nodes were no longer PENDING"):
+        with transaction.atomic():
+            locked_step(wf).transition_nodes(nodes, S.QUEUED)
+    # The transaction rolled back: a was not queued either.
+    assert states(wf) == {a.task_id: S.PENDING, b.task_id: S.CANCELED}
+
+
+def test_flush__workflow_changed_behind_the_engine_raises_concurrent_transition():
+    wf = Workflow()
+    wf.add_signature(noop.si())
+    wf.apply_async()
+    with pytest.raises(ConcurrentTransition, match="no longer INITIAL"):
+        with transaction.atomic():
+            step = locked_step(wf)
+            Workflow.objects.filter(pk=wf.pk).update(state=W.CANCELED)
+            step.transition_workflow(W.RUNNING)
+            step.flush()
+    # Everything in the transaction, the intruder's write included, rolled back.
+    wf.refresh_from_db()
+    assert wf.state == W.INITIAL and wf.started_at is None
+    assert not WorkflowEvent.objects.filter(workflow=wf).exists()
+
+
+def test_transition_workflow__forbidden_change_raises_and_changes_nothing():
+    wf, _n = one_node_workflow()
+    Workflow.objects.filter(pk=wf.pk).update(state=W.SUCCESS)
+    with transaction.atomic():
+        step = locked_step(wf)
+        with pytest.raises(TransitionNotAllowed, match="SUCCESS -> RUNNING"):
+            step.transition_workflow(W.RUNNING)
+        assert step.wf.state == W.SUCCESS and step.wf_fields == {} and step.events == []
+        step.transition_workflow(W.SUCCESS)  # same state: nothing to do
+        assert step.events == []
+    assert Workflow.objects.get(pk=wf.pk).state == W.SUCCESS
+
+
+@pytest.mark.parametrize(
+    "old, new, counter",
+    [
+        (S.QUEUED, S.SUCCESS, "nodes_succeeded"),
+        (S.STARTED, S.FAILURE, "nodes_failed"),
+        (S.QUEUED, S.CANCELED, "nodes_failed"),
+        (S.PENDING, S.UPSTREAM_FAILED, "nodes_failed"),
+        (S.PENDING, S.SKIPPED, "nodes_skipped"),
+        (S.QUEUED, S.STARTED, None),
+    ],
+)
+def test_flush__moves_the_counters_and_writes_events(old, new, counter):
+    wf, n = one_node_workflow(old)
+    with transaction.atomic():
+        step = locked_step(wf)
+        step.transition_nodes([n], new, reason="why not")
+        step.flush()
+    wf.refresh_from_db()
+    counters = {k: getattr(wf, k) for k in ("nodes_done", "nodes_succeeded", "nodes_failed", "nodes_skipped")}
+    expected = dict.fromkeys(counters, 0)
+    if counter:
+        expected.update({"nodes_done": 1, counter: 1})
+        assert node(n.task_id).finished_at is not None
+    assert counters == expected
+    (event,) = WorkflowEvent.objects.filter(workflow=wf)
+    assert (event.node_id, event.old_state, event.new_state, event.reason) == (n.pk, old, new, "why not")
+
+
+def test_flush__join_nodes_do_not_count_as_work():
+    wf, n = one_node_workflow(S.PENDING, kind="join")
+    with transaction.atomic():
+        step = locked_step(wf)
+        step.transition_nodes([n], S.SUCCESS)
+        step.flush()
+    wf.refresh_from_db()
+    assert (wf.nodes_done, wf.nodes_succeeded) == (0, 0)
+
+
+def test_flush__retry_transition_does_not_count_twice():
+    wf, n = one_node_workflow(S.FAILURE)
+    with transaction.atomic():
+        step = locked_step(wf)
+        step.transition_nodes([n], S.PENDING)
+        step.flush()
+    wf.refresh_from_db()
+    assert wf.nodes_done == 0 and wf.nodes_failed == 0
+
+
+def test_flush__no_event_rows_when_the_event_log_is_off(settings):
+    settings.DYRYGENT_EVENT_LOG = False
+    wf, n = one_node_workflow(S.QUEUED)
+    with transaction.atomic():
+        step = locked_step(wf)
+        step.transition_nodes([n], S.SUCCESS)
+        step.transition_workflow(W.SUCCESS)
+        step.flush()
+    assert not WorkflowEvent.objects.exists()
+    assert Workflow.objects.get(pk=wf.pk).nodes_succeeded == 1
+
+
+# -- the engine, event by event ----------------------------------------------------------
+
+
+def test_tick__starts_the_workflow_and_queues_only_the_roots(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), group(t("b"), t("c")), t("d")))
+    wf.add_signature(t("x"))
+    run(wf.apply_async)
+    assert broker.ticks == [(str(wf.pk), None)]  # the first tick, on commit
+    assert run(engine.tick, wf.pk) == W.RUNNING
+    assert sorted(broker.take()) == ["task-a", "task-x"]
+    assert states(wf) == {
+        "task-a": S.QUEUED, "task-x": S.QUEUED, "task-b": S.PENDING, "task-c": S.PENDING, "task-d": S.PENDING,
+    }
+    wf.refresh_from_db()
+    assert wf.state == W.RUNNING and wf.started_at and wf.deadline and wf.finished_at is None
+    assert wf.next_tick_at is not None and broker.ticks[-1][1] == 2.0  # DYRYGENT_TICK_INTERVAL
+    assert node("task-a").queued_at is not None and node("task-a").publish_count == 1
+    events = WorkflowEvent.objects.filter(workflow=wf)
+    assert {(e.old_state, e.new_state) for e in events if e.node_id is None} == {(W.INITIAL, W.RUNNING)}
+    assert sorted(e.node.task_id for e in events if e.new_state == S.QUEUED) == ["task-a", "task-x"]
+    # A second tick publishes nothing new.
+    run(engine.tick, wf.pk)
+    assert broker.take() == []
+
+
+def test_publish__sends_the_nodes_task_id_header_and_merged_options(broker, run):
+    wf = Workflow()
+    wf.add_signature(t("a").set(queue="fast"))
+    run(wf.apply_async, options={"priority": 8, "queue": "slow"})
+    run(engine.tick, wf.pk)
+    (call,) = broker.published
+    assert (call.task, call.task_id, call.args) == ("tests.noop", "task-a", ("a",))
+    assert call.options["priority"] == 8 and call.options["queue"] == "fast"
+    assert call.options["headers"] == {engine.HEADER: str(wf.pk)}
+
+
+def test_node_succeeded__releases_a_dependent_only_after_its_last_dependency(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chord([t("a"), t("b"), t("c")], t("body")))
+    started(run, wf)
+    assert sorted(broker.take()) == ["task-a", "task-b", "task-c"]
+    run(engine.node_succeeded, wf.pk, "task-a", 1)
+    run(engine.node_succeeded, wf.pk, "task-c", 3)
+    assert broker.take() == []
+    assert node("task-body").state == S.PENDING
+    join = WorkflowNode.objects.get(workflow=wf, kind="join")
+    assert (join.state, join.waiting) == (S.PENDING, 1)
+    run(engine.node_succeeded, wf.pk, "task-b", 2)
+    assert broker.take() == ["task-body"]
+    join.refresh_from_db()
+    assert (join.state, join.waiting) == (S.SUCCESS, 0)
+    assert node("task-a").result == 1
+    run(engine.node_succeeded, wf.pk, "task-body", None)
+    wf.refresh_from_db()
+    assert wf.state == W.SUCCESS
+    assert wf.started_at <= wf.finished_at and wf.next_tick_at is None
+    assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (4, 4, 4, 0)
+
+
+def test_node_failed__marks_every_descendant_upstream_failed_and_other_branches_go_on(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), group(t("b"), chain(t("c"), t("d"))), t("e")))
+    x = wf.add_signature(t("x"))
+    wf.add_signature(t("y"), dependencies=[x])
+    started(run, wf)
+    assert sorted(broker.take()) == ["task-a", "task-x"]
+    run(engine.node_failed, wf.pk, "task-a", ValueError("bad input"), "Traceback: ...")
+    assert states(wf) == {
+        "task-a": S.FAILURE, "task-b": S.UPSTREAM_FAILED, "task-c": S.UPSTREAM_FAILED,
+        "task-d": S.UPSTREAM_FAILED, "task-e": S.UPSTREAM_FAILED, "task-x": S.QUEUED, "task-y": S.PENDING,
+    }
+    assert "ValueError: bad input" in node("task-a").error
+    assert Workflow.objects.get(pk=wf.pk).state == W.RUNNING
+    assert broker.take() == []
+    run(engine.node_succeeded, wf.pk, "task-x", None)
+    assert broker.take() == ["task-y"]
+    run(engine.node_succeeded, wf.pk, "task-y", None)
+    wf.refresh_from_db()
+    assert wf.state == W.FAILURE and wf.finished_at is not None
+    assert (wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (7, 2, 5)
+
+
+def test_node_succeeded__a_late_or_duplicate_report_is_ignored(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    started(run, wf)
+    broker.take()
+    run(engine.node_succeeded, wf.pk, "task-a", "first")
+    assert broker.take() == ["task-b"]
+    events = WorkflowEvent.objects.count()
+    assert run(engine.node_succeeded, wf.pk, "task-a", "second") is None
+    assert run(engine.node_failed, wf.pk, "task-a", ValueError("late")) is None
+    assert run(engine.node_succeeded, wf.pk, "not-a-node", 1) is None
+    assert broker.take() == []
+    assert node("task-a").result == "first" and node("task-a").state == S.SUCCESS
+    assert WorkflowEvent.objects.count() == events
+    wf.refresh_from_db()
+    assert (wf.nodes_done, wf.nodes_succeeded) == (1, 1)
+    # A failure reported first wins over a later success too.
+    run(engine.node_failed, wf.pk, "task-b", ValueError("x"))
+    run(engine.node_succeeded, wf.pk, "task-b", 1)
+    assert node("task-b").state == S.FAILURE
+    assert Workflow.objects.get(pk=wf.pk).state == W.FAILURE
+
+
+def test_node_succeeded__unstorable_result_fails_the_node(broker, run, settings):
+    settings.DYRYGENT_MAX_RESULT_BYTES = 100
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    started(run, wf)
+    run(engine.node_succeeded, wf.pk, "task-a", "x" * 1000)
+    assert node("task-a").state == S.FAILURE and "DYRYGENT_MAX_RESULT_BYTES" in node("task-a").error
+    assert node("task-b").state == S.UPSTREAM_FAILED
+
+
+def test_trigger_rule_all_done__runs_after_a_failed_dependency(broker, run):
+    wf = Workflow()
+    a = wf.add_signature(t("a"))
+    b = wf.add_signature(t("b"))
+    wf.add_signature(t("cleanup"), dependencies=[a, b], trigger_rule="all_done")
+    started(run, wf)
+    broker.take()
+    run(engine.node_failed, wf.pk, "task-a", ValueError())
+    assert broker.take() == [] and node("task-cleanup").state == S.PENDING  # b not done yet
+    run(engine.node_succeeded, wf.pk, "task-b", None)
+    assert broker.take() == ["task-cleanup"]
+    run(engine.node_succeeded, wf.pk, "task-cleanup", None)
+    wf.refresh_from_db()
+    assert wf.state == W.FAILURE and (wf.nodes_succeeded, wf.nodes_failed) == (2, 1)
+
+
+def test_trigger_rule_one_failed__runs_at_the_first_failure_and_is_skipped_otherwise(broker, run):
+    wf = Workflow()
+    a, b = wf.add_signature(t("a")), wf.add_signature(t("b"))
+    wf.add_signature(t("alert"), dependencies=[a, b], trigger_rule="one_failed")
+    started(run, wf)
+    broker.take()
+    run(engine.node_failed, wf.pk, "task-a", ValueError())
+    assert broker.take() == ["task-alert"]  # without waiting for b
+
+    wf2 = Workflow()
+    a, b = wf2.add_signature(t("a2")), wf2.add_signature(t("b2"))
+    after = wf2.add_signature(t("after"), dependencies=[a, b], trigger_rule="one_failed")
+    wf2.add_signature(t("after-after"), dependencies=[after])
+    started(run, wf2)
+    broker.take()
+    run(engine.node_succeeded, wf2.pk, "task-a2", None)
+    run(engine.node_succeeded, wf2.pk, "task-b2", None)
+    # Skipped, and a skip lets an all_success dependent run.
+    assert node("task-after").state == S.SKIPPED
+    assert broker.take() == ["task-after-after"]
+    run(engine.node_succeeded, wf2.pk, "task-after-after", None)
+    wf2.refresh_from_db()
+    assert wf2.state == W.SUCCESS and (wf2.nodes_skipped, wf2.nodes_succeeded) == (1, 3)
+
+
+def test_skip__refuses_a_node_whose_dependency_is_not_done(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), t("b"), t("c")))
+    started(run, wf)
+    broker.take()
+    before = (states(wf), WorkflowEvent.objects.count())
+    with pytest.raises(ValidationError, match="depends on task-a, which is QUEUED"):
+        run(wf.skip, [node("task-b")])
+    assert (states(wf), WorkflowEvent.objects.count()) == before
+    # Skipping the dependency in the same call is allowed; the next node is released.
+    assert run(wf.skip, [node("task-a"), node("task-b")]) == 2
+    assert broker.revoked == ["task-a"]
+    assert broker.take() == ["task-c"]
+    assert node("task-a").state == S.SKIPPED and node("task-b").state == S.SKIPPED
+    with pytest.raises(ValidationError, match="only PENDING or QUEUED"):
+        run(wf.skip, [node("task-a")])
+
+
+def test_cancel__is_idempotent(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chain(group(t("a"), t("b")), t("c")))
+    started(run, wf)
+    broker.take()
+    run(engine.node_succeeded, wf.pk, "task-a", None)
+    assert run(wf.cancel, "enough") is True
+    assert broker.revoked == ["task-b"]
+    assert states(wf) == {"task-a": S.SUCCESS, "task-b": S.CANCELED, "task-c": S.CANCELED}
+    assert wf.state == W.CANCELED and wf.finished_at is not None
+    events = WorkflowEvent.objects.count()
+    assert run(wf.cancel) is False
+    assert broker.revoked == ["task-b"] and WorkflowEvent.objects.count() == events
+    assert (wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (3, 1, 2)
+    # A cancelled workflow is not moved by a late report or a tick.
+    run(engine.node_succeeded, wf.pk, "task-b", None)
+    run(engine.tick, wf.pk)
+    assert broker.take() == [] and Workflow.objects.get(pk=wf.pk).state == W.CANCELED
+
+
+def test_retry__reruns_failed_nodes_with_fresh_task_ids(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), group(t("b"), t("c")), t("d")))
+    wf.add_signature(t("x"))
+    started(run, wf)
+    broker.take()
+    run(engine.node_succeeded, wf.pk, "task-x", "kept")
+    run(engine.node_succeeded, wf.pk, "task-a", None)
+    broker.take()
+    run(engine.node_failed, wf.pk, "task-b", ValueError())
+    run(engine.node_succeeded, wf.pk, "task-c", None)
+    wf.refresh_from_db()
+    assert wf.state == W.FAILURE and (wf.nodes_done, wf.nodes_failed) == (5, 2)
+
+    assert run(wf.retry) == 3  # b, the join, d
+    assert wf.state == W.RUNNING and wf.finished_at is None
+    (new_b,) = broker.take()
+    b = WorkflowNode.objects.get(task_id=new_b)
+    assert new_b != "task-b" and b.previous_task_ids == ["task-b"] and b.attempts == 2
+    assert (b.state, b.error, b.position) == (S.QUEUED, "", 1)
+    d = WorkflowNode.objects.get(previous_task_ids=["task-d"])
+    assert (d.state, d.attempts, d.waiting, d.failed_dependencies) == (S.PENDING, 2, 1, 0)
+    assert node("task-x").result == "kept" and node("task-x").attempts == 1
+    assert (wf.nodes_done, wf.nodes_failed) == (3, 0)
+    # The old task id is no longer a node: its late report changes nothing.
+    assert run(engine.node_succeeded, wf.pk, "task-b", None) is None
+    run(engine.node_succeeded, wf.pk, new_b, None)
+    assert broker.take() == [d.task_id]
+    run(engine.node_succeeded, wf.pk, d.task_id, None)
+    wf.refresh_from_db()
+    assert wf.state == W.SUCCESS and (wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (5, 5, 0)
+    assert run(wf.retry) == 0
+
+
+def test_link_error_and_finalizer__queued_once_when_the_workflow_fails(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    wf.link_error(noop.s("on-error").set(task_id="task-err"))
+    wf.link_finalizer(t("fin"))
+    started(run, wf)
+    assert broker.take() == ["task-a"]  # callbacks are not roots
+    run(engine.node_failed, wf.pk, "task-a", ValueError())
+    calls = {c.task_id: c for c in broker.published}
+    assert sorted(calls) == ["task-err", "task-fin"]
+    # A mutable error callback gets the workflow id first; an immutable one runs as written.
+    assert calls["task-err"].args == (str(wf.pk), "on-error")
+    assert calls["task-fin"].args == ("fin",)
+    broker.take()
+    assert Workflow.objects.get(pk=wf.pk).state == W.FAILURE
+    run(engine.node_failed, wf.pk, "task-err", ValueError("callback broke"))
+    run(engine.node_succeeded, wf.pk, "task-fin", None)
+    run(engine.tick, wf.pk)
+    assert broker.take() == []
+    wf.refresh_from_db()
+    # Callbacks are not workflow nodes: they neither count nor change the outcome.
+    assert wf.state == W.FAILURE and (wf.nodes_total, wf.nodes_done) == (2, 2)
+
+
+def test_link_error__skipped_and_finalizer_queued_when_the_workflow_succeeds(broker, run):
+    wf = Workflow()
+    wf.add_signature(t("a"))
+    wf.link_error(t("err"))
+    wf.link_finalizer(t("fin"))
+    started(run, wf)
+    broker.take()
+    run(engine.node_succeeded, wf.pk, "task-a", None)
+    assert broker.take() == ["task-fin"]
+    assert node("task-err").state == S.SKIPPED
+    run(engine.tick, wf.pk)
+    assert broker.take() == []
+    assert Workflow.objects.get(pk=wf.pk).state == W.SUCCESS
+
+
+def test_tick__an_empty_workflow_succeeds_at_once(broker, run):
+    wf = Workflow()
+    wf.add_celery_canvas(group())
+    started(run, wf)
+    assert wf.state == W.SUCCESS and wf.started_at and wf.finished_at and broker.take() == []
+
+
+def test_edges__stay_in_place_while_the_engine_runs(broker, run):
+    """The engine keeps its bookkeeping in counters, never by deleting edges."""
+    wf = Workflow()
+    wf.add_celery_canvas(chain(group(t("a"), t("b")), t("c")))
+    started(run, wf)
+    edges = WorkflowEdge.objects.filter(workflow=wf).count()
+    for task_id in ("task-a", "task-b", "task-c"):
+        run(engine.node_succeeded, wf.pk, task_id, None)
+    assert WorkflowEdge.objects.filter(workflow=wf).count() == edges == 3
