@@ -677,7 +677,7 @@ def _format_error(exception, traceback):
 
 
 def node_started(workflow_id, task_id):
-    """Lock-free: a conditional UPDATE QUEUED/RETRY -> STARTED is all a start decides."""
+    """A worker is about to run the node's task (task_prerun)."""
     now = timezone.now()
     return _simple_transition(
         workflow_id, task_id, NodeState.STARTED, started_at=now,
@@ -694,25 +694,20 @@ def node_retrying(workflow_id, task_id, reason=""):
 
 
 def _simple_transition(workflow_id, task_id, target, **fields):
-    sources = [s for s, targets in NODE_TRANSITIONS.items() if target in targets and s not in NODE_FINAL]
-    with transaction.atomic():
-        # UPDATE first: on SQLite it takes the write lock before anything is read.
-        updated = WorkflowNode.objects.filter(
-            task_id=task_id, workflow_id=workflow_id, state__in=sources
-        ).update(state=target, **fields)
-        if not updated:
+    """A state change that decides nothing else; still taken under the workflow lock.
+
+    Taking the lock first keeps one lock order for every writer (workflow row,
+    then node rows): a start racing a cancel cannot deadlock on PostgreSQL.
+    """
+
+    def change(step):
+        node = _node_for_event(step, task_id)
+        if node is None or _ignore(node, target):
             return None
-        node = WorkflowNode.objects.filter(task_id=task_id).only(*NODE_FIELDS).first()
-        event = WorkflowEvent(
-            workflow_id=workflow_id, node_id=node.pk, old_state="", new_state=target,
-            created_at=timezone.now(),
-        )
-        if settings.EVENT_LOG:
-            event.save(force_insert=True)
-        transaction.on_commit(
-            partial(signals.send, signals.node_state_changed, node=node, old_state=None, new_state=target)
-        )
-    return node
+        step.transition_nodes([node], target, **fields)
+        return node
+
+    return _locked_step(workflow_id, change)
 
 
 # -- reconciliation ----------------------------------------------------------------------
