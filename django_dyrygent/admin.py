@@ -1,29 +1,394 @@
-from django.contrib import admin
+"""Admin for workflows and nodes: read-only pages, engine-driven actions, a live DAG.
 
-from .models import Workflow, WorkflowNode
+The engine owns every row, so nothing here edits a field. The change
+permission still matters: it is what the actions (cancel, retry, tick)
+require, which is why ``has_change_permission`` is left alone and every
+field is made read-only instead.
+"""
+
+import json
+from urllib.parse import quote
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.loader import render_to_string
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
+
+from . import engine, graph
+from .models import Workflow, WorkflowEvent, WorkflowNode
+from .states import NodeKind, NodeState, WorkflowState
+
+ALL_STATES = list(dict.fromkeys([*WorkflowState.values, *NodeState.values]))
+
+
+def state_badge(state, label=None):
+    """A coloured badge; colours come from dag.css classes, never inline styles (CSP)."""
+    return format_html('<span class="dy-badge dy-s-{}">{}</span>', state, label or state)
+
+
+def pretty_json(value):
+    if value in (None, "", {}, []):
+        return "—"
+    text = json.dumps(value, indent=2, sort_keys=True, cls=DjangoJSONEncoder, ensure_ascii=False)
+    return format_html('<pre class="dy-pre">{}</pre>', text)
+
+
+def pretty_text(value):
+    return format_html('<pre class="dy-pre">{}</pre>', value) if value else "—"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """The engine owns these rows: the admin shows them, never edits them."""
+    """The engine owns these rows: the admin shows them and never edits them."""
 
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False
+
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.concrete_fields]
+        fields = [f.name for f in self.model._meta.concrete_fields]
+        return fields + [f for f in self.readonly_fields if f not in fields]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "POST":
+            # Nothing to save: every field is read-only; the actions have their own URLs.
+            raise PermissionDenied
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+            "show_delete": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(Workflow)
 class WorkflowAdmin(ReadOnlyAdmin):
-    list_display = ("name", "id", "state", "nodes_done", "nodes_total", "nodes_failed", "created_at")
+    change_form_template = "admin/django_dyrygent/workflow/change_form.html"
+    list_display = (
+        "display_name", "short_id", "state_badge", "progress", "nodes_failed", "created_at", "duration",
+    )
+    list_display_links = ("display_name", "short_id")
     list_filter = ("state", "created_at")
-    search_fields = ("id", "name")
+    search_fields = ("^id", "name", "=nodes__task_id")
     date_hierarchy = "created_at"
+    actions = ("cancel_workflows", "retry_workflows", "tick_workflows")
+    readonly_fields = ("state_badge", "progress", "duration", "pretty_payload", "pretty_options",
+                       "pretty_tasks_options")
+    fieldsets = (
+        (None, {"fields": ("id", "name", "state_badge", "progress", "error")}),
+        (_("Timing"), {"fields": ("created_at", "started_at", "finished_at", "duration", "deadline",
+                                  "next_tick_at")}),
+        (_("Counters"), {"fields": ("nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed",
+                                    "nodes_skipped", "ticks")}),
+        (_("Data"), {"fields": ("pretty_payload", "pass_results", "pretty_options",
+                                "pretty_tasks_options")}),
+    )
+
+    #: Groups of interchangeable siblings larger than this are drawn as one box.
+    dag_collapse_threshold = graph.COLLAPSE_THRESHOLD
+    #: Milliseconds between two refreshes of a running workflow's page.
+    dag_poll_interval = 2000
+    #: Buttons of the change page: the list actions, applied to this workflow only.
+    object_action_labels = {
+        "cancel_workflows": _("Cancel"),
+        "retry_workflows": _("Retry failed nodes"),
+        "tick_workflows": _("Tick now"),
+    }
+    #: How many of the latest events the change page lists.
+    events_shown = 50
+
+    class Media:
+        css = {"all": ("django_dyrygent/dag.css",)}
+
+    # -- list columns ---------------------------------------------------------------------
+
+    @admin.display(description=_("name"), ordering="name")
+    def display_name(self, obj):
+        return obj.name or "—"
+
+    @admin.display(description=_("id"), ordering="id")
+    def short_id(self, obj):
+        return format_html('<code title="{}">{}</code>', obj.pk, str(obj.pk)[:8])
+
+    @admin.display(description=_("state"), ordering="state")
+    def state_badge(self, obj):
+        return state_badge(obj.state, obj.get_state_display())
+
+    @admin.display(description=_("progress"))
+    def progress(self, obj):
+        """From the row counters: no COUNT query per row."""
+        return format_html(
+            '<progress class="dy-progress" max="{}" value="{}"></progress> <span class="dy-count">{} / {}</span>',
+            obj.nodes_total or 1, obj.nodes_done if obj.nodes_total else 0, obj.nodes_done, obj.nodes_total,
+        )
+
+    @admin.display(description=_("duration"))
+    def duration(self, obj):
+        return graph.format_duration(obj.duration) or "—"
+
+    @admin.display(description=_("custom payload"))
+    def pretty_payload(self, obj):
+        return pretty_json(obj.custom_payload)
+
+    @admin.display(description=_("tick options"))
+    def pretty_options(self, obj):
+        return pretty_json(obj.options)
+
+    @admin.display(description=_("task options"))
+    def pretty_tasks_options(self, obj):
+        return pretty_json(obj.tasks_options)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    @admin.action(description=_("Cancel selected workflows"), permissions=("change",))
+    def cancel_workflows(self, request, queryset):
+        reason = f"canceled by {request.user.get_username()} in the admin"
+        pks = list(queryset.values_list("pk", flat=True))
+        canceled = sum(1 for pk in pks if engine.cancel(pk, reason=reason))
+        self.message_user(request, ngettext(
+            "%(count)d workflow canceled.", "%(count)d workflows canceled.", canceled,
+        ) % {"count": canceled}, messages.SUCCESS if canceled else messages.WARNING)
+        if len(pks) > canceled:
+            skipped = len(pks) - canceled
+            self.message_user(request, ngettext(
+                "%(count)d workflow had already ended.", "%(count)d workflows had already ended.", skipped,
+            ) % {"count": skipped}, messages.WARNING)
+
+    @admin.action(description=_("Retry failed nodes of selected workflows"), permissions=("change",))
+    def retry_workflows(self, request, queryset):
+        pks = list(queryset.values_list("pk", flat=True))
+        reset = {pk: engine.retry(pk) for pk in pks}
+        retried = sum(1 for n in reset.values() if n)
+        nodes = sum(reset.values())
+        self.message_user(request, ngettext(
+            "%(count)d workflow retried", "%(count)d workflows retried", retried,
+        ) % {"count": retried} + ngettext(
+            " (%(nodes)d node reset).", " (%(nodes)d nodes reset).", nodes,
+        ) % {"nodes": nodes}, messages.SUCCESS if retried else messages.WARNING)
+        if len(pks) > retried:
+            idle = len(pks) - retried
+            self.message_user(request, ngettext(
+                "%(count)d workflow had nothing to retry.", "%(count)d workflows had nothing to retry.", idle,
+            ) % {"count": idle}, messages.WARNING)
+
+    @admin.action(description=_("Tick selected workflows now"), permissions=("change",))
+    def tick_workflows(self, request, queryset):
+        pks = list(queryset.values_list("pk", flat=True))
+        outcomes = [engine.tick(pk, scheduled=False) for pk in pks]
+        busy = outcomes.count("busy")
+        ticked = len(outcomes) - busy - outcomes.count("missing")
+        self.message_user(request, ngettext(
+            "%(count)d workflow ticked.", "%(count)d workflows ticked.", ticked,
+        ) % {"count": ticked}, messages.SUCCESS)
+        if busy:
+            self.message_user(request, ngettext(
+                "%(count)d workflow was busy (another worker holds it); it was left to that worker.",
+                "%(count)d workflows were busy (another worker holds them); they were left to that worker.",
+                busy,
+            ) % {"count": busy}, messages.WARNING)
+
+    # -- URLs: status JSON, SVG fragment, one-object actions -----------------------------------
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/status.json", view(self.status_view), name="%s_%s_status" % info),
+            path("<path:object_id>/dag/", view(self.dag_view), name="%s_%s_dag" % info),
+            path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),
+                 name="%s_%s_act" % info),
+        ] + super().get_urls()
+
+    def _get_viewable(self, request, object_id):
+        obj = self.get_object(request, object_id)
+        if obj is None:
+            raise Http404(f"No workflow with id {object_id!r}.")
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def status_view(self, request, object_id):
+        """State, counters and per-item states, polled by dag.js while the workflow runs."""
+        obj = self._get_viewable(request, object_id)
+        items, _edges = graph.collapse(graph.load(obj, details=False), self.dag_collapse_threshold)
+        return JsonResponse({
+            "id": str(obj.pk),
+            "state": obj.state,
+            "state_label": str(obj.get_state_display()),
+            "final": obj.is_final,
+            "nodes_total": obj.nodes_total,
+            "nodes_done": obj.nodes_done,
+            "nodes_failed": obj.nodes_failed,
+            "nodes_succeeded": obj.nodes_succeeded,
+            "duration": graph.format_duration(obj.duration),
+            "shape": graph.shape(items, _edges),
+            "items": {item.id: graph.item_status(item) for item in items},
+        })
+
+    def dag_view(self, request, object_id):
+        """The SVG alone, fetched again when the graph changed shape or the workflow ended."""
+        obj = self._get_viewable(request, object_id)
+        return HttpResponse(render_to_string(
+            "django_dyrygent/dag.svg", self.dag_context(obj), request=request,
+        ), content_type="image/svg+xml; charset=utf-8")
+
+    def act_view(self, request, object_id, action):
+        """Run one of the actions on this workflow only, then come back to its page."""
+        obj = self._get_viewable(request, object_id)
+        actions = self.get_actions(request)  # already filtered by the actions' permissions
+        if action not in actions:
+            raise PermissionDenied
+        func = actions[action][0]
+        func(self, request, self.get_queryset(request).filter(pk=obj.pk))
+        return HttpResponseRedirect(
+            reverse("admin:django_dyrygent_workflow_change", args=[obj.pk], current_app=self.admin_site.name)
+        )
+
+    # -- change page ------------------------------------------------------------------------
+
+    def dag_context(self, obj):
+        items, edges = graph.collapse(graph.load(obj), self.dag_collapse_threshold)
+        drawing = graph.layout(items, edges)
+        node_url = reverse("admin:django_dyrygent_workflownode_change", args=[0],
+                           current_app=self.admin_site.name)
+        list_url = reverse("admin:django_dyrygent_workflownode_changelist", current_app=self.admin_site.name)
+        boxes = []
+        for item in drawing.items:
+            if item.is_group:
+                url = f"{list_url}?workflow={obj.pk}&task_name={quote(item.task_name, safe='')}"
+            else:
+                url = node_url.replace("/0/", f"/{item.node['id']}/")
+            boxes.append({"item": item, "url": url, "tooltip": graph.tooltip(item), **graph.box_geometry(item)})
+        return {"workflow": obj, "drawing": drawing, "boxes": boxes, "shape": graph.shape(items, edges)}
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, object_id) if request.method == "GET" else None
+        context = dict(extra_context or {})
+        if obj is not None and self.has_view_permission(request, obj):
+            events = list(
+                WorkflowEvent.objects.filter(workflow_id=obj.pk).order_by("-created_at", "-id")
+                .values("created_at", "old_state", "new_state", "reason", "node_id",
+                        "node__task_name", "node__task_id")[: self.events_shown]
+            )
+            info = self.opts.app_label, self.opts.model_name
+            actions = self.get_actions(request)
+            context.update(self.dag_context(obj))
+            context.update({
+                "events": events,
+                "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],
+                "status_url": reverse("admin:%s_%s_status" % info, args=[obj.pk]),
+                "dag_url": reverse("admin:%s_%s_dag" % info, args=[obj.pk]),
+                "nodes_url": reverse("admin:django_dyrygent_workflownode_changelist")
+                + f"?workflow={obj.pk}",
+                "poll_interval": self.dag_poll_interval,
+                "object_actions": [
+                    (name, reverse("admin:%s_%s_act" % info, args=[obj.pk, name]), label)
+                    for name, label in self.object_action_labels.items() if name in actions
+                ],
+            })
+        return super().change_view(request, object_id, form_url, context)
 
 
 @admin.register(WorkflowNode)
 class WorkflowNodeAdmin(ReadOnlyAdmin):
-    list_display = ("task_name", "task_id", "state", "workflow", "queued_at", "finished_at")
-    list_filter = ("state", "kind")
-    search_fields = ("task_id", "task_name")
+    list_display = ("display_task", "task_id", "state_badge", "kind", "workflow_link", "attempts",
+                    "queued_at", "finished_at", "duration")
+    list_filter = ("state", "kind", "task_name")
+    search_fields = ("=task_id",)
     list_select_related = ("workflow",)
+    readonly_fields = ("workflow_link", "state_badge", "arguments", "pretty_result", "pretty_error",
+                       "pretty_previous_task_ids", "duration", "dependency_links", "dependent_links",
+                       "pretty_payload", "pretty_options")
+    fieldsets = (
+        (None, {"fields": ("workflow_link", "state_badge", "task_name", "task_id", "kind", "trigger_rule",
+                           "reason")}),
+        (_("Call"), {"fields": ("arguments", "pretty_options", "pretty_result", "pretty_error")}),
+        (_("Attempts"), {"fields": ("attempts", "retries", "publish_count", "pretty_previous_task_ids")}),
+        (_("Timing"), {"fields": ("queued_at", "started_at", "finished_at", "duration", "timeout",
+                                  "timeout_at")}),
+        (_("Graph"), {"fields": ("dependency_links", "dependent_links", "waiting", "failed_dependencies",
+                                 "fanout_size", "position")}),
+        (_("Data"), {"fields": ("pretty_payload",)}),
+    )
+
+    class Media:
+        css = {"all": ("django_dyrygent/dag.css",)}
+
+    def has_change_permission(self, request, obj=None):
+        # No action on nodes: they are operated through their workflow.
+        return False
+
+    def lookup_allowed(self, lookup, value, request=None):
+        # The DAG links collapsed boxes to ?workflow=<id>&task_name=<name>.
+        return lookup in ("workflow", "workflow__exact") or super().lookup_allowed(lookup, value, request)
+
+    @admin.display(description=_("task"), ordering="task_name")
+    def display_task(self, obj):
+        return obj.task_name or obj.get_kind_display()
+
+    @admin.display(description=_("state"), ordering="state")
+    def state_badge(self, obj):
+        return state_badge(obj.state, obj.get_state_display())
+
+    @admin.display(description=_("workflow"), ordering="workflow")
+    def workflow_link(self, obj):
+        wf = obj.workflow
+        url = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk], current_app=self.admin_site.name)
+        return format_html('<a href="{}">{} <code>{}</code></a>', url, wf.name or _("workflow"), str(wf.pk)[:8])
+
+    @admin.display(description=_("arguments"))
+    def arguments(self, obj):
+        return pretty_json({"args": obj.args, "kwargs": obj.kwargs}) if obj.kind != NodeKind.JOIN else "—"
+
+    @admin.display(description=_("options"))
+    def pretty_options(self, obj):
+        return pretty_json((obj.signature or {}).get("options"))
+
+    @admin.display(description=_("result"))
+    def pretty_result(self, obj):
+        return pretty_json(obj.result)
+
+    @admin.display(description=_("error"))
+    def pretty_error(self, obj):
+        return pretty_text(obj.error)
+
+    @admin.display(description=_("previous task ids"))
+    def pretty_previous_task_ids(self, obj):
+        ids = obj.previous_task_ids or []
+        return format_html_join("", '<code class="dy-block">{}</code>', ((i,) for i in ids)) if ids else "—"
+
+    @admin.display(description=_("custom payload"))
+    def pretty_payload(self, obj):
+        return pretty_json(obj.custom_payload)
+
+    @admin.display(description=_("duration"))
+    def duration(self, obj):
+        return graph.format_duration(obj.duration) or "—"
+
+    def _node_links(self, nodes):
+        nodes = list(nodes.values("id", "task_name", "kind", "state", "task_id").order_by("position", "id"))
+        if not nodes:
+            return "—"
+        url = reverse("admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name)
+        return format_html_join(
+            "", '<div class="dy-link"><a href="{}">{}</a> {} <code>{}</code></div>',
+            ((url.replace("/0/", f"/{n['id']}/"), n["task_name"] or n["kind"], state_badge(n["state"]),
+              n["task_id"]) for n in nodes),
+        )
+
+    @admin.display(description=_("dependencies"))
+    def dependency_links(self, obj):
+        return self._node_links(obj.dependencies.all())
+
+    @admin.display(description=_("dependents"))
+    def dependent_links(self, obj):
+        return self._node_links(obj.dependents.all())

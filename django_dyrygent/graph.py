@@ -1,0 +1,422 @@
+"""Lay a workflow's DAG out for the admin's server-side SVG.
+
+Pure Python and deterministic, so it can be unit-tested by coordinates and
+needs no JavaScript library or system binary:
+
+1. ``load`` reads the nodes and edges with two bulk ``values()`` queries
+   (the count of queries never depends on the size of the workflow);
+2. ``collapse`` folds huge groups of interchangeable siblings (same task
+   name, same dependencies, same dependents) into one box, so a
+   10,000-node workflow stays readable and cheap to draw;
+3. ``layout`` ranks items by their longest path from a root, orders each
+   rank by the barycentre of its parents and places boxes on a grid, with
+   cubic Bézier edges.
+
+The admin's status endpoint runs ``load`` + ``collapse`` only (no layout):
+item ids are stable, so the browser can recolour the picture in place.
+"""
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from django.db.models import F
+from django.db.models.functions import Left
+
+from .states import NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
+
+#: A group of interchangeable siblings larger than this is drawn as one box.
+COLLAPSE_THRESHOLD = 20
+#: How many times each rank is re-ordered by barycentre.
+SWEEPS = 2
+
+BOX_WIDTH = 168
+BOX_HEIGHT = 34
+GAP_X = 56
+GAP_Y = 14
+MARGIN = 12
+DOT_RADIUS = 5
+LABEL_CHARS = 24
+ARGS_CHARS = 120
+ERROR_CHARS = 300
+
+CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
+
+#: Aggregate state of a box: the first of these its members are in.
+#: Problems first, then what is moving, then what waits, then what is done.
+STATE_PRIORITY = (
+    NodeState.FAILURE,
+    NodeState.UPSTREAM_FAILED,
+    NodeState.CANCELED,
+    NodeState.RETRY,
+    NodeState.STARTED,
+    NodeState.QUEUED,
+    NodeState.PENDING,
+    NodeState.SKIPPED,
+    NodeState.SUCCESS,
+)
+
+
+@dataclass
+class Graph:
+    """The nodes (dicts from ``values()``) and edges (dependency id, node id) of one workflow."""
+
+    nodes: list
+    edges: list
+
+
+@dataclass
+class Item:
+    """One drawn box: a single node, or a collapsed group of siblings."""
+
+    id: str
+    nodes: list
+    kind: str
+    task_name: str
+    rank: int = 0
+    order: int = 0
+    x: float = 0
+    y: float = 0
+    parents: list = field(default_factory=list)
+    children: list = field(default_factory=list)
+
+    @property
+    def is_group(self):
+        return len(self.nodes) > 1
+
+    @property
+    def is_dot(self):
+        return not self.is_group and self.kind == NodeKind.JOIN
+
+    @property
+    def node(self):
+        return self.nodes[0]
+
+    @property
+    def counts(self):
+        return Counter(n["state"] for n in self.nodes)
+
+    @property
+    def state(self):
+        """The node's state, or for a group the most telling state of its members."""
+        if not self.is_group:
+            return self.node["state"]
+        counts = self.counts
+        return next(s for s in STATE_PRIORITY if counts.get(s))
+
+    @property
+    def done(self):
+        return sum(1 for n in self.nodes if n["state"] in NODE_FINAL)
+
+    @property
+    def width(self):
+        return 2 * DOT_RADIUS if self.is_dot else BOX_WIDTH
+
+    @property
+    def height(self):
+        return 2 * DOT_RADIUS if self.is_dot else BOX_HEIGHT
+
+    @property
+    def label(self):
+        name = self.task_name or self.kind
+        if self.is_group:
+            return shorten(f"{len(self.nodes)} × {short_task_name(name)}", LABEL_CHARS)
+        return shorten(short_task_name(name), LABEL_CHARS)
+
+    @property
+    def sublabel(self):
+        """Second line of a box: progress of a group, the kind of a special node."""
+        if self.is_group:
+            return counts_text(self)
+        if self.kind in (NodeKind.MAP, *CALLBACK_KINDS):
+            return str(NodeKind(self.kind).label).lower()
+        return ""
+
+
+@dataclass
+class Edge:
+    source: Item
+    target: Item
+
+    @property
+    def path(self):
+        """A cubic Bézier from the right side of the source to the left side of the target."""
+        x1, y1 = self.source.x + self.source.width, self.source.y + self.source.height / 2
+        x2, y2 = self.target.x, self.target.y + self.target.height / 2
+        bend = max((x2 - x1) / 2, GAP_X / 2)
+        return f"M{x1:g},{y1:g} C{x1 + bend:g},{y1:g} {x2 - bend:g},{y2:g} {x2:g},{y2:g}"
+
+
+@dataclass
+class Layout:
+    items: list
+    edges: list
+    width: float
+    height: float
+    ranks: list
+
+
+def shorten(text, limit):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_task_name(name):
+    """``proj.tasks.build`` -> ``build``: the module path rarely fits in a box (the tooltip has it all)."""
+    return name.rsplit(".", 1)[-1] if name else name
+
+
+def counts_text(item):
+    counts = item.counts
+    parts = [f"{item.done}/{len(item.nodes)} done"]
+    failed = sum(counts.get(s, 0) for s in (NodeState.FAILURE, NodeState.UPSTREAM_FAILED, NodeState.CANCELED))
+    active = sum(counts.get(s, 0) for s in NODE_ACTIVE)
+    if active:
+        parts.append(f"{active} running")
+    if failed:
+        parts.append(f"{failed} failed")
+    return ", ".join(parts)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load(workflow, details=True):
+    """Nodes and edges of ``workflow`` in two queries.
+
+    ``details`` adds what tooltips need (signature, timings, the start of the
+    error); the status endpoint only needs states.
+    """
+    from .models import WorkflowEdge, WorkflowNode
+
+    fields = ["id", "task_name", "kind", "state", "position"]
+    nodes = WorkflowNode.objects.filter(workflow_id=workflow.pk).order_by("position", "id")
+    if details:
+        nodes = nodes.annotate(error_head=Left(F("error"), ERROR_CHARS))
+        fields += ["task_id", "signature", "started_at", "finished_at", "error_head", "reason"]
+    edges = WorkflowEdge.objects.filter(workflow_id=workflow.pk).order_by("position", "id")
+    return Graph(
+        nodes=list(nodes.values(*fields)),
+        edges=list(edges.values_list("dependency_id", "node_id")),
+    )
+
+
+# -- collapsing -------------------------------------------------------------------------------
+
+
+def collapse(graph, threshold=COLLAPSE_THRESHOLD):
+    """Fold siblings into boxes; returns ``(items, item edges)`` in node order.
+
+    Siblings fold together when they are plain task nodes with the same task
+    name, the same dependencies and the same dependents, and there are more
+    than ``threshold`` of them. Edges between items are de-duplicated.
+    """
+    deps = defaultdict(list)
+    dependents = defaultdict(list)
+    for dep, node in graph.edges:
+        deps[node].append(dep)
+        dependents[dep].append(node)
+
+    groups = defaultdict(list)
+    for node in graph.nodes:
+        groups[_group_key(node, deps, dependents)].append(node)
+
+    item_of = {}
+    items = []
+    for node in graph.nodes:
+        if node["id"] in item_of:
+            continue
+        members = groups[_group_key(node, deps, dependents)]
+        if len(members) <= threshold:
+            members = [node]
+        prefix = "g" if len(members) > 1 else "n"
+        item = Item(id=f"{prefix}{node['id']}", nodes=members, kind=node["kind"], task_name=node["task_name"])
+        for member in members:
+            item_of[member["id"]] = item
+        items.append(item)
+
+    seen = set()
+    edges = []
+    for dep, node in graph.edges:
+        source, target = item_of.get(dep), item_of.get(node)
+        if source is None or target is None or (source.id, target.id) in seen:
+            continue
+        seen.add((source.id, target.id))
+        source.children.append(target)
+        target.parents.append(source)
+        edges.append(Edge(source, target))
+    return items, edges
+
+
+def _group_key(node, deps, dependents):
+    if node["kind"] == NodeKind.TASK:
+        return (node["task_name"], frozenset(deps[node["id"]]), frozenset(dependents[node["id"]]))
+    return ("#", node["id"])
+
+
+# -- layout -----------------------------------------------------------------------------------
+
+
+def layout(items, edges, sweeps=SWEEPS):
+    """Place items left to right by rank, top to bottom by barycentre.
+
+    Rank: longest path from a root (callbacks, which run once the workflow
+    ended, go in a last column of their own). Order: the first sweep sorts
+    every rank by the mean position of its parents; each further sweep first
+    sorts the roots by the mean position of their children, then the other
+    ranks again, so roots feeding the same nodes end up side by side. Ties
+    keep creation order. Each rank is centred vertically.
+    """
+    ranks = _rank(items)
+    for sweep in range(max(sweeps, 1)):
+        if sweep:
+            _sort_rank(ranks[0], lambda item: [_centred(c, ranks) for c in item.children])
+        for rank in ranks[1:]:
+            _sort_rank(rank, lambda item: [_centred(p, ranks) for p in item.parents])
+    tallest = max((len(r) for r in ranks), default=0)
+    pitch_y = BOX_HEIGHT + GAP_Y
+    left = MARGIN
+    for rank in ranks:
+        # A column of join dots only is as narrow as a dot.
+        column = max(item.width for item in rank)
+        offset = (tallest - len(rank)) * pitch_y / 2
+        for item in rank:
+            item.x = left + (column - item.width) / 2
+            item.y = MARGIN + offset + item.order * pitch_y + (BOX_HEIGHT - item.height) / 2
+        left += column + GAP_X
+    width = left - (GAP_X if ranks else 0) + MARGIN
+    height = 2 * MARGIN + tallest * pitch_y - (GAP_Y if tallest else 0)
+    return Layout(items=items, edges=edges, width=width, height=height, ranks=ranks)
+
+
+def _rank(items):
+    """Kahn's topological generations, taking the longest path to each item."""
+    regular = [i for i in items if i.kind not in CALLBACK_KINDS]
+    callbacks = [i for i in items if i.kind in CALLBACK_KINDS]
+    waiting = {i.id: len(i.parents) for i in regular}
+    frontier = [i for i in regular if not i.parents]
+    placed = 0
+    while frontier:
+        following = []
+        for item in frontier:
+            placed += 1
+            for child in item.children:
+                child.rank = max(child.rank, item.rank + 1)
+                waiting[child.id] -= 1
+                if not waiting[child.id]:
+                    following.append(child)
+        frontier = following
+    if placed != len(regular):
+        raise ValueError("The workflow graph has a cycle; it cannot be laid out in ranks.")
+    count = max((i.rank for i in regular), default=-1) + 1
+    ranks = [[] for _ in range(count)]
+    for item in regular:
+        ranks[item.rank].append(item)
+    if callbacks:
+        for item in callbacks:
+            item.rank = count
+        ranks.append(callbacks)
+    for rank in ranks:
+        for order, item in enumerate(rank):
+            item.order = order
+    return ranks
+
+
+def _centred(item, ranks):
+    """Position of an item relative to the middle of its rank (ranks are drawn centred)."""
+    return item.order - (len(ranks[item.rank]) - 1) / 2
+
+
+def _sort_rank(rank, neighbours):
+    def key(item):
+        points = neighbours(item)
+        centre = sum(points) / len(points) if points else _centred_self(item, rank)
+        return (centre, item.order)
+
+    rank.sort(key=key)
+    for order, item in enumerate(rank):
+        item.order = order
+
+
+def _centred_self(item, rank):
+    return item.order - (len(rank) - 1) / 2
+
+
+# -- presentation -------------------------------------------------------------------------------
+
+
+def tooltip(item):
+    """Plain text (escaped by the template) shown when hovering a node."""
+    if item.is_group:
+        counts = item.counts
+        lines = [f"{len(item.nodes)} × {item.task_name or item.kind}"]
+        lines += [f"{state}: {counts[state]}" for state in STATE_PRIORITY if counts.get(state)]
+        lines.append("Click to list these nodes.")
+        return "\n".join(lines)
+    node = item.node
+    lines = [node["task_name"] or str(NodeKind(node["kind"]).label)]
+    lines.append(f"state: {node['state']}")
+    signature = node.get("signature") or {}
+    if node["kind"] == NodeKind.TASK or signature.get("args") or signature.get("kwargs"):
+        lines.append(f"args: {shorten(format_call(signature), ARGS_CHARS)}")
+    started, finished = node.get("started_at"), node.get("finished_at")
+    if started and finished:
+        lines.append(f"duration: {format_duration(finished - started)}")
+    error = (node.get("error_head") or "").strip()
+    if error:
+        lines.append(f"error: {shorten(error.splitlines()[0], ARGS_CHARS)}")
+    elif node.get("reason") and node["state"] != NodeState.SUCCESS:
+        lines.append(f"reason: {shorten(node['reason'], ARGS_CHARS)}")
+    return "\n".join(lines)
+
+
+def format_call(signature):
+    parts = [repr(a) for a in signature.get("args") or []]
+    parts += [f"{k}={v!r}" for k, v in (signature.get("kwargs") or {}).items()]
+    return "(" + ", ".join(parts) + ")"
+
+
+def format_duration(delta):
+    if delta is None:
+        return ""
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def shape(items, edges):
+    """Changes when nodes or edges appear (a fan-out expanded): the picture must then be redrawn."""
+    return f"{sum(len(i.nodes) for i in items)}-{len(items)}-{len(edges)}"
+
+
+def box_geometry(item):
+    """Coordinates the SVG template prints, as strings (never localized: "12,5" breaks SVG)."""
+    sub = bool(item.sublabel)
+    geometry = {
+        "x": f"{item.x:g}", "y": f"{item.y:g}", "w": f"{item.width:g}", "h": f"{item.height:g}",
+        "cx": f"{item.x + item.width / 2:g}", "cy": f"{item.y + item.height / 2:g}", "r": f"{DOT_RADIUS:g}",
+        "tx": f"{item.x + 8:g}", "ty": f"{item.y + (14 if sub else 21):g}", "sy": f"{item.y + 27:g}",
+    }
+    if item.is_group:
+        geometry["bar_x"] = f"{item.x + 1:g}"
+        geometry["bar_w"] = f"{bar_width(item.done, len(item.nodes)):g}"
+    return geometry
+
+
+def bar_width(done, total):
+    return round((BOX_WIDTH - 2) * done / total, 1) if total else 0
+
+
+def item_status(item):
+    """What the status endpoint sends for one item; the browser recolours from it."""
+    status = {"state": item.state}
+    if item.is_group:
+        status["text"] = counts_text(item)
+        status["bar"] = bar_width(item.done, len(item.nodes))
+    return status
