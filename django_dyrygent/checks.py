@@ -1,4 +1,13 @@
-"""System checks: ``manage.py check`` explains a misconfiguration before a workflow hangs."""
+"""System checks: ``manage.py check`` explains a misconfiguration before a workflow hangs.
+
+Ids (documented in docs/troubleshooting.md):
+
+* E001 the Celery app cannot be loaded; W003 no configured Celery app is current;
+* E002 a ``DYRYGENT_*`` setting has the wrong type; E004 a number that must be positive is not;
+* E003 the worker-side Celery signal receivers are not connected;
+* W001 SQLite without IMMEDIATE transactions; W004 no Celery result backend;
+* W002 (``check --deploy`` only) the ``django_dyrygent.sweep`` task is not in the beat schedule.
+"""
 
 from django.conf import settings as django_settings
 from django.core.checks import Error, Warning, register
@@ -21,7 +30,82 @@ def check_settings(app_configs=None, **kwargs):
                     id="django_dyrygent.E002",
                 )
             )
+        elif name in POSITIVE and not isinstance(value, bool) and value <= 0:
+            errors.append(
+                Error(
+                    f"{PREFIX}{name} must be greater than zero, not {value!r}.",
+                    hint=f"Set {PREFIX}{name} to a value like {DEFAULTS[name]!r} or remove it.",
+                    id="django_dyrygent.E004",
+                )
+            )
     return errors
+
+
+#: Settings whose zero or negative value would stall or spin the engine.
+POSITIVE = ("TICK_INTERVAL", "MAX_PROCESSING_TIME", "REQUEUE_AFTER", "RECONCILE_BATCH")
+
+
+@register()
+def check_worker_hooks(app_configs=None, **kwargs):
+    """Without the receivers, workers never report outcomes and every step waits for a tick."""
+    from .handlers import worker_signals_connected
+
+    if worker_signals_connected():
+        return []
+    return [
+        Error(
+            "django_dyrygent's Celery signal receivers (task_prerun, task_success, task_failure, "
+            "task_retry, task_revoked) are not connected: workers would not report node outcomes, "
+            "so workflows would only move on the periodic tick, through the result backend.",
+            hint="Keep 'django_dyrygent' in INSTALLED_APPS so its AppConfig.ready() connects them "
+            "(django_dyrygent.handlers.connect_worker_signals()), and do not disconnect them.",
+            id="django_dyrygent.E003",
+        )
+    ]
+
+
+SWEEP_TASK = "django_dyrygent.sweep"
+
+
+def _beat_schedules_sweep(app, databases):
+    schedule = getattr(app.conf, "beat_schedule", None) or {}
+    if any(isinstance(entry, dict) and entry.get("task") == SWEEP_TASK for entry in schedule.values()):
+        return True
+    # django-celery-beat keeps the schedule in the database; only look when
+    # the check run may query it (``check --database``, migrate, runserver...).
+    from django.apps import apps
+
+    if not databases or not apps.is_installed("django_celery_beat"):
+        return False
+    try:
+        from django_celery_beat.models import PeriodicTask
+
+        return PeriodicTask.objects.filter(task=SWEEP_TASK, enabled=True).exists()
+    except Exception:  # table missing before migrate, database down: say nothing definite
+        return True
+
+
+@register(deploy=True)
+def check_sweeper(app_configs=None, databases=None, **kwargs):
+    try:
+        from .conf import get_celery_app
+
+        app = get_celery_app()
+    except Exception:
+        return []  # E001 already reports it
+    if _beat_schedules_sweep(app, databases):
+        return []
+    return [
+        Warning(
+            f"The {SWEEP_TASK} task is not in the Celery beat schedule. Each running workflow "
+            "schedules its own safety-net tick; the sweeper re-ticks workflows whose tick message "
+            "was lost (broker restart, purged queue), which would otherwise wait for their next event.",
+            hint=f"Add {{'task': '{SWEEP_TASK}', 'schedule': 60.0}} to CELERY_BEAT_SCHEDULE, or run "
+            "'manage.py dyrygent_tick' from cron (or 'dyrygent_tick --loop'), then silence this "
+            "with SILENCED_SYSTEM_CHECKS = ['django_dyrygent.W002'].",
+            id="django_dyrygent.W002",
+        )
+    ]
 
 
 @register()

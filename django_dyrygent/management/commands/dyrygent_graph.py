@@ -39,6 +39,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, workflow_id, format, output, **options):
+        if format not in FORMATS:  # call_command(format=...) skips argparse's choices
+            raise CommandError(f"Unknown format {format!r}; use one of {', '.join(FORMATS)}.")
         wf = get_workflow(workflow_id)
         if format == "svg":
             text = render_svg(wf)

@@ -41,7 +41,13 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError(f"--batch-size must be at least 1, not {batch_size}.")
         cutoff = timezone.now() - age
-        states = sorted(set(states or FINAL_STATES))
+        states = sorted({s.upper() for s in states or FINAL_STATES})
+        unknown = set(states) - set(FINAL_STATES)
+        if unknown:  # call_command(states=[...]) skips argparse's choices
+            raise CommandError(
+                f"--state {', '.join(sorted(unknown))}: only final states can be pruned "
+                f"({', '.join(FINAL_STATES)}); running workflows are never deleted."
+            )
         totals = prune(cutoff, states=states, batch_size=batch_size, dry_run=dry_run)
         what = (
             f"{totals['workflows']} workflow(s), {totals['nodes']} node(s), {totals['edges']} edge(s) "

@@ -7,8 +7,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.module_loading import import_string
 
-from ...models import Workflow
-from ...states import WorkflowState
+from ...models import Workflow, WorkflowNode
+from ...states import NodeState, WorkflowState
 
 #: Exit status when --wait gives up before the workflow ends (it keeps running).
 EXIT_TIMEOUT = 2
@@ -194,6 +194,14 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(summary))
             return
         detail = f" {row.error}" if row.error else ""
+        first = (
+            WorkflowNode.objects.filter(workflow_id=wf.pk, state=NodeState.FAILURE)
+            .order_by("finished_at", "position").only("task_name", "task_id", "error").first()
+        )
+        if first is not None:
+            lines = [line for line in (first.error or "").strip().splitlines() if line.strip()]
+            why = lines[-1].strip() if lines else "no error recorded"
+            detail += f" First failure: {first.task_name} [{first.task_id}]: {why}."
         raise CommandError(
             f"{summary}{detail} See dyrygent_status {wf.pk}.", returncode=EXIT_FAILED
         )
