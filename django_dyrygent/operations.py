@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from datetime import timedelta
+from pathlib import Path
 
 from django.db import transaction
 from django.db.models import Count, Max, Min, Q
@@ -289,6 +290,60 @@ def graph_to_mermaid(data):
 
 def graph_to_json(data):
     return json.dumps(data, indent=2) + "\n"
+
+
+def _admin_urls(workflow):
+    """Links of the boxes: the admin's node pages when the admin is mounted, else none."""
+    from urllib.parse import quote
+
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        node_url = reverse("admin:django_dyrygent_workflownode_change", args=[0])
+        list_url = reverse("admin:django_dyrygent_workflownode_changelist")
+    except NoReverseMatch:
+        return lambda item: ""
+
+    def url(item):
+        if item.is_group:
+            return f"{list_url}?workflow={workflow.pk}&task_name={quote(item.task_name, safe='')}"
+        return node_url.replace("/0/", f"/{item.node['id']}/")
+
+    return url
+
+
+def render_svg(workflow):
+    """The admin's DAG picture as a standalone SVG file (same layout and template).
+
+    The admin page styles the picture with ``dag.css``; a file opened on its
+    own has no page around it, so the stylesheet is embedded in a ``<style>``
+    element (the admin never does that: its pages must work under a strict CSP).
+    """
+    from django.contrib.staticfiles import finders
+    from django.template.loader import render_to_string
+
+    from . import graph
+
+    items, edges = graph.collapse(graph.load(workflow))
+    drawing = graph.layout(items, edges)
+    url = _admin_urls(workflow)
+    boxes = [
+        {"item": item, "url": url(item), "tooltip": graph.tooltip(item), **graph.box_geometry(item)}
+        for item in drawing.items
+    ]
+    svg = render_to_string(
+        "django_dyrygent/dag.svg",
+        {"workflow": workflow, "drawing": drawing, "boxes": boxes, "shape": graph.shape(items, edges)},
+    )
+    try:  # the project's override of dag.css, if it has one
+        css_path = finders.find("django_dyrygent/dag.css")
+    except Exception:
+        css_path = None
+    css_path = css_path or Path(__file__).parent / "static" / "django_dyrygent" / "dag.css"
+    css = Path(css_path).read_text(encoding="utf-8") if Path(css_path).exists() else ""
+    head, sep, rest = svg.partition(">")
+    style = f"<style><![CDATA[\n{css}]]></style>" if css else ""
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + head + sep + "\n" + style + rest.lstrip("\n") + "\n"
 
 
 # -- pruning -------------------------------------------------------------------------------------------

@@ -600,3 +600,22 @@ def test_check_celery__bad_app_path_is_e001(settings):
     settings.DYRYGENT_CELERY_APP = "tests.nowhere.app"
     messages = checks.check_celery()
     assert ids(messages) == ["django_dyrygent.E001"] and "tests.nowhere" in messages[0].msg
+
+
+@pytest.mark.django_db
+def test_dyrygent_graph__svg_is_the_admin_picture_with_its_stylesheet_inlined(tmp_path):
+    from xml.etree import ElementTree
+
+    wf = started_workflow(weird_canvas())
+    target = tmp_path / "wf.svg"
+    run_command("dyrygent_graph", str(wf.pk)[:8], "--format", "svg", "--output", str(target))
+    text = target.read_text()
+    root = ElementTree.fromstring(text.encode())  # well-formed XML despite the markup in the task name
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert ".dy-node rect" in root.find("svg:style", ns).text
+    nodes = root.findall(".//svg:a", ns)
+    assert len(nodes) == wf.nodes.count()
+    titles = [a.find("svg:title", ns).text for a in nodes]
+    assert titles[0].startswith('evil"name\\<b>[x]{y}|`\nstate: QUEUED')
+    assert len(root.findall(".//svg:path", ns)) == WorkflowEdge.objects.filter(workflow=wf).count()

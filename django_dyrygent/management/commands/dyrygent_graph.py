@@ -8,19 +8,6 @@ from ._common import add_workflow_id_argument, get_workflow
 FORMATS = ("svg", "dot", "mermaid", "json")
 
 
-def render_svg(workflow):
-    """The admin's picture of the DAG, as a standalone SVG document."""
-    from ... import graph
-
-    render = getattr(graph, "render_svg", None)
-    if render is None:
-        raise CommandError(
-            "SVG output is not available in this version (django_dyrygent.graph has no render_svg); "
-            "use --format dot and Graphviz: dot -Tsvg."
-        )
-    return render(workflow, standalone=True)
-
-
 class Command(BaseCommand):
     help = (
         "Export a workflow's DAG: svg (the admin's picture, standalone), dot (Graphviz), mermaid "
@@ -43,7 +30,7 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown format {format!r}; use one of {', '.join(FORMATS)}.")
         wf = get_workflow(workflow_id)
         if format == "svg":
-            text = render_svg(wf)
+            text = operations.render_svg(wf)
         else:
             data = operations.graph_data(wf)
             text = {
