@@ -264,7 +264,7 @@ def test_add_celery_canvas__freezes_every_signature_inside_the_canvas():
 def test_add_celery_canvas__ten_chained_groups_of_a_hundred_grow_edges_linearly():
     """Drawn naively 9 hops x 100 x 100 = 90,000 edges; with joins 9 x (100 + 100)."""
     wf = Workflow()
-    wf.add_celery_canvas(chain(*[group(noop.si(f"{g}-{i}") for i in range(100)) for g in range(10)]))
+    wf.add_celery_canvas(chain(*[group([noop.si(f"{g}-{i}") for i in range(100)]) for g in range(10)]))
     apply(wf)
     assert WorkflowNode.objects.filter(workflow=wf, kind=TASK).count() == 1000
     assert WorkflowNode.objects.filter(workflow=wf, kind=JOIN).count() == 9

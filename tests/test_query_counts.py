@@ -1,0 +1,141 @@
+"""Cost of the engine in queries: a step costs the same for 10 nodes as for 1,000.
+
+Wall-clock thresholds are flaky; query counts are exact. Each test builds two
+workflows of the same shape, a chain of groups (2 groups of 5 and 10 groups
+of 100), so the step under test changes the same structure (one group
+released through one join) and only the size differs.
+
+On-commit work (publishing, the next tick, signals) never runs inside
+pytest-django's test transaction, so only the engine's own queries are counted.
+"""
+
+import math
+
+import pytest
+from celery import chain, group
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from django_dyrygent import engine
+from django_dyrygent.builder import BULK_BATCH
+from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
+from tests.tasks import noop
+
+pytestmark = pytest.mark.django_db
+
+SMALL = (2, 5)  # groups, tasks per group: 10 nodes
+LARGE = (10, 100)  # 1,000 nodes
+# A step that touches one group issues at most this many queries.
+STEP_BOUND = 16
+
+
+def chained_groups(groups, width):
+    wf = Workflow(name=f"{groups}x{width}")
+    wf.add_celery_canvas(
+        chain(*[group([noop.si(g, i).set(task_id=f"{groups}x{width}-{g}-{i}") for i in range(width)])
+                for g in range(groups)])
+    )
+    return wf
+
+
+def started(groups, width):
+    wf = chained_groups(groups, width)
+    wf.apply_async()
+    engine.tick(wf.pk)
+    return wf
+
+
+def queries(fn, *args, **kwargs):
+    with CaptureQueriesContext(connection) as ctx:
+        fn(*args, **kwargs)
+    return [q["sql"] for q in ctx.captured_queries]
+
+
+def test_tick__start_costs_the_same_for_10_and_1000_nodes():
+    small, large = chained_groups(*SMALL), chained_groups(*LARGE)
+    small.apply_async()
+    large.apply_async()
+    small_sql = queries(engine.tick, small.pk)
+    large_sql = queries(engine.tick, large.pk)
+    assert len(small_sql) == len(large_sql) <= STEP_BOUND, (small_sql, large_sql)
+    # It did the work: the whole first group was queued.
+    assert WorkflowNode.objects.filter(workflow=large, state="QUEUED").count() == LARGE[1]
+
+
+def test_tick__on_a_running_workflow_costs_the_same_for_10_and_1000_nodes():
+    small, large = started(*SMALL), started(*LARGE)
+    small_sql = queries(engine.tick, small.pk)
+    large_sql = queries(engine.tick, large.pk)
+    assert len(small_sql) == len(large_sql) <= STEP_BOUND, (small_sql, large_sql)
+    assert Workflow.objects.get(pk=large.pk).ticks == 2
+
+
+def test_tick__on_a_running_workflow_with_overdue_nodes_costs_the_same(settings):
+    """Reconciliation looks at every stale node in one query, whatever their number."""
+    settings.DYRYGENT_REQUEUE_AFTER = 0
+    small, large = started(*SMALL), started(*LARGE)
+    small_sql = queries(engine.tick, small.pk)
+    large_sql = queries(engine.tick, large.pk)
+    assert len(small_sql) == len(large_sql) <= STEP_BOUND, (small_sql, large_sql)
+    # Republished (no worker ever reported them): the step really touched every node.
+    assert set(WorkflowNode.objects.filter(workflow=large, state="QUEUED").values_list(
+        "publish_count", flat=True)) == {2}
+
+
+def complete_first_group_but_one(wf, groups, width):
+    for i in range(width - 1):
+        engine.node_succeeded(wf.pk, f"{groups}x{width}-0-{i}", i)
+    return f"{groups}x{width}-0-{width - 1}"
+
+
+def test_node_succeeded__that_releases_the_next_group_costs_the_same_for_10_and_1000_nodes():
+    small, large = started(*SMALL), started(*LARGE)
+    last_small = complete_first_group_but_one(small, *SMALL)
+    last_large = complete_first_group_but_one(large, *LARGE)
+    small_sql = queries(engine.node_succeeded, small.pk, last_small, 1)
+    large_sql = queries(engine.node_succeeded, large.pk, last_large, 1)
+    assert len(small_sql) == len(large_sql) <= STEP_BOUND, (small_sql, large_sql)
+    # The step released the second group of each.
+    queued = WorkflowNode.objects.filter(workflow=large, state="QUEUED")
+    assert sorted(queued.values_list("task_id", flat=True)) == sorted(
+        f"10x100-1-{i}" for i in range(100)
+    )
+
+
+def test_node_succeeded__that_releases_nothing_costs_the_same_for_10_and_1000_nodes():
+    small, large = started(*SMALL), started(*LARGE)
+    small_sql = queries(engine.node_succeeded, small.pk, "2x5-0-0", 1)
+    large_sql = queries(engine.node_succeeded, large.pk, "10x100-0-0", 1)
+    assert len(small_sql) == len(large_sql) <= STEP_BOUND, (small_sql, large_sql)
+
+
+def insert_batches(model, rows):
+    """How many INSERT statements Django needs for ``rows`` rows of ``model`` in bulk_create."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key or f.name != "id"]
+    size = min(BULK_BATCH, connection.ops.bulk_batch_size(fields, [None] * rows) or rows)
+    return math.ceil(rows / size)
+
+
+def test_apply_async__costs_a_fixed_number_of_queries_plus_bulk_insert_batches():
+    """No query per node or per edge: only the bulk INSERTs grow, by batch (database limit)."""
+    small, large = chained_groups(*SMALL), chained_groups(*LARGE)
+    small_sql = queries(small.apply_async)
+    large_sql = queries(large.apply_async)
+
+    def split(sql):
+        inserts = [q for q in sql if q.lstrip().upper().startswith("INSERT")]
+        return inserts, [q for q in sql if q not in inserts]
+
+    small_inserts, small_other = split(small_sql)
+    large_inserts, large_other = split(large_sql)
+    assert len(small_other) == len(large_other) <= 5, (small_other, large_other)
+    node_rows = WorkflowNode.objects.filter(workflow=large).count()
+    edge_rows = WorkflowEdge.objects.filter(workflow=large).count()
+    assert (node_rows, edge_rows) == (1009, 1800)
+    # One workflow row, then the nodes and edges in as few INSERTs as the database allows.
+    assert len(small_inserts) == 3
+    assert len(large_inserts) == (
+        1 + insert_batches(WorkflowNode, node_rows) + insert_batches(WorkflowEdge, edge_rows)
+    )
+    if connection.features.max_query_params is None:  # PostgreSQL: only BULK_BATCH splits
+        assert len(large_inserts) == 1 + 2 + 2
