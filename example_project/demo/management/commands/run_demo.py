@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -22,6 +23,8 @@ from django_dyrygent.models import Workflow, WorkflowNode
 
 from ...workflows import DEFAULT_HOSTS, build_demo_workflow
 
+# The repository root: where ``celery -A example_project`` finds the package.
+PROJECT_ROOT = Path(__file__).resolve().parents[4]
 DEMO_USER = "admin"
 DEMO_PASSWORD = "admin"  # local demo only; refused unless DEBUG is on
 # How long a workflow may stay INITIAL before we say no worker seems to run.
@@ -135,7 +138,7 @@ class Command(BaseCommand):
         env = dict(os.environ, DJANGO_SETTINGS_MODULE=os.environ.get(
             "DJANGO_SETTINGS_MODULE", "example_project.settings"))
         self.stdout.write(f"Starting a Celery worker: {' '.join(cmd[2:])}")
-        return subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=env)
+        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env)
 
     def stop_worker(self, worker, timeout=30):
         """Warm shutdown (SIGTERM: finish running tasks), then kill if it hangs."""
@@ -179,10 +182,7 @@ class Command(BaseCommand):
 
     def python(self):
         """The interpreter to tell the user about: ``.venv/bin/python`` after ``make demo``."""
-        from pathlib import Path
-
-        exe = Path(sys.executable)
         try:
-            return str(exe.relative_to(Path(settings.BASE_DIR).resolve()))
+            return str(Path(sys.executable).relative_to(PROJECT_ROOT))
         except ValueError:
             return "python"
