@@ -1,0 +1,1 @@
+"""Benchmarks of django-dyrygent against native Celery canvas and celery-dyrygent (not a test package)."""

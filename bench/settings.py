@@ -1,0 +1,86 @@
+"""Django settings of the benchmark.
+
+Default: PostgreSQL ``dy_bench`` + Redis db 4 (broker) / db 5 (result
+backend). ``BENCH_BACKEND=sqlite`` switches our engine to an embedded setup
+(SQLite file + kombu file-system broker, no result backend) for the
+secondary row; ``BENCH_DIR`` says where its files live.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import dj_database_url
+
+BACKEND = os.environ.get("BENCH_BACKEND", "postgres")
+BASE = Path(os.environ.get("BENCH_DIR", Path(tempfile.gettempdir()) / "dyrygent-bench"))
+BASE.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = "bench-only"
+DEBUG = False  # DEBUG would keep every query in memory
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_celery_results",
+    "django_dyrygent",
+]
+
+# Persistent connections, as a tuned production worker has them: with 0 the
+# Celery Django fixup closes the connection after every task and each node
+# pays a new PostgreSQL connection. BENCH_CONN_MAX_AGE=0 measures that case.
+CONN_MAX_AGE = int(os.environ.get("BENCH_CONN_MAX_AGE", "600"))
+# Celery's Django fixup closes every connection before and after each task
+# (whatever CONN_MAX_AGE says) unless CELERY_DB_REUSE_MAX is set; then it
+# closes them once every that many tasks. BENCH_DB_REUSE_MAX sets it.
+if os.environ.get("BENCH_DB_REUSE_MAX"):
+    CELERY_DB_REUSE_MAX = int(os.environ["BENCH_DB_REUSE_MAX"])
+
+if BACKEND == "sqlite":
+    DATABASES = {"default": dj_database_url.parse(f"sqlite:///{BASE / 'bench.sqlite3'}", conn_max_age=CONN_MAX_AGE)}
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
+    _queue = BASE / "broker"
+    (_queue / "out").mkdir(parents=True, exist_ok=True)
+    (_queue / "processed").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue / "out"),
+        "data_folder_out": str(_queue / "out"),
+        "processed_folder": str(_queue / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.01,
+    }
+    # Our engine keeps results in node rows; nothing here needs a result backend.
+    CELERY_RESULT_BACKEND = None
+    SILENCED_SYSTEM_CHECKS = ["django_dyrygent.W004"]
+elif BACKEND == "postgres":
+    DATABASES = {
+        "default": dj_database_url.parse(
+            os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dy_bench"),
+            conn_max_age=CONN_MAX_AGE,
+        )
+    }
+    CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/4")
+    CELERY_RESULT_BACKEND = os.environ.get("BENCH_RESULT_BACKEND", "redis://127.0.0.1:6379/5")
+else:
+    raise RuntimeError(f"BENCH_BACKEND must be 'postgres' or 'sqlite', not {BACKEND!r}")
+
+CELERY_TASK_DEFAULT_QUEUE = "dyrygent-bench"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Progress is event driven; the tick is only the safety net (library default).
+DYRYGENT_TICK_INTERVAL = 10.0
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django_dyrygent": {"handlers": ["console"], "level": "WARNING"},
+        # celery-dyrygent logs every tick at INFO.
+        "celery_dyrygent": {"handlers": ["console"], "level": "WARNING"},
+    },
+}
