@@ -663,7 +663,8 @@ def node_revoked(workflow_id, task_id, reason="revoked"):
 def _ignore(node, target):
     if target in NODE_TRANSITIONS[node.state]:
         return False
-    logger.info("Node %s is %s; late %s report ignored", node.task_id, node.state, target)
+    logger.info("Node %s of workflow %s is %s; late %s report ignored",
+                node.task_id, node.workflow_id, node.state, target)
     return True
 
 
@@ -981,7 +982,7 @@ def revoke(task_ids, terminate=False):
     try:
         get_celery_app().control.revoke(list(task_ids), terminate=terminate)
     except Exception:
-        logger.exception("Could not revoke %d task(s)", len(task_ids))
+        logger.exception("Could not revoke %d task(s): %s", len(task_ids), ", ".join(list(task_ids)[:10]))
 
 
 def sweep(stale_after=None, batch_size=100):

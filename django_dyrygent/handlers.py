@@ -34,7 +34,10 @@ def _guarded(what, func, *args, **kwargs):
     try:
         return func(*args, **kwargs)
     except Exception:
-        logger.exception("django_dyrygent could not record %s; the tick will reconcile it", what)
+        logger.exception(
+            "django_dyrygent could not record %s of workflow %s; the tick will reconcile it",
+            what, args[0] if args else "?",
+        )
         return None
 
 
