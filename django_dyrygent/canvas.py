@@ -198,7 +198,9 @@ def _add(workflow, sig, deps):
         body = sig.body
         if body is None:
             return leaves
-        return _add(workflow, _as_signature(workflow, body), _joined(workflow, leaves))
+        # A chord body gets the list of header results even for a one-task
+        # header (Celery: chord([a], body) calls body([a])), so always join it.
+        return _add(workflow, _as_signature(workflow, body), [add_join(workflow, leaves)] if header else leaves)
     if isinstance(sig, group):
         return _add_group(workflow, list(sig.tasks), deps)
     if isinstance(sig, _chain):
