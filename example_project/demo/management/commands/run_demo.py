@@ -174,7 +174,7 @@ class Command(BaseCommand):
                     "for this local demo only; never use it on a reachable server"
                 ))
         else:
-            self.stdout.write("  create a login first: python manage.py createsuperuser")
+            self.stdout.write(f"  create a login first: {python} manage.py createsuperuser")
         self.stdout.write(
             "Start more workflows from http://127.0.0.1:8000/ with a worker running beside the server:"
         )
