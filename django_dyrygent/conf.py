@@ -1,7 +1,8 @@
 """Settings of django_dyrygent: flat ``DYRYGENT_*`` names, read lazily.
 
-Values are looked up on first use and cached; ``setting_changed`` clears the
-cache so ``override_settings`` and pytest-django's ``settings`` fixture work.
+Values are looked up on every use, not cached: a cache would go stale when a
+setting is deleted (pytest-django's ``del settings.X`` sends no
+``setting_changed``), and a lookup costs a dictionary access.
 """
 
 from django.conf import settings as django_settings
@@ -50,9 +51,7 @@ class Settings:
     def __getattr__(self, name):
         if name not in DEFAULTS:
             raise AttributeError(f"Invalid django_dyrygent setting: {name!r}")
-        value = getattr(django_settings, PREFIX + name, DEFAULTS[name])
-        self.__dict__[name] = value
-        return value
+        return getattr(django_settings, PREFIX + name, DEFAULTS[name])
 
     def change_setting(self, setting, **kwargs):
         if setting.startswith(PREFIX):

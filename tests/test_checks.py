@@ -1,0 +1,115 @@
+"""System checks: a misconfiguration is reported by ``manage.py check``, not by a hung workflow."""
+
+from types import SimpleNamespace
+
+import pytest
+from celery import Celery
+from django.core import checks as django_checks
+from django.db import connection
+
+from django_dyrygent import checks
+from django_dyrygent.conf import DEFAULTS, TYPES
+
+#: A Celery app with a broker but no result backend, for W004.
+no_backend_app = Celery("no-backend", set_as_current=False, broker="memory://")
+#: The same with a result backend.
+backend_app = Celery("with-backend", set_as_current=False, broker="memory://", backend="cache+memory://")
+
+
+def ids(messages):
+    return [m.id for m in messages]
+
+
+def test_check_settings__defaults_and_test_settings_pass():
+    assert checks.check_settings() == []
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("TICK_INTERVAL", "10"),
+        ("MAX_PROCESSING_TIME", None),
+        ("REQUEUE_AFTER", [60]),
+        ("MAX_RESULT_BYTES", 1.5),
+        ("RECONCILE_BATCH", True),  # bool is an int subclass, but not a batch size
+        ("CELERY_APP", 42),
+        ("STALE_AFTER", "60s"),
+        ("EVENT_LOG", 1),
+    ],
+)
+def test_check_settings__wrong_type_is_e002_naming_the_setting(settings, name, value):
+    setattr(settings, f"DYRYGENT_{name}", value)
+    (error,) = checks.check_settings()
+    assert error.id == "django_dyrygent.E002"
+    assert error.level == django_checks.ERROR
+    assert f"DYRYGENT_{name}" in error.msg and repr(value) in error.msg
+    assert repr(DEFAULTS[name]) in error.hint
+
+
+def test_check_settings__every_setting_has_a_type_and_a_valid_default():
+    assert set(TYPES) == set(DEFAULTS)
+    for name, default in DEFAULTS.items():
+        assert isinstance(default, TYPES[name]), name
+
+
+def test_check_settings__accepts_ints_for_float_settings(settings):
+    settings.DYRYGENT_TICK_INTERVAL = 5
+    settings.DYRYGENT_CELERY_APP = "tests.celery_app.app"
+    assert checks.check_settings() == []
+
+
+def test_check_settings__errors_reach_manage_py_check(settings):
+    settings.DYRYGENT_TICK_INTERVAL = "soon"
+    assert "django_dyrygent.E002" in ids(django_checks.run_checks())
+
+
+def fake_connection(monkeypatch, vendor, options):
+    conn = SimpleNamespace(vendor=vendor, settings_dict={"OPTIONS": options})
+    monkeypatch.setattr(checks, "connections", {"default": conn})
+
+
+@pytest.mark.parametrize("options", [{}, None, {"timeout": 20}, {"transaction_mode": "DEFERRED"}])
+def test_check_database__sqlite_without_immediate_transactions_is_w001(monkeypatch, options):
+    fake_connection(monkeypatch, "sqlite", options)
+    (warning,) = checks.check_database()
+    assert warning.id == "django_dyrygent.W001" and warning.level == django_checks.WARNING
+    assert "IMMEDIATE" in warning.hint
+
+
+def test_check_database__sqlite_with_immediate_transactions_passes(monkeypatch):
+    fake_connection(monkeypatch, "sqlite", {"transaction_mode": "IMMEDIATE", "timeout": 20})
+    assert checks.check_database() == []
+
+
+@pytest.mark.parametrize("vendor", ["postgresql", "mysql"])
+def test_check_database__databases_with_row_locks_pass(monkeypatch, vendor):
+    fake_connection(monkeypatch, vendor, {})
+    assert checks.check_database() == []
+
+
+def test_check_database__the_test_database_is_configured_right():
+    """tests/settings.py sets IMMEDIATE for SQLite; PostgreSQL needs nothing."""
+    assert checks.check_database() == []
+    assert connection.vendor in ("sqlite", "postgresql")
+
+
+def test_check_celery__no_result_backend_is_w004(settings):
+    settings.DYRYGENT_CELERY_APP = "tests.test_checks.no_backend_app"
+    assert "django_dyrygent.W004" in ids(checks.check_celery())
+    assert "django_dyrygent.W004" in ids(django_checks.run_checks())
+
+
+def test_check_celery__a_result_backend_silences_w004(settings):
+    settings.DYRYGENT_CELERY_APP = "tests.test_checks.backend_app"
+    assert "django_dyrygent.W004" not in ids(checks.check_celery())
+
+
+def test_check_celery__the_test_app_passes():
+    """The suite's app (django-db results, configured broker) raises nothing."""
+    assert checks.check_celery() == []
+
+
+def test_check_celery__unloadable_app_is_e001(settings):
+    settings.DYRYGENT_CELERY_APP = "tests.no_such_module.app"
+    (error,) = checks.check_celery()
+    assert error.id == "django_dyrygent.E001" and "no_such_module" in error.msg
