@@ -5,19 +5,31 @@ from collections import deque
 from functools import partial
 
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 
+from .serialization import NotSerialisable, to_tree
 from .states import NodeKind
 
 BULK_BATCH = 1000
 
 
 def _json_error(value):
+    """Payloads are stored with DjangoJSONEncoder: dates, UUIDs and Decimals are fine."""
     try:
-        json.dumps(value, allow_nan=False)
+        json.dumps(value, allow_nan=False, cls=DjangoJSONEncoder)
     except (TypeError, ValueError) as exc:
         return str(exc)
     return None
+
+
+def _as_tree(value, describe, errors, verb="are"):
+    """Arguments and options as Celery's JSON serializer would carry them, or an error."""
+    try:
+        return to_tree(value)
+    except NotSerialisable as exc:
+        errors.append(f"{describe} {verb} not JSON-serialisable: {exc}")
+        return value
 
 
 def _describe(node):
@@ -30,18 +42,18 @@ def validate(workflow):
     """Raise ValidationError naming every offending node; touches no database row."""
     errors = []
     nodes = workflow._draft
-    for field in ("custom_payload", "options", "tasks_options"):
-        problem = _json_error(getattr(workflow, field))
-        if problem:
-            errors.append(f"Workflow {field} is not JSON-serialisable: {problem}")
+    problem = _json_error(workflow.custom_payload)
+    if problem:
+        errors.append(f"Workflow custom_payload is not JSON-serialisable: {problem}")
+    for field in ("options", "tasks_options"):
+        setattr(workflow, field, _as_tree(getattr(workflow, field), f"Workflow {field}", errors, "is"))
     seen = {}
     members = {id(n) for n in nodes}
     for node in nodes:
         sig = node.signature or {}
         for part in ("args", "kwargs", "options"):
-            problem = _json_error(sig.get(part))
-            if problem:
-                errors.append(f"{_describe(node)}: {part} are not JSON-serialisable: {problem}")
+            if part in sig:
+                sig[part] = _as_tree(sig[part], f"{_describe(node)}: {part}", errors)
         problem = _json_error(node.custom_payload)
         if problem:
             errors.append(f"{_describe(node)}: custom_payload is not JSON-serialisable: {problem}")

@@ -16,7 +16,6 @@ Rules that hold everywhere in this module:
   workflow, only on how many nodes the step itself changes.
 """
 
-import json
 import logging
 import traceback as tb_module
 from collections import defaultdict
@@ -25,7 +24,6 @@ from functools import partial
 
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
@@ -33,6 +31,7 @@ from django.utils import timezone
 from . import signals
 from .conf import get_celery_app, settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+from .serialization import NotSerialisable, from_tree, size_of, to_tree
 from .states import (
     NODE_ACTIVE,
     NODE_FAILED,
@@ -396,6 +395,7 @@ def _call_args(step, nodes):
         results = per_node.get(node.pk)
         if results is None:
             continue
+        results = [from_tree(r) for r in results]
         calls[node.pk] = (results[0],) if len(results) == 1 else (results,)
     return calls
 
@@ -596,17 +596,17 @@ def _node_for_event(step, task_id):
 def _encode_result(result):
     """The result as it will be stored, or an error message saying why it cannot be."""
     try:
-        text = json.dumps(result, cls=DjangoJSONEncoder)
-    except (TypeError, ValueError) as exc:
+        tree = to_tree(result)
+    except NotSerialisable as exc:
         return None, f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}"
     cap = settings.MAX_RESULT_BYTES
-    size = len(text.encode())
+    size = size_of(tree)
     if cap and size > cap:
         return None, (
             f"Result of {size} bytes exceeds DYRYGENT_MAX_RESULT_BYTES={cap}; "
             "store large data elsewhere and return a reference to it"
         )
-    return json.loads(text), None
+    return tree, None
 
 
 def _finish_node(step, node, target, **fields):
@@ -948,7 +948,7 @@ def send_tick(workflow_id, options=None, countdown=None):
     from .tasks import tick as tick_task
 
     try:
-        tick_task.apply_async((str(workflow_id),), countdown=countdown, **(options or {}))
+        tick_task.apply_async((str(workflow_id),), countdown=countdown, **from_tree(options or {}))
     except Exception:
         # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
         logger.exception("Could not send the tick of workflow %s", workflow_id)
@@ -961,12 +961,13 @@ def publish(workflow_id, tasks_options, entries):
     with app.producer_or_acquire() as producer:
         for node, extra_args in entries:
             sig_dict = node.signature or {}
-            options = {**(tasks_options or {}), **sig_dict.get("options", {})}
+            options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
             options["headers"] = {**options.get("headers", {}), **headers}
             if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
                 extra_args = (str(workflow_id),)
             sig = app.signature(
-                sig_dict["task"], args=sig_dict.get("args", ()), kwargs=sig_dict.get("kwargs", {}),
+                sig_dict["task"], args=from_tree(sig_dict.get("args", [])),
+                kwargs=from_tree(sig_dict.get("kwargs", {})),
                 immutable=sig_dict.get("immutable", False),
             )
             try:

@@ -356,6 +356,13 @@ class WorkflowNode(models.Model):
     def is_final(self):
         return self.state in NODE_FINAL
 
+    def get_result(self):
+        """The result as the task returned it (``result`` holds its JSON form:
+        datetimes, UUIDs and Decimals are tagged objects there, as in a Celery message)."""
+        from .serialization import from_tree
+
+        return from_tree(self.result)
+
     @property
     def args(self):
         return self.signature.get("args", [])
