@@ -32,12 +32,16 @@ def index(request):
 
 def progress(request, pk):
     wf = get_object_or_404(Workflow, pk=pk)
-    nodes = (
+    nodes = list(
         wf.nodes.filter(kind=WorkflowNode.Kind.TASK)
         .only("task_name", "task_id", "state", "result", "error", "reason", "started_at", "finished_at",
               "position", "workflow_id")
         .order_by("position")
     )
+    for node in nodes:
+        # The exception line, not the top of the traceback; the admin shows it all.
+        lines = node.error.strip().splitlines()
+        node.error_summary = lines[-1] if lines else ""
     return render(
         request,
         "demo/progress.html",
