@@ -65,6 +65,12 @@ def module_worker(django_db_setup, purged_broker):
         loglevel="WARNING", shutdown_timeout=30,
     ) as w:
         yield w
+    import gc
+
+    # Worker threads that ended still own database connections until their
+    # thread-locals are collected; PostgreSQL refuses to drop the test database
+    # while one is open.
+    gc.collect()
 
 
 def wait_worker_idle(timeout=20.0):
