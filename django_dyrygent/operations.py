@@ -327,14 +327,15 @@ def render_svg(workflow):
     items, edges = graph.collapse(graph.load(workflow))
     drawing = graph.layout(items, edges)
     url = _admin_urls(workflow)
-    boxes = [
-        {"item": item, "url": url(item), "tooltip": graph.tooltip(item), **graph.box_geometry(item)}
-        for item in drawing.items
-    ]
-    svg = render_to_string(
-        "django_dyrygent/dag.svg",
-        {"workflow": workflow, "drawing": drawing, "boxes": boxes, "shape": graph.shape(items, edges)},
-    )
+    context = {"workflow": workflow, "drawing": drawing, "shape": graph.shape(items, edges)}
+    if hasattr(graph, "svg_markup"):  # the template takes the nodes pre-rendered
+        context["svg_markup"] = graph.svg_markup(drawing, url)
+    else:  # the template loops over boxes itself
+        context["boxes"] = [
+            {"item": item, "url": url(item), "tooltip": graph.tooltip(item), **graph.box_geometry(item)}
+            for item in drawing.items
+        ]
+    svg = render_to_string("django_dyrygent/dag.svg", context)
     try:  # the project's override of dag.css, if it has one
         css_path = finders.find("django_dyrygent/dag.css")
     except Exception:
