@@ -157,6 +157,7 @@ def workflow_summary(workflow, node_limit=NODE_TABLE_LIMIT):
                 "task_name": n.task_name,
                 "kind": n.kind,
                 "state": n.state,
+                "call": call_text(n.signature),
                 "reason": n.reason,
                 "attempts": n.attempts,
                 "queued_at": _iso(n.queued_at),
@@ -165,7 +166,7 @@ def workflow_summary(workflow, node_limit=NODE_TABLE_LIMIT):
                 "duration_seconds": _seconds(n.duration),
             }
             for n in nodes.order_by("position").only(
-                "position", "task_id", "task_name", "kind", "state", "reason", "attempts",
+                "position", "task_id", "task_name", "kind", "state", "reason", "attempts", "signature",
                 "queued_at", "started_at", "finished_at",
             )
         ]
@@ -185,6 +186,15 @@ def workflow_summary(workflow, node_limit=NODE_TABLE_LIMIT):
             .order_by("task_name", "kind", "state")
         ]
     return data
+
+
+def call_text(signature, limit=60):
+    """``('web-1', retries=3)``: the stored arguments, shortened, to tell sibling nodes apart."""
+    signature = signature or {}
+    parts = [repr(a) for a in signature.get("args") or []]
+    parts += [f"{k}={v!r}" for k, v in (signature.get("kwargs") or {}).items()]
+    text = " ".join(("(" + ", ".join(parts) + ")").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def node_label(task_name, kind):

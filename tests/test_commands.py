@@ -170,8 +170,16 @@ def test_dyrygent_status__shows_state_counters_and_every_node(django_assert_max_
     assert "1/3 done: 1 succeeded, 0 failed, 0 skipped" in out
     table = out.split("REASON", 1)[1].splitlines()[1:]
     assert [line.split()[1:3] for line in table] == [
-        ["tests.noop", "SUCCESS"], ["tests.fail", "QUEUED"], ["tests.noop", "PENDING"],
+        ["tests.noop()", "SUCCESS"], ["tests.fail()", "QUEUED"], ["tests.noop()", "PENDING"],
     ]
+
+
+@pytest.mark.django_db
+def test_dyrygent_status__node_rows_show_arguments_to_tell_siblings_apart():
+    wf = started_workflow(group(record.si("web-1", sleep=0), record.si("web-2")))
+    out, _ = run_command("dyrygent_status", str(wf.pk), no_color=True)
+    assert "tests.record('web-1', sleep=0)  QUEUED" in out and "tests.record('web-2')" in out
+    assert json.loads(run_command("dyrygent_status", str(wf.pk), json=True)[0])["nodes"][1]["call"] == "('web-2')"
 
 
 @pytest.mark.django_db

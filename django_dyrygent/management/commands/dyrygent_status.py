@@ -77,8 +77,8 @@ class Command(BaseCommand):
             headers = ("TASK", "STATE", "COUNT", "FIRST START", "LAST FINISH")
         else:
             rows = [
-                (n["position"], node_label(n["task_name"], n["kind"]), n["state"], n["task_id"],
-                 _secs(n["duration_seconds"]), n["reason"])
+                (n["position"], node_label(n["task_name"], n["kind"]) + (n["call"] if n["kind"] != "join" else ""),
+                 n["state"], n["task_id"], _secs(n["duration_seconds"]), n["reason"])
                 for n in data["nodes"]
             ]
             headers = ("#", "TASK", "STATE", "TASK ID", "DURATION", "REASON")
