@@ -22,10 +22,7 @@ from django.views.decorators.http import require_POST
 
 from . import engine, graph
 from .models import Workflow, WorkflowEvent, WorkflowNode
-from .states import NodeKind, NodeState, WorkflowState
-
-ALL_STATES = list(dict.fromkeys([*WorkflowState.values, *NodeState.values]))
-
+from .states import NODE_ACTIVE, NodeKind, NodeState
 
 def state_badge(state, label=None):
     """A coloured badge; colours come from dag.css classes, never inline styles (CSP)."""
@@ -84,7 +81,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
     readonly_fields = ("state_badge", "progress", "duration", "pretty_payload", "pretty_options",
                        "pretty_tasks_options")
     fieldsets = (
-        (None, {"fields": ("id", "name", "state_badge", "progress", "error")}),
+        # State and progress are in the live panel above the fields.
+        (None, {"fields": ("id", "name", "error")}),
         (_("Timing"), {"fields": ("created_at", "started_at", "finished_at", "duration", "deadline",
                                   "next_tick_at")}),
         (_("Counters"), {"fields": ("nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed",
@@ -127,7 +125,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def progress(self, obj):
         """From the row counters: no COUNT query per row."""
         return format_html(
-            '<progress class="dy-progress" max="{}" value="{}"></progress> <span class="dy-count">{} / {}</span>',
+            '<progress class="dy-progress" max="{}" value="{}"></progress> '
+            '<span class="dy-count">{} / {}</span>',
             obj.nodes_total or 1, obj.nodes_done if obj.nodes_total else 0, obj.nodes_done, obj.nodes_total,
         )
 
@@ -224,7 +223,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "id": str(obj.pk),
             "state": obj.state,
             "state_label": str(obj.get_state_display()),
-            "final": obj.is_final,
+            "final": settled(obj, items),
             "nodes_total": obj.nodes_total,
             "nodes_done": obj.nodes_done,
             "nodes_failed": obj.nodes_failed,
@@ -258,17 +257,22 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def dag_context(self, obj):
         items, edges = graph.collapse(graph.load(obj), self.dag_collapse_threshold)
         drawing = graph.layout(items, edges)
-        node_url = reverse("admin:django_dyrygent_workflownode_change", args=[0],
-                           current_app=self.admin_site.name)
+        # reverse() once, not once per node.
+        node_head, node_tail = reverse(
+            "admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name,
+        ).rsplit("/0/", 1)
         list_url = reverse("admin:django_dyrygent_workflownode_changelist", current_app=self.admin_site.name)
-        boxes = []
-        for item in drawing.items:
+
+        def url_for(item):
             if item.is_group:
-                url = f"{list_url}?workflow={obj.pk}&task_name={quote(item.task_name, safe='')}"
-            else:
-                url = node_url.replace("/0/", f"/{item.node['id']}/")
-            boxes.append({"item": item, "url": url, "tooltip": graph.tooltip(item), **graph.box_geometry(item)})
-        return {"workflow": obj, "drawing": drawing, "boxes": boxes, "shape": graph.shape(items, edges)}
+                return f"{list_url}?workflow={obj.pk}&task_name={quote(item.task_name, safe='')}"
+            return f"{node_head}/{item.node['id']}/{node_tail}"
+
+        return {
+            "workflow": obj, "drawing": drawing, "shape": graph.shape(items, edges),
+            "settled": settled(obj, items),
+            "svg_markup": graph.svg_markup(drawing, url_for),
+        }
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id) if request.method == "GET" else None
@@ -289,13 +293,21 @@ class WorkflowAdmin(ReadOnlyAdmin):
                 "dag_url": reverse("admin:%s_%s_dag" % info, args=[obj.pk]),
                 "nodes_url": reverse("admin:django_dyrygent_workflownode_changelist")
                 + f"?workflow={obj.pk}",
-                "poll_interval": self.dag_poll_interval,
+                # Bigger workflows are polled less often: a status costs O(nodes) to build.
+                "poll_interval": max(self.dag_poll_interval, obj.nodes_total // 5),
                 "object_actions": [
                     (name, reverse("admin:%s_%s_act" % info, args=[obj.pk, name]), label)
                     for name, label in self.object_action_labels.items() if name in actions
                 ],
             })
         return super().change_view(request, object_id, form_url, context)
+
+
+def settled(workflow, items):
+    """Nothing will change any more: the workflow ended and its callbacks (queued when it ended) too."""
+    return workflow.is_final and not any(
+        node["state"] in NODE_ACTIVE for item in items for node in item.nodes
+    )
 
 
 @admin.register(WorkflowNode)
@@ -343,7 +355,8 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     def workflow_link(self, obj):
         wf = obj.workflow
         url = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk], current_app=self.admin_site.name)
-        return format_html('<a href="{}">{} <code>{}</code></a>', url, wf.name or _("workflow"), str(wf.pk)[:8])
+        name = wf.name or _("workflow")
+        return format_html('<a href="{}">{} <code>{}</code></a>', url, name, str(wf.pk)[:8])
 
     @admin.display(description=_("arguments"))
     def arguments(self, obj):

@@ -191,3 +191,14 @@ def test_load__two_queries_whatever_the_size(django_assert_num_queries):
         loaded = graph.load(wf)
     assert len(loaded.nodes) == wf.nodes.count()
     assert len(loaded.edges) == 50 + 50 + 1  # a -> group, group -> join, join -> z
+
+
+def test_label__short_task_name_with_arguments_truncated():
+    def label(args):
+        return graph.Item(id="n1", kind="task", task_name="proj.tasks.build",
+                          nodes=[node(1, task="proj.tasks.build", signature={"args": args})]).label
+
+    assert label(["web-1"]) == "build('web-1')"
+    assert label([]) == "build"
+    long = label(["a-very-long-host-name.example.com"])
+    assert len(long) == graph.LABEL_CHARS and long.endswith("…")
