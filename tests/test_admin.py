@@ -64,6 +64,12 @@ def staff(*perms):
     return client
 
 
+def staff_client_without_view():
+    client = Client()
+    client.force_login(User.objects.get(username="staff"))
+    return client
+
+
 def messages_of(response):
     return [str(m) for m in get_messages(response.wsgi_request)]
 
@@ -285,6 +291,15 @@ def test_change_page__escapes_every_user_string(admin_client):
     assert "<title>&lt;script&gt;alert(&quot;xss&quot;)&lt;/script&gt;\nstate: FAILURE" in svg
 
 
+def test_change_page__escapes_collapsed_group_label_and_link(admin_client):
+    wf = make_workflow("group", width=25)
+    WorkflowNode.objects.filter(workflow=wf, task_name="tests.record").update(task_name=XSS)
+    content = admin_client.get(change_url(wf)).content.decode()
+    assert XSS not in content
+    assert "<title>25 × &lt;script&gt;alert(&quot;xss&quot;)&lt;/script&gt;\n" in content
+    assert "task_name=%3Cscript%3Ealert%28%22xss%22%29%3C%2Fscript%3E" in content
+
+
 # -- status endpoint --------------------------------------------------------------------------------
 
 
@@ -334,6 +349,9 @@ def test_status_json__needs_staff_and_view_permission(client):
     client.login(username="plain", password="pw")
     assert client.get(status_url(wf)).status_code == 302
     assert staff().get(status_url(wf)).status_code == 403
+    assert staff_client_without_view().get(
+        reverse("admin:django_dyrygent_workflow_dag", args=[wf.pk])
+    ).status_code == 403
     User.objects.filter(username="staff").delete()
     assert staff("view_workflow").get(status_url(wf)).status_code == 200
 
