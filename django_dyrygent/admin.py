@@ -218,7 +218,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def status_view(self, request, object_id):
         """State, counters and per-item states, polled by dag.js while the workflow runs."""
         obj = self._get_viewable(request, object_id)
-        items, _edges = graph.collapse(graph.load(obj, details=False), self.dag_collapse_threshold)
+        items, edges = graph.collapse(graph.load(obj, details=False), self.dag_collapse_threshold)
         return JsonResponse({
             "id": str(obj.pk),
             "state": obj.state,
@@ -229,7 +229,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "nodes_failed": obj.nodes_failed,
             "nodes_succeeded": obj.nodes_succeeded,
             "duration": graph.format_duration(obj.duration),
-            "shape": graph.shape(items, _edges),
+            "shape": graph.shape(items, edges),
             "items": {item.id: graph.item_status(item) for item in items},
         })
 
