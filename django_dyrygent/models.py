@@ -92,7 +92,8 @@ class Workflow(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.name or 'workflow'} {str(self.id)[:8]} ({self.state})"
+        # No state here: admin headings and links would show a stale one.
+        return f"{self.name or 'workflow'} {str(self.id)[:8]}"
 
     # -- building (unsaved workflow) -------------------------------------------------
 
