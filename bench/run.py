@@ -140,7 +140,7 @@ class Worker:
             return
         pgid = self.proc.pid  # setsid(): the worker leads its own group
         try:
-            os.killpg(pgid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: unacked messages go back to the broker
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
@@ -230,18 +230,19 @@ def build_canvas(case):
     raise ValueError(f"unknown case {case!r}")
 
 
-def run_native(case, timeout):
+def run_native(case, timeout, partial):
     canvas = build_canvas(case)
     t0 = time.perf_counter()
     with RECORDER:
         result = canvas.apply_async()
     t1 = time.perf_counter()
+    partial.update(submit_seconds=t1 - t0, **RECORDER.summary())
     result.get(timeout=timeout, disable_sync_subtasks=False)
     t2 = time.perf_counter()
-    return {"seconds": t2 - t0, "submit_seconds": t1 - t0, **RECORDER.summary()}
+    return {"seconds": t2 - t0, **partial}
 
 
-def run_celery_dyrygent(case, timeout):
+def run_celery_dyrygent(case, timeout, partial):
     from celery_dyrygent.workflows import Workflow as CDWorkflow
 
     canvas = build_canvas(case)
@@ -252,9 +253,10 @@ def run_celery_dyrygent(case, timeout):
     with RECORDER:
         result = wf.apply_async()
     t1 = time.perf_counter()
+    partial.update(submit_seconds=t1 - t0, **RECORDER.summary())
     result.get(timeout=timeout)
     t2 = time.perf_counter()
-    return {"seconds": t2 - t0, "submit_seconds": t1 - t0, **RECORDER.summary()}
+    return {"seconds": t2 - t0, **partial}
 
 
 def _worker_queries(client):
@@ -262,7 +264,7 @@ def _worker_queries(client):
     return int(value or 0)
 
 
-def run_ours(case, timeout, counter_client=None):
+def run_ours(case, timeout, partial, counter_client=None):
     from django.db import connection
 
     from django_dyrygent.models import Workflow
@@ -277,12 +279,13 @@ def run_ours(case, timeout, counter_client=None):
     with RECORDER, connection.execute_wrapper(client_queries):
         wf.apply_async()
     t1 = time.perf_counter()
+    partial.update(submit_seconds=t1 - t0, **RECORDER.summary())
     state = wf.wait(timeout=timeout, interval=0.01)
     t2 = time.perf_counter()
     if state != Workflow.State.SUCCESS:
         raise RuntimeError(f"workflow {wf.pk} ended {state}: {wf.error}")
     out = {
-        "seconds": t2 - t0, "submit_seconds": t1 - t0, **RECORDER.summary(),
+        "seconds": t2 - t0, **partial,
         "engine_seconds": (wf.finished_at - wf.created_at).total_seconds(),
         "rows": wf.nodes.count(), "client_queries": client_queries.count,
     }
@@ -297,14 +300,15 @@ RUNNERS = {NATIVE: run_native, CELERY_DYRYGENT: run_celery_dyrygent, OURS: run_o
 
 def measure(system, case, timeout, **kwargs):
     """One timed run; failures become a row that says so instead of stopping the benchmark."""
+    partial = {}  # what is known before the wait: submit time, messages published
     try:
-        return RUNNERS[system](case, timeout, **kwargs)
+        return RUNNERS[system](case, timeout, partial, **kwargs)
     except Watchdog:
         raise
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash
         kind = "timeout" if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc) else "error"
         log(f"  {system} {case}: {kind}: {type(exc).__name__}: {str(exc)[:300]}")
-        return {"error": kind, "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        return {"error": kind, "detail": f"{type(exc).__name__}: {str(exc)[:300]}", **partial}
 
 
 # -- phases ----------------------------------------------------------------------------------------
@@ -340,11 +344,11 @@ def native_big_in_child(args, bench_dir):
     out = bench_dir / "native-big.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "native-big",
-           "--reps", str(args.reps), "--timeout", str(args.native_big_timeout), "--json", str(out)]
-    log(f"case groups10x100: native x {args.reps} (child process, timeout {args.native_big_timeout}s)")
+           "--reps", str(args.big_reps), "--timeout", str(args.native_big_timeout), "--json", str(out)]
+    log(f"case groups10x100: native x {args.big_reps} (child process, timeout {args.native_big_timeout}s)")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), preexec_fn=_limit_memory)
     try:
-        proc.wait(timeout=args.native_big_timeout * args.reps + 30)
+        proc.wait(timeout=args.native_big_timeout * args.big_reps + 30)
     except subprocess.TimeoutExpired:
         pass
     finally:
@@ -360,19 +364,35 @@ def native_big_in_child(args, bench_dir):
 
 def phase_native_big(args):
     """Child process: native Celery, 1,000 nodes; writes its rows to --json as they come."""
-    _alarm(args.timeout * args.reps + 20)
+    import redis
+
     import bench.celery_app  # noqa: F401  (configures the app this process publishes with)
+    from django.conf import settings
 
     connect_recorder()
+    results_db = redis.Redis.from_url(settings.CELERY_RESULT_BACKEND)
     rows = []
     path = Path(args.json)
     for _ in range(args.reps):
-        r = measure(NATIVE, "groups10x100", args.timeout)
+        results_db.flushdb()  # only this case's results from here on: lets us count finished tasks
+        _alarm(args.timeout + 15)
+        try:
+            r = measure(NATIVE, "groups10x100", args.timeout)
+        except Watchdog:
+            r = {"error": "timeout", "detail": f"apply_async/get did not return within {args.timeout + 15:.0f}s"}
+        signal.alarm(0)
+        if "error" in r:
+            r["tasks_done"] = sum(1 for _ in results_db.scan_iter("celery-task-meta-*", count=1000))
+            r["queued"] = redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(settings.CELERY_TASK_DEFAULT_QUEUE)
+            r["detail"] += (f" ({r['tasks_done']} of 1000 tasks had stored a result by then; "
+                            f"{r['queued']} messages waiting in the queue)")
         rows.append(r)
         path.write_text(json.dumps(rows))
         if "error" in r:
             break
         log(f"  native groups10x100: {r['seconds']:.3f}s")
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown: pending AsyncResults of a timed-out canvas only add noise
 
 
 def phase_sqlite(args):
@@ -389,8 +409,11 @@ def phase_sqlite(args):
     try:
         measure(OURS, "warmup", 60)
         worker.check_alive()
-        results = run_cases([OURS], CASES, args.reps, args.timeout)
-        Path(args.json).write_text(json.dumps(results))
+        results = {}
+        for case in CASES:  # written after each case: a watchdog stop keeps what was measured
+            run_cases([OURS], [case], args.big_reps if case == "groups10x100" else args.reps, args.timeout,
+                      results=results)
+            Path(args.json).write_text(json.dumps(results))
     finally:
         worker.stop()
 
@@ -417,6 +440,16 @@ def profile_ours(worker, case, seconds_hint, bench_dir):
     return r
 
 
+def start_worker(bench_dir, name, extra_env, counter):
+    env = worker_env({"BENCH_COUNT_QUERIES": "1", "BENCH_COUNTER_URL": COUNTER_URL, **extra_env})
+    worker = Worker(bench_dir / f"worker-{name}.log", env).start()
+    # The first run waits for the worker to boot; it is not measured.
+    r = measure(OURS, "warmup", 60, counter_client=counter)
+    worker.check_alive()
+    log(f"worker {name}: up (first workflow {r.get('seconds', r)})")
+    return worker
+
+
 def main_phase(args):
     bench_dir = Path(args.dir)
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -431,32 +464,64 @@ def main_phase(args):
 
     connect_recorder()
     counter = redis.Redis.from_url(COUNTER_URL)
-    env = worker_env({"BENCH_COUNT_QUERIES": "1", "BENCH_COUNTER_URL": COUNTER_URL})
-    worker = Worker(bench_dir / "worker.log", env).start()
-    report = {"reps": args.reps, "machine": machine()}
+    report = {"reps": args.reps, "big_reps": args.big_reps, "machine": machine()}
+    cases = [c for c in CASES if c in args.cases]
+    small = [c for c in cases if c != "groups10x100"]
+
+    # 1. One worker with Celery's defaults consumes all three systems' tasks.
+    worker = start_worker(bench_dir, "default", {}, counter)
     try:
-        for system in (OURS, NATIVE, CELERY_DYRYGENT):  # first contact: imports, connections
-            r = measure(system, "warmup", 60, **({"counter_client": counter} if system == OURS else {}))
-            worker.check_alive()
+        for system in (NATIVE, CELERY_DYRYGENT):
+            r = measure(system, "warmup", 60)
             log(f"warm-up {system}: {r.get('seconds', r)}")
-        cases = [c for c in CASES if c in args.cases]
-        results = run_cases([NATIVE, CELERY_DYRYGENT, OURS], [c for c in cases if c != "groups10x100"],
-                            args.reps, args.timeout, counter)
+        results = run_cases([NATIVE, CELERY_DYRYGENT, OURS], small, args.reps, args.timeout, counter)
         if "groups10x100" in cases:
-            run_cases([CELERY_DYRYGENT, OURS], ["groups10x100"], args.reps, args.timeout, counter, results)
-            if args.profile:
-                report["profile"] = profile_ours(worker, "groups10x100", 30, bench_dir)
+            run_cases([CELERY_DYRYGENT, OURS], ["groups10x100"], args.big_reps, args.timeout, counter, results)
             worker.check_alive()
-            # Last: a canvas blow-up must not spoil the other measurements.
+            # Last on this worker: a canvas blow-up must not spoil the other measurements.
             results["groups10x100"][NATIVE] = native_big_in_child(args, bench_dir)
         report["results"] = results
     finally:
         worker.stop()
+    flush_redis()  # whatever native Celery left queued
+
+    # 2. Our engine again on a worker that keeps its database connections.
+    extra = {"BENCH_DB_REUSE_MAX": "1000"}
+    if args.query_times:
+        qdir = bench_dir / "query-times"
+        shutil.rmtree(qdir, ignore_errors=True)
+        qdir.mkdir()
+        extra["BENCH_QUERY_TIMES"] = str(qdir)
+    worker = start_worker(bench_dir, "reuse", extra, counter)
+    try:
+        reuse = run_cases([OURS], small, args.reps, args.timeout, counter)
+        if "groups10x100" in cases:
+            run_cases([OURS], ["groups10x100"], args.big_reps, args.timeout, counter, reuse)
+        report["reuse"] = reuse
+        if args.query_times:
+            report["query_times"] = read_query_times(bench_dir / "query-times")
+        if args.profile:
+            report["profile"] = profile_ours(worker, "groups10x100", 30, bench_dir)
+    finally:
+        worker.stop()
+    flush_redis()
+
     if args.sqlite:
         report["sqlite"] = sqlite_in_child(args, bench_dir, started)
     report["total_seconds"] = time.monotonic() - started
     signal.alarm(0)
     return report
+
+
+def read_query_times(folder):
+    """Statements the worker ran, aggregated over its processes: [sql, count, seconds], slowest first."""
+    agg = {}
+    for path in Path(folder).glob("queries-*.json"):
+        for sql, (count, seconds) in json.loads(path.read_text()).items():
+            entry = agg.setdefault(sql, [0, 0.0])
+            entry[0] += count
+            entry[1] += seconds
+    return sorted(([sql, c, t] for sql, (c, t) in agg.items()), key=lambda row: -row[2])
 
 
 def sqlite_in_child(args, bench_dir, started):
@@ -466,9 +531,10 @@ def sqlite_in_child(args, bench_dir, started):
         return {"error": "skipped: no time left"}
     out = bench_dir / "sqlite.json"
     out.unlink(missing_ok=True)
-    env = worker_env({"BENCH_BACKEND": "sqlite", "BENCH_DIR": str(bench_dir / "sqlite")})
+    env = worker_env({"BENCH_BACKEND": "sqlite", "BENCH_DIR": str(bench_dir / "sqlite"), "BENCH_DB_REUSE_MAX": "1000"})
     env.pop("BENCH_COUNT_QUERIES", None)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "sqlite", "--reps", str(args.reps),
+           "--big-reps", str(args.big_reps),
            "--timeout", str(args.timeout), "--max-seconds", str(int(left)), "--json", str(out)]
     log("SQLite + file-system broker: django-dyrygent only")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
@@ -498,7 +564,16 @@ def machine():
     return {
         "cpus": os.cpu_count(), "python": platform.python_version(), "celery": celery.__version__,
         "django": django.get_version(), "celery_dyrygent": cd_version, "platform": platform.platform(),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "engine_dirty": bool(_git("status", "--porcelain", "--", "django_dyrygent")),
     }
+
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -534,32 +609,45 @@ def first(rows, key):
 
 def render(report):
     res = report.get("results", {})
+    reuse = report.get("reuse", {})
     sqlite = report.get("sqlite") if isinstance(report.get("sqlite"), dict) else {}
+    has_sqlite = bool(sqlite) and "error" not in sqlite
     lines = []
     m = report["machine"]
     lines.append(
         f"Machine: {m['cpus']} CPUs, Python {m['python']}, Celery {m['celery']}, Django {m['django']}, "
-        f"celery-dyrygent {m['celery_dyrygent']}; worker: prefork, concurrency 2; median of {report['reps']} runs"
+        f"celery-dyrygent {m['celery_dyrygent']}; commit {m.get('commit') or '?'}"
+        f"{' + uncommitted engine changes' if m.get('engine_dirty') else ''}"
+    )
+    lines.append(
+        f"Worker: celery worker -P prefork -c 2, all systems' tasks on one queue; "
+        f"median of {report['reps']} runs ({report['big_reps']} for 1,000 nodes); wall clock from submit to done"
     )
     lines.append(f"celery-dyrygent tick policy: set_retry_policy{CD_RETRY_POLICY!r} (its floor: 1 s between ticks)")
+    lines.append("ours(PG) = Celery's default Django fixup (connections closed around every task), same worker as "
+                 "the other two; ours(PG, reuse) = CELERY_DB_REUSE_MAX=1000")
     lines.append("")
-    head = ["case", "nodes", NATIVE, CELERY_DYRYGENT, "django-dyrygent (PG)", "ours/native", "ours/celery-dyrygent"]
-    if sqlite and "error" not in sqlite:
-        head.append("django-dyrygent (SQLite)")
+    head = ["case", "nodes", NATIVE, CELERY_DYRYGENT, "ours(PG)", "ours/native", "ours/c-d",
+            "ours(PG, reuse)", "reuse/native", "reuse/c-d"]
+    if has_sqlite:
+        head.append("ours(SQLite)")
     table = [head]
     for case, (label, nodes) in CASES.items():
         if case not in res:
             continue
         row = res[case]
+        tuned = reuse.get(case, {}).get(OURS)
         line = [label, str(nodes), fmt_seconds(row.get(NATIVE)), fmt_seconds(row.get(CELERY_DYRYGENT)),
                 fmt_seconds(row.get(OURS)), ratio(row.get(OURS), row.get(NATIVE)),
-                ratio(row.get(OURS), row.get(CELERY_DYRYGENT))]
-        if len(head) > 7:
+                ratio(row.get(OURS), row.get(CELERY_DYRYGENT)),
+                fmt_seconds(tuned), ratio(tuned, row.get(NATIVE)), ratio(tuned, row.get(CELERY_DYRYGENT))]
+        if has_sqlite:
             line.append(fmt_seconds(sqlite.get(case, {}).get(OURS)))
         table.append(line)
     lines.extend(_table(table))
     lines.append("")
-    lines.append("Submit time (client until apply_async returns) and what the client publishes:")
+    lines.append("Submit time (until apply_async returns) and what the submitting process publishes "
+                 "(JSON body + headers):")
     table = [["case", "system", "submit", "first message", "client messages", "client bytes"]]
     for case in CASES:
         for system in (NATIVE, CELERY_DYRYGENT, OURS):
@@ -568,33 +656,46 @@ def render(report):
                 continue
             submit, problem = median(rows, "submit_seconds")
             size = first(rows, "first_message_bytes")
+            total = first(rows, "client_bytes")
             table.append([
-                case, system, problem or f"{submit:.3f}s",
-                "n/a" if size is None else f"{size:,} B",
-                str(first(rows, "client_messages") or "n/a"),
-                "n/a" if first(rows, "client_bytes") is None else f"{first(rows, 'client_bytes'):,} B",
+                case, system, problem or f"{submit:.3f}s", "n/a" if size is None else f"{size:,} B",
+                str(first(rows, "client_messages") or "n/a"), "n/a" if total is None else f"{total:,} B",
             ])
     lines.extend(_table(table))
     lines.append("")
-    lines.append("django-dyrygent on PostgreSQL: SQL statements (median of runs)")
-    table = [["case", "task nodes", "rows (incl. joins)", "client (submit)", "worker", "worker per task node",
-              "engine time (row created->finished)"]]
-    for case, (_label, nodes) in CASES.items():
-        rows = res.get(case, {}).get(OURS)
-        if not rows:
-            continue
-        wq, _ = median(rows, "worker_queries")
-        cq, _ = median(rows, "client_queries")
-        eng, _ = median(rows, "engine_seconds")
-        table.append([
-            case, str(nodes), str(first(rows, "rows") or "n/a"), "n/a" if cq is None else f"{cq:.0f}",
-            "n/a" if wq is None else f"{wq:.0f}", "n/a" if wq is None else f"{wq / nodes:.1f}",
-            "n/a" if eng is None else f"{eng:.3f}s",
-        ])
+    lines.append("django-dyrygent on PostgreSQL: SQL statements (median of runs; worker counts include the "
+                 "first tick)")
+    table = [["case", "worker", "task nodes", "node rows", "submit stmts", "worker stmts", "per task node",
+              "engine time (created->finished)"]]
+    for name, source in (("default", res), ("reuse", reuse)):
+        for case, (_label, nodes) in CASES.items():
+            rows = source.get(case, {}).get(OURS)
+            if not rows:
+                continue
+            wq, _ = median(rows, "worker_queries")
+            cq, _ = median(rows, "client_queries")
+            eng, _ = median(rows, "engine_seconds")
+            table.append([
+                case, name, str(nodes), str(first(rows, "rows") or "n/a"), "n/a" if cq is None else f"{cq:.0f}",
+                "n/a" if wq is None else f"{wq:.0f}", "n/a" if wq is None else f"{wq / nodes:.1f}",
+                "n/a" if eng is None else f"{eng:.3f}s",
+            ])
     lines.extend(_table(table))
+    if report.get("query_times"):
+        qt = report["query_times"]
+        total = sum(t for _sql, _c, t in qt)
+        lines.append("")
+        lines.append(f"Where the worker's SQL time goes (reuse worker, all its runs; {total:.2f}s in "
+                     f"{sum(c for _s, c, _t in qt)} statements):")
+        table = [["seconds", "share", "count", "ms each", "statement"]]
+        for sql, count, seconds in qt[:10]:
+            table.append([f"{seconds:.2f}", f"{seconds / total * 100:.0f}%", str(count),
+                          f"{seconds / count * 1000:.2f}", sql[:70]])
+        lines.extend(_table(table))
     errors = [
         f"{case} {system}: {r['detail']}"
-        for case, systems in res.items() for system, rows in systems.items() for r in rows if "error" in r
+        for source in (res, reuse, sqlite if has_sqlite else {})
+        for case, systems in source.items() for system, rows in systems.items() for r in rows if "error" in r
     ]
     if errors:
         lines.append("")
@@ -618,12 +719,15 @@ def _table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="runs per case and system; the median is reported")
+    parser.add_argument("--big-reps", type=int, default=2, help="runs of the 1,000-node case")
     parser.add_argument("--timeout", type=float, default=90, help="seconds one run may take before it counts as timeout")
     parser.add_argument("--native-big-timeout", type=float, default=45,
                         help="seconds native Celery gets for the 1,000-node canvas")
     parser.add_argument("--max-seconds", type=int, default=420, help="hard limit of the whole run")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--sqlite", action="store_true", help="also run our engine on SQLite + file-system broker")
+    parser.add_argument("--query-times", action="store_true",
+                        help="time every SQL statement of our engine on the connection-reusing worker")
     parser.add_argument("--profile", action="store_true",
                         help="one extra 1,000-node run of ours under py-spy (raw profiles in --dir)")
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="worker logs, profiles, intermediate results")
