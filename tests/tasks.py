@@ -121,3 +121,9 @@ def append(values, item):
     """Order-sensitive combination for pass-results canvases."""
     values = list(values) if isinstance(values, (list, tuple)) else [values]
     return values + [item]
+
+
+@shared_task(name="tests.quiet", ignore_result=True)
+def quiet(*args, **kwargs):
+    """A no-op that writes no result-backend row: the engine learns the outcome from worker signals."""
+    return None

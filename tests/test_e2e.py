@@ -13,7 +13,7 @@ from celery import signals as celery_signals
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.celery_app import app as celery_app
 from tests.models import Execution
-from tests.tasks import big, fail, flaky, noop, not_json, record, request_info
+from tests.tasks import big, fail, flaky, noop, not_json, quiet, record, request_info
 
 pytestmark = pytest.mark.worker
 
@@ -266,7 +266,7 @@ def test_result_cap__result_that_is_not_json_fails_the_node(live_worker):
 @pytest.mark.large
 def test_large_workflow__ten_chained_groups_of_one_hundred_succeed(live_worker):
     wf = Workflow(name="large")
-    wf.add_celery_canvas(chain(*[group(noop.si() for _ in range(100)) for _ in range(10)]))
+    wf.add_celery_canvas(chain(*[group(quiet.si() for _ in range(100)) for _ in range(10)]))
     wf.apply_async()
     assert wf.wait(timeout=240) == Workflow.State.SUCCESS
     assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (1000, 1000, 1000, 0)

@@ -1,0 +1,212 @@
+"""Many threads drive ONE workflow at once: ticks, completion reports (with duplicates), cancels.
+
+The broker is replaced by a recorder (``engine.publish``), so the test sees
+every publication decision the engine takes and plays the worker itself from
+many threads. PostgreSQL only: SQLite has no row locks and serialises every
+writer, so there is no concurrency to prove there.
+"""
+
+import queue
+import threading
+import time
+from collections import Counter
+
+import pytest
+from celery import chain, group
+from django.conf import settings
+from django.db import connections
+
+from django_dyrygent import engine
+from django_dyrygent.models import Workflow, WorkflowNode
+from tests.tasks import noop
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
+        reason="needs PostgreSQL: SQLite has no row locks and serialises writers, so nothing runs concurrently",
+    ),
+]
+
+S = WorkflowNode.State
+THREADS = 8
+TIMEOUT = 60
+
+
+class FakeBroker:
+    """Stands in for Celery: records what the engine publishes and revokes."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.published = Counter()
+        self.revoked = set()
+        self.inbox = queue.Queue()
+
+    def publish(self, workflow_id, tasks_options, entries):
+        with self.lock:
+            for node, _args in entries:
+                self.published[node.task_id] += 1
+                self.inbox.put((node.task_id, False))
+
+    def revoke(self, task_ids, terminate=False):
+        with self.lock:
+            self.revoked.update(task_ids)
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    fake = FakeBroker()
+    monkeypatch.setattr(engine, "publish", fake.publish)
+    monkeypatch.setattr(engine, "revoke", fake.revoke)
+    monkeypatch.setattr(engine, "send_tick", lambda *args, **kwargs: None)
+    return fake
+
+
+def build(groups, width):
+    wf = Workflow(name="concurrency")
+    wf.add_celery_canvas(chain(noop.si(), *[group(noop.si() for _ in range(width)) for _ in range(groups)], noop.si()))
+    wf.apply_async()  # the first tick is not sent (send_tick is patched): the threads start it
+    return wf
+
+
+class Drivers:
+    """Threads that tick the workflow and report published tasks as started and succeeded.
+
+    About every third task is reported a second time by another thread at the
+    same moment, as a message delivered twice would be.
+    """
+
+    def __init__(self, wf, broker):
+        self.wf_id = wf.pk
+        self.broker = broker
+        self.stop = threading.Event()
+        self.errors = []
+        self.reports = Counter()  # "applied" / "ignored"
+        self.lock = threading.Lock()
+        self.threads = []
+
+    def _guard(self, func):
+        def run():
+            try:
+                func()
+            except BaseException as exc:  # noqa: BLE001 - every exception is a finding here
+                with self.lock:
+                    self.errors.append(exc)
+                self.stop.set()
+            finally:
+                connections.close_all()
+
+        return run
+
+    def worker(self):
+        n = 0
+        while not self.stop.is_set():
+            try:
+                task_id, duplicate = self.broker.inbox.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            n += 1
+            if not duplicate and hash(task_id) % 3 == 0:
+                # Queued before this report starts, so two threads report the task at once.
+                self.broker.inbox.put((task_id, True))
+            engine.node_started(self.wf_id, task_id)
+            applied = engine.node_succeeded(self.wf_id, task_id, result=n)
+            with self.lock:
+                self.reports["applied" if applied else "ignored"] += 1
+
+    def ticker(self):
+        while not self.stop.is_set():
+            engine.tick(self.wf_id, scheduled=False)
+
+    def start(self, workers=THREADS, tickers=2):
+        for func in [self.worker] * workers + [self.ticker] * tickers:
+            thread = threading.Thread(target=self._guard(func), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def join(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(TIMEOUT)
+        assert not any(t.is_alive() for t in self.threads)
+
+
+def wait_final(wf, drivers, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not drivers.stop.is_set():
+        state = Workflow.objects.filter(pk=wf.pk).values_list("state", flat=True).get()
+        if state in (Workflow.State.SUCCESS, Workflow.State.FAILURE, Workflow.State.CANCELED):
+            # Let duplicates still queued hit the finished workflow too.
+            time.sleep(0.2)
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"workflow not final after {timeout}s; errors: {drivers.errors!r}")
+
+
+def test_concurrency__every_node_published_once_while_threads_tick_and_report(transactional_db, broker):
+    wf = build(groups=6, width=50)  # 302 task nodes, 5 joins
+    drivers = Drivers(wf, broker)
+    drivers.start()
+    try:
+        assert wait_final(wf, drivers) == Workflow.State.SUCCESS
+    finally:
+        drivers.join()
+    assert drivers.errors == []
+
+    task_ids = set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("task_id", flat=True))
+    assert len(task_ids) == 302
+    assert set(broker.published) == task_ids
+    assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
+    # Duplicate reports really happened, and each was ignored.
+    assert drivers.reports["applied"] == 302
+    assert drivers.reports["ignored"] > 50
+    wf.refresh_from_db()
+    assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (302, 302, 302, 0)
+    assert set(wf.nodes.values_list("state", flat=True)) == {S.SUCCESS}
+    assert set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("publish_count", flat=True)) == {1}
+
+
+def test_concurrency__two_cancels_racing_completions_leave_a_consistent_state(transactional_db, broker):
+    wf = build(groups=8, width=30)  # 242 task nodes
+    drivers = Drivers(wf, broker)
+    drivers.start()
+    outcomes = []
+    barrier = threading.Barrier(2)
+
+    def cancel():
+        try:
+            barrier.wait()
+            outcomes.append(engine.cancel(wf.pk, reason="race"))
+        finally:
+            connections.close_all()
+
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while Workflow.objects.get(pk=wf.pk).nodes_done < 90:
+            assert time.monotonic() < deadline and not drivers.errors, drivers.errors
+            time.sleep(0.01)
+        cancellers = [threading.Thread(target=cancel) for _ in range(2)]
+        for thread in cancellers:
+            thread.start()
+        for thread in cancellers:
+            thread.join(TIMEOUT)
+        assert wait_final(wf, drivers) == Workflow.State.CANCELED
+    finally:
+        drivers.join()
+    assert drivers.errors == []
+    assert sorted(outcomes) == [False, True]  # exactly one cancel did it
+
+    wf.refresh_from_db()
+    tasks = wf.nodes.filter(kind=WorkflowNode.Kind.TASK)
+    states = Counter(tasks.values_list("state", flat=True))
+    assert set(states) <= {S.SUCCESS, S.CANCELED}
+    assert wf.nodes_total == wf.nodes_done == sum(states.values()) == 242
+    assert wf.nodes_succeeded == states[S.SUCCESS] >= 90
+    assert wf.nodes_failed == states[S.CANCELED] > 0
+    # A published node either succeeded before the cancel or was revoked by it; nothing else.
+    succeeded = set(tasks.filter(state=S.SUCCESS).values_list("task_id", flat=True))
+    assert set(broker.published) == succeeded | broker.revoked
+    assert not succeeded & broker.revoked
+    assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
+    # Nothing is left waiting or running.
+    assert not wf.nodes.exclude(state__in=[S.SUCCESS, S.CANCELED]).exists()
