@@ -127,3 +127,9 @@ def append(values, item):
 def quiet(*args, **kwargs):
     """A no-op that writes no result-backend row: the engine learns the outcome from worker signals."""
     return None
+
+
+@shared_task(name="tests.not_json_quiet", ignore_result=True)
+def not_json_quiet():
+    """Returns a set and stores no result: only the engine sees it is not JSON."""
+    return {1, 2}

@@ -24,7 +24,8 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.skipif(
         not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-        reason="needs PostgreSQL: SQLite has no row locks and serialises writers, so nothing runs concurrently",
+        reason="needs PostgreSQL: SQLite has no row locks and serialises writers, "
+               "so nothing runs concurrently",
     ),
 ]
 
@@ -64,7 +65,8 @@ def broker(monkeypatch):
 
 def build(groups, width):
     wf = Workflow(name="concurrency")
-    wf.add_celery_canvas(chain(noop.si(), *[group(noop.si() for _ in range(width)) for _ in range(groups)], noop.si()))
+    stages = [group(noop.si() for _ in range(width)) for _ in range(groups)]
+    wf.add_celery_canvas(chain(noop.si(), *stages, noop.si()))
     wf.apply_async()  # the first tick is not sent (send_tick is patched): the threads start it
     return wf
 

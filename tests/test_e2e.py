@@ -13,7 +13,7 @@ from celery import signals as celery_signals
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.celery_app import app as celery_app
 from tests.models import Execution
-from tests.tasks import big, fail, flaky, noop, not_json, quiet, record, request_info
+from tests.tasks import big, fail, flaky, noop, not_json, not_json_quiet, quiet, record, request_info
 
 pytestmark = pytest.mark.worker
 
@@ -48,7 +48,9 @@ def assert_dependency_order(wf):
         began = node.started_at if node.kind == WorkflowNode.Kind.TASK else node.finished_at
         assert dep.finished_at is not None, f"{dep} never finished"
         assert began is not None, f"{node} never started"
-        assert began >= dep.finished_at, f"{node} began at {began}, before {dep} finished at {dep.finished_at}"
+        assert began >= dep.finished_at, (
+            f"{node} began at {began}, before {dep} finished at {dep.finished_at}"
+        )
 
 
 def assert_before(seq, first, then):
@@ -76,7 +78,8 @@ def test_group__runs_every_member(live_worker):
 
 def test_chord__body_waits_for_whole_header(live_worker):
     wf = Workflow(name="chord")
-    wf.add_celery_canvas(chord([record.si("h1"), record.si("h2", sleep=0.3), record.si("h3")], record.si("body")))
+    header = [record.si("h1"), record.si("h2", sleep=0.3), record.si("h3")]
+    wf.add_celery_canvas(chord(header, record.si("body")))
     assert run(wf) == Workflow.State.SUCCESS
     seq = labels()
     assert seq[-1] == "body" and sorted(seq[:3]) == ["h1", "h2", "h3"]
@@ -97,7 +100,9 @@ def test_nested_canvas__chain_of_groups_chords_and_chains_runs_in_dependency_ord
     assert node.task_id
     assert run(wf) == Workflow.State.SUCCESS
     seq = labels()
-    assert sorted(seq) == sorted(["start", "b1", "b2", "c", "d1", "d2", "d3", "e", "f1", "f2", "after-leaves"])
+    assert sorted(seq) == sorted(
+        ["start", "b1", "b2", "c", "d1", "d2", "d3", "e", "f1", "f2", "after-leaves"]
+    )
     assert seq[0] == "start" and seq[-1] == "after-leaves"
     for first, then in [("b1", "b2"), ("b2", "d1"), ("c", "d2"), ("d2", "d3"), ("d3", "e"), ("d1", "e"),
                         ("e", "f1"), ("e", "f2")]:
@@ -253,11 +258,16 @@ def test_result_cap__oversized_result_fails_node_naming_the_setting(live_worker,
 
 def test_result_cap__result_that_is_not_json_fails_the_node(live_worker):
     wf = Workflow(name="not-json")
-    node = wf.add_signature(not_json.si())
+    # Stored by the JSON result backend: Celery itself fails the task (EncodeError).
+    stored = wf.add_signature(not_json.si())
+    # No result-backend row: the engine is the one that finds it cannot store the result.
+    unstored = wf.add_signature(not_json_quiet.si())
     assert run(wf) == Workflow.State.FAILURE
-    node.refresh_from_db()
-    assert node.state == S.FAILURE
-    assert "JSON" in node.error and "object" in node.error
+    stored.refresh_from_db(), unstored.refresh_from_db()
+    assert stored.state == S.FAILURE
+    assert "EncodeError" in stored.error and "not JSON serializable" in stored.error
+    assert unstored.state == S.FAILURE and unstored.result is None
+    assert "Result is not JSON-serialisable" in unstored.error and "set" in unstored.error
 
 
 # -- scale and waiting ---------------------------------------------------------------------

@@ -77,7 +77,8 @@ def workflow_result(canvas):
     wf = Workflow(name="pass-results", pass_results=True)
     wf.add_celery_canvas(canvas)
     wf.apply_async()
-    assert wf.wait(timeout=TIMEOUT) == Workflow.State.SUCCESS, wf.nodes.values_list("task_name", "state", "error")
+    state = wf.wait(timeout=TIMEOUT)
+    assert state == Workflow.State.SUCCESS, list(wf.nodes.values_list("task_name", "state", "error"))
     results = [n.result for n in wf.leaves()]
     return results[0] if len(results) == 1 else results
 

@@ -76,8 +76,11 @@ def test_signals__sent_after_commit_with_their_arguments_during_a_real_run(live_
         # Sent from on_commit callbacks: no transaction open, the change already visible.
         assert seen["in_transaction"] is False, (name, kwargs)
 
-    changes = [(kw["old_state"], kw["new_state"], seen["workflow_row_state"])
-               for name, _s, kw, seen in received if name == "workflow_state_changed" and kw["workflow"].pk == wf.pk]
+    changes = [
+        (kw["old_state"], kw["new_state"], seen["workflow_row_state"])
+        for name, _s, kw, seen in received
+        if name == "workflow_state_changed" and kw["workflow"].pk == wf.pk
+    ]
     assert [(old, new) for old, new, _row in changes] == [(W.INITIAL, W.RUNNING), (W.RUNNING, W.SUCCESS)]
     assert changes[-1][2] == W.SUCCESS
 
