@@ -50,7 +50,7 @@ CASES = {
 # draws randint(min, max) seconds and asserts 0 < min <= max, so 1 s is the floor.
 CD_RETRY_POLICY = ("random", 1, 1)
 COUNTER_URL = "redis://127.0.0.1:6379/4"
-MEMORY_CAP = 4 * 1024 ** 3  # bytes of address space per process, worker and native child alike
+MEMORY_CAP = 4 * 1024**3  # bytes of address space per process, worker and native child alike
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "dyrygent-bench"
 
 
@@ -72,8 +72,12 @@ def ensure_postgres_database(url):
 
     cfg = dj_database_url.parse(url)
     with psycopg.connect(
-        host=cfg["HOST"], port=cfg["PORT"] or 5432, user=cfg["USER"], password=cfg["PASSWORD"] or None,
-        dbname="postgres", autocommit=True,
+        host=cfg["HOST"],
+        port=cfg["PORT"] or 5432,
+        user=cfg["USER"],
+        password=cfg["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
     ) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (cfg["NAME"],)).fetchone()
         if not exists:
@@ -91,7 +95,6 @@ def setup_django():
 def flush_redis():
     """Empty the benchmark's own Redis databases (broker db 4, result db 5)."""
     import redis
-
     from django.conf import settings
 
     for url in (settings.CELERY_BROKER_URL, settings.CELERY_RESULT_BACKEND):
@@ -99,8 +102,8 @@ def flush_redis():
             redis.Redis.from_url(url).flushdb()
 
 
-def _limit_memory():
-    os.setsid()
+def limit_memory():
+    """Cap this process's address space (children inherit it): a canvas blow-up fails, not the machine."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
 
@@ -114,15 +117,30 @@ class Worker:
 
     def start(self):
         cmd = [
-            sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker",
-            "-P", "prefork", "-c", "2", "-Q", "dyrygent-bench", "-l", "WARNING",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench-{os.getpid()}@%h",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-Q",
+            "dyrygent-bench",
+            "-l",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"bench-{os.getpid()}@%h",
         ]
-        out = open(self.logfile, "w")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_limit_memory,
-        )
-        out.close()
+        with open(self.logfile, "w") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     def check_alive(self):
@@ -132,7 +150,7 @@ class Worker:
 
     def children(self):
         """Process ids of the prefork pool (for py-spy)."""
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], check=False, capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
     def stop(self):
@@ -285,9 +303,11 @@ def run_ours(case, timeout, partial, counter_client=None):
     if state != Workflow.State.SUCCESS:
         raise RuntimeError(f"workflow {wf.pk} ended {state}: {wf.error}")
     out = {
-        "seconds": t2 - t0, **partial,
+        "seconds": t2 - t0,
+        **partial,
         "engine_seconds": (wf.finished_at - wf.created_at).total_seconds(),
-        "rows": wf.nodes.count(), "client_queries": client_queries.count,
+        "rows": wf.nodes.count(),
+        "client_queries": client_queries.count,
     }
     if counter_client:
         time.sleep(0.3)  # the last task's counter is flushed in task_postrun, after the commit we saw
@@ -343,10 +363,20 @@ def native_big_in_child(args, bench_dir):
     """Run native Celery on the 1,000-node canvas in a child process with a timeout."""
     out = bench_dir / "native-big.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "native-big",
-           "--reps", str(args.big_reps), "--timeout", str(args.native_big_timeout), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--phase",
+        "native-big",
+        "--reps",
+        str(args.big_reps),
+        "--timeout",
+        str(args.native_big_timeout),
+        "--json",
+        str(out),
+    ]
     log(f"case groups10x100: native x {args.big_reps} (child process, timeout {args.native_big_timeout}s)")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), preexec_fn=_limit_memory)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), start_new_session=True)
     try:
         proc.wait(timeout=args.native_big_timeout * args.big_reps + 30)
     except subprocess.TimeoutExpired:
@@ -358,16 +388,22 @@ def native_big_in_child(args, bench_dir):
     if out.exists():
         return json.loads(out.read_text())
     if proc.returncode and proc.returncode < 0:
-        return [{"error": "timeout", "detail": f"native client killed after the timeout (signal {-proc.returncode})"}]
+        return [
+            {
+                "error": "timeout",
+                "detail": f"native client killed after the timeout (signal {-proc.returncode})",
+            }
+        ]
     return [{"error": "error", "detail": f"native child exited {proc.returncode} without a result"}]
 
 
 def phase_native_big(args):
     """Child process: native Celery, 1,000 nodes; writes its rows to --json as they come."""
+    limit_memory()
     import redis
+    from django.conf import settings
 
     import bench.celery_app  # noqa: F401  (configures the app this process publishes with)
-    from django.conf import settings
 
     connect_recorder()
     results_db = redis.Redis.from_url(settings.CELERY_RESULT_BACKEND)
@@ -379,13 +415,20 @@ def phase_native_big(args):
         try:
             r = measure(NATIVE, "groups10x100", args.timeout)
         except Watchdog:
-            r = {"error": "timeout", "detail": f"apply_async/get did not return within {args.timeout + 15:.0f}s"}
+            r = {
+                "error": "timeout",
+                "detail": f"apply_async/get did not return within {args.timeout + 15:.0f}s",
+            }
         signal.alarm(0)
         if "error" in r:
             r["tasks_done"] = sum(1 for _ in results_db.scan_iter("celery-task-meta-*", count=1000))
-            r["queued"] = redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(settings.CELERY_TASK_DEFAULT_QUEUE)
-            r["detail"] += (f" ({r['tasks_done']} of 1000 tasks had stored a result by then; "
-                            f"{r['queued']} messages waiting in the queue)")
+            r["queued"] = redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(
+                settings.CELERY_TASK_DEFAULT_QUEUE
+            )
+            r["detail"] += (
+                f" ({r['tasks_done']} of 1000 tasks had stored a result by then; "
+                f"{r['queued']} messages waiting in the queue)"
+            )
         rows.append(r)
         path.write_text(json.dumps(rows))
         if "error" in r:
@@ -411,8 +454,13 @@ def phase_sqlite(args):
         worker.check_alive()
         results = {}
         for case in CASES:  # written after each case: a watchdog stop keeps what was measured
-            run_cases([OURS], [case], args.big_reps if case == "groups10x100" else args.reps, args.timeout,
-                      results=results)
+            run_cases(
+                [OURS],
+                [case],
+                args.big_reps if case == "groups10x100" else args.reps,
+                args.timeout,
+                results=results,
+            )
             Path(args.json).write_text(json.dumps(results))
     finally:
         worker.stop()
@@ -424,11 +472,30 @@ def profile_ours(worker, case, seconds_hint, bench_dir):
     procs = []
     for pid in worker.children():
         out = bench_dir / f"profile-{case}-{pid}.txt"
-        procs.append((subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-             "--duration", str(int(seconds_hint) + 2), "--output", str(out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ), out))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [
+                        py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--duration",
+                        str(int(seconds_hint) + 2),
+                        "--output",
+                        str(out),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+                out,
+            )
+        )
     time.sleep(1.0)
     r = measure(OURS, case, 120)
     for proc, _out in procs:
@@ -436,12 +503,20 @@ def profile_ours(worker, case, seconds_hint, bench_dir):
             proc.wait(timeout=seconds_hint + 30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    log(f"py-spy profiles of {case} ({r.get('seconds', r.get('error'))}): {', '.join(str(o) for _p, o in procs)}")
+    outcome = r.get("seconds", r.get("error"))
+    log(f"py-spy profiles of {case} ({outcome}): {', '.join(str(o) for _p, o in procs)}")
     return r
 
 
 def start_worker(bench_dir, name, extra_env, counter):
-    env = worker_env({"BENCH_COUNT_QUERIES": "1", "BENCH_COUNTER_URL": COUNTER_URL, **extra_env})
+    env = worker_env(
+        {
+            "BENCH_COUNT_QUERIES": "1",
+            "BENCH_COUNTER_URL": COUNTER_URL,
+            "BENCH_WORKER_MEMORY_CAP": "1",
+            **extra_env,
+        }
+    )
     worker = Worker(bench_dir / f"worker-{name}.log", env).start()
     # The first run waits for the worker to boot; it is not measured.
     r = measure(OURS, "warmup", 60, counter_client=counter)
@@ -455,7 +530,9 @@ def main_phase(args):
     bench_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     _alarm(args.max_seconds)
-    ensure_postgres_database(os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dy_bench"))
+    ensure_postgres_database(
+        os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dy_bench")
+    )
     setup_django()
     flush_redis()
     import redis
@@ -476,7 +553,9 @@ def main_phase(args):
             log(f"warm-up {system}: {r.get('seconds', r)}")
         results = run_cases([NATIVE, CELERY_DYRYGENT, OURS], small, args.reps, args.timeout, counter)
         if "groups10x100" in cases:
-            run_cases([CELERY_DYRYGENT, OURS], ["groups10x100"], args.big_reps, args.timeout, counter, results)
+            run_cases(
+                [CELERY_DYRYGENT, OURS], ["groups10x100"], args.big_reps, args.timeout, counter, results
+            )
             worker.check_alive()
             # Last on this worker: a canvas blow-up must not spoil the other measurements.
             results["groups10x100"][NATIVE] = native_big_in_child(args, bench_dir)
@@ -531,11 +610,26 @@ def sqlite_in_child(args, bench_dir, started):
         return {"error": "skipped: no time left"}
     out = bench_dir / "sqlite.json"
     out.unlink(missing_ok=True)
-    env = worker_env({"BENCH_BACKEND": "sqlite", "BENCH_DIR": str(bench_dir / "sqlite"), "BENCH_DB_REUSE_MAX": "1000"})
+    env = worker_env(
+        {"BENCH_BACKEND": "sqlite", "BENCH_DIR": str(bench_dir / "sqlite"), "BENCH_DB_REUSE_MAX": "1000"}
+    )
     env.pop("BENCH_COUNT_QUERIES", None)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "sqlite", "--reps", str(args.reps),
-           "--big-reps", str(args.big_reps),
-           "--timeout", str(args.timeout), "--max-seconds", str(int(left)), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--phase",
+        "sqlite",
+        "--reps",
+        str(args.reps),
+        "--big-reps",
+        str(args.big_reps),
+        "--timeout",
+        str(args.timeout),
+        "--max-seconds",
+        str(int(left)),
+        "--json",
+        str(out),
+    ]
     log("SQLite + file-system broker: django-dyrygent only")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     try:
@@ -555,15 +649,20 @@ def machine():
     import django
 
     try:
-        import celery_dyrygent  # noqa: F401
         from importlib.metadata import version
+
+        import celery_dyrygent  # noqa: F401
 
         cd_version = version("celery-dyrygent")
     except Exception:  # noqa: BLE001
         cd_version = "?"
     return {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "celery": celery.__version__,
-        "django": django.get_version(), "celery_dyrygent": cd_version, "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "django": django.get_version(),
+        "celery_dyrygent": cd_version,
+        "platform": platform.platform(),
         "commit": _git("rev-parse", "--short", "HEAD"),
         "engine_dirty": bool(_git("status", "--porcelain", "--", "django_dyrygent")),
     }
@@ -571,7 +670,9 @@ def machine():
 
 def _git(*args):
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except Exception:  # noqa: BLE001
         return ""
 
@@ -621,14 +722,29 @@ def render(report):
     )
     lines.append(
         f"Worker: celery worker -P prefork -c 2, all systems' tasks on one queue; "
-        f"median of {report['reps']} runs ({report['big_reps']} for 1,000 nodes); wall clock from submit to done"
+        f"median of {report['reps']} runs ({report['big_reps']} for 1,000 nodes); "
+        "wall clock from submit to done"
     )
-    lines.append(f"celery-dyrygent tick policy: set_retry_policy{CD_RETRY_POLICY!r} (its floor: 1 s between ticks)")
-    lines.append("ours(PG) = Celery's default Django fixup (connections closed around every task), same worker as "
-                 "the other two; ours(PG, reuse) = CELERY_DB_REUSE_MAX=1000")
+    lines.append(
+        f"celery-dyrygent tick policy: set_retry_policy{CD_RETRY_POLICY!r} (its floor: 1 s between ticks)"
+    )
+    lines.append(
+        "ours(PG) = Celery's default Django fixup (connections closed around every task), same worker as "
+        "the other two; ours(PG, reuse) = CELERY_DB_REUSE_MAX=1000"
+    )
     lines.append("")
-    head = ["case", "nodes", NATIVE, CELERY_DYRYGENT, "ours(PG)", "ours/native", "ours/c-d",
-            "ours(PG, reuse)", "reuse/native", "reuse/c-d"]
+    head = [
+        "case",
+        "nodes",
+        NATIVE,
+        CELERY_DYRYGENT,
+        "ours(PG)",
+        "ours/native",
+        "ours/c-d",
+        "ours(PG, reuse)",
+        "reuse/native",
+        "reuse/c-d",
+    ]
     if has_sqlite:
         head.append("ours(SQLite)")
     table = [head]
@@ -637,17 +753,27 @@ def render(report):
             continue
         row = res[case]
         tuned = reuse.get(case, {}).get(OURS)
-        line = [label, str(nodes), fmt_seconds(row.get(NATIVE)), fmt_seconds(row.get(CELERY_DYRYGENT)),
-                fmt_seconds(row.get(OURS)), ratio(row.get(OURS), row.get(NATIVE)),
-                ratio(row.get(OURS), row.get(CELERY_DYRYGENT)),
-                fmt_seconds(tuned), ratio(tuned, row.get(NATIVE)), ratio(tuned, row.get(CELERY_DYRYGENT))]
+        line = [
+            label,
+            str(nodes),
+            fmt_seconds(row.get(NATIVE)),
+            fmt_seconds(row.get(CELERY_DYRYGENT)),
+            fmt_seconds(row.get(OURS)),
+            ratio(row.get(OURS), row.get(NATIVE)),
+            ratio(row.get(OURS), row.get(CELERY_DYRYGENT)),
+            fmt_seconds(tuned),
+            ratio(tuned, row.get(NATIVE)),
+            ratio(tuned, row.get(CELERY_DYRYGENT)),
+        ]
         if has_sqlite:
             line.append(fmt_seconds(sqlite.get(case, {}).get(OURS)))
         table.append(line)
     lines.extend(_table(table))
     lines.append("")
-    lines.append("Submit time (until apply_async returns) and what the submitting process publishes "
-                 "(JSON body + headers):")
+    lines.append(
+        "Submit time (until apply_async returns) and what the submitting process publishes "
+        "(JSON body + headers):"
+    )
     table = [["case", "system", "submit", "first message", "client messages", "client bytes"]]
     for case in CASES:
         for system in (NATIVE, CELERY_DYRYGENT, OURS):
@@ -657,16 +783,33 @@ def render(report):
             submit, problem = median(rows, "submit_seconds")
             size = first(rows, "first_message_bytes")
             total = first(rows, "client_bytes")
-            table.append([
-                case, system, problem or f"{submit:.3f}s", "n/a" if size is None else f"{size:,} B",
-                str(first(rows, "client_messages") or "n/a"), "n/a" if total is None else f"{total:,} B",
-            ])
+            table.append(
+                [
+                    case,
+                    system,
+                    problem or f"{submit:.3f}s",
+                    "n/a" if size is None else f"{size:,} B",
+                    str(first(rows, "client_messages") or "n/a"),
+                    "n/a" if total is None else f"{total:,} B",
+                ]
+            )
     lines.extend(_table(table))
     lines.append("")
-    lines.append("django-dyrygent on PostgreSQL: SQL statements (median of runs; worker counts include the "
-                 "first tick)")
-    table = [["case", "worker", "task nodes", "node rows", "submit stmts", "worker stmts", "per task node",
-              "engine time (created->finished)"]]
+    lines.append(
+        "django-dyrygent on PostgreSQL: SQL statements (median of runs; worker counts include the first tick)"
+    )
+    table = [
+        [
+            "case",
+            "worker",
+            "task nodes",
+            "node rows",
+            "submit stmts",
+            "worker stmts",
+            "per task node",
+            "engine time (created->finished)",
+        ]
+    ]
     for name, source in (("default", res), ("reuse", reuse)):
         for case, (_label, nodes) in CASES.items():
             rows = source.get(case, {}).get(OURS)
@@ -675,27 +818,46 @@ def render(report):
             wq, _ = median(rows, "worker_queries")
             cq, _ = median(rows, "client_queries")
             eng, _ = median(rows, "engine_seconds")
-            table.append([
-                case, name, str(nodes), str(first(rows, "rows") or "n/a"), "n/a" if cq is None else f"{cq:.0f}",
-                "n/a" if wq is None else f"{wq:.0f}", "n/a" if wq is None else f"{wq / nodes:.1f}",
-                "n/a" if eng is None else f"{eng:.3f}s",
-            ])
+            table.append(
+                [
+                    case,
+                    name,
+                    str(nodes),
+                    str(first(rows, "rows") or "n/a"),
+                    "n/a" if cq is None else f"{cq:.0f}",
+                    "n/a" if wq is None else f"{wq:.0f}",
+                    "n/a" if wq is None else f"{wq / nodes:.1f}",
+                    "n/a" if eng is None else f"{eng:.3f}s",
+                ]
+            )
     lines.extend(_table(table))
     if report.get("query_times"):
         qt = report["query_times"]
         total = sum(t for _sql, _c, t in qt)
         lines.append("")
-        lines.append(f"Where the worker's SQL time goes (reuse worker, all its runs; {total:.2f}s in "
-                     f"{sum(c for _s, c, _t in qt)} statements):")
+        lines.append(
+            f"Where the worker's SQL time goes (reuse worker, all its runs; {total:.2f}s in "
+            f"{sum(c for _s, c, _t in qt)} statements):"
+        )
         table = [["seconds", "share", "count", "ms each", "statement"]]
         for sql, count, seconds in qt[:10]:
-            table.append([f"{seconds:.2f}", f"{seconds / total * 100:.0f}%", str(count),
-                          f"{seconds / count * 1000:.2f}", sql[:70]])
+            table.append(
+                [
+                    f"{seconds:.2f}",
+                    f"{seconds / total * 100:.0f}%",
+                    str(count),
+                    f"{seconds / count * 1000:.2f}",
+                    sql[:70],
+                ]
+            )
         lines.extend(_table(table))
     errors = [
         f"{case} {system}: {r['detail']}"
         for source in (res, reuse, sqlite if has_sqlite else {})
-        for case, systems in source.items() for system, rows in systems.items() for r in rows if "error" in r
+        for case, systems in source.items()
+        for system, rows in systems.items()
+        for r in rows
+        if "error" in r
     ]
     if errors:
         lines.append("")
@@ -718,21 +880,39 @@ def _table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=3, help="runs per case and system; the median is reported")
+    parser.add_argument(
+        "--reps", type=int, default=3, help="runs per case and system; the median is reported"
+    )
     parser.add_argument("--big-reps", type=int, default=2, help="runs of the 1,000-node case")
-    parser.add_argument("--timeout", type=float, default=90, help="seconds one run may take before it counts as timeout")
-    parser.add_argument("--native-big-timeout", type=float, default=45,
-                        help="seconds native Celery gets for the 1,000-node canvas")
+    parser.add_argument(
+        "--timeout", type=float, default=90, help="seconds one run may take before it counts as timeout"
+    )
+    parser.add_argument(
+        "--native-big-timeout",
+        type=float,
+        default=45,
+        help="seconds native Celery gets for the 1,000-node canvas",
+    )
     parser.add_argument("--max-seconds", type=int, default=420, help="hard limit of the whole run")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--sqlite", action="store_true", help="also run our engine on SQLite + file-system broker")
-    parser.add_argument("--query-times", action="store_true",
-                        help="time every SQL statement of our engine on the connection-reusing worker")
-    parser.add_argument("--profile", action="store_true",
-                        help="one extra 1,000-node run of ours under py-spy (raw profiles in --dir)")
+    parser.add_argument(
+        "--sqlite", action="store_true", help="also run our engine on SQLite + file-system broker"
+    )
+    parser.add_argument(
+        "--query-times",
+        action="store_true",
+        help="time every SQL statement of our engine on the connection-reusing worker",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one extra 1,000-node run of ours under py-spy (raw profiles in --dir)",
+    )
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="worker logs, profiles, intermediate results")
     parser.add_argument("--json", help="also write the raw results here")
-    parser.add_argument("--phase", default="main", choices=["main", "native-big", "sqlite"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--phase", default="main", choices=["main", "native-big", "sqlite"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
 
     if args.phase == "native-big":

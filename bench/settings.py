@@ -39,7 +39,9 @@ if os.environ.get("BENCH_DB_REUSE_MAX"):
     CELERY_DB_REUSE_MAX = int(os.environ["BENCH_DB_REUSE_MAX"])
 
 if BACKEND == "sqlite":
-    DATABASES = {"default": dj_database_url.parse(f"sqlite:///{BASE / 'bench.sqlite3'}", conn_max_age=CONN_MAX_AGE)}
+    DATABASES = {
+        "default": dj_database_url.parse(f"sqlite:///{BASE / 'bench.sqlite3'}", conn_max_age=CONN_MAX_AGE)
+    }
     DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
     _queue = BASE / "broker"
     (_queue / "out").mkdir(parents=True, exist_ok=True)
