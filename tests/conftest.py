@@ -49,47 +49,17 @@ def is_postgres():
     return connection.vendor == "postgresql"
 
 
-# -- a worker shared by the tests of one module ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def module_worker(django_db_setup, purged_broker):
-    """One real worker per test module.
-
-    Stopping a worker on the file-system broker takes about 4 s (its consumer
-    polls with a 2 s timeout): one per module instead of one per test keeps
-    the end-to-end suites inside their time budget.
-    """
-    with start_worker(
-        celery_app, pool="threads", concurrency=4, perform_ping_check=False,
-        loglevel="WARNING", shutdown_timeout=30,
-    ) as w:
-        yield w
-    import gc
-
-    # Worker threads that ended still own database connections until their
-    # thread-locals are collected; PostgreSQL refuses to drop the test database
-    # while one is open.
-    gc.collect()
+# -- end-to-end helpers -----------------------------------------------------------------------
 
 
 def wait_worker_idle(timeout=20.0):
-    """Block until the shared worker runs no task, so none outlives its test's database rows."""
-    import time
-
+    """Block until the shared worker runs no task (e.g. before counting what ran)."""
     from celery.worker import state
 
     deadline = time.monotonic() + timeout
     while state.active_requests and time.monotonic() < deadline:
         time.sleep(0.05)
     return not state.active_requests
-
-
-@pytest.fixture
-def live_worker(transactional_db, module_worker):
-    """The module's real worker, for one test; waits for it to be idle before the rows are flushed."""
-    yield module_worker
-    wait_worker_idle()
 
 
 _configure_base = pytest_configure

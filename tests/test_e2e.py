@@ -60,7 +60,7 @@ def assert_before(seq, first, then):
 # -- canvas shapes ---------------------------------------------------------------------
 
 
-def test_chain__runs_steps_one_after_another(live_worker):
+def test_chain__runs_steps_one_after_another(worker):
     wf = Workflow(name="chain")
     wf.add_celery_canvas(chain(record.si("a"), record.si("b"), record.si("c"), record.si("d")))
     assert run(wf) == Workflow.State.SUCCESS
@@ -68,7 +68,7 @@ def test_chain__runs_steps_one_after_another(live_worker):
     assert_dependency_order(wf)
 
 
-def test_group__runs_every_member(live_worker):
+def test_group__runs_every_member(worker):
     wf = Workflow(name="group")
     wf.add_celery_canvas(group(record.si(f"g{i}") for i in range(6)))
     assert run(wf) == Workflow.State.SUCCESS
@@ -76,7 +76,7 @@ def test_group__runs_every_member(live_worker):
     assert wf.nodes_succeeded == wf.nodes_total == 6
 
 
-def test_chord__body_waits_for_whole_header(live_worker):
+def test_chord__body_waits_for_whole_header(worker):
     wf = Workflow(name="chord")
     header = [record.si("h1"), record.si("h2", sleep=0.3), record.si("h3")]
     wf.add_celery_canvas(chord(header, record.si("body")))
@@ -86,7 +86,7 @@ def test_chord__body_waits_for_whole_header(live_worker):
     assert_dependency_order(wf)
 
 
-def test_nested_canvas__chain_of_groups_chords_and_chains_runs_in_dependency_order(live_worker):
+def test_nested_canvas__chain_of_groups_chords_and_chains_runs_in_dependency_order(worker):
     wf = Workflow(name="nested")
     wf.add_celery_canvas(
         chain(
@@ -114,7 +114,7 @@ def test_nested_canvas__chain_of_groups_chords_and_chains_runs_in_dependency_ord
 # -- failures --------------------------------------------------------------------------
 
 
-def test_failure__marks_descendants_upstream_failed_while_independent_branch_succeeds(live_worker):
+def test_failure__marks_descendants_upstream_failed_while_independent_branch_succeeds(worker):
     wf = Workflow(name="failure")
     wf.add_celery_canvas(
         group(
@@ -138,7 +138,7 @@ def test_failure__marks_descendants_upstream_failed_while_independent_branch_suc
 # -- payloads and options ----------------------------------------------------------------
 
 
-def test_options__task_options_and_custom_payloads_are_kept_and_reach_the_worker(live_worker):
+def test_options__task_options_and_custom_payloads_are_kept_and_reach_the_worker(worker):
     published = []
 
     def on_publish(sender=None, headers=None, properties=None, **kwargs):
@@ -170,7 +170,7 @@ def test_options__task_options_and_custom_payloads_are_kept_and_reach_the_worker
 # -- celery-dyrygent README, as written ------------------------------------------------------
 
 
-def test_readme__examples_run_as_written_with_django_dyrygent_imports(live_worker, compat_handler, capsys):
+def test_readme__examples_run_as_written_with_django_dyrygent_imports(worker, compat_handler, capsys):
     from django_dyrygent.tasks import register_workflow_processor
 
     app = celery_app  # your celery application instance
@@ -230,7 +230,7 @@ def test_readme__examples_run_as_written_with_django_dyrygent_imports(live_worke
 # -- Celery features inside a workflow ---------------------------------------------------------
 
 
-def test_celery_retry__node_passes_through_retry_and_ends_success(live_worker):
+def test_celery_retry__node_passes_through_retry_and_ends_success(worker):
     wf = Workflow(name="flaky")
     node = wf.add_signature(flaky.si("flaky", failures=2))
     wf.add_signature(record.si("after"), dependencies=[node])
@@ -242,7 +242,7 @@ def test_celery_retry__node_passes_through_retry_and_ends_success(live_worker):
     assert labels() == ["flaky", "after"]
 
 
-def test_result_cap__oversized_result_fails_node_naming_the_setting(live_worker, settings):
+def test_result_cap__oversized_result_fails_node_naming_the_setting(worker, settings):
     settings.DYRYGENT_MAX_RESULT_BYTES = 1000
     wf = Workflow(name="big")
     small = wf.add_signature(big.si(10))
@@ -256,7 +256,7 @@ def test_result_cap__oversized_result_fails_node_naming_the_setting(live_worker,
     assert wf.nodes.get(task_name="tests.noop").state == S.UPSTREAM_FAILED
 
 
-def test_result_cap__result_that_is_not_json_fails_the_node(live_worker):
+def test_result_cap__result_that_is_not_json_fails_the_node(worker):
     wf = Workflow(name="not-json")
     # Stored by the JSON result backend: Celery itself fails the task (EncodeError).
     stored = wf.add_signature(not_json.si())
@@ -274,7 +274,7 @@ def test_result_cap__result_that_is_not_json_fails_the_node(live_worker):
 
 
 @pytest.mark.large
-def test_large_workflow__ten_chained_groups_of_one_hundred_succeed(live_worker):
+def test_large_workflow__ten_chained_groups_of_one_hundred_succeed(worker):
     wf = Workflow(name="large")
     wf.add_celery_canvas(chain(*[group(quiet.si() for _ in range(100)) for _ in range(10)]))
     wf.apply_async()
@@ -286,7 +286,7 @@ def test_large_workflow__ten_chained_groups_of_one_hundred_succeed(live_worker):
     assert_dependency_order(wf)
 
 
-def test_wait__raises_timeout_error_while_running(live_worker):
+def test_wait__raises_timeout_error_while_running(worker):
     wf = Workflow(name="slow")
     wf.add_signature(record.si("slow", sleep=1.5))
     wf.apply_async()

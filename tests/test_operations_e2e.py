@@ -56,7 +56,7 @@ def parked_queue():
 # -- cancel --------------------------------------------------------------------------------
 
 
-def test_cancel__revokes_queued_and_started_nodes_and_cancels_the_rest(live_worker):
+def test_cancel__revokes_queued_and_started_nodes_and_cancels_the_rest(worker):
     wf = Workflow(name="cancel")
     wf.add_celery_canvas(
         chain(
@@ -101,7 +101,7 @@ def test_cancel__revokes_queued_and_started_nodes_and_cancels_the_rest(live_work
 # -- retry ----------------------------------------------------------------------------------
 
 
-def test_retry__resumes_failed_part_with_fresh_task_ids_keeping_successes(live_worker):
+def test_retry__resumes_failed_part_with_fresh_task_ids_keeping_successes(worker):
     wf = Workflow(name="retry")
     wf.add_celery_canvas(
         group(chain(record.si("a"), gate.si("r"), record.si("b")), record.si("independent"))
@@ -134,7 +134,7 @@ def test_retry__resumes_failed_part_with_fresh_task_ids_keeping_successes(live_w
 # -- skip -------------------------------------------------------------------------------------
 
 
-def test_skip__queued_node_is_skipped_and_its_dependents_run(live_worker, parked_queue):
+def test_skip__queued_node_is_skipped_and_its_dependents_run(worker, parked_queue):
     wf = Workflow(name="skip")
     wf.add_celery_canvas(
         chain(record.si("a"), record.si("parked").set(queue=parked_queue), record.si("after"))
@@ -160,7 +160,7 @@ def test_skip__queued_node_is_skipped_and_its_dependents_run(live_worker, parked
 # -- workflow callbacks --------------------------------------------------------------------
 
 
-def test_callbacks__link_error_and_finalizer_run_once_on_failure(live_worker):
+def test_callbacks__link_error_and_finalizer_run_once_on_failure(worker):
     wf = Workflow(name="callbacks-failure")
     wf.add_celery_canvas(chain(record.si("a"), fail.si("cb")))
     wf.link_error(on_end.s("error"))
@@ -178,7 +178,7 @@ def test_callbacks__link_error_and_finalizer_run_once_on_failure(live_worker):
     }
 
 
-def test_callbacks__finalizer_runs_once_and_link_error_not_at_all_on_success(live_worker):
+def test_callbacks__finalizer_runs_once_and_link_error_not_at_all_on_success(worker):
     wf = Workflow(name="callbacks-success")
     wf.add_celery_canvas(chain(record.si("a"), record.si("b")))
     error = wf.link_error(on_end.s("error"))
@@ -200,7 +200,7 @@ def test_callbacks__finalizer_runs_once_and_link_error_not_at_all_on_success(liv
 # -- trigger rules ---------------------------------------------------------------------------
 
 
-def test_trigger_rules__all_done_and_one_failed_end_to_end(live_worker):
+def test_trigger_rules__all_done_and_one_failed_end_to_end(worker):
     wf = Workflow(name="trigger-rules")
     broken = wf.add_signature(fail.si("tr"))
     fine = wf.add_signature(record.si("fine"))

@@ -88,7 +88,7 @@ def workflow_result(canvas):
     [pytest.param(name, marks=[pytest.mark.xfail(reason=CELERY_QUIRKS[name], strict=True)]
                   if name in CELERY_QUIRKS else []) for name in CASES],
 )
-def test_pass_results__same_final_result_as_native_celery(live_worker, case):
+def test_pass_results__same_final_result_as_native_celery(worker, case):
     expected = native_result(CASES[case]())
     got = workflow_result(CASES[case]())
     assert got == expected

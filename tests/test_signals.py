@@ -63,7 +63,7 @@ def received():
         signal.disconnect(receivers[name])
 
 
-def test_signals__sent_after_commit_with_their_arguments_during_a_real_run(live_worker, received):
+def test_signals__sent_after_commit_with_their_arguments_during_a_real_run(worker, received):
     wf = Workflow(name="signals")
     wf.add_celery_canvas(chain(record.si("a"), group(record.si("b"), record.si("c")), record.si("d")))
     wf.apply_async()
@@ -105,7 +105,7 @@ def test_signals__sent_after_commit_with_their_arguments_during_a_real_run(live_
         assert dict(seq)[S.SUCCESS] == S.SUCCESS
 
 
-def test_signals__failing_receiver_is_logged_and_the_workflow_still_succeeds(live_worker, caplog):
+def test_signals__failing_receiver_is_logged_and_the_workflow_still_succeeds(worker, caplog):
     def broken(sender, **kwargs):
         raise RuntimeError("receiver is broken")
 
@@ -129,7 +129,7 @@ def test_signals__failing_receiver_is_logged_and_the_workflow_still_succeeds(liv
     assert logged and all(r.levelno == logging.ERROR and r.exc_info for r in logged)
 
 
-def test_connect__compat_handlers_get_workflow_and_payload(live_worker, compat_handler):
+def test_connect__compat_handlers_get_workflow_and_payload(worker, compat_handler):
     calls = []
     lock = threading.Lock()
 
