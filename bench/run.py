@@ -212,6 +212,7 @@ class PublishRecorder:
 
 
 RECORDER = PublishRecorder()
+LOADS = []  # 1-minute load average at the start of every case: the machine may be shared
 
 
 def connect_recorder():
@@ -345,7 +346,8 @@ def _alarm(seconds):
 def run_cases(systems, cases, reps, timeout, counter_client=None, results=None):
     results = results if results is not None else {}
     for case in cases:
-        log(f"case {case}: {', '.join(systems)} x {reps}")
+        LOADS.append(os.getloadavg()[0])
+        log(f"case {case}: {', '.join(systems)} x {reps} (load average {LOADS[-1]:.2f})")
         for rep in range(reps):
             for system in systems:
                 kwargs = {"counter_client": counter_client} if system == OURS else {}
@@ -588,6 +590,7 @@ def main_phase(args):
     if args.sqlite:
         report["sqlite"] = sqlite_in_child(args, bench_dir, started)
     report["total_seconds"] = time.monotonic() - started
+    report["load_average"] = [min(LOADS), max(LOADS)] if LOADS else None
     signal.alarm(0)
     return report
 
@@ -865,6 +868,12 @@ def render(report):
         lines.extend(f"  {e}" for e in sorted(set(errors)))
     lines.append("")
     lines.append(f"Total run time: {report.get('total_seconds', 0):.0f}s")
+    if report.get("load_average"):
+        low, high = report["load_average"]
+        lines.append(
+            f"1-minute load average at the start of each case: {low:.2f} to {high:.2f} "
+            f"on {m['cpus']} CPUs (above ~1 means other processes competed for the CPUs)"
+        )
     return "\n".join(lines)
 
 
