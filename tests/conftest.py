@@ -31,6 +31,12 @@ def session_worker(django_db_setup, purged_broker):
         loglevel="WARNING", shutdown_timeout=30,
     ) as w:
         yield w
+    import gc
+
+    # Finished worker threads keep their database connections until their
+    # thread-locals are collected; PostgreSQL will not drop the test database
+    # while one is open.
+    gc.collect()
 
 
 @pytest.fixture
