@@ -47,6 +47,11 @@ if BACKEND == "sqlite":
     (_queue / "out").mkdir(parents=True, exist_ok=True)
     (_queue / "processed").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's own file-system transport writes a message file before filling
+    # it; a polling worker can read it empty and die ("Unrecoverable error:
+    # JSONDecodeError", seen here). The example project's transport writes
+    # atomically.
+    CELERY_BROKER_TRANSPORT = "example_project.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue / "out"),
         "data_folder_out": str(_queue / "out"),
