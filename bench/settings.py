@@ -51,7 +51,7 @@ if BACKEND == "sqlite":
     # it; a polling worker can read it empty and die ("Unrecoverable error:
     # JSONDecodeError", seen here). The example project's transport writes
     # atomically.
-    CELERY_BROKER_TRANSPORT = "example_project.broker:Transport"
+    CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue / "out"),
         "data_folder_out": str(_queue / "out"),

@@ -90,8 +90,8 @@ CELERY_TASK_DEFAULT_QUEUE = "example-project"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 if CELERY_BROKER_URL.startswith("filesystem"):
     # kombu's file-system transport (one folder of message files is the queue),
-    # patched to write messages atomically: see example_project/broker.py.
-    CELERY_BROKER_TRANSPORT = "example_project.broker:Transport"
+    # patched to write messages atomically: see django_dyrygent/filesystem_broker.py.
+    CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
     _broker = VAR_DIR / "broker"
     for _name in ("queue", "processed", "control"):
         (_broker / _name).mkdir(parents=True, exist_ok=True)

@@ -76,39 +76,6 @@ def pytest_configure(config):  # noqa: F811 - extends the hook above, keeping wh
     config.addinivalue_line("markers", "large: end-to-end test of a large workflow (runs on every database)")
 
 
-def _atomic_filesystem_put(self, queue, payload, **kwargs):
-    """kombu's file-system transport, writing each message atomically.
-
-    kombu creates the message file and then writes it, while a consumer may
-    already move and read it in between: it reads an empty file, raises
-    JSONDecodeError and the message is lost (seen with this suite's worker
-    threads). Writing under a name the consumer ignores and renaming it into
-    place closes that window.
-    """
-    import os
-    import uuid
-    from time import monotonic
-
-    from kombu.utils.json import dumps
-
-    name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
-    final = os.path.join(self.data_folder_out, name)
-    partial = final + ".part"  # the consumer only picks names ending in "<queue>.msg"
-    with open(partial, "wb") as f:
-        f.write(dumps(payload).encode())
-    os.replace(partial, final)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def atomic_filesystem_broker():
-    from kombu.transport import filesystem
-
-    original = filesystem.Channel._put
-    filesystem.Channel._put = _atomic_filesystem_put
-    yield
-    filesystem.Channel._put = original
-
-
 @pytest.fixture
 def compat_handler():
     """Register celery-dyrygent style handlers with Workflow.connect; disconnect them after the test.

@@ -64,6 +64,9 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     (_queue / "out").mkdir(parents=True, exist_ok=True)
     (_queue / "processed").mkdir(parents=True, exist_ok=True)
     (_queue / "control").mkdir(parents=True, exist_ok=True)
+    # kombu's own file-system transport can lose a message to a reader racing
+    # its writer; this one writes atomically (see django_dyrygent/filesystem_broker.py).
+    CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue / "out"),
         "data_folder_out": str(_queue / "out"),

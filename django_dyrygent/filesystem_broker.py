@@ -3,10 +3,14 @@
 kombu's own ``Channel._put`` creates the message file under its final name and
 then writes it; a consumer polling the folder can move and read it in between,
 get an empty file and drop the message (its JSON does not parse). A lost tick
-or node message would stall the demo until the safety net repairs it. Writing
+or node message would stall a workflow until the safety net repairs it. Writing
 under a name the consumer ignores and renaming it into place (atomic on one
-file system) closes that window. Only the demo's server-less setup uses this;
-production brokers (Redis, RabbitMQ) are unaffected.
+file system) closes that window.
+
+For the server-less setup (development, demos, tests) only: with
+``CELERY_BROKER_URL = "filesystem://"`` set
+``CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"``.
+Production brokers (Redis, RabbitMQ) need nothing of this.
 """
 
 import os
