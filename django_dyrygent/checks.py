@@ -42,7 +42,7 @@ def check_settings(app_configs=None, **kwargs):
 
 
 #: Settings whose zero or negative value would stall or spin the engine.
-POSITIVE = ("TICK_INTERVAL", "MAX_PROCESSING_TIME", "REQUEUE_AFTER", "RECONCILE_BATCH")
+POSITIVE = ("TICK_INTERVAL", "MAX_PROCESSING_TIME", "REQUEUE_AFTER", "RECONCILE_BATCH", "MAX_ENGINE_ERRORS")
 
 
 @register()

@@ -27,6 +27,8 @@ DEFAULTS = {
     # A running workflow whose scheduled tick is this many seconds overdue is
     # picked up by the sweeper (``dyrygent_tick`` / ``django_dyrygent.sweep``).
     "STALE_AFTER": 60.0,
+    # Consecutive failed ticks after which the engine gives up: workflow ERROR.
+    "MAX_ENGINE_ERRORS": 10,
     # Whether every transition writes a WorkflowEvent row.
     "EVENT_LOG": True,
 }
@@ -39,6 +41,7 @@ TYPES = {
     "RECONCILE_BATCH": (int,),
     "CELERY_APP": (str, type(None)),
     "STALE_AFTER": (int, float),
+    "MAX_ENGINE_ERRORS": (int,),
     "EVENT_LOG": (bool,),
 }
 

@@ -537,7 +537,38 @@ def tick(workflow_id, scheduled=True):
     Takes the lock with ``skip_locked``: a workflow someone else is advancing is
     left to them (a scheduled tick still keeps the tick chain alive).
     Returns a short word saying what happened, for logs and commands.
+
+    A tick that raises is rolled back and counted; after
+    DYRYGENT_MAX_ENGINE_ERRORS consecutive failures the engine gives up and
+    ends the workflow ERROR instead of retrying it forever.
     """
+    try:
+        return _tick(workflow_id, scheduled)
+    except Exception as exc:
+        logger.exception("Tick of workflow %s failed", workflow_id)
+        return _engine_error(workflow_id, exc)
+
+
+def _engine_error(workflow_id, exc):
+    detail = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+    with transaction.atomic():
+        wf = lock_workflow(workflow_id)
+        if wf is None or wf.state in WORKFLOW_FINAL:
+            return "error"
+        step = Step(wf)
+        step.counters["engine_errors"] += 1
+        limit = settings.MAX_ENGINE_ERRORS
+        if step.count("engine_errors") >= limit:
+            abort(step, WorkflowState.ERROR, "the engine gave up",
+                  f"{limit} consecutive ticks failed; the last one:\n{detail}")
+        else:
+            step.wf_fields["error"] = f"Tick failed ({step.count('engine_errors')} in a row):\n{detail}"
+            _schedule_tick(step)
+        step.flush()
+    return "error"
+
+
+def _tick(workflow_id, scheduled):
     with transaction.atomic():
         wf = lock_workflow(workflow_id, skip_locked=True)
         if wf is None:
@@ -546,6 +577,8 @@ def tick(workflow_id, scheduled=True):
             busy = None
             step = Step(wf)
             step.counters["ticks"] += 1
+            if wf.engine_errors:
+                step.wf_fields.update(engine_errors=0, error="")
             if wf.state == WorkflowState.INITIAL:
                 start(step)
             elif wf.state == WorkflowState.RUNNING:

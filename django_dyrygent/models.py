@@ -76,6 +76,10 @@ class Workflow(models.Model):
     )
     nodes_skipped = models.PositiveIntegerField(_("nodes skipped"), default=0)
     ticks = models.PositiveIntegerField(_("ticks"), default=0)
+    engine_errors = models.PositiveIntegerField(
+        _("consecutive engine errors"), default=0,
+        help_text=_("Ticks that failed in a row; at DYRYGENT_MAX_ENGINE_ERRORS the workflow ends ERROR."),
+    )
     lock_version = models.PositiveBigIntegerField(
         _("lock version"), default=0, editable=False,
         help_text=_("Bumped by every engine transaction; on SQLite the bump is the lock."),

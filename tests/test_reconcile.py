@@ -107,3 +107,46 @@ def test_reconcile__a_lost_tick_is_picked_up_by_the_sweeper(monkeypatch):
     assert wf.state == Workflow.State.RUNNING
     assert wf.next_tick_at is not None
     assert WorkflowNode.objects.get(workflow=wf).state == WorkflowNode.State.QUEUED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tick__gives_up_with_error_after_consecutive_engine_failures(monkeypatch, settings):
+    settings.DYRYGENT_MAX_ENGINE_ERRORS = 3
+    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(engine, "revoke", lambda *a, **k: None)
+    wf = Workflow(name="broken")
+    wf.add_signature(record.si("x"))
+    wf.apply_async()
+    engine.tick(wf.pk)
+
+    def broken(step):
+        raise RuntimeError("corrupt row")
+
+    monkeypatch.setattr(engine, "reconcile", broken)
+    for expected in (1, 2):
+        Workflow.objects.filter(pk=wf.pk).update(next_tick_at=None)
+        assert engine.tick(wf.pk) == "error"
+        wf.refresh_from_db()
+        assert wf.state == Workflow.State.RUNNING
+        assert wf.engine_errors == expected
+        assert "corrupt row" in wf.error
+    assert engine.tick(wf.pk) == "error"
+    wf.refresh_from_db()
+    assert wf.state == Workflow.State.ERROR
+    assert "3 consecutive ticks failed" in wf.error
+    assert WorkflowNode.objects.get(workflow=wf).state == WorkflowNode.State.CANCELED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tick__a_good_tick_resets_the_engine_error_count(monkeypatch):
+    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    wf = Workflow(name="flaky-engine")
+    wf.add_signature(record.si("x"))
+    wf.apply_async()
+    engine.tick(wf.pk)
+    Workflow.objects.filter(pk=wf.pk).update(engine_errors=4, error="Tick failed")
+    engine.tick(wf.pk)
+    wf.refresh_from_db()
+    assert wf.engine_errors == 0 and wf.error == ""
