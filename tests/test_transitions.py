@@ -270,7 +270,7 @@ def test_tick__starts_the_workflow_and_queues_only_the_roots(broker, run):
     }
     wf.refresh_from_db()
     assert wf.state == W.RUNNING and wf.started_at and wf.deadline and wf.finished_at is None
-    assert wf.next_tick_at is not None and broker.ticks[-1][1] == 2.0  # DYRYGENT_TICK_INTERVAL
+    assert wf.next_tick_at is not None and broker.ticks[-1][1] == 30.0  # DYRYGENT_TICK_INTERVAL
     assert node("task-a").queued_at is not None and node("task-a").publish_count == 1
     events = WorkflowEvent.objects.filter(workflow=wf)
     assert {(e.old_state, e.new_state) for e in events if e.node_id is None} == {(W.INITIAL, W.RUNNING)}
