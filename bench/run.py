@@ -511,6 +511,10 @@ def profile_ours(worker, case, seconds_hint, bench_dir):
 
 
 def start_worker(bench_dir, name, extra_env, counter):
+    from django.core.management import call_command
+
+    # The tree may have gained a migration since the run began (others work in it too).
+    call_command("migrate", verbosity=0, interactive=False)
     env = worker_env(
         {
             "BENCH_COUNT_QUERIES": "1",
