@@ -66,7 +66,11 @@ def log(*parts):
 
 
 def ensure_postgres_database(url):
-    """Create the benchmark's PostgreSQL database when it does not exist yet."""
+    """Create the benchmark's PostgreSQL database afresh.
+
+    Afresh, not "if missing": while the app is young its initial migration
+    still changes, and an old database would lack the new columns.
+    """
     import dj_database_url
     import psycopg
 
@@ -79,9 +83,8 @@ def ensure_postgres_database(url):
         dbname="postgres",
         autocommit=True,
     ) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (cfg["NAME"],)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{cfg["NAME"]}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{cfg["NAME"]}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{cfg["NAME"]}"')
 
 
 def setup_django():
