@@ -54,6 +54,8 @@ HEADER = "dyrygent_workflow"
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 # Nodes without a Celery task of their own: they succeed when their dependencies have.
 JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
+# States workers write without the workflow lock (task_prerun, task_retry).
+WORKER_STATES = frozenset({NodeState.STARTED, NodeState.RETRY})
 # Pseudo-target of _readiness: a fan-out node whose source succeeded expands.
 EXPAND = "EXPAND"
 # Fields loaded whenever the engine reasons about a node.
@@ -91,12 +93,15 @@ def lock_workflow(pk, skip_locked=False):
         if not Workflow.objects.filter(pk=pk).update(lock_version=F("lock_version") + 1):
             return None
         return Workflow.objects.filter(pk=pk).first()
-    qs = Workflow.objects.all()
+    options = {}
     if skip_locked and conn.features.has_select_for_update_skip_locked:
-        qs = qs.select_for_update(skip_locked=True)
-    else:
-        qs = qs.select_for_update()
-    return qs.filter(pk=pk).first()
+        options["skip_locked"] = True
+    if getattr(conn.features, "has_select_for_no_key_update", False):
+        # FOR NO KEY UPDATE: exclusive among engine steps, but it lets workers
+        # insert rows referencing the workflow (their foreign-key check takes
+        # KEY SHARE) while a step holds the lock; see node_started.
+        options["no_key"] = True
+    return Workflow.objects.select_for_update(**options).filter(pk=pk).first()
 
 
 def _chunks(items, size=None):
@@ -132,9 +137,17 @@ class Step:
     # state changes -------------------------------------------------------------------
 
     def transition_nodes(self, nodes, target, reason="", **fields):
-        """Move ``nodes`` to ``target``: checked against the table, conditional UPDATE."""
+        """Move ``nodes`` to ``target``: checked against the table, conditional UPDATE.
+
+        Returns the nodes moved. Workers record STARTED and RETRY without the
+        workflow lock (see ``node_started``), so a node read as QUEUED may be
+        STARTED by the time of the UPDATE: such a node is re-read and moved from
+        its new state if the table allows it. A republish (QUEUED -> QUEUED) of a
+        node that started meanwhile is simply dropped. Anything else that
+        changed behind the lock raises ConcurrentTransition.
+        """
         if not nodes:
-            return
+            return []
         by_old = defaultdict(list)
         for node in nodes:
             if target not in NODE_TRANSITIONS[node.state]:
@@ -147,21 +160,50 @@ class Step:
             values["reason"] = reason[:255]
         if target in NODE_FINAL:
             values.setdefault("finished_at", self.now)
+        moved, stragglers = [], []
         for old, group in by_old.items():
             for chunk in _chunks(group):
                 updated = WorkflowNode.objects.filter(
                     pk__in=[n.pk for n in chunk], state=old
                 ).update(**values)
-                if updated != len(chunk):
-                    raise ConcurrentTransition(
-                        f"Workflow {self.wf.pk}: {len(chunk) - updated} of {len(chunk)} nodes "
-                        f"were no longer {old} when moving them to {target}"
-                    )
-            for node in group:
-                self._record_node(node, old, target, reason)
-                for key, value in fields.items():
-                    if not hasattr(value, "resolve_expression"):
-                        setattr(node, key, value)
+                if updated == len(chunk):
+                    done = chunk
+                else:
+                    done, late = self._sort_out(chunk, old, target, updated)
+                    stragglers.extend(late)
+                for node in done:
+                    self._record_node(node, old, target, reason)
+                    for key, value in fields.items():
+                        if not hasattr(value, "resolve_expression"):
+                            setattr(node, key, value)
+                moved.extend(done)
+        if target == NodeState.QUEUED:
+            stragglers = [n for n in stragglers if target in NODE_TRANSITIONS[n.state]]
+        return moved + self.transition_nodes(stragglers, target, reason, **fields)
+
+    def _sort_out(self, chunk, old, target, updated):
+        """After a short UPDATE: which nodes moved, which a worker moved first."""
+        current = dict(
+            WorkflowNode.objects.filter(pk__in=[n.pk for n in chunk]).values_list("pk", "state")
+        )
+        done, late = [], []
+        for node in chunk:
+            now = current.get(node.pk)
+            if now == target:  # only locked steps write the targets they move nodes to
+                done.append(node)
+            elif now in WORKER_STATES and now != old:
+                node.state = now
+                late.append(node)
+            else:
+                raise ConcurrentTransition(
+                    f"Workflow {self.wf.pk}: node {node.task_id} was {now}, not {old}, "
+                    f"when moving it to {target}"
+                )
+        if len(done) != updated:
+            raise ConcurrentTransition(
+                f"Workflow {self.wf.pk}: {updated} nodes moved to {target}, {len(done)} expected"
+            )
+        return done, late
 
     def _record_node(self, node, old, new, reason):
         node.state = new
@@ -374,11 +416,11 @@ def queue_nodes(step, nodes, reason=""):
     if not nodes:
         return
     calls = _call_args(step, nodes)
-    step.transition_nodes(
+    moved = step.transition_nodes(
         nodes, NodeState.QUEUED, reason=reason, queued_at=step.now,
         publish_count=F("publish_count") + 1,
     )
-    for node in nodes:
+    for node in moved:
         step.to_publish.append((node, calls.get(node.pk, ())))
 
 
@@ -727,13 +769,50 @@ def node_retrying(workflow_id, task_id, reason=""):
     )
 
 
+# Which states a worker-reported state is written from, most likely first.
+_WORKER_SOURCES = {
+    NodeState.STARTED: (NodeState.QUEUED, NodeState.RETRY, NodeState.STARTED),
+    NodeState.RETRY: (NodeState.STARTED, NodeState.QUEUED),
+}
+
+
 def _simple_transition(workflow_id, task_id, target, **fields):
-    """A state change that decides nothing else; still taken under the workflow lock.
+    """Record STARTED / RETRY: a conditional UPDATE, without the workflow lock.
 
-    Taking the lock first keeps one lock order for every writer (workflow row,
-    then node rows): a start racing a cancel cannot deadlock on PostgreSQL.
+    These changes decide nothing, and taking the lock for them doubled the
+    lock traffic of every node. An engine step that meanwhile read the node
+    in its old state re-reads it (``Step.transition_nodes``). On PostgreSQL the
+    engine lock is FOR NO KEY UPDATE, so the event row inserted here never
+    waits for it (no lock-order deadlock); on SQLite the UPDATE comes first
+    and takes the write lock. Other databases take the workflow lock.
     """
+    if _connection().vendor not in ("postgresql", "sqlite"):
+        return _locked_simple_transition(workflow_id, task_id, target, **fields)
+    with transaction.atomic():
+        old = None
+        for source in _WORKER_SOURCES[target]:
+            if WorkflowNode.objects.filter(
+                task_id=task_id, workflow_id=workflow_id, state=source
+            ).update(state=target, **fields):
+                old = source
+                break
+        if old is None:
+            logger.info("Workflow %s: %s report for task %s ignored (node gone, final or "
+                        "moved on)", workflow_id, target, task_id)
+            return None
+        node = WorkflowNode.objects.filter(task_id=task_id).only(*NODE_FIELDS).first()
+        if settings.EVENT_LOG:
+            WorkflowEvent.objects.create(
+                workflow_id=workflow_id, node_id=node.pk, old_state=old, new_state=target,
+                created_at=timezone.now(),
+            )
+        transaction.on_commit(
+            partial(signals.send, signals.node_state_changed, node=node, old_state=old, new_state=target)
+        )
+    return node
 
+
+def _locked_simple_transition(workflow_id, task_id, target, **fields):
     def change(step):
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, target):

@@ -158,11 +158,43 @@ def test_transition_nodes__row_changed_behind_the_engine_raises_concurrent_trans
     nodes = list(WorkflowNode.objects.filter(workflow=wf).order_by("position"))
     # Someone writes b without the lock after the engine read it.
     WorkflowNode.objects.filter(pk=b.pk).update(state=S.CANCELED)
-    with pytest.raises(ConcurrentTransition, match="1 of 2 nodes were no longer PENDING"):
+    with pytest.raises(ConcurrentTransition, match="was CANCELED, not PENDING"):
         with transaction.atomic():
             locked_step(wf).transition_nodes(nodes, S.QUEUED)
     # The transaction rolled back: a was not queued either.
     assert states(wf) == {a.task_id: S.PENDING, b.task_id: S.CANCELED}
+
+
+def test_transition_nodes__a_node_a_worker_started_meanwhile_moves_from_its_new_state():
+    wf = Workflow()
+    a, b = wf.add_signature(noop.si()), wf.add_signature(noop.si())
+    wf.apply_async()
+    WorkflowNode.objects.filter(workflow=wf).update(state=S.QUEUED)
+    nodes = list(WorkflowNode.objects.filter(workflow=wf).order_by("position"))
+    # task_prerun records STARTED without the workflow lock, after the engine read QUEUED.
+    WorkflowNode.objects.filter(pk=b.pk).update(state=S.STARTED)
+    with transaction.atomic():
+        step = locked_step(wf)
+        moved = step.transition_nodes(nodes, S.CANCELED)
+        step.flush()
+    assert {n.pk for n in moved} == {a.pk, b.pk}
+    assert states(wf) == {a.task_id: S.CANCELED, b.task_id: S.CANCELED}
+    assert set(WorkflowEvent.objects.filter(node_id=b.pk).values_list("old_state", "new_state")) == {
+        (S.STARTED, S.CANCELED)
+    }
+
+
+def test_transition_nodes__a_republish_of_a_node_that_started_meanwhile_is_dropped():
+    wf = Workflow()
+    a, b = wf.add_signature(noop.si()), wf.add_signature(noop.si())
+    wf.apply_async()
+    WorkflowNode.objects.filter(workflow=wf).update(state=S.QUEUED)
+    nodes = list(WorkflowNode.objects.filter(workflow=wf).order_by("position"))
+    WorkflowNode.objects.filter(pk=b.pk).update(state=S.STARTED)
+    with transaction.atomic():
+        moved = locked_step(wf).transition_nodes(nodes, S.QUEUED)
+    assert [n.pk for n in moved] == [a.pk]
+    assert states(wf) == {a.task_id: S.QUEUED, b.task_id: S.STARTED}
 
 
 def test_flush__workflow_changed_behind_the_engine_raises_concurrent_transition():
