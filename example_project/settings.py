@@ -88,6 +88,9 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "django-db")
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_DEFAULT_QUEUE = "example-project"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup otherwise opens a new database connection for every
+# task; each workflow node would pay it (check --deploy: django_dyrygent.W005).
+CELERY_DB_REUSE_MAX = 1000
 if CELERY_BROKER_URL.startswith("filesystem"):
     # kombu's file-system transport (one folder of message files is the queue),
     # patched to write messages atomically: see django_dyrygent/filesystem_broker.py.
