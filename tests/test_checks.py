@@ -113,3 +113,18 @@ def test_check_celery__unloadable_app_is_e001(settings):
     settings.DYRYGENT_CELERY_APP = "tests.no_such_module.app"
     (error,) = checks.check_celery()
     assert error.id == "django_dyrygent.E001" and "no_such_module" in error.msg
+
+
+def test_check_connection_reuse__warns_when_workers_reconnect_for_every_task(monkeypatch):
+    from types import SimpleNamespace
+
+    from django_dyrygent import checks as dy_checks
+
+    monkeypatch.setattr("django_dyrygent.conf.get_celery_app", lambda: SimpleNamespace(conf={}))
+    (warning,) = dy_checks.check_connection_reuse()
+    assert warning.id == "django_dyrygent.W005" and "CELERY_DB_REUSE_MAX" in warning.msg
+    monkeypatch.setattr(
+        "django_dyrygent.conf.get_celery_app",
+        lambda: SimpleNamespace(conf={"CELERY_DB_REUSE_MAX": 1000}),
+    )
+    assert dy_checks.check_connection_reuse() == []
