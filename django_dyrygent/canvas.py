@@ -118,6 +118,15 @@ def _as_timeout(workflow, timeout):
     )
 
 
+def _as_attempts(max_attempts):
+    if isinstance(max_attempts, int) and not isinstance(max_attempts, bool) and max_attempts >= 1:
+        return max_attempts
+    raise ValidationError(
+        f"max_attempts must be a whole number of at least 1, got {max_attempts!r}",
+        code="bad_max_attempts",
+    )
+
+
 def add_fanout(workflow, template, dependency, timeout=None):
     sig = _as_signature(workflow, template)
     if isinstance(sig, (group, _chain, _chord)):
@@ -136,7 +145,7 @@ def add_fanout(workflow, template, dependency, timeout=None):
 
 
 def add_signature(workflow, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
-                  timeout=None):
+                  timeout=None, max_attempts=1):
     sig = _as_signature(workflow, signature)
     if isinstance(sig, (group, _chain, _chord)):
         raise ValidationError(
@@ -160,6 +169,7 @@ def add_signature(workflow, signature, dependencies=None, trigger_rule=TriggerRu
         signature=signature_to_dict(sig),
         trigger_rule=trigger_rule,
         timeout=_as_timeout(workflow, timeout),
+        max_attempts=_as_attempts(max_attempts),
     )
     node._draft_deps.extend(deps)
     return node

@@ -827,22 +827,41 @@ def _locked_simple_transition(workflow_id, task_id, target, **fields):
 
 
 def enforce_timeouts(step):
-    """Fail STARTED/RETRY nodes past their ``timeout_at``; their tasks are revoked (terminate)."""
+    """Handle STARTED/RETRY nodes past their ``timeout_at``; their tasks are revoked (terminate).
+
+    A node with attempts left (``max_attempts``) is published again under a
+    fresh task id, so a late report of the abandoned run is ignored; the others
+    fail with "timed out".
+    """
     late = list(
         WorkflowNode.objects.filter(
             workflow_id=step.wf.pk, state__in=[NodeState.STARTED, NodeState.RETRY],
             timeout_at__lt=step.now,
-        ).only(*NODE_FIELDS)
+        ).only(*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids")
     )
     if not late:
         return
-    for node in late:
+    step.to_terminate.extend(n.task_id for n in late)
+    again = [n for n in late if n.attempts < n.max_attempts]
+    calls = _call_args(step, again)
+    for node in again:
+        moved = step.transition_nodes(
+            [node], NodeState.QUEUED,
+            reason=f"timed out; attempt {node.attempts + 1} of {node.max_attempts}",
+            task_id=uuid(), attempts=node.attempts + 1,
+            previous_task_ids=[*(node.previous_task_ids or []), node.task_id],
+            queued_at=step.now, started_at=None, timeout_at=None,
+            publish_count=F("publish_count") + 1,
+        )
+        step.to_publish.extend((m, calls.get(m.pk, ())) for m in moved)
+    failed = [n for n in late if n.attempts >= n.max_attempts]
+    for node in failed:
         step.transition_nodes(
             [node], NodeState.FAILURE, reason="timed out",
-            error=f"Timed out: no outcome {node.timeout.total_seconds():g}s after the task started",
+            error=f"Timed out: no outcome {node.timeout.total_seconds():g}s after the task started"
+                  + (f" (attempt {node.attempts} of {node.max_attempts})" if node.max_attempts > 1 else ""),
         )
-    step.to_terminate.extend(n.task_id for n in late)
-    settle(step, [n for n in late if n.kind not in CALLBACK_KINDS])
+    settle(step, [n for n in failed if n.kind not in CALLBACK_KINDS])
 
 
 def _result_backend(app):

@@ -118,17 +118,19 @@ class Workflow(models.Model):
             )
 
     def add_signature(self, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
-                      timeout=None):
+                      timeout=None, max_attempts=1):
         """Add one signature as a node depending on ``dependencies``; returns the node.
 
         ``trigger_rule``: "all_success" (default), "all_done" or "one_failed".
         ``timeout``: seconds (or timedelta) after its start at which a node
-        still running is failed and its task revoked.
+        still running is given up on and its task revoked; ``max_attempts``:
+        how many runs it gets in all before a timeout fails it.
         """
         from .canvas import add_signature
 
         self._require_draft("add a signature")
-        return add_signature(self, signature, dependencies, trigger_rule=trigger_rule, timeout=timeout)
+        return add_signature(self, signature, dependencies, trigger_rule=trigger_rule, timeout=timeout,
+                             max_attempts=max_attempts)
 
     def add_fanout(self, template, dependency, timeout=None):
         """Run ``template`` once per item of ``dependency``'s result (a list), at run time.
@@ -316,6 +318,10 @@ class WorkflowNode(models.Model):
         help_text=_("A STARTED node with no outcome this long after it started is failed (timed out)."),
     )
     timeout_at = models.DateTimeField(_("times out at"), null=True, blank=True)
+    max_attempts = models.PositiveIntegerField(
+        _("max attempts"), default=1,
+        help_text=_("Runs of the node the engine allows when it times out (1: fail at the first timeout)."),
+    )
     fanout_size = models.PositiveIntegerField(
         _("fan-out size"), null=True, blank=True,
         help_text=_("For a fan-out node: how many task nodes it expanded into (empty until then)."),

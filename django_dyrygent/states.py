@@ -79,6 +79,7 @@ NODE_TRANSITIONS = {
         NodeState.SKIPPED,  # skip(): published but not started yet, so revoked
     },
     NodeState.STARTED: {
+        NodeState.QUEUED,  # timed out with attempts left: published again, fresh task id
         NodeState.STARTED,
         NodeState.RETRY,
         NodeState.SUCCESS,

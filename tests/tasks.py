@@ -133,3 +133,13 @@ def quiet(*args, **kwargs):
 def not_json_quiet():
     """Returns a set and stores no result: only the engine sees it is not JSON."""
     return {1, 2}
+
+
+@shared_task(bind=True, name="tests.slow_first")
+def slow_first(self, label, seconds=3):
+    """Slow on its first run only: the engine's timeout retry gets a fast second run."""
+    first = not Execution.objects.filter(label=f"start:{label}").exists()
+    Execution.objects.create(label=f"start:{label}", task_id=self.request.id or "")
+    if first:
+        time.sleep(seconds)
+    return label

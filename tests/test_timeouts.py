@@ -8,6 +8,16 @@ from django_dyrygent.models import Workflow, WorkflowNode
 from tests.tasks import noop, sleep
 
 
+def _wait_started(node, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        node.refresh_from_db()
+        if node.state == WorkflowNode.State.STARTED:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"node {node.task_id} is {node.state}, not STARTED, after {timeout}s")
+
+
 def test_add_signature__rejects_a_non_positive_timeout():
     wf = Workflow()
     with pytest.raises(ValidationError, match="timeout must be a positive"):
@@ -21,12 +31,7 @@ def test_timeout__a_started_node_past_its_timeout_fails_and_descendants_do_not_r
     after = wf.add_signature(noop.si(), dependencies=[slow])
     wf.apply_async()
     # Wait for the worker to report the start, then let the timeout pass and tick.
-    for _ in range(100):
-        slow.refresh_from_db()
-        if slow.state == WorkflowNode.State.STARTED:
-            break
-        time.sleep(0.05)
-    assert slow.state == WorkflowNode.State.STARTED
+    _wait_started(slow)
     assert slow.timeout_at is not None
     time.sleep(0.8)
     engine.tick(wf.pk, scheduled=False)
@@ -52,11 +57,7 @@ def test_deadline__ends_the_workflow_error_and_cancels_what_still_runs(worker):
     slow = wf.add_signature(sleep.si(2))
     after = wf.add_signature(noop.si(), dependencies=[slow])
     wf.apply_async()
-    for _ in range(100):
-        slow.refresh_from_db()
-        if slow.state == WorkflowNode.State.STARTED:
-            break
-        time.sleep(0.05)
+    _wait_started(slow)
     Workflow.objects.filter(pk=wf.pk).update(deadline=timezone.now() - timedelta(seconds=1))
     engine.tick(wf.pk, scheduled=False)
     wf.refresh_from_db()
@@ -66,3 +67,37 @@ def test_deadline__ends_the_workflow_error_and_cancels_what_still_runs(worker):
     after.refresh_from_db()
     assert slow.state == WorkflowNode.State.CANCELED
     assert after.state == WorkflowNode.State.CANCELED
+
+
+def test_add_signature__rejects_max_attempts_below_one():
+    wf = Workflow()
+    with pytest.raises(ValidationError, match="max_attempts must be a whole number of at least 1"):
+        wf.add_signature(noop.si(), timeout=1, max_attempts=0)
+
+
+@pytest.mark.worker
+def test_timeout__a_node_with_attempts_left_runs_again_under_a_fresh_task_id(worker):
+    from tests.models import Execution
+    from tests.tasks import slow_first
+
+    wf = Workflow(name="timeout-retry")
+    node = wf.add_signature(slow_first.si("n"), timeout=0.5, max_attempts=2)
+    after = wf.add_signature(noop.si(), dependencies=[node])
+    wf.apply_async()
+    first_id = node.task_id
+    _wait_started(node)
+    time.sleep(0.8)
+    engine.tick(wf.pk, scheduled=False)
+    node.refresh_from_db()
+    assert node.task_id != first_id and node.previous_task_ids == [first_id]
+    assert node.attempts == 2
+    assert node.reason == "timed out; attempt 2 of 2"
+    assert wf.wait(timeout=20) == Workflow.State.SUCCESS
+    node.refresh_from_db()
+    after.refresh_from_db()
+    assert node.state == WorkflowNode.State.SUCCESS and after.state == WorkflowNode.State.SUCCESS
+    # Both runs happened; the abandoned one's late success (thread pool: not terminable) was ignored.
+    assert Execution.objects.filter(label="start:n").count() == 2
+    time.sleep(2.5)
+    node.refresh_from_db()
+    assert node.task_id != first_id and node.state == WorkflowNode.State.SUCCESS
