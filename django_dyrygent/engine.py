@@ -178,7 +178,8 @@ class Step:
                             setattr(node, key, value)
                 moved.extend(done)
         if target == NodeState.QUEUED:
-            stragglers = [n for n in stragglers if target in NODE_TRANSITIONS[n.state]]
+            # Publishing (again) a node a worker has just started or retried is moot.
+            stragglers = []
         return moved + self.transition_nodes(stragglers, target, reason, **fields)
 
     def _sort_out(self, chunk, old, target, updated):
@@ -843,6 +844,7 @@ def enforce_timeouts(step):
         return
     step.to_terminate.extend(n.task_id for n in late)
     again = [n for n in late if n.attempts < n.max_attempts]
+    failed = [n for n in late if n.attempts >= n.max_attempts]
     calls = _call_args(step, again)
     for node in again:
         moved = step.transition_nodes(
@@ -854,7 +856,6 @@ def enforce_timeouts(step):
             publish_count=F("publish_count") + 1,
         )
         step.to_publish.extend((m, calls.get(m.pk, ())) for m in moved)
-    failed = [n for n in late if n.attempts >= n.max_attempts]
     for node in failed:
         step.transition_nodes(
             [node], NodeState.FAILURE, reason="timed out",
