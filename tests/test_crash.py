@@ -1,0 +1,97 @@
+"""A worker process killed mid-task loses nothing: real subprocess workers, SIGKILL, recovery.
+
+The killed worker's task is gone (its message was taken, its process is
+dead). The node's timeout makes the engine give up on that run and publish
+the node again under a fresh task id to the replacement worker.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from django_dyrygent import engine
+from django_dyrygent.models import Workflow, WorkflowNode
+from tests.models import Execution
+from tests.tasks import record, slow_first
+
+QUEUE = "dyrygent-crash"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _database_url():
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    if connection.vendor == "postgresql":
+        return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    pytest.skip(f"no subprocess-worker URL for {connection.vendor}")
+
+
+def _start_worker(tmp_path, name):
+    env = dict(os.environ, DATABASE_URL=_database_url(), PYTHONPATH=str(ROOT))
+    log = open(tmp_path / f"{name}.log", "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-P", "prefork", "-c", "1",
+         "-Q", QUEUE, "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "warning"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _stop(proc, sig=signal.SIGTERM):
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _wait_for(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_crash__a_worker_killed_mid_task_is_recovered_by_the_timeout_on_a_new_worker(tmp_path):
+    from tests.celery_app import app
+
+    with app.connection_for_write() as conn:  # what an aborted earlier run may have left
+        conn.default_channel.queue_purge(QUEUE)
+    wf = Workflow(name="crash", options={"queue": QUEUE})
+    slow = wf.add_signature(slow_first.si("crash", seconds=60), timeout=1, max_attempts=2)
+    after = wf.add_signature(record.si("after"), dependencies=[slow])
+    first = _start_worker(tmp_path, "doomed")
+    second = None
+    try:
+        wf.apply_async(options={"queue": QUEUE})
+        assert _wait_for(
+            lambda: WorkflowNode.objects.get(pk=slow.pk).state == WorkflowNode.State.STARTED
+        ), (tmp_path / "doomed.log").read_text()
+        doomed_task_id = WorkflowNode.objects.get(pk=slow.pk).task_id
+        _stop(first, signal.SIGKILL)  # the whole process group: main process and pool child
+        second = _start_worker(tmp_path, "replacement")
+        time.sleep(1.2)  # past the node's timeout
+        engine.tick(wf.pk, scheduled=False)
+        assert wf.wait(timeout=60) == Workflow.State.SUCCESS, (tmp_path / "replacement.log").read_text()
+    finally:
+        _stop(first, signal.SIGKILL)
+        if second is not None:
+            _stop(second)
+    slow.refresh_from_db()
+    after.refresh_from_db()
+    assert slow.attempts == 2 and slow.previous_task_ids == [doomed_task_id]
+    assert slow.state == after.state == WorkflowNode.State.SUCCESS
+    assert Execution.objects.filter(label="start:crash").count() == 2  # the killed run and the new one
+    assert Execution.objects.filter(label="after").count() == 1
