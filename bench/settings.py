@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from django_dyrygent import filesystem_broker
+
 BACKEND = os.environ.get("BENCH_BACKEND", "postgres")
 BASE = Path(os.environ.get("BENCH_DIR", Path(tempfile.gettempdir()) / "dyrygent-bench"))
 BASE.mkdir(parents=True, exist_ok=True)
@@ -43,22 +45,12 @@ if BACKEND == "sqlite":
         "default": dj_database_url.parse(f"sqlite:///{BASE / 'bench.sqlite3'}", conn_max_age=CONN_MAX_AGE)
     }
     DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
-    _queue = BASE / "broker"
-    (_queue / "out").mkdir(parents=True, exist_ok=True)
-    (_queue / "processed").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     # kombu's own file-system transport writes a message file before filling
     # it; a polling worker can read it empty and die ("Unrecoverable error:
-    # JSONDecodeError", seen here). The example project's transport writes
-    # atomically.
-    CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_queue / "out"),
-        "data_folder_out": str(_queue / "out"),
-        "processed_folder": str(_queue / "processed"),
-        "store_processed": False,
-        "polling_interval": 0.01,
-    }
+    # JSONDecodeError", seen here). This one writes atomically.
+    CELERY_BROKER_TRANSPORT = filesystem_broker.TRANSPORT
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker.transport_options(BASE / "broker", 0.01)
     # Our engine keeps results in node rows; nothing here needs a result backend.
     CELERY_RESULT_BACKEND = None
     SILENCED_SYSTEM_CHECKS = ["django_dyrygent.W004"]

@@ -9,12 +9,14 @@ file system) closes that window.
 
 For the server-less setup (development, demos, tests) only: with
 ``CELERY_BROKER_URL = "filesystem://"`` set
-``CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"``.
+``CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"``
+and ``CELERY_BROKER_TRANSPORT_OPTIONS = transport_options(folder)``.
 Production brokers (Redis, RabbitMQ) need nothing of this.
 """
 
 import os
 import uuid
+from pathlib import Path
 from time import monotonic
 
 from kombu.transport import filesystem
@@ -37,3 +39,27 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+
+#: The value for ``CELERY_BROKER_TRANSPORT``.
+TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
+
+
+def transport_options(folder, polling_interval=0.05):
+    """``CELERY_BROKER_TRANSPORT_OPTIONS`` for a file-system broker kept under ``folder``.
+
+    Creates the folders (kombu does not) and keeps kombu's control files there
+    too: its default is ``./control``, relative to wherever a process starts.
+    Producers and workers must use the same folder.
+    """
+    folder = Path(folder)
+    for name in ("queue", "processed", "control"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+        "polling_interval": polling_interval,
+    }

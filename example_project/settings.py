@@ -12,6 +12,8 @@ from pathlib import Path
 import django
 import dj_database_url
 
+from django_dyrygent import filesystem_broker
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Everything the embedded setup writes (database, broker folders); git-ignored.
 VAR_DIR = Path(os.environ.get("DYRYGENT_VAR_DIR", BASE_DIR / "var"))
@@ -94,18 +96,8 @@ CELERY_DB_REUSE_MAX = 1000
 if CELERY_BROKER_URL.startswith("filesystem"):
     # kombu's file-system transport (one folder of message files is the queue),
     # patched to write messages atomically: see django_dyrygent/filesystem_broker.py.
-    CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
-    _broker = VAR_DIR / "broker"
-    for _name in ("queue", "processed", "control"):
-        (_broker / _name).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker / "queue"),
-        "data_folder_out": str(_broker / "queue"),
-        "processed_folder": str(_broker / "processed"),
-        "control_folder": str(_broker / "control"),
-        "store_processed": False,
-        "polling_interval": 0.05,
-    }
+    CELERY_BROKER_TRANSPORT = filesystem_broker.TRANSPORT
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker.transport_options(VAR_DIR / "broker")
 
 # The sweeper ticks running workflows whose scheduled tick was lost (a worker
 # died holding it, the broker dropped it). Run beat: celery -A example_project beat

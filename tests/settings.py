@@ -6,6 +6,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from django_dyrygent import filesystem_broker
+
 BASE = Path(os.environ.get("DYRYGENT_TEST_DIR", Path(tempfile.gettempdir()) / "dyrygent-tests"))
 BASE.mkdir(parents=True, exist_ok=True)
 
@@ -60,22 +62,10 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "django-db")
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
 if CELERY_BROKER_URL.startswith("filesystem"):
-    _queue = BASE / "broker"
-    (_queue / "out").mkdir(parents=True, exist_ok=True)
-    (_queue / "processed").mkdir(parents=True, exist_ok=True)
-    (_queue / "control").mkdir(parents=True, exist_ok=True)
     # kombu's own file-system transport can lose a message to a reader racing
     # its writer; this one writes atomically (see django_dyrygent/filesystem_broker.py).
-    CELERY_BROKER_TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_queue / "out"),
-        "data_folder_out": str(_queue / "out"),
-        "processed_folder": str(_queue / "processed"),
-        # kombu's default is ./control, relative to wherever the tests run.
-        "control_folder": str(_queue / "control"),
-        "store_processed": False,
-        "polling_interval": 0.02,
-    }
+    CELERY_BROKER_TRANSPORT = filesystem_broker.TRANSPORT
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker.transport_options(BASE / "broker", 0.02)
 CELERY_TASK_DEFAULT_QUEUE = "dyrygent-tests"
 CELERY_RESULT_EXTENDED = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
