@@ -88,9 +88,9 @@ def test_check_database__databases_with_row_locks_pass(monkeypatch, vendor):
 
 
 def test_check_database__the_test_database_is_configured_right():
-    """tests/settings.py sets IMMEDIATE for SQLite; PostgreSQL needs nothing."""
+    """tests/settings.py sets IMMEDIATE for SQLite; PostgreSQL and MySQL/MariaDB need nothing."""
     assert checks.check_database() == []
-    assert connection.vendor in ("sqlite", "postgresql")
+    assert connection.vendor in ("sqlite", "postgresql", "mysql")
 
 
 def test_check_celery__no_result_backend_is_w004(settings):

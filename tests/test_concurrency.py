@@ -23,8 +23,8 @@ from tests.tasks import noop
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.skipif(
-        not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-        reason="needs PostgreSQL: SQLite has no row locks and serialises writers, "
+        settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"),
+        reason="needs row locks (PostgreSQL, MySQL/MariaDB): SQLite serialises writers, "
                "so nothing runs concurrently",
     ),
 ]

@@ -28,8 +28,9 @@ def _database_url():
     s = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{s['NAME']}"
-    if connection.vendor == "postgresql":
-        return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    if connection.vendor in ("postgresql", "mysql"):
+        scheme, port = ("postgres", 5432) if connection.vendor == "postgresql" else ("mysql", 3306)
+        return f"{scheme}://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or port}/{s['NAME']}"
     pytest.skip(f"no subprocess-worker URL for {connection.vendor}")
 
 
