@@ -14,7 +14,6 @@ from pathlib import Path
 
 from django.db import transaction
 from django.db.models import Count, Max, Min, Q
-from django.utils import timezone
 
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .states import WORKFLOW_FINAL, NodeKind

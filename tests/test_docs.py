@@ -58,8 +58,10 @@ def test_docs__every_dyrygent_command_exists_and_is_documented():
     mentioned -= {"dyrygent_workflow"}  # the message header, not a command
     assert mentioned == commands
     operations = text("operations.md")
-    assert all(f"### {name}" in operations or f"### dyrygent_cancel, dyrygent_retry" in operations
-               for name in commands)
+    combined = {"dyrygent_cancel", "dyrygent_retry"}  # documented under one heading
+    assert "### dyrygent_cancel, dyrygent_retry" in operations
+    missing = [name for name in commands - combined if f"### {name}" not in operations]
+    assert not missing
 
 
 def test_docs__every_setting_is_documented_with_its_default():

@@ -1,9 +1,9 @@
 import pytest
-from celery import chain, chord, group
+from celery import chain, group
 
 from django_dyrygent.models import Workflow
 from tests.models import Execution
-from tests.tasks import record, tsum, add
+from tests.tasks import record
 
 
 @pytest.mark.worker
