@@ -6,7 +6,6 @@ setting is deleted (pytest-django's ``del settings.X`` sends no
 """
 
 from django.conf import settings as django_settings
-from django.core.signals import setting_changed
 
 DEFAULTS = {
     # Seconds between two safety-net ticks of a running workflow. Progress is
@@ -56,13 +55,8 @@ class Settings:
             raise AttributeError(f"Invalid django_dyrygent setting: {name!r}")
         return getattr(django_settings, PREFIX + name, DEFAULTS[name])
 
-    def change_setting(self, setting, **kwargs):
-        if setting.startswith(PREFIX):
-            self.__dict__.pop(setting[len(PREFIX):], None)
-
 
 settings = Settings()
-setting_changed.connect(settings.change_setting)
 
 
 def get_celery_app():

@@ -65,6 +65,10 @@ NODE_FIELDS = (
 )
 
 
+# The workflow counter each final node state adds to (all other final states: nodes_failed).
+_OUTCOME_COUNTER = {NodeState.SUCCESS: "nodes_succeeded", NodeState.SKIPPED: "nodes_skipped"}
+
+
 class TransitionNotAllowed(Exception):
     """The state table forbids this change."""
 
@@ -208,14 +212,11 @@ class Step:
 
     def _record_node(self, node, old, new, reason):
         node.state = new
-        if node.kind == NodeKind.TASK and old not in NODE_FINAL and new in NODE_FINAL:
-            self.counters["nodes_done"] += 1
-            if new == NodeState.SUCCESS:
-                self.counters["nodes_succeeded"] += 1
-            elif new == NodeState.SKIPPED:
-                self.counters["nodes_skipped"] += 1
-            else:
-                self.counters["nodes_failed"] += 1
+        if node.kind == NodeKind.TASK and (old in NODE_FINAL) != (new in NODE_FINAL):
+            # Into a final state counts up; out of one (retry()) counts back down.
+            final, step = (new, 1) if new in NODE_FINAL else (old, -1)
+            self.counters["nodes_done"] += step
+            self.counters[_OUTCOME_COUNTER.get(final, "nodes_failed")] += step
         if node.kind != NodeKind.JOIN:
             self.node_changes.append((node, old, new))
         self.events.append(
@@ -1020,9 +1021,6 @@ def retry(workflow_id):
              "result", "error", "queued_at", "started_at", "finished_at"],
             batch_size=500,
         )
-        task_reset = [n for n in reset if n.kind == NodeKind.TASK]
-        step.counters["nodes_done"] -= len(task_reset)
-        step.counters["nodes_failed"] -= len(task_reset)
         if wf.state != WorkflowState.RUNNING:
             step.transition_workflow(
                 WorkflowState.RUNNING, reason="retry", finished_at=None, error="",
