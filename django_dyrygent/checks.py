@@ -14,36 +14,25 @@ from django.conf import settings as django_settings
 from django.core.checks import Error, Warning, register
 from django.db import connections, router
 
-from .conf import DEFAULTS, PREFIX, TYPES
+from .conf import SETTINGS
 
 
 @register()
 def check_settings(app_configs=None, **kwargs):
     errors = []
-    for name, types in TYPES.items():
-        value = getattr(django_settings, PREFIX + name, DEFAULTS[name])
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+    for setting in SETTINGS:
+        value = getattr(django_settings, setting.full_name, setting.default)
+        problem = setting.problem(value)
+        if problem:
+            code, message = problem
             errors.append(
                 Error(
-                    f"{PREFIX}{name} must be {' or '.join(t.__name__ for t in types)}, "
-                    f"not {type(value).__name__} ({value!r}).",
-                    hint=f"Set {PREFIX}{name} to a value like {DEFAULTS[name]!r} or remove it.",
-                    id="django_dyrygent.E002",
-                )
-            )
-        elif name in POSITIVE and not isinstance(value, bool) and value <= 0:
-            errors.append(
-                Error(
-                    f"{PREFIX}{name} must be greater than zero, not {value!r}.",
-                    hint=f"Set {PREFIX}{name} to a value like {DEFAULTS[name]!r} or remove it.",
-                    id="django_dyrygent.E004",
+                    message,
+                    hint=f"Set {setting.full_name} to a value like {setting.default!r} or remove it.",
+                    id=f"django_dyrygent.{code}",
                 )
             )
     return errors
-
-
-#: Settings whose zero or negative value would stall or spin the engine.
-POSITIVE = ("TICK_INTERVAL", "MAX_PROCESSING_TIME", "REQUEUE_AFTER", "RECONCILE_BATCH", "MAX_ENGINE_ERRORS")
 
 
 @register()

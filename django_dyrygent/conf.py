@@ -1,59 +1,92 @@
 """Settings of django_dyrygent: flat ``DYRYGENT_*`` names, read lazily.
 
+Each setting is declared once, as a typed ``Setting`` (name, default,
+accepted types, lower bound): the accessor, the system check E002/E004 and
+the docs test all read that one table, so they cannot drift apart.
+
 Values are looked up on every use, not cached: a cache would go stale when a
 setting is deleted (pytest-django's ``del settings.X`` sends no
 ``setting_changed``), and a lookup costs a dictionary access.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
 from django.conf import settings as django_settings
 
-DEFAULTS = {
+PREFIX = "DYRYGENT_"
+
+NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``DYRYGENT_*`` setting: its default, the types it accepts, and its bound."""
+
+    name: str
+    default: Any
+    types: tuple[type, ...]
+    #: ``"positive"``: must be > 0; ``"non_negative"``: must be >= 0; None: any value of the type.
+    bound: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        return PREFIX + self.name
+
+    def problem(self, value: Any) -> tuple[str, str] | None:
+        """(check id, message) when ``value`` is not acceptable, else None."""
+        if not isinstance(value, self.types) or (isinstance(value, bool) and bool not in self.types):
+            kinds = " or ".join(t.__name__ for t in self.types)
+            return "E002", f"{self.full_name} must be {kinds}, not {type(value).__name__} ({value!r})."
+        if isinstance(value, bool) or not isinstance(value, NUMBER):
+            return None
+        if self.bound == "positive" and value <= 0:
+            return "E004", f"{self.full_name} must be greater than zero, not {value!r}."
+        if self.bound == "non_negative" and value < 0:
+            return "E004", f"{self.full_name} must be zero or more, not {value!r}."
+        return None
+
+
+SETTINGS: tuple[Setting, ...] = (
     # Seconds between two safety-net ticks of a running workflow. Progress is
     # event driven; the tick only reconciles what events missed.
-    "TICK_INTERVAL": 10.0,
+    Setting("TICK_INTERVAL", 10.0, NUMBER, "positive"),
     # Seconds a workflow may run before the engine gives up (ERROR).
     # Same default as celery-dyrygent's max processing time: 7 days.
-    "MAX_PROCESSING_TIME": 7 * 24 * 3600,
+    Setting("MAX_PROCESSING_TIME", 7 * 24 * 3600, NUMBER, "positive"),
     # Seconds a QUEUED node may wait for a worker to report it before the tick
     # checks the result backend and, if the task is unknown, publishes it again.
-    "REQUEUE_AFTER": 300.0,
-    # Largest JSON-encoded task result stored in a node row, in bytes.
-    "MAX_RESULT_BYTES": 1024 * 1024,
+    Setting("REQUEUE_AFTER", 300.0, NUMBER, "positive"),
+    # Largest JSON-encoded task result stored in a node row, in bytes (0: no cap).
+    Setting("MAX_RESULT_BYTES", 1024 * 1024, (int,), "non_negative"),
     # Most stale nodes one tick reconciles (keeps a tick's cost bounded).
-    "RECONCILE_BATCH": 500,
+    Setting("RECONCILE_BATCH", 500, (int,), "positive"),
     # Dotted path to the Celery app; None means celery.current_app.
-    "CELERY_APP": None,
+    Setting("CELERY_APP", None, (str, type(None))),
     # A running workflow whose scheduled tick is this many seconds overdue is
     # picked up by the sweeper (``dyrygent_tick`` / ``django_dyrygent.sweep``).
-    "STALE_AFTER": 60.0,
+    Setting("STALE_AFTER", 60.0, NUMBER),
     # Consecutive failed ticks after which the engine gives up: workflow ERROR.
-    "MAX_ENGINE_ERRORS": 10,
+    Setting("MAX_ENGINE_ERRORS", 10, (int,), "positive"),
     # Whether every transition writes a WorkflowEvent row.
-    "EVENT_LOG": True,
-}
+    Setting("EVENT_LOG", True, (bool,)),
+)
 
-TYPES = {
-    "TICK_INTERVAL": (int, float),
-    "MAX_PROCESSING_TIME": (int, float),
-    "REQUEUE_AFTER": (int, float),
-    "MAX_RESULT_BYTES": (int,),
-    "RECONCILE_BATCH": (int,),
-    "CELERY_APP": (str, type(None)),
-    "STALE_AFTER": (int, float),
-    "MAX_ENGINE_ERRORS": (int,),
-    "EVENT_LOG": (bool,),
-}
-
-PREFIX = "DYRYGENT_"
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+#: name -> default, for code and tests that only need the defaults.
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
 
 
 class Settings:
     """Lazy accessor: ``conf.settings.TICK_INTERVAL`` reads ``DYRYGENT_TICK_INTERVAL``."""
 
-    def __getattr__(self, name):
-        if name not in DEFAULTS:
+    def __getattr__(self, name: str) -> Any:
+        setting = BY_NAME.get(name)
+        if setting is None:
             raise AttributeError(f"Invalid django_dyrygent setting: {name!r}")
-        return getattr(django_settings, PREFIX + name, DEFAULTS[name])
+        return getattr(django_settings, setting.full_name, setting.default)
 
 
 settings = Settings()

@@ -8,7 +8,7 @@ from django.core import checks as django_checks
 from django.db import connection
 
 from django_dyrygent import checks
-from django_dyrygent.conf import DEFAULTS, TYPES
+from django_dyrygent.conf import DEFAULTS, SETTINGS
 
 #: A Celery app with a broker but no result backend, for W004.
 no_backend_app = Celery("no-backend", set_as_current=False, broker="memory://")
@@ -47,9 +47,9 @@ def test_check_settings__wrong_type_is_e002_naming_the_setting(settings, name, v
 
 
 def test_check_settings__every_setting_has_a_type_and_a_valid_default():
-    assert set(TYPES) == set(DEFAULTS)
-    for name, default in DEFAULTS.items():
-        assert isinstance(default, TYPES[name]), name
+    assert [s.name for s in SETTINGS] == list(DEFAULTS)
+    for setting in SETTINGS:
+        assert setting.problem(setting.default) is None, setting.name
 
 
 def test_check_settings__accepts_ints_for_float_settings(settings):
