@@ -72,6 +72,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_ENGINE_ERRORS", 10, (int,), "positive"),
     # Whether every transition writes a WorkflowEvent row.
     Setting("EVENT_LOG", True, (bool,)),
+    # Each Celery worker keeps a WorkerHeartbeat row fresh and one of them
+    # sweeps (lost ticks, nodes of dead workers, lost outcomes and publishes).
+    # Turn it off on every worker at once: a node started by a worker without
+    # it is never judged (only its timeout applies).
+    Setting("LIVENESS", True, (bool,)),
+    # Seconds between two heartbeats of a worker.
+    Setting("HEARTBEAT_INTERVAL", 5.0, NUMBER, "positive"),
+    # A worker whose heartbeat is this many seconds old is dead: its nodes run again.
+    Setting("WORKER_TIMEOUT", 30.0, NUMBER, "positive"),
+    # Seconds between two sweeps of the sweeping worker.
+    Setting("SWEEP_INTERVAL", 5.0, NUMBER, "positive"),
+    # Runs a node gets beyond its first when its worker is lost (killed, OOM,
+    # WorkerLostError); it gets max(max_attempts, 1 + this) runs in all.
+    Setting("LOST_WORKER_RETRIES", 1, (int,), "non_negative"),
+    # A QUEUED node no live worker holds, whose queue still has messages, is
+    # republished only after waiting this long (a slow queue is not a lost message).
+    Setting("QUEUED_LOST_AFTER", 3600.0, NUMBER, "positive"),
+    # Seconds a worker keeps retrying (with backoff) to write a task's outcome
+    # while the database is unreachable, before leaving it to the sweeper.
+    Setting("OUTCOME_RETRY_FOR", 60.0, NUMBER, "non_negative"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -24,7 +24,7 @@ from functools import partial
 
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
-from django.db import connections, router, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
 
@@ -588,6 +588,8 @@ def tick(workflow_id, scheduled=True):
     """
     try:
         return _tick(workflow_id, scheduled)
+    except (OperationalError, InterfaceError):
+        raise  # the database, not the workflow: callers retry on a fresh connection (db.run)
     except Exception as exc:
         logger.exception("Tick of workflow %s failed", workflow_id)
         return _engine_error(workflow_id, exc)
@@ -754,11 +756,16 @@ def _format_error(exception, traceback):
     return traceback or head
 
 
-def node_started(workflow_id, task_id):
-    """A worker is about to run the node's task (task_prerun)."""
+def node_started(workflow_id, task_id, hostname="", pid=None):
+    """A worker is about to run the node's task (task_prerun).
+
+    ``hostname`` / ``pid`` name the worker (its main process) for the
+    liveness sweep; they are written by the same UPDATE.
+    """
     now = timezone.now()
     return _simple_transition(
         workflow_id, task_id, NodeState.STARTED, started_at=now,
+        worker_hostname=hostname[:255], worker_pid=pid,
         # NULL when the node has no timeout.
         timeout_at=ExpressionWrapper(Value(now) + F("timeout"), output_field=DateTimeField()),
     )
@@ -844,26 +851,50 @@ def enforce_timeouts(step):
     if not late:
         return
     step.to_terminate.extend(n.task_id for n in late)
-    again = [n for n in late if n.attempts < n.max_attempts]
-    failed = [n for n in late if n.attempts >= n.max_attempts]
+    rerun_or_fail(
+        step, late, lambda n: n.max_attempts, "timed out",
+        lambda n, runs: f"Timed out: no outcome {n.timeout.total_seconds():g}s after the task started"
+                        + (f" (attempt {n.attempts} of {runs})" if runs > 1 else ""),
+    )
+
+
+def _fresh_run(step, node, **fields):
+    """Fields that publish ``node`` again under a new task id (a late report of the old one is ignored)."""
+    return dict(
+        fields, task_id=uuid(), previous_task_ids=[*(node.previous_task_ids or []), node.task_id],
+        queued_at=step.now, started_at=None, timeout_at=None, worker_hostname="", worker_pid=None,
+        publish_count=F("publish_count") + 1,
+    )
+
+
+def rerun_or_fail(step, nodes, runs_allowed, why, error):
+    """Publish each node again (fresh task id, one more attempt) while it has runs left, else fail it.
+
+    ``runs_allowed(node)`` is how many runs the node gets in all; ``error(node,
+    runs)`` the message of the failure once they are used. Nodes need
+    ``attempts`` and ``previous_task_ids`` loaded.
+    """
+    again = [n for n in nodes if n.attempts < runs_allowed(n)]
+    failed = [n for n in nodes if n.attempts >= runs_allowed(n)]
     calls = _call_args(step, again)
     for node in again:
+        runs = runs_allowed(node)
         moved = step.transition_nodes(
-            [node], NodeState.QUEUED,
-            reason=f"timed out; attempt {node.attempts + 1} of {node.max_attempts}",
-            task_id=uuid(), attempts=node.attempts + 1,
-            previous_task_ids=[*(node.previous_task_ids or []), node.task_id],
-            queued_at=step.now, started_at=None, timeout_at=None,
-            publish_count=F("publish_count") + 1,
+            [node], NodeState.QUEUED, reason=f"{why}; attempt {node.attempts + 1} of {runs}",
+            **_fresh_run(step, node, attempts=node.attempts + 1),
         )
         step.to_publish.extend((m, calls.get(m.pk, ())) for m in moved)
     for node in failed:
-        step.transition_nodes(
-            [node], NodeState.FAILURE, reason="timed out",
-            error=f"Timed out: no outcome {node.timeout.total_seconds():g}s after the task started"
-                  + (f" (attempt {node.attempts} of {node.max_attempts})" if node.max_attempts > 1 else ""),
-        )
+        step.transition_nodes([node], NodeState.FAILURE, reason=why, error=error(node, runs_allowed(node)))
     settle(step, [n for n in failed if n.kind not in CALLBACK_KINDS])
+
+
+def republish(step, nodes, reason):
+    """Publish QUEUED nodes whose message was lost again, under a fresh task id (not a new attempt)."""
+    calls = _call_args(step, nodes)
+    for node in nodes:
+        moved = step.transition_nodes([node], NodeState.QUEUED, reason=reason, **_fresh_run(step, node))
+        step.to_publish.extend((m, calls.get(m.pk, ())) for m in moved)
 
 
 def _result_backend(app):
@@ -909,7 +940,8 @@ def reconcile(step):
         elif status == "REVOKED":
             step.transition_nodes([node], NodeState.CANCELED, reason="revoked (reconciled)")
             finished.append(node)
-        elif node.state == NodeState.QUEUED and status == "PENDING":
+        elif node.state == NodeState.QUEUED and status == "PENDING" and not settings.LIVENESS:
+            # With liveness the sweep decides, telling a lost message from a slow queue.
             republish.append(node)
         # STARTED / RETRY with no outcome yet: the task is running; leave it.
     if republish:

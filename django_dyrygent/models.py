@@ -329,6 +329,16 @@ class WorkflowNode(models.Model):
     queued_at = models.DateTimeField(_("queued at"), null=True, blank=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    worker_hostname = models.CharField(
+        _("worker"), max_length=255, blank=True, default="",
+        help_text=_("Celery node name of the worker running the node (empty: unknown, or the "
+                    "worker runs without DYRYGENT_LIVENESS)."),
+    )
+    worker_pid = models.PositiveIntegerField(
+        _("worker pid"), null=True, blank=True,
+        help_text=_("Process id of that worker's main process; with the host name it names the "
+                    "WorkerHeartbeat that tells whether the worker is alive."),
+    )
     dependencies = models.ManyToManyField(
         "self", symmetrical=False, related_name="dependents", blank=True,
         through="WorkflowEdge", through_fields=("node", "dependency"),
@@ -432,3 +442,39 @@ class WorkflowEvent(models.Model):
     def __str__(self):
         who = f"node {self.node_id}" if self.node_id else "workflow"
         return f"{who}: {self.old_state or '-'} -> {self.new_state}"
+
+
+class WorkerHeartbeat(models.Model):
+    """One running Celery worker (main process), kept fresh by its liveness thread.
+
+    The engine reads it to tell a running node from one whose worker died
+    (stale ``last_seen``) or lost its outcome (worker alive, task not held).
+    """
+
+    hostname = models.CharField(_("worker"), max_length=255, help_text=_("Celery node name."))
+    pid = models.PositiveIntegerField(_("pid"), help_text=_("Process id of the worker's main process."))
+    started_at = models.DateTimeField(_("started at"))
+    last_seen = models.DateTimeField(_("last seen"), db_index=True)
+    active_task_ids = models.JSONField(
+        _("active tasks"), default=list, blank=True,
+        help_text=_("Task ids the worker's pool was running at the last beat."),
+    )
+    reserved_task_ids = models.JSONField(
+        _("reserved tasks"), default=list, blank=True,
+        help_text=_("Task ids prefetched or scheduled (ETA) by the worker at the last beat."),
+    )
+
+    class Meta:
+        verbose_name = _("worker heartbeat")
+        verbose_name_plural = _("worker heartbeats")
+        ordering = ["started_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["hostname", "pid"], name="dyrygent_heartbeat_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.hostname} (pid {self.pid})"
+
+    @property
+    def held_task_ids(self):
+        return {*(self.active_task_ids or ()), *(self.reserved_task_ids or ())}

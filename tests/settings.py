@@ -73,6 +73,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Long: stray countdown ticks of finished tests should rarely fire during later ones;
 # tests that need a tick call engine.tick() themselves.
 DYRYGENT_TICK_INTERVAL = 30.0
+# The in-process worker of the suite shares the test database with tests that
+# flush it; a sweeping thread there would act on other tests' rows. Liveness
+# is exercised by tests/test_liveness.py (direct calls) and tests/reliability/
+# (subprocess workers, which switch it on through these variables).
+DYRYGENT_LIVENESS = os.environ.get("DYRYGENT_LIVENESS", "0") == "1"
+for _name in ("HEARTBEAT_INTERVAL", "WORKER_TIMEOUT", "SWEEP_INTERVAL", "OUTCOME_RETRY_FOR"):
+    if os.environ.get(f"DYRYGENT_{_name}"):
+        globals()[f"DYRYGENT_{_name}"] = float(os.environ[f"DYRYGENT_{_name}"])
+if os.environ.get("CELERY_DB_REUSE_MAX"):
+    CELERY_DB_REUSE_MAX = int(os.environ["CELERY_DB_REUSE_MAX"])
 
 LOGGING = {
     "version": 1,

@@ -4,10 +4,10 @@ import signal
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
 
-from ... import engine
+from ... import db, engine
 from ...conf import settings
+from ...recovery import Sweeper
 from ._common import add_workflow_id_argument, get_workflow
 
 logger = logging.getLogger("django_dyrygent.commands")
@@ -62,13 +62,16 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(f"Ticked workflow {wf.pk}: it is {outcome}.")
             return
+        sweeper = Sweeper()
         if not loop:
-            count = engine.sweep(stale_after=stale_after, batch_size=batch_size)
+            count, recovered = sweeper.sweep_once(stale_after=stale_after, batch_size=batch_size)
             self.stdout.write(f"Swept {count} stale workflow(s).")
+            if recovered:
+                self.stdout.write(f"Recovered {recovered} node(s) of lost workers.")
             return
-        self._loop(stale_after, batch_size, interval or float(settings.TICK_INTERVAL), max_iterations)
+        self._loop(sweeper, stale_after, batch_size, interval or float(settings.TICK_INTERVAL), max_iterations)
 
-    def _loop(self, stale_after, batch_size, interval, max_iterations):
+    def _loop(self, sweeper, stale_after, batch_size, interval, max_iterations):
         stop = threading.Event()
         received = []
 
@@ -81,9 +84,10 @@ class Command(BaseCommand):
         iterations = total = 0
         try:
             while not stop.is_set():
-                close_old_connections()
                 try:
-                    count = engine.sweep(stale_after=stale_after, batch_size=batch_size)
+                    count, _recovered = db.run(
+                        sweeper.sweep_once, stale_after=stale_after, batch_size=batch_size, what="a sweep"
+                    )
                 except Exception:
                     # A database hiccup must not end the sweeper; the next round retries.
                     logger.exception("Sweep failed; retrying in %ss", interval)
@@ -100,6 +104,6 @@ class Command(BaseCommand):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            close_old_connections()
+            db.drop_broken_connections()
         why = f"on {received[0]}" if received else f"after {iterations} sweep(s)"
         self.stdout.write(f"Stopped {why}: {iterations} sweep(s), {total} workflow(s) ticked.")

@@ -1,0 +1,78 @@
+"""Database connections of long-lived worker processes: usable before each step, retried after a blip.
+
+Celery's Django fix-up closes a worker's connections only every
+``CELERY_DB_REUSE_MAX`` tasks and never asks Django whether they still work,
+so after a database restart (or ``pg_terminate_backend``) a pool child kept
+a dead connection and failed every step for minutes. Every engine step run
+from a worker goes through ``run``: a connection that saw an error and no
+longer answers is closed first, and a step that fails with
+OperationalError / InterfaceError is retried on a fresh connection, with
+backoff, for a bounded time.
+"""
+
+import logging
+import time
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+logger = logging.getLogger("django_dyrygent.db")
+
+RETRYABLE = (OperationalError, InterfaceError)
+#: First pause after a failed attempt; doubled up to ``MAX_PAUSE``.
+FIRST_PAUSE = 0.2
+MAX_PAUSE = 5.0
+
+
+def drop_broken_connections():
+    """Close every connection that saw an error and fails a ping, or that is closed server-side.
+
+    Unlike ``close_old_connections`` it keeps healthy connections open
+    whatever CONN_MAX_AGE says, so CELERY_DB_REUSE_MAX keeps its meaning.
+    Connections inside an atomic block are left alone (closing one would
+    break the caller's transaction).
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or conn.in_atomic_block:
+            continue
+        if conn.errors_occurred or getattr(conn.connection, "closed", False):
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                _close(conn)
+
+
+def _close(conn):
+    try:
+        conn.close()
+    except DatabaseError:
+        # Closing a connection the server already dropped may raise; forget it anyway.
+        conn.connection = None
+
+
+def run(func, *args, retry_for=10.0, what="an engine step", **kwargs):
+    """Call ``func`` on a usable connection; on a connection error close, wait, retry until ``retry_for`` s.
+
+    The first retry is immediate (a dropped connection is the usual cause);
+    the last error is raised once the time is up. ``func`` must be safe to
+    repeat: an engine step is one transaction, rolled back when it fails.
+    """
+    deadline = time.monotonic() + retry_for
+    pause = FIRST_PAUSE
+    first = True
+    while True:
+        drop_broken_connections()
+        try:
+            return func(*args, **kwargs)
+        except RETRYABLE as exc:
+            for conn in connections.all(initialized_only=True):
+                if not conn.in_atomic_block:
+                    _close(conn)
+            if first:
+                # The usual case: a connection the server dropped; a fresh one works at once.
+                first = False
+                continue
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("Database unavailable during %s (%s); retrying in %.1fs", what, exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE)

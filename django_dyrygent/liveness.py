@@ -1,0 +1,142 @@
+"""Liveness decisions: is the worker of a node alive, and does anyone still hold its task?
+
+Plain functions over ``WorkerHeartbeat`` rows and a broker probe; they change
+nothing. ``recovery.py`` acts on their verdicts under the workflow lock.
+
+The rules, and why:
+
+* A STARTED node names its worker (host name and main-process pid, written
+  by ``task_prerun``). The worker is **dead** when its heartbeat is older than
+  DYRYGENT_WORKER_TIMEOUT, when it restarted after the node started (same
+  name and pid, later ``started_at``: a container restart), or, when no beat
+  of it was ever seen, when the node started longer ago than the timeout.
+* A worker that is alive but has not listed the task (active, prefetched or
+  scheduled) in a beat taken well after the node started **lost its
+  outcome** (the report could not be written, or the pool child vanished
+  without a WorkerLostError).
+* A QUEUED (or RETRY) node is **lost** only when no live worker holds its
+  task *and* its queue was empty in a broker probe taken after it was
+  published and before every live worker's last beat. A message waiting in a
+  healthy backlog is in the queue, so it is never republished; a message a
+  dead worker had prefetched is out of the queue and in nobody's list. When
+  the broker cannot tell (no probe, a transport without message counts), or
+  the queue never empties, only DYRYGENT_QUEUED_LOST_AFTER (long) applies.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .conf import settings
+from .models import WorkerHeartbeat
+from .states import NodeState
+
+
+def grace():
+    """How long after an event a beat must be taken to count as having seen it."""
+    return timedelta(seconds=2 * float(settings.HEARTBEAT_INTERVAL))
+
+
+@dataclass
+class Snapshot:
+    """Every heartbeat row, read once per sweep, and what they say."""
+
+    now: datetime
+    beats: dict = field(default_factory=dict)  # (hostname, pid) -> WorkerHeartbeat
+
+    @classmethod
+    def load(cls, now):
+        beats = {(b.hostname, b.pid): b for b in WorkerHeartbeat.objects.all()}
+        return cls(now=now, beats=beats)
+
+    @property
+    def timeout(self):
+        return timedelta(seconds=float(settings.WORKER_TIMEOUT))
+
+    def live(self):
+        return [b for b in self.beats.values() if b.last_seen >= self.now - self.timeout]
+
+    def held(self):
+        """Task ids some live worker runs, prefetched or scheduled at its last beat."""
+        ids = set()
+        for beat in self.live():
+            ids |= beat.held_task_ids
+        return ids
+
+    def leader(self):
+        """The live worker that sweeps: the oldest one (ties: lowest id)."""
+        live = self.live()
+        return min(live, key=lambda b: (b.started_at, b.pk)) if live else None
+
+
+def started_verdict(node, snapshot, held):
+    """Why a STARTED node must be taken from its worker, or None while it may still run."""
+    if not node.worker_hostname or node.worker_pid is None or node.started_at is None:
+        return None  # started by a worker without liveness: only its timeout applies
+    if node.task_id in held:
+        return None
+    beat = snapshot.beats.get((node.worker_hostname, node.worker_pid))
+    who = f"{node.worker_hostname} (pid {node.worker_pid})"
+    if beat is None:
+        if node.started_at < snapshot.now - snapshot.timeout:
+            return f"worker lost: {who} never sent a heartbeat"
+        return None
+    if beat.started_at > node.started_at:
+        return f"worker lost: {who} restarted after the node started"
+    if beat.last_seen < snapshot.now - snapshot.timeout:
+        return f"worker lost: no heartbeat from {who} since {beat.last_seen.isoformat()}"
+    if beat.last_seen > node.started_at + grace():
+        return f"outcome lost: {who} is alive but no longer runs the task"
+    return None
+
+
+@dataclass
+class QueueProbe:
+    """Message counts of queues, taken at ``taken_at`` (None for a queue the broker could not count)."""
+
+    taken_at: datetime
+    sizes: dict
+
+
+def probe_queues(app, queues, now):
+    """Count the messages waiting in each queue with a passive declare (Redis, AMQP, file system)."""
+    sizes = {}
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in queues:
+                try:
+                    sizes[name] = channel.queue_declare(queue=name, passive=True).message_count
+                except Exception:  # unknown queue, or a transport without counts
+                    sizes[name] = None
+                    channel = conn.channel()
+    except Exception:
+        sizes = dict.fromkeys(queues)
+    return QueueProbe(taken_at=now, sizes=sizes)
+
+
+def queue_of(app, node, tasks_options):
+    """The queue a node's message goes to: its own option, the workflow's, the routes, the default."""
+    options = (node.signature or {}).get("options") or {}
+    queue = options.get("queue") or (tasks_options or {}).get("queue")
+    if not queue:
+        route = app.amqp.router.route({}, node.task_name or (node.signature or {}).get("task", ""))
+        queue = route.get("queue")
+    name = getattr(queue, "name", queue)
+    return name or app.conf.task_default_queue
+
+
+def waiting_verdict(node, snapshot, held, probe, queue):
+    """Why a QUEUED / RETRY node's message is taken as lost, or None while it may still arrive."""
+    if node.task_id in held:
+        return None
+    since = node.queued_at if node.state == NodeState.QUEUED else node.started_at
+    if since is None:
+        return None
+    bound = timedelta(seconds=float(settings.QUEUED_LOST_AFTER))
+    if since < snapshot.now - bound:
+        return f"message lost: no live worker holds it after {bound.total_seconds():g}s"
+    if probe is None or since >= probe.taken_at or probe.sizes.get(queue) != 0:
+        return None
+    if any(b.last_seen <= probe.taken_at for b in snapshot.live()):
+        return None  # a live worker may have fetched it since its last beat
+    return f"message lost: its queue {queue!r} is empty and no live worker holds it"

@@ -1,0 +1,167 @@
+"""Recovery: re-run what dead workers, lost outcomes and lost messages left behind.
+
+``sweep_once`` is what the sweeping worker (``worker.py``) does every
+DYRYGENT_SWEEP_INTERVAL seconds, and what the ``django_dyrygent.sweep`` task
+and ``dyrygent_tick`` do: tick workflows whose tick is overdue, then judge
+active nodes with ``liveness`` and act on the verdicts, one workflow per
+locked engine step. A verdict is re-checked under the lock (same state,
+same task id), so a report that wins the race is kept and the sweep does
+nothing. ``worker_lost`` is the immediate path for Celery's
+``WorkerLostError`` (a pool child killed).
+"""
+
+import logging
+from collections import defaultdict
+
+from django.utils import timezone
+
+from . import engine, liveness
+from .conf import get_celery_app, settings
+from .models import Workflow, WorkflowNode
+from .states import NodeState, WorkflowState
+
+logger = logging.getLogger("django_dyrygent.recovery")
+
+FIELDS = (*engine.NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", "queued_at",
+          "started_at", "worker_hostname", "worker_pid")
+#: Most nodes one sweep judges per kind (keeps a sweep's cost bounded).
+BATCH = 1000
+
+
+def lost_worker_runs(node):
+    """Runs a node gets in all when its worker is lost: its max_attempts, and at least one retry."""
+    return max(node.max_attempts, 1 + settings.LOST_WORKER_RETRIES)
+
+
+def _lost_error(why):
+    return lambda node, runs: (
+        f"Worker lost {runs} time(s); giving up ({why}). Last worker: "
+        f"{node.worker_hostname or '?'} pid {node.worker_pid or '?'}"
+    )
+
+
+class Sweeper:
+    """Keeps the previous broker probe between sweeps (see ``liveness.waiting_verdict``)."""
+
+    def __init__(self):
+        self.probe = None
+
+    def sweep_once(self, batch_size=100, stale_after=None):
+        """Tick overdue workflows, then recover lost nodes; returns (workflows ticked, nodes recovered)."""
+        ticked = engine.sweep(stale_after=stale_after, batch_size=batch_size)
+        return ticked, self.recover()
+
+    def recover(self):
+        now = timezone.now()
+        snapshot = liveness.Snapshot.load(now)
+        held = snapshot.held()
+        running = WorkflowNode.objects.filter(workflow__state=WorkflowState.RUNNING).only(*FIELDS)
+        verdicts = {}
+        for node in running.filter(state=NodeState.STARTED, worker_pid__isnull=False,
+                                   started_at__lt=now - liveness.grace())[:BATCH]:
+            why = liveness.started_verdict(node, snapshot, held)
+            if why:
+                verdicts[node.pk] = (node, why)
+        waiting = list(
+            running.filter(state__in=[NodeState.QUEUED, NodeState.RETRY])
+            .exclude(task_id__in=held).select_related(None)
+            .order_by("queued_at")[:BATCH]
+        )
+        if waiting:
+            app = get_celery_app()
+            options = dict(Workflow.objects.filter(pk__in={n.workflow_id for n in waiting})
+                           .values_list("pk", "tasks_options"))
+            queues = {n.pk: liveness.queue_of(app, n, options.get(n.workflow_id)) for n in waiting}
+            for node in waiting:
+                why = liveness.waiting_verdict(node, snapshot, held, self.probe, queues[node.pk])
+                if why:
+                    verdicts[node.pk] = (node, why)
+            self.probe = liveness.probe_queues(app, set(queues.values()), timezone.now())
+        else:
+            self.probe = None
+        by_workflow = defaultdict(list)
+        for node, why in verdicts.values():
+            by_workflow[node.workflow_id].append((node, why))
+        recovered = 0
+        for workflow_id, items in by_workflow.items():
+            try:
+                recovered += engine._locked_step(workflow_id, lambda step: _recover(step, items)) or 0
+            except Exception:
+                logger.exception("Recovering lost nodes of workflow %s failed", workflow_id)
+        return recovered
+
+
+def _recover(step, items):
+    """Under the workflow lock: re-read the judged nodes, consult the result backend, act."""
+    if step.wf.state != WorkflowState.RUNNING:
+        return 0
+    judged = {node.pk: (node, why) for node, why in items}
+    current = {
+        n.pk: n for n in WorkflowNode.objects.filter(pk__in=judged).only(*FIELDS)
+        if (n.state, n.task_id) == (judged[n.pk][0].state, judged[n.pk][0].task_id)
+    }
+    if not current:
+        return 0
+    why_of = {pk: judged[pk][1] for pk in current}
+    left = _apply_backend(step, list(current.values()))
+    queued = [n for n in left if n.state == NodeState.QUEUED]
+    ran = [n for n in left if n.state != NodeState.QUEUED]
+    for node in queued:
+        logger.warning("Workflow %s: republishing node %s: %s", step.wf.pk, node.task_id, why_of[node.pk])
+        engine.republish(step, [node], reason=f"republished: {why_of[node.pk]}"[:255])
+    for node in ran:
+        logger.warning("Workflow %s: node %s: %s", step.wf.pk, node.task_id, why_of[node.pk])
+        engine.rerun_or_fail(step, [node], lost_worker_runs, why_of[node.pk][:200], _lost_error(why_of[node.pk]))
+    engine.release_ready(step)
+    engine.maybe_finish(step)
+    return len(current)
+
+
+def _apply_backend(step, nodes):
+    """Record outcomes the result backend already has (as ``reconcile`` does); return the other nodes."""
+    backend = engine._result_backend(get_celery_app())
+    metas = engine._backend_metas(backend, [n.task_id for n in nodes]) if backend else {}
+    left, finished = [], []
+    for node in nodes:
+        meta = metas.get(node.task_id) or {}
+        status = meta.get("status")
+        if status == "SUCCESS":
+            value, problem = engine._encode_result(meta.get("result"))
+            if problem:
+                step.transition_nodes([node], NodeState.FAILURE, error=problem, reason="recovered")
+            else:
+                step.results[node.pk] = value
+                step.transition_nodes([node], NodeState.SUCCESS, result=value, reason="recovered from the result backend")
+            finished.append(node)
+        elif status == "FAILURE" and not _lost_worker_failure(meta):
+            error = engine._format_error(None, meta.get("traceback") or repr(meta.get("result")))
+            step.transition_nodes([node], NodeState.FAILURE, error=error, reason="recovered from the result backend")
+            finished.append(node)
+        else:
+            left.append(node)
+    engine.settle(step, [n for n in finished if n.kind not in engine.CALLBACK_KINDS])
+    return left
+
+
+def _lost_worker_failure(meta):
+    """A FAILURE the worker's main process stored for a child it lost, or a database error
+    raised while storing the outcome: neither is the task's own failure."""
+    text = f"{meta.get('result')!r} {meta.get('traceback') or ''}"
+    return any(word in text for word in ("WorkerLostError", "OperationalError", "InterfaceError"))
+
+
+def worker_lost(workflow_id, task_id, detail):
+    """Celery reported WorkerLostError for a node's task: re-run it (or fail it once its runs are used)."""
+
+    def lost(step):
+        node = WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*FIELDS).first()
+        if node is None or node.state not in (NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY):
+            return None
+        if step.wf.state != WorkflowState.RUNNING:
+            return None
+        why = f"worker lost: {detail}"[:200]
+        engine.rerun_or_fail(step, [node], lost_worker_runs, why, _lost_error(why))
+        engine.maybe_finish(step)
+        return node
+
+    return engine._locked_step(workflow_id, lost)

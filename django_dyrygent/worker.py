@@ -1,0 +1,142 @@
+"""The liveness thread of a Celery worker's main process: heartbeat, and the sweep.
+
+Started on ``worker_ready`` and stopped on ``worker_shutdown`` (both sent in
+the main process); ``worker_init`` records the main process id before the
+pool forks, so a pool child's ``task_prerun`` can name the worker on the
+node. Every DYRYGENT_HEARTBEAT_INTERVAL seconds the thread writes the
+worker's ``WorkerHeartbeat`` row with the task ids the worker holds (running,
+prefetched, scheduled); the oldest live worker also runs ``Sweeper.sweep_once``
+every DYRYGENT_SWEEP_INTERVAL seconds. So recovery needs neither beat nor a
+countdown tick message (which would die with the worker that held it).
+"""
+
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+
+from celery import signals as celery_signals
+from celery.worker import state as worker_state
+from django.db import connections
+from django.utils import timezone
+
+from . import db
+from .conf import settings
+from .models import WorkerHeartbeat
+from .recovery import Sweeper
+
+logger = logging.getLogger("django_dyrygent.worker")
+
+#: Pid of this worker's main process; set before the pool forks, None outside a liveness worker.
+MAIN_PID = None
+#: Heartbeat rows of workers gone this long are deleted by the sweeper.
+FORGET_AFTER = timedelta(days=1)
+
+_thread = None
+
+
+def held_task_ids():
+    """(active, reserved) task ids of this worker, read from Celery's bookkeeping in the main process."""
+    for _ in range(10):
+        try:
+            active = {r.id for r in list(worker_state.active_requests)}
+            waiting = {r.id for r in list(worker_state.reserved_requests)}
+            waiting |= {r.id for r in list(worker_state.scheduled_requests)}
+            return sorted(active), sorted(waiting - active)
+        except RuntimeError:  # the sets changed while we copied them; try again
+            time.sleep(0.001)
+    return [], []
+
+
+class LivenessThread(threading.Thread):
+    """Beats for one worker, and sweeps while that worker is the oldest live one."""
+
+    def __init__(self, hostname, pid):
+        super().__init__(name="dyrygent-liveness", daemon=True)
+        self.hostname = hostname
+        self.pid = pid
+        self.started_at = timezone.now()
+        self.stopping = threading.Event()
+        self.sweeper = Sweeper()
+        self.next_sweep = 0.0
+
+    def run(self):
+        try:
+            while not self.stopping.is_set():
+                self.step()
+                self.stopping.wait(float(settings.HEARTBEAT_INTERVAL))
+        finally:
+            connections.close_all()
+
+    def step(self):
+        try:
+            db.run(self.beat, retry_for=0, what="the worker heartbeat")
+        except Exception:
+            logger.exception("Worker heartbeat of %s failed; next try in %ss",
+                             self.hostname, settings.HEARTBEAT_INTERVAL)
+            return
+        if time.monotonic() < self.next_sweep:
+            return
+        self.next_sweep = time.monotonic() + float(settings.SWEEP_INTERVAL)
+        try:
+            if db.run(self.is_leader, retry_for=0, what="the leader check"):
+                db.run(self.sweeper.sweep_once, retry_for=0, what="the sweep")
+        except Exception:
+            logger.exception("Sweep from worker %s failed; next one in %ss", self.hostname, settings.SWEEP_INTERVAL)
+
+    def beat(self, last_seen=None):
+        active, reserved = held_task_ids()
+        values = dict(last_seen=last_seen or timezone.now(), active_task_ids=active, reserved_task_ids=reserved)
+        if not WorkerHeartbeat.objects.filter(hostname=self.hostname, pid=self.pid).update(**values):
+            WorkerHeartbeat.objects.create(hostname=self.hostname, pid=self.pid, started_at=self.started_at, **values)
+
+    def is_leader(self):
+        now = timezone.now()
+        live = WorkerHeartbeat.objects.filter(last_seen__gte=now - timedelta(seconds=float(settings.WORKER_TIMEOUT)))
+        oldest = live.order_by("started_at", "id").values_list("hostname", "pid").first()
+        if oldest == (self.hostname, self.pid):
+            WorkerHeartbeat.objects.filter(last_seen__lt=now - FORGET_AFTER).delete()
+            return True
+        return False
+
+    def stop(self, timeout=10.0):
+        """Stop beating and mark this worker gone, so its nodes are judged at once."""
+        self.stopping.set()
+        self.join(timeout)
+        gone = timezone.now() - timedelta(seconds=float(settings.WORKER_TIMEOUT) + 1)
+        try:
+            db.run(self.beat, gone, retry_for=0, what="the last heartbeat")
+        except Exception:
+            logger.exception("Could not mark worker %s as stopped", self.hostname)
+
+
+def on_worker_init(sender=None, **kwargs):
+    global MAIN_PID
+    if settings.LIVENESS:
+        MAIN_PID = os.getpid()
+
+
+def on_worker_ready(sender=None, **kwargs):
+    global _thread
+    if not settings.LIVENESS or _thread is not None or MAIN_PID != os.getpid():
+        return
+    hostname = getattr(sender, "hostname", None) or getattr(getattr(sender, "controller", None), "hostname", "")
+    _thread = LivenessThread(hostname, MAIN_PID)
+    _thread.start()
+
+
+def on_worker_shutdown(sender=None, **kwargs):
+    global _thread
+    if _thread is not None and _thread.pid == os.getpid():
+        _thread.stop()
+        _thread = None
+
+
+def connect():
+    """Idempotent: dispatch_uid keeps one connection per receiver."""
+    celery_signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="django_dyrygent.worker_init")
+    celery_signals.worker_ready.connect(on_worker_ready, weak=False, dispatch_uid="django_dyrygent.worker_ready")
+    celery_signals.worker_shutdown.connect(
+        on_worker_shutdown, weak=False, dispatch_uid="django_dyrygent.worker_shutdown"
+    )

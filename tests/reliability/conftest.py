@@ -1,0 +1,199 @@
+"""Fixtures of the fault suite: private PostgreSQL and Redis servers, subprocess workers.
+
+The suite runs against servers it starts itself, never the machine's own
+(it stops and restarts them). It runs in the PostgreSQL pass of the suite
+(DATABASE_URL=postgres://...) on a machine with PostgreSQL and Redis server
+binaries; ``DYRYGENT_RELIABILITY=1`` forces it on in any pass, ``=0`` skips it.
+
+In a test, the main thread's ``default`` connection and current Celery app
+point at the private servers (``rel`` fixture), so the engine, the models
+and ``Workflow.apply_async`` are used exactly as in an application.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import dj_database_url
+import pytest
+from celery import Celery
+from django.db import DatabaseError, connections
+from django.db.utils import load_backend
+
+from tests.celery_app import app as suite_app
+from tests.reliability import harness
+
+DATABASE = "dyrygent_rel"
+HERE = Path(__file__).resolve().parent
+
+
+def _reason_to_skip():
+    wanted = os.environ.get("DYRYGENT_RELIABILITY")
+    if wanted == "0":
+        return "DYRYGENT_RELIABILITY=0"
+    missing = harness.missing_binaries()
+    if missing:
+        return f"fault suite needs real servers: {missing}"
+    if wanted != "1" and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        return ("fault suite runs in the PostgreSQL pass (DATABASE_URL=postgres://...) on its own servers; "
+                "set DYRYGENT_RELIABILITY=1 to run it in this pass too")
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _reason_to_skip()
+    for item in items:
+        if Path(str(item.fspath)).resolve().parent == HERE:
+            item.add_marker(pytest.mark.reliability)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "reliability: fault-injection test with private servers and worker processes")
+
+
+@pytest.fixture(scope="session")
+def rel_base():
+    base = Path(os.environ.get("DYRYGENT_TEST_DIR", "/tmp/dyrygent-tests")) / "reliability"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def rel_servers(rel_base):
+    """One PostgreSQL cluster (with the migrated database) and one redis-server for the session."""
+    pg = harness.Postgres(rel_base / "pg")
+    redis = harness.Redis(rel_base / "redis")
+    try:
+        pg.init()
+        pg.start()
+        pg.sql(f"CREATE DATABASE {DATABASE}")
+        env = dict(os.environ, DATABASE_URL=pg.url(DATABASE), PYTHONPATH=str(harness.ROOT),
+                   DJANGO_SETTINGS_MODULE="tests.settings", DYRYGENT_TEST_DIR=str(rel_base / "migrate"))
+        subprocess.run([sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"], cwd=harness.ROOT,
+                       env=env, check=True, timeout=180)
+        redis.start()
+        yield pg, redis
+    finally:
+        redis.stop()
+        pg.stop(mode="immediate")
+
+
+class Rel:
+    """What a fault test works with: the servers, workers it starts, and bounded waits."""
+
+    def __init__(self, pg, redis, base):
+        self.pg = pg
+        self.redis = redis
+        self.base = base
+        self.workers = []
+
+    def worker(self, name, concurrency=2, env=None, include=()):
+        w = harness.Worker(self.base, name, self.pg.url(DATABASE), self.redis.url, concurrency=concurrency,
+                           env=env, include=include)
+        self.workers.append(w)
+        return w.start()
+
+    def wait_ready(self, worker, timeout=60):
+        """Until the worker's liveness thread wrote its heartbeat (it consumes by then)."""
+        from django_dyrygent.models import WorkerHeartbeat
+
+        def beating():
+            assert worker.alive(), worker.log()
+            return self.query(lambda: WorkerHeartbeat.objects.filter(hostname=worker.hostname).exists())
+
+        return harness.wait_for(beating, timeout, what=f"heartbeat of {worker.hostname}")
+
+    def query(self, func, default=None):
+        """``func()``, or ``default`` while the database is unreachable (the connection is reset)."""
+        try:
+            return func()
+        except DatabaseError:
+            connections["default"].close()
+            return default
+
+    def node(self, pk):
+        from django_dyrygent.models import WorkflowNode
+
+        return self.query(lambda: WorkflowNode.objects.get(pk=pk))
+
+    def wait_node(self, pk, states, timeout=60):
+        return harness.wait_for(
+            lambda: (n := self.node(pk)) is not None and n.state in states and n, timeout,
+            what=f"node {pk} in {states}",
+        )
+
+    def wait_final(self, wf, timeout):
+        from django_dyrygent.models import Workflow
+        from django_dyrygent.states import WORKFLOW_FINAL
+
+        def final():
+            state = self.query(lambda: Workflow.objects.filter(pk=wf.pk).values_list("state", flat=True).first())
+            return state in WORKFLOW_FINAL and state
+
+        try:
+            harness.wait_for(final, timeout, what=f"workflow {wf.pk} final")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+        wf.refresh_from_db()
+        return wf.state
+
+    def logs(self, tail=4000):
+        return "\n".join(f"--- {w.name} ---\n{w.log()[-tail:]}" for w in self.workers)
+
+    def flush_redis(self):
+        with socket.create_connection(("127.0.0.1", self.redis.port), timeout=5) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            s.recv(16)
+
+
+def _client_app(broker_url):
+    app = Celery("dyrygent-reliability-client")
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.update(broker_url=broker_url, broker_transport=None, broker_transport_options={},
+                    result_backend="django-db")
+    return app
+
+
+@pytest.fixture
+def rel(rel_servers, rel_base, django_db_blocker):
+    """The main thread's database and Celery app pointed at the private servers; workers stopped after."""
+    pg, redis = rel_servers
+    runs = rel_base / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True)
+    os.environ["DYRYGENT_RELIABILITY_RUNS"] = str(runs)
+    saved = connections["default"]
+    settings_dict = connections.configure_settings(
+        {"default": dj_database_url.parse(pg.url(DATABASE), conn_max_age=0)}
+    )["default"]
+    connections["default"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "default")
+    app = _client_app(redis.url)
+    app.set_current()
+    helper = Rel(pg, redis, rel_base)
+    with django_db_blocker.unblock():
+        try:
+            pg.sql("SELECT 1")  # a previous test may have left the server stopped
+        except Exception:
+            pg.start()
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "TRUNCATE django_dyrygent_workflow, django_dyrygent_workflownode, django_dyrygent_workflowedge, "
+                "django_dyrygent_workflowevent, django_dyrygent_workerheartbeat, "
+                "django_celery_results_taskresult CASCADE"
+            )
+        helper.flush_redis()
+        try:
+            yield helper
+        finally:
+            for w in helper.workers:
+                if w.alive():
+                    w.kill()
+            connections["default"].close()
+            connections["default"] = saved
+            suite_app.set_current()
+            app.close()
