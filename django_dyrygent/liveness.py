@@ -26,6 +26,8 @@ The rules, and why:
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from kombu.exceptions import ChannelError
+
 from .conf import settings
 from .models import WorkerHeartbeat
 from .states import NodeState
@@ -42,18 +44,28 @@ class Snapshot:
 
     now: datetime
     beats: dict = field(default_factory=dict)  # (hostname, pid) -> WorkerHeartbeat
+    #: Since when the judge has been able to see beats without a break (its own
+    #: beats succeeded). A worker is only found silent over time the judge saw:
+    #: after a database outage every worker missed its beats, none is dead for it.
+    observing_since: datetime = None
 
     @classmethod
-    def load(cls, now):
+    def load(cls, now, observing_since=None):
         beats = {(b.hostname, b.pid): b for b in WorkerHeartbeat.objects.all()}
-        return cls(now=now, beats=beats)
+        return cls(now=now, beats=beats, observing_since=observing_since)
+
+    def silent_since(self, moment):
+        """``moment``, or the start of the judge's observation if that is later."""
+        if self.observing_since is not None and self.observing_since > moment:
+            return self.observing_since
+        return moment
 
     @property
     def timeout(self):
         return timedelta(seconds=float(settings.WORKER_TIMEOUT))
 
     def live(self):
-        return [b for b in self.beats.values() if b.last_seen >= self.now - self.timeout]
+        return [b for b in self.beats.values() if self.silent_since(b.last_seen) >= self.now - self.timeout]
 
     def held(self):
         """Task ids some live worker runs, prefetched or scheduled at its last beat."""
@@ -77,12 +89,12 @@ def started_verdict(node, snapshot, held):
     beat = snapshot.beats.get((node.worker_hostname, node.worker_pid))
     who = f"{node.worker_hostname} (pid {node.worker_pid})"
     if beat is None:
-        if node.started_at < snapshot.now - snapshot.timeout:
+        if snapshot.silent_since(node.started_at) < snapshot.now - snapshot.timeout:
             return f"worker lost: {who} never sent a heartbeat"
         return None
     if beat.started_at > node.started_at:
         return f"worker lost: {who} restarted after the node started"
-    if beat.last_seen < snapshot.now - snapshot.timeout:
+    if snapshot.silent_since(beat.last_seen) < snapshot.now - snapshot.timeout:
         return f"worker lost: no heartbeat from {who} since {beat.last_seen.isoformat()}"
     if beat.last_seen > node.started_at + grace():
         return f"outcome lost: {who} is alive but no longer runs the task"
@@ -98,7 +110,11 @@ class QueueProbe:
 
 
 def probe_queues(app, queues, now):
-    """Count the messages waiting in each queue with a passive declare (Redis, AMQP, file system)."""
+    """Count the messages waiting in each queue with a passive declare (Redis, AMQP, file system).
+
+    A queue the broker does not know holds nothing (Redis drops an empty
+    list's key); any other error leaves the count unknown (None).
+    """
     sizes = {}
     try:
         with app.connection_for_write() as conn:
@@ -106,9 +122,11 @@ def probe_queues(app, queues, now):
             for name in queues:
                 try:
                     sizes[name] = channel.queue_declare(queue=name, passive=True).message_count
-                except Exception:  # unknown queue, or a transport without counts
+                except ChannelError:
+                    sizes[name] = 0
+                    channel = conn.channel()  # AMQP closes the channel after a 404
+                except Exception:  # a transport without message counts
                     sizes[name] = None
-                    channel = conn.channel()
     except Exception:
         sizes = dict.fromkeys(queues)
     return QueueProbe(taken_at=now, sizes=sizes)

@@ -45,6 +45,8 @@ class Sweeper:
 
     def __init__(self):
         self.probe = None
+        #: Set by the liveness thread: since when its own beats succeed (see liveness.Snapshot).
+        self.observing_since = None
 
     def sweep_once(self, batch_size=100, stale_after=None):
         """Tick overdue workflows, then recover lost nodes; returns (workflows ticked, nodes recovered)."""
@@ -53,7 +55,7 @@ class Sweeper:
 
     def recover(self):
         now = timezone.now()
-        snapshot = liveness.Snapshot.load(now)
+        snapshot = liveness.Snapshot.load(now, self.observing_since)
         held = snapshot.held()
         running = WorkflowNode.objects.filter(workflow__state=WorkflowState.RUNNING).only(*FIELDS)
         verdicts = {}

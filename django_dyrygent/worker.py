@@ -73,9 +73,12 @@ class LivenessThread(threading.Thread):
         try:
             db.run(self.beat, retry_for=0, what="the worker heartbeat")
         except Exception:
+            self.sweeper.observing_since = None
             logger.exception("Worker heartbeat of %s failed; next try in %ss",
                              self.hostname, settings.HEARTBEAT_INTERVAL)
             return
+        if self.sweeper.observing_since is None:
+            self.sweeper.observing_since = timezone.now()
         if time.monotonic() < self.next_sweep:
             return
         self.next_sweep = time.monotonic() + float(settings.SWEEP_INTERVAL)

@@ -98,6 +98,18 @@ class Rel:
         self.workers.append(w)
         return w.start()
 
+    def stop_database(self):
+        connections["default"].close()
+        self.pg.stop()
+
+    def start_database(self):
+        self.pg.start()
+        connections["default"].close()
+
+    def restart_database(self):
+        self.stop_database()
+        self.start_database()
+
     def wait_ready(self, worker, timeout=60):
         """Until the worker's liveness thread wrote its heartbeat (it consumes by then)."""
         from django_dyrygent.models import WorkerHeartbeat

@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 from celery import shared_task
@@ -17,20 +18,25 @@ def _runs_dir():
 @shared_task(bind=True, name="rel.run")
 def run(self, label, seconds=0.0):
     """Record the start (with this process's pid), sleep, record the end; return the label."""
-    directory = _runs_dir()
-    (directory / f"{label}.{self.request.id}.start").write_text(str(os.getpid()))
+    execution = _start(label, self.request.id)
     if seconds:
         time.sleep(seconds)
-    (directory / f"{label}.{self.request.id}.done").write_text("")
+    execution.with_suffix(".done").write_text("")
     return label
+
+
+def _start(label, task_id):
+    """One file per execution (a redelivered message has the same task id, so add a unique part)."""
+    path = _runs_dir() / f"{label}.{task_id}.{uuid.uuid4().hex[:8]}.start"
+    path.write_text(str(os.getpid()))
+    return path
 
 
 @shared_task(bind=True, name="rel.die")
 def die(self, label, times=1000, seconds=0.2):
     """Kill the pool process running it (as the OOM killer would) in its first ``times`` runs."""
-    directory = _runs_dir()
-    (directory / f"{label}.{self.request.id}.start").write_text(str(os.getpid()))
-    if len(list(directory.glob(f"{label}.*.start"))) <= times:
+    _start(label, self.request.id)
+    if len(list(_runs_dir().glob(f"{label}.*.start"))) <= times:
         time.sleep(seconds)
         os.kill(os.getpid(), signal.SIGKILL)
     return label

@@ -37,3 +37,180 @@ def test_pg_terminate_backend__during_a_task_records_success_not_failure(rel):
     assert (slow.state, slow.attempts, slow.error) == (S.SUCCESS, 1, "")
     assert harness.runs("slow") == 1 and harness.runs("after") == 1
     assert not WorkflowEvent.objects.filter(new_state__in=[S.FAILURE, S.UPSTREAM_FAILED]).exists()
+
+
+def _figure(rel, name, seconds):
+    """Keep a measured figure (docs/reliability.md reports them) in the suite's directory and the output."""
+    line = f"{name}: {seconds:.1f}s"
+    print(line)
+    with open(rel.base / "figures.txt", "a") as out:
+        out.write(line + "\n")
+
+
+def _failures():
+    return WorkflowEvent.objects.filter(new_state__in=[S.FAILURE, S.UPSTREAM_FAILED]).count()
+
+
+def test_database_restart__a_new_workflow_succeeds_with_db_reuse_max(rel):
+    from celery import group
+
+    w = rel.worker("restart")
+    rel.wait_ready(w)
+    warm = Workflow(name="warm-up")
+    warm.add_celery_canvas(group(run.si("warm", seconds=0.05) for _ in range(10)))
+    warm.apply_async()
+    assert rel.wait_final(warm, 60) == Workflow.State.SUCCESS  # both pool children hold a connection
+    rel.restart_database()
+    wf = Workflow(name="after-restart")
+    wf.add_celery_canvas(group(run.si("after-restart") for _ in range(20)))
+    wf.apply_async()
+    assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
+    assert wf.nodes_succeeded == 20 and harness.runs("after-restart") == 20
+    assert _failures() == 0
+
+
+def test_database_stopped_during_a_task__outcome_recorded_when_it_is_back(rel):
+    w = rel.worker("pgstop")
+    rel.wait_ready(w)
+    wf, (slow, after) = _chain("pg-stop", run.si("slow", seconds=3), run.si("after"))
+    wf.apply_async()
+    rel.wait_node(slow.pk, {S.STARTED})
+    rel.stop_database()
+    time.sleep(12)  # the body ends (3 s) while the database is away
+    rel.start_database()
+    assert rel.wait_final(wf, 90) == Workflow.State.SUCCESS, rel.logs()
+    slow.refresh_from_db()
+    after.refresh_from_db()
+    assert slow.state == after.state == S.SUCCESS
+    # Recorded by the retrying worker (1 run), or re-run by the sweep if that ran out (2).
+    assert harness.runs("slow") == slow.attempts and slow.attempts in (1, 2)
+    assert harness.runs("after") == 1 and _failures() == 0
+
+
+def test_worker_killed__whole_group_recovered_within_60s_of_a_replacement_with_default_settings(rel):
+    doomed = rel.worker("doomed", env={})
+    rel.wait_ready(doomed)
+    wf, (long, nxt) = _chain("kill-9", run.si("long", seconds=4), run.si("next"))
+    wf.apply_async()
+    first_id = rel.wait_node(long.pk, {S.STARTED}).task_id
+    doomed.kill(signal.SIGKILL)
+    replacement = rel.worker("replacement", env={})
+    rel.wait_ready(replacement)
+    up = time.monotonic()
+    assert rel.wait_final(wf, 90) == Workflow.State.SUCCESS, rel.logs()
+    took = time.monotonic() - up
+    _figure(rel, "whole worker kill -9, default settings: replacement up -> workflow SUCCESS", took)
+    assert took <= 60
+    long.refresh_from_db()
+    assert (long.state, long.attempts, long.previous_task_ids) == (S.SUCCESS, 2, [first_id])
+    assert harness.runs("long") == 2 and harness.runs("next") == 1
+    assert WorkflowEvent.objects.filter(node=long, reason__startswith="worker lost").exists()
+
+
+def test_sigterm_to_the_worker_group__no_failure_cascade_and_recovered(rel):
+    w = rel.worker("systemd")
+    rel.wait_ready(w)
+    wf = Workflow(name="sigterm")
+    roots = [wf.add_signature(run.si(label, seconds=4)) for label in ("a", "b")]
+    for root in roots:
+        for _ in range(5):
+            wf.add_signature(run.si(f"dep-{root.signature['args'][0]}"), dependencies=[root])
+    wf.apply_async()
+    for root in roots:
+        rel.wait_node(root.pk, {S.STARTED})
+    w.kill(signal.SIGTERM, wait=60)
+    replacement = rel.worker("after-sigterm")
+    rel.wait_ready(replacement)
+    assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
+    assert _failures() == 0
+    for root in roots:
+        root.refresh_from_db()
+        assert root.state == S.SUCCESS and harness.runs(root.signature["args"][0]) == root.attempts
+    assert harness.runs("dep-a") == harness.runs("dep-b") == 5
+
+
+def test_pool_child_killed__node_rerun_and_lost_worker_retries_honoured(rel):
+    from tests.reliability.tasks import die
+
+    w = rel.worker("oom")
+    rel.wait_ready(w)
+    wf = Workflow(name="child-kill")
+    victim = wf.add_signature(run.si("victim", seconds=3))
+    dependent = wf.add_signature(run.si("victim-dep"), dependencies=[victim])
+    three = wf.add_signature(die.si("always-3"), max_attempts=3)
+    default = wf.add_signature(die.si("always-default"))
+    wf.apply_async()
+    rel.wait_node(victim.pk, {S.STARTED})
+    harness.wait_for(lambda: harness.run_pids("victim"), 10, what="victim's pid")
+    import os
+
+    os.kill(harness.run_pids("victim")[0], signal.SIGKILL)
+    assert rel.wait_final(wf, 90) == Workflow.State.FAILURE, rel.logs()
+    for node in (victim, dependent, three, default):
+        node.refresh_from_db()
+    assert (victim.state, victim.attempts, harness.runs("victim")) == (S.SUCCESS, 2, 2)
+    assert dependent.state == S.SUCCESS and harness.runs("victim-dep") == 1
+    assert (three.state, three.attempts, harness.runs("always-3")) == (S.FAILURE, 3, 3)
+    assert "Worker lost 3 time(s)" in three.error
+    assert (default.state, default.attempts, harness.runs("always-default")) == (S.FAILURE, 2, 2)
+    assert "Worker lost 2 time(s)" in default.error
+    assert w.alive()
+
+
+def test_dag_killed_midway__prefetched_queued_nodes_recovered_promptly(rel):
+    from celery import chain, group
+
+    doomed = rel.worker("dag")
+    rel.wait_ready(doomed)
+    wf = Workflow(name="dag")
+    wf.add_celery_canvas(chain(group(run.si("n", seconds=0.3) for _ in range(40)), run.si("end")))
+    wf.apply_async()
+    harness.wait_for(lambda: harness.runs("n") >= 10, 60, what="10 bodies run")
+    doomed.kill(signal.SIGKILL)
+    held = WorkflowNode.objects.filter(workflow=wf, state=S.QUEUED).count()
+    replacement = rel.worker("dag-replacement")
+    rel.wait_ready(replacement)
+    up = time.monotonic()
+    assert rel.wait_final(wf, 90) == Workflow.State.SUCCESS, rel.logs()
+    _figure(rel, f"DAG of 41 killed mid-way ({held} QUEUED at the kill), 1 s heartbeats / 6 s worker timeout: "
+                 "replacement up -> workflow SUCCESS", time.monotonic() - up)
+    nodes = WorkflowNode.objects.filter(workflow=wf, kind=WorkflowNode.Kind.TASK)
+    assert all(n.state == S.SUCCESS for n in nodes)
+    # At most the two bodies running at the kill ran twice.
+    assert 40 <= harness.runs("n") <= 42 and harness.runs("end") == 1
+    assert WorkflowEvent.objects.filter(workflow=wf, reason__startswith="republished: message lost").exists()
+
+
+def test_healthy_backlog__no_message_republished_and_every_body_ran_once(rel):
+    from celery import group
+    from django.db.models import Max
+
+    w = rel.worker("backlog")
+    rel.wait_ready(w)
+    wf = Workflow(name="backlog")
+    wf.add_celery_canvas(group(run.si("b", seconds=0.05) for _ in range(300)))
+    wf.apply_async()
+    assert rel.wait_final(wf, 180) == Workflow.State.SUCCESS, rel.logs()
+    assert harness.runs("b") == 300
+    assert WorkflowNode.objects.filter(workflow=wf).aggregate(m=Max("publish_count"))["m"] == 1
+    assert not WorkflowEvent.objects.filter(reason__startswith="republished").exists()
+
+
+def test_duplicate_delivery__dependents_released_once(rel):
+    from celery import current_app
+
+    from django_dyrygent.engine import HEADER
+
+    w = rel.worker("dup")
+    rel.wait_ready(w)
+    wf, (first, second) = _chain("duplicate", run.si("dup-a", seconds=1), run.si("dup-b"))
+    wf.apply_async()
+    rel.wait_node(first.pk, {S.STARTED})
+    current_app.send_task("rel.run", args=["dup-a"], kwargs={"seconds": 1}, task_id=first.task_id,
+                          headers={HEADER: str(wf.pk)})
+    assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
+    harness.wait_for(lambda: harness.runs("dup-a") == 2, 30, what="the duplicate delivered")
+    time.sleep(2)  # the duplicate's report arrives after the workflow ended
+    second.refresh_from_db()
+    assert second.state == S.SUCCESS and second.publish_count == 1 and harness.runs("dup-b") == 1
+    assert WorkflowEvent.objects.filter(node=second, new_state=S.QUEUED).count() == 1
