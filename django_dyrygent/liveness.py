@@ -94,8 +94,10 @@ def started_verdict(node, snapshot, held):
         return None
     if beat.started_at > node.started_at:
         return f"worker lost: {who} restarted after the node started"
-    if snapshot.silent_since(beat.last_seen) < snapshot.now - snapshot.timeout:
-        return f"worker lost: no heartbeat from {who} since {beat.last_seen.isoformat()}"
+    if beat.last_seen < snapshot.now - snapshot.timeout:
+        if snapshot.silent_since(beat.last_seen) < snapshot.now - snapshot.timeout:
+            return f"worker lost: no heartbeat from {who} since {beat.last_seen.isoformat()}"
+        return None  # silent only while the judge could not see either: wait for fresh beats
     if beat.last_seen > node.started_at + grace():
         return f"outcome lost: {who} is alive but no longer runs the task"
     return None

@@ -1,0 +1,253 @@
+"""Liveness decisions and recovery steps, on rows (every database); the fault suite runs them for real.
+
+Publishing happens after commit, and these tests never commit (pytest-django's
+``db``), so the recovered nodes' messages are not sent: the rows are what is
+asserted.
+"""
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from billiard.exceptions import WorkerLostError
+from celery.states import SUCCESS
+from django.db import OperationalError
+from django.utils import timezone
+
+from django_dyrygent import db, engine, handlers, liveness
+from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
+from django_dyrygent.recovery import Sweeper, lost_worker_runs
+from tests.tasks import noop
+
+S = WorkflowNode.State
+HOST = "w1@host"
+
+
+@pytest.fixture
+def running(db, settings):
+    """A running workflow: a -> b, with ``a`` STARTED on worker w1@host (pid 100)."""
+    settings.DYRYGENT_LIVENESS = True
+    wf = Workflow(name="liveness")
+    a = wf.add_signature(noop.si())
+    b = wf.add_signature(noop.si(), dependencies=[a])
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    engine.node_started(wf.pk, a.task_id, HOST, 100)
+    a.refresh_from_db()
+    return wf, a, b
+
+
+def _beat(hostname=HOST, pid=100, age=0.0, started_age=3600.0, held=()):
+    now = timezone.now()
+    return WorkerHeartbeat.objects.create(
+        hostname=hostname, pid=pid, started_at=now - timedelta(seconds=started_age),
+        last_seen=now - timedelta(seconds=age), active_task_ids=list(held),
+    )
+
+
+def _age(node, seconds):
+    when = timezone.now() - timedelta(seconds=seconds)
+    WorkflowNode.objects.filter(pk=node.pk).update(started_at=when, queued_at=when)
+    node.refresh_from_db()
+
+
+def _verdict(node, observing_since=None):
+    snapshot = liveness.Snapshot.load(timezone.now(), observing_since)
+    return liveness.started_verdict(node, snapshot, snapshot.held())
+
+
+def test_node_started__records_the_worker_in_the_same_update(running):
+    _wf, a, _b = running
+    assert (a.state, a.worker_hostname, a.worker_pid) == (S.STARTED, HOST, 100)
+
+
+def test_started_verdict__alive_and_holding_the_task_is_left_alone(running):
+    _wf, a, _b = running
+    _age(a, 60)
+    _beat(held=[a.task_id])
+    assert _verdict(a) is None
+
+
+def test_started_verdict__stale_heartbeat_means_the_worker_is_lost(running):
+    _wf, a, _b = running
+    _age(a, 120)
+    _beat(age=100)
+    assert _verdict(a).startswith("worker lost: no heartbeat from w1@host (pid 100)")
+
+
+def test_started_verdict__a_database_outage_seen_by_the_judge_kills_nobody(running):
+    _wf, a, _b = running
+    _age(a, 120)
+    _beat(age=100)
+    # The judge itself could not beat until 2 s ago: the 100 s of silence are not evidence.
+    assert _verdict(a, observing_since=timezone.now() - timedelta(seconds=2)) is None
+
+
+def test_started_verdict__no_heartbeat_ever_falls_back_to_started_at(running):
+    _wf, a, _b = running
+    assert _verdict(a) is None  # just started: may still beat
+    _age(a, 120)
+    assert _verdict(a) == "worker lost: w1@host (pid 100) never sent a heartbeat"
+
+
+def test_started_verdict__a_restarted_worker_with_the_same_name_and_pid_is_another_worker(running):
+    _wf, a, _b = running
+    _age(a, 60)
+    _beat(started_age=10)
+    assert "restarted after the node started" in _verdict(a)
+
+
+def test_started_verdict__alive_worker_no_longer_holding_the_task_lost_its_outcome(running):
+    _wf, a, _b = running
+    _age(a, 60)
+    _beat(held=["another-task"])
+    assert _verdict(a).startswith("outcome lost")
+
+
+def test_started_verdict__a_node_of_a_worker_without_liveness_is_never_judged(running):
+    _wf, a, _b = running
+    WorkflowNode.objects.filter(pk=a.pk).update(worker_hostname="", worker_pid=None)
+    a.refresh_from_db()
+    _age(a, 3600)
+    assert _verdict(a) is None
+
+
+def _queued(wf):
+    node = WorkflowNode.objects.get(workflow=wf, state=S.QUEUED)
+    _age(node, 30)
+    return node
+
+
+def test_waiting_verdict__a_message_in_a_busy_queue_is_never_lost_before_the_long_bound(running, settings):
+    wf, a, _b = running
+    engine.node_succeeded(wf.pk, a.task_id, None)
+    b = _queued(wf)
+    _beat(age=0)
+    snapshot = liveness.Snapshot.load(timezone.now())
+    probe = liveness.QueueProbe(taken_at=timezone.now() - timedelta(seconds=5), sizes={"q": 3})
+    assert liveness.waiting_verdict(b, snapshot, set(), probe, "q") is None
+    settings.DYRYGENT_QUEUED_LOST_AFTER = 20
+    assert liveness.waiting_verdict(b, snapshot, set(), probe, "q").startswith("message lost: no live worker")
+
+
+def test_waiting_verdict__empty_queue_and_nobody_holding_it_means_lost(running):
+    wf, a, _b = running
+    engine.node_succeeded(wf.pk, a.task_id, None)
+    b = _queued(wf)
+    _beat(age=0)
+    snapshot = liveness.Snapshot.load(timezone.now())
+    probe = liveness.QueueProbe(taken_at=timezone.now() - timedelta(seconds=5), sizes={"q": 0})
+    assert liveness.waiting_verdict(b, snapshot, {b.task_id}, probe, "q") is None  # prefetched by a live worker
+    assert "queue 'q' is empty" in liveness.waiting_verdict(b, snapshot, set(), probe, "q")
+    # A live worker that has not beaten since the probe may have fetched it meanwhile.
+    WorkerHeartbeat.objects.update(last_seen=timezone.now() - timedelta(seconds=6))
+    snapshot = liveness.Snapshot.load(timezone.now())
+    assert liveness.waiting_verdict(b, snapshot, set(), probe, "q") is None
+    assert liveness.waiting_verdict(b, snapshot, set(), None, "q") is None  # no probe yet
+
+
+def test_recover__a_node_of_a_dead_worker_runs_again_then_fails_with_a_clear_message(running):
+    wf, a, _b = running
+    first_id = a.task_id
+    _age(a, 120)
+    _beat(age=100)
+    assert Sweeper().recover() == 1
+    a.refresh_from_db()
+    assert (a.state, a.attempts, a.previous_task_ids, a.worker_pid) == (S.QUEUED, 2, [first_id], None)
+    event = WorkflowEvent.objects.filter(node=a).latest("id")
+    assert event.reason.startswith("worker lost: no heartbeat") and event.reason.endswith("attempt 2 of 2")
+    # The old run's late report is ignored; the new run is lost as well.
+    assert engine.node_succeeded(wf.pk, first_id, "late") is None
+    engine.node_started(wf.pk, a.task_id, HOST, 100)
+    _age(a, 120)
+    assert Sweeper().recover() == 1
+    a.refresh_from_db()
+    wf.refresh_from_db()
+    assert a.state == S.FAILURE and a.error.startswith("Worker lost 2 time(s); giving up")
+    assert wf.state == Workflow.State.FAILURE
+
+
+def test_lost_worker_runs__max_attempts_wins_when_larger(settings):
+    settings.DYRYGENT_LOST_WORKER_RETRIES = 1
+    assert lost_worker_runs(SimpleNamespace(max_attempts=1)) == 2
+    assert lost_worker_runs(SimpleNamespace(max_attempts=4)) == 4
+    settings.DYRYGENT_LOST_WORKER_RETRIES = 0
+    assert lost_worker_runs(SimpleNamespace(max_attempts=1)) == 1
+
+
+def test_recover__the_result_backend_is_consulted_first(running):
+    from django_celery_results.models import TaskResult
+
+    wf, a, b = running
+    _age(a, 120)
+    _beat(age=100)
+    TaskResult.objects.create(task_id=a.task_id, status="SUCCESS", result='"from backend"',
+                              content_type="application/json", content_encoding="utf-8")
+    Sweeper().recover()
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.state, a.attempts, a.result) == (S.SUCCESS, 1, "from backend")
+    assert b.state == S.QUEUED
+
+
+def _request(wf, task_id):
+    return SimpleNamespace(id=task_id, headers={engine.HEADER: str(wf.pk)}, hostname=HOST)
+
+
+def test_on_task_failure__worker_lost_error_reruns_the_node_instead_of_failing_it(running):
+    wf, a, _b = running
+    sender = SimpleNamespace(request=_request(wf, a.task_id))
+    handlers.on_task_failure(sender=sender, task_id=a.task_id, exception=WorkerLostError("signal 9 (SIGKILL)"))
+    a.refresh_from_db()
+    assert (a.state, a.attempts) == (S.QUEUED, 2)
+    assert "worker lost: signal 9" in WorkflowEvent.objects.filter(node=a).latest("id").reason
+
+
+def test_on_task_postrun__success_recorded_when_storing_the_result_failed_and_the_failure_ignored(running):
+    wf, a, b = running
+    sender = SimpleNamespace(request=_request(wf, a.task_id))
+    handlers.on_task_prerun(sender=sender, task_id=a.task_id, task=sender)
+    # Celery: the body returned, the result backend's store raised: no task_success,
+    # task_postrun with state SUCCESS, then task_failure with the storage error.
+    handlers.on_task_postrun(sender=sender, task_id=a.task_id, task=sender, retval=7, state=SUCCESS)
+    handlers.on_task_failure(sender=sender, task_id=a.task_id, exception=OperationalError("connection is closed"))
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.state, a.result, a.error) == (S.SUCCESS, 7, "")
+    assert b.state == S.QUEUED
+
+
+def test_db_run__retries_a_connection_error_on_a_fresh_connection():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("server closed the connection unexpectedly")
+        return "ok"
+
+    assert db.run(flaky, retry_for=30) == "ok" and len(calls) == 3
+
+
+def test_db_run__gives_up_after_its_time_and_raises_the_error():
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise OperationalError("connection refused")
+
+    with pytest.raises(OperationalError):
+        db.run(down, retry_for=0)
+    assert len(calls) == 2  # the immediate retry on a fresh connection, then no time left
+
+
+def test_db_run__other_errors_are_not_retried():
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        db.run(broken, retry_for=30)
+    assert len(calls) == 1
