@@ -1,9 +1,11 @@
 """Worker-side Celery signal receivers: they turn task events into engine steps.
 
 A task belongs to a workflow when its message carries the ``dyrygent_workflow``
-header; every other task costs one dictionary lookup. A receiver never lets an
-exception escape into Celery: the event is logged and the tick reconciles it
-later from the result backend.
+header; every other task costs one dictionary lookup. Each step runs on a
+usable database connection and is retried while the database is away
+(``db.run``); a receiver never lets an exception escape into Celery: after
+DYRYGENT_OUTCOME_RETRY_FOR the event is logged and the sweep repairs it (the
+worker no longer holds the task: result backend, else a re-run).
 """
 
 import logging
