@@ -21,7 +21,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import engine, graph
-from .models import Workflow, WorkflowEvent, WorkflowNode
+from .models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from .states import NODE_ACTIVE, NodeKind, NodeState
 
 def state_badge(state, label=None):
@@ -324,7 +324,8 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         (None, {"fields": ("workflow_link", "state_badge", "task_name", "task_id", "kind", "trigger_rule",
                            "reason")}),
         (_("Call"), {"fields": ("arguments", "pretty_options", "pretty_result", "pretty_error")}),
-        (_("Attempts"), {"fields": ("attempts", "retries", "publish_count", "pretty_previous_task_ids")}),
+        (_("Attempts"), {"fields": ("attempts", "retries", "publish_count", "pretty_previous_task_ids",
+                                    "worker_hostname", "worker_pid")}),
         (_("Timing"), {"fields": ("queued_at", "started_at", "finished_at", "duration", "timeout",
                                   "timeout_at")}),
         (_("Graph"), {"fields": ("dependency_links", "dependent_links", "waiting", "failed_dependencies",
@@ -405,3 +406,22 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     @admin.display(description=_("dependents"))
     def dependent_links(self, obj):
         return self._node_links(obj.dependents.all())
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(ReadOnlyAdmin):
+    """Which workers are alive and what they hold: the rows the liveness sweep judges by."""
+
+    list_display = ("hostname", "pid", "started_at", "last_seen", "active_count", "reserved_count")
+    search_fields = ("hostname",)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description=_("running"))
+    def active_count(self, obj):
+        return len(obj.active_task_ids or ())
+
+    @admin.display(description=_("prefetched"))
+    def reserved_count(self, obj):
+        return len(obj.reserved_task_ids or ())

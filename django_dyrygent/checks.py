@@ -6,8 +6,10 @@ Ids (documented in docs/troubleshooting.md):
 * E002 a ``DYRYGENT_*`` setting has the wrong type; E004 a number that must be positive is not;
 * E003 the worker-side Celery signal receivers are not connected;
 * W001 SQLite without IMMEDIATE transactions; W004 no Celery result backend;
-* W002 (``check --deploy`` only) the ``django_dyrygent.sweep`` task is not in the beat schedule;
-* W005 (``check --deploy`` only) Celery workers reconnect to the database for every task.
+* W002 (``check --deploy`` only) the ``django_dyrygent.sweep`` task is not in the beat schedule
+  (only with DYRYGENT_LIVENESS off: otherwise the workers sweep);
+* W005 (``check --deploy`` only) Celery workers reconnect to the database for every task;
+* W006 the worker timeout is too short for the heartbeat interval: live workers would look dead.
 """
 
 from django.conf import settings as django_settings
@@ -77,6 +79,10 @@ def _beat_schedules_sweep(app, databases):
 
 @register(deploy=True)
 def check_sweeper(app_configs=None, databases=None, **kwargs):
+    from .conf import settings
+
+    if settings.LIVENESS:
+        return []  # every worker's liveness thread sweeps; beat is not needed
     try:
         from .conf import get_celery_app
 
@@ -121,6 +127,27 @@ def check_connection_reuse(app_configs=None, **kwargs):
             hint="Set CELERY_DB_REUSE_MAX = 1000 (connections are still closed every 1,000 tasks "
             "and when Django finds them unusable), and CONN_MAX_AGE / CONN_HEALTH_CHECKS as usual.",
             id="django_dyrygent.W005",
+        )
+    ]
+
+
+@register()
+def check_liveness(app_configs=None, **kwargs):
+    """A worker timeout of fewer than three heartbeats re-runs nodes of workers that are merely slow to beat."""
+    from .conf import settings
+
+    if check_settings() or not settings.LIVENESS:
+        return []  # E002/E004 report unusable values
+    timeout, interval = float(settings.WORKER_TIMEOUT), float(settings.HEARTBEAT_INTERVAL)
+    if timeout >= 3 * interval:
+        return []
+    return [
+        Warning(
+            f"DYRYGENT_WORKER_TIMEOUT ({timeout:g}s) is less than three DYRYGENT_HEARTBEAT_INTERVALs "
+            f"({interval:g}s): a worker that misses one beat under load would be taken for dead "
+            "and its running nodes run a second time.",
+            hint="Keep DYRYGENT_WORKER_TIMEOUT at least 3 (default: 6) heartbeat intervals.",
+            id="django_dyrygent.W006",
         )
     ]
 

@@ -925,17 +925,7 @@ def reconcile(step):
     for node in stale:
         meta = metas.get(node.task_id) or {}
         status = meta.get("status", "PENDING")
-        if status == "SUCCESS":
-            value, problem = _encode_result(meta.get("result"))
-            if problem:
-                step.transition_nodes([node], NodeState.FAILURE, error=problem, reason="reconciled")
-            else:
-                step.results[node.pk] = value
-                step.transition_nodes([node], NodeState.SUCCESS, result=value, reason="reconciled")
-            finished.append(node)
-        elif status == "FAILURE":
-            error = _format_error(None, meta.get("traceback") or repr(meta.get("result")))
-            step.transition_nodes([node], NodeState.FAILURE, error=error, reason="reconciled")
+        if record_backend_outcome(step, node, meta, "reconciled"):
             finished.append(node)
         elif status == "REVOKED":
             step.transition_nodes([node], NodeState.CANCELED, reason="revoked (reconciled)")
@@ -952,6 +942,34 @@ def reconcile(step):
         )
         queue_nodes(step, republish, reason="republished: no worker reported it")
     settle(step, [n for n in finished if n.kind not in CALLBACK_KINDS])
+
+
+def record_backend_outcome(step, node, meta, reason):
+    """Record the SUCCESS / FAILURE the result backend stored for the node's task; True when it did.
+
+    A FAILURE stored for a lost worker (``WorkerLostError``) or for a database
+    error while storing the outcome is not the task's failure: the node is
+    left to the liveness sweep, which re-runs it.
+    """
+    status = meta.get("status")
+    if status == "SUCCESS":
+        value, problem = _encode_result(meta.get("result"))
+        if problem:
+            step.transition_nodes([node], NodeState.FAILURE, error=problem, reason=reason)
+        else:
+            step.results[node.pk] = value
+            step.transition_nodes([node], NodeState.SUCCESS, result=value, reason=reason)
+        return True
+    if status == "FAILURE" and not _not_the_task_s_failure(meta):
+        error = _format_error(None, meta.get("traceback") or repr(meta.get("result")))
+        step.transition_nodes([node], NodeState.FAILURE, error=error, reason=reason)
+        return True
+    return False
+
+
+def _not_the_task_s_failure(meta):
+    text = f"{meta.get('result')!r} {meta.get('traceback') or ''}"
+    return any(word in text for word in ("WorkerLostError", "OperationalError", "InterfaceError"))
 
 
 def _backend_metas(backend, task_ids):

@@ -125,31 +125,12 @@ def _apply_backend(step, nodes):
     metas = engine._backend_metas(backend, [n.task_id for n in nodes]) if backend else {}
     left, finished = [], []
     for node in nodes:
-        meta = metas.get(node.task_id) or {}
-        status = meta.get("status")
-        if status == "SUCCESS":
-            value, problem = engine._encode_result(meta.get("result"))
-            if problem:
-                step.transition_nodes([node], NodeState.FAILURE, error=problem, reason="recovered")
-            else:
-                step.results[node.pk] = value
-                step.transition_nodes([node], NodeState.SUCCESS, result=value, reason="recovered from the result backend")
-            finished.append(node)
-        elif status == "FAILURE" and not _lost_worker_failure(meta):
-            error = engine._format_error(None, meta.get("traceback") or repr(meta.get("result")))
-            step.transition_nodes([node], NodeState.FAILURE, error=error, reason="recovered from the result backend")
-            finished.append(node)
-        else:
-            left.append(node)
+        recorded = engine.record_backend_outcome(
+            step, node, metas.get(node.task_id) or {}, "recovered from the result backend"
+        )
+        (finished if recorded else left).append(node)
     engine.settle(step, [n for n in finished if n.kind not in engine.CALLBACK_KINDS])
     return left
-
-
-def _lost_worker_failure(meta):
-    """A FAILURE the worker's main process stored for a child it lost, or a database error
-    raised while storing the outcome: neither is the task's own failure."""
-    text = f"{meta.get('result')!r} {meta.get('traceback') or ''}"
-    return any(word in text for word in ("WorkerLostError", "OperationalError", "InterfaceError"))
 
 
 def worker_lost(workflow_id, task_id, detail):

@@ -128,3 +128,17 @@ def test_check_connection_reuse__warns_when_workers_reconnect_for_every_task(mon
         lambda: SimpleNamespace(conf={"CELERY_DB_REUSE_MAX": 1000}),
     )
     assert dy_checks.check_connection_reuse() == []
+
+
+def test_check_liveness__a_worker_timeout_under_three_heartbeats_is_w006(settings):
+    assert checks.check_liveness() == []
+    settings.DYRYGENT_LIVENESS = True
+    settings.DYRYGENT_HEARTBEAT_INTERVAL = 5
+    settings.DYRYGENT_WORKER_TIMEOUT = 10
+    (warning,) = checks.check_liveness()
+    assert warning.id == "django_dyrygent.W006" and "DYRYGENT_WORKER_TIMEOUT (10s)" in warning.msg
+    settings.DYRYGENT_WORKER_TIMEOUT = 15
+    assert checks.check_liveness() == []
+    settings.DYRYGENT_LIVENESS = False
+    settings.DYRYGENT_WORKER_TIMEOUT = 1
+    assert checks.check_liveness() == []

@@ -92,7 +92,7 @@ QUOTED = [
     "Could not send the tick of workflow",
     "Could not revoke",
     "could not record",
-    "the tick will reconcile it",
+    "the sweep will repair it",
     "Result backend lookup of task",
     "late %s report ignored",
     "is not a node of workflow",
