@@ -66,8 +66,7 @@ class Sweeper:
                 verdicts[node.pk] = (node, why)
         waiting = list(
             running.filter(state__in=[NodeState.QUEUED, NodeState.RETRY])
-            .exclude(task_id__in=held).select_related(None)
-            .order_by("queued_at")[:BATCH]
+            .exclude(task_id__in=held).order_by("queued_at")[:BATCH]
         )
         if waiting:
             app = get_celery_app()

@@ -1,9 +1,10 @@
 """The liveness thread of a Celery worker's main process: heartbeat, and the sweep.
 
-Started on ``worker_ready`` and stopped on ``worker_shutdown`` (both sent in
-the main process); ``worker_init`` records the main process id before the
+Run by a worker bootstep (``LivenessStep``, added to the worker's blueprint
+on ``worker_init``), so every worker runs it, started from the command line
+or embedded; ``worker_init`` also records the main process id before the
 pool forks, so a pool child's ``task_prerun`` can name the worker on the
-node. Every DYRYGENT_HEARTBEAT_INTERVAL seconds the thread writes the
+node (a node is only judged when its worker runs the thread). Every DYRYGENT_HEARTBEAT_INTERVAL seconds the thread writes the
 worker's ``WorkerHeartbeat`` row with the task ids the worker holds (running,
 prefetched, scheduled); the oldest live worker also runs ``Sweeper.sweep_once``
 every DYRYGENT_SWEEP_INTERVAL seconds. So recovery needs neither beat nor a
@@ -16,6 +17,7 @@ import threading
 import time
 from datetime import timedelta
 
+from celery import bootsteps
 from celery import signals as celery_signals
 from celery.worker import state as worker_state
 from django.db import connections
@@ -32,9 +34,6 @@ logger = logging.getLogger("django_dyrygent.worker")
 MAIN_PID = None
 #: Heartbeat rows of workers gone this long are deleted by the sweeper.
 FORGET_AFTER = timedelta(days=1)
-
-_thread = None
-
 
 def held_task_ids():
     """(active, reserved) task ids of this worker, read from Celery's bookkeeping in the main process."""
@@ -105,8 +104,11 @@ class LivenessThread(threading.Thread):
 
     def stop(self, timeout=10.0):
         """Stop beating and mark this worker gone, so its nodes are judged at once."""
+        if self.stopping.is_set():
+            return
         self.stopping.set()
-        self.join(timeout)
+        if self.is_alive():
+            self.join(timeout)
         gone = timezone.now() - timedelta(seconds=float(settings.WORKER_TIMEOUT) + 1)
         try:
             db.run(self.beat, gone, retry_for=0, what="the last heartbeat")
@@ -114,32 +116,31 @@ class LivenessThread(threading.Thread):
             logger.exception("Could not mark worker %s as stopped", self.hostname)
 
 
+class LivenessStep(bootsteps.StartStopStep):
+    """Worker bootstep: runs the liveness thread while the worker runs (CLI and embedded workers alike).
+
+    Started after the pool, so the thread is not running when the pool forks
+    its first children; stopped (and the worker marked gone) on shutdown.
+    """
+
+    label = "dyrygent-liveness"
+    requires = {"celery.worker.components:Pool"}
+
+    def include_if(self, w):
+        return bool(settings.LIVENESS) and MAIN_PID == os.getpid()
+
+    def create(self, w):
+        return LivenessThread(w.hostname, MAIN_PID)
+
+
 def on_worker_init(sender=None, **kwargs):
+    """Before the pool forks: note the main pid and add the liveness step to this worker's blueprint."""
     global MAIN_PID
-    if settings.LIVENESS:
+    if settings.LIVENESS and sender is not None:
         MAIN_PID = os.getpid()
-
-
-def on_worker_ready(sender=None, **kwargs):
-    global _thread
-    if not settings.LIVENESS or _thread is not None or MAIN_PID != os.getpid():
-        return
-    hostname = getattr(sender, "hostname", None) or getattr(getattr(sender, "controller", None), "hostname", "")
-    _thread = LivenessThread(hostname, MAIN_PID)
-    _thread.start()
-
-
-def on_worker_shutdown(sender=None, **kwargs):
-    global _thread
-    if _thread is not None and _thread.pid == os.getpid():
-        _thread.stop()
-        _thread = None
+        sender.app.steps["worker"].add(LivenessStep)
 
 
 def connect():
     """Idempotent: dispatch_uid keeps one connection per receiver."""
     celery_signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="django_dyrygent.worker_init")
-    celery_signals.worker_ready.connect(on_worker_ready, weak=False, dispatch_uid="django_dyrygent.worker_ready")
-    celery_signals.worker_shutdown.connect(
-        on_worker_shutdown, weak=False, dispatch_uid="django_dyrygent.worker_shutdown"
-    )

@@ -207,5 +207,6 @@ def rel(rel_servers, rel_base, django_db_blocker):
                     w.kill()
             connections["default"].close()
             connections["default"] = saved
+            os.environ.pop("DYRYGENT_RELIABILITY_RUNS", None)
             suite_app.set_current()
             app.close()
