@@ -27,6 +27,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections, router, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from . import signals
 from .conf import get_celery_app, settings
@@ -84,6 +85,12 @@ def _connection():
     return connections[router.db_for_write(Workflow)]
 
 
+#: Workflow columns of unbounded size the engine never reads under the lock. They are
+#: loaded on access (options when a tick is scheduled, tasks_options by ``publish``
+#: after commit), so a 10 MB custom_payload no longer costs every step its transfer.
+LOCK_DEFERRED = ("custom_payload", "options", "tasks_options", "error")
+
+
 def lock_workflow(pk, skip_locked=False):
     """Lock the workflow row for the current transaction and return it fresh.
 
@@ -91,12 +98,13 @@ def lock_workflow(pk, skip_locked=False):
     another transaction holds it. On SQLite (no row locks) the first statement
     is an UPDATE of the row: it takes the database write lock up front, so the
     busy timeout applies and the transaction never deadlocks on a lock upgrade.
+    The large columns (``LOCK_DEFERRED``) are not loaded.
     """
     conn = _connection()
     if conn.vendor == "sqlite" or not conn.features.has_select_for_update:
         if not Workflow.objects.filter(pk=pk).update(lock_version=F("lock_version") + 1):
             return None
-        return Workflow.objects.filter(pk=pk).first()
+        return Workflow.objects.defer(*LOCK_DEFERRED).filter(pk=pk).first()
     options = {}
     if skip_locked and conn.features.has_select_for_update_skip_locked:
         options["skip_locked"] = True
@@ -105,7 +113,7 @@ def lock_workflow(pk, skip_locked=False):
         # insert rows referencing the workflow (their foreign-key check takes
         # KEY SHARE) while a step holds the lock; see node_started.
         options["no_key"] = True
-    return Workflow.objects.select_for_update(**options).filter(pk=pk).first()
+    return Workflow.objects.select_for_update(**options).defer(*LOCK_DEFERRED).filter(pk=pk).first()
 
 
 def _chunks(items, size=None):
@@ -266,9 +274,7 @@ class Step:
         if self.events and settings.EVENT_LOG:
             WorkflowEvent.objects.bulk_create(self.events, batch_size=1000)
         if self.to_publish:
-            transaction.on_commit(
-                partial(publish, self.wf.pk, self.wf.tasks_options, self.to_publish)
-            )
+            transaction.on_commit(partial(publish, self.wf.pk, None, self.to_publish))
         if self.to_revoke:
             transaction.on_commit(partial(revoke, self.to_revoke))
         if self.to_terminate:
@@ -556,10 +562,10 @@ def _schedule_tick(step):
         return
     interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at
-    tolerance = timedelta(seconds=min(1.0, interval / 2))
+    tolerance = _tick_tolerance()
     if due is None or due <= step.now + tolerance:
         step.wf_fields["next_tick_at"] = wf.next_tick_at = step.now + timedelta(seconds=interval)
-        transaction.on_commit(partial(send_tick, wf.pk, wf.options, interval))
+        transaction.on_commit(partial(send_tick, wf.pk, None, interval))
 
 
 # -- entry points ------------------------------------------------------------------------
@@ -616,7 +622,7 @@ def _tick(workflow_id, scheduled):
     with transaction.atomic():
         wf = lock_workflow(workflow_id, skip_locked=True)
         if wf is None:
-            busy = Workflow.objects.filter(pk=workflow_id).values_list("options", "state").first()
+            busy = Workflow.objects.filter(pk=workflow_id).values_list("state", "next_tick_at").first()
         else:
             busy = None
             step = Step(wf)
@@ -640,12 +646,34 @@ def _tick(workflow_id, scheduled):
         if busy is None:
             logger.warning("Tick for unknown workflow %s ignored", workflow_id)
             return "missing"
-        options, state = busy
+        state, due = busy
         if scheduled and state in (WorkflowState.INITIAL, WorkflowState.RUNNING):
-            send_tick(workflow_id, options, float(settings.TICK_INTERVAL))
+            _retry_busy_tick(workflow_id, due)
         logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
         return "busy"
     return wf.state
+
+
+def _tick_tolerance():
+    return timedelta(seconds=min(1.0, float(settings.TICK_INTERVAL) / 2))
+
+
+def _retry_busy_tick(workflow_id, due):
+    """A scheduled tick found the workflow locked: try again shortly, but only if it was the due one.
+
+    Only the chain's due tick (``next_tick_at`` reached, or none scheduled)
+    must survive, or the chain would break when the lock holder is not a tick
+    (a completion) and never reschedules. Any other tick (an extra one from
+    "tick now", a retry, a duplicate message, a burst of ticks) is dropped:
+    re-sending those made busy ticks multiply (50 threads ticking one
+    workflow produced 40,306 tick tasks). The retry comes after the
+    tolerance, not a whole interval: if the holder was a tick it has moved
+    ``next_tick_at`` on meanwhile and the retry dies, otherwise it runs.
+    """
+    tolerance = _tick_tolerance()
+    if due is not None and due > timezone.now() + tolerance:
+        return
+    send_tick(workflow_id, None, tolerance.total_seconds())
 
 
 def _locked_step(workflow_id, action):
@@ -881,9 +909,10 @@ def reconcile(step):
     """
     cutoff = step.now - timedelta(seconds=float(settings.REQUEUE_AFTER))
     stale = list(
-        WorkflowNode.objects.filter(
-            workflow_id=step.wf.pk, state__in=NODE_ACTIVE, queued_at__lt=cutoff
-        ).only(*NODE_FIELDS).order_by("queued_at")[: settings.RECONCILE_BATCH]
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk, state__in=NODE_ACTIVE)
+        # queued_at NULL on a QUEUED node: its publish failed (mark_unpublished); due now.
+        .filter(Q(queued_at__lt=cutoff) | Q(state=NodeState.QUEUED, queued_at__isnull=True))
+        .only(*NODE_FIELDS).order_by(F("queued_at").asc(nulls_first=True))[: settings.RECONCILE_BATCH]
     )
     if not stale:
         return
@@ -1074,39 +1103,102 @@ def skip(workflow_id, nodes, reason=""):
 # -- talking to Celery (after commit only) ---------------------------------------------------
 
 
+def _workflow_field(workflow_id, field):
+    """One JSON column of the workflow, read after commit (the lock query defers it)."""
+    return Workflow.objects.filter(pk=workflow_id).values_list(field, flat=True).first() or {}
+
+
 def send_tick(workflow_id, options=None, countdown=None):
+    """Send the tick task; ``options`` None means the workflow's own tick options.
+
+    The engine's ``countdown`` (the tick interval) replaces any countdown or
+    eta in the options; without one (the first tick) the options' own apply.
+    """
     from .tasks import tick as tick_task
 
     try:
-        tick_task.apply_async((str(workflow_id),), countdown=countdown, **from_tree(options or {}))
+        if options is None:
+            options = _workflow_field(workflow_id, "options")
+        options = dict(from_tree(options or {}))
+        if countdown is not None:
+            options.pop("eta", None)
+            options["countdown"] = countdown
+        tick_task.apply_async((str(workflow_id),), **options)
     except Exception:
         # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
         logger.exception("Could not send the tick of workflow %s", workflow_id)
 
 
 def publish(workflow_id, tasks_options, entries):
-    """Publish queued nodes with their own task ids and the workflow header."""
-    app = get_celery_app()
-    headers = {HEADER: str(workflow_id)}
-    with app.producer_or_acquire() as producer:
-        for node, extra_args in entries:
-            sig_dict = node.signature or {}
-            options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
-            options["headers"] = {**options.get("headers", {}), **headers}
-            if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
-                extra_args = (str(workflow_id),)
-            sig = app.signature(
-                sig_dict["task"], args=from_tree(sig_dict.get("args", [])),
-                kwargs=from_tree(sig_dict.get("kwargs", {})),
-                immutable=sig_dict.get("immutable", False),
-            )
-            try:
-                sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
-            except Exception:
-                # The node stays QUEUED; the tick republishes it after DYRYGENT_REQUEUE_AFTER.
-                logger.exception(
-                    "Could not publish node %s (%s) of workflow %s", node.task_id, node.task_name, workflow_id
-                )
+    """Publish queued nodes with their own task ids and the workflow header.
+
+    ``tasks_options`` None means the workflow's own (read here, after commit).
+    A node whose message could not be sent is marked at once (``queued_at``
+    cleared, state still QUEUED, see ``mark_unpublished``) so the next tick
+    publishes it again, instead of after DYRYGENT_REQUEUE_AFTER. When the
+    broker itself is unreachable the remaining nodes are not even tried (each
+    attempt would wait for Celery's publish retries): they are marked too.
+    """
+    failed = []
+    try:
+        app = get_celery_app()
+        if tasks_options is None:
+            tasks_options = _workflow_field(workflow_id, "tasks_options")
+        with app.producer_or_acquire() as producer:
+            for i, (node, extra_args) in enumerate(entries):
+                try:
+                    _publish_one(app, producer, workflow_id, tasks_options, node, extra_args)
+                except Exception as exc:
+                    logger.exception(
+                        "Could not publish node %s (%s) of workflow %s", node.task_id, node.task_name, workflow_id
+                    )
+                    failed.append(node)
+                    if _broker_unreachable(exc, producer):
+                        failed.extend(n for n, _args in entries[i + 1:])
+                        break
+    except Exception:
+        logger.exception("Could not publish %d node(s) of workflow %s", len(entries), workflow_id)
+        done = {n.task_id for n in failed}
+        failed.extend(n for n, _args in entries if n.task_id not in done)
+    if failed:
+        mark_unpublished(workflow_id, [n.task_id for n in failed])
+
+
+def _broker_unreachable(exc, producer):
+    connection = getattr(producer, "connection", None)
+    return isinstance(exc, (BrokerUnreachable, *getattr(connection, "connection_errors", ())))
+
+
+def _publish_one(app, producer, workflow_id, tasks_options, node, extra_args):
+    sig_dict = node.signature or {}
+    options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
+    options["headers"] = {**options.get("headers", {}), HEADER: str(workflow_id)}
+    if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
+        extra_args = (str(workflow_id),)
+    sig = app.signature(
+        sig_dict["task"], args=from_tree(sig_dict.get("args", [])),
+        kwargs=from_tree(sig_dict.get("kwargs", {})),
+        immutable=sig_dict.get("immutable", False),
+    )
+    sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
+
+
+def mark_unpublished(workflow_id, task_ids):
+    """Record that these QUEUED nodes' messages were never sent: ``queued_at`` NULL.
+
+    Its own short statement, after the failed publish: no lock (the state does
+    not change, and the UPDATE is conditional on the node being QUEUED under
+    that task id, so a node a worker started or a retry renamed is left
+    alone). ``reconcile`` treats a QUEUED node without ``queued_at`` as due.
+    """
+    try:
+        for chunk in _chunks(task_ids):
+            WorkflowNode.objects.filter(
+                workflow_id=workflow_id, task_id__in=chunk, state=NodeState.QUEUED
+            ).update(queued_at=None)
+    except Exception:
+        # The node keeps its queued_at: republished after DYRYGENT_REQUEUE_AFTER instead.
+        logger.exception("Could not mark %d unpublished node(s) of workflow %s", len(task_ids), workflow_id)
 
 
 def revoke(task_ids, terminate=False):

@@ -4,14 +4,36 @@ A task belongs to a workflow when its message carries the ``dyrygent_workflow``
 header; every other task costs one dictionary lookup. A receiver never lets an
 exception escape into Celery: the event is logged and the tick reconciles it
 later from the result backend.
+
+Run-time guard (cancel honoured where the work runs). A revoke broadcast
+reaches only the workers that are up, and a worker checks its revoked set
+before it hands a message to the pool, so a message taken by a worker that
+was down during ``cancel()``, or received before the cancel committed, would
+still run. The ``task_prerun`` receiver already records STARTED with a
+conditional UPDATE (QUEUED/RETRY/STARTED -> STARTED, by task id): when that
+UPDATE matches no row, the node is CANCELED, SKIPPED, final, or was given a
+fresh task id by a retry, so the body must not run. A receiver cannot stop
+the body (Celery's ``Signal.send`` swallows receiver exceptions), so the
+receiver only marks the request, and ``before_start``, installed on every
+task class at ``worker_init``, raises ``celery.exceptions.Ignore`` for a
+marked request: Celery's tracer calls ``before_start`` inside the same
+``try`` as the body and treats ``Ignore`` as "no state to record" (no
+result, no failure, the message is acknowledged). This works alike in the
+prefork, threads and solo pools (the tracer is the same; prefork children
+inherit the patched classes and build their tracers after the fork) and it
+costs no query: the decision is the UPDATE the receiver makes anyway.
 """
 
 import logging
 
 from celery import signals as celery_signals
+from celery.exceptions import Ignore
 from django.db import close_old_connections
 
 logger = logging.getLogger("django_dyrygent.handlers")
+
+#: Request attribute set by the task_prerun receiver when the node is not runnable.
+NOT_RUNNABLE = "dyrygent_not_runnable"
 
 
 def _workflow_id(request):
@@ -47,7 +69,45 @@ def on_task_prerun(sender=None, task_id=None, task=None, **kwargs):
     if workflow_id and task_id:
         from . import engine
 
-        _guarded(f"the start of task {task_id}", engine.node_started, workflow_id, task_id)
+        try:
+            node = engine.node_started(workflow_id, task_id)
+        except Exception:
+            # Cannot tell (database unreachable): run it, as Celery would; its
+            # outcome report is ignored if the node turns out not runnable.
+            logger.exception("django_dyrygent could not record the start of task %s of workflow %s; "
+                             "the tick will reconcile it", task_id, workflow_id)
+            return
+        if node is None and request is not None:
+            setattr(request, NOT_RUNNABLE, True)
+
+
+def guard_before_start(before_start):
+    """Wrap a task class's ``before_start``: refuse to run a node that is no longer runnable."""
+    def guarded_before_start(self, task_id, args, kwargs):
+        if getattr(self.request, NOT_RUNNABLE, False):
+            logger.info("Task %s (%s) is not runnable any more (its node was canceled, skipped, "
+                        "finished or retried under a new task id); its body is not run", task_id, self.name)
+            raise Ignore()
+        return before_start(self, task_id, args, kwargs)
+
+    guarded_before_start.dyrygent_guard = True
+    return guarded_before_start
+
+
+def install_run_guard(sender=None, **kwargs):
+    """worker_init: put the guard on the app's base Task class and on every task class.
+
+    The base class covers tasks registered later; the per-class pass covers
+    classes that define their own ``before_start`` (the guard wraps theirs and
+    calls it). Not ``Task.add_around``: it would unwrap a ``functools.wraps``
+    decorated ``before_start`` of the user's. Idempotent.
+    """
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    for cls in [app.Task] + [type(task) for task in app.tasks.values()]:
+        if not getattr(cls.before_start, "dyrygent_guard", False):
+            cls.before_start = guard_before_start(cls.before_start)
 
 
 def on_task_success(sender=None, result=None, **kwargs):
@@ -99,6 +159,7 @@ def connect_worker_signals():
     celery_signals.task_failure.connect(on_task_failure, weak=False, dispatch_uid="django_dyrygent.failure")
     celery_signals.task_retry.connect(on_task_retry, weak=False, dispatch_uid="django_dyrygent.retry")
     celery_signals.task_revoked.connect(on_task_revoked, weak=False, dispatch_uid="django_dyrygent.revoked")
+    celery_signals.worker_init.connect(install_run_guard, weak=False, dispatch_uid="django_dyrygent.guard")
 
 
 def worker_signals_connected():
