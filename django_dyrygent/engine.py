@@ -24,7 +24,7 @@ from functools import partial
 
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
-from django.db import connections, router, transaction
+from django.db import DataError, connections, router, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
@@ -32,7 +32,7 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 from . import signals
 from .conf import get_celery_app, settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from .serialization import NotSerialisable, from_tree, size_of, to_tree
+from .serialization import NotSerialisable, from_tree, size_of, storable_text, to_tree, unstorable
 from .states import (
     NODE_ACTIVE,
     NODE_FAILED,
@@ -168,6 +168,7 @@ class Step:
                 )
             by_old[node.state].append(node)
         values = dict(fields, state=target)
+        reason = storable_text(reason)
         if reason:
             values["reason"] = reason[:255]
         if target in NODE_FINAL:
@@ -240,6 +241,7 @@ class Step:
             return
         if target not in WORKFLOW_TRANSITIONS[old]:
             raise TransitionNotAllowed(f"Workflow {self.wf.pk}: {old} -> {target}")
+        reason = storable_text(reason)
         self.wf.state = target
         self.wf_fields["state"] = target
         for key, value in fields.items():
@@ -600,7 +602,7 @@ def tick(workflow_id, scheduled=True):
 
 
 def _engine_error(workflow_id, exc):
-    detail = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+    detail = storable_text("".join(tb_module.format_exception(type(exc), exc, exc.__traceback__)))
     with transaction.atomic():
         wf = lock_workflow(workflow_id)
         if wf is None or wf.state in WORKFLOW_FINAL:
@@ -703,7 +705,13 @@ def _encode_result(result):
     try:
         tree = to_tree(result)
     except NotSerialisable as exc:
-        return None, f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}"
+        return None, storable_text(f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}")
+    where = unstorable(tree)
+    if where:
+        return None, (
+            f"Result cannot be stored: {where}, which database columns cannot hold; "
+            "return binary data base64-encoded (or strip the character)"
+        )
     cap = settings.MAX_RESULT_BYTES
     size = size_of(tree)
     if cap and size > cap:
@@ -722,8 +730,36 @@ def _finish_node(step, node, target, **fields):
     maybe_finish(step)
 
 
+def _fail_unstorable(workflow_id, task_id, exc, what):
+    """The database refused a value of this node's outcome: fail this node alone, saying why."""
+    error = storable_text(
+        f"The {what} of this task could not be stored, so the node is failed: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    logger.error("Workflow %s: %s", workflow_id, error)
+
+    def refused(step):
+        node = _node_for_event(step, task_id)
+        if node is None or _ignore(node, NodeState.FAILURE):
+            return None
+        _finish_node(step, node, NodeState.FAILURE, error=error, reason=f"{what} not storable")
+        return node
+
+    return _locked_step(workflow_id, refused)
+
+
+# What the database raises for a value it cannot hold (psycopg: DataError; a string
+# the driver cannot encode: UnicodeEncodeError, a ValueError).
+VALUE_REFUSED = (DataError, ValueError)
+
+
 def node_succeeded(workflow_id, task_id, result):
-    """A worker reports that the node's task returned ``result``."""
+    """A worker reports that the node's task returned ``result``.
+
+    A value the database refuses although ``_encode_result`` accepted it
+    fails this node with the database's message: one value never stalls the
+    workflow or ends it ERROR.
+    """
 
     def succeeded(step):
         node = _node_for_event(step, task_id)
@@ -737,7 +773,10 @@ def node_succeeded(workflow_id, task_id, result):
         _finish_node(step, node, NodeState.SUCCESS, result=value, error="")
         return node
 
-    return _locked_step(workflow_id, succeeded)
+    try:
+        return _locked_step(workflow_id, succeeded)
+    except VALUE_REFUSED as exc:
+        return _fail_unstorable(workflow_id, task_id, exc, "result")
 
 
 def node_failed(workflow_id, task_id, exception=None, traceback=""):
@@ -751,7 +790,10 @@ def node_failed(workflow_id, task_id, exception=None, traceback=""):
         _finish_node(step, node, NodeState.FAILURE, error=error, reason="task raised")
         return node
 
-    return _locked_step(workflow_id, failed)
+    try:
+        return _locked_step(workflow_id, failed)
+    except VALUE_REFUSED as exc:
+        return _fail_unstorable(workflow_id, task_id, exc, "error")
 
 
 def node_revoked(workflow_id, task_id, reason="revoked"):
@@ -774,12 +816,13 @@ def _ignore(node, target):
 
 
 def _format_error(exception, traceback):
+    """Exception and traceback as stored: NUL and lone surrogates escaped, never refused."""
     if exception is None:
-        return traceback or ""
+        return storable_text(traceback or "")
     head = "".join(tb_module.format_exception_only(type(exception), exception)).strip()
     if traceback and head not in traceback:
-        return f"{head}\n\n{traceback}"
-    return traceback or head
+        return storable_text(f"{head}\n\n{traceback}")
+    return storable_text(traceback or head)
 
 
 def node_started(workflow_id, task_id):
@@ -794,7 +837,7 @@ def node_started(workflow_id, task_id):
 
 def node_retrying(workflow_id, task_id, reason=""):
     return _simple_transition(
-        workflow_id, task_id, NodeState.RETRY, error=str(reason or "")[:10000],
+        workflow_id, task_id, NodeState.RETRY, error=storable_text(str(reason or ""))[:10000],
         retries=F("retries") + 1,
     )
 
@@ -925,11 +968,10 @@ def reconcile(step):
         status = meta.get("status", "PENDING")
         if status == "SUCCESS":
             value, problem = _encode_result(meta.get("result"))
+            if not problem:
+                problem = _reconcile_success(step, node, value)
             if problem:
                 step.transition_nodes([node], NodeState.FAILURE, error=problem, reason="reconciled")
-            else:
-                step.results[node.pk] = value
-                step.transition_nodes([node], NodeState.SUCCESS, result=value, reason="reconciled")
             finished.append(node)
         elif status == "FAILURE":
             error = _format_error(None, meta.get("traceback") or repr(meta.get("result")))
@@ -951,6 +993,22 @@ def reconcile(step):
     settle(step, [n for n in finished if n.kind not in CALLBACK_KINDS])
 
 
+def _reconcile_success(step, node, value):
+    """Store a reconciled result; the database's message if it refuses the value.
+
+    A savepoint around the one UPDATE: a refused value must cost that node,
+    not the whole tick (a tick that fails every time ends the workflow ERROR).
+    The Step records the change only after the UPDATE succeeded.
+    """
+    try:
+        with transaction.atomic():
+            step.transition_nodes([node], NodeState.SUCCESS, result=value, reason="reconciled")
+    except VALUE_REFUSED as exc:
+        return storable_text(f"The result of this task could not be stored: {type(exc).__name__}: {exc}")
+    step.results[node.pk] = value
+    return None
+
+
 def _backend_metas(backend, task_ids):
     try:
         from django_celery_results.backends.database import DatabaseBackend
@@ -961,11 +1019,15 @@ def _backend_metas(backend, task_ids):
 
         metas = {}
         for row in TaskResult.objects.filter(task_id__in=task_ids):
-            metas[row.task_id] = {
-                "status": row.status,
-                "result": backend.decode_content(row, row.result) if row.result else None,
-                "traceback": row.traceback,
-            }
+            meta = metas[row.task_id] = {"status": row.status, "result": None, "traceback": row.traceback}
+            try:
+                meta["result"] = backend.decode_content(row, row.result) if row.result else None
+            except Exception as exc:  # one undecodable row must not fail every tick
+                if row.status == "SUCCESS":
+                    meta["status"] = "FAILURE"
+                    meta["traceback"] = storable_text(
+                        f"The result backend holds a result for this task that cannot be decoded: {exc!r}"
+                    )
         return metas
     metas = {}
     for task_id in task_ids:

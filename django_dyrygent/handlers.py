@@ -25,10 +25,11 @@ costs no query: the decision is the UPDATE the receiver makes anyway.
 """
 
 import logging
+from traceback import format_exception
 
 from celery import signals as celery_signals
 from celery.exceptions import Ignore
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 logger = logging.getLogger("django_dyrygent.handlers")
 
@@ -39,6 +40,8 @@ NOT_RUNNABLE = "dyrygent_not_runnable"
 def _workflow_id(request):
     if request is None:
         return None
+    if isinstance(request, dict):  # task_internal_error passes the raw request dict
+        return request.get("dyrygent_workflow") or (request.get("headers") or {}).get("dyrygent_workflow")
     value = getattr(request, "dyrygent_workflow", None)
     if value is None:
         headers = getattr(request, "headers", None) or {}
@@ -132,6 +135,33 @@ def on_task_failure(sender=None, task_id=None, exception=None, einfo=None, **kwa
         )
 
 
+def on_task_internal_error(sender=None, task_id=None, request=None, exception=None, **kwargs):
+    """The result backend refused to store a task's failure (a NUL in its message, on PostgreSQL).
+
+    Celery then never sends ``task_failure`` for the task's own exception,
+    and the node would stay STARTED until reconciled. The task's exception is
+    the deepest one in the chain of the storage error: record it (escaped).
+    Only for a refused value: any other storage error (database down) is
+    not about the outcome and is left to the tick.
+    """
+    workflow_id = _workflow_id(request)
+    if not (workflow_id and task_id):
+        return
+    from . import engine
+
+    if not isinstance(exception, engine.VALUE_REFUSED):
+        return
+    original = exception
+    while (original.__cause__ or original.__context__) is not None:
+        original = original.__cause__ or original.__context__
+    if original is exception or isinstance(original, engine.VALUE_REFUSED + (DatabaseError,)):
+        return
+    traceback = "".join(format_exception(type(original), original, original.__traceback__))
+    note = f"\n(The result backend could not store this failure: {type(exception).__name__}: {exception})"
+    _guarded(f"the failure of task {task_id}", engine.node_failed, workflow_id, task_id, original,
+             traceback + note)
+
+
 def on_task_retry(sender=None, request=None, reason=None, **kwargs):
     workflow_id = _workflow_id(request)
     if workflow_id:
@@ -158,6 +188,9 @@ def connect_worker_signals():
     celery_signals.task_success.connect(on_task_success, weak=False, dispatch_uid="django_dyrygent.success")
     celery_signals.task_failure.connect(on_task_failure, weak=False, dispatch_uid="django_dyrygent.failure")
     celery_signals.task_retry.connect(on_task_retry, weak=False, dispatch_uid="django_dyrygent.retry")
+    celery_signals.task_internal_error.connect(
+        on_task_internal_error, weak=False, dispatch_uid="django_dyrygent.internal_error"
+    )
     celery_signals.task_revoked.connect(on_task_revoked, weak=False, dispatch_uid="django_dyrygent.revoked")
     celery_signals.worker_init.connect(install_run_guard, weak=False, dispatch_uid="django_dyrygent.guard")
 
