@@ -145,6 +145,8 @@ class Step:
         self.to_terminate = []
         self.results = {}  # node id -> result known in memory
         self.finished = False
+        # A finished workflow whose callbacks still run keeps its tick chain (see watch_callbacks).
+        self.watch_callbacks = False
 
     # state changes -------------------------------------------------------------------
 
@@ -226,6 +228,13 @@ class Step:
             final, step = (new, 1) if new in NODE_FINAL else (old, -1)
             self.counters["nodes_done"] += step
             self.counters[_OUTCOME_COUNTER.get(final, "nodes_failed")] += step
+        elif node.kind == NodeKind.MAP and NodeState.FAILURE in (old, new) and old != new:
+            # A fan-out whose source returned no list fails by itself: it counts as one
+            # failed node (total, done, failed), or a fan-out without followers would let
+            # the workflow end SUCCESS. retry() takes it back out.
+            step = 1 if new == NodeState.FAILURE else -1
+            for name in ("nodes_total", "nodes_done", "nodes_failed"):
+                self.counters[name] += step
         if node.kind != NodeKind.JOIN:
             self.node_changes.append((node, old, new))
         self.events.append(
@@ -549,6 +558,27 @@ def finish(step, target, reason="", error=""):
         (run if wanted else skip).append(node)
     step.transition_nodes(skip, NodeState.SKIPPED, reason=f"workflow ended {target}")
     queue_nodes(step, run, reason=f"workflow ended {target}")
+    if run:
+        step.watch_callbacks = True
+        _schedule_tick(step)
+
+
+def watch_callbacks(step):
+    """Tick of a finished workflow whose callbacks were queued: repair them like any node.
+
+    A callback whose publish or events were lost is reconciled (republished,
+    or its outcome read from the result backend) as long as one is active;
+    then, or at the workflow's deadline, the chain of ticks stops
+    (``next_tick_at`` NULL, which the sweeper reads as "nothing to watch").
+    """
+    reconcile(step)
+    still_open = WorkflowNode.objects.filter(
+        workflow_id=step.wf.pk, kind__in=CALLBACK_KINDS, state__in=NODE_ACTIVE
+    ).exists()
+    if still_open and not (step.wf.deadline and step.wf.deadline <= step.now):
+        step.watch_callbacks = True
+    else:
+        step.wf_fields["next_tick_at"] = step.wf.next_tick_at = None
 
 
 def _schedule_tick(step):
@@ -560,7 +590,7 @@ def _schedule_tick(step):
     due time leaves the chain to the pending one instead of starting another.
     """
     wf = step.wf
-    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING):
+    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING) and not step.watch_callbacks:
         return
     interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at
@@ -642,6 +672,8 @@ def _tick(workflow_id, scheduled):
                     reconcile(step)
                     release_ready(step)
                     maybe_finish(step)
+            elif wf.next_tick_at is not None:  # finished, callbacks still being watched
+                watch_callbacks(step)
             _schedule_tick(step)
             step.flush()
     if wf is None:
@@ -649,7 +681,7 @@ def _tick(workflow_id, scheduled):
             logger.warning("Tick for unknown workflow %s ignored", workflow_id)
             return "missing"
         state, due = busy
-        if scheduled and state in (WorkflowState.INITIAL, WorkflowState.RUNNING):
+        if scheduled and (state in (WorkflowState.INITIAL, WorkflowState.RUNNING) or due is not None):
             _retry_busy_tick(workflow_id, due)
         logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
         return "busy"
@@ -1083,6 +1115,8 @@ def retry(workflow_id):
         reset = [n for n in nodes.values() if n.state in NODE_FAILED]
         if not reset:
             return 0
+        # The engine's give-up count starts again, or one failed tick would end it ERROR at once.
+        step.wf_fields["engine_errors"] = wf.engine_errors = 0
         step.transition_nodes(reset, NodeState.PENDING, reason="retry")
         for node in reset:
             if node.kind != NodeKind.JOIN:
@@ -1112,6 +1146,13 @@ def retry(workflow_id):
              "result", "error", "queued_at", "started_at", "finished_at"],
             batch_size=500,
         )
+        if WorkflowState.RUNNING not in WORKFLOW_TRANSITIONS[wf.state] and wf.state != WorkflowState.RUNNING:
+            # A SUCCESS workflow whose finalizer failed: only callbacks can be reset here.
+            # The outcome stands; the callbacks run again now, watched by ticks.
+            queue_nodes(step, reset, reason="retry")
+            step.watch_callbacks = True
+            _schedule_tick(step)
+            return len(reset)
         if wf.state != WorkflowState.RUNNING:
             step.transition_workflow(
                 WorkflowState.RUNNING, reason="retry", finished_at=None, error="",
@@ -1154,7 +1195,15 @@ def skip(workflow_id, nodes, reason=""):
         if problems:
             raise ValidationError(problems)
         step.to_revoke.extend(n.task_id for n in targets if n.state == NodeState.QUEUED)
-        step.transition_nodes(targets, NodeState.SKIPPED, reason=reason or "skipped by request")
+        try:
+            step.transition_nodes(targets, NodeState.SKIPPED, reason=reason or "skipped by request")
+        except TransitionNotAllowed:
+            # A worker started a QUEUED node between the check above and the UPDATE
+            # (STARTED is written without the workflow lock). Rolled back: nothing skipped.
+            raise ValidationError(
+                "A node to skip was started by a worker meanwhile; only PENDING or QUEUED "
+                "nodes can be skipped (nothing was skipped)", code="started",
+            ) from None
         settle(step, targets)
         maybe_finish(step)
         return len(targets)
