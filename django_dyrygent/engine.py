@@ -737,7 +737,9 @@ def _encode_result(result):
     try:
         tree = to_tree(result)
     except NotSerialisable as exc:
-        return None, storable_text(f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}")
+        return None, storable_text(
+            f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}"
+        )
     where = unstorable(tree)
     if where:
         return None, (
@@ -1146,9 +1148,9 @@ def retry(workflow_id):
              "result", "error", "queued_at", "started_at", "finished_at"],
             batch_size=500,
         )
-        if WorkflowState.RUNNING not in WORKFLOW_TRANSITIONS[wf.state] and wf.state != WorkflowState.RUNNING:
-            # A SUCCESS workflow whose finalizer failed: only callbacks can be reset here.
-            # The outcome stands; the callbacks run again now, watched by ticks.
+        if wf.state == WorkflowState.SUCCESS:
+            # Only its callbacks can have failed (a finalizer): SUCCESS -> RUNNING is not a
+            # transition, the outcome stands. The callbacks run again now, watched by ticks.
             queue_nodes(step, reset, reason="retry")
             step.watch_callbacks = True
             _schedule_tick(step)
@@ -1260,9 +1262,8 @@ def publish(workflow_id, tasks_options, entries):
                 try:
                     _publish_one(app, producer, workflow_id, tasks_options, node, extra_args)
                 except Exception as exc:
-                    logger.exception(
-                        "Could not publish node %s (%s) of workflow %s", node.task_id, node.task_name, workflow_id
-                    )
+                    logger.exception("Could not publish node %s (%s) of workflow %s",
+                                     node.task_id, node.task_name, workflow_id)
                     failed.append(node)
                     if _broker_unreachable(exc, producer):
                         failed.extend(n for n, _args in entries[i + 1:])

@@ -7,20 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from django.db import connection
+from tests.test_crash import _database_url as database_url
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def database_url():
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    if connection.vendor in ("postgresql", "mysql"):
-        scheme, port = ("postgres", 5432) if connection.vendor == "postgresql" else ("mysql", 3306)
-        return f"{scheme}://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or port}/{s['NAME']}"
-    pytest.skip(f"no subprocess-worker URL for {connection.vendor}")
 
 
 def start_worker(log_path, queue, concurrency=1):

@@ -31,7 +31,8 @@ def labels():
 
 
 def callbacks_settled(wf):
-    return not wf.nodes.filter(kind__in=CALLBACKS).exclude(state__in=[S.SUCCESS, S.SKIPPED, S.FAILURE]).exists()
+    final = [S.SUCCESS, S.SKIPPED, S.FAILURE]
+    return not wf.nodes.filter(kind__in=CALLBACKS).exclude(state__in=final).exists()
 
 
 @pytest.mark.worker
@@ -76,8 +77,9 @@ def test_fanout__a_source_without_a_list_and_no_followers_ends_failure_and_runs_
 
 
 @pytest.mark.worker
-def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended(worker, monkeypatch, settings,
-                                                                                admin_client):
+def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended(
+    worker, monkeypatch, settings, admin_client
+):
     settings.DYRYGENT_REQUEUE_AFTER = 0.5
     real_publish = engine.publish
     lost = []

@@ -4,6 +4,7 @@ multiply, the lock query leaves large columns alone, tick options may carry a co
 
 import socket
 import threading
+from contextlib import contextmanager
 
 import pytest
 from celery import Celery, group
@@ -65,7 +66,8 @@ def test_publish__a_publish_that_failed_is_retried_by_the_next_tick_not_after_re
     assert wf.wait(timeout=TIMEOUT) == Workflow.State.SUCCESS
     assert sorted(Execution.objects.values_list("label", flat=True)) == [f"p{i}" for i in range(5)]
     assert set(nodes.values_list("publish_count", flat=True)) == {2}
-    assert set(Execution.objects.values_list("task_id", flat=True)) == set(nodes.values_list("task_id", flat=True))
+    ran = set(Execution.objects.values_list("task_id", flat=True))
+    assert ran == set(nodes.values_list("task_id", flat=True))
 
 
 # -- busy ticks -----------------------------------------------------------------------------------
@@ -79,8 +81,9 @@ def sent_ticks(monkeypatch):
     return sent
 
 
-def _hold_lock(pk):
-    """Lock the workflow from another connection until the returned event is set."""
+@contextmanager
+def lock_held_elsewhere(pk):
+    """The workflow row locked by another connection for the duration of the block."""
     locked, release = threading.Event(), threading.Event()
 
     def hold():
@@ -94,48 +97,42 @@ def _hold_lock(pk):
 
     thread = threading.Thread(target=hold)
     thread.start()
-    assert locked.wait(10)
-    return release, thread
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_tick__busy_ticks_are_dropped_unless_due_and_do_not_multiply(sent_ticks):
+@pytest.fixture
+def started(transactional_db, sent_ticks):
+    """A running workflow whose next tick is one interval away; no tick sent yet."""
     if not connection.features.has_select_for_update_skip_locked:
         pytest.skip("SQLite has no row locks: a tick waits for the workflow instead of finding it busy")
     wf = Workflow(name="busy")
     wf.add_signature(record.si("x"))
     wf.apply_async()
-    engine.tick(wf.pk)  # started: next_tick_at is one interval away
+    engine.tick(wf.pk)
     sent_ticks.clear()
+    return wf
 
-    release, thread = _hold_lock(wf.pk)
-    try:
+
+def test_tick__busy_ticks_are_dropped_unless_due_and_do_not_multiply(started, sent_ticks):
+    wf = started
+    with lock_held_elsewhere(wf.pk):
         outcomes = [engine.tick(wf.pk, scheduled=True) for _ in range(50)]
-    finally:
-        release.set()
-        thread.join()
     assert outcomes == ["busy"] * 50
     assert sent_ticks == []  # not due: every busy tick is an extra one, dropped (was 50 re-sends)
 
     Workflow.objects.filter(pk=wf.pk).update(next_tick_at=None)  # the chain's tick is due
-    release, thread = _hold_lock(wf.pk)
-    try:
+    with lock_held_elsewhere(wf.pk):
         assert engine.tick(wf.pk, scheduled=True) == "busy"
-    finally:
-        release.set()
-        thread.join()
     assert sent_ticks == [1.0]  # the due tick survives: tried again shortly, not an interval later
 
 
-@pytest.mark.django_db(transaction=True)
-def test_tick__concurrent_ticks_of_one_workflow_send_at_most_one_next_tick(sent_ticks):
-    if not connection.features.has_select_for_update_skip_locked:
-        pytest.skip("SQLite has no row locks: concurrent ticks queue up instead of skipping")
-    wf = Workflow(name="tick-storm")
-    wf.add_signature(record.si("x"))
-    wf.apply_async()
-    engine.tick(wf.pk)
-    sent_ticks.clear()
+def test_tick__concurrent_ticks_of_one_workflow_send_at_most_one_next_tick(started, sent_ticks):
+    wf = started
     start = threading.Barrier(12)
 
     def tick():
