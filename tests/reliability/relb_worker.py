@@ -12,12 +12,12 @@ from tests.test_crash import _database_url as database_url
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_worker(log_path, queue, concurrency=1):
-    """A prefork worker consuming ``queue`` only; its output goes to ``log_path``."""
+def start_worker(log_path, queue, concurrency=1, pool="prefork"):
+    """A worker (prefork by default) consuming ``queue`` only; its output goes to ``log_path``."""
     env = dict(os.environ, DATABASE_URL=database_url(), PYTHONPATH=str(ROOT))
     log = open(log_path, "wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-P", "prefork",
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-P", pool,
          "-c", str(concurrency), "-Q", queue, "-n", f"{queue}-{os.getpid()}@%h", "--without-mingle",
          "--without-gossip", "-l", "info"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

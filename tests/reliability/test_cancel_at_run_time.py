@@ -37,8 +37,9 @@ def own_queue():
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
 def test_cancel__a_worker_down_during_cancel_runs_none_of_the_bodies_and_retry_runs_each_once(
-    own_queue, tmp_path
+    own_queue, tmp_path, pool
 ):
     wf = Workflow(name="cancel-worker-down", options={"queue": own_queue})
     wf.add_celery_canvas(group(record.si(f"r{i}") for i in range(12)))
@@ -50,9 +51,9 @@ def test_cancel__a_worker_down_during_cancel_runs_none_of_the_bodies_and_retry_r
     assert wf.cancel(reason="stop") is True  # the revoke broadcast reaches nobody
     old_ids = set(wf.nodes.values_list("task_id", flat=True))
 
-    proc = start_worker(tmp_path / "worker.log", own_queue)
+    proc = start_worker(tmp_path / "worker.log", own_queue, pool=pool)
     try:
-        # With one process the queue is worked in order: once this marker ran,
+        # With one execution slot the queue is worked in order: once this marker ran,
         # every message of the canceled workflow has been taken.
         record.apply_async(("marker",), queue=own_queue)
         wait_for(lambda: Execution.objects.filter(label="marker").exists(), "the marker task", timeout=60)
