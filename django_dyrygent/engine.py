@@ -147,6 +147,7 @@ class Step:
         self.finished = False
         # A finished workflow whose callbacks still run keeps its tick chain (see watch_callbacks).
         self.watch_callbacks = False
+        self.tick_countdown = None  # set by _schedule_tick: send the next tick after commit
 
     # state changes -------------------------------------------------------------------
 
@@ -290,6 +291,9 @@ class Step:
             transaction.on_commit(partial(revoke, self.to_revoke))
         if self.to_terminate:
             transaction.on_commit(partial(revoke, self.to_terminate, terminate=True))
+        if self.tick_countdown is not None:
+            # After the publish: the nodes are what the workers wait for.
+            transaction.on_commit(partial(send_tick, self.wf.pk, None, self.tick_countdown))
         transaction.on_commit(self.announce)
 
     def announce(self):
@@ -597,7 +601,7 @@ def _schedule_tick(step):
     tolerance = _tick_tolerance()
     if due is None or due <= step.now + tolerance:
         step.wf_fields["next_tick_at"] = wf.next_tick_at = step.now + timedelta(seconds=interval)
-        transaction.on_commit(partial(send_tick, wf.pk, None, interval))
+        step.tick_countdown = interval
 
 
 # -- entry points ------------------------------------------------------------------------
