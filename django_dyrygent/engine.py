@@ -24,14 +24,15 @@ from functools import partial
 
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
-from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.db import DataError, InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from . import signals
 from .conf import get_celery_app, settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from .serialization import NotSerialisable, from_tree, size_of, to_tree
+from .serialization import NotSerialisable, from_tree, size_of, storable_text, to_tree, unstorable
 from .states import (
     NODE_ACTIVE,
     NODE_FAILED,
@@ -84,6 +85,12 @@ def _connection():
     return connections[router.db_for_write(Workflow)]
 
 
+#: Workflow columns of unbounded size the engine never reads under the lock. They are
+#: loaded on access (options when a tick is scheduled, tasks_options by ``publish``
+#: after commit), so a 10 MB custom_payload no longer costs every step its transfer.
+LOCK_DEFERRED = ("custom_payload", "options", "tasks_options", "error")
+
+
 def lock_workflow(pk, skip_locked=False):
     """Lock the workflow row for the current transaction and return it fresh.
 
@@ -91,12 +98,13 @@ def lock_workflow(pk, skip_locked=False):
     another transaction holds it. On SQLite (no row locks) the first statement
     is an UPDATE of the row: it takes the database write lock up front, so the
     busy timeout applies and the transaction never deadlocks on a lock upgrade.
+    The large columns (``LOCK_DEFERRED``) are not loaded.
     """
     conn = _connection()
     if conn.vendor == "sqlite" or not conn.features.has_select_for_update:
         if not Workflow.objects.filter(pk=pk).update(lock_version=F("lock_version") + 1):
             return None
-        return Workflow.objects.filter(pk=pk).first()
+        return Workflow.objects.defer(*LOCK_DEFERRED).filter(pk=pk).first()
     options = {}
     if skip_locked and conn.features.has_select_for_update_skip_locked:
         options["skip_locked"] = True
@@ -105,7 +113,7 @@ def lock_workflow(pk, skip_locked=False):
         # insert rows referencing the workflow (their foreign-key check takes
         # KEY SHARE) while a step holds the lock; see node_started.
         options["no_key"] = True
-    return Workflow.objects.select_for_update(**options).filter(pk=pk).first()
+    return Workflow.objects.select_for_update(**options).defer(*LOCK_DEFERRED).filter(pk=pk).first()
 
 
 def _chunks(items, size=None):
@@ -137,6 +145,9 @@ class Step:
         self.to_terminate = []
         self.results = {}  # node id -> result known in memory
         self.finished = False
+        # A finished workflow whose callbacks still run keeps its tick chain (see watch_callbacks).
+        self.watch_callbacks = False
+        self.tick_countdown = None  # set by _schedule_tick: send the next tick after commit
 
     # state changes -------------------------------------------------------------------
 
@@ -160,6 +171,7 @@ class Step:
                 )
             by_old[node.state].append(node)
         values = dict(fields, state=target)
+        reason = storable_text(reason)
         if reason:
             values["reason"] = reason[:255]
         if target in NODE_FINAL:
@@ -217,6 +229,13 @@ class Step:
             final, step = (new, 1) if new in NODE_FINAL else (old, -1)
             self.counters["nodes_done"] += step
             self.counters[_OUTCOME_COUNTER.get(final, "nodes_failed")] += step
+        elif node.kind == NodeKind.MAP and NodeState.FAILURE in (old, new) and old != new:
+            # A fan-out whose source returned no list fails by itself: it counts as one
+            # failed node (total, done, failed), or a fan-out without followers would let
+            # the workflow end SUCCESS. retry() takes it back out.
+            step = 1 if new == NodeState.FAILURE else -1
+            for name in ("nodes_total", "nodes_done", "nodes_failed"):
+                self.counters[name] += step
         if node.kind != NodeKind.JOIN:
             self.node_changes.append((node, old, new))
         self.events.append(
@@ -232,6 +251,7 @@ class Step:
             return
         if target not in WORKFLOW_TRANSITIONS[old]:
             raise TransitionNotAllowed(f"Workflow {self.wf.pk}: {old} -> {target}")
+        reason = storable_text(reason)
         self.wf.state = target
         self.wf_fields["state"] = target
         for key, value in fields.items():
@@ -266,13 +286,14 @@ class Step:
         if self.events and settings.EVENT_LOG:
             WorkflowEvent.objects.bulk_create(self.events, batch_size=1000)
         if self.to_publish:
-            transaction.on_commit(
-                partial(publish, self.wf.pk, self.wf.tasks_options, self.to_publish)
-            )
+            transaction.on_commit(partial(publish, self.wf.pk, None, self.to_publish))
         if self.to_revoke:
             transaction.on_commit(partial(revoke, self.to_revoke))
         if self.to_terminate:
             transaction.on_commit(partial(revoke, self.to_terminate, terminate=True))
+        if self.tick_countdown is not None:
+            # After the publish: the nodes are what the workers wait for.
+            transaction.on_commit(partial(send_tick, self.wf.pk, None, self.tick_countdown))
         transaction.on_commit(self.announce)
 
     def announce(self):
@@ -541,6 +562,27 @@ def finish(step, target, reason="", error=""):
         (run if wanted else skip).append(node)
     step.transition_nodes(skip, NodeState.SKIPPED, reason=f"workflow ended {target}")
     queue_nodes(step, run, reason=f"workflow ended {target}")
+    if run:
+        step.watch_callbacks = True
+        _schedule_tick(step)
+
+
+def watch_callbacks(step):
+    """Tick of a finished workflow whose callbacks were queued: repair them like any node.
+
+    A callback whose publish or events were lost is reconciled (republished,
+    or its outcome read from the result backend) as long as one is active;
+    then, or at the workflow's deadline, the chain of ticks stops
+    (``next_tick_at`` NULL, which the sweeper reads as "nothing to watch").
+    """
+    reconcile(step)
+    still_open = WorkflowNode.objects.filter(
+        workflow_id=step.wf.pk, kind__in=CALLBACK_KINDS, state__in=NODE_ACTIVE
+    ).exists()
+    if still_open and not (step.wf.deadline and step.wf.deadline <= step.now):
+        step.watch_callbacks = True
+    else:
+        step.wf_fields["next_tick_at"] = step.wf.next_tick_at = None
 
 
 def _schedule_tick(step):
@@ -552,14 +594,14 @@ def _schedule_tick(step):
     due time leaves the chain to the pending one instead of starting another.
     """
     wf = step.wf
-    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING):
+    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING) and not step.watch_callbacks:
         return
     interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at
-    tolerance = timedelta(seconds=min(1.0, interval / 2))
+    tolerance = _tick_tolerance()
     if due is None or due <= step.now + tolerance:
         step.wf_fields["next_tick_at"] = wf.next_tick_at = step.now + timedelta(seconds=interval)
-        transaction.on_commit(partial(send_tick, wf.pk, wf.options, interval))
+        step.tick_countdown = interval
 
 
 # -- entry points ------------------------------------------------------------------------
@@ -596,7 +638,7 @@ def tick(workflow_id, scheduled=True):
 
 
 def _engine_error(workflow_id, exc):
-    detail = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+    detail = storable_text("".join(tb_module.format_exception(type(exc), exc, exc.__traceback__)))
     with transaction.atomic():
         wf = lock_workflow(workflow_id)
         if wf is None or wf.state in WORKFLOW_FINAL:
@@ -618,7 +660,7 @@ def _tick(workflow_id, scheduled):
     with transaction.atomic():
         wf = lock_workflow(workflow_id, skip_locked=True)
         if wf is None:
-            busy = Workflow.objects.filter(pk=workflow_id).values_list("options", "state").first()
+            busy = Workflow.objects.filter(pk=workflow_id).values_list("state", "next_tick_at").first()
         else:
             busy = None
             step = Step(wf)
@@ -636,18 +678,42 @@ def _tick(workflow_id, scheduled):
                     reconcile(step)
                     release_ready(step)
                     maybe_finish(step)
+            elif wf.next_tick_at is not None:  # finished, callbacks still being watched
+                watch_callbacks(step)
             _schedule_tick(step)
             step.flush()
     if wf is None:
         if busy is None:
             logger.warning("Tick for unknown workflow %s ignored", workflow_id)
             return "missing"
-        options, state = busy
-        if scheduled and state in (WorkflowState.INITIAL, WorkflowState.RUNNING):
-            send_tick(workflow_id, options, float(settings.TICK_INTERVAL))
+        state, due = busy
+        if scheduled and (state in (WorkflowState.INITIAL, WorkflowState.RUNNING) or due is not None):
+            _retry_busy_tick(workflow_id, due)
         logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
         return "busy"
     return wf.state
+
+
+def _tick_tolerance():
+    return timedelta(seconds=min(1.0, float(settings.TICK_INTERVAL) / 2))
+
+
+def _retry_busy_tick(workflow_id, due):
+    """A scheduled tick found the workflow locked: try again shortly, but only if it was the due one.
+
+    Only the chain's due tick (``next_tick_at`` reached, or none scheduled)
+    must survive, or the chain would break when the lock holder is not a tick
+    (a completion) and never reschedules. Any other tick (an extra one from
+    "tick now", a retry, a duplicate message, a burst of ticks) is dropped:
+    re-sending those made busy ticks multiply (50 threads ticking one
+    workflow produced 40,306 tick tasks). The retry comes after the
+    tolerance, not a whole interval: if the holder was a tick it has moved
+    ``next_tick_at`` on meanwhile and the retry dies, otherwise it runs.
+    """
+    tolerance = _tick_tolerance()
+    if due is not None and due > timezone.now() + tolerance:
+        return
+    send_tick(workflow_id, None, tolerance.total_seconds())
 
 
 def _locked_step(workflow_id, action):
@@ -677,7 +743,15 @@ def _encode_result(result):
     try:
         tree = to_tree(result)
     except NotSerialisable as exc:
-        return None, f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}"
+        return None, storable_text(
+            f"Result is not JSON-serialisable, so it cannot be stored in the node: {exc}"
+        )
+    where = unstorable(tree)
+    if where:
+        return None, (
+            f"Result cannot be stored: {where}, which database columns cannot hold; "
+            "return binary data base64-encoded (or strip the character)"
+        )
     cap = settings.MAX_RESULT_BYTES
     size = size_of(tree)
     if cap and size > cap:
@@ -696,8 +770,36 @@ def _finish_node(step, node, target, **fields):
     maybe_finish(step)
 
 
+def _fail_unstorable(workflow_id, task_id, exc, what):
+    """The database refused a value of this node's outcome: fail this node alone, saying why."""
+    error = storable_text(
+        f"The {what} of this task could not be stored, so the node is failed: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    logger.error("Workflow %s: %s", workflow_id, error)
+
+    def refused(step):
+        node = _node_for_event(step, task_id)
+        if node is None or _ignore(node, NodeState.FAILURE):
+            return None
+        _finish_node(step, node, NodeState.FAILURE, error=error, reason=f"{what} not storable")
+        return node
+
+    return _locked_step(workflow_id, refused)
+
+
+# What the database raises for a value it cannot hold (psycopg: DataError; a string
+# the driver cannot encode: UnicodeEncodeError, a ValueError).
+VALUE_REFUSED = (DataError, ValueError)
+
+
 def node_succeeded(workflow_id, task_id, result):
-    """A worker reports that the node's task returned ``result``."""
+    """A worker reports that the node's task returned ``result``.
+
+    A value the database refuses although ``_encode_result`` accepted it
+    fails this node with the database's message: one value never stalls the
+    workflow or ends it ERROR.
+    """
 
     def succeeded(step):
         node = _node_for_event(step, task_id)
@@ -711,7 +813,10 @@ def node_succeeded(workflow_id, task_id, result):
         _finish_node(step, node, NodeState.SUCCESS, result=value, error="")
         return node
 
-    return _locked_step(workflow_id, succeeded)
+    try:
+        return _locked_step(workflow_id, succeeded)
+    except VALUE_REFUSED as exc:
+        return _fail_unstorable(workflow_id, task_id, exc, "result")
 
 
 def node_failed(workflow_id, task_id, exception=None, traceback=""):
@@ -725,7 +830,10 @@ def node_failed(workflow_id, task_id, exception=None, traceback=""):
         _finish_node(step, node, NodeState.FAILURE, error=error, reason="task raised")
         return node
 
-    return _locked_step(workflow_id, failed)
+    try:
+        return _locked_step(workflow_id, failed)
+    except VALUE_REFUSED as exc:
+        return _fail_unstorable(workflow_id, task_id, exc, "error")
 
 
 def node_revoked(workflow_id, task_id, reason="revoked"):
@@ -748,12 +856,13 @@ def _ignore(node, target):
 
 
 def _format_error(exception, traceback):
+    """Exception and traceback as stored: NUL and lone surrogates escaped, never refused."""
     if exception is None:
-        return traceback or ""
+        return storable_text(traceback or "")
     head = "".join(tb_module.format_exception_only(type(exception), exception)).strip()
     if traceback and head not in traceback:
-        return f"{head}\n\n{traceback}"
-    return traceback or head
+        return storable_text(f"{head}\n\n{traceback}")
+    return storable_text(traceback or head)
 
 
 def node_started(workflow_id, task_id, hostname="", pid=None):
@@ -773,7 +882,7 @@ def node_started(workflow_id, task_id, hostname="", pid=None):
 
 def node_retrying(workflow_id, task_id, reason=""):
     return _simple_transition(
-        workflow_id, task_id, NodeState.RETRY, error=str(reason or "")[:10000],
+        workflow_id, task_id, NodeState.RETRY, error=storable_text(str(reason or ""))[:10000],
         retries=F("retries") + 1,
     )
 
@@ -912,9 +1021,10 @@ def reconcile(step):
     """
     cutoff = step.now - timedelta(seconds=float(settings.REQUEUE_AFTER))
     stale = list(
-        WorkflowNode.objects.filter(
-            workflow_id=step.wf.pk, state__in=NODE_ACTIVE, queued_at__lt=cutoff
-        ).only(*NODE_FIELDS).order_by("queued_at")[: settings.RECONCILE_BATCH]
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk, state__in=NODE_ACTIVE)
+        # queued_at NULL on a QUEUED node: its publish failed (mark_unpublished); due now.
+        .filter(Q(queued_at__lt=cutoff) | Q(state=NodeState.QUEUED, queued_at__isnull=True))
+        .only(*NODE_FIELDS, "queued_at").order_by(F("queued_at").asc(nulls_first=True))[: settings.RECONCILE_BATCH]
     )
     if not stale:
         return
@@ -930,8 +1040,11 @@ def reconcile(step):
         elif status == "REVOKED":
             step.transition_nodes([node], NodeState.CANCELED, reason="revoked (reconciled)")
             finished.append(node)
-        elif node.state == NodeState.QUEUED and status == "PENDING" and not settings.LIVENESS:
-            # With liveness the sweep decides, telling a lost message from a slow queue.
+        elif node.state == NodeState.QUEUED and status == "PENDING" and (
+            node.queued_at is None or not settings.LIVENESS
+        ):
+            # A failed publish (queued_at NULL) is known lost; otherwise, with
+            # liveness on, the sweep decides, telling a lost message from a slow queue.
             republish.append(node)
         # STARTED / RETRY with no outcome yet: the task is running; leave it.
     if republish:
@@ -954,11 +1067,10 @@ def record_backend_outcome(step, node, meta, reason):
     status = meta.get("status")
     if status == "SUCCESS":
         value, problem = _encode_result(meta.get("result"))
+        if not problem:
+            problem = _store_backend_success(step, node, value, reason)
         if problem:
             step.transition_nodes([node], NodeState.FAILURE, error=problem, reason=reason)
-        else:
-            step.results[node.pk] = value
-            step.transition_nodes([node], NodeState.SUCCESS, result=value, reason=reason)
         return True
     if status == "FAILURE" and not _not_the_task_s_failure(meta):
         error = _format_error(None, meta.get("traceback") or repr(meta.get("result")))
@@ -972,6 +1084,22 @@ def _not_the_task_s_failure(meta):
     return any(word in text for word in ("WorkerLostError", "OperationalError", "InterfaceError"))
 
 
+def _store_backend_success(step, node, value, reason):
+    """Store a reconciled result; the database's message if it refuses the value.
+
+    A savepoint around the one UPDATE: a refused value must cost that node,
+    not the whole tick (a tick that fails every time ends the workflow ERROR).
+    The Step records the change only after the UPDATE succeeded.
+    """
+    try:
+        with transaction.atomic():
+            step.transition_nodes([node], NodeState.SUCCESS, result=value, reason=reason)
+    except VALUE_REFUSED as exc:
+        return storable_text(f"The result of this task could not be stored: {type(exc).__name__}: {exc}")
+    step.results[node.pk] = value
+    return None
+
+
 def _backend_metas(backend, task_ids):
     try:
         from django_celery_results.backends.database import DatabaseBackend
@@ -982,11 +1110,15 @@ def _backend_metas(backend, task_ids):
 
         metas = {}
         for row in TaskResult.objects.filter(task_id__in=task_ids):
-            metas[row.task_id] = {
-                "status": row.status,
-                "result": backend.decode_content(row, row.result) if row.result else None,
-                "traceback": row.traceback,
-            }
+            meta = metas[row.task_id] = {"status": row.status, "result": None, "traceback": row.traceback}
+            try:
+                meta["result"] = backend.decode_content(row, row.result) if row.result else None
+            except Exception as exc:  # one undecodable row must not fail every tick
+                if row.status == "SUCCESS":
+                    meta["status"] = "FAILURE"
+                    meta["traceback"] = storable_text(
+                        f"The result backend holds a result for this task that cannot be decoded: {exc!r}"
+                    )
         return metas
     metas = {}
     for task_id in task_ids:
@@ -1042,6 +1174,8 @@ def retry(workflow_id):
         reset = [n for n in nodes.values() if n.state in NODE_FAILED]
         if not reset:
             return 0
+        # The engine's give-up count starts again, or one failed tick would end it ERROR at once.
+        step.wf_fields["engine_errors"] = wf.engine_errors = 0
         step.transition_nodes(reset, NodeState.PENDING, reason="retry")
         for node in reset:
             if node.kind != NodeKind.JOIN:
@@ -1071,6 +1205,13 @@ def retry(workflow_id):
              "result", "error", "queued_at", "started_at", "finished_at"],
             batch_size=500,
         )
+        if wf.state == WorkflowState.SUCCESS:
+            # Only its callbacks can have failed (a finalizer): SUCCESS -> RUNNING is not a
+            # transition, the outcome stands. The callbacks run again now, watched by ticks.
+            queue_nodes(step, reset, reason="retry")
+            step.watch_callbacks = True
+            _schedule_tick(step)
+            return len(reset)
         if wf.state != WorkflowState.RUNNING:
             step.transition_workflow(
                 WorkflowState.RUNNING, reason="retry", finished_at=None, error="",
@@ -1113,7 +1254,15 @@ def skip(workflow_id, nodes, reason=""):
         if problems:
             raise ValidationError(problems)
         step.to_revoke.extend(n.task_id for n in targets if n.state == NodeState.QUEUED)
-        step.transition_nodes(targets, NodeState.SKIPPED, reason=reason or "skipped by request")
+        try:
+            step.transition_nodes(targets, NodeState.SKIPPED, reason=reason or "skipped by request")
+        except TransitionNotAllowed:
+            # A worker started a QUEUED node between the check above and the UPDATE
+            # (STARTED is written without the workflow lock). Rolled back: nothing skipped.
+            raise ValidationError(
+                "A node to skip was started by a worker meanwhile; only PENDING or QUEUED "
+                "nodes can be skipped (nothing was skipped)", code="started",
+            ) from None
         settle(step, targets)
         maybe_finish(step)
         return len(targets)
@@ -1124,39 +1273,101 @@ def skip(workflow_id, nodes, reason=""):
 # -- talking to Celery (after commit only) ---------------------------------------------------
 
 
+def _workflow_field(workflow_id, field):
+    """One JSON column of the workflow, read after commit (the lock query defers it)."""
+    return Workflow.objects.filter(pk=workflow_id).values_list(field, flat=True).first() or {}
+
+
 def send_tick(workflow_id, options=None, countdown=None):
+    """Send the tick task; ``options`` None means the workflow's own tick options.
+
+    The engine's ``countdown`` (the tick interval) replaces any countdown or
+    eta in the options; without one (the first tick) the options' own apply.
+    """
     from .tasks import tick as tick_task
 
     try:
-        tick_task.apply_async((str(workflow_id),), countdown=countdown, **from_tree(options or {}))
+        if options is None:
+            options = _workflow_field(workflow_id, "options")
+        options = dict(from_tree(options or {}))
+        if countdown is not None:
+            options.pop("eta", None)
+            options["countdown"] = countdown
+        tick_task.apply_async((str(workflow_id),), **options)
     except Exception:
         # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
         logger.exception("Could not send the tick of workflow %s", workflow_id)
 
 
 def publish(workflow_id, tasks_options, entries):
-    """Publish queued nodes with their own task ids and the workflow header."""
-    app = get_celery_app()
-    headers = {HEADER: str(workflow_id)}
-    with app.producer_or_acquire() as producer:
-        for node, extra_args in entries:
-            sig_dict = node.signature or {}
-            options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
-            options["headers"] = {**options.get("headers", {}), **headers}
-            if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
-                extra_args = (str(workflow_id),)
-            sig = app.signature(
-                sig_dict["task"], args=from_tree(sig_dict.get("args", [])),
-                kwargs=from_tree(sig_dict.get("kwargs", {})),
-                immutable=sig_dict.get("immutable", False),
-            )
-            try:
-                sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
-            except Exception:
-                # The node stays QUEUED; the tick republishes it after DYRYGENT_REQUEUE_AFTER.
-                logger.exception(
-                    "Could not publish node %s (%s) of workflow %s", node.task_id, node.task_name, workflow_id
-                )
+    """Publish queued nodes with their own task ids and the workflow header.
+
+    ``tasks_options`` None means the workflow's own (read here, after commit).
+    A node whose message could not be sent is marked at once (``queued_at``
+    cleared, state still QUEUED, see ``mark_unpublished``) so the next tick
+    publishes it again, instead of after DYRYGENT_REQUEUE_AFTER. When the
+    broker itself is unreachable the remaining nodes are not even tried (each
+    attempt would wait for Celery's publish retries): they are marked too.
+    """
+    failed = []
+    try:
+        app = get_celery_app()
+        if tasks_options is None:
+            tasks_options = _workflow_field(workflow_id, "tasks_options")
+        with app.producer_or_acquire() as producer:
+            for i, (node, extra_args) in enumerate(entries):
+                try:
+                    _publish_one(app, producer, workflow_id, tasks_options, node, extra_args)
+                except Exception as exc:
+                    logger.exception("Could not publish node %s (%s) of workflow %s",
+                                     node.task_id, node.task_name, workflow_id)
+                    failed.append(node)
+                    if _broker_unreachable(exc, producer):
+                        failed.extend(n for n, _args in entries[i + 1:])
+                        break
+    except Exception:
+        logger.exception("Could not publish %d node(s) of workflow %s", len(entries), workflow_id)
+        done = {n.task_id for n in failed}
+        failed.extend(n for n, _args in entries if n.task_id not in done)
+    if failed:
+        mark_unpublished(workflow_id, [n.task_id for n in failed])
+
+
+def _broker_unreachable(exc, producer):
+    connection = getattr(producer, "connection", None)
+    return isinstance(exc, (BrokerUnreachable, *getattr(connection, "connection_errors", ())))
+
+
+def _publish_one(app, producer, workflow_id, tasks_options, node, extra_args):
+    sig_dict = node.signature or {}
+    options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
+    options["headers"] = {**options.get("headers", {}), HEADER: str(workflow_id)}
+    if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
+        extra_args = (str(workflow_id),)
+    sig = app.signature(
+        sig_dict["task"], args=from_tree(sig_dict.get("args", [])),
+        kwargs=from_tree(sig_dict.get("kwargs", {})),
+        immutable=sig_dict.get("immutable", False),
+    )
+    sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
+
+
+def mark_unpublished(workflow_id, task_ids):
+    """Record that these QUEUED nodes' messages were never sent: ``queued_at`` NULL.
+
+    Its own short statement, after the failed publish: no lock (the state does
+    not change, and the UPDATE is conditional on the node being QUEUED under
+    that task id, so a node a worker started or a retry renamed is left
+    alone). ``reconcile`` treats a QUEUED node without ``queued_at`` as due.
+    """
+    try:
+        for chunk in _chunks(task_ids):
+            WorkflowNode.objects.filter(
+                workflow_id=workflow_id, task_id__in=chunk, state=NodeState.QUEUED
+            ).update(queued_at=None)
+    except Exception:
+        # The node keeps its queued_at: republished after DYRYGENT_REQUEUE_AFTER instead.
+        logger.exception("Could not mark %d unpublished node(s) of workflow %s", len(task_ids), workflow_id)
 
 
 def revoke(task_ids, terminate=False):

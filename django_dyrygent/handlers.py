@@ -6,19 +6,43 @@ usable database connection and is retried while the database is away
 (``db.run``); a receiver never lets an exception escape into Celery: after
 DYRYGENT_OUTCOME_RETRY_FOR the event is logged and the sweep repairs it (the
 worker no longer holds the task: result backend, else a re-run).
+
+Run-time guard (cancel honoured where the work runs). A revoke broadcast
+reaches only the workers that are up, and a worker checks its revoked set
+before it hands a message to the pool, so a message taken by a worker that
+was down during ``cancel()``, or received before the cancel committed, would
+still run. The ``task_prerun`` receiver already records STARTED with a
+conditional UPDATE (QUEUED/RETRY/STARTED -> STARTED, by task id): when that
+UPDATE matches no row, the node is CANCELED, SKIPPED, final, or was given a
+fresh task id by a retry, so the body must not run. A receiver cannot stop
+the body (Celery's ``Signal.send`` swallows receiver exceptions), so the
+receiver only marks the request, and ``before_start``, installed on every
+task class at ``worker_init``, raises ``celery.exceptions.Ignore`` for a
+marked request: Celery's tracer calls ``before_start`` inside the same
+``try`` as the body and treats ``Ignore`` as "no state to record" (no
+result, no failure, the message is acknowledged). This works alike in the
+prefork, threads and solo pools (the tracer is the same; prefork children
+inherit the patched classes and build their tracers after the fork) and it
+costs no query: the decision is the UPDATE the receiver makes anyway.
 """
 
 import logging
 import threading
+from traceback import format_exception
 
 from billiard.exceptions import WorkerLostError
 from celery import signals as celery_signals
+from celery.exceptions import Ignore
 from celery.states import SUCCESS
+from django.db import DatabaseError
 
 from . import db, engine, recovery, worker
 from .conf import settings
 
 logger = logging.getLogger("django_dyrygent.handlers")
+
+#: Request attribute set by the task_prerun receiver when the node is not runnable.
+NOT_RUNNABLE = "dyrygent_not_runnable"
 
 # Per executing thread: task ids whose outcome this thread has recorded, and
 # task ids whose body returned although Celery then reports a failure.
@@ -36,6 +60,8 @@ def _marks(name):
 def _workflow_id(request):
     if request is None:
         return None
+    if isinstance(request, dict):  # task_internal_error passes the raw request dict
+        return request.get("dyrygent_workflow") or (request.get("headers") or {}).get("dyrygent_workflow")
     value = getattr(request, "dyrygent_workflow", None)
     if value is None:
         headers = getattr(request, "headers", None) or {}
@@ -49,15 +75,22 @@ def _task_request(sender, request=None):
     return getattr(sender, "request", None)
 
 
-def _guarded(what, func, *args, **kwargs):
+def _step(what, func, *args, **kwargs):
     """Run an engine step on a usable connection, retried while the database is away.
 
-    The retry lasts DYRYGENT_OUTCOME_RETRY_FOR seconds; after that the event
-    is logged and left to the sweeper (the worker will no longer hold the
-    task, so the node is re-run or repaired from the result backend).
+    The retry lasts DYRYGENT_OUTCOME_RETRY_FOR seconds, then the last error is raised.
+    """
+    return db.run(func, *args, retry_for=float(settings.OUTCOME_RETRY_FOR), what=what, **kwargs)
+
+
+def _guarded(what, func, *args, **kwargs):
+    """``_step``, but a step that still fails is logged and left to the sweeper.
+
+    The worker will no longer hold the task, so the node is re-run or
+    repaired from the result backend.
     """
     try:
-        return db.run(func, *args, retry_for=float(settings.OUTCOME_RETRY_FOR), what=what, **kwargs)
+        return _step(what, func, *args, **kwargs)
     except Exception:
         logger.exception(
             "django_dyrygent could not record %s of workflow %s; the sweep will repair it",
@@ -74,7 +107,45 @@ def on_task_prerun(sender=None, task_id=None, task=None, **kwargs):
     if workflow_id and task_id:
         hostname = getattr(request, "hostname", None) or ""
         pid = worker.MAIN_PID if hostname else None
-        _guarded(f"the start of task {task_id}", engine.node_started, workflow_id, task_id, hostname, pid)
+        try:
+            node = _step(f"the start of task {task_id}", engine.node_started, workflow_id, task_id, hostname, pid)
+        except Exception:
+            # Cannot tell (database unreachable): run it, as Celery would; its
+            # outcome report is ignored if the node turns out not runnable.
+            logger.exception("django_dyrygent could not record the start of task %s of workflow %s; "
+                             "the sweep will repair it", task_id, workflow_id)
+            return
+        if node is None and request is not None:
+            setattr(request, NOT_RUNNABLE, True)
+
+
+def guard_before_start(before_start):
+    """Wrap a task class's ``before_start``: refuse to run a node that is no longer runnable."""
+    def guarded_before_start(self, task_id, args, kwargs):
+        if getattr(self.request, NOT_RUNNABLE, False):
+            logger.info("Task %s (%s) is not runnable any more (its node was canceled, skipped, "
+                        "finished or retried under a new task id); its body is not run", task_id, self.name)
+            raise Ignore()
+        return before_start(self, task_id, args, kwargs)
+
+    guarded_before_start.dyrygent_guard = True
+    return guarded_before_start
+
+
+def install_run_guard(sender=None, **kwargs):
+    """worker_init: put the guard on the app's base Task class and on every task class.
+
+    The base class covers tasks registered later; the per-class pass covers
+    classes that define their own ``before_start`` (the guard wraps theirs and
+    calls it). Not ``Task.add_around``: it would unwrap a ``functools.wraps``
+    decorated ``before_start`` of the user's. Idempotent.
+    """
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    for cls in [app.Task] + [type(task) for task in app.tasks.values()]:
+        if not getattr(cls.before_start, "dyrygent_guard", False):
+            cls.before_start = guard_before_start(cls.before_start)
 
 
 def on_task_success(sender=None, result=None, **kwargs):
@@ -121,6 +192,31 @@ def on_task_failure(sender=None, task_id=None, exception=None, einfo=None, **kwa
     _guarded(f"the failure of task {task_id}", engine.node_failed, workflow_id, task_id, exception, traceback)
 
 
+def on_task_internal_error(sender=None, task_id=None, request=None, exception=None, **kwargs):
+    """The result backend refused to store a task's failure (a NUL in its message, on PostgreSQL).
+
+    Celery then never sends ``task_failure`` for the task's own exception,
+    and the node would stay STARTED until reconciled. The task's exception is
+    the deepest one in the chain of the storage error: record it (escaped).
+    Only for a refused value: any other storage error (database down) is
+    not about the outcome and is left to the tick.
+    """
+    workflow_id = _workflow_id(request)
+    if not (workflow_id and task_id):
+        return
+    if not isinstance(exception, engine.VALUE_REFUSED):
+        return
+    original = exception
+    while (original.__cause__ or original.__context__) is not None:
+        original = original.__cause__ or original.__context__
+    if original is exception or isinstance(original, engine.VALUE_REFUSED + (DatabaseError,)):
+        return
+    traceback = "".join(format_exception(type(original), original, original.__traceback__))
+    note = f"\n(The result backend could not store this failure: {type(exception).__name__}: {exception})"
+    _guarded(f"the failure of task {task_id}", engine.node_failed, workflow_id, task_id, original,
+             traceback + note)
+
+
 def on_task_retry(sender=None, request=None, reason=None, **kwargs):
     workflow_id = _workflow_id(request)
     if workflow_id:
@@ -142,7 +238,11 @@ def connect_worker_signals():
     celery_signals.task_postrun.connect(on_task_postrun, weak=False, dispatch_uid="django_dyrygent.postrun")
     celery_signals.task_failure.connect(on_task_failure, weak=False, dispatch_uid="django_dyrygent.failure")
     celery_signals.task_retry.connect(on_task_retry, weak=False, dispatch_uid="django_dyrygent.retry")
+    celery_signals.task_internal_error.connect(
+        on_task_internal_error, weak=False, dispatch_uid="django_dyrygent.internal_error"
+    )
     celery_signals.task_revoked.connect(on_task_revoked, weak=False, dispatch_uid="django_dyrygent.revoked")
+    celery_signals.worker_init.connect(install_run_guard, weak=False, dispatch_uid="django_dyrygent.guard")
     worker.connect()
 
 

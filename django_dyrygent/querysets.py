@@ -10,11 +10,16 @@ class WorkflowQuerySet(models.QuerySet):
         return self.filter(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING])
 
     def stale(self, older_than_seconds):
-        """Active workflows whose scheduled tick is overdue (its message was probably lost)."""
+        """Workflows whose scheduled tick is overdue (its message was probably lost).
+
+        Active workflows, and finished ones whose callbacks the engine still
+        watches (a finished workflow keeps ``next_tick_at`` only for that).
+        """
         cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
-        return self.active().filter(
+        return self.filter(
             models.Q(next_tick_at__lt=cutoff)
-            | models.Q(next_tick_at__isnull=True, created_at__lt=cutoff)
+            | models.Q(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING],
+                       next_tick_at__isnull=True, created_at__lt=cutoff)
         )
 
 

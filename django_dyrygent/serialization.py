@@ -32,3 +32,61 @@ def from_tree(tree):
 
 def size_of(tree):
     return len(json.dumps(tree, separators=(",", ":")).encode())
+
+
+# -- values a database column cannot hold ---------------------------------------------------
+
+# NUL and lone surrogates: PostgreSQL refuses both in text and jsonb, and a lone
+# surrogate cannot even be encoded to UTF-8 for SQLite or MySQL. The engine checks
+# for them on every database, so a workflow behaves the same wherever it runs.
+_UNSTORABLE = {"\x00": "a NUL character (\\x00)"}
+
+
+def _problem_in(text):
+    if "\x00" in text:
+        return _UNSTORABLE["\x00"]
+    for char in text:
+        if "\ud800" <= char <= "\udfff":
+            return f"a lone surrogate (\\u{ord(char):04x})"
+    return None
+
+
+def unstorable(tree, path="result"):
+    """Where ``tree`` holds a string no database column can store, and what; None if nowhere.
+
+    Returns e.g. ``"result['name'][2] contains a NUL character (\\x00)"``.
+    Keys are checked as well as values.
+    """
+    stack = [(tree, path)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            problem = _problem_in(value)
+            if problem:
+                return f"{where} contains {problem}"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                problem = _problem_in(key) if isinstance(key, str) else None
+                if problem:
+                    return f"a key of {where} contains {problem}"
+                stack.append((item, f"{where}[{key!r}]"))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return None
+
+
+def storable_text(text):
+    """``text`` with NUL and lone surrogates written as visible escapes (``\\x00``, ``\\ud800``).
+
+    For text meant for people (errors, tracebacks, reasons): stored escaped
+    rather than refused, so a poison character never costs the message.
+    """
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -47,6 +47,7 @@ def test_reconcile__a_publish_lost_after_commit_is_republished_with_the_same_tas
     wf.add_signature(record.si("second"), dependencies=[first])
     wf.apply_async()
     assert _wait_for(lambda: WorkflowNode.objects.filter(pk=first.pk, state="QUEUED").exists())
+    assert _wait_for(lambda: lost)  # the publish runs just after the commit that queued it
     assert lost == [first.task_id]
     # Nothing moves until the grace period is over.
     engine.tick(wf.pk, scheduled=False)
