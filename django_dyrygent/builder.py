@@ -226,11 +226,10 @@ def _find_cycle(draft):
     return list(reversed(cycle + [node]))
 
 
-def save_and_start(draft, options=None, on_saved=None):
+def save_and_start(draft, options=None):
     """Validate, save workflow, nodes and edges in one transaction, send the first tick on commit.
 
-    ``on_saved(rows)`` runs inside the transaction after the rows are written
-    (the compatible door uses it to apply what it adds on top). Whether the
+    Whether the
     first tick could be sent is recorded on the workflow: ``start_sent`` is
     None until the transaction commits, then True or False, and
     ``start_error`` holds the exception when the broker refused it; the
@@ -271,8 +270,6 @@ def save_and_start(draft, options=None, on_saved=None):
             ]
             WorkflowEdge.objects.bulk_create(edges, batch_size=BULK_BATCH)
             _log_skipped(workflow, draft.skipped, now)
-            if on_saved is not None:
-                on_saved(nodes)
             transaction.on_commit(partial(send_start, workflow))
     except IntegrityError as exc:
         _back_to_draft(workflow, nodes)
@@ -323,8 +320,14 @@ def send_start(workflow):
     and the sweeper ticks it once overdue), but the caller is told through
     ``workflow.start_sent`` / ``workflow.start_error`` instead of a log line only.
     """
+    app = get_celery_app()
+    args, options = (str(workflow.pk),), from_tree(workflow.options or {})
     try:
-        get_celery_app().send_task(TICK_TASK, args=(str(workflow.pk),), **from_tree(workflow.options or {}))
+        if TICK_TASK in app.tasks:
+            # Through the task, so options set on it (register_workflow_processor(app, queue=...)) apply.
+            app.tasks[TICK_TASK].apply_async(args, **options)
+        else:
+            app.send_task(TICK_TASK, args=args, **options)
     except Exception as exc:  # noqa: BLE001 - any broker error means "not sent"
         workflow.start_sent, workflow.start_error = False, exc
         logger.warning(

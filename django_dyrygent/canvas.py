@@ -134,7 +134,7 @@ def add_fanout(draft, template, dependency, timeout=None):
     (dep,) = check_dependencies(draft, [dependency])
     _no_links(sig, "a fan-out template")
     return draft.new_node(
-        [dep], task_id=uuid(), task_name=sig.task or "", kind=NodeKind.MAP,
+        [dep], source=sig, task_id=uuid(), task_name=sig.task or "", kind=NodeKind.MAP,
         signature=signature_to_dict(sig), timeout=_as_timeout(timeout),
     )
 
@@ -152,6 +152,7 @@ def add_signature(draft, signature, dependencies=None, trigger_rule=TriggerRule.
     callbacks = _linked_callbacks(draft, sig)
     node = draft.new_node(
         deps,
+        source=sig,
         task_id=_task_id(sig),
         task_name=sig.task or "",
         signature=signature_to_dict(sig),
@@ -171,7 +172,8 @@ def add_callback(draft, signature, kind):
     sig = _as_signature(draft, signature)
     _no_links(sig, "a workflow callback")
     return draft.new_node(
-        task_id=_task_id(sig), task_name=sig.task or "", kind=kind, signature=signature_to_dict(sig),
+        source=sig, task_id=_task_id(sig), task_name=sig.task or "", kind=kind,
+        signature=signature_to_dict(sig),
     )
 
 

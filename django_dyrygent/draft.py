@@ -32,6 +32,7 @@ class Draft:
         self.nodes = []
         self._dependencies = {}  # id(node) -> [node, ...] in the order given
         self.skipped = []  # nodes marked done before start (celery-dyrygent's skip_tasks)
+        self._sources = {}  # id(node) -> the Celery signature it was made from
 
     @property
     def label(self):
@@ -40,11 +41,17 @@ class Draft:
 
     # -- the graph ------------------------------------------------------------------------
 
-    def new_node(self, dependencies=(), **fields):
+    def new_node(self, dependencies=(), source=None, **fields):
         node = self.node_factory(position=len(self.nodes), **fields)
         self.nodes.append(node)
         self._dependencies[id(node)] = list(dependencies)
+        if source is not None:
+            self._sources[id(node)] = source
         return node
+
+    def source_of(self, node):
+        """The user's Celery signature a node was made from (None for joins)."""
+        return self._sources.get(id(node))
 
     def owns(self, node):
         # Every node of this draft is alive (held in self.nodes), so no other
@@ -112,6 +119,6 @@ class Draft:
     def validate(self):
         builder.validate(self)
 
-    def apply(self, options=None, on_saved=None):
-        """Validate and save in one transaction; ``on_saved(rows)`` runs inside it, before commit."""
-        return builder.save_and_start(self, options, on_saved=on_saved)
+    def apply(self, options=None):
+        """Validate and save in one transaction; the first tick is sent on commit."""
+        return builder.save_and_start(self, options)

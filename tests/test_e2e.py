@@ -170,15 +170,15 @@ def test_options__task_options_and_custom_payloads_are_kept_and_reach_the_worker
 # -- celery-dyrygent README, as written ------------------------------------------------------
 
 
-def test_readme__examples_run_as_written_with_django_dyrygent_imports(worker, compat_handler, capsys):
+def test_readme__examples_run_as_written_with_the_django_model(worker, compat_handler, capsys):
+    """The README's examples through the Django model door (tests/compat runs them through
+    django_dyrygent.workflows, the celery-dyrygent door)."""
     from django_dyrygent.tasks import register_workflow_processor
 
     app = celery_app  # your celery application instance
 
     workflow_processor = register_workflow_processor(app)
     assert workflow_processor.name == "django_dyrygent.tick"
-
-    from django_dyrygent.workflows import Workflow
 
     canvas = celery.chain(record.si("r1"), record.si("r2")) | celery.chord(
         [record.si("r3"), record.si("r4")], record.si("r5")
