@@ -17,13 +17,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .conf import get_celery_app, settings
-from .serialization import NotSerialisable, from_tree, size_of, to_tree
+from .serialization import NotSerialisable, to_tree
 from .states import NodeKind, NodeState
 
 logger = logging.getLogger("django_dyrygent.builder")
 
 BULK_BATCH = 1000
-TICK_TASK = "django_dyrygent.tick"
 
 
 def _model(name):
@@ -226,11 +225,12 @@ def _find_cycle(draft):
     return list(reversed(cycle + [node]))
 
 
-def save_and_start(draft, options=None):
+def save_and_start(draft, options, send_tick):
     """Validate, save workflow, nodes and edges in one transaction, send the first tick on commit.
 
-    Whether the
-    first tick could be sent is recorded on the workflow: ``start_sent`` is
+    ``send_tick(workflow_id, options)`` sends the first tick (the engine's,
+    handed in by the model's run method) and returns None, or the broker's
+    exception. Whether the first tick could be sent is recorded on the workflow: ``start_sent`` is
     None until the transaction commits, then True or False, and
     ``start_error`` holds the exception when the broker refused it; the
     sweeper starts such a workflow later.
@@ -270,7 +270,7 @@ def save_and_start(draft, options=None):
             ]
             WorkflowEdge.objects.bulk_create(edges, batch_size=BULK_BATCH)
             _log_skipped(workflow, draft.skipped, now)
-            transaction.on_commit(partial(send_start, workflow))
+            transaction.on_commit(partial(send_start, workflow, send_tick))
     except IntegrityError as exc:
         _back_to_draft(workflow, nodes)
         taken = set(
@@ -313,26 +313,17 @@ def _log_skipped(workflow, skipped, now):
     )
 
 
-def send_start(workflow):
+def send_start(workflow, send_tick):
     """Send the first tick; record on ``workflow`` whether the broker took it.
 
     A broker that is down does not lose the workflow (its rows are committed
     and the sweeper ticks it once overdue), but the caller is told through
-    ``workflow.start_sent`` / ``workflow.start_error`` instead of a log line only.
+    ``workflow.start_sent`` / ``workflow.start_error``, not by a log line only.
     """
-    app = get_celery_app()
-    args, options = (str(workflow.pk),), from_tree(workflow.options or {})
-    try:
-        if TICK_TASK in app.tasks:
-            # Through the task, so options set on it (register_workflow_processor(app, queue=...)) apply.
-            app.tasks[TICK_TASK].apply_async(args, **options)
-        else:
-            app.send_task(TICK_TASK, args=args, **options)
-    except Exception as exc:  # noqa: BLE001 - any broker error means "not sent"
-        workflow.start_sent, workflow.start_error = False, exc
+    error = send_tick(workflow.pk, workflow.options)
+    workflow.start_sent, workflow.start_error = error is None, error
+    if error is not None:
         logger.warning(
             "Could not send the start of workflow %s (%s); its rows are saved and the sweeper "
-            "will start it once the broker is back.", workflow.pk, exc,
+            "will start it once the broker is back.", workflow.pk, error,
         )
-    else:
-        workflow.start_sent, workflow.start_error = True, None

@@ -119,6 +119,6 @@ class Draft:
     def validate(self):
         builder.validate(self)
 
-    def apply(self, options=None):
-        """Validate and save in one transaction; the first tick is sent on commit."""
-        return builder.save_and_start(self, options)
+    def apply(self, options, send_tick):
+        """Validate and save in one transaction; ``send_tick`` sends the first tick on commit."""
+        return builder.save_and_start(self, options, send_tick)

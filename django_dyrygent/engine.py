@@ -1075,13 +1075,16 @@ def skip(workflow_id, nodes, reason=""):
 
 
 def send_tick(workflow_id, options=None, countdown=None):
+    """Send a tick; returns None when the broker took it, else the exception (already logged)."""
     from .tasks import tick as tick_task
 
     try:
         tick_task.apply_async((str(workflow_id),), countdown=countdown, **from_tree(options or {}))
-    except Exception:
+    except Exception as exc:
         # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
         logger.exception("Could not send the tick of workflow %s", workflow_id)
+        return exc
+    return None
 
 
 def publish(workflow_id, tasks_options, entries):
