@@ -127,7 +127,9 @@ def _check_task_names(draft, errors):
         if policy == "refuse":
             errors.append(message + " (DYRYGENT_UNKNOWN_TASKS='refuse')")
         else:
-            logger.warning("%s; workflow %s is saved anyway (DYRYGENT_UNKNOWN_TASKS='warn').", message, draft.label)
+            logger.warning(
+                "%s; workflow %s is saved anyway (DYRYGENT_UNKNOWN_TASKS='warn').", message, draft.label
+            )
 
 
 def validate(draft):
@@ -279,7 +281,10 @@ def save_and_start(draft, options, send_tick):
         )
         if taken:
             raise ValidationError(
-                [f"{_describe(n)}: task id already used by another workflow" for n in nodes if n.task_id in taken]
+                [
+                    f"{_describe(n)}: task id already used by another workflow"
+                    for n in nodes if n.task_id in taken
+                ]
             ) from exc
         raise
     except BaseException:

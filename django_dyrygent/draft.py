@@ -11,6 +11,8 @@ This module must not import ``models``: the model imports it, and the node
 class is handed in (``node_factory``) by whoever creates the draft.
 """
 
+from django.core.exceptions import ValidationError
+
 from . import builder, canvas
 from .states import NodeKind
 
@@ -41,7 +43,17 @@ class Draft:
 
     # -- the graph ------------------------------------------------------------------------
 
+    def _check_open(self):
+        """Once saved, the graph is rows: edges and nodes are fixed."""
+        if not self.workflow._state.adding:
+            raise ValidationError(
+                f"Cannot change the graph: workflow {self.workflow.pk} was already applied; "
+                "build a new Workflow.",
+                code="already_applied",
+            )
+
     def new_node(self, dependencies=(), source=None, **fields):
+        self._check_open()
         node = self.node_factory(position=len(self.nodes), **fields)
         self.nodes.append(node)
         self._dependencies[id(node)] = list(dependencies)
@@ -62,6 +74,7 @@ class Draft:
         return self._dependencies[id(node)]
 
     def add_dependency(self, node, other):
+        self._check_open()
         canvas.check_dependencies(self, [node, other])
         deps = self._dependencies[id(node)]
         if not any(d is other for d in deps):
@@ -92,6 +105,7 @@ class Draft:
 
     def skip(self, nodes):
         """Mark nodes done before start; ``builder`` saves them SKIPPED."""
+        self._check_open()
         canvas.check_dependencies(self, nodes)
         for node in nodes:
             if not any(s is node for s in self.skipped):

@@ -23,6 +23,16 @@ from .states import (
 )
 
 
+def _refuse_positional_dict(args, message):
+    """celery-dyrygent's Workflow(options) / WorkflowNode(signature) would silently become the primary key.
+
+    Django itself builds loaded rows from positional field values (the id
+    first), so positional arguments stay allowed; a dict is never an id.
+    """
+    if args and isinstance(args[0], dict):
+        raise TypeError(message)
+
+
 class Workflow(models.Model):
     """Run a DAG of Celery signatures; the rows are the single source of truth.
 
@@ -116,12 +126,11 @@ class Workflow(models.Model):
     _draft = None
 
     def __init__(self, *args, **kwargs):
-        if args and isinstance(args[0], dict):
-            # celery-dyrygent's Workflow(options): here the first positional field is the id.
-            raise TypeError(
-                "Workflow() takes its fields by keyword, e.g. Workflow(options={...}); "
-                "django_dyrygent.workflows.Workflow accepts celery-dyrygent's Workflow(options)."
-            )
+        _refuse_positional_dict(
+            args,
+            "Workflow() takes its fields by keyword, e.g. Workflow(options={...}); "
+            "django_dyrygent.workflows.Workflow accepts celery-dyrygent's Workflow(options).",
+        )
         super().__init__(*args, **kwargs)
 
     @property
@@ -356,12 +365,11 @@ class WorkflowNode(models.Model):
         return f"{label} [{self.task_id}] ({self.state})"
 
     def __init__(self, *args, **kwargs):
-        if args and isinstance(args[0], dict):
-            # celery-dyrygent's WorkflowNode(signature): here the first positional field is the id.
-            raise TypeError(
-                "WorkflowNode() takes its fields by keyword; add signatures with "
-                "Workflow.add_signature(), or use django_dyrygent.workflows.WorkflowNode(signature)."
-            )
+        _refuse_positional_dict(
+            args,
+            "WorkflowNode() takes its fields by keyword; add signatures with Workflow.add_signature(), "
+            "or use django_dyrygent.workflows.WorkflowNode(signature).",
+        )
         super().__init__(*args, **kwargs)
 
     def add_dependency(self, other):

@@ -65,7 +65,7 @@ def _call(name, workflow, payload):
     for handler, view in list(_compat_handlers[name]):
         try:
             handler(view(workflow) if view else workflow, payload)
-        except Exception:  # noqa: BLE001 - a hook never breaks the workflow (celery-dyrygent's rule too)
+        except Exception:  # a hook never breaks the workflow (celery-dyrygent's rule too)
             logger.exception("Workflow hook %r (%r) of workflow %s failed", name, handler, workflow.pk)
 
 

@@ -21,7 +21,7 @@ from .signals import COMPAT_HOOKS, connect_compat_handler
 from .states import NodeKind, WorkflowState
 from .tasks import register_workflow_processor
 
-__all__ = ["Workflow", "WorkflowNode", "WorkflowException", "WorkflowResult", "register_workflow_processor"]
+__all__ = ["Workflow", "WorkflowException", "WorkflowNode", "WorkflowResult", "register_workflow_processor"]
 
 #: Nodes celery-dyrygent would show in ``wf.nodes``: the ones that run a task.
 _VISIBLE_KINDS = (NodeKind.TASK, NodeKind.MAP)
@@ -56,7 +56,9 @@ class WorkflowNode:
 
     def __init__(self, signature):
         if not isinstance(signature, Signature):
-            raise WorkflowException(f"WorkflowNode() takes a Celery signature, got {type(signature).__name__}")
+            raise WorkflowException(
+                f"WorkflowNode() takes a Celery signature, got {type(signature).__name__}"
+            )
         if signature.id is None:
             raise WorkflowException(f"Signature '{signature}' has no ID, it is not frozen")
         self.signature = signature
@@ -102,7 +104,8 @@ class WorkflowNode:
             return dict(self._saved_dependencies)
         if self._draft is None:
             return dict(self._own)
-        return {dep.task_id: self._options.get(dep.task_id) for dep in self._draft.task_dependencies(self._row)}
+        deps = self._draft.task_dependencies(self._row)
+        return {dep.task_id: self._options.get(dep.task_id) for dep in deps}
 
     def add_dependency(self, other_node, options=None):
         if not isinstance(other_node, WorkflowNode):
@@ -254,12 +257,16 @@ class Workflow:
             if self._nodes is None:
                 self._nodes = self._load_saved_nodes()
             return self._nodes
+        self._index_new_nodes()
+        return self._nodes
+
+    def _index_new_nodes(self):
+        """Add the draft's nodes added since the last call (canvas may add several at once)."""
         rows = self._draft.nodes
         for row in rows[self._seen:]:
             if row.kind in _VISIBLE_KINDS:
                 self._nodes.setdefault(row.task_id, self._node_for(row))
         self._seen = len(rows)
-        return self._nodes
 
     def _node_for(self, row):
         node = self._wrapped.get(id(row))
@@ -328,7 +335,7 @@ class Workflow:
                 out.extend(self._node_for(r) for r in self._draft.task_dependencies(row))
             else:
                 out.append(self._node_for(row))
-        self.nodes  # noqa: B018 - index the new nodes
+        self._index_new_nodes()
         return out
 
     def add_signature(self, signature, dependencies=None):
@@ -358,7 +365,8 @@ class Workflow:
         return self._typed(chord, dependencies, _chord, "chord")
 
     def _typed(self, canvas, dependencies, kind, name):
-        if not isinstance(canvas, kind) or (kind is Signature and isinstance(canvas, (_chain, group, _chord))):
+        is_canvas = isinstance(canvas, (_chain, group, _chord))
+        if not isinstance(canvas, kind) or (kind is Signature and is_canvas):
             raise WorkflowException(f"add_celery_{name}() takes a Celery {name}, got {type(canvas).__name__}")
         return self.add_celery_canvas(canvas, dependencies)
 
@@ -396,13 +404,17 @@ class Workflow:
         if len(retry_args) != 2 or not all(isinstance(a, Real) for a in retry_args) or not (
             0 < retry_args[0] <= retry_args[1]
         ):
-            raise WorkflowException(f"The random retry policy takes min and max with 0 < min <= max, got {retry_args}")
+            raise WorkflowException(
+                f"The random retry policy takes min and max with 0 < min <= max, got {retry_args}"
+            )
         self.retry_policy = [retry_type, *retry_args]
 
     def set_max_processing_time(self, seconds):
         """The workflow ends ERROR if still running this many seconds after apply_async."""
         if not isinstance(seconds, Real) or isinstance(seconds, bool) or seconds <= 0:
-            raise WorkflowException(f"max processing time must be a positive number of seconds, got {seconds!r}")
+            raise WorkflowException(
+                f"max processing time must be a positive number of seconds, got {seconds!r}"
+            )
         self.max_processing_time = seconds
 
     @classmethod
@@ -461,7 +473,9 @@ class Workflow:
         )
 
     def tick(self):
-        raise NotImplementedError("tick(): the engine ticks saved workflows; after apply_async use wf.model.tick().")
+        raise NotImplementedError(
+            "tick(): the engine ticks saved workflows; after apply_async use wf.model.tick()."
+        )
 
     def __repr__(self):
         return f"<Workflow {self.id} {self.state}>"
@@ -479,5 +493,6 @@ def _signature_of(row):
     stored = row.signature or {}
     return Signature(
         stored.get("task"), args=stored.get("args", ()), kwargs=stored.get("kwargs", {}),
-        options={**stored.get("options", {}), "task_id": row.task_id}, immutable=stored.get("immutable", False),
+        options={**stored.get("options", {}), "task_id": row.task_id},
+        immutable=stored.get("immutable", False),
     )

@@ -295,7 +295,8 @@ def test_add_signature__strips_celery_chaining_options_keeps_execution_options()
     followers = {n.signature["args"][0]: n.trigger_rule for n in WorkflowNode.objects.filter(workflow=wf)
                  if n.pk != node.pk}
     assert followers == {"next": "all_success", "err": "one_failed"}
-    assert {e.node.signature["args"][0] for e in WorkflowEdge.objects.filter(dependency=node)} == {"next", "err"}
+    edges = WorkflowEdge.objects.filter(dependency=node)
+    assert {e.node.signature["args"][0] for e in edges} == {"next", "err"}
 
 
 def test_add_celery_canvas__an_already_frozen_chord_imports_cleanly():

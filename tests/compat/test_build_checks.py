@@ -85,7 +85,8 @@ def test_models__stash_no_draft_state_in_instance_dicts():
 @pytest.mark.parametrize("make, field", [
     (lambda wf: wf.add_signature(add.s("a\x00b", 1).set(task_id="nul-args")), "args[0]"),
     (lambda wf: wf.add_signature(add.s(1, y="\ud800").set(task_id="nul-args")), "kwargs['y']"),
-    (lambda wf: wf.add_signature(noop.si().set(task_id="nul-args", headers={"k": "x\x00"})), "options['headers']['k']"),
+    (lambda wf: wf.add_signature(noop.si().set(task_id="nul-args", headers={"k": "x\x00"})),
+     "options['headers']['k']"),
     (lambda wf: wf.add_signature(noop.si().set(task_id="nul-args")).custom_payload.update(note="\x00"),
      "custom_payload['note']"),
     (lambda wf: wf.add_signature(noop.si().set(task_id="nul-args\x00")), "task_id"),
@@ -146,7 +147,8 @@ def test_apply_async__arguments_over_the_cap_name_cap_and_node(nothing_saved, se
     with pytest.raises(WorkflowException) as excinfo:
         wf.apply_async()
     (message,) = excinfo.value.messages
-    assert "big-args" in message and "args and kwargs" in message and "DYRYGENT_MAX_ARGUMENT_BYTES=100" in message
+    assert "big-args" in message and "args and kwargs" in message
+    assert "DYRYGENT_MAX_ARGUMENT_BYTES=100" in message
 
 
 def test_apply_async__default_caps_are_one_mebibyte_and_zero_disables(settings):
@@ -235,7 +237,8 @@ def unreachable_broker():
     UNREACHABLE.conf.update(
         broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
         broker_connection_timeout=1, broker_connection_retry=False, broker_connection_max_retries=0,
-        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1},
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1,
+                                   "interval_max": 0.1},
     )
     UNREACHABLE.set_current()
     try:

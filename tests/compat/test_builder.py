@@ -28,12 +28,16 @@ def nameless(n):
     return Signature(task_id=f"task-{n}")
 
 
+def tid(task_id):
+    return noop.si().set(task_id=task_id)
+
+
 # -- inspection: nodes dict, node.id, node.dependencies --------------------------------------
 
 
 def test_nodes__are_a_dict_keyed_by_task_id_in_the_order_added():
     wf = Workflow()
-    wf.add_celery_canvas(chain(noop.si().set(task_id="a"), group(noop.si().set(task_id="b"), noop.si().set(task_id="c"))))
+    wf.add_celery_canvas(chain(tid("a"), group(tid("b"), tid("c"))))
     assert list(wf.nodes.keys()) == ["a", "b", "c"]
     assert all(isinstance(n, WorkflowNode) and n.id == key for key, n in wf.nodes.items())
     assert wf.nodes["b"] is wf.nodes["b"]  # one wrapper per node
@@ -227,7 +231,7 @@ def test_set_max_processing_time__default_is_seven_days():
 
 def test_skip_tasks__saves_the_nodes_skipped_and_releases_their_followers():
     wf = Workflow()
-    wf.add_celery_canvas(chain(noop.si().set(task_id="s1"), group(noop.si().set(task_id="s2"), noop.si().set(task_id="s3")), noop.si().set(task_id="s4")))
+    wf.add_celery_canvas(chain(tid("s1"), group(tid("s2"), tid("s3")), tid("s4")))
     wf.skip_tasks(["s1", "s2"])
     wf.apply_async()
     rows = {n.task_id: n for n in models.WorkflowNode.objects.filter(workflow_id=wf.id)}
@@ -345,3 +349,15 @@ def test_register_workflow_processor__accepts_the_peers_keywords():
     finally:
         task.__dict__.pop("queue", None)
         task._exec_options = None
+
+
+def test_after_apply_async__the_graph_is_fixed_and_still_inspectable():
+    wf = Workflow()
+    a, b = wf.add_signature(tid("task-1")), wf.add_signature(tid("task-2"))
+    wf.apply_async()
+    assert list(wf.nodes) == ["task-1", "task-2"] and b.dependencies == {}
+    with pytest.raises(WorkflowException, match="already applied"):
+        b.add_dependency(a)
+    with pytest.raises(WorkflowException, match="already applied"):
+        wf.add_signature(noop.si())
+    assert models.WorkflowEdge.objects.count() == 0
