@@ -103,11 +103,13 @@ def _registry_is_complete(app):
     """True when the building process knows every task a worker of this app knows.
 
     That is the case in a worker process once Celery imported its task
-    modules (``loader.init_worker``: includes and autodiscovery). A web or
+    modules (``loader.init_worker``: includes and autodiscovery), and the
+    app's shared tasks were added (finalize). A web or
     shell process holds only the tasks it happened to import, so a missing
     name there proves nothing.
     """
-    return bool(app.finalized and getattr(app.loader, "worker_initialized", False))
+    # Reading app.tasks finalizes the app (adds every shared_task) if nothing did yet.
+    return bool(getattr(app.loader, "worker_initialized", False) and (app.finalized or app.autofinalize))
 
 
 def _check_task_names(draft, errors):

@@ -11,6 +11,8 @@ This module must not import ``models``: the model imports it, and the node
 class is handed in (``node_factory``) by whoever creates the draft.
 """
 
+from collections import deque
+
 from django.core.exceptions import ValidationError
 
 from . import builder, canvas
@@ -91,14 +93,14 @@ class Draft:
 
     def task_dependencies(self, node):
         """The task nodes ``node`` waits for, seen through internal join nodes."""
-        out, stack, seen = [], list(self._dependencies[id(node)]), set()
-        while stack:
-            dep = stack.pop(0)
+        out, queue, seen = [], deque(self._dependencies[id(node)]), set()
+        while queue:
+            dep = queue.popleft()
             if id(dep) in seen:
                 continue
             seen.add(id(dep))
             if dep.kind == NodeKind.JOIN:
-                stack[:0] = self._dependencies.get(id(dep), [])
+                queue.extendleft(reversed(self._dependencies.get(id(dep), [])))
             else:
                 out.append(dep)
         return out

@@ -8,10 +8,12 @@ field, and leaves the four tables as they were.
 import ast
 import logging
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 from celery import Celery
+from celery.canvas import Signature
 from django.core.exceptions import ValidationError
 
 from django_dyrygent import engine, models
@@ -164,12 +166,18 @@ def test_apply_async__default_caps_are_one_mebibyte_and_zero_disables(settings):
 # -- task names against the registry -------------------------------------------------------------------
 
 
+REGISTRY_APP = None
+
+
 @pytest.fixture
-def registry(monkeypatch):
-    """Make this process's Celery registry count as complete (a worker) or not (a web process)."""
+def registry(monkeypatch, settings):
+    """A fresh, not yet finalized Celery app whose registry counts as complete (a worker) or not."""
+    app = Celery("registry", set_as_current=False)
+    monkeypatch.setattr(sys.modules[__name__], "REGISTRY_APP", app)
+    settings.DYRYGENT_CELERY_APP = f"{__name__}.REGISTRY_APP"
 
     def set_complete(complete):
-        monkeypatch.setattr(celery_app.loader, "worker_initialized", complete)
+        app.loader.worker_initialized = complete
 
     return set_complete
 
@@ -177,7 +185,7 @@ def registry(monkeypatch):
 def build_with_unknown_task():
     wf = models.Workflow(name="registry")
     wf.add_signature(noop.si().set(task_id="registered-task"))
-    wf.add_signature(celery_app.signature("tests.no_such_task").set(task_id="unknown-task"))
+    wf.add_signature(Signature("tests.no_such_task").set(task_id="unknown-task"))
     return wf
 
 
@@ -188,7 +196,7 @@ def test_task_names__complete_registry_warns_by_default_and_saves(registry, capl
         wf.apply_async()
     assert models.Workflow.objects.filter(pk=wf.pk).exists()
     (record,) = [r for r in caplog.records if r.name == "django_dyrygent.builder"]
-    assert "'tests.no_such_task' is not registered" in record.getMessage()
+    assert "'tests.no_such_task' is not registered in the Celery app 'registry'" in record.getMessage()
     assert "unknown-task" in record.getMessage() and "registered-task" not in record.getMessage()
 
 
@@ -232,10 +240,12 @@ UNREACHABLE = Celery("unreachable", set_as_current=False)
 
 
 @pytest.fixture
-def unreachable_broker():
+def unreachable_broker(monkeypatch):
     """The current Celery app's broker is a port nobody listens on (bound, then closed)."""
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads it before its own setting
     UNREACHABLE.conf.update(
-        broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+        broker_url=url,
         broker_connection_timeout=1, broker_connection_retry=False, broker_connection_max_retries=0,
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1,
                                    "interval_max": 0.1},

@@ -167,7 +167,7 @@ def test_hooks__error_gets_no_on_finish_and_the_result_raises(worker, hooks):
     connect("on_state_change")
     connect("on_finish")
     wf = Workflow()
-    wf.add_signature(sleep.si(1.5))
+    wf.add_signature(sleep.si(3))
     wf.set_max_processing_time(0.2)
     result = wf.apply_async()
     wait_for(lambda: models.Workflow.objects.filter(pk=wf.id, state="RUNNING").exists(), "start")
