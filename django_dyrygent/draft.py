@@ -82,13 +82,9 @@ class Draft:
         if not any(d is other for d in deps):
             deps.append(other)
 
-    def dependents_index(self):
-        """id(node) -> True for every node some other node depends on."""
-        return {id(dep) for deps in self._dependencies.values() for dep in deps}
-
     def leaves(self):
         """Nodes nobody depends on (callbacks excluded)."""
-        has_dependents = self.dependents_index()
+        has_dependents = {id(dep) for deps in self._dependencies.values() for dep in deps}
         return [n for n in self.nodes if id(n) not in has_dependents and n.kind in GRAPH_KINDS]
 
     def task_dependencies(self, node):

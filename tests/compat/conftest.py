@@ -28,3 +28,12 @@ def hooks():
     yield connect, calls
     for name, handler in connected:
         dy_signals.disconnect_compat_handler(name, handler)
+
+
+@pytest.fixture(autouse=True)
+def no_stray_ticks(request, settings):
+    """Worker tests here never wait for the safety-net tick (events move the workflows, and the
+    ERROR test ticks by hand); an hour-long interval keeps their scheduled ticks from firing
+    inside later tests, after the workflow rows were flushed."""
+    if request.node.get_closest_marker("worker"):
+        settings.DYRYGENT_TICK_INTERVAL = 3600
