@@ -254,8 +254,10 @@ def save_and_start(draft, options, send_tick):
     try:
         with transaction.atomic():
             workflow.save(force_insert=True)
+            cached = WorkflowNode.workflow.is_cached
             for node in nodes:
-                node.workflow = workflow
+                if not cached(node):  # the model's draft sets it when it makes the node
+                    node.workflow = workflow
                 # A dependency skipped before start never finishes, so it is not waited for.
                 node.waiting = sum(1 for d in draft.dependencies_of(node) if id(d) not in skipped)
                 if id(node) in skipped:
