@@ -361,3 +361,16 @@ def test_after_apply_async__the_graph_is_fixed_and_still_inspectable():
     with pytest.raises(WorkflowException, match="already applied"):
         wf.add_signature(noop.si())
     assert models.WorkflowEdge.objects.count() == 0
+
+
+def test_result_wait__times_out_with_celerys_and_pythons_timeout_error():
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+    wf = Workflow()
+    wf.add_signature(noop.si())
+    result = wf.apply_async()  # no worker here and no commit: it stays INITIAL
+    with pytest.raises(CeleryTimeoutError, match="still INITIAL"):
+        result.wait(timeout=0.2, interval=0.05)
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.1, interval=0.05)
+    assert result.state == "INITIAL" and not result.ready() and result.start_sent is None
