@@ -1,17 +1,33 @@
-"""Validate a draft workflow and save it (workflow, nodes, edges) in one transaction."""
+"""Validate a draft (``draft.Draft``) and save it (workflow, nodes, edges) in one transaction.
+
+Everything a database column or a Celery message cannot hold is refused here,
+with a ValidationError naming the node and the field, before any row is
+written: a half-saved workflow would hang or run part of a graph.
+"""
 
 import json
+import logging
 from collections import deque
 from functools import partial
 
+from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
+from .conf import get_celery_app, settings
 from .serialization import NotSerialisable, to_tree
-from .states import NodeKind
+from .states import NodeKind, NodeState
+
+logger = logging.getLogger("django_dyrygent.builder")
 
 BULK_BATCH = 1000
+
+
+def _model(name):
+    # models imports draft, which imports this module: look the models up at call time.
+    return apps.get_model("django_dyrygent", name)
 
 
 def _json_error(value):
@@ -32,58 +48,162 @@ def _as_tree(value, describe, errors, verb="are"):
         return value
 
 
+def _bad_text(value, path="", depth=0):
+    """Where ``value`` holds text no database column takes: a NUL or a lone surrogate."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path or 'the value'} contains a NUL character (\\x00)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{path or 'the value'} contains a lone surrogate, which is not valid UTF-8"
+        return None
+    if depth > 200:
+        return None  # JSON encoding already refused anything this deep
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _bad_text(key, f"{path} key {key!r}".strip(), depth + 1) or _bad_text(
+                item, f"{path}[{key!r}]", depth + 1
+            )
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _bad_text(item, f"{path}[{i}]", depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def _check_text(describe, field, value, errors):
+    problem = _bad_text(value, field)
+    if problem:
+        errors.append(f"{describe}: {problem}")
+
+
+def _check_size(describe, field, value, cap_name, errors):
+    cap = getattr(settings, cap_name)
+    if not cap:
+        return
+    try:
+        size = len(json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":")).encode("utf-8", "replace"))
+    except (TypeError, ValueError):
+        return  # reported as not JSON-serialisable
+    if size > cap:
+        errors.append(f"{describe}: {field} is {size} bytes, over DYRYGENT_{cap_name}={cap}")
+
+
 def _describe(node):
     if node.kind == NodeKind.JOIN:
         return f"join node #{node.position}"
-    return f"node #{node.position} {node.task_name} (task id {node.task_id})"
+    return f"node #{node.position} {node.task_name or '(no task name)'} (task id {node.task_id})"
 
 
-def validate(workflow):
+def _registry_is_complete(app):
+    """True when the building process knows every task a worker of this app knows.
+
+    That is the case in a worker process once Celery imported its task
+    modules (``loader.init_worker``: includes and autodiscovery), and the
+    app's shared tasks were added (finalize). A web or
+    shell process holds only the tasks it happened to import, so a missing
+    name there proves nothing.
+    """
+    # Reading app.tasks finalizes the app (adds every shared_task) if nothing did yet.
+    return bool(getattr(app.loader, "worker_initialized", False) and (app.finalized or app.autofinalize))
+
+
+def _check_task_names(draft, errors):
+    policy = settings.UNKNOWN_TASKS
+    if policy == "ignore":
+        return
+    app = get_celery_app()
+    if not _registry_is_complete(app):
+        return
+    known = app.tasks
+    unknown = [n for n in draft.nodes if n.kind != NodeKind.JOIN and n.task_name and n.task_name not in known]
+    for node in unknown:
+        message = (
+            f"{_describe(node)}: task {node.task_name!r} is not registered in the Celery app "
+            f"{app.main or app!r} of this worker process"
+        )
+        if policy == "refuse":
+            errors.append(message + " (DYRYGENT_UNKNOWN_TASKS='refuse')")
+        else:
+            logger.warning(
+                "%s; workflow %s is saved anyway (DYRYGENT_UNKNOWN_TASKS='warn').", message, draft.label
+            )
+
+
+def validate(draft):
     """Raise ValidationError naming every offending node; touches no database row."""
     errors = []
-    nodes = workflow._draft
+    workflow = draft.workflow
+    nodes = draft.nodes
     problem = _json_error(workflow.custom_payload)
     if problem:
         errors.append(f"Workflow custom_payload is not JSON-serialisable: {problem}")
+    else:
+        _check_size("Workflow", "custom_payload", workflow.custom_payload, "MAX_PAYLOAD_BYTES", errors)
+    for field in ("name", "custom_payload"):
+        _check_text("Workflow", field, getattr(workflow, field), errors)
     for field in ("options", "tasks_options"):
         setattr(workflow, field, _as_tree(getattr(workflow, field), f"Workflow {field}", errors, "is"))
+        _check_text("Workflow", field, getattr(workflow, field), errors)
     seen = {}
-    members = {id(n) for n in nodes}
     for node in nodes:
-        sig = node.signature or {}
-        for part in ("args", "kwargs", "options"):
-            if part in sig:
-                sig[part] = _as_tree(sig[part], f"{_describe(node)}: {part}", errors)
+        describe = _describe(node)
+        _check_node_call(node, describe, errors)
         problem = _json_error(node.custom_payload)
         if problem:
-            errors.append(f"{_describe(node)}: custom_payload is not JSON-serialisable: {problem}")
+            errors.append(f"{describe}: custom_payload is not JSON-serialisable: {problem}")
+        else:
+            _check_size(describe, "custom_payload", node.custom_payload, "MAX_PAYLOAD_BYTES", errors)
+            _check_text(describe, "custom_payload", node.custom_payload, errors)
+        for field in ("task_id", "task_name"):
+            _check_text(describe, field, getattr(node, field), errors)
         if not node.task_id:
-            errors.append(f"{_describe(node)}: empty task id")
+            errors.append(f"{describe}: empty task id")
         elif node.task_id in seen:
-            errors.append(
-                f"{_describe(node)}: duplicate task id, also used by {_describe(seen[node.task_id])}"
-            )
+            errors.append(f"{describe}: duplicate task id, also used by {_describe(seen[node.task_id])}")
         else:
             seen[node.task_id] = node
-        for dep in node._draft_deps:
-            if id(dep) not in members:
-                errors.append(f"{_describe(node)}: depends on a node of another workflow ({dep!r})")
-        if node.kind in (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER) and node._draft_deps:
-            errors.append(f"{_describe(node)}: workflow callbacks cannot have dependencies")
-    cycle = _find_cycle(nodes)
+        deps = draft.dependencies_of(node)
+        for dep in deps:
+            if not draft.owns(dep):
+                errors.append(f"{describe}: depends on a node of another workflow ({dep!r})")
+        if node.kind in (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER) and deps:
+            errors.append(f"{describe}: workflow callbacks cannot have dependencies")
+    _check_task_names(draft, errors)
+    cycle = _find_cycle(draft)
     if cycle:
         errors.append("Dependency cycle: " + " -> ".join(_describe(n) for n in cycle))
     if errors:
         raise ValidationError(errors)
 
 
-def _find_cycle(nodes):
+def _check_node_call(node, describe, errors):
+    """Task name, arguments and options of one node: JSON, text a column takes, size cap."""
+    if node.kind == NodeKind.JOIN:
+        return
+    sig = node.signature or {}
+    if not sig.get("task"):
+        errors.append(f"{describe}: the signature names no task, so it cannot be published")
+    for part in ("args", "kwargs", "options"):
+        if part in sig:
+            sig[part] = _as_tree(sig[part], f"{describe}: {part}", errors)
+            _check_text(describe, part, sig[part], errors)
+    call = {"args": sig.get("args", []), "kwargs": sig.get("kwargs", {})}
+    _check_size(describe, "args and kwargs", call, "MAX_ARGUMENT_BYTES", errors)
+
+
+def _find_cycle(draft):
     """Kahn's algorithm; on failure walk the leftover nodes to name one cycle."""
+    nodes = draft.nodes
     index = {id(n): n for n in nodes}
     indegree = {id(n): 0 for n in nodes}
     dependents = {id(n): [] for n in nodes}
     for node in nodes:
-        for dep in node._draft_deps:
+        for dep in draft.dependencies_of(node):
             if id(dep) in index:
                 indegree[id(node)] += 1
                 dependents[id(dep)].append(node)
@@ -104,27 +224,45 @@ def _find_cycle(nodes):
     while id(node) not in where:
         where[id(node)] = len(path)
         path.append(node)
-        node = next(d for d in node._draft_deps if id(d) in index and indegree[id(d)] > 0)
+        node = next(d for d in draft.dependencies_of(node) if id(d) in index and indegree[id(d)] > 0)
     cycle = path[where[id(node)]:]
     return list(reversed(cycle + [node]))
 
 
-def save_and_start(workflow, options=None):
-    from . import engine
-    from .models import WorkflowEdge, WorkflowNode
+def save_and_start(draft, options, send_tick):
+    """Validate, save workflow, nodes and edges in one transaction, send the first tick on commit.
 
+    ``send_tick(workflow_id, options)`` sends the first tick (the engine's,
+    handed in by the model's run method) and returns None, or the broker's
+    exception. Whether the first tick could be sent is recorded on the workflow: ``start_sent`` is
+    None until the transaction commits, then True or False, and
+    ``start_error`` holds the exception when the broker refused it; the
+    sweeper starts such a workflow later.
+    """
+    workflow = draft.workflow
     if options is not None:
         workflow.tasks_options = dict(options)
-    validate(workflow)
-    nodes = workflow._draft
-    task_nodes = [n for n in nodes if n.kind == NodeKind.TASK]
-    workflow.nodes_total = len(task_nodes)
+    validate(draft)
+    nodes = draft.nodes
+    WorkflowNode, WorkflowEdge = _model("WorkflowNode"), _model("WorkflowEdge")
+    skipped = {id(n) for n in draft.skipped}
+    workflow.nodes_total = sum(1 for n in nodes if n.kind == NodeKind.TASK)
+    workflow.nodes_skipped = sum(1 for n in draft.skipped if n.kind == NodeKind.TASK)
+    workflow.nodes_done = workflow.nodes_skipped
+    workflow.start_sent = workflow.start_error = None
+    now = timezone.now()
     try:
         with transaction.atomic():
             workflow.save(force_insert=True)
+            cached = WorkflowNode.workflow.is_cached
             for node in nodes:
-                node.workflow = workflow
-                node.waiting = len(node._draft_deps)
+                if not cached(node):  # the model's draft sets it when it makes the node
+                    node.workflow = workflow
+                # A dependency skipped before start never finishes, so it is not waited for.
+                node.waiting = sum(1 for d in draft.dependencies_of(node) if id(d) not in skipped)
+                if id(node) in skipped:
+                    node.state, node.finished_at = NodeState.SKIPPED, now
+                    node.reason = "skipped before start"
             WorkflowNode.objects.bulk_create(nodes, batch_size=BULK_BATCH)
             if any(n.pk is None for n in nodes):
                 # Backends that cannot return ids from a bulk insert (MySQL).
@@ -134,29 +272,67 @@ def save_and_start(workflow, options=None):
             edges = [
                 WorkflowEdge(workflow=workflow, node=node, dependency=dep, position=i)
                 for node in nodes
-                for i, dep in enumerate(node._draft_deps)
+                for i, dep in enumerate(draft.dependencies_of(node))
             ]
             WorkflowEdge.objects.bulk_create(edges, batch_size=BULK_BATCH)
-            transaction.on_commit(partial(engine.send_tick, workflow.pk, workflow.options))
+            _log_skipped(workflow, draft.skipped, now)
+            transaction.on_commit(partial(send_start, workflow, send_tick))
     except IntegrityError as exc:
-        workflow._state.adding = True
-        for node in nodes:
-            node._state.adding = True
-            node.pk = None
+        _back_to_draft(workflow, nodes)
         taken = set(
             WorkflowNode.objects.filter(task_id__in=[n.task_id for n in nodes[:10000]])
             .values_list("task_id", flat=True)
         )
         if taken:
             raise ValidationError(
-                [f"{_describe(n)}: task id already used by another workflow" for n in nodes if n.task_id in taken]
+                [
+                    f"{_describe(n)}: task id already used by another workflow"
+                    for n in nodes if n.task_id in taken
+                ]
             ) from exc
         raise
     except BaseException:
-        workflow._state.adding = True
-        for node in nodes:
-            node._state.adding = True
-            node.pk = None
+        _back_to_draft(workflow, nodes)
         raise
     for node in nodes:
         node._state.adding = False
+
+
+def _back_to_draft(workflow, nodes):
+    """After a rollback: the instances are unsaved again, so the draft can be fixed and applied."""
+    workflow._state.adding = True
+    for node in nodes:
+        node._state.adding = True
+        node.pk = None
+
+
+def _log_skipped(workflow, skipped, now):
+    if not skipped or not settings.EVENT_LOG:
+        return
+    WorkflowEvent = _model("WorkflowEvent")
+    WorkflowEvent.objects.bulk_create(
+        [
+            WorkflowEvent(
+                workflow=workflow, node=node, old_state=NodeState.PENDING, new_state=NodeState.SKIPPED,
+                reason="skipped before start", created_at=now,
+            )
+            for node in skipped
+        ],
+        batch_size=BULK_BATCH,
+    )
+
+
+def send_start(workflow, send_tick):
+    """Send the first tick; record on ``workflow`` whether the broker took it.
+
+    A broker that is down does not lose the workflow (its rows are committed
+    and the sweeper ticks it once overdue), but the caller is told through
+    ``workflow.start_sent`` / ``workflow.start_error``, not by a log line only.
+    """
+    error = send_tick(workflow.pk, workflow.options)
+    workflow.start_sent, workflow.start_error = error is None, error
+    if error is not None:
+        logger.warning(
+            "Could not send the start of workflow %s (%s); its rows are saved and the sweeper "
+            "will start it once the broker is back.", workflow.pk, error,
+        )

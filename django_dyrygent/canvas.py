@@ -1,4 +1,4 @@
-"""Turn Celery canvas into draft nodes and edges of an unsaved Workflow.
+"""Turn Celery canvas into the nodes and edges of a draft (``draft.Draft``).
 
 Dependency rules are celery-dyrygent's: a chain threads its dependencies
 through its steps, a group's members all depend on what the group depends on,
@@ -20,7 +20,9 @@ from django.core.exceptions import ValidationError
 from .states import NodeKind, TriggerRule
 
 # Options by which Celery would chain tasks itself. The engine orders nodes, so
-# they are dropped: a canvas that was already applied still imports cleanly.
+# they are not stored: a canvas that was already applied still imports cleanly.
+# ``link`` and ``link_error`` are not dropped either: they become nodes (see
+# _linked_callbacks) or are refused.
 CELERY_CHAINING_OPTIONS = frozenset(
     {
         "link",
@@ -53,59 +55,42 @@ def signature_to_dict(sig):
     }
 
 
-def _new_node(workflow, **fields):
-    from .models import WorkflowNode
-
-    node = WorkflowNode(**fields)
-    node._draft_workflow = workflow
-    node.position = len(workflow._draft)
-    workflow._draft.append(node)
-    return node
-
-
-def _as_signature(workflow, obj):
+def _as_signature(draft, obj):
     original = obj
     if isinstance(obj, dict) and not isinstance(obj, Signature):
         try:
-            obj = maybe_signature(obj)
+            # A plain dict is a signature only if it says which task (None for a nameless one).
+            obj = maybe_signature(obj) if "task" in obj else None
         except (KeyError, TypeError, ValueError):
             obj = None
     # Celery itself wraps anything in a Signature (chord([sig, 42], ...) holds "42()"),
-    # so a signature must also name its task.
-    if not isinstance(obj, Signature) or not isinstance(obj.task, str) or not obj.task:
+    # so the task must be a name. A signature naming no task at all is accepted
+    # here, as celery-dyrygent accepts it to build graphs; apply_async refuses it.
+    if not isinstance(obj, Signature) or not isinstance(obj.get("options"), dict) or not isinstance(
+        obj.task, (str, type(None))
+    ):
         raise ValidationError(
-            f"Workflow {workflow.name or workflow.pk}: expected a Celery signature or canvas, "
+            f"Workflow {draft.label}: expected a Celery signature or canvas, "
             f"got {type(original).__name__}: {original!r:.200}",
             code="not_a_signature",
         )
     return obj
 
 
-def _check_dependencies(workflow, dependencies):
+def check_dependencies(draft, dependencies):
+    """The nodes as a list; refuses any that is not a node of this unsaved draft."""
     deps = list(dependencies or [])
     for dep in deps:
-        if getattr(dep, "_draft_workflow", None) is not workflow:
+        if not draft.owns(dep):
             raise ValidationError(
-                f"Dependency {dep!r} does not belong to workflow {workflow.name or workflow.pk} "
+                f"Dependency {dep!r} does not belong to workflow {draft.label} "
                 "(nodes can only depend on nodes of the same unsaved workflow).",
                 code="foreign_dependency",
             )
     return deps
 
 
-def add_dependency(node, other):
-    wf = getattr(node, "_draft_workflow", None)
-    if wf is None or not node._state.adding:
-        raise ValidationError(
-            f"Node {node} is not part of an unsaved workflow; edges are fixed once applied.",
-            code="already_applied",
-        )
-    _check_dependencies(wf, [other])
-    if other not in node._draft_deps:
-        node._draft_deps.append(other)
-
-
-def _as_timeout(workflow, timeout):
+def _as_timeout(timeout):
     if timeout is None:
         return None
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
@@ -127,109 +112,171 @@ def _as_attempts(max_attempts):
     )
 
 
-def add_fanout(workflow, template, dependency, timeout=None):
-    sig = _as_signature(workflow, template)
+def _single_task(sig, what):
     if isinstance(sig, (group, _chain, _chord)):
         raise ValidationError(
-            f"add_fanout() takes a single task signature as template, got a {type(sig).__name__}",
-            code="not_a_task",
-        )
-    (dep,) = _check_dependencies(workflow, [dependency])
-    stored = signature_to_dict(sig)
-    node = _new_node(
-        workflow, task_id=uuid(), task_name=sig.task or "", kind=NodeKind.MAP, signature=stored,
-        timeout=_as_timeout(workflow, timeout),
-    )
-    node._draft_deps.append(dep)
-    return node
-
-
-def add_signature(workflow, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
-                  timeout=None, max_attempts=1):
-    sig = _as_signature(workflow, signature)
-    if isinstance(sig, (group, _chain, _chord)):
-        raise ValidationError(
-            f"add_signature() takes a single task signature, got a {type(sig).__name__}; "
+            f"{what}() takes a single task signature, got a {type(sig).__name__}; "
             "use add_celery_canvas() for chains, groups and chords.",
             code="not_a_task",
         )
+
+
+def _task_id(sig):
+    if not sig.id:
+        # Same effect as sig.freeze() without needing the task registered here.
+        sig.set(task_id=uuid())
+    return sig.id
+
+
+def add_fanout(draft, template, dependency, timeout=None):
+    sig = _as_signature(draft, template)
+    _single_task(sig, "add_fanout")
+    (dep,) = check_dependencies(draft, [dependency])
+    _no_links(sig, "a fan-out template")
+    return draft.new_node(
+        [dep], source=sig, task_id=uuid(), task_name=sig.task or "", kind=NodeKind.MAP,
+        signature=signature_to_dict(sig), timeout=_as_timeout(timeout),
+    )
+
+
+def add_signature(draft, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
+                  timeout=None, max_attempts=1):
+    sig = _as_signature(draft, signature)
+    _single_task(sig, "add_signature")
     if trigger_rule not in TriggerRule.values:
         raise ValidationError(
             f"Unknown trigger_rule {trigger_rule!r}; use one of {', '.join(TriggerRule.values)}.",
             code="bad_trigger_rule",
         )
-    deps = _check_dependencies(workflow, dependencies)
-    if not sig.id:
-        # Same effect as sig.freeze() without needing the task registered here.
-        sig.set(task_id=uuid())
-    node = _new_node(
-        workflow,
-        task_id=sig.id,
+    deps = check_dependencies(draft, dependencies)
+    callbacks = _linked_callbacks(draft, sig)
+    node = draft.new_node(
+        deps,
+        source=sig,
+        task_id=_task_id(sig),
         task_name=sig.task or "",
         signature=signature_to_dict(sig),
         trigger_rule=trigger_rule,
-        timeout=_as_timeout(workflow, timeout),
+        timeout=_as_timeout(timeout),
         max_attempts=_as_attempts(max_attempts),
     )
-    node._draft_deps.extend(deps)
+    _add_linked(draft, callbacks, [node])
     return node
 
 
-def add_join(workflow, dependencies):
-    node = _new_node(workflow, task_id=uuid(), kind=NodeKind.JOIN)
-    node._draft_deps.extend(dependencies)
-    return node
+def add_join(draft, dependencies):
+    return draft.new_node(dependencies, task_id=uuid(), kind=NodeKind.JOIN)
 
 
-def add_callback(workflow, signature, kind):
-    sig = _as_signature(workflow, signature)
-    if not sig.id:
-        sig.set(task_id=uuid())
-    return _new_node(
-        workflow, task_id=sig.id, task_name=sig.task or "", kind=kind,
+def add_callback(draft, signature, kind):
+    sig = _as_signature(draft, signature)
+    _no_links(sig, "a workflow callback")
+    return draft.new_node(
+        source=sig, task_id=_task_id(sig), task_name=sig.task or "", kind=kind,
         signature=signature_to_dict(sig),
     )
 
 
-def add_canvas(workflow, canvas, dependencies=None):
-    deps = _check_dependencies(workflow, dependencies)
+# -- Celery's own callbacks (link / link_error) ------------------------------------------------
+
+
+def _linked_callbacks(draft, sig):
+    """The ``link`` / ``link_error`` callbacks of ``sig``, as (signature, trigger rule).
+
+    Celery would call them itself; the engine orders tasks, so each becomes a
+    node after ``sig``: a ``link`` one that runs when it succeeds, a
+    ``link_error`` one that runs when it fails (``one_failed``). Where a node
+    cannot receive what Celery would pass the callback, the signature is
+    refused rather than silently dropped.
+    """
+    found = []
+    for option, rule in (("link", TriggerRule.ALL_SUCCESS), ("link_error", TriggerRule.ONE_FAILED)):
+        for item in sig.options.get(option) or ():
+            callback = _as_signature(draft, item)
+            mutable = not callback.immutable
+            if option == "link" and mutable and not draft.workflow.pass_results:
+                raise ValidationError(
+                    f"Signature {sig.task} (task id {sig.id}) has link={callback.task}: Celery would call "
+                    "it with the task's result, which a workflow passes only with pass_results=True. "
+                    "Make the callback immutable (.si()) or use Workflow(pass_results=True).",
+                    code="mutable_link",
+                )
+            if option == "link_error" and mutable:
+                raise ValidationError(
+                    f"Signature {sig.task} (task id {sig.id}) has link_error={callback.task}: Celery would "
+                    "call it with the failed task's request, exception and traceback, which a workflow "
+                    "node cannot receive. Make the callback immutable (.si()), or use the workflow's "
+                    "link_error().",
+                    code="mutable_link_error",
+                )
+            found.append((callback, rule))
+    return found
+
+
+def _no_links(sig, what):
+    linked = [o for o in ("link", "link_error") if sig.options.get(o)]
+    if linked:
+        raise ValidationError(
+            f"Signature {sig.task} is {what} and has {' and '.join(linked)}; it has no node to follow, "
+            "so Celery's callbacks cannot be run after it. Add them as nodes of the workflow instead.",
+            code="link_not_supported",
+        )
+
+
+def _add_linked(draft, callbacks, leaves):
+    for callback, rule in callbacks:
+        deps = _joined(draft, leaves)
+        if isinstance(callback, (group, _chain, _chord)):
+            _add(draft, callback, deps)
+        else:
+            add_signature(draft, callback, deps, trigger_rule=rule)
+
+
+# -- canvas ------------------------------------------------------------------------------------
+
+
+def add_canvas(draft, canvas, dependencies=None):
+    deps = check_dependencies(draft, dependencies)
     if len(deps) > 1:
-        deps = [add_join(workflow, deps)]
-    return _add(workflow, _as_signature(workflow, canvas), deps)
+        deps = [add_join(draft, deps)]
+    return _add(draft, _as_signature(draft, canvas), deps)
 
 
-def _add(workflow, sig, deps):
+def _add(draft, sig, deps):
     """Add ``sig`` after ``deps`` (at most one node); return its leaves."""
+    if not isinstance(sig, (group, _chain, _chord)):
+        return [add_signature(draft, sig, deps)]
+    callbacks = _linked_callbacks(draft, sig)
     if isinstance(sig, _chord):
         # A frozen/applied chord holds its header as a group, not a list.
         header = sig.tasks
         header = list(header.tasks if isinstance(header, group) else header)
-        leaves = _add_group(workflow, header, deps) if header else deps
+        leaves = _add_group(draft, header, deps) if header else deps
         body = sig.body
-        if body is None:
-            return leaves
-        # A chord body gets the list of header results even for a one-task
-        # header (Celery: chord([a], body) calls body([a])), so always join it.
-        return _add(workflow, _as_signature(workflow, body), [add_join(workflow, leaves)] if header else leaves)
-    if isinstance(sig, group):
-        return _add_group(workflow, list(sig.tasks), deps)
-    if isinstance(sig, _chain):
+        if body is not None:
+            # A chord body gets the list of header results even for a one-task
+            # header (Celery: chord([a], body) calls body([a])), so always join it.
+            leaves = _add(draft, _as_signature(draft, body), [add_join(draft, leaves)] if header else leaves)
+    elif isinstance(sig, group):
+        leaves = _add_group(draft, list(sig.tasks), deps)
+    else:
         leaves = deps
         for task in sig.tasks:
-            leaves = _add(workflow, _as_signature(workflow, task), _joined(workflow, leaves))
-        return leaves
-    return [add_signature(workflow, sig, deps)]
+            leaves = _add(draft, _as_signature(draft, task), _joined(draft, leaves))
+    if callbacks and leaves:
+        _add_linked(draft, callbacks, leaves)
+    return leaves
 
 
-def _add_group(workflow, tasks, deps):
+def _add_group(draft, tasks, deps):
     if not tasks:
         return deps
     leaves = []
     for task in tasks:
-        leaves.extend(_add(workflow, _as_signature(workflow, task), deps))
+        leaves.extend(_add(draft, _as_signature(draft, task), deps))
     return leaves
 
 
-def _joined(workflow, leaves):
+def _joined(draft, leaves):
     """Several leaves feeding what follows: collapse them into one join node."""
-    return [add_join(workflow, leaves)] if len(leaves) > 1 else leaves
+    return [add_join(draft, leaves)] if len(leaves) > 1 else leaves

@@ -30,6 +30,8 @@ class Setting:
     types: tuple[type, ...]
     #: ``"positive"``: must be > 0; ``"non_negative"``: must be >= 0; None: any value of the type.
     bound: str | None = None
+    #: The only values accepted, when the setting is one of a few words.
+    choices: tuple[Any, ...] = ()
 
     @property
     def full_name(self) -> str:
@@ -40,6 +42,9 @@ class Setting:
         if not isinstance(value, self.types) or (isinstance(value, bool) and bool not in self.types):
             kinds = " or ".join(t.__name__ for t in self.types)
             return "E002", f"{self.full_name} must be {kinds}, not {type(value).__name__} ({value!r})."
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            return "E002", f"{self.full_name} must be one of {allowed}, not {value!r}."
         if isinstance(value, bool) or not isinstance(value, NUMBER):
             return None
         if self.bound == "positive" and value <= 0:
@@ -92,6 +97,13 @@ SETTINGS: tuple[Setting, ...] = (
     # Seconds a worker keeps retrying (with backoff) to write a task's outcome
     # while the database is unreachable, before leaving it to the sweeper.
     Setting("OUTCOME_RETRY_FOR", 60.0, NUMBER, "non_negative"),
+    # Largest JSON-encoded custom_payload (workflow or node) apply_async accepts, in bytes (0: no cap).
+    Setting("MAX_PAYLOAD_BYTES", 1024 * 1024, (int,), "non_negative"),
+    # Largest JSON-encoded args + kwargs of one signature apply_async accepts, in bytes (0: no cap).
+    Setting("MAX_ARGUMENT_BYTES", 1024 * 1024, (int,), "non_negative"),
+    # What apply_async does with a task name the Celery registry does not know, when this
+    # process's registry is complete (a worker process): warn in the log, refuse, or ignore.
+    Setting("UNKNOWN_TASKS", "warn", (str,), choices=("warn", "refuse", "ignore")),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -1279,7 +1279,9 @@ def _workflow_field(workflow_id, field):
 
 
 def send_tick(workflow_id, options=None, countdown=None):
-    """Send the tick task; ``options`` None means the workflow's own tick options.
+    """Send the tick task; None when the broker took it, else the exception (already logged).
+
+    ``options`` None means the workflow's own tick options.
 
     The engine's ``countdown`` (the tick interval) replaces any countdown or
     eta in the options; without one (the first tick) the options' own apply.
@@ -1294,9 +1296,11 @@ def send_tick(workflow_id, options=None, countdown=None):
             options.pop("eta", None)
             options["countdown"] = countdown
         tick_task.apply_async((str(workflow_id),), **options)
-    except Exception:
+    except Exception as exc:
         # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
         logger.exception("Could not send the tick of workflow %s", workflow_id)
+        return exc
+    return None
 
 
 def publish(workflow_id, tasks_options, entries):

@@ -3,11 +3,16 @@
 import time
 import uuid
 
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .draft import GRAPH_KINDS, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
+from .serialization import from_tree
+from .signals import connect_compat_handler
 from .states import (
     NODE_FINAL,
     WORKFLOW_FINAL,
@@ -16,6 +21,16 @@ from .states import (
     TriggerRule,
     WorkflowState,
 )
+
+
+def _refuse_positional_dict(args, message):
+    """celery-dyrygent's Workflow(options) / WorkflowNode(signature) would silently become the primary key.
+
+    Django itself builds loaded rows from positional field values (the id
+    first), so positional arguments stay allowed; a dict is never an id.
+    """
+    if args and isinstance(args[0], dict):
+        raise TypeError(message)
 
 
 class Workflow(models.Model):
@@ -100,18 +115,37 @@ class Workflow(models.Model):
         return f"{self.name or 'workflow'} {str(self.id)[:8]}"
 
     # -- building (unsaved workflow) -------------------------------------------------
+    # Every builder method delegates to one Draft (django_dyrygent.draft), the
+    # same one django_dyrygent.workflows (the celery-dyrygent door) builds with.
+
+    #: After apply_async: None until its transaction commits, then whether the
+    #: first tick reached the broker (False: the sweeper starts it later).
+    start_sent = None
+    #: The broker's exception when ``start_sent`` is False.
+    start_error = None
+    _draft = None
+
+    def __init__(self, *args, **kwargs):
+        _refuse_positional_dict(
+            args,
+            "Workflow() takes its fields by keyword, e.g. Workflow(options={...}); "
+            "django_dyrygent.workflows.Workflow accepts celery-dyrygent's Workflow(options).",
+        )
+        super().__init__(*args, **kwargs)
 
     @property
-    def _draft(self):
-        draft = self.__dict__.get("_draft_nodes")
-        if draft is None:
-            draft = self.__dict__["_draft_nodes"] = []
-        return draft
+    def draft(self):
+        """The unsaved graph this workflow builds; refused once the workflow was applied."""
+        self._require_draft("change its graph")
+        if self._draft is None:
+            self._draft = Draft(self, self._new_node)
+        return self._draft
+
+    def _new_node(self, **fields):
+        return WorkflowNode(workflow=self, **fields)
 
     def _require_draft(self, what):
         if not self._state.adding:
-            from django.core.exceptions import ValidationError
-
             raise ValidationError(
                 f"Cannot {what}: workflow {self.pk} was already applied; build a new Workflow.",
                 code="already_applied",
@@ -126,11 +160,9 @@ class Workflow(models.Model):
         still running is given up on and its task revoked; ``max_attempts``:
         how many runs it gets in all before a timeout fails it.
         """
-        from .canvas import add_signature
-
-        self._require_draft("add a signature")
-        return add_signature(self, signature, dependencies, trigger_rule=trigger_rule, timeout=timeout,
-                             max_attempts=max_attempts)
+        return self.draft.add_signature(
+            signature, dependencies, trigger_rule=trigger_rule, timeout=timeout, max_attempts=max_attempts,
+        )
 
     def add_fanout(self, template, dependency, timeout=None):
         """Run ``template`` once per item of ``dependency``'s result (a list), at run time.
@@ -140,53 +172,39 @@ class Workflow(models.Model):
         on it like on a chord header. Each item is prepended to the
         template's arguments.
         """
-        from .canvas import add_fanout
-
-        self._require_draft("add a fan-out")
-        return add_fanout(self, template, dependency, timeout=timeout)
+        return self.draft.add_fanout(template, dependency, timeout=timeout)
 
     def add_celery_canvas(self, canvas, dependencies=None):
         """Add a chain/group/chord/signature; returns the nodes a follower must depend on."""
-        from .canvas import add_canvas
-
-        self._require_draft("add a canvas")
-        return add_canvas(self, canvas, dependencies)
+        return self.draft.add_canvas(canvas, dependencies)
 
     def leaves(self):
         """Nodes nobody depends on (callbacks excluded)."""
         if self._state.adding:
-            has_dependents = {id(dep) for node in self._draft for dep in node._draft_deps}
-            return [
-                n for n in self._draft
-                if id(n) not in has_dependents and n.kind in (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
-            ]
+            return self.draft.leaves()
         return list(
-            self.nodes.filter(kind__in=[NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP], dependents__isnull=True)
-            .order_by("position")
+            self.nodes.filter(kind__in=GRAPH_KINDS, dependents__isnull=True).order_by("position")
         )
 
     def link_error(self, signature):
         """Run ``signature`` once if the workflow ends FAILURE or ERROR."""
-        from .canvas import add_callback
-
-        self._require_draft("link an error callback")
-        return add_callback(self, signature, NodeKind.ERROR_CALLBACK)
+        return self.draft.add_callback(signature, NodeKind.ERROR_CALLBACK)
 
     def link_finalizer(self, signature):
         """Run ``signature`` once whenever the workflow ends, whatever the outcome."""
-        from .canvas import add_callback
-
-        self._require_draft("link a finalizer")
-        return add_callback(self, signature, NodeKind.FINALIZER)
+        return self.draft.add_callback(signature, NodeKind.FINALIZER)
 
     # -- running ---------------------------------------------------------------------
 
     def apply_async(self, options=None):
-        """Validate, save everything in one transaction and start the workflow on commit."""
-        from .builder import save_and_start
+        """Validate, save everything in one transaction and start the workflow on commit.
+
+        Returns self; see ``start_sent`` for whether the start reached the broker.
+        """
+        from . import engine  # a run method calling the engine lazily (the accepted exception)
 
         self._require_draft("apply it again")
-        save_and_start(self, options)
+        self.draft.apply(options, engine.send_tick)
         return self
 
     def wait(self, timeout=None, interval=0.1):
@@ -248,8 +266,6 @@ class Workflow(models.Model):
     def duration(self):
         if not self.started_at:
             return None
-        from django.utils import timezone
-
         return (self.finished_at or timezone.now()) - self.started_at
 
     @classmethod
@@ -259,8 +275,6 @@ class Workflow(models.Model):
         Names: ``on_state_change`` (payload: new state), ``on_finish`` (payload:
         None), ``after_active_tick`` (payload: None).
         """
-        from .signals import connect_compat_handler
-
         def decorator(handler):
             connect_compat_handler(signal_name, handler)
             return handler
@@ -360,18 +374,24 @@ class WorkflowNode(models.Model):
         label = self.task_name or self.kind
         return f"{label} [{self.task_id}] ({self.state})"
 
-    @property
-    def _draft_deps(self):
-        deps = self.__dict__.get("_draft_dependencies")
-        if deps is None:
-            deps = self.__dict__["_draft_dependencies"] = []
-        return deps
+    def __init__(self, *args, **kwargs):
+        _refuse_positional_dict(
+            args,
+            "WorkflowNode() takes its fields by keyword; add signatures with Workflow.add_signature(), "
+            "or use django_dyrygent.workflows.WorkflowNode(signature).",
+        )
+        super().__init__(*args, **kwargs)
 
     def add_dependency(self, other):
         """Make this node wait for ``other`` (both nodes of the same unsaved workflow)."""
-        from .canvas import add_dependency
-
-        add_dependency(self, other)
+        workflow = self.workflow if WorkflowNode.workflow.is_cached(self) else None
+        draft = workflow._draft if workflow is not None and self._state.adding else None
+        if draft is None or not draft.owns(self):
+            raise ValidationError(
+                f"Node {self} is not part of an unsaved workflow; edges are fixed once applied.",
+                code="already_applied",
+            )
+        draft.add_dependency(self, other)
 
     @property
     def is_final(self):
@@ -380,8 +400,6 @@ class WorkflowNode(models.Model):
     def get_result(self):
         """The result as the task returned it (``result`` holds its JSON form:
         datetimes, UUIDs and Decimals are tagged objects there, as in a Celery message)."""
-        from .serialization import from_tree
-
         return from_tree(self.result)
 
     @property

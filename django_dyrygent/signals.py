@@ -6,7 +6,10 @@ breaks the workflow.
 
 import logging
 
+from django.apps import apps
 from django.dispatch import Signal
+
+from .states import WORKFLOW_FINAL, WorkflowState
 
 logger = logging.getLogger("django_dyrygent.signals")
 
@@ -21,11 +24,10 @@ node_state_changed = Signal()
 
 
 def send(signal, **kwargs):
-    from .models import Workflow
-
     if not signal.receivers:
         return
-    for receiver, response in signal.send_robust(sender=Workflow, **kwargs):
+    sender = apps.get_model("django_dyrygent", "Workflow")
+    for receiver, response in signal.send_robust(sender=sender, **kwargs):
         if isinstance(response, Exception):
             logger.error(
                 "Receiver %r of a django_dyrygent signal failed: %r", receiver, response,
@@ -33,27 +35,45 @@ def send(signal, **kwargs):
             )
 
 
-# celery-dyrygent compatibility: Workflow.connect('on_state_change' | 'on_finish' | 'after_active_tick')
-COMPAT_SIGNALS = {
-    "on_state_change": (workflow_state_changed, lambda kw: kw["new_state"]),
-    "on_finish": (workflow_finished, lambda kw: None),
-    "after_active_tick": (workflow_active_tick, lambda kw: None),
-}
+# -- celery-dyrygent style hooks: Workflow.connect('on_state_change' | 'on_finish' | 'after_active_tick')
+#
+# Order, as celery-dyrygent: when a workflow ends, ``on_finish`` handlers run
+# first, then ``on_state_change`` with the final state. ``on_finish`` is not
+# called for ERROR (celery-dyrygent's ERROR is "the processor crashed", which
+# never reaches on_finish; here it is the deadline or the engine giving up),
+# and is called for CANCELED (the workflow did finish, by request).
 
-_compat_receivers = []  # strong references: Signal.connect keeps weak ones
+COMPAT_HOOKS = ("after_active_tick", "on_finish", "on_state_change")
+_compat_handlers = {name: [] for name in COMPAT_HOOKS}  # name -> [(handler, view), ...]
 
 
-def connect_compat_handler(name, handler):
-    try:
-        signal, payload = COMPAT_SIGNALS[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown workflow signal {name!r}; use one of {', '.join(sorted(COMPAT_SIGNALS))}"
-        ) from None
+def connect_compat_handler(name, handler, view=None, error=ValueError):
+    """Register ``handler(workflow, payload)``; ``view(row)`` turns the model into what it receives."""
+    if name not in _compat_handlers:
+        raise error(f"Unknown workflow signal {name!r}; use one of {', '.join(COMPAT_HOOKS)}")
+    _compat_handlers[name].append((handler, view))
+    workflow_state_changed.connect(_state_changed, weak=False, dispatch_uid="django_dyrygent.compat.state")
+    workflow_active_tick.connect(_active_tick, weak=False, dispatch_uid="django_dyrygent.compat.tick")
+    return handler
 
-    def receiver(sender, workflow, **kwargs):
-        handler(workflow, payload(kwargs))
 
-    _compat_receivers.append(receiver)
-    signal.connect(receiver, weak=False, dispatch_uid=("django_dyrygent.compat", name, id(handler)))
-    return receiver
+def disconnect_compat_handler(name, handler):
+    _compat_handlers[name][:] = [(h, v) for h, v in _compat_handlers[name] if h is not handler]
+
+
+def _call(name, workflow, payload):
+    for handler, view in list(_compat_handlers[name]):
+        try:
+            handler(view(workflow) if view else workflow, payload)
+        except Exception:  # a hook never breaks the workflow (celery-dyrygent's rule too)
+            logger.exception("Workflow hook %r (%r) of workflow %s failed", name, handler, workflow.pk)
+
+
+def _state_changed(sender, workflow, old_state, new_state, **kwargs):
+    if new_state in WORKFLOW_FINAL and new_state != WorkflowState.ERROR:
+        _call("on_finish", workflow, None)
+    _call("on_state_change", workflow, new_state)
+
+
+def _active_tick(sender, workflow, **kwargs):
+    _call("after_active_tick", workflow, None)

@@ -1,5 +1,498 @@
-"""celery-dyrygent compatible import path: ``from django_dyrygent.workflows import Workflow``."""
+"""celery-dyrygent's builder, saved into rows: ``from django_dyrygent.workflows import Workflow``.
 
-from .models import Workflow, WorkflowNode  # noqa: F401
+The second door onto the one draft (``django_dyrygent.draft``): each object
+here wraps the Django model ``Workflow`` and its draft, and offers
+celery-dyrygent 0.8's public methods and inspection (``wf.nodes[task_id]``,
+``node.id``, ``node.dependencies`` as a dict of task ids). ``apply_async``
+saves the rows and the engine runs them. What differs, and why, is listed in
+docs/migrating-from-celery-dyrygent.md.
+"""
 
-__all__ = ["Workflow", "WorkflowNode"]
+from datetime import timedelta
+from numbers import Real
+
+from celery import exceptions as celery_exceptions
+from celery.canvas import Signature, _chain, _chord, group
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from . import models
+from .signals import COMPAT_HOOKS, connect_compat_handler
+from .states import NodeKind, WorkflowState
+from .tasks import register_workflow_processor
+
+__all__ = ["Workflow", "WorkflowException", "WorkflowNode", "WorkflowResult", "register_workflow_processor"]
+
+#: Nodes celery-dyrygent would show in ``wf.nodes``: the ones that run a task.
+_VISIBLE_KINDS = (NodeKind.TASK, NodeKind.MAP)
+
+
+class WorkflowException(ValidationError):
+    """celery-dyrygent's error; also a ``ValidationError``, so either ``except`` catches it."""
+
+
+class WorkflowTimeout(celery_exceptions.TimeoutError, TimeoutError):
+    """``WorkflowResult.wait`` timed out (catchable as Celery's or Python's TimeoutError)."""
+
+
+def _compat(call, *args, **kwargs):
+    """Run ``call``; a ValidationError from the shared draft comes out as WorkflowException."""
+    try:
+        return call(*args, **kwargs)
+    except WorkflowException:
+        raise
+    except ValidationError as exc:
+        raise WorkflowException(exc.error_list if hasattr(exc, "error_list") else exc.messages) from exc
+
+
+class WorkflowNode:
+    """One signature of a workflow, seen the celery-dyrygent way.
+
+    Nodes made by ``Workflow.add_*`` wrap a node of the workflow's draft, and
+    the draft owns their edges. A node made by hand, ``WorkflowNode(sig)``,
+    belongs to no workflow (as in celery-dyrygent, where only add_signature
+    puts nodes in a workflow) and keeps its dependencies itself.
+    """
+
+    def __init__(self, signature):
+        if not isinstance(signature, Signature):
+            raise WorkflowException(
+                f"WorkflowNode() takes a Celery signature, got {type(signature).__name__}"
+            )
+        if signature.id is None:
+            raise WorkflowException(f"Signature '{signature}' has no ID, it is not frozen")
+        self.signature = signature
+        self._row = self._draft = None
+        self._own = {}  # task id -> options, for a node outside any workflow
+        self._options = {}  # options given to add_dependency, by task id
+        self._custom_payload = {}
+        self._saved_dependencies = None
+
+    @classmethod
+    def _wrap(cls, row, signature, draft=None, dependencies=None):
+        node = cls.__new__(cls)
+        node.signature = signature
+        node._row, node._draft = row, draft
+        node._own, node._options, node._custom_payload = {}, {}, None
+        node._saved_dependencies = dependencies
+        return node
+
+    @property
+    def id(self):
+        return self._row.task_id if self._row is not None else self.signature.id
+
+    @property
+    def custom_payload(self):
+        return self._row.custom_payload if self._row is not None else self._custom_payload
+
+    @custom_payload.setter
+    def custom_payload(self, value):
+        if self._row is not None:
+            self._row.custom_payload = value
+        else:
+            self._custom_payload = value
+
+    @property
+    def model(self):
+        """The ``django_dyrygent.models.WorkflowNode`` behind this node (unsaved before apply_async)."""
+        return self._row
+
+    @property
+    def dependencies(self):
+        """{task id: options} of the tasks this node waits for (internal join nodes seen through)."""
+        if self._saved_dependencies is not None:
+            return dict(self._saved_dependencies)
+        if self._draft is None:
+            return dict(self._own)
+        deps = self._draft.task_dependencies(self._row)
+        return {dep.task_id: self._options.get(dep.task_id) for dep in deps}
+
+    def add_dependency(self, other_node, options=None):
+        if not isinstance(other_node, WorkflowNode):
+            raise WorkflowException(f"add_dependency() takes a WorkflowNode, got {type(other_node).__name__}")
+        if options is not None and not isinstance(options, dict):
+            raise WorkflowException(f"Dependency options must be a dict, got {type(options).__name__}")
+        if other_node.id in self.dependencies:
+            raise WorkflowException(f"Dependency '{other_node.signature}' already added")
+        if self._saved_dependencies is not None:
+            raise WorkflowException(f"Node {self.id} was already applied; its edges are fixed")
+        if self._draft is None and other_node._draft is None:
+            self._own[other_node.id] = options
+            return
+        if self._draft is None or other_node._draft is not self._draft:
+            raise WorkflowException(
+                f"Nodes {self.id} and {other_node.id} do not belong to the same unsaved workflow"
+            )
+        _compat(self._draft.add_dependency, self._row, other_node._row)
+        self._options[other_node.id] = options
+
+    def to_dict(self):
+        """celery-dyrygent's node dict (the signature object itself, as there)."""
+        return {
+            "id": self.id, "signature": self.signature,
+            "dependencies": self.dependencies, "custom_payload": self.custom_payload,
+        }
+
+    @classmethod
+    def from_dict(cls, data):
+        """A node outside any workflow, from ``to_dict()`` (celery-dyrygent's node from_dict)."""
+        node = cls(Signature(data["signature"]))
+        node._own = dict(data.get("dependencies") or {})
+        node.custom_payload = dict(data.get("custom_payload") or {})
+        return node
+
+    def __repr__(self):
+        return f"<WorkflowNode {self.id} {self.signature.task or '(no task name)'}>"
+
+
+class WorkflowResult:
+    """What ``Workflow.apply_async`` returns: wait for the workflow like for celery-dyrygent's processor."""
+
+    def __init__(self, workflow):
+        self.model = workflow
+        self.id = str(workflow.pk)
+
+    @property
+    def start_sent(self):
+        """None until the transaction commits; then whether the start reached the broker."""
+        return self.model.start_sent
+
+    @property
+    def start_error(self):
+        return self.model.start_error
+
+    @property
+    def state(self):
+        return models.Workflow.objects.filter(pk=self.model.pk).values_list("state", flat=True).first()
+
+    def ready(self):
+        return self.state in (WorkflowState.SUCCESS, WorkflowState.FAILURE, WorkflowState.ERROR,
+                              WorkflowState.CANCELED)
+
+    def wait(self, timeout=None, propagate=True, interval=0.1, **_celery_kwargs):
+        """Block until the workflow ends; return its final state.
+
+        Like the peer's processor result, ERROR raises (WorkflowException) when
+        ``propagate``; FAILURE returns normally. ``TimeoutError`` after ``timeout``.
+        """
+        try:
+            state = self.model.wait(timeout=timeout, interval=interval)
+        except TimeoutError as exc:
+            raise WorkflowTimeout(str(exc)) from None
+        if state == WorkflowState.ERROR and propagate:
+            raise WorkflowException(f"Workflow {self.id} ended ERROR: {self.model.error}")
+        return state
+
+    get = wait
+
+    def __repr__(self):
+        return f"<WorkflowResult {self.id}>"
+
+
+class Workflow:
+    """celery-dyrygent's ``Workflow``, built into a draft and run from rows.
+
+    ``Workflow(options)`` sets the tick task's options, as the peer's
+    processor options; other model fields (``name=``, ``pass_results=``,
+    ``deadline=``, ...) may be given by keyword.
+    """
+
+    max_processing_time = int(timedelta(days=7).total_seconds())
+    workflow_processor_task = None
+
+    def __init__(self, options=None, **fields):
+        self._row = models.Workflow(options=dict(options or {}), **fields)
+        self._draft = self._row.draft
+        self._nodes = {}  # task id -> WorkflowNode, in draft order
+        self._wrapped = {}  # id(row) -> WorkflowNode
+        self._seen = 0  # how many draft nodes _nodes covers
+        self._saved = False
+        self.retry_policy = ["random", 10, 30]
+        self.result = None
+
+    @classmethod
+    def from_model(cls, row):
+        """A read-only view of a saved workflow (what hooks receive)."""
+        wf = cls.__new__(cls)
+        wf._row, wf._draft, wf._saved = row, None, True
+        wf._nodes, wf._wrapped, wf._seen = None, {}, 0
+        wf.retry_policy, wf.result = ["random", 10, 30], None
+        return wf
+
+    # -- what celery-dyrygent exposes ----------------------------------------------------------
+
+    @property
+    def model(self):
+        """The ``django_dyrygent.models.Workflow`` row (unsaved until apply_async)."""
+        return self._row
+
+    @property
+    def id(self):
+        return str(self._row.pk)
+
+    @property
+    def state(self):
+        return self._row.state
+
+    @property
+    def custom_payload(self):
+        return self._row.custom_payload
+
+    @custom_payload.setter
+    def custom_payload(self, value):
+        self._row.custom_payload = value
+
+    @property
+    def workflow_options(self):
+        return self._row.options
+
+    @property
+    def tasks_options(self):
+        return self._row.tasks_options
+
+    @property
+    def nodes(self):
+        """{task id: WorkflowNode} of every task node, in the order they were added."""
+        if self._saved:
+            if self._nodes is None:
+                self._nodes = self._load_saved_nodes()
+            return self._nodes
+        self._index_new_nodes()
+        return self._nodes
+
+    def _index_new_nodes(self):
+        """Add the draft's nodes added since the last call (canvas may add several at once)."""
+        rows = self._draft.nodes
+        for row in rows[self._seen:]:
+            if row.kind in _VISIBLE_KINDS:
+                self._nodes.setdefault(row.task_id, self._node_for(row))
+        self._seen = len(rows)
+
+    def _node_for(self, row):
+        node = self._wrapped.get(id(row))
+        if node is None:
+            signature = self._draft.source_of(row) or _signature_of(row)
+            node = self._wrapped[id(row)] = WorkflowNode._wrap(row, signature, self._draft)
+        return node
+
+    def _load_saved_nodes(self):
+        rows = {n.pk: n for n in self._row.nodes.all()}
+        deps = {pk: [] for pk in rows}
+        for node_id, dep_id in models.WorkflowEdge.objects.filter(workflow=self._row).order_by(
+            "node_id", "position"
+        ).values_list("node_id", "dependency_id"):
+            deps[node_id].append(dep_id)
+
+        def tasks_behind(pk, seen):
+            for dep in deps[pk]:
+                if dep not in seen:
+                    seen.add(dep)
+                    if rows[dep].kind == NodeKind.JOIN:
+                        yield from tasks_behind(dep, seen)
+                    else:
+                        yield rows[dep].task_id
+
+        return {
+            row.task_id: WorkflowNode._wrap(
+                row, _signature_of(row), dependencies={t: None for t in tasks_behind(pk, set())}
+            )
+            for pk, row in sorted(rows.items(), key=lambda item: item[1].position)
+            if row.kind in _VISIBLE_KINDS
+        }
+
+    def iterate_dependencies(self):
+        """(node, dependency node or None) pairs, sorted by task id, as celery-dyrygent yields them."""
+        nodes = self.nodes
+        for node in sorted(nodes.values(), key=lambda n: n.id):
+            deps = node.dependencies
+            for dep in sorted(deps):
+                yield node, nodes[dep]
+            if not deps:
+                yield node, None
+
+    def is_success(self):
+        return self._row.state == WorkflowState.SUCCESS
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _require_unsaved(self, what):
+        if self._saved:
+            raise WorkflowException(f"Cannot {what}: workflow {self.id} was already applied")
+
+    def _rows(self, nodes):
+        rows = []
+        for node in nodes or ():
+            if not isinstance(node, WorkflowNode) or node._draft is not self._draft:
+                raise WorkflowException(f"Dependency {node!r} is not a node of this workflow")
+            rows.append(node._row)
+        return rows
+
+    def _as_nodes(self, rows):
+        """Draft rows -> WorkflowNodes; a join (several leaves) stands for the tasks behind it."""
+        out = []
+        for row in rows:
+            if row.kind == NodeKind.JOIN:
+                out.extend(self._node_for(r) for r in self._draft.task_dependencies(row))
+            else:
+                out.append(self._node_for(row))
+        self._index_new_nodes()
+        return out
+
+    def add_signature(self, signature, dependencies=None):
+        """Add one signature; returns its WorkflowNode. A second add of the same task id is refused."""
+        self._require_unsaved("add a signature")
+        task_id = signature.id if isinstance(signature, Signature) else None
+        if task_id is not None and task_id in self.nodes:
+            raise WorkflowException(f"Looks like signature '{signature}' is already added to the workflow")
+        row = _compat(self._draft.add_signature, signature, self._rows(dependencies))
+        return self._as_nodes([row])[0]
+
+    def add_celery_canvas(self, canvas, dependencies=None):
+        """Add a signature, chain, group or chord; returns the nodes a follower must depend on."""
+        self._require_unsaved("add a canvas")
+        return self._as_nodes(_compat(self._draft.add_canvas, canvas, self._rows(dependencies)))
+
+    def add_celery_signature(self, signature, dependencies=None):
+        return self._typed(signature, dependencies, Signature, "signature")
+
+    def add_celery_chain(self, chain, dependencies=None):
+        return self._typed(chain, dependencies, _chain, "chain")
+
+    def add_celery_group(self, group_, dependencies=None):
+        return self._typed(group_, dependencies, group, "group")
+
+    def add_celery_chord(self, chord, dependencies=None):
+        return self._typed(chord, dependencies, _chord, "chord")
+
+    def _typed(self, canvas, dependencies, kind, name):
+        is_canvas = isinstance(canvas, (_chain, group, _chord))
+        if not isinstance(canvas, kind) or (kind is Signature and is_canvas):
+            raise WorkflowException(f"add_celery_{name}() takes a Celery {name}, got {type(canvas).__name__}")
+        return self.add_celery_canvas(canvas, dependencies)
+
+    def skip_tasks(self, task_ids):
+        """Mark tasks done without running them: before apply_async, as celery-dyrygent.
+
+        Every dependency of a skipped task must be skipped too. After
+        apply_async this is the model's ``skip()`` (same rule, checked against
+        the running workflow).
+        """
+        task_ids = list(task_ids)
+        if self._saved:
+            return _compat(self._row.skip, list(self._row.nodes.filter(task_id__in=task_ids)))
+        nodes = self.nodes
+        missing = [t for t in task_ids if t not in nodes]
+        if missing:
+            raise WorkflowException(f"Cannot skip tasks that are not in the workflow: {', '.join(missing)}")
+        for task_id in task_ids:
+            if any(parent not in task_ids for parent in nodes[task_id].dependencies):
+                raise WorkflowException("Can't mark dependant task as finished when not all parents finished")
+        _compat(self._draft.skip, [nodes[t]._row for t in task_ids])
+        return len(task_ids)
+
+    # -- policies ------------------------------------------------------------------------------
+
+    def set_retry_policy(self, retry_type, *retry_args):
+        """Accepted and checked as celery-dyrygent does; it shapes nothing here (see the migration guide).
+
+        The peer's policy is how often its processor polls. Here a task's
+        completion moves the workflow at once; the safety-net tick runs every
+        DYRYGENT_TICK_INTERVAL seconds for every workflow.
+        """
+        if retry_type != "random":
+            raise WorkflowException(f'Invalid retry policy, got "{retry_type}"')
+        if len(retry_args) != 2 or not all(isinstance(a, Real) for a in retry_args) or not (
+            0 < retry_args[0] <= retry_args[1]
+        ):
+            raise WorkflowException(
+                f"The random retry policy takes min and max with 0 < min <= max, got {retry_args}"
+            )
+        self.retry_policy = [retry_type, *retry_args]
+
+    def set_max_processing_time(self, seconds):
+        """The workflow ends ERROR if still running this many seconds after apply_async."""
+        if not isinstance(seconds, Real) or isinstance(seconds, bool) or seconds <= 0:
+            raise WorkflowException(
+                f"max processing time must be a positive number of seconds, got {seconds!r}"
+            )
+        self.max_processing_time = seconds
+
+    @classmethod
+    def set_workflow_processor_task(cls, task):
+        cls.workflow_processor_task = task
+
+    # -- running -------------------------------------------------------------------------------
+
+    def apply_async(self, options=None):
+        """Save the workflow into rows and start it; returns a WorkflowResult to ``wait()`` on.
+
+        ``options`` are Celery options for every task. As in celery-dyrygent
+        they override a signature's own options of the same name.
+        """
+        self._require_unsaved("apply it again")
+        options = dict(options or {})
+        for row in self._draft.nodes:
+            if row.kind != NodeKind.JOIN and options:
+                row.signature["options"] = {**row.signature.get("options", {}), **options}
+        if self._row.deadline is None:
+            self._row.deadline = timezone.now() + timedelta(seconds=self.max_processing_time)
+        _compat(self._row.apply_async, options)
+        self._saved = True
+        self.result = WorkflowResult(self._row)
+        return self.result
+
+    @classmethod
+    def connect(cls, hook_name):
+        """Decorator: ``handler(workflow, payload)`` for 'on_state_change', 'on_finish', 'after_active_tick'.
+
+        Handlers receive this class's view of the workflow (``id`` a string,
+        ``nodes`` a dict of task ids), read from the rows after the change.
+        """
+        if hook_name not in COMPAT_HOOKS:
+            raise WorkflowException(f"'{hook_name}': invalid signal")
+
+        def real_connect(function):
+            connect_compat_handler(hook_name, function, view=cls.from_model, error=WorkflowException)
+            return function
+
+        return real_connect
+
+    # -- what only exists inside a Celery message -------------------------------------------------
+
+    def to_dict(self):
+        raise NotImplementedError(_ROWS_NOT_MESSAGE.format("to_dict()"))
+
+    @classmethod
+    def from_dict(cls, workflow_dict):
+        raise NotImplementedError(_ROWS_NOT_MESSAGE.format("from_dict()"))
+
+    def simulate_tick(self):
+        raise NotImplementedError(
+            "simulate_tick(): the engine decides from rows; inspect the graph with wf.nodes / "
+            "iterate_dependencies(), or run it on a worker (see docs/migrating-from-celery-dyrygent.md)."
+        )
+
+    def tick(self):
+        raise NotImplementedError(
+            "tick(): the engine ticks saved workflows; after apply_async use wf.model.tick()."
+        )
+
+    def __repr__(self):
+        return f"<Workflow {self.id} {self.state}>"
+
+
+_ROWS_NOT_MESSAGE = (
+    "{}: a django-dyrygent workflow lives in database rows, not in a message; after apply_async "
+    "read it with django_dyrygent.models.Workflow.objects.get(pk=wf.id) (see "
+    "docs/migrating-from-celery-dyrygent.md)."
+)
+
+
+def _signature_of(row):
+    """A Celery signature rebuilt from a stored node (for nodes the user did not hand in)."""
+    stored = row.signature or {}
+    return Signature(
+        stored.get("task"), args=stored.get("args", ()), kwargs=stored.get("kwargs", {}),
+        options={**stored.get("options", {}), "task_id": row.task_id},
+        immutable=stored.get("immutable", False),
+    )

@@ -95,5 +95,4 @@ def compat_handler():
 
     yield connect
     for name, handler in connected:
-        signal, _payload = dy_signals.COMPAT_SIGNALS[name]
-        signal.disconnect(dispatch_uid=("django_dyrygent.compat", name, id(handler)))
+        dy_signals.disconnect_compat_handler(name, handler)

@@ -291,8 +291,12 @@ def test_add_signature__strips_celery_chaining_options_keeps_execution_options()
         "task": "tests.add", "args": [1, 2], "kwargs": {},
         "options": {"queue": "fast", "priority": 3, "countdown": 2}, "immutable": False,
     }
-    # The link targets did not become nodes either.
-    assert WorkflowNode.objects.filter(workflow=wf).count() == 1
+    # Celery's link / link_error are not dropped: they became nodes after the signature.
+    followers = {n.signature["args"][0]: n.trigger_rule for n in WorkflowNode.objects.filter(workflow=wf)
+                 if n.pk != node.pk}
+    assert followers == {"next": "all_success", "err": "one_failed"}
+    edges = WorkflowEdge.objects.filter(dependency=node)
+    assert {e.node.signature["args"][0] for e in edges} == {"next", "err"}
 
 
 def test_add_celery_canvas__an_already_frozen_chord_imports_cleanly():

@@ -5,13 +5,11 @@ one-transaction save, the first tick through the broker, publication of
 nodes, worker signals reporting back to the engine, and the final state.
 """
 
-import celery
 import pytest
 from celery import chain, chord, group
 from celery import signals as celery_signals
 
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from tests.celery_app import app as celery_app
 from tests.models import Execution
 from tests.tasks import big, fail, flaky, noop, not_json, not_json_quiet, quiet, record, request_info
 
@@ -165,66 +163,6 @@ def test_options__task_options_and_custom_payloads_are_kept_and_reach_the_worker
     assert own.result["priority"] == 1 and own.result["x_tag"] == "t1"
     ticks = [p for p in published if p[0] == "django_dyrygent.tick"]
     assert ticks and all(priority == 3 for _name, priority, _headers in ticks)
-
-
-# -- celery-dyrygent README, as written ------------------------------------------------------
-
-
-def test_readme__examples_run_as_written_with_django_dyrygent_imports(worker, compat_handler, capsys):
-    from django_dyrygent.tasks import register_workflow_processor
-
-    app = celery_app  # your celery application instance
-
-    workflow_processor = register_workflow_processor(app)
-    assert workflow_processor.name == "django_dyrygent.tick"
-
-    from django_dyrygent.workflows import Workflow
-
-    canvas = celery.chain(record.si("r1"), record.si("r2")) | celery.chord(
-        [record.si("r3"), record.si("r4")], record.si("r5")
-    )
-
-    wf = Workflow()
-    wf.add_celery_canvas(canvas)
-
-    def handle_state_change(workflow, payload):
-        print(
-            "Workflow {} has new state {}"
-            .format(workflow.id, payload)
-        )
-
-    compat_handler("on_state_change", handle_state_change)
-
-    wf.apply_async()
-    assert wf.wait(timeout=TIMEOUT) == "SUCCESS"
-    seq = labels()
-    assert seq[:2] == ["r1", "r2"] and sorted(seq[2:4]) == ["r3", "r4"] and seq[4] == "r5"
-    out = capsys.readouterr().out
-    assert f"Workflow {wf.id} has new state RUNNING" in out
-    assert f"Workflow {wf.id} has new state SUCCESS" in out
-
-    task_list = [{"label": "p1", "user_id": 1}, {"label": "p2", "user_id": 2}]
-
-    def create_celery_task(task):
-        return record.si(task["label"])
-
-    wf = Workflow()
-    for task in task_list:
-        sig = create_celery_task(task)
-        sig.freeze()
-        node = wf.add_signature(sig)
-        node.custom_payload['user_id'] = task["user_id"]
-    wf.apply_async()
-    assert wf.wait(timeout=TIMEOUT) == "SUCCESS"
-    assert {n.signature["args"][0]: n.custom_payload for n in wf.nodes.all()} == {
-        "p1": {"user_id": 1}, "p2": {"user_id": 2},
-    }
-
-    wf = Workflow(options={'priority': 10})
-    wf.add_celery_canvas(chain(record.si("o1"), record.si("o2")))
-    wf.apply_async(options={'priority': 8})
-    assert wf.wait(timeout=TIMEOUT) == "SUCCESS"
-    assert (wf.options, wf.tasks_options) == ({"priority": 10}, {"priority": 8})
 
 
 # -- Celery features inside a workflow ---------------------------------------------------------

@@ -88,9 +88,9 @@ def test_apply_async__task_id_already_used_by_another_workflow(no_rows_written):
     assert "taken-id" in text and "already used" in text and "fresh-id" not in text
     assert row_counts() == before
     assert not Workflow.objects.filter(pk=second.pk).exists()
-    assert second._state.adding and all(n.pk is None for n in second._draft)
+    assert second._state.adding and all(n.pk is None for n in second.draft.nodes)
     # The refused draft can be fixed and applied.
-    second._draft[1].task_id = "another-fresh-id"
+    second.draft.nodes[1].task_id = "another-fresh-id"
     second.apply_async()
     assert Workflow.objects.get(pk=second.pk).nodes.count() == 2
     Workflow.objects.all().delete()
@@ -185,14 +185,14 @@ def test_add_signature__refuses_a_canvas(empty_tables, canvas):
     wf = Workflow()
     with pytest.raises(ValidationError, match=f"got a {type(canvas).__name__}.*add_celery_canvas"):
         wf.add_signature(canvas)
-    assert wf._draft == []
+    assert wf.draft.nodes == []
 
 
 def test_add_signature__unknown_trigger_rule_names_the_rule(empty_tables):
     wf = Workflow()
     with pytest.raises(ValidationError, match="'sometimes'"):
         wf.add_signature(noop.si(), trigger_rule="sometimes")
-    assert wf._draft == []
+    assert wf.draft.nodes == []
 
 
 def test_apply_async__applying_twice_is_refused(no_rows_written):

@@ -1,0 +1,136 @@
+"""The unsaved graph of a workflow: nodes and edges held in memory until ``apply_async`` saves them.
+
+Both doors build through one ``Draft``: the Django model ``Workflow``
+(``add_celery_canvas``, ``add_signature``, ...) and the celery-dyrygent
+compatible ``django_dyrygent.workflows.Workflow``. The draft owns the graph
+(which node waits for which, which nodes are skipped before start); the node
+objects it hands out only carry their own field values. ``canvas`` turns
+Celery canvas into draft nodes, ``builder`` validates a draft and saves it.
+
+This module must not import ``models``: the model imports it, and the node
+class is handed in (``node_factory``) by whoever creates the draft.
+"""
+
+from collections import deque
+
+from django.core.exceptions import ValidationError
+
+from . import builder, canvas
+from .states import NodeKind
+
+#: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
+GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
+
+
+class Draft:
+    """Nodes and edges of one unsaved workflow.
+
+    Nodes are tracked by identity: an unsaved Django model instance has no
+    primary key, so it cannot be hashed, and two nodes may (wrongly) share a
+    task id until validation says so.
+    """
+
+    def __init__(self, workflow, node_factory):
+        self.workflow = workflow
+        self.node_factory = node_factory
+        self.nodes = []
+        self._dependencies = {}  # id(node) -> [node, ...] in the order given
+        self.skipped = []  # nodes marked done before start (celery-dyrygent's skip_tasks)
+        self._sources = {}  # id(node) -> the Celery signature it was made from
+
+    @property
+    def label(self):
+        """How error messages name the workflow."""
+        return self.workflow.name or str(self.workflow.pk)
+
+    # -- the graph ------------------------------------------------------------------------
+
+    def _check_open(self):
+        """Once saved, the graph is rows: edges and nodes are fixed."""
+        if not self.workflow._state.adding:
+            raise ValidationError(
+                f"Cannot change the graph: workflow {self.workflow.pk} was already applied; "
+                "build a new Workflow.",
+                code="already_applied",
+            )
+
+    def new_node(self, dependencies=(), source=None, **fields):
+        self._check_open()
+        node = self.node_factory(position=len(self.nodes), **fields)
+        self.nodes.append(node)
+        self._dependencies[id(node)] = list(dependencies)
+        if source is not None:
+            self._sources[id(node)] = source
+        return node
+
+    def source_of(self, node):
+        """The user's Celery signature a node was made from (None for joins)."""
+        return self._sources.get(id(node))
+
+    def owns(self, node):
+        # Every node of this draft is alive (held in self.nodes), so no other
+        # live object can share one of their ids.
+        return id(node) in self._dependencies
+
+    def dependencies_of(self, node):
+        return self._dependencies[id(node)]
+
+    def add_dependency(self, node, other):
+        self._check_open()
+        canvas.check_dependencies(self, [node, other])
+        deps = self._dependencies[id(node)]
+        if not any(d is other for d in deps):
+            deps.append(other)
+
+    def leaves(self):
+        """Nodes nobody depends on (callbacks excluded)."""
+        has_dependents = {id(dep) for deps in self._dependencies.values() for dep in deps}
+        return [n for n in self.nodes if id(n) not in has_dependents and n.kind in GRAPH_KINDS]
+
+    def task_dependencies(self, node):
+        """The task nodes ``node`` waits for, seen through internal join nodes."""
+        out, queue, seen = [], deque(self._dependencies[id(node)]), set()
+        while queue:
+            dep = queue.popleft()
+            if id(dep) in seen:
+                continue
+            seen.add(id(dep))
+            if dep.kind == NodeKind.JOIN:
+                queue.extendleft(reversed(self._dependencies.get(id(dep), [])))
+            else:
+                out.append(dep)
+        return out
+
+    def skip(self, nodes):
+        """Mark nodes done before start; ``builder`` saves them SKIPPED."""
+        self._check_open()
+        canvas.check_dependencies(self, nodes)
+        for node in nodes:
+            if not any(s is node for s in self.skipped):
+                self.skipped.append(node)
+
+    def is_skipped(self, node):
+        return any(s is node for s in self.skipped)
+
+    # -- building: one way, through canvas --------------------------------------------------
+
+    def add_signature(self, signature, dependencies=None, **node_options):
+        return canvas.add_signature(self, signature, dependencies, **node_options)
+
+    def add_canvas(self, canvas_obj, dependencies=None):
+        return canvas.add_canvas(self, canvas_obj, dependencies)
+
+    def add_fanout(self, template, dependency, timeout=None):
+        return canvas.add_fanout(self, template, dependency, timeout=timeout)
+
+    def add_callback(self, signature, kind):
+        return canvas.add_callback(self, signature, kind)
+
+    # -- saving: one way, through builder ---------------------------------------------------
+
+    def validate(self):
+        builder.validate(self)
+
+    def apply(self, options, send_tick):
+        """Validate and save in one transaction; ``send_tick`` sends the first tick on commit."""
+        return builder.save_and_start(self, options, send_tick)
