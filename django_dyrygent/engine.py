@@ -712,7 +712,7 @@ def node_succeeded(workflow_id, task_id, result):
     return _locked_step(workflow_id, succeeded)
 
 
-def node_failed(workflow_id, task_id, exception=None, traceback=""):
+def node_failed(workflow_id, task_id, exception=None, traceback="", reason="task raised"):
     """A worker reports that the node's task raised (its retries, if any, are exhausted)."""
     error = _format_error(exception, traceback)
 
@@ -720,10 +720,20 @@ def node_failed(workflow_id, task_id, exception=None, traceback=""):
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, NodeState.FAILURE):
             return None
-        _finish_node(step, node, NodeState.FAILURE, error=error, reason="task raised")
+        _finish_node(step, node, NodeState.FAILURE, error=error, reason=reason)
         return node
 
     return _locked_step(workflow_id, failed)
+
+
+def node_not_run(workflow_id, task_id, error, reason="task not registered"):
+    """A worker dropped the node's message without running it (unknown task name, undecodable message).
+
+    Celery only logs this and discards the message; without this report the
+    node would sit QUEUED until DYRYGENT_REQUEUE_AFTER and be republished to
+    the same fate. ``error`` is the sentence shown to the user.
+    """
+    return node_failed(workflow_id, task_id, traceback=error, reason=reason)
 
 
 def node_revoked(workflow_id, task_id, reason="revoked"):
