@@ -23,6 +23,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import engine, graph
+from .graph import shorten
 from .display import pretty_json, pretty_text, state_badge, workflow_progress
 from .models import Workflow, WorkflowEvent, WorkflowNode
 from .states import NODE_ACTIVE, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
@@ -364,8 +365,12 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
 
 def short_time(value):
-    """``2026-11-27 09:08:55`` in the current time zone: one line in the node list."""
-    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+    """``09:08:55`` in the current time zone, the date in its tooltip: one short line in the node list."""
+    if not value:
+        return "—"
+    value = timezone.localtime(value)
+    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(),
+                       value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], value.strftime("%H:%M:%S"))
 
 
 def can_act(workflow, action):
@@ -385,8 +390,8 @@ def settled(workflow, items):
 @admin.register(WorkflowNode)
 class WorkflowNodeAdmin(ReadOnlyAdmin):
     # Short ids and times, no wrapping (dag.css): the list fits a 1,400 px window.
-    list_display = ("display_task", "short_task_id", "state_badge", "kind", "workflow_link", "attempts",
-                    "queued_time", "finished_time", "duration")
+    list_display = ("display_task", "short_task_id", "state_badge", "workflow_short", "attempts",
+                    "finished_time", "duration")
     list_filter = ("state", "kind", "task_name")
     search_fields = ("=task_id",)
     list_select_related = ("workflow",)
@@ -433,10 +438,6 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     def short_task_id(self, obj):
         return format_html('<code class="dy-nowrap" title="{}">{}</code>', obj.task_id, obj.task_id[:8])
 
-    @admin.display(description=_("queued at"), ordering="queued_at")
-    def queued_time(self, obj):
-        return short_time(obj.queued_at)
-
     @admin.display(description=_("finished at"), ordering="finished_at")
     def finished_time(self, obj):
         return short_time(obj.finished_at)
@@ -444,6 +445,14 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj):
         return state_badge(obj.state, obj.get_state_display())
+
+    @admin.display(description=_("workflow"), ordering="workflow")
+    def workflow_short(self, obj):
+        """The list's column: the name alone, the id in the tooltip."""
+        url = reverse("admin:django_dyrygent_workflow_change", args=[obj.workflow_id],
+                      current_app=self.admin_site.name)
+        return format_html('<a href="{}" title="{}">{}</a>', url, obj.workflow_id,
+                           shorten(obj.workflow.name or _("workflow"), 24))
 
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_link(self, obj):
