@@ -726,6 +726,27 @@ def node_failed(workflow_id, task_id, exception=None, traceback="", reason="task
     return _locked_step(workflow_id, failed)
 
 
+def unknown_task_error(name, hostname="a worker"):
+    """The sentence a node gets when no worker has its task (signal receiver and reconcile alike)."""
+    return (
+        f"No worker knows the task {name!r}: {hostname} received it, found no task registered "
+        "under that name and discarded the message. Check the task name and that the worker "
+        "imports its module (autodiscover_tasks() or CELERY_IMPORTS), then retry the workflow."
+    )
+
+
+def _stored_exception(result):
+    """A failure as the result backend stores it ({'exc_type': ..., 'exc_message': ...}), as a sentence."""
+    if not isinstance(result, dict) or "exc_type" not in result:
+        return repr(result)
+    message = result.get("exc_message")
+    if isinstance(message, (list, tuple)):
+        message = ", ".join(str(part) for part in message)
+    if result["exc_type"] == "NotRegistered":
+        return unknown_task_error(str(message).strip("'\""))
+    return f"{result['exc_type']}: {message}"
+
+
 def node_not_run(workflow_id, task_id, error, reason="task not registered"):
     """A worker dropped the node's message without running it (unknown task name, undecodable message).
 
@@ -913,7 +934,7 @@ def reconcile(step):
                 step.transition_nodes([node], NodeState.SUCCESS, result=value, reason="reconciled")
             finished.append(node)
         elif status == "FAILURE":
-            error = _format_error(None, meta.get("traceback") or repr(meta.get("result")))
+            error = _format_error(None, meta.get("traceback") or _stored_exception(meta.get("result")))
             step.transition_nodes([node], NodeState.FAILURE, error=error, reason="reconciled")
             finished.append(node)
         elif status == "REVOKED":

@@ -110,13 +110,10 @@ def on_task_unknown(sender=None, message=None, exc=None, name=None, id=None, **k
     """The worker has no task of that name: fail the node now rather than after the requeue timeout."""
     workflow_id = _message_ids(message)[0]
     if workflow_id and id:
+        from . import engine
+
         hostname = getattr(sender, "hostname", None) or "the worker"
-        error = (
-            f"No worker knows the task {name!r}: {hostname} received it, found no task registered "
-            "under that name and discarded the message. Check the task name and that the worker "
-            "imports its module (autodiscover_tasks() or CELERY_IMPORTS), then retry the workflow."
-        )
-        _report_not_run(workflow_id, id, error, "task not registered")
+        _report_not_run(workflow_id, id, engine.unknown_task_error(name, hostname), "task not registered")
 
 
 def on_task_rejected(sender=None, message=None, exc=None, **kwargs):

@@ -77,3 +77,48 @@ def test_connect_worker_signals__connects_unknown_and_rejected_receivers():
     for signal, uid in ((signals.task_unknown, "django_dyrygent.unknown"),
                         (signals.task_rejected, "django_dyrygent.rejected")):
         assert any(uid in str(key) for key, _ in signal.receivers)
+
+
+def test_reconcile__unknown_task_stored_by_celery_reads_as_the_same_sentence(worker, settings):
+    """Without the receiver (an old worker), the tick still turns Celery's stored NotRegistered into words."""
+    import time
+    from datetime import timedelta
+
+    from celery import signals
+    from django.utils import timezone
+    from django_celery_results.models import TaskResult
+
+    from django_dyrygent import engine
+
+    settings.DYRYGENT_REQUEUE_AFTER = 3600.0
+    signals.task_unknown.disconnect(dispatch_uid="django_dyrygent.unknown")
+    try:
+        wf = Workflow(name="old worker")
+        wf.add_signature(record.si("a"))
+        with transaction.atomic():
+            wf.apply_async()
+            WorkflowNode.objects.filter(workflow=wf).update(
+                task_name="tests.no_such_task", signature={"task": "tests.no_such_task", "args": [], "kwargs": {}},
+            )
+        node = wf.nodes.get()
+        deadline = time.monotonic() + 20
+        while not TaskResult.objects.filter(task_id=node.task_id, status="FAILURE").exists():
+            assert time.monotonic() < deadline, "the worker never stored the NotRegistered failure"
+            time.sleep(0.1)
+    finally:
+        handlers.connect_worker_signals()
+    node.refresh_from_db()
+    assert node.state == "QUEUED"  # nobody told the engine
+    WorkflowNode.objects.filter(pk=node.pk).update(queued_at=timezone.now() - timedelta(hours=2))
+    engine.tick(wf.pk, scheduled=False)
+    node.refresh_from_db()
+    assert node.state == "FAILURE" and node.reason == "reconciled"
+    assert node.error.startswith("No worker knows the task 'tests.no_such_task': ")
+    assert "{" not in node.error
+
+
+def test_stored_exception__other_failures_read_type_and_message():
+    from django_dyrygent.engine import _stored_exception
+
+    assert _stored_exception({"exc_type": "ValueError", "exc_message": ["bad", 3]}) == "ValueError: bad, 3"
+    assert _stored_exception("plain") == "'plain'"
