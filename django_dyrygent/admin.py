@@ -16,17 +16,16 @@ from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonRespons
 from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import conditional_escape, format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import engine, graph
+from .display import can_act, pretty_json, pretty_text, short_time, state_badge, workflow_progress
 from .graph import shorten
-from .display import pretty_json, pretty_text, state_badge, workflow_progress
 from .models import Workflow, WorkflowEvent, WorkflowNode
-from .states import NODE_ACTIVE, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
+from .states import NODE_ACTIVE, NodeKind, NodeState
 
 __all__ = ("WorkflowAdmin", "WorkflowNodeAdmin", "pretty_json", "pretty_text", "state_badge")
 
@@ -272,7 +271,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     def readonly_html(self, obj, name):
         """A read-only field as the change form shows it (Django's AdminReadonlyField rules)."""
-        field, attr, value = lookup_field(name, obj, self)
+        field, _attr, value = lookup_field(name, obj, self)
         if field is None:
             return value if hasattr(value, "__html__") else linebreaksbr(conditional_escape(value))
         return linebreaksbr(display_for_field(value, field, self.get_empty_value_display()))
@@ -362,22 +361,6 @@ class WorkflowAdmin(ReadOnlyAdmin):
                 ],
             })
         return super().change_view(request, object_id, form_url, context)
-
-
-def short_time(value):
-    """``09:08:55`` in the current time zone, the date in its tooltip: one short line in the node list."""
-    if not value:
-        return "—"
-    value = timezone.localtime(value)
-    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(),
-                       value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], value.strftime("%H:%M:%S"))
-
-
-def can_act(workflow, action):
-    """Whether the change page's button for ``action`` would change anything now."""
-    if action == "retry_workflows":
-        return workflow.state != WorkflowState.INITIAL and workflow.nodes_failed > 0
-    return workflow.state not in WORKFLOW_FINAL  # cancel, tick
 
 
 def settled(workflow, items):

@@ -9,9 +9,12 @@ from inline styles: the pages work under a strict Content-Security-Policy.
 import json
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
+
+from .states import WORKFLOW_FINAL, WorkflowState
 
 #: A JSON value longer than this (pretty-printed) is cut on the page, with a link to the whole value.
 JSON_SHOWN_CHARS = 3000
@@ -22,6 +25,22 @@ BAR_UNITS = 100
 def state_badge(state, label=None):
     """A coloured badge; colours come from dag.css classes, never inline styles (CSP)."""
     return format_html('<span class="dy-badge dy-s-{}">{}</span>', state, label or state)
+
+
+def can_act(workflow, action):
+    """Whether the change page's button for ``action`` would change anything now."""
+    if action == "retry_workflows":
+        return workflow.state != WorkflowState.INITIAL and workflow.nodes_failed > 0
+    return workflow.state not in WORKFLOW_FINAL  # cancel, tick
+
+
+def short_time(value):
+    """``09:08:55`` in the current time zone, the date in its tooltip: one short line in the node list."""
+    if not value:
+        return "—"
+    value = timezone.localtime(value)
+    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(),
+                       value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], value.strftime("%H:%M:%S"))
 
 
 def progress_parts(total, succeeded, failed, done):

@@ -78,7 +78,7 @@ def test_events__name_joins_readably_and_siblings_with_their_arguments(admin_cli
     assert f">join #{join.position}</a>" in events
     assert f">{join.task_id}</a>" not in events
     assert ">record(&#x27;b0&#x27;)</a>" in events and ">record(&#x27;b1&#x27;)</a>" in events
-    assert f'title="tests.record(&#x27;b0&#x27;) (' in events
+    assert 'title="tests.record(&#x27;b0&#x27;) (' in events
 
 
 # -- buttons ---------------------------------------------------------------------------------------------
