@@ -39,6 +39,17 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     #: name -> function(obj) giving a JSON value served whole by ``json_view``.
     json_values = {}
+    #: Columns the list never shows: not read per row (a 10 MB payload would be, 100 times a page).
+    list_defer = ()
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        match = getattr(request, "resolver_match", None)
+        if self.list_defer and match and match.url_name == "%s_%s_changelist" % (
+            self.opts.app_label, self.opts.model_name,
+        ):
+            queryset = queryset.defer(*self.list_defer)
+        return queryset
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -107,6 +118,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
     actions = ("cancel_workflows", "retry_workflows", "tick_workflows")
     readonly_fields = ("state_badge", "progress", "duration", "pretty_payload", "pretty_options",
                        "pretty_tasks_options")
+    list_defer = ("custom_payload", "options", "tasks_options", "error")
     json_values = {
         "custom_payload": lambda wf: wf.custom_payload,
         "options": lambda wf: wf.options,
@@ -393,6 +405,7 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         (_("Data"), {"fields": ("pretty_payload",)}),
     )
 
+    list_defer = ("result", "custom_payload", "error", "previous_task_ids")
     json_values = {
         "arguments": lambda node: {"args": node.args, "kwargs": node.kwargs},
         "options": lambda node: (node.signature or {}).get("options"),

@@ -250,3 +250,17 @@ def test_node_list__short_task_ids_and_times_on_one_line(admin_client):
     assert "record(&#x27;a&#x27;)" in page
     join = wf.nodes.get(kind="join")
     assert f">join #{join.position}</span>" in page
+
+
+def test_lists__do_not_read_large_json_columns(admin_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.test_admin import CHANGELIST
+
+    make_workflow("deferred", custom_payload={"blob": "x" * 1000})
+    for url, column in ((CHANGELIST, "custom_payload"), (NODE_CHANGELIST, "result")):
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(url).status_code == 200
+        listing = [q["sql"] for q in queries if "LIMIT" in q["sql"] and "COUNT" not in q["sql"]]
+        assert listing and not any(column in sql for sql in listing), listing
