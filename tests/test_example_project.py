@@ -93,6 +93,7 @@ def test_run_demo__runs_to_success_and_reports_progress(worker, demo_app, admin_
     html = page.content.decode()
     assert "http-equiv=\"refresh\"" not in html  # final: the page stops reloading
     assert "8 of 8 nodes done" in html and "max_latency_ms" in html
+    assert '<rect class="dy-part-ok" x="0" y="0" width="100" height="10"/>' in html  # all green, no red
 
 
 @pytest.mark.worker

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 
+from django_dyrygent.display import workflow_progress
 from django_dyrygent.models import Workflow, WorkflowNode
 
 from .forms import StartDemoForm
@@ -73,7 +74,7 @@ def progress(request, pk):
         {
             "wf": wf,
             "nodes": nodes,
-            "percent": round(100 * wf.progress),
+            "bar": workflow_progress(wf),
             "refresh": None if wf.is_final else REFRESH_SECONDS,
             # Asked only when the workflow seems stuck: a ping costs up to PING_TIMEOUT.
             "no_worker": stalled(wf, nodes) and workers_answering() == 0,
