@@ -61,8 +61,11 @@
     }
 
     function setHtml(el, html) {
-      if (el && el.innerHTML !== html) {
+      /* Compared with the last HTML received, not with innerHTML (the browser
+         re-serialises it): an unchanged part is not rebuilt, so a selection survives. */
+      if (el && el.dyHtml !== html) {
         el.innerHTML = html;
+        el.dyHtml = html;
       }
     }
 
