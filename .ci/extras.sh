@@ -112,6 +112,19 @@ raise SystemExit(0 if state == "SUCCESS" and results == [5, 9] else 1)
 PY
 }
 
+# -- RabbitMQ: started when it is down (as .ci/run does for PostgreSQL and Redis) ------------
+
+rabbitmq_up() { python3 -c "import socket; socket.create_connection(('127.0.0.1', 5672), 2).close()" 2>/dev/null; }
+ensure_rabbitmq() {
+    rabbitmq_up && return 0
+    command -v rabbitmq-server >/dev/null || { echo "RabbitMQ is down and not installed" >&2; return 1; }
+    echo "starting RabbitMQ"
+    rabbitmq-server -detached || return 1
+    for _ in $(seq 1 120); do rabbitmq_up && sleep 2 && return 0; sleep 0.5; done
+    echo "RabbitMQ did not answer within 60s" >&2
+    return 1
+}
+
 # -- one extra ------------------------------------------------------------------------------
 
 check_extra() {  # check_extra EXTRA
@@ -128,7 +141,9 @@ print('kombu SQS transport loads:', type(c.transport).__module__)" || return 1
             echo "[$extra] ok"
             return 0 ;;
         redis) broker=$REDIS_URL; database="$dir/db.sqlite3" ;;
-        rabbitmq) broker=$AMQP_URL; database="$dir/db.sqlite3" ;;
+        rabbitmq)
+            broker=$AMQP_URL; database="$dir/db.sqlite3"
+            [ -n "${EXTRAS_AMQP_URL:-}" ] || ensure_rabbitmq || return 1 ;;
         postgres)
             broker="filesystem://localhost/"; database=$PG_URL
             # The database itself (the tables come from migrate below).
