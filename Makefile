@@ -2,7 +2,8 @@
 #   make demo   run the example workflow on a real Celery worker (SQLite + file-system broker)
 #   make test   run the test suite (SQLite by default; DATABASE_URL / CELERY_BROKER_URL switch it)
 #
-# Both create .venv with python3 when it is missing. Extra pytest arguments:
+# Both create .venv with python3 when it is missing. `make test` lists skipped tests and why
+# (-rs). Extra pytest arguments:
 #   make test PYTEST_ARGS="-k smoke -x"
 
 PYTHON ?= python3
@@ -38,7 +39,7 @@ demo: install-demo
 	$(PY) manage.py run_demo --worker $(DEMO_ARGS)
 
 test: install-test
-	@$(PY) -m pytest $(PYTEST_ARGS) || { rc=$$?; \
+	@$(PY) -m pytest -rs $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no test (exit 5): counted as a failure" >&2; fi; exit $$rc; }
 
 clean:

@@ -6,42 +6,50 @@ require, which is why ``has_change_permission`` is left alone and every
 field is made read-only instead.
 """
 
-import json
 from urllib.parse import quote
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import display_for_field, lookup_field
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import conditional_escape, format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import engine, graph
+from .display import can_act, pretty_json, pretty_text, short_time, state_badge, workflow_progress
+from .graph import shorten
 from .models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from .states import NODE_ACTIVE, NodeKind, NodeState
 
-def state_badge(state, label=None):
-    """A coloured badge; colours come from dag.css classes, never inline styles (CSP)."""
-    return format_html('<span class="dy-badge dy-s-{}">{}</span>', state, label or state)
-
-
-def pretty_json(value):
-    if value in (None, "", {}, []):
-        return "—"
-    text = json.dumps(value, indent=2, sort_keys=True, cls=DjangoJSONEncoder, ensure_ascii=False)
-    return format_html('<pre class="dy-pre">{}</pre>', text)
-
-
-def pretty_text(value):
-    return format_html('<pre class="dy-pre">{}</pre>', value) if value else "—"
+__all__ = ("WorkflowAdmin", "WorkflowNodeAdmin", "pretty_json", "pretty_text", "state_badge")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """The engine owns these rows: the admin shows them and never edits them."""
+    """The engine owns these rows: the admin shows them and never edits them.
+
+    JSON too large to show whole is cut on the page (``display.pretty_json``);
+    ``json_values`` names the values the ``<id>/json/<name>/`` view serves whole.
+    """
+
+    #: name -> function(obj) giving a JSON value served whole by ``json_view``.
+    json_values = {}
+    #: Columns the list never shows: not read per row (a 10 MB payload would be, 100 times a page).
+    list_defer = ()
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        match = getattr(request, "resolver_match", None)
+        if self.list_defer and match and match.url_name == "%s_%s_changelist" % (
+            self.opts.app_label, self.opts.model_name,
+        ):
+            queryset = queryset.defer(*self.list_defer)
+        return queryset
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -66,6 +74,36 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         }
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("<path:object_id>/json/<str:name>/", self.admin_site.admin_view(self.json_view),
+                 name="%s_%s_json" % info),
+        ] + super().get_urls()
+
+    def _get_viewable(self, request, object_id):
+        obj = self.get_object(request, object_id)
+        if obj is None:
+            raise Http404(f"No {self.opts.verbose_name} with id {object_id!r}.")
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def json_view(self, request, object_id, name):
+        """The whole of a JSON value the page shows cut (a link under the cut leads here)."""
+        if name not in self.json_values:
+            raise Http404(f"No JSON value named {name!r}; there are: {', '.join(sorted(self.json_values))}.")
+        obj = self._get_viewable(request, object_id)
+        return JsonResponse(self.json_values[name](obj), safe=False, encoder=DjangoJSONEncoder,
+                            json_dumps_params={"indent": 2, "ensure_ascii": False})
+
+    def json_url(self, obj, name):
+        info = self.opts.app_label, self.opts.model_name
+        return reverse("admin:%s_%s_json" % info, args=[obj.pk, name], current_app=self.admin_site.name)
+
+    def pretty_value(self, obj, name):
+        return pretty_json(self.json_values[name](obj), self.json_url(obj, name))
+
 
 @admin.register(Workflow)
 class WorkflowAdmin(ReadOnlyAdmin):
@@ -80,6 +118,12 @@ class WorkflowAdmin(ReadOnlyAdmin):
     actions = ("cancel_workflows", "retry_workflows", "tick_workflows")
     readonly_fields = ("state_badge", "progress", "duration", "pretty_payload", "pretty_options",
                        "pretty_tasks_options")
+    list_defer = ("custom_payload", "options", "tasks_options", "error")
+    json_values = {
+        "custom_payload": lambda wf: wf.custom_payload,
+        "options": lambda wf: wf.options,
+        "tasks_options": lambda wf: wf.tasks_options,
+    }
     fieldsets = (
         # State and progress are in the live panel above the fields.
         (None, {"fields": ("id", "name", "error")}),
@@ -103,6 +147,13 @@ class WorkflowAdmin(ReadOnlyAdmin):
     }
     #: How many of the latest events the change page lists.
     events_shown = 50
+    #: Fields of the change page that change while the workflow runs: status.json sends them again.
+    live_fields = ("error", "started_at", "finished_at", "duration", "deadline", "next_tick_at",
+                   "nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed", "nodes_skipped", "ticks")
+    #: Shown before an action that cannot be undone (dag.js asks; without JavaScript it just runs).
+    object_action_confirm = {
+        "cancel_workflows": _("Cancel this workflow? Running tasks are revoked and waiting nodes canceled."),
+    }
 
     class Media:
         css = {"all": ("django_dyrygent/dag.css",)}
@@ -123,12 +174,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("progress"))
     def progress(self, obj):
-        """From the row counters: no COUNT query per row."""
-        return format_html(
-            '<progress class="dy-progress" max="{}" value="{}"></progress> '
-            '<span class="dy-count">{} / {}</span>',
-            obj.nodes_total or 1, obj.nodes_done if obj.nodes_total else 0, obj.nodes_done, obj.nodes_total,
-        )
+        """Succeeded, failed and remaining parts, from the row counters: no COUNT query per row."""
+        return workflow_progress(obj)
 
     @admin.display(description=_("duration"))
     def duration(self, obj):
@@ -136,15 +183,15 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("custom payload"))
     def pretty_payload(self, obj):
-        return pretty_json(obj.custom_payload)
+        return self.pretty_value(obj, "custom_payload")
 
     @admin.display(description=_("tick options"))
     def pretty_options(self, obj):
-        return pretty_json(obj.options)
+        return self.pretty_value(obj, "options")
 
     @admin.display(description=_("task options"))
     def pretty_tasks_options(self, obj):
-        return pretty_json(obj.tasks_options)
+        return self.pretty_value(obj, "tasks_options")
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -207,16 +254,12 @@ class WorkflowAdmin(ReadOnlyAdmin):
                  name="%s_%s_act" % info),
         ] + super().get_urls()
 
-    def _get_viewable(self, request, object_id):
-        obj = self.get_object(request, object_id)
-        if obj is None:
-            raise Http404(f"No workflow with id {object_id!r}.")
-        if not self.has_view_permission(request, obj):
-            raise PermissionDenied
-        return obj
-
     def status_view(self, request, object_id):
-        """State, counters and per-item states, polled by dag.js while the workflow runs."""
+        """Everything on the change page that can change, polled by dag.js while the workflow runs.
+
+        Pieces of HTML (fields, events, progress bar) are rendered here the way
+        the page rendered them, escaped, so the page swaps them in as they are.
+        """
         obj = self._get_viewable(request, object_id)
         items, edges = graph.collapse(graph.load(obj, details=False), self.dag_collapse_threshold)
         return JsonResponse({
@@ -229,9 +272,38 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "nodes_failed": obj.nodes_failed,
             "nodes_succeeded": obj.nodes_succeeded,
             "duration": graph.format_duration(obj.duration),
+            "progress": str(workflow_progress(obj, "dy-progress")),
+            "fields": {name: str(self.readonly_html(obj, name)) for name in self.live_fields},
+            "events": render_to_string("django_dyrygent/events.html", {"events": self.latest_events(obj)},
+                                       request=request),
+            "actions": {name: bool(can_act(obj, name)) for name in self.object_action_labels},
             "shape": graph.shape(items, edges),
             "items": {item.id: graph.item_status(item) for item in items},
         })
+
+    def readonly_html(self, obj, name):
+        """A read-only field as the change form shows it (Django's AdminReadonlyField rules)."""
+        field, _attr, value = lookup_field(name, obj, self)
+        if field is None:
+            return value if hasattr(value, "__html__") else linebreaksbr(conditional_escape(value))
+        return linebreaksbr(display_for_field(value, field, self.get_empty_value_display()))
+
+    def latest_events(self, obj):
+        """The latest events, each with a readable name of its node (one query for the nodes)."""
+        events = list(
+            WorkflowEvent.objects.filter(workflow_id=obj.pk).order_by("-created_at", "-id")
+            .values("created_at", "old_state", "new_state", "reason", "node_id")[: self.events_shown]
+        )
+        node_ids = {e["node_id"] for e in events if e["node_id"]}
+        nodes = {
+            n["id"]: n for n in WorkflowNode.objects.filter(pk__in=node_ids)
+            .values("id", "task_name", "task_id", "kind", "position", "signature")
+        }
+        for event in events:
+            node = nodes.get(event["node_id"])
+            if node:
+                event["node_label"], event["node_title"] = graph.node_names(node)
+        return events
 
     def dag_view(self, request, object_id):
         """The SVG alone, fetched again when the graph changed shape or the workflow ended."""
@@ -270,7 +342,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
         return {
             "workflow": obj, "drawing": drawing, "shape": graph.shape(items, edges),
-            "settled": settled(obj, items),
+            "settled": settled(obj, items), "progress": workflow_progress(obj, "dy-progress"),
             "svg_markup": graph.svg_markup(drawing, url_for),
         }
 
@@ -278,11 +350,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         obj = self.get_object(request, object_id) if request.method == "GET" else None
         context = dict(extra_context or {})
         if obj is not None and self.has_view_permission(request, obj):
-            events = list(
-                WorkflowEvent.objects.filter(workflow_id=obj.pk).order_by("-created_at", "-id")
-                .values("created_at", "old_state", "new_state", "reason", "node_id",
-                        "node__task_name", "node__task_id")[: self.events_shown]
-            )
+            events = self.latest_events(obj)
             info = self.opts.app_label, self.opts.model_name
             actions = self.get_actions(request)
             context.update(self.dag_context(obj))
@@ -295,8 +363,12 @@ class WorkflowAdmin(ReadOnlyAdmin):
                 + f"?workflow={obj.pk}",
                 # Bigger workflows are polled less often: a status costs O(nodes) to build.
                 "poll_interval": max(self.dag_poll_interval, obj.nodes_total // 5),
+                # Every permitted action is on the page; the ones that cannot act now are hidden,
+                # and dag.js shows them when the workflow gets there.
                 "object_actions": [
-                    (name, reverse("admin:%s_%s_act" % info, args=[obj.pk, name]), label)
+                    {"name": name, "url": reverse("admin:%s_%s_act" % info, args=[obj.pk, name]),
+                     "label": label, "hidden": not can_act(obj, name),
+                     "confirm": self.object_action_confirm.get(name, "")}
                     for name, label in self.object_action_labels.items() if name in actions
                 ],
             })
@@ -312,8 +384,9 @@ def settled(workflow, items):
 
 @admin.register(WorkflowNode)
 class WorkflowNodeAdmin(ReadOnlyAdmin):
-    list_display = ("display_task", "task_id", "state_badge", "kind", "workflow_link", "attempts",
-                    "queued_at", "finished_at", "duration")
+    # Short ids and times, no wrapping (dag.css): the list fits a 1,400 px window.
+    list_display = ("display_task", "short_task_id", "state_badge", "workflow_short", "attempts",
+                    "finished_time", "duration")
     list_filter = ("state", "kind", "task_name")
     search_fields = ("=task_id",)
     list_select_related = ("workflow",)
@@ -333,6 +406,14 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         (_("Data"), {"fields": ("pretty_payload",)}),
     )
 
+    list_defer = ("result", "custom_payload", "error", "previous_task_ids")
+    json_values = {
+        "arguments": lambda node: {"args": node.args, "kwargs": node.kwargs},
+        "options": lambda node: (node.signature or {}).get("options"),
+        "result": lambda node: node.result,
+        "custom_payload": lambda node: node.custom_payload,
+    }
+
     class Media:
         css = {"all": ("django_dyrygent/dag.css",)}
 
@@ -346,11 +427,29 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("task"), ordering="task_name")
     def display_task(self, obj):
-        return obj.task_name or obj.get_kind_display()
+        label, title = graph.node_names({"task_name": obj.task_name, "kind": obj.kind, "position": obj.position,
+                                         "task_id": obj.task_id, "signature": obj.signature})
+        return format_html('<span class="dy-nowrap" title="{}">{}</span>', title, label)
+
+    @admin.display(description=_("task id"), ordering="task_id")
+    def short_task_id(self, obj):
+        return format_html('<code class="dy-nowrap" title="{}">{}</code>', obj.task_id, obj.task_id[:8])
+
+    @admin.display(description=_("finished at"), ordering="finished_at")
+    def finished_time(self, obj):
+        return short_time(obj.finished_at)
 
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj):
         return state_badge(obj.state, obj.get_state_display())
+
+    @admin.display(description=_("workflow"), ordering="workflow")
+    def workflow_short(self, obj):
+        """The list's column: the name alone, the id in the tooltip."""
+        url = reverse("admin:django_dyrygent_workflow_change", args=[obj.workflow_id],
+                      current_app=self.admin_site.name)
+        return format_html('<a href="{}" title="{}">{}</a>', url, obj.workflow_id,
+                           shorten(obj.workflow.name or _("workflow"), 24))
 
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_link(self, obj):
@@ -361,19 +460,20 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("arguments"))
     def arguments(self, obj):
-        return pretty_json({"args": obj.args, "kwargs": obj.kwargs}) if obj.kind != NodeKind.JOIN else "—"
+        return self.pretty_value(obj, "arguments") if obj.kind != NodeKind.JOIN else "—"
 
     @admin.display(description=_("options"))
     def pretty_options(self, obj):
-        return pretty_json((obj.signature or {}).get("options"))
+        return self.pretty_value(obj, "options")
 
     @admin.display(description=_("result"))
     def pretty_result(self, obj):
-        return pretty_json(obj.result)
+        return self.pretty_value(obj, "result")
 
     @admin.display(description=_("error"))
     def pretty_error(self, obj):
-        return pretty_text(obj.error)
+        # Never cut: the exception line is the last line of a traceback.
+        return format_html('<pre class="dy-pre">{}</pre>', obj.error) if obj.error else "—"
 
     @admin.display(description=_("previous task ids"))
     def pretty_previous_task_ids(self, obj):
@@ -382,7 +482,7 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("custom payload"))
     def pretty_payload(self, obj):
-        return pretty_json(obj.custom_payload)
+        return self.pretty_value(obj, "custom_payload")
 
     @admin.display(description=_("duration"))
     def duration(self, obj):

@@ -819,7 +819,7 @@ def node_succeeded(workflow_id, task_id, result):
         return _fail_unstorable(workflow_id, task_id, exc, "result")
 
 
-def node_failed(workflow_id, task_id, exception=None, traceback=""):
+def node_failed(workflow_id, task_id, exception=None, traceback="", reason="task raised"):
     """A worker reports that the node's task raised (its retries, if any, are exhausted)."""
     error = _format_error(exception, traceback)
 
@@ -827,13 +827,44 @@ def node_failed(workflow_id, task_id, exception=None, traceback=""):
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, NodeState.FAILURE):
             return None
-        _finish_node(step, node, NodeState.FAILURE, error=error, reason="task raised")
+        _finish_node(step, node, NodeState.FAILURE, error=error, reason=reason)
         return node
 
     try:
         return _locked_step(workflow_id, failed)
     except VALUE_REFUSED as exc:
         return _fail_unstorable(workflow_id, task_id, exc, "error")
+
+
+def unknown_task_error(name, hostname="a worker"):
+    """The sentence a node gets when no worker has its task (signal receiver and reconcile alike)."""
+    return (
+        f"No worker knows the task {name!r}: {hostname} received it, found no task registered "
+        "under that name and discarded the message. Check the task name and that the worker "
+        "imports its module (autodiscover_tasks() or CELERY_IMPORTS), then retry the workflow."
+    )
+
+
+def _stored_exception(result):
+    """A failure as the result backend stores it ({'exc_type': ..., 'exc_message': ...}), as a sentence."""
+    if not isinstance(result, dict) or "exc_type" not in result:
+        return repr(result)
+    message = result.get("exc_message")
+    if isinstance(message, (list, tuple)):
+        message = ", ".join(str(part) for part in message)
+    if result["exc_type"] == "NotRegistered":
+        return unknown_task_error(str(message).strip("'\""))
+    return f"{result['exc_type']}: {message}"
+
+
+def node_not_run(workflow_id, task_id, error, reason="task not registered"):
+    """A worker dropped the node's message without running it (unknown task name, undecodable message).
+
+    Celery only logs this and discards the message; without this report the
+    node would sit QUEUED until DYRYGENT_REQUEUE_AFTER and be republished to
+    the same fate. ``error`` is the sentence shown to the user.
+    """
+    return node_failed(workflow_id, task_id, traceback=error, reason=reason)
 
 
 def node_revoked(workflow_id, task_id, reason="revoked"):
@@ -1073,7 +1104,7 @@ def record_backend_outcome(step, node, meta, reason):
             step.transition_nodes([node], NodeState.FAILURE, error=problem, reason=reason)
         return True
     if status == "FAILURE" and not _not_the_task_s_failure(meta):
-        error = _format_error(None, meta.get("traceback") or repr(meta.get("result")))
+        error = _format_error(None, meta.get("traceback") or _stored_exception(meta.get("result")))
         step.transition_nodes([node], NodeState.FAILURE, error=error, reason=reason)
         return True
     return False

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from django.db.models import F
-from django.db.models.functions import Left
+from django.db.models.functions import Left, Right
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
@@ -124,12 +124,7 @@ class Item:
         name = self.task_name or self.kind
         if self.is_group:
             return shorten(f"{len(self.nodes)} × {short_task_name(name)}", LABEL_CHARS)
-        label = short_task_name(name)
-        args = (self.node.get("signature") or {}).get("args")
-        if args and self.kind != NodeKind.JOIN:
-            # The first arguments tell siblings apart: record('build-1') rather than record.
-            label += "(" + ", ".join(repr(a) for a in args) + ")"
-        return shorten(label, LABEL_CHARS)
+        return shorten(call_label(self.node), LABEL_CHARS)
 
     @property
     def sublabel(self):
@@ -178,6 +173,35 @@ def short_task_name(name):
     return name.rsplit(".", 1)[-1] if name else name
 
 
+def call_label(node):
+    """``record('build-1')``: the first arguments tell siblings apart, the module path is left out."""
+    label = short_task_name(node["task_name"] or node["kind"])
+    args = (node.get("signature") or {}).get("args")
+    if args and node["kind"] != NodeKind.JOIN:
+        label += "(" + ", ".join(repr(a) for a in args) + ")"
+    return label
+
+
+def node_names(node):
+    """(short label, full title) naming a node in lists: a join by its position, never by a bare UUID."""
+    if node["kind"] == NodeKind.JOIN:
+        return f"join #{node['position']}", f"join node #{node['position']} ({node['task_id']})"
+    label = shorten(call_label(node), ARGS_CHARS // 2)
+    name = node["task_name"] or str(NodeKind(node["kind"]).label)
+    return label, f"{name}{format_call(node.get('signature') or {})} ({node['task_id']})"
+
+
+def error_line(head, tail=""):
+    """The line that says what went wrong: a traceback's last line (the exception), else the first."""
+    lines = [line.strip() for line in (head or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if not lines[0].startswith("Traceback (most recent call last)"):
+        return lines[0]
+    tail_lines = [line.strip() for line in (tail or head).strip().splitlines() if line.strip()]
+    return tail_lines[-1] if tail_lines else lines[0]
+
+
 def counts_text(item):
     counts = item.counts
     parts = [f"{item.done}/{len(item.nodes)} done"]
@@ -204,8 +228,8 @@ def load(workflow, details=True):
     fields = ["id", "task_name", "kind", "state", "position"]
     nodes = WorkflowNode.objects.filter(workflow_id=workflow.pk).order_by("position", "id")
     if details:
-        nodes = nodes.annotate(error_head=Left(F("error"), ERROR_CHARS))
-        fields += ["task_id", "signature", "started_at", "finished_at", "error_head", "reason"]
+        nodes = nodes.annotate(error_head=Left(F("error"), ERROR_CHARS), error_tail=Right(F("error"), ERROR_CHARS))
+        fields += ["task_id", "signature", "started_at", "finished_at", "error_head", "error_tail", "reason"]
     edges = WorkflowEdge.objects.filter(workflow_id=workflow.pk).order_by("position", "id")
     return Graph(
         nodes=list(nodes.values(*fields)),
@@ -374,9 +398,9 @@ def tooltip(item):
     started, finished = node.get("started_at"), node.get("finished_at")
     if started and finished:
         lines.append(f"duration: {format_duration(finished - started)}")
-    error = (node.get("error_head") or "").strip()
+    error = error_line(node.get("error_head"), node.get("error_tail"))
     if error:
-        lines.append(f"error: {shorten(error.splitlines()[0], ARGS_CHARS)}")
+        lines.append(f"error: {shorten(error, ARGS_CHARS)}")
     elif node.get("reason") and node["state"] != NodeState.SUCCESS:
         lines.append(f"reason: {shorten(node['reason'], ARGS_CHARS)}")
     return "\n".join(lines)

@@ -231,6 +231,44 @@ def on_task_revoked(sender=None, request=None, terminated=None, signum=None, exp
         _guarded(f"the revocation of task {task_id}", engine.node_revoked, workflow_id, task_id, why)
 
 
+def _message_ids(message):
+    """(workflow id, task id, task name) from a raw message's headers; Nones when they are missing."""
+    headers = getattr(message, "headers", None) or {}
+    return headers.get("dyrygent_workflow"), headers.get("id"), headers.get("task")
+
+
+def _report_not_run(workflow_id, task_id, error, reason):
+    from . import engine
+
+    # Runs in the worker's consumer (not in a task): make sure its connection is usable.
+    close_old_connections()
+    _guarded(f"the rejection of task {task_id}", engine.node_not_run, workflow_id, task_id, error, reason)
+
+
+def on_task_unknown(sender=None, message=None, exc=None, name=None, id=None, **kwargs):
+    """The worker has no task of that name: fail the node now rather than after the requeue timeout."""
+    workflow_id = _message_ids(message)[0]
+    if workflow_id and id:
+        from . import engine
+
+        hostname = getattr(sender, "hostname", None) or "the worker"
+        _report_not_run(workflow_id, id, engine.unknown_task_error(name, hostname), "task not registered")
+
+
+def on_task_rejected(sender=None, message=None, exc=None, **kwargs):
+    """The worker could not decode the node's message and rejected it: fail the node now."""
+    workflow_id, task_id, name = _message_ids(message)
+    if workflow_id and task_id:
+        hostname = getattr(sender, "hostname", None) or "the worker"
+        why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        error = (
+            f"A worker rejected the message of task {name!r}: {hostname} could not read it{why} and "
+            "discarded it. Check that the caller and the workers use the same serializer and "
+            "Celery message protocol, then retry the workflow."
+        )
+        _report_not_run(workflow_id, task_id, error, "message rejected")
+
+
 def connect_worker_signals():
     """Idempotent: dispatch_uid keeps one connection per receiver."""
     celery_signals.task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="django_dyrygent.prerun")
@@ -242,6 +280,8 @@ def connect_worker_signals():
         on_task_internal_error, weak=False, dispatch_uid="django_dyrygent.internal_error"
     )
     celery_signals.task_revoked.connect(on_task_revoked, weak=False, dispatch_uid="django_dyrygent.revoked")
+    celery_signals.task_unknown.connect(on_task_unknown, weak=False, dispatch_uid="django_dyrygent.unknown")
+    celery_signals.task_rejected.connect(on_task_rejected, weak=False, dispatch_uid="django_dyrygent.rejected")
     celery_signals.worker_init.connect(install_run_guard, weak=False, dispatch_uid="django_dyrygent.guard")
     worker.connect()
 

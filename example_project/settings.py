@@ -79,7 +79,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3") and django.VERSION >= (5, 
     # (the progress page) read while a worker writes.
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
-        "timeout": 30,
+        "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL;",
     }
 
@@ -102,7 +102,7 @@ if CELERY_BROKER_URL.startswith("filesystem"):
 # The sweeper ticks running workflows whose scheduled tick was lost (a worker
 # died holding it, the broker dropped it). Run beat: celery -A example_project beat
 CELERY_BEAT_SCHEDULE = {
-    "django-dyrygent-sweep": {"task": "django_dyrygent.sweep", "schedule": 30.0},
+    "dyrygent-sweep": {"task": "django_dyrygent.sweep", "schedule": 60.0},
 }
 
 # -- django_dyrygent ------------------------------------------------------------------

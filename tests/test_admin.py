@@ -79,11 +79,17 @@ def messages_of(response):
 
 def test_changelist__state_badge_progress_and_counters(admin_client):
     wf = make_workflow("listed")
-    Workflow.objects.filter(pk=wf.pk).update(nodes_done=2, nodes_failed=1, state="RUNNING")
+    assert wf.nodes_total == 4
+    Workflow.objects.filter(pk=wf.pk).update(nodes_done=2, nodes_succeeded=1, nodes_failed=1, state="RUNNING")
     content = admin_client.get(CHANGELIST).content.decode()
     assert "listed" in content and str(wf.pk)[:8] in content
     assert '<span class="dy-badge dy-s-RUNNING">Running</span>' in content
-    assert f'<progress class="dy-progress" max="{wf.nodes_total}" value="2"></progress>' in content
+    # Succeeded, failed, skipped and remaining parts, each in its own colour (dag.css).
+    assert ('<rect class="dy-part-ok" x="0" y="0" width="25" height="10"/>'
+            '<rect class="dy-part-failed" x="25" y="0" width="25" height="10"/>'
+            '<rect class="dy-part-other" x="50" y="0" width="0" height="10"/>'
+            '<rect class="dy-part-rest" x="50" y="0" width="50" height="10"/>') in content
+    assert '<span class="dy-count">2 / 4 done, 1 failed</span>' in content
 
 
 def test_changelist__queries_do_not_grow_with_rows(admin_client):

@@ -93,6 +93,7 @@ def test_run_demo__runs_to_success_and_reports_progress(worker, demo_app, admin_
     html = page.content.decode()
     assert "http-equiv=\"refresh\"" not in html  # final: the page stops reloading
     assert "8 of 8 nodes done" in html and "max_latency_ms" in html
+    assert '<rect class="dy-part-ok" x="0" y="0" width="100" height="10"/>' in html  # all green, no red
 
 
 @pytest.mark.worker
@@ -132,3 +133,71 @@ def test_demo_index__invalid_form_names_the_field(demo_app, client):
     assert response.status_code == 200
     assert not Workflow.objects.exists()
     assert "Ensure this value is greater than or equal to 1" in response.content.decode()
+
+
+def stalled_demo_workflow():
+    """A demo workflow created a while ago that no worker has touched (never ticked)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    wf = build_demo_workflow(hosts=1)
+    wf.save()
+    Workflow.objects.filter(pk=wf.pk).update(created_at=timezone.now() - timedelta(seconds=30))
+    return wf
+
+
+@pytest.mark.django_db
+def test_demo_progress__hints_when_no_worker_answers_a_ping(demo_app, client, monkeypatch):
+    from celery import current_app
+    from celery.app.control import Control
+
+    # A real ping on the real broker, sent to a control exchange no worker listens on.
+    app = current_app._get_current_object()
+    monkeypatch.setitem(app.conf, "control_exchange", "dyrygent-tests-nobody")
+    monkeypatch.setattr(app, "control", Control(app))
+    wf = stalled_demo_workflow()
+    html = client.get(reverse("demo:progress", args=[wf.pk])).content.decode()
+    assert 'id="no-worker"' in html and "celery -A example_project worker" in html
+
+
+@pytest.mark.worker
+def test_demo_progress__no_hint_when_a_worker_answers(worker, demo_app, client):
+    from example_project.demo.views import workers_answering
+
+    assert workers_answering(timeout=2) >= 1  # the suite's worker answers the page's ping
+    wf = stalled_demo_workflow()
+    html = client.get(reverse("demo:progress", args=[wf.pk])).content.decode()
+    assert 'id="no-worker"' not in html
+    assert "reloads every" in html
+
+
+@pytest.mark.worker
+def test_run_demo__command_line_timing_agrees_and_no_security_warning(tmp_path):
+    """`make demo`'s command as a user runs it: its own worker process, its own SQLite file."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from example_project.demo.management.commands.run_demo import PROJECT_ROOT
+
+    env = dict(os.environ, DYRYGENT_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="example_project.settings",
+               PYTHONWARNINGS="default")
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        env.pop(name, None)
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=PROJECT_ROOT, env=env, check=True,
+                   timeout=120)
+    done = subprocess.run([*manage, "run_demo", "--worker", "--hosts", "2", "--delay", "0"], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=180)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "SecurityWarning" not in output and "superuser privileges" not in output
+    stamps = re.findall(r"\[\s*([\d.]+)s\] (\S+)", done.stdout)
+    last_progress = [s for s, word in stamps if word == "SUCCESS"][-1]
+    final = re.search(r"\[\s*([\d.]+)s\] Workflow \S+ ended SUCCESS as expected \(([\d.]+)s from its first tick",
+                      done.stdout)
+    assert final, done.stdout
+    assert final.group(1) == last_progress
+    assert float(final.group(2)) <= float(final.group(1))

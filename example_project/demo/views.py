@@ -4,9 +4,14 @@ The progress page reads the workflow row's counters (no per-node COUNT) and
 one query for the node rows; it reloads itself while the workflow runs.
 """
 
+from datetime import timedelta
+
+from celery import current_app
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 
+from django_dyrygent.display import workflow_progress
 from django_dyrygent.models import Workflow, WorkflowNode
 
 from .forms import StartDemoForm
@@ -14,6 +19,27 @@ from .workflows import build_demo_workflow
 
 RECENT = 10
 REFRESH_SECONDS = 1
+#: A workflow that shows no progress this long after its creation makes the page ask the workers.
+PING_AFTER = timedelta(seconds=3)
+#: How long the page waits for workers to answer a ping.
+PING_TIMEOUT = 0.5
+
+
+def workers_answering(timeout=PING_TIMEOUT):
+    """How many Celery workers answer a ping; None when the broker cannot be asked."""
+    try:
+        return len(current_app.control.ping(timeout=timeout) or [])
+    except Exception:  # a broker that is down says nothing about workers
+        return None
+
+
+def stalled(wf, nodes):
+    """Not final, nothing done and nothing running a while after creation: maybe no worker."""
+    return (
+        not wf.is_final and not wf.nodes_done
+        and not any(node.state == WorkflowNode.State.STARTED for node in nodes)
+        and timezone.now() - wf.created_at > PING_AFTER
+    )
 
 
 def index(request):
@@ -48,8 +74,10 @@ def progress(request, pk):
         {
             "wf": wf,
             "nodes": nodes,
-            "percent": round(100 * wf.progress),
+            "bar": workflow_progress(wf),
             "refresh": None if wf.is_final else REFRESH_SECONDS,
+            # Asked only when the workflow seems stuck: a ping costs up to PING_TIMEOUT.
+            "no_worker": stalled(wf, nodes) and workers_answering() == 0,
             "admin_url": reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]),
         },
     )

@@ -1,10 +1,25 @@
 /* django_dyrygent: refresh a running workflow's admin page in place.
-   Polls <workflow>/status.json, recolours the SVG nodes by class, updates the
-   progress, and stops once the workflow is final. No framework, no CDN. */
+   Polls <workflow>/status.json and updates everything that can change: the
+   state, the progress bar, the read-only fields (timing, counters, error), the
+   event list, which action buttons can act, and the SVG nodes (recoloured by
+   class). Stops once the workflow is final. No framework, no CDN.
+   HTML pieces in the status are rendered and escaped by the server. */
 (function () {
   "use strict";
 
+  function confirmActions() {
+    /* Buttons whose form carries data-confirm ask first (Cancel cannot be undone). */
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-confirm]"), function (form) {
+      form.addEventListener("submit", function (event) {
+        if (!window.confirm(form.dataset.confirm)) {
+          event.preventDefault();
+        }
+      });
+    });
+  }
+
   function start() {
+    confirmActions();
     var panel = document.getElementById("dy-panel");
     if (!panel || panel.dataset.final === "true") {
       return;
@@ -45,15 +60,36 @@
       });
     }
 
-    function apply(status) {
+    function setHtml(el, html) {
+      /* Compared with the last HTML received, not with innerHTML (the browser
+         re-serialises it): an unchanged part is not rebuilt, so a selection survives. */
+      if (el && el.dyHtml !== html) {
+        el.innerHTML = html;
+        el.dyHtml = html;
+      }
+    }
+
+    function applyPage(status) {
       var badge = document.getElementById("dy-state");
       setState(badge, status.state);
       badge.textContent = status.state_label;
-      var progress = document.getElementById("dy-progress");
-      progress.max = status.nodes_total || 1;
-      progress.value = status.nodes_total ? status.nodes_done : 0;
-      document.getElementById("dy-counts").textContent =
-        status.nodes_done + " / " + status.nodes_total + " done, " + status.nodes_failed + " failed";
+      setHtml(document.getElementById("dy-progress-box"), status.progress);
+      Object.keys(status.fields || {}).forEach(function (name) {
+        setHtml(document.querySelector(".field-" + name + " .readonly"), status.fields[name]);
+      });
+      if (status.events !== undefined) {
+        setHtml(document.getElementById("dy-events"), status.events);
+      }
+      Object.keys(status.actions || {}).forEach(function (name) {
+        var form = document.querySelector("form[data-action='" + name + "']");
+        if (form) {
+          form.hidden = !status.actions[name];
+        }
+      });
+    }
+
+    function apply(status) {
+      applyPage(status);
       var svg = document.querySelector("#dy-dag svg");
       if (!svg || svg.dataset.shape !== status.shape || status.final) {
         return redraw();

@@ -1,0 +1,113 @@
+"""HTML pieces of the admin pages: state badges, the three-colour progress bar, folded JSON.
+
+Kept apart from ``admin.py`` so the list, the change page and the status
+endpoint (which sends the same pieces to ``dag.js``) render them one way.
+Colours come from ``dag.css`` classes and sizes from SVG attributes, never
+from inline styles: the pages work under a strict Content-Security-Policy.
+"""
+
+import json
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from .states import WORKFLOW_FINAL, WorkflowState
+
+#: A JSON value longer than this (pretty-printed) is cut on the page, with a link to the whole value.
+JSON_SHOWN_CHARS = 3000
+#: Width of the progress bar's drawing (the CSS scales it).
+BAR_UNITS = 100
+
+
+def state_badge(state, label=None):
+    """A coloured badge; colours come from dag.css classes, never inline styles (CSP)."""
+    return format_html('<span class="dy-badge dy-s-{}">{}</span>', state, label or state)
+
+
+def can_act(workflow, action):
+    """Whether the change page's button for ``action`` would change anything now."""
+    if action == "retry_workflows":
+        return workflow.state != WorkflowState.INITIAL and workflow.nodes_failed > 0
+    return workflow.state not in WORKFLOW_FINAL  # cancel, tick
+
+
+def short_time(value):
+    """``09:08:55`` in the current time zone, the date in its tooltip: one short line in the node list."""
+    if not value:
+        return "—"
+    value = timezone.localtime(value)
+    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(),
+                       value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], value.strftime("%H:%M:%S"))
+
+
+def progress_parts(total, succeeded, failed, done):
+    """Widths (of BAR_UNITS) of the succeeded, failed, other finished (skipped) and remaining parts."""
+    if not total:
+        return {"ok": 0, "failed": 0, "other": 0, "rest": BAR_UNITS}
+    other = max(done - succeeded - failed, 0)
+    scale = BAR_UNITS / total
+    ok, bad, rest = round(succeeded * scale, 2), round(failed * scale, 2), round(other * scale, 2)
+    # A part of one node in ten thousand still shows: a failure must never disappear in rounding.
+    ok, bad, rest = (max(width, 0.8) if count else 0 for width, count in
+                     ((ok, succeeded), (bad, failed), (rest, other)))
+    return {"ok": ok, "failed": bad, "other": rest, "rest": max(round(BAR_UNITS - ok - bad - rest, 2), 0)}
+
+
+def progress_text(total, done, failed):
+    text = _("%(done)d / %(total)d done") % {"done": done, "total": total}
+    if failed:
+        text += ", " + ngettext("%(count)d failed", "%(count)d failed", failed) % {"count": failed}
+    return text
+
+
+def workflow_progress(wf, element_id=""):
+    """The bar and its count for a workflow row, from its counters (no query)."""
+    parts = progress_parts(wf.nodes_total, wf.nodes_succeeded, wf.nodes_failed, wf.nodes_done)
+    return format_html(
+        '{} <span class="dy-count"{}>{}</span>',
+        progress_bar(parts, progress_text(wf.nodes_total, wf.nodes_done, wf.nodes_failed), element_id),
+        format_html(' id="{}-text"', element_id) if element_id else "",
+        progress_text(wf.nodes_total, wf.nodes_done, wf.nodes_failed),
+    )
+
+
+def progress_bar(parts, title, element_id=""):
+    """Succeeded (green), failed (red), skipped (light grey) and remaining (pale) side by side."""
+    x = 0
+    rects = []
+    for name in ("ok", "failed", "other", "rest"):
+        rects.append(format_html(
+            '<rect class="dy-part-{}" x="{}" y="0" width="{}" height="10"/>', name, f"{x:g}", f"{parts[name]:g}",
+        ))
+        x += parts[name]
+    return format_html(
+        '<svg class="dy-progress"{} viewBox="0 0 {} 10" preserveAspectRatio="none" role="img" '
+        'aria-label="{}"><title>{}</title>{}</svg>',
+        format_html(' id="{}"', element_id) if element_id else "", BAR_UNITS, title, title,
+        format_html("".join(["{}"] * len(rects)), *rects),
+    )
+
+
+def pretty_json(value, full_url=None):
+    """Indented JSON in a <pre>; past JSON_SHOWN_CHARS cut, with a link to the whole value."""
+    if value in (None, "", {}, []):
+        return "—"
+    text = json.dumps(value, indent=2, sort_keys=True, cls=DjangoJSONEncoder, ensure_ascii=False)
+    return pretty_text(text, full_url)
+
+
+def pretty_text(text, full_url=None):
+    if not text:
+        return "—"
+    if len(text) <= JSON_SHOWN_CHARS:
+        return format_html('<pre class="dy-pre">{}</pre>', text)
+    note = _("Showing the first %(shown)s of %(size)s characters.") % {
+        "shown": f"{JSON_SHOWN_CHARS:,}", "size": f"{len(text):,}",
+    }
+    link = format_html(' <a href="{}">{}</a>', full_url, _("Full value")) if full_url else ""
+    return format_html(
+        '<pre class="dy-pre dy-cut">{}…</pre><p class="dy-more">{}{}</p>', text[:JSON_SHOWN_CHARS], note, link,
+    )
