@@ -1,9 +1,12 @@
 """Django settings of the benchmark.
 
-Default: PostgreSQL ``dy_bench`` + Redis db 4 (broker) / db 5 (result
-backend). ``BENCH_BACKEND=sqlite`` switches our engine to an embedded setup
-(SQLite file + kombu file-system broker, no result backend) for the
-secondary row; ``BENCH_DIR`` says where its files live.
+Default: PostgreSQL ``dy_bench`` + Redis db 10 (broker) / db 11 (result
+backend and the worker probes' figures); ``BENCH_DATABASE_URL``,
+``BENCH_BROKER_URL`` and ``BENCH_RESULT_BACKEND`` change them. The admin is
+installed so the benchmark can render a large workflow's page.
+``BENCH_BACKEND=sqlite`` switches our engine to an embedded setup (SQLite
+file + kombu file-system broker, no result backend); ``BENCH_DIR`` says where
+its files live.
 """
 
 import os
@@ -23,12 +26,36 @@ DEBUG = False  # DEBUG would keep every query in memory
 USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+ROOT_URLCONF = "bench.urls"
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django_celery_results",
     "django_dyrygent",
 ]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "/static/"
 
 # Persistent connections, as a tuned production worker has them: with 0 the
 # Celery Django fixup closes the connection after every task and each node
@@ -61,8 +88,8 @@ elif BACKEND == "postgres":
             conn_max_age=CONN_MAX_AGE,
         )
     }
-    CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/4")
-    CELERY_RESULT_BACKEND = os.environ.get("BENCH_RESULT_BACKEND", "redis://127.0.0.1:6379/5")
+    CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/10")
+    CELERY_RESULT_BACKEND = os.environ.get("BENCH_RESULT_BACKEND", "redis://127.0.0.1:6379/11")
 else:
     raise RuntimeError(f"BENCH_BACKEND must be 'postgres' or 'sqlite', not {BACKEND!r}")
 
