@@ -113,26 +113,32 @@ def run_celery_dyrygent(canvases, timeout):
     return {"seconds": time.perf_counter() - t0}
 
 
-def run_ours(canvases, timeout, name="bench"):
-    """Build, apply and wait; also when each wait() returned (wall clock, for its latency)."""
+def run_ours(canvases, timeout, name="bench", progress=None):
+    """Build, apply and wait; also when each wait() returned (wall clock, for its latency).
+
+    ``progress`` gets the workflows and the wait() returns as they come, so a
+    run that times out still yields the probes' figures of what it did.
+    """
     from django_dyrygent.models import Workflow
 
+    progress = {} if progress is None else progress
+    flows, returned = [], progress.setdefault("wait_returned", {})
+    progress["workflows"] = ids = []
     t0 = time.perf_counter()
-    flows = []
     for canvas in canvases:
         wf = Workflow(name=name)
         wf.add_celery_canvas(canvas)
         wf.apply_async()
         flows.append(wf)
+        ids.append(str(wf.pk))
     deadline = time.monotonic() + timeout
-    returned = {}
     for wf in flows:
         state = wf.wait(timeout=max(0.1, deadline - time.monotonic()))
         returned[str(wf.pk)] = time.time()
         if state != Workflow.State.SUCCESS:
             raise RuntimeError(f"workflow {wf.pk} ended {state}: {wf.error}")
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "workflows": list(returned), "wait_returned": returned}
+    return {"seconds": seconds, **progress}
 
 
 def run_build(levels, width):

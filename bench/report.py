@@ -18,15 +18,21 @@ def _seconds(rows):
     return None
 
 
-def _fmt_s(rows):
+def _fmt_s(rows, timeout=None):
     value = _seconds(rows)
     if value is None:
+        if timeout and any(r.get("error") == "timeout" for r in rows):
+            return f"> {timeout:.0f}s (timeout)"
         return "/".join(sorted({r.get("error", "?") for r in rows})) or "n/a"
     return f"{value:.3f}s"
 
 
-def _ratio(a, b):
-    a, b = _seconds(a), _seconds(b)
+def _ratio(a, b, timeout=None):
+    """a / b; with a timed-out ``a``, the lower bound the timeout gives."""
+    b = _seconds(b)
+    if timeout and _seconds(a) is None and any(r.get("error") == "timeout" for r in a) and b:
+        return f"> {timeout / b:.1f}x"
+    a = _seconds(a)
     return "n/a" if a is None or not b else f"{a / b:.2f}x"
 
 
@@ -42,6 +48,11 @@ def _table(rows):
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
+
+
+def _measured(rows):
+    """Probe figures of the runs: finished ones, and what a timed-out run did before its timeout."""
+    return [r if "seconds" in r else r["partial"] for r in rows if "seconds" in r or r.get("partial")]
 
 
 def _pool(rows, key):
@@ -72,12 +83,14 @@ def errors(report):
 
 def render(report):
     m = report["machine"]
+    runs = report.get("runs", 1)
     lines = [
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB; Python {m['python']}, "
         f"Celery {m['celery']}, Django {m['django']}, PostgreSQL {m['postgresql']}, "
         f"celery-dyrygent {m['celery_dyrygent']}; commit {m['commit']}"
         f"{' + uncommitted engine changes' if m.get('engine_dirty') else ''}"
-        f"{'; SMOKE RUN (tiny sizes)' if report.get('smoke') else ''}",
+        f"{'; SMOKE RUN (tiny sizes)' if report.get('smoke') else ''}"
+        f"{f'; merged from {runs} runs' if runs > 1 else ''}",
         f"One prefork worker per configuration, all systems' tasks on one queue, Redis broker; "
         f"median of {report['reps']} runs ({report['big_reps']} for the large cases, "
         f"{report['cd_reps']} for celery-dyrygent, tick policy set_retry_policy{CD_RETRY_POLICY!r}: "
@@ -93,11 +106,16 @@ def render(report):
         cd = _rows(report, "default", name, CELERY_DYRYGENT)
         cells = [label, f"<= {target}x", _fmt_s(native), _fmt_s(cd) if cd else "not run"]
         met = []
+        timeout = report.get("timeout")
         for config, _ in CONFIGS:
             ours = _rows(report, config, name, OURS)
-            cells += [_fmt_s(ours), _ratio(ours, native), _ratio(ours, cd) if cd else "n/a"]
+            cells += [_fmt_s(ours, timeout), _ratio(ours, native, timeout),
+                      _ratio(ours, cd, timeout) if cd else "n/a"]
             a, b = _seconds(ours), _seconds(native)
-            met.append("n/a" if a is None or not b else ("yes" if a / b <= target else "no"))
+            if a is None and b and timeout and any(r.get("error") == "timeout" for r in ours):
+                met.append("no" if timeout / b > target else "n/a")  # the timeout is a lower bound
+            else:
+                met.append("n/a" if a is None or not b else ("yes" if a / b <= target else "no"))
         table.append(cells + [", ".join(met)])
     lines += _table(table)
     lines += ["", "Engine figures of ours (PostgreSQL; worker probes, bench/probes.py):"]
@@ -105,14 +123,16 @@ def render(report):
               "lock wait ms (mean)", "release ms (p50, p99)", "wait() ms (p50, max)"]]
     for name, label, _target, _nodes in report["cases"]:
         for config, _ in CONFIGS:
-            rows = [r for r in _rows(report, config, name, OURS) if "seconds" in r]
+            runs = _rows(report, config, name, OURS)
+            rows = _measured(runs)
             if not rows:
                 continue
+            shown = name + (" (timed out: partial)" if any("partial" in r for r in runs) else "")
             tasks = _total(rows, "noop_tasks")
             holds, waits = _pool(rows, "holds"), _pool(rows, "lockwaits")
             release, wake = _pool(rows, "release_latencies"), _pool(rows, "wait_latencies")
             table.append([
-                name, config,
+                shown, config,
                 f"{_total(rows, 'noop_stmts') / tasks:.1f}" if tasks else "n/a",
                 f"{_total(rows, 'tick_stmts') / len(rows):.0f}",
                 f"{len(holds) / tasks:.2f}" if tasks else "n/a",
@@ -155,7 +175,7 @@ def _other_targets(report):
         if wake:
             out.append(f"  wait() after the commit that ends the workflow ({what}, one-workflow cases): "
                        f"p50 {_ms(percentile(wake, 50))} ms, max {_ms(max(wake))} ms (target <= 20 ms)")
-        many = _pool([r for r in _rows(report, config, "many", OURS) if "seconds" in r], "release_latencies")
+        many = _pool(_measured(_rows(report, config, "many", OURS)), "release_latencies")
         if many:
             out.append(f"  dependency finished -> dependent published ({what}, many workflows): "
                        f"p50 {_ms(percentile(many, 50))} ms, p99 {_ms(percentile(many, 99))} ms")
@@ -168,7 +188,8 @@ def _other_targets(report):
         mb = 1024 * 1024
         out.append(
             f"  {huge['nodes']:,}-node workflow: build + apply_async {b.get('seconds', 0):.1f}s, peak "
-            f"{b.get('peak_bytes', 0) / mb:.0f} MB; run {huge.get('state')} in {huge.get('run_seconds') or 0:.0f}s, "
+            f"{b.get('peak_bytes', 0) / mb:.0f} MB; run {huge.get('state')} after {huge.get('run_seconds') or 0:.0f}s "
+            f"({huge.get('nodes_done') or 0:,} task nodes done), "
             f"worker peak {huge.get('worker_peak_bytes', 0) / mb:.0f} MB per process; admin page "
             f"{a.get('page_seconds', 0):.2f}s (HTTP {a.get('page_status')}, {a.get('page_bytes', 0) / 1024:.0f} KB), "
             f"status JSON {a.get('status_seconds', 0):.2f}s, peak {a.get('peak_bytes', 0) / mb:.0f} MB"

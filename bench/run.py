@@ -62,10 +62,11 @@ def _alarm(seconds):
 def measure(system, case, timeout, probes=None):
     """One timed run; a failure becomes a row that says so instead of stopping the benchmark."""
     canvases = (case.native if system == C.NATIVE and case.native else case.ours)()
+    progress = {}
     try:
         if system == C.OURS:
             C.reset_probes(probes)
-            row = C.run_ours(canvases, timeout, name=f"bench {case.name}")
+            row = C.run_ours(canvases, timeout, name=f"bench {case.name}", progress=progress)
             row.update(C.read_probes(probes, row))
             del row["wait_returned"]
             return row
@@ -75,7 +76,11 @@ def measure(system, case, timeout, probes=None):
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash
         kind = "timeout" if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc) else "error"
         H.log(f"  {system} {case.name}: {kind}: {type(exc).__name__}: {str(exc)[:300]}")
-        return {"error": kind, "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        row = {"error": kind, "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        if progress.get("workflows"):
+            # What the probes saw of the runs that did not finish still counts (latencies, statements).
+            row["partial"] = C.read_probes(probes, progress)
+        return row
 
 
 def run_cases(todo, systems, args, probes, results):
@@ -143,7 +148,7 @@ def main_phase(args):
     report = {
         "machine": H.machine(), "sizes": sizes, "smoke": args.smoke, "reps": args.reps,
         "big_reps": args.big_reps, "cd_reps": 0 if args.smoke else args.cd_reps,
-        "cases": [(c.name, c.label, c.target, c.nodes) for c in todo],
+        "cases": [(c.name, c.label, c.target, c.nodes) for c in todo], "timeout": args.timeout,
     }
     reuse = {"BENCH_DB_REUSE_MAX": "1000"}
     if args.query_times:
@@ -168,10 +173,13 @@ def main_phase(args):
             report["profile"] = profile_ours(worker, [c for c in todo if c.name in ("chain", "dag")],
                                              bench_dir, args, probes)
 
-    phase_worker(args, bench_dir, probes, "default", small_c, {}, everyone, narrow, report)
-    save()
-    phase_worker(args, bench_dir, probes, "reuse", small_c, reuse, [C.OURS], narrow, report, build_and_profile)
-    save()
+    if narrow:
+        phase_worker(args, bench_dir, probes, "default", small_c, {}, everyone, narrow, report)
+        save()
+    if narrow or not args.skip_big or args.profile:
+        phase_worker(args, bench_dir, probes, "reuse", small_c, reuse, [C.OURS], narrow, report,
+                     build_and_profile)
+        save()
     if wide:
         phase_worker(args, bench_dir, probes, "default-wide", wide_c, {}, everyone, wide, report)
         phase_worker(args, bench_dir, probes, "reuse-wide", wide_c, reuse, [C.OURS], wide, report)
@@ -200,13 +208,17 @@ def huge(args, bench_dir, size, worker):
     from django_dyrygent.models import Workflow
 
     wf = Workflow.objects.get(pk=built["workflow"])
+    t0 = time.perf_counter()
     try:
-        state = wf.wait(timeout=args.huge_timeout)
-        out["state"] = state
+        out["state"] = wf.wait(timeout=args.huge_timeout)
         out["run_seconds"] = (wf.finished_at - wf.created_at).total_seconds()
-    except TimeoutError as exc:
-        out["state"] = f"timeout: {exc}"
+    except TimeoutError:
+        # Out of time: say how far it got, then stop it (the admin page is still rendered).
+        out["state"] = "timeout"
+        out["run_seconds"] = time.perf_counter() - t0
         wf.cancel("benchmark: out of time")
+    wf.refresh_from_db()
+    out["nodes_done"] = wf.nodes_done
     out["worker_peak_bytes"] = worker.peak_memory()
     H.log(f"huge: {out.get('state')} in {out.get('run_seconds')}")
     out["admin"] = _child(["--phase", "huge-admin", "--workflow", built["workflow"]], 600)
@@ -304,6 +316,19 @@ def read_query_times(folder):
     return sorted(([sql, c, t] for sql, (c, t) in agg.items()), key=lambda row: -row[2])
 
 
+def merge(reports):
+    """One report from several runs (e.g. the table, then the large workflows run on their own)."""
+    merged = {}
+    for report in reports:
+        for key, value in report.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "machine":
+                merged[key] = {**merged[key], **value}
+            elif value or key not in merged:
+                merged[key] = value
+    merged["runs"] = len(reports)
+    return merged
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true",
@@ -315,7 +340,8 @@ def main(argv=None):
     parser.add_argument("--huge-timeout", type=float, default=1800, help="seconds the 100,000-node run may take")
     parser.add_argument("--max-seconds", type=int, default=5400, help="hard limit of the whole run")
     names = [c.name for c in C.cases(C.SMOKE)]
-    parser.add_argument("--cases", nargs="+", default=names, choices=names)
+    parser.add_argument("--cases", nargs="*", default=names, choices=names,
+                        help="which cases of the table (none: only --profile and the large workflows)")
     parser.add_argument("--skip-big", action="store_true",
                         help="skip the apply_async of 10,000 nodes and the 100,000-node workflow")
     parser.add_argument("--query-times", action="store_true",
@@ -324,7 +350,8 @@ def main(argv=None):
                         help="one more chain and DAG run of ours under py-spy (raw profiles in --dir)")
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="worker logs, profiles, intermediate files")
     parser.add_argument("--json", help="also write the raw results here (after every phase)")
-    parser.add_argument("--render", metavar="JSON", help="print the report of an earlier run's --json and exit")
+    parser.add_argument("--render", metavar="JSON", nargs="+",
+                        help="print the report of earlier runs' --json files (later ones add to earlier ones)")
     parser.add_argument("--phase", default="main", choices=["main", "huge-build", "huge-admin"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--levels", type=int, help=argparse.SUPPRESS)
@@ -341,7 +368,7 @@ def main(argv=None):
     if args.phase == "huge-admin":
         return phase_huge_admin(args)
     if args.render:
-        report = json.loads(Path(args.render).read_text())
+        report = merge([json.loads(Path(path).read_text()) for path in args.render])
     else:
         report = main_phase(args)
     if args.json:
