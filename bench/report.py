@@ -73,8 +73,10 @@ def errors(report):
                 found.extend(f"{config} {case} {system}: {r['detail']}" for r in rows if "error" in r)
     for key in ("build", "huge"):
         part = report.get(key) or {}
-        if "error" in part or "timeout" in str(part.get("state", "")):
-            found.append(f"{key}: {part}")
+        if "error" in part:
+            found.append(f"{key}: {part['error']}")
+        if part.get("state") == "timeout":
+            found.append(f"{key}: still running after {part.get('run_seconds', 0):.0f}s (--huge-timeout); canceled")
         for sub in ("build", "admin"):
             if isinstance(part.get(sub), dict) and "error" in part[sub]:
                 found.append(f"{key} {sub}: {part[sub]['error']}")
