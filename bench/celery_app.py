@@ -19,6 +19,6 @@ workflow_processor = register_celery_dyrygent(app)
 if os.environ.get("BENCH_WORKER_MEMORY_CAP"):
     # bench/run.py sets it for the worker: its pool processes inherit the cap,
     # so a native canvas that explodes fails inside the worker, not the machine.
-    from bench.run import limit_memory
+    from bench.harness import limit_memory
 
     limit_memory()

@@ -1,34 +1,50 @@
 """Django settings of the benchmark.
 
-Default: PostgreSQL ``dy_bench`` + Redis db 4 (broker) / db 5 (result
-backend). ``BENCH_BACKEND=sqlite`` switches our engine to an embedded setup
-(SQLite file + kombu file-system broker, no result backend) for the
-secondary row; ``BENCH_DIR`` says where its files live.
+Default: PostgreSQL ``dy_bench`` + Redis db 10 (broker) / db 11 (result
+backend and the worker probes' figures); ``BENCH_DATABASE_URL``,
+``BENCH_BROKER_URL`` and ``BENCH_RESULT_BACKEND`` change them. The admin is
+installed so the benchmark can render a large workflow's page.
 """
 
 import os
-import tempfile
-from pathlib import Path
 
 import dj_database_url
-
-from django_dyrygent import filesystem_broker
-
-BACKEND = os.environ.get("BENCH_BACKEND", "postgres")
-BASE = Path(os.environ.get("BENCH_DIR", Path(tempfile.gettempdir()) / "dyrygent-bench"))
-BASE.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = "bench-only"
 DEBUG = False  # DEBUG would keep every query in memory
 USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+ROOT_URLCONF = "bench.urls"
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django_celery_results",
     "django_dyrygent",
 ]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "/static/"
 
 # Persistent connections, as a tuned production worker has them: with 0 the
 # Celery Django fixup closes the connection after every task and each node
@@ -40,31 +56,14 @@ CONN_MAX_AGE = int(os.environ.get("BENCH_CONN_MAX_AGE", "600"))
 if os.environ.get("BENCH_DB_REUSE_MAX"):
     CELERY_DB_REUSE_MAX = int(os.environ["BENCH_DB_REUSE_MAX"])
 
-if BACKEND == "sqlite":
-    DATABASES = {
-        "default": dj_database_url.parse(f"sqlite:///{BASE / 'bench.sqlite3'}", conn_max_age=CONN_MAX_AGE)
-    }
-    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
-    CELERY_BROKER_URL = "filesystem://"
-    # kombu's own file-system transport writes a message file before filling
-    # it; a polling worker can read it empty and die ("Unrecoverable error:
-    # JSONDecodeError", seen here). This one writes atomically.
-    CELERY_BROKER_TRANSPORT = filesystem_broker.TRANSPORT
-    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker.transport_options(BASE / "broker", 0.01)
-    # Our engine keeps results in node rows; nothing here needs a result backend.
-    CELERY_RESULT_BACKEND = None
-    SILENCED_SYSTEM_CHECKS = ["django_dyrygent.W004"]
-elif BACKEND == "postgres":
-    DATABASES = {
-        "default": dj_database_url.parse(
-            os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dy_bench"),
-            conn_max_age=CONN_MAX_AGE,
-        )
-    }
-    CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/4")
-    CELERY_RESULT_BACKEND = os.environ.get("BENCH_RESULT_BACKEND", "redis://127.0.0.1:6379/5")
-else:
-    raise RuntimeError(f"BENCH_BACKEND must be 'postgres' or 'sqlite', not {BACKEND!r}")
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dy_bench"),
+        conn_max_age=CONN_MAX_AGE,
+    )
+}
+CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/10")
+CELERY_RESULT_BACKEND = os.environ.get("BENCH_RESULT_BACKEND", "redis://127.0.0.1:6379/11")
 
 CELERY_TASK_DEFAULT_QUEUE = "dyrygent-bench"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

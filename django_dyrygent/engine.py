@@ -29,7 +29,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
-from . import signals
+from . import signals, waiting
 from .conf import get_celery_app, settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .serialization import NotSerialisable, from_tree, size_of, storable_text, to_tree, unstorable
@@ -283,6 +283,12 @@ class Step:
                 raise ConcurrentTransition(
                     f"Workflow {self.wf.pk} was no longer {self.old_state} at flush"
                 )
+            if self.wf.state in WORKFLOW_FINAL and self.old_state not in WORKFLOW_FINAL:
+                # Wakes Workflow.wait() (waiting.py) at commit; dropped on rollback. PostgreSQL
+                # only: elsewhere wait() polls.
+                conn = _connection()
+                if conn.vendor == "postgresql":
+                    waiting.notify_finished(conn, self.wf.pk, self.wf.state)
         if self.events and settings.EVENT_LOG:
             WorkflowEvent.objects.bulk_create(self.events, batch_size=1000)
         if self.to_publish:

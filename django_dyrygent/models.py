@@ -1,6 +1,5 @@
 """Workflow rows: one ``Workflow``, one ``WorkflowNode`` per signature, one edge per dependency."""
 
-import time
 import uuid
 
 from django.core.exceptions import ValidationError
@@ -9,6 +8,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from . import waiting
 from .draft import GRAPH_KINDS, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
 from .serialization import from_tree
@@ -208,18 +208,8 @@ class Workflow(models.Model):
         return self
 
     def wait(self, timeout=None, interval=0.1):
-        """Poll the row until the workflow is final; return the final state."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            state = type(self).objects.filter(pk=self.pk).values_list("state", flat=True).first()
-            if state is None:
-                raise type(self).DoesNotExist(f"Workflow {self.pk} does not exist")
-            if state in WORKFLOW_FINAL:
-                self.refresh_from_db()
-                return self.state
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"Workflow {self.pk} is still {state} after {timeout}s")
-            time.sleep(interval)
+        """Block until the workflow is final (TimeoutError after ``timeout`` s); return its state."""
+        return waiting.wait(self, timeout=timeout, interval=interval)
 
     def tick(self):
         """Run one tick now, in this process."""

@@ -1,0 +1,140 @@
+"""Worker-side measurements of the benchmark, on only when ``BENCH_PROBES=1`` (bench/run.py sets it).
+
+Each prefork child buffers what it saw and hands it to Redis once per task
+(``task_postrun``, after our engine's ``task_success`` receiver has run), so
+the driver can read one run's figures after the workflow ends:
+
+* SQL statements, attributed to the task during which they ran
+  (``bench:stmts:<task name>`` / ``bench:tasks:<task name>``): a noop node's
+  share is its STARTED and its success, publishing its dependents included;
+* how long each transaction held the workflow row lock: from the statement
+  that took it (``SELECT ... FOR [NO KEY] UPDATE`` or ``UPDATE`` of the
+  workflow row) returning, to the commit (``bench:holds``, seconds), and how
+  long that statement waited for it (``bench:lockwaits``);
+* when each noop's body returned (``bench:returned``) and when a worker
+  published each workflow node (``bench:published``), for the latency
+  "dependency finished -> dependent published";
+* when ``workflow_finished`` was sent, right after the commit that ended a
+  workflow (``bench:finished``), for the latency of ``wait()``.
+
+``BENCH_QUERY_TIMES=DIR`` (profiling runs) also times every statement and
+writes the totals per statement text to ``DIR/queries-<pid>.json``.
+"""
+
+import json
+import os
+import re
+import time
+
+from celery import signals
+from django.dispatch import receiver
+
+from django_dyrygent import signals as dy_signals
+
+# The statements that take the workflow row lock: the engine's lock, or an UPDATE of the row.
+LOCKING = re.compile(
+    r'^\s*(SELECT .* FROM "django_dyrygent_workflow" .*FOR (NO KEY )?UPDATE'
+    r'|UPDATE "django_dyrygent_workflow" SET)',
+    re.S,
+)
+_buffer = {"stmts": 0, "holds": [], "lockwaits": [], "returned": {}, "published": {}, "finished": {}}
+_lock = {"held_since": None}
+_redis = {}
+_timings = {}
+
+
+def enabled():
+    return os.environ.get("BENCH_PROBES") == "1"
+
+
+def client():
+    if "client" not in _redis:
+        import redis
+
+        _redis["client"] = redis.Redis.from_url(os.environ["BENCH_COUNTER_URL"])
+    return _redis["client"]
+
+
+def task_returned(task_id):
+    """Called by bench.noop as it returns (probes on)."""
+    _buffer["returned"][task_id] = time.time()
+
+
+def _probe(execute, sql, params, many, context):
+    from django.db import connection
+
+    _buffer["stmts"] += 1
+    locking = _lock["held_since"] is None and connection.in_atomic_block and LOCKING.match(sql)
+    start = time.perf_counter()
+    result = execute(sql, params, many, context)
+    if locking:
+        now = time.perf_counter()
+        _buffer["lockwaits"].append(now - start)
+        _lock["held_since"] = now
+        connection.on_commit(_released)
+    return result
+
+
+def _released():
+    since, _lock["held_since"] = _lock["held_since"], None
+    if since is not None:
+        _buffer["holds"].append(time.perf_counter() - since)
+
+
+def _timed(execute, sql, params, many, context):
+    start = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        entry = _timings.setdefault(" ".join(sql.split())[:90], [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - start
+
+
+@signals.worker_process_init.connect(weak=False)
+def _install(**kwargs):
+    from django.db import connection
+
+    if enabled():
+        connection.execute_wrappers.append(_probe)
+    if os.environ.get("BENCH_QUERY_TIMES"):
+        connection.execute_wrappers.append(_timed)
+
+
+@signals.after_task_publish.connect(weak=False)
+def _published(sender=None, headers=None, **kwargs):
+    if enabled() and headers and headers.get("dyrygent_workflow") and headers.get("id"):
+        _buffer["published"][headers["id"]] = time.time()
+
+
+@receiver(dy_signals.workflow_finished, weak=False)
+def _finished(sender=None, workflow=None, **kwargs):
+    if enabled() and workflow is not None:
+        _buffer["finished"][str(workflow.pk)] = time.time()
+
+
+@signals.task_postrun.connect(weak=False)
+def _flush(task=None, **kwargs):
+    if enabled():
+        _lock["held_since"] = None  # a rolled-back transaction never reached _released
+        _flush_buffer(getattr(task, "name", "?"))
+    folder = os.environ.get("BENCH_QUERY_TIMES")
+    if folder and _timings:
+        with open(os.path.join(folder, f"queries-{os.getpid()}.json"), "w") as out:
+            json.dump(_timings, out)
+
+
+def _flush_buffer(task_name):
+    buf = _buffer
+    pipe = client().pipeline(transaction=False)
+    if buf["stmts"]:
+        pipe.incrby(f"bench:stmts:{task_name}", buf["stmts"])
+        pipe.incr(f"bench:tasks:{task_name}")
+    for key in ("holds", "lockwaits"):
+        if buf[key]:
+            pipe.rpush(f"bench:{key}", *buf[key])
+    for key in ("returned", "published", "finished"):
+        if buf[key]:
+            pipe.hset(f"bench:{key}", mapping=buf[key])
+    pipe.execute()
+    buf.update(stmts=0, holds=[], lockwaits=[], returned={}, published={}, finished={})
