@@ -1,9 +1,10 @@
 """Fixtures of the fault suite: private PostgreSQL and Redis servers, subprocess workers.
 
-The suite runs against servers it starts itself, never the machine's own
-(it stops and restarts them). It runs in the PostgreSQL pass of the suite
-(DATABASE_URL=postgres://...) on a machine with PostgreSQL and Redis server
-binaries; ``DYRYGENT_RELIABILITY=1`` forces it on in any pass, ``=0`` skips it.
+The fault tests (those using the ``rel`` fixture) run against servers they
+start themselves, never the machine's own (they stop and restart them). They
+run in the PostgreSQL pass of the suite (DATABASE_URL=postgres://...) on a
+machine with PostgreSQL and Redis server binaries; ``DYRYGENT_RELIABILITY=1``
+forces them on in any pass, ``=0`` skips them.
 
 In a test, the main thread's ``default`` connection and current Celery app
 point at the private servers (``rel`` fixture), so the engine, the models
@@ -48,7 +49,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).resolve().parent == HERE:
             item.add_marker(pytest.mark.reliability)
-            if reason:
+            # Only the tests on private servers (the ``rel`` fixture) need them;
+            # the others use the suite's own database and worker, in every pass.
+            if reason and "rel" in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
