@@ -72,6 +72,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_ENGINE_ERRORS", 10, (int,), "positive"),
     # Whether every transition writes a WorkflowEvent row.
     Setting("EVENT_LOG", True, (bool,)),
+    # Module of every installed app that the catalogue imports at start-up to
+    # find workflow definitions (like admin.py); None: no discovery.
+    Setting("CATALOGUE_MODULE", "workflows", (str, type(None))),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
