@@ -200,14 +200,15 @@ class Definition:
         form = self.form_class()
         out = []
         for name, f in form.fields.items():
+            initial = form.get_initial_for_field(f, name)
             item = {
                 "name": name,
                 "type": type(f).__name__.removesuffix("Field").lower() or "field",
-                "required": f.required,
+                # A field with an initial value gets it when a start leaves it out.
+                "required": f.required and initial is None,
                 "label": str(f.label or name),
                 "help_text": str(f.help_text or ""),
             }
-            initial = form.get_initial_for_field(f, name)
             if initial is not None:
                 item["default"] = _jsonable(initial)
             choices = getattr(f, "choices", None)
