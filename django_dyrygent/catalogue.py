@@ -206,7 +206,7 @@ class Definition:
                 "type": type(f).__name__.removesuffix("Field").lower() or "field",
                 # A field with an initial value gets it when a start leaves it out.
                 "required": f.required and initial is None,
-                "label": str(f.label or name),
+                "label": str(form[name].label),
                 "help_text": str(f.help_text or ""),
             }
             if initial is not None:
