@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from . import engine, graph
+from . import admin_views, engine, graph
 from .models import Workflow, WorkflowEvent, WorkflowNode
 from .states import NODE_ACTIVE, NodeKind, NodeState
 
@@ -200,7 +200,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         view = self.admin_site.admin_view
-        return [
+        return admin_views.urls(self) + [
             path("<path:object_id>/status.json", view(self.status_view), name="%s_%s_status" % info),
             path("<path:object_id>/dag/", view(self.dag_view), name="%s_%s_dag" % info),
             path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),

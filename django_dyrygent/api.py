@@ -25,7 +25,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import engine, launch
-from .catalogue import UnknownDefinition, registry
+from .catalogue import START_PERMISSION, UnknownDefinition, registry
 from .models import Workflow
 
 #: Request header carrying the client's idempotency key (``idempotency_key`` in the body works too).
@@ -145,19 +145,19 @@ def describe_workflow(wf):
     }
 
 
-@endpoint(["GET"], "django_dyrygent.start_workflow")
+@endpoint(["GET"], START_PERMISSION)
 def definitions(request):
     """The definitions this user may start."""
     return JsonResponse({"definitions": [describe_definition(d) for d in registry.for_user(request.user)]})
 
 
-@endpoint(["GET"], "django_dyrygent.start_workflow")
+@endpoint(["GET"], START_PERMISSION)
 def definition(request, name):
     found, problem = _definition(request, name)
     return problem or JsonResponse(describe_definition(found))
 
 
-@endpoint(["POST"], "django_dyrygent.start_workflow")
+@endpoint(["POST"], START_PERMISSION)
 def start(request, name):
     """Body: ``{"params": {...}, "idempotency_key": "..."}`` (both optional).
 

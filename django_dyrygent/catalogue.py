@@ -43,6 +43,8 @@ from django.utils.module_loading import module_has_submodule
 from .conf import settings
 from .states import Overlap
 
+#: The custom model permission every door checks before starting a definition.
+START_PERMISSION = "django_dyrygent.start_workflow"
 #: Names are used in URLs and on the command line: no spaces, no slashes.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
@@ -220,7 +222,7 @@ class Definition:
     def user_can_start(self, user):
         """The catalogue permission, plus this definition's own one when it has one."""
         return bool(
-            user is not None and user.is_active and user.has_perm("django_dyrygent.start_workflow")
+            user is not None and user.is_active and user.has_perm(START_PERMISSION)
             and (not self.permission or user.has_perm(self.permission))
         )
 
