@@ -65,6 +65,16 @@ HINT_FIELDS = {
 }
 
 
+#: Form field class -> the type name the API and ``dyrygent_run --list`` show.
+FIELD_TYPES = {
+    "CharField": "string", "IntegerField": "integer", "FloatField": "number", "DecimalField": "decimal",
+    "BooleanField": "boolean", "DateField": "date", "DateTimeField": "datetime", "TimeField": "time",
+    "DurationField": "duration", "UUIDField": "uuid", "JSONField": "json", "ChoiceField": "choice",
+    "TypedChoiceField": "choice", "MultipleChoiceField": "choices", "TypedMultipleChoiceField": "choices",
+    "EmailField": "email", "URLField": "url", "SlugField": "slug",
+}
+
+
 class UnknownDefinition(LookupError):
     """No definition is registered under that name."""
 
@@ -205,7 +215,7 @@ class Definition:
             initial = form.get_initial_for_field(f, name)
             item = {
                 "name": name,
-                "type": type(f).__name__.removesuffix("Field").lower() or "field",
+                "type": FIELD_TYPES.get(type(f).__name__, type(f).__name__.removesuffix("Field").lower()),
                 # A field with an initial value gets it when a start leaves it out.
                 "required": f.required and initial is None,
                 "label": str(form[name].label),
