@@ -50,3 +50,12 @@ def test_dyrygent_run__bad_catalogue_input_is_a_command_error_and_saves_nothing(
     with pytest.raises(CommandError, match=message):
         run_command("dyrygent_run", *args)
     assert not Workflow.objects.exists()
+
+
+def test_parse_pairs__params_stay_strings_and_repeated_keys_become_lists():
+    from django_dyrygent.management.commands.dyrygent_run import _parse_pairs
+
+    assert _parse_pairs(["n=8", "tag=a", "tag=b", "tag=c", "empty="], "--param", as_json=False) == {
+        "n": "8", "tag": ["a", "b", "c"], "empty": "",
+    }
+    assert _parse_pairs(["priority=8", "queue=fast"], "--option") == {"priority": 8, "queue": "fast"}

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,26 +9,21 @@ from pathlib import Path
 
 import pytest
 from celery.worker import state as worker_state
+from django.urls import reverse
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
 from django_dyrygent import launch, tasks
 from django_dyrygent.models import QueuedRun, Workflow
 from tests.celery_app import app as celery_app
 from tests.models import Execution
+from tests.test_crash import _database_url, _stop
+from tests.test_crash import _wait_for as wait_for
 
 pytestmark = pytest.mark.worker
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30
-
-
-def wait_for(predicate, timeout=TIMEOUT, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def release(flag):
@@ -92,16 +86,6 @@ def test_overlap_allow__runs_side_by_side(worker):
     assert [r.workflow.wait(timeout=TIMEOUT) for r in runs] == [Workflow.State.SUCCESS] * 2
 
 
-def _stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 def _fires():
     return [
         json.loads(r.result)["status"]
@@ -110,16 +94,20 @@ def _fires():
     ]
 
 
-def test_beat__a_real_beat_process_starts_the_definition_and_skips_while_it_runs(worker, tmp_path):
-    """``celery beat`` fires every second; the worker starts one run, then skips while it holds."""
+def _beat_until_skipped(tmp_path, flag, *args, env=None):
+    """Run ``celery beat`` until the worker answered two fires with "skipped"; stop it, drop later fires.
+
+    Returns the one run those fires found going (``tests.hold-skip`` holds until released).
+    """
+    log = tmp_path / "beat.log"
     beat = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.beat_app", "beat", "-s", str(tmp_path / "schedule"),
-         "--max-interval", "1", "-l", "info"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=open(tmp_path / "beat.log", "wb"),
+         "--max-interval", "1", "-l", "info", *args],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})), stdout=open(log, "wb"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        assert wait_for(lambda: _fires().count("skipped") >= 2, timeout=40), (tmp_path / "beat.log").read_text()
+        assert wait_for(lambda: _fires().count("skipped") >= 2, timeout=40), log.read_text()
     finally:
         _stop(beat)
         with celery_app.connection_for_write() as conn:  # fires beat sent that no worker took yet
@@ -127,9 +115,29 @@ def test_beat__a_real_beat_process_starts_the_definition_and_skips_while_it_runs
         # Fires the worker already took run out; only the held run's task may stay.
         assert wait_for(lambda: all(r.name == "tests.hold" for r in list(worker_state.reserved_requests)),
                         timeout=20)
-    assert "Sending due task catalogue-hold-skip" in (tmp_path / "beat.log").read_text()
     wf = Workflow.objects.get(definition="tests.hold-skip")  # one run, however many fires
-    assert wf.trigger == "schedule" and _fires()[0] == "started"
-    release("beat")
+    assert wf.trigger == "schedule" and wf.parameters == {"flag": flag} and _fires()[0] == "started"
+    release(flag)
     assert wf.wait(timeout=TIMEOUT) == Workflow.State.SUCCESS
     assert Workflow.objects.count() == 1
+    return log.read_text()
+
+
+def test_beat__a_real_beat_process_starts_the_definition_and_skips_while_it_runs(worker, tmp_path):
+    """``celery beat`` fires every second (tests/beat_app.py); one run starts, later fires skip."""
+    log = _beat_until_skipped(tmp_path, "beat")
+    assert "Sending due task catalogue-hold-skip" in log
+
+
+def test_django_celery_beat__database_schedule_starts_the_definition(worker, tmp_path, admin_client):
+    """django-celery-beat's DatabaseScheduler reads a PeriodicTask made as its admin would make it."""
+    form = admin_client.get(reverse("admin:django_celery_beat_periodictask_add")).content.decode()
+    assert '<option value="django_dyrygent.start_definition">' in form  # offered in "Task (registered)"
+    every_second = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="hold from the database", task="django_dyrygent.start_definition", interval=every_second,
+        kwargs=json.dumps({"name": "tests.hold-skip", "params": {"flag": "db"}}),
+    )
+    log = _beat_until_skipped(tmp_path, "db", "-S", "django_celery_beat.schedulers:DatabaseScheduler",
+                              env={"DATABASE_URL": _database_url()})
+    assert "DatabaseScheduler" in log and "Sending due task hold from the database" in log

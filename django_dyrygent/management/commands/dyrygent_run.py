@@ -18,34 +18,28 @@ EXIT_TIMEOUT = 2
 EXIT_FAILED = 1
 
 
-def _parse_pairs(pairs, flag):
-    """KEY=VALUE pairs; a VALUE that parses as JSON is used as such (priority=8 is an int)."""
-    out = {}
-    for pair in pairs or ():
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise CommandError(f"{flag} expects KEY=VALUE, got {pair!r}.")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out[key.strip()] = value
-    return out
+def _parse_pairs(pairs, flag, as_json=True):
+    """KEY=VALUE pairs.
 
-
-def _parse_params(pairs):
-    """--param KEY=VALUE pairs as form data: values stay strings (the form parses them);
-    a key given twice becomes a list (for multiple-choice fields)."""
+    Options (``as_json``): a VALUE that parses as JSON is used as such
+    (priority=8 is an int). Parameters: VALUE stays a string, as a browser
+    sends it, for the definition's form to parse; a key given twice becomes a
+    list (for multiple-choice fields).
+    """
     out = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise CommandError(f"--param expects KEY=VALUE, got {pair!r}.")
+            raise CommandError(f"{flag} expects KEY=VALUE, got {pair!r}.")
         key = key.strip()
-        if key in out:
-            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
-        else:
-            out[key] = value
+        if as_json:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        elif key in out:
+            value = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
+        out[key] = value
     return out
 
 
@@ -127,7 +121,7 @@ class Command(BaseCommand):
                     f"{', '.join(refused)} cannot be used with the definition {path!r}: it sets them itself. "
                     "Give its parameters with --param KEY=VALUE."
                 )
-            wf = self._start_definition(path, _parse_params(options["params"]), name)
+            wf = self._start_definition(path, _parse_pairs(options["params"], "--param", as_json=False), name)
         else:
             if options["params"]:
                 raise CommandError(
