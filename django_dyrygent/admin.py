@@ -89,6 +89,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
                                     "nodes_skipped", "ticks")}),
         (_("Data"), {"fields": ("pretty_payload", "pass_results", "pretty_options",
                                 "pretty_tasks_options")}),
+        # Which catalogue definition and parameters made it (see catalogue.py).
+        (_("Catalogue"), {"fields": ("definition", "parameters", "trigger", "started_by", "idempotency_key")}),
     )
 
     #: Groups of interchangeable siblings larger than this are drawn as one box.

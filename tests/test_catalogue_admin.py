@@ -103,6 +103,7 @@ def test_start_form__valid_post_starts_and_redirects_to_the_live_dag(starter):
     assert wf.parameters == {"day": "2026-11-27", "hosts": 2, "mode": "fast"}
     page = starter.get(response["Location"]).content.decode()
     assert 'id="dy-dag"' in page and "Started tests.report" in page
+    assert "Catalogue" in page and "&quot;hosts&quot;: 2" in page  # provenance fieldset
     assert "Run again with the same parameters" not in page  # not finished yet
 
 
