@@ -296,7 +296,8 @@ def register(name=None, *, description=None, form=None, permission="", overlap=O
              options=None, tasks_options=None, deadline=None, pass_results=None, site=None):
     """Decorator: register the decorated factory as a workflow definition.
 
-    ``name`` defaults to the function's name; ``description`` to its
+    Usable bare (``@catalogue.register``) or with arguments. ``name`` defaults
+    to the function's name; ``description`` to its
     docstring. ``form``: a ``forms.Form`` class validating the parameters;
     without it one is derived from the factory's type hints. The factory is
     called with the form's ``cleaned_data`` as keyword arguments and returns
@@ -330,6 +331,9 @@ def register(name=None, *, description=None, form=None, permission="", overlap=O
         ))
         return factory
 
+    if callable(name):  # bare @catalogue.register, without parentheses
+        factory, name = name, None
+        return decorator(factory)
     return decorator
 
 

@@ -11,7 +11,7 @@ set of rules:
   workflow, and two racing requests cannot both insert (the loser's INSERT
   fails on the constraint and it returns the winner's row);
 * a scheduled start follows the definition's overlap policy (allow, skip,
-  queue), decided under the lock of the running workflow's row.
+  queue); a queued start is started by the end of the run it waits for.
 """
 
 import json
@@ -200,47 +200,55 @@ def start_scheduled(name, params=None):
 
     ``skip``: do nothing while a run of the definition is INITIAL or RUNNING.
     ``queue``: store a ``QueuedRun``; the end of the running workflow starts it
-    (``workflow_finished`` receiver below), no polling involved. The decision is
-    taken while holding the running rows' lock, and the engine's final UPDATE
-    of such a row waits for that lock, so a run cannot end unseen between the
-    check and the insert. Parameters are validated first: a bad schedule fails
-    at every fire, it never queues anything.
+    (``workflow_finished`` receiver below), no polling involved.
+
+    No workflow row is locked here: a tick that finds its row locked leaves it
+    for later, so a lock taken by a schedule would delay the runs it looks at.
+    Instead the queue is written first and read again after: if the run ended
+    between "still running?" and the insert, its receiver may have found no
+    queued row, so the ``start_next_queued`` call after the insert starts it;
+    if it ends later, its receiver (called after that commit) sees the row.
+    ``start_next_queued`` serialises the two on the queued row's lock.
+    Parameters are validated first: a bad schedule fails at every fire and
+    never queues anything.
     """
     definition = registry.get(name)
     form = valid_form(definition, params)
     if definition.overlap == Overlap.ALLOW:
         return launch(definition, form, trigger=Trigger.SCHEDULE)
-    with transaction.atomic():
-        running = list(
-            Workflow.objects.select_for_update()
-            .filter(definition=definition.name, state__in=WORKFLOW_ACTIVE)
-            .values_list("pk", flat=True)[:1]
-        )
-        if running:
-            if definition.overlap == Overlap.SKIP:
-                logger.info("Scheduled run of %s skipped: workflow %s still runs", name, running[0])
-                return Outcome("skipped", Workflow.objects.get(pk=running[0]))
-            QueuedRun.objects.create(definition=definition.name, parameters=definition.parameters(form))
-            logger.info("Scheduled run of %s queued behind workflow %s", name, running[0])
-            return Outcome("queued", Workflow.objects.get(pk=running[0]))
-        if definition.overlap == Overlap.QUEUE and QueuedRun.objects.filter(definition=definition.name).exists():
-            # An earlier run ended without starting its successor (its process
-            # died after committing): keep the order, this fire waits its turn.
-            QueuedRun.objects.create(definition=definition.name, parameters=definition.parameters(form))
-            return start_next_queued(definition.name) or Outcome("queued")
+    running = (
+        Workflow.objects.filter(definition=definition.name, state__in=WORKFLOW_ACTIVE)
+        .order_by("created_at").first()
+    )
+    if running is not None and definition.overlap == Overlap.SKIP:
+        logger.info("Scheduled run of %s skipped: workflow %s still runs", name, running.pk)
+        return Outcome("skipped", running)
+    if running is None and not (
+        definition.overlap == Overlap.QUEUE and QueuedRun.objects.filter(definition=definition.name).exists()
+    ):
         return launch(definition, form, trigger=Trigger.SCHEDULE)
+    # A run goes on, or earlier fires wait (a run ended without starting its
+    # successor: its process died after committing): this fire waits its turn.
+    QueuedRun.objects.create(definition=definition.name, parameters=definition.parameters(form))
+    started = start_next_queued(definition.name)
+    if started is not None:
+        return started
+    logger.info("Scheduled run of %s queued behind workflow %s", name, running and running.pk)
+    return Outcome("queued", running)
 
 
 def start_next_queued(name):
-    """Start the oldest queued run of ``name`` unless a run of it is still going."""
+    """Start the oldest queued run of ``name`` unless a run of it is still going.
+
+    The oldest queued row is locked first (a concurrent caller waits, then
+    finds it gone or sees the run it started), and only then are the
+    running workflows counted, so two callers never start two queued runs.
+    """
     with transaction.atomic():
-        if Workflow.objects.filter(definition=name, state__in=WORKFLOW_ACTIVE).exists():
-            return None
-        queued = (
-            QueuedRun.objects.select_for_update(skip_locked=True)
-            .filter(definition=name).order_by("created_at", "id").first()
-        )
+        queued = QueuedRun.objects.select_for_update().filter(definition=name).order_by("created_at", "id").first()
         if queued is None:
+            return None
+        if Workflow.objects.filter(definition=name, state__in=WORKFLOW_ACTIVE).exists():
             return None
         queued.delete()
         try:

@@ -456,10 +456,9 @@ class WorkflowEvent(models.Model):
 class QueuedRun(models.Model):
     """A scheduled start that waits for the running workflow of its definition to end.
 
-    Written under the lock of that running workflow's row (see
-    ``launch.start_scheduled``), so the run that finishes it cannot miss it:
-    its final UPDATE waits for the lock, and its ``workflow_finished``
-    receiver, called after that commit, starts the oldest waiting run.
+    The ``workflow_finished`` receiver of that run starts the oldest waiting
+    one (``launch.start_next_queued``); see ``launch.start_scheduled`` for why
+    a run that ends while a start is being queued cannot miss it.
     """
 
     definition = models.CharField(_("definition"), max_length=100, db_index=True)

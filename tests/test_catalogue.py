@@ -118,6 +118,16 @@ def test_register__same_name_twice_from_another_factory_is_refused(site):
         catalogue.register("dup", site=site)(second)
 
 
+def test_register__bare_decorator_uses_the_function_name(monkeypatch, site):
+    monkeypatch.setattr(catalogue, "registry", site)
+
+    @catalogue.register
+    def cleanup(days: int = 30):
+        """Delete old rows."""
+
+    assert site.get("cleanup").title == "Delete old rows." and cleanup.__name__ == "cleanup"
+
+
 def test_registry__unknown_name_is_a_lookup_error(site):
     with pytest.raises(catalogue.UnknownDefinition, match="No workflow definition named 'nope'"):
         site.get("nope")
@@ -327,3 +337,21 @@ def test_start_next_queued__drops_a_run_whose_parameters_no_longer_validate(capl
     assert launch.start_next_queued("tests.hold-queue") is None
     assert not QueuedRun.objects.exists() and not Workflow.objects.exists()
     assert "Queued run of tests.hold-queue dropped" in caplog.text
+
+
+@pytest.mark.django_db
+def test_start_scheduled__a_run_ending_while_the_start_is_queued_does_not_strand_it(monkeypatch):
+    """The run ends (and its receiver finds no queued row) between the check and the insert."""
+    from django_dyrygent import engine
+
+    first = launch.start_scheduled("tests.hold-queue", {"flag": "f1"}).workflow
+    real_create = QueuedRun.objects.create
+
+    def end_first_then_create(**kwargs):
+        engine.cancel(first.pk)  # the run ends right here; nothing was queued yet
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(QueuedRun.objects, "create", end_first_then_create)
+    outcome = launch.start_scheduled("tests.hold-queue", {"flag": "f2"})
+    assert outcome.status == "started" and outcome.workflow.parameters == {"flag": "f2"}
+    assert outcome.workflow.trigger == "queue" and not QueuedRun.objects.exists()

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.test import Client
 
 from django_dyrygent import engine, launch
@@ -225,9 +225,13 @@ def test_api_status_cancel_retry__answers_and_conflicts():
     engine.cancel(wf.pk)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_api_start__racing_requests_with_one_key_make_one_workflow():
-    """Threads with their own connections post the same key at once: one row, every answer names it."""
+@pytest.mark.worker
+def test_api_start__racing_requests_with_one_key_make_one_workflow(worker):
+    """Threads with their own connections post the same key at once: one row, every answer names it.
+
+    Committed rows: the suite's worker runs the workflow, and the test waits
+    for its end, so no tick of it is left to run during the table flush.
+    """
     if connection.vendor == "sqlite":
         pytest.skip("SQLite serialises writers: no race to provoke (covered by the unit test of the fallback)")
     user_with("start_workflow", username="racer")
@@ -241,7 +245,7 @@ def test_api_start__racing_requests_with_one_key_make_one_workflow():
             barrier.wait(timeout=10)
             answers.append(post(client, start_url("tests.add"), {"params": {"x": 3}}, Idempotency_Key="race"))
         finally:
-            close_old_connections()
+            connection.close()
 
     threads = [threading.Thread(target=racer) for _ in range(4)]
     for t in threads:
@@ -252,3 +256,4 @@ def test_api_start__racing_requests_with_one_key_make_one_workflow():
     assert sorted(a.status_code for a in answers) == [200, 200, 200, 201]
     assert len({a.json()["id"] for a in answers}) == 1
     assert Workflow.objects.filter(idempotency_key="race").count() == 1
+    assert Workflow.objects.get().wait(timeout=30) == Workflow.State.SUCCESS
