@@ -4,7 +4,6 @@ Same set-up as test_browser.py (headless Debian chromium, the live server, the
 suite's real worker); skips only when the browser is not installed.
 """
 
-import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
