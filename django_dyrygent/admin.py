@@ -21,7 +21,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from . import engine, graph
+from . import admin_views, engine, graph
 from .display import can_act, pretty_json, pretty_text, short_time, state_badge, workflow_progress
 from .graph import shorten
 from .models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
@@ -133,6 +133,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
                                     "nodes_skipped", "ticks")}),
         (_("Data"), {"fields": ("pretty_payload", "pass_results", "pretty_options",
                                 "pretty_tasks_options")}),
+        # Which catalogue definition and parameters made it (see catalogue.py).
+        (_("Catalogue"), {"fields": ("definition", "parameters", "trigger", "started_by", "idempotency_key")}),
     )
 
     #: Groups of interchangeable siblings larger than this are drawn as one box.
@@ -247,7 +249,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         view = self.admin_site.admin_view
-        return [
+        return admin_views.urls(self) + [
             path("<path:object_id>/status.json", view(self.status_view), name="%s_%s_status" % info),
             path("<path:object_id>/dag/", view(self.dag_view), name="%s_%s_dag" % info),
             path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),

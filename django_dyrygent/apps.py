@@ -12,6 +12,9 @@ class DyrygentConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import checks, handlers  # noqa: F401  (registers checks and receivers)
+        from . import catalogue, checks, handlers, launch  # noqa: F401  (registers checks and receivers)
 
         handlers.connect_worker_signals()
+        launch.connect_receivers()
+        # Like admin.autodiscover(): every app's workflows.py registers its definitions.
+        catalogue.autodiscover()

@@ -104,6 +104,9 @@ SETTINGS: tuple[Setting, ...] = (
     # What apply_async does with a task name the Celery registry does not know, when this
     # process's registry is complete (a worker process): warn in the log, refuse, or ignore.
     Setting("UNKNOWN_TASKS", "warn", (str,), choices=("warn", "refuse", "ignore")),
+    # Module of every installed app that the catalogue imports at start-up to
+    # find workflow definitions (like admin.py); None: no discovery.
+    Setting("CATALOGUE_MODULE", "workflows", (str, type(None))),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -18,6 +18,7 @@ from .states import (
     WORKFLOW_FINAL,
     NodeKind,
     NodeState,
+    Trigger,
     TriggerRule,
     WorkflowState,
 )
@@ -99,6 +100,23 @@ class Workflow(models.Model):
         _("lock version"), default=0, editable=False,
         help_text=_("Bumped by every engine transaction; on SQLite the bump is the lock."),
     )
+    # -- provenance: set when a catalogue definition started it (see catalogue.py) --
+    definition = models.CharField(
+        _("definition"), max_length=100, blank=True, default="", db_index=True,
+        help_text=_("Name of the catalogue definition that built it; blank when code built it."),
+    )
+    parameters = models.JSONField(
+        _("parameters"), default=dict, blank=True, encoder=DjangoJSONEncoder,
+        help_text=_("The definition's validated parameters; 'run again' starts it with these."),
+    )
+    trigger = models.CharField(
+        _("started from"), max_length=20, choices=Trigger.choices, blank=True, default="",
+    )
+    started_by = models.CharField(_("started by"), max_length=150, blank=True, default="")
+    idempotency_key = models.CharField(
+        _("idempotency key"), max_length=255, null=True, blank=True, unique=True,
+        help_text=_("A client's key: a repeated start request with it returns this workflow."),
+    )
 
     objects = WorkflowQuerySet.as_manager()
 
@@ -106,6 +124,7 @@ class Workflow(models.Model):
         verbose_name = _("workflow")
         verbose_name_plural = _("workflows")
         ordering = ["-created_at"]
+        permissions = [("start_workflow", _("Can start workflows from the catalogue"))]
         indexes = [
             models.Index(fields=["state", "next_tick_at"], name="dyrygent_wf_state_tick_idx"),
         ]
@@ -486,3 +505,24 @@ class WorkerHeartbeat(models.Model):
     @property
     def held_task_ids(self):
         return {*(self.active_task_ids or ()), *(self.reserved_task_ids or ())}
+
+
+class QueuedRun(models.Model):
+    """A scheduled start that waits for the running workflow of its definition to end.
+
+    The ``workflow_finished`` receiver of that run starts the oldest waiting
+    one (``launch.start_next_queued``); see ``launch.start_scheduled`` for why
+    a run that ends while a start is being queued cannot miss it.
+    """
+
+    definition = models.CharField(_("definition"), max_length=100, db_index=True)
+    parameters = models.JSONField(_("parameters"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    created_at = models.DateTimeField(_("queued at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("queued run")
+        verbose_name_plural = _("queued runs")
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.definition} queued at {self.created_at:%Y-%m-%d %H:%M:%S}"

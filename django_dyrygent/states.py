@@ -41,6 +41,25 @@ class TriggerRule(models.TextChoices):
     ONE_FAILED = "one_failed", _("At least one dependency failed")
 
 
+class Trigger(models.TextChoices):
+    """Which door of the catalogue started a workflow (blank: started by code)."""
+
+    ADMIN = "admin", _("Admin")
+    COMMAND = "command", _("Command line")
+    API = "api", _("HTTP API")
+    SCHEDULE = "schedule", _("Schedule")
+    # A scheduled run that waited for the previous one (overlap policy "queue").
+    QUEUE = "queue", _("Queued schedule")
+
+
+class Overlap(models.TextChoices):
+    """What a scheduled start does while a run of the same definition is still going."""
+
+    ALLOW = "allow", _("Start another run alongside")
+    SKIP = "skip", _("Skip this run")
+    QUEUE = "queue", _("Start it when the previous run ends")
+
+
 WORKFLOW_FINAL = frozenset(
     {WorkflowState.SUCCESS, WorkflowState.FAILURE, WorkflowState.ERROR, WorkflowState.CANCELED}
 )
@@ -57,6 +76,7 @@ NODE_FINAL = frozenset(
 NODE_OK = frozenset({NodeState.SUCCESS, NodeState.SKIPPED})
 NODE_FAILED = NODE_FINAL - NODE_OK
 NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
+WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
 
 # The node state machine. Every node state change goes through
 # ``engine.transition_nodes`` which refuses anything not listed here.

@@ -7,7 +7,7 @@ a connection the server dropped.
 
 from celery import shared_task
 
-from . import db, engine
+from . import db, engine, launch
 from .recovery import Sweeper
 
 #: Keeps its broker probe between two sweeps run by this process.
@@ -34,6 +34,19 @@ def sweep(stale_after=None, batch_size=100):
         _sweeper.sweep_once, batch_size=batch_size, stale_after=stale_after, retry_for=RETRY_FOR, what="a sweep",
     )
     return ticked
+
+
+@shared_task(name="django_dyrygent.start_definition")
+def start_definition(name, params=None):
+    """Start a catalogue definition from a schedule, under its overlap policy.
+
+    Beat entry: ``{"task": "django_dyrygent.start_definition", "schedule": ...,
+    "kwargs": {"name": "nightly-report", "params": {"limit": 10}}}``. An unknown
+    name or bad parameters fail the task with the form's message.
+    """
+    outcome = launch.start_scheduled(name, params)
+    return {"status": outcome.status, "workflow": str(outcome.workflow.pk) if outcome.workflow else None}
+
 
 
 # celery-dyrygent's processor-task keywords that describe its own task, not how ticks are sent.

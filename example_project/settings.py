@@ -13,6 +13,7 @@ import django
 import dj_database_url
 
 from django_dyrygent import filesystem_broker
+from example_project.schedule import BEAT_SCHEDULE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Everything the embedded setup writes (database, broker folders); git-ignored.
@@ -99,11 +100,9 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     CELERY_BROKER_TRANSPORT = filesystem_broker.TRANSPORT
     CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker.transport_options(VAR_DIR / "broker")
 
-# The sweeper ticks running workflows whose scheduled tick was lost (a worker
-# died holding it, the broker dropped it). Run beat: celery -A example_project beat
-CELERY_BEAT_SCHEDULE = {
-    "dyrygent-sweep": {"task": "django_dyrygent.sweep", "schedule": 60.0},
-}
+# The sweeper and the nightly catalogue run: see schedule.py.
+# Run beat beside the worker: celery -A example_project beat
+CELERY_BEAT_SCHEDULE = BEAT_SCHEDULE
 
 # -- django_dyrygent ------------------------------------------------------------------
 

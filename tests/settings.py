@@ -28,6 +28,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_results",
+    # The catalogue's database schedule is tested for real (test_catalogue_schedule.py).
+    "django_celery_beat",
     "django_dyrygent",
     "tests",
 ]

@@ -143,3 +143,16 @@ def slow_first(self, label, seconds=3):
     if first:
         time.sleep(seconds)
     return label
+
+
+@shared_task(bind=True, name="tests.hold")
+def hold(self, flag, timeout=30):
+    """Runs until an Execution row labelled ``release:<flag>`` exists (at most ``timeout`` s):
+    keeps a workflow RUNNING for as long as a test needs it to."""
+    deadline = time.monotonic() + timeout
+    while not Execution.objects.filter(label=f"release:{flag}").exists():
+        if time.monotonic() > deadline:
+            raise Boom(f"hold {flag}: never released")
+        time.sleep(0.05)
+    Execution.objects.create(label=f"held:{flag}", task_id=self.request.id or "")
+    return flag

@@ -535,7 +535,9 @@ def test_dyrygent_run__wait_follows_to_success_without_warnings(worker, caplog):
     assert lines[-1].endswith("4/4 nodes done, 0 failed, 0 skipped.")
     # Plain progress lines (stdout is not a terminal), one per change, ending with the final counts.
     assert all(" nodes done, " in line for line in lines[1:-1]) and lines[-2].startswith("SUCCESS: 4/4")
-    loud = [r for r in caplog.records if r.name.startswith("django_dyrygent") and r.levelno >= logging.WARNING]
+    # A countdown tick of an earlier test's workflow (its rows flushed since) only says it is ignored.
+    loud = [r for r in caplog.records if r.name.startswith("django_dyrygent") and r.levelno >= logging.WARNING
+            and not r.getMessage().startswith("Tick for unknown workflow")]
     assert loud == []
 
 

@@ -11,12 +11,21 @@ middle is one native canvas hung below ``fetch_inventory`` with
 ``add_celery_canvas(..., dependencies=[fetch])``; ``notify`` waits for every
 leaf. Between the group and the chord header the importer puts one internal
 join node, so the N × N edges a naive import would draw become 2 × N.
+
+Two catalogue definitions at the bottom make these workflows startable by
+name, without a view: from the admin ("Start a workflow"), the command line
+(``manage.py dyrygent_run demo --param hosts=3``), the JSON API mounted at
+``/api/`` and the beat schedule in ``example_project/schedule.py``.
 """
+
+from datetime import timedelta
 
 from celery import chain, chord, group
 
+from django_dyrygent import catalogue
 from django_dyrygent.models import Workflow
 
+from .forms import StartDemoForm
 from .tasks import audit, check, fetch_inventory, notify, provision, summarize
 
 DEFAULT_HOSTS = 4
@@ -56,4 +65,27 @@ def build_demo_workflow(hosts=DEFAULT_HOSTS, delay=0.2, fail=False, name="demo")
     wf.add_signature(audit.si(delay=delay), dependencies=[fetch])
     last = wf.add_signature(notify.si("ops", delay=delay), dependencies=wf.leaves())
     last.custom_payload["channel"] = "ops"
+    return wf
+
+
+# -- the catalogue: the same workflows, startable by name ------------------------------
+
+
+@catalogue.register("demo", form=StartDemoForm)
+def demo(hosts, delay, fail):
+    """Provision hosts: fetch the inventory, provision and check every host, summarize, notify.
+
+    Tick "fail" to see a failed branch: its descendants end UPSTREAM_FAILED while audit still runs.
+    """
+    return build_demo_workflow(hosts=hosts, delay=delay, fail=fail)
+
+
+@catalogue.register("nightly-audit", overlap="skip", deadline=timedelta(hours=1))
+def nightly_audit(channel: str = "ops", delay: float = 0.2):
+    """Write the audit log, then tell a channel; started every night by Celery beat.
+
+    A night whose previous audit still runs is skipped (overlap policy "skip").
+    """
+    wf = Workflow(custom_payload={"source": "nightly-audit"})
+    wf.add_celery_canvas(chain(audit.si(delay=delay), notify.si(channel, delay=delay)))
     return wf

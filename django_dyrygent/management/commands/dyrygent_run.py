@@ -7,8 +7,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.module_loading import import_string
 
+from ... import launch
+from ...catalogue import registry
 from ...models import Workflow, WorkflowNode
-from ...states import NodeState, WorkflowState
+from ...states import NodeState, Trigger, WorkflowState
 
 #: Exit status when --wait gives up before the workflow ends (it keeps running).
 EXIT_TIMEOUT = 2
@@ -16,24 +18,35 @@ EXIT_TIMEOUT = 2
 EXIT_FAILED = 1
 
 
-def _parse_pairs(pairs, flag):
-    """KEY=VALUE pairs; a VALUE that parses as JSON is used as such (priority=8 is an int)."""
+def _parse_pairs(pairs, flag, as_json=True):
+    """KEY=VALUE pairs.
+
+    Options (``as_json``): a VALUE that parses as JSON is used as such
+    (priority=8 is an int). Parameters: VALUE stays a string, as a browser
+    sends it, for the definition's form to parse; a key given twice becomes a
+    list (for multiple-choice fields).
+    """
     out = {}
     for pair in pairs or ():
-        key, sep, raw = pair.partition("=")
+        key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise CommandError(f"{flag} expects KEY=VALUE, got {pair!r}.")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out[key.strip()] = value
+        key = key.strip()
+        if as_json:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        elif key in out:
+            value = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
+        out[key] = value
     return out
 
 
 class Command(BaseCommand):
     help = (
-        "Start a workflow from a Celery canvas and print its id. PATH names a signature, "
+        "Start a workflow and print its id. NAME is a workflow definition of the catalogue "
+        "(dyrygent_run --list shows them; --param KEY=VALUE gives its parameters). PATH names a signature, "
         "chain, group or chord, a Celery task (run with no arguments), or a callable taking no "
         "arguments that returns one of those or an unsaved Workflow. With --wait, follow it "
         "until it ends; exit status 0 on SUCCESS, 1 on FAILURE/ERROR/CANCELED, 2 if --timeout "
@@ -42,8 +55,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "path", metavar="PATH",
-            help="Dotted path, e.g. myapp.workflows.nightly or myapp.workflows.build_nightly.",
+            "path", metavar="NAME|PATH", nargs="?", default=None,
+            help="A catalogue definition's name, or a dotted path, e.g. myapp.workflows.build_nightly.",
+        )
+        parser.add_argument(
+            "--list", dest="list", action="store_true", default=False,
+            help="List the catalogue's workflow definitions and their parameters, then exit.",
+        )
+        parser.add_argument(
+            "--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+            help="A parameter of the definition NAME, validated by its form; repeatable.",
         )
         parser.add_argument("--name", dest="name", default=None, help="Workflow name (default: PATH).")
         parser.add_argument(
@@ -78,12 +99,71 @@ class Command(BaseCommand):
 
     def handle(self, *args, path, name, payload, task_options, tick_options, pass_results, wait,
                timeout, poll_interval, **options):
+        if options["list"]:
+            if path is not None:
+                raise CommandError("--list takes no NAME or PATH.")
+            self._list()
+            return
+        if path is None:
+            raise CommandError("Give a definition NAME (see --list) or a dotted PATH.")
         if timeout is not None and not wait:
             raise CommandError("--timeout only applies with --wait.")
         if timeout is not None and timeout <= 0:
             raise CommandError(f"--timeout must be more than zero seconds, not {timeout}.")
         if poll_interval <= 0:
             raise CommandError(f"--poll-interval must be more than zero seconds, not {poll_interval}.")
+        if path in registry:
+            refused = [flag for flag, given in (("--payload", payload is not None), ("--option", task_options),
+                                                ("--tick-option", tick_options), ("--pass-results", pass_results))
+                       if given]
+            if refused:
+                raise CommandError(
+                    f"{', '.join(refused)} cannot be used with the definition {path!r}: it sets them itself. "
+                    "Give its parameters with --param KEY=VALUE."
+                )
+            wf = self._start_definition(path, _parse_pairs(options["params"], "--param", as_json=False), name)
+        else:
+            if options["params"]:
+                raise CommandError(
+                    f"--param applies to catalogue definitions; {path!r} is not one (see dyrygent_run --list)."
+                )
+            wf = self._start_path(path, name, payload, task_options, tick_options, pass_results)
+        self.stdout.write(str(wf.pk))
+        if wait:
+            self._follow(wf, timeout, poll_interval)
+
+    # -- the catalogue ---------------------------------------------------------------------
+
+    def _list(self):
+        if not len(registry):
+            self.stdout.write("No workflow definitions (declare them in an app's workflows.py).")
+            return
+        for definition in registry:
+            self.stdout.write(self.style.SUCCESS(definition.name) + f"  (overlap: {definition.overlap})")
+            if definition.description:
+                self.stdout.write(f"    {definition.title}")
+            for field in definition.fields_schema():
+                detail = [field["type"], "required" if field["required"] else "optional"]
+                if "default" in field:
+                    detail.append(f"default {field['default']!r}")
+                if "choices" in field:
+                    detail.append("one of " + ", ".join(map(str, field["choices"])))
+                help_text = f": {field['help_text']}" if field["help_text"] else ""
+                self.stdout.write(f"    --param {field['name']}=...  ({'; '.join(detail)}){help_text}")
+
+    def _start_definition(self, name, params, workflow_name):
+        try:
+            return launch.start(name, params, trigger=Trigger.COMMAND, workflow_name=workflow_name).workflow
+        except launch.ParameterError as exc:
+            lines = [f"  {'(form)' if field == '__all__' else field}: {' '.join(e['message'] for e in errors)}"
+                     for field, errors in exc.errors.items()]
+            raise CommandError(f"Invalid parameters for {name}:\n" + "\n".join(lines)) from None
+        except launch.StartError as exc:
+            raise CommandError(str(exc)) from None
+
+    # -- a dotted path -------------------------------------------------------------------------
+
+    def _start_path(self, path, name, payload, task_options, tick_options, pass_results):
         custom_payload = self._payload(payload)
         task_opts = _parse_pairs(task_options, "--option")
         tick_opts = _parse_pairs(tick_options, "--tick-option")
@@ -100,9 +180,7 @@ class Command(BaseCommand):
             wf.apply_async(options={**(wf.tasks_options or {}), **task_opts} or None)
         except ValidationError as exc:
             raise CommandError(f"The workflow from {path} is not valid: {'; '.join(exc.messages)}") from None
-        self.stdout.write(str(wf.pk))
-        if wait:
-            self._follow(wf, timeout, poll_interval)
+        return wf
 
     # -- building ----------------------------------------------------------------------
 
@@ -121,6 +199,11 @@ class Command(BaseCommand):
         try:
             obj = import_string(path)
         except ImportError as exc:
+            if "." not in path:
+                raise CommandError(
+                    f"Cannot import {path!r}: it is neither a workflow definition (see dyrygent_run --list) "
+                    "nor a dotted path."
+                ) from None
             raise CommandError(f"Cannot import {path!r}: {exc}") from None
         if isinstance(obj, Task):
             obj = obj.si()

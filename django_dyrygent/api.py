@@ -1,0 +1,224 @@
+"""A small JSON API over the catalogue: list definitions, start one, read, cancel or retry a workflow.
+
+Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``).
+Authentication is the project's own: whatever its middleware and backends put
+on ``request.user`` (a session, a remote user, ...). Answers are JSON, errors
+included: 401 anonymous, 403 missing permission or failed CSRF check, 404
+unknown name or id, 405 wrong method, 400 bad input (with the form's errors),
+409 a conflicting idempotency key or an impossible cancel/retry.
+
+CSRF: a session cookie is sent by the browser on its own, so unsafe requests
+are checked exactly as Django checks a form post (``X-CSRFToken`` header with
+the ``csrftoken`` cookie's value), but a failure is answered in JSON rather
+than with Django's HTML page. A project that authenticates API clients by a
+header token, not by a cookie, can wrap these views in ``csrf_exempt``.
+"""
+
+import json
+import uuid
+from functools import wraps
+
+from django.core.exceptions import ValidationError
+from django.http import JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.urls import NoReverseMatch, reverse
+from django.views.decorators.csrf import csrf_exempt
+
+from . import engine, launch
+from .catalogue import START_PERMISSION, UnknownDefinition, registry
+from .models import Workflow
+
+#: Request header carrying the client's idempotency key (``idempotency_key`` in the body works too).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_BODY = 64 * 1024
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    """Django's own CSRF check, answering with the reason instead of an HTML page."""
+
+    def _reject(self, request, reason):
+        return reason
+
+
+def error(status, message, **extra):
+    return JsonResponse({"error": message, **extra}, status=status)
+
+
+def endpoint(methods, permission=None):
+    """Method, authentication, CSRF and model permission checks shared by every view."""
+
+    def decorator(view):
+        @csrf_exempt  # checked below, so that a failure is a JSON answer
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method not in methods:
+                response = error(405, f"Method {request.method} not allowed; use {', '.join(methods)}.")
+                response["Allow"] = ", ".join(methods)
+                return response
+            if not request.user.is_authenticated:
+                return error(401, "Authentication required: log in first.")
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                check = _CsrfCheck(lambda req: None)
+                check.process_request(request)
+                reason = check.process_view(request, None, (), {})
+                if reason:
+                    return error(403, f"CSRF check failed: {reason}. Send the csrftoken cookie's value "
+                                      "in the X-CSRFToken header.")
+            if permission and not request.user.has_perm(permission):
+                return error(403, f"Permission {permission} required.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def _json_body(request):
+    """The request's JSON object ({} when empty), or a 400 response."""
+    if len(request.body) > MAX_BODY:
+        return None, error(400, f"Request body over {MAX_BODY} bytes.")
+    if not request.body.strip():
+        return {}, None
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, error(400, f"Request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return None, error(400, f"Request body must be a JSON object, not {type(body).__name__}.")
+    return body, None
+
+
+def _definition(request, name):
+    """The definition the user may start, or the 404/403 response."""
+    try:
+        definition = registry.get(name)
+    except UnknownDefinition as exc:
+        return None, error(404, str(exc))
+    if not definition.user_can_start(request.user):
+        return None, error(403, f"Permission {definition.permission} required to start {name}.")
+    return definition, None
+
+
+def _workflow(request, workflow_id):
+    try:
+        pk = uuid.UUID(str(workflow_id))
+    except ValueError:
+        return None, error(404, f"No workflow with id {workflow_id!r}.")
+    wf = Workflow.objects.filter(pk=pk).first()
+    if wf is None:
+        return None, error(404, f"No workflow with id {workflow_id!r}.")
+    return wf, None
+
+
+def describe_definition(definition):
+    return {
+        "name": definition.name,
+        "title": definition.title,
+        "description": definition.description,
+        "overlap": definition.overlap,
+        "parameters": definition.fields_schema(),
+    }
+
+
+def describe_workflow(wf):
+    try:
+        admin_url = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])
+    except NoReverseMatch:
+        admin_url = None
+    return {
+        "id": str(wf.pk),
+        "name": wf.name,
+        "state": wf.state,
+        "definition": wf.definition,
+        "parameters": wf.parameters,
+        "trigger": wf.trigger,
+        "started_by": wf.started_by,
+        "nodes_total": wf.nodes_total,
+        "nodes_done": wf.nodes_done,
+        "nodes_succeeded": wf.nodes_succeeded,
+        "nodes_failed": wf.nodes_failed,
+        "created_at": wf.created_at.isoformat() if wf.created_at else None,
+        "started_at": wf.started_at.isoformat() if wf.started_at else None,
+        "finished_at": wf.finished_at.isoformat() if wf.finished_at else None,
+        "error": wf.error,
+        "admin_url": admin_url,
+    }
+
+
+@endpoint(["GET"], START_PERMISSION)
+def definitions(request):
+    """The definitions this user may start."""
+    return JsonResponse({"definitions": [describe_definition(d) for d in registry.for_user(request.user)]})
+
+
+@endpoint(["GET"], START_PERMISSION)
+def definition(request, name):
+    found, problem = _definition(request, name)
+    return problem or JsonResponse(describe_definition(found))
+
+
+@endpoint(["POST"], START_PERMISSION)
+def start(request, name):
+    """Body: ``{"params": {...}, "idempotency_key": "..."}`` (both optional).
+
+    201 with the new workflow; 200 with the first one when the idempotency
+    key was seen before with the same request; 400 with ``errors`` (the
+    form's, by field, ``__all__`` for the whole form) when a parameter is bad.
+    """
+    found, problem = _definition(request, name)
+    if problem:
+        return problem
+    body, problem = _json_body(request)
+    if problem:
+        return problem
+    unknown = sorted(set(body) - {"params", "idempotency_key"})
+    if unknown:
+        return error(400, f"Unknown field(s) {', '.join(unknown)}; the body takes params and idempotency_key.")
+    key = request.headers.get(IDEMPOTENCY_HEADER, body.get("idempotency_key"))
+    try:
+        outcome = launch.start(found, body.get("params", {}), trigger="api", user=request.user,
+                               idempotency_key=key)
+    except launch.ParameterError as exc:
+        return error(400, str(exc), errors={
+            field: [e["message"] for e in errors] for field, errors in exc.errors.items()
+        })
+    except launch.IdempotencyConflict as exc:
+        return error(409, str(exc))
+    except launch.StartError as exc:
+        return error(400, str(exc))
+    data = describe_workflow(outcome.workflow)
+    data["replayed"] = not outcome.created
+    return JsonResponse(data, status=201 if outcome.created else 200)
+
+
+@endpoint(["GET"], "django_dyrygent.view_workflow")
+def status(request, workflow_id):
+    wf, problem = _workflow(request, workflow_id)
+    return problem or JsonResponse(describe_workflow(wf))
+
+
+@endpoint(["POST"], "django_dyrygent.change_workflow")
+def cancel(request, workflow_id):
+    wf, problem = _workflow(request, workflow_id)
+    if problem:
+        return problem
+    if not engine.cancel(wf.pk, reason=f"canceled by {request.user.get_username()} through the API"):
+        wf.refresh_from_db()
+        return error(409, f"Workflow {wf.pk} already ended {wf.state}; nothing to cancel.")
+    wf.refresh_from_db()
+    return JsonResponse(describe_workflow(wf))
+
+
+@endpoint(["POST"], "django_dyrygent.change_workflow")
+def retry(request, workflow_id):
+    wf, problem = _workflow(request, workflow_id)
+    if problem:
+        return problem
+    try:
+        reset = engine.retry(wf.pk)
+    except ValidationError as exc:
+        return error(409, "; ".join(exc.messages))
+    wf.refresh_from_db()
+    if not reset:
+        return error(409, f"Workflow {wf.pk} is {wf.state} with no failed or canceled node to retry.")
+    return JsonResponse({**describe_workflow(wf), "nodes_reset": reset})

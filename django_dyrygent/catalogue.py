@@ -1,0 +1,355 @@
+"""The workflow catalogue: named definitions that build a workflow from validated parameters.
+
+A definition is a factory function registered under a name, with a Django
+``Form`` that validates its parameters (given, or derived from the factory's
+type hints). Every door that starts a workflow by name (the admin's "Start a
+workflow" page, ``dyrygent_run NAME``, the JSON API, a Celery beat schedule)
+goes through the same form, so a value refused in one door is refused in all
+of them, with the same message.
+
+Definitions live in each installed app's ``workflows.py``, imported at start-up
+like ``admin.py`` (``autodiscover`` in ``AppConfig.ready``), so a worker that
+runs a scheduled start knows every definition the web process knows::
+
+    from django_dyrygent import catalogue
+
+    @catalogue.register("nightly-report", overlap="skip", deadline=timedelta(hours=2))
+    def nightly_report(day: date, limit: int = 100, dry_run: bool = False):
+        \"\"\"Rebuild the report of one day.\"\"\"
+        wf = Workflow(name=f"report {day}")
+        wf.add_celery_canvas(chain(fetch.si(str(day), limit), render.s(dry_run=dry_run)))
+        return wf
+
+This module knows nothing about rows: starting a definition is ``launch.py``.
+"""
+
+import datetime
+import decimal
+import enum
+import inspect
+import re
+import types
+import typing
+import uuid
+from dataclasses import dataclass, field
+from importlib import import_module
+
+from django import forms
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Model, QuerySet
+from django.utils.module_loading import module_has_submodule
+
+from .conf import settings
+from .states import Overlap
+
+#: The custom model permission every door checks before starting a definition.
+START_PERMISSION = "django_dyrygent.start_workflow"
+#: Names are used in URLs and on the command line: no spaces, no slashes.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+#: Type hint -> form field for definitions without a form of their own.
+HINT_FIELDS = {
+    int: forms.IntegerField,
+    float: forms.FloatField,
+    str: forms.CharField,
+    bool: forms.BooleanField,
+    decimal.Decimal: forms.DecimalField,
+    datetime.date: forms.DateField,
+    datetime.datetime: forms.DateTimeField,
+    datetime.time: forms.TimeField,
+    datetime.timedelta: forms.DurationField,
+    uuid.UUID: forms.UUIDField,
+    dict: forms.JSONField,
+    list: forms.JSONField,
+}
+
+
+#: Form field class -> the type name the API and ``dyrygent_run --list`` show.
+FIELD_TYPES = {
+    "CharField": "string", "IntegerField": "integer", "FloatField": "number", "DecimalField": "decimal",
+    "BooleanField": "boolean", "DateField": "date", "DateTimeField": "datetime", "TimeField": "time",
+    "DurationField": "duration", "UUIDField": "uuid", "JSONField": "json", "ChoiceField": "choice",
+    "TypedChoiceField": "choice", "MultipleChoiceField": "choices", "TypedMultipleChoiceField": "choices",
+    "EmailField": "email", "URLField": "url", "SlugField": "slug",
+}
+
+
+class UnknownDefinition(LookupError):
+    """No definition is registered under that name."""
+
+
+# -- forms derived from type hints --------------------------------------------------------------
+
+
+def _field_for(definition_name, param, hint):
+    """One form field for one factory parameter; a parameter with a default is optional."""
+    has_default = param.default is not inspect.Parameter.empty
+    optional = has_default
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            hint, optional = args[0], True
+            origin = typing.get_origin(hint)
+    kwargs = {"required": not optional, "label": param.name.replace("_", " ")}
+    if has_default and param.default is not None:
+        kwargs["initial"] = param.default.value if isinstance(param.default, enum.Enum) else param.default
+    if origin is typing.Literal:
+        return forms.TypedChoiceField(
+            choices=[(v, v) for v in typing.get_args(hint)],
+            coerce=type(typing.get_args(hint)[0]), **kwargs,
+        )
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return forms.TypedChoiceField(
+            choices=[(m.value, m.name.replace("_", " ").lower()) for m in hint],
+            coerce=type(next(iter(hint)).value), **kwargs,
+        )
+    field_class = HINT_FIELDS.get(origin or hint)
+    if field_class is None:
+        raise ImproperlyConfigured(
+            f"Workflow definition {definition_name!r}: parameter {param.name!r} has type hint "
+            f"{hint!r}, which has no form field; use one of "
+            f"{', '.join(sorted(t.__name__ for t in HINT_FIELDS))}, a Literal or an Enum, "
+            "or give the definition a form= of its own."
+        )
+    if field_class is forms.BooleanField:
+        kwargs["required"] = False  # an unticked box is False, not a missing value
+    return field_class(**kwargs)
+
+
+def form_from_signature(definition_name, factory):
+    """A ``Form`` class with one field per parameter of ``factory``, from its type hints."""
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception as exc:  # an unresolvable forward reference, a typo in a hint
+        raise ImproperlyConfigured(
+            f"Workflow definition {definition_name!r}: cannot read the type hints of "
+            f"{factory.__qualname__}: {exc}"
+        ) from exc
+    fields = {}
+    for param in inspect.signature(factory).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.name not in hints:
+            raise ImproperlyConfigured(
+                f"Workflow definition {definition_name!r}: parameter {param.name!r} of "
+                f"{factory.__qualname__} has no type hint; give it one (int, str, date, ...) "
+                "or give the definition a form= of its own."
+            )
+        fields[param.name] = _field_for(definition_name, param, hints[param.name])
+    return type(f"{factory.__name__.title().replace('_', '')}Form", (forms.Form,), fields)
+
+
+# -- definitions ----------------------------------------------------------------------------------
+
+
+def _jsonable(value):
+    """What a cleaned value is stored as: model instances by primary key, enums by value."""
+    if isinstance(value, Model):
+        return value.pk
+    if isinstance(value, QuerySet):
+        return [obj.pk for obj in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class Definition:
+    """A named way to build a workflow; see ``register``."""
+
+    name: str
+    factory: typing.Callable
+    description: str = ""
+    form_class: type = None
+    #: An extra permission ("app_label.codename") needed to start this definition.
+    permission: str = ""
+    overlap: str = Overlap.ALLOW
+    #: Defaults applied to the built workflow where the factory left them unset.
+    options: dict = field(default_factory=dict)
+    tasks_options: dict = field(default_factory=dict)
+    deadline: datetime.timedelta = None
+    pass_results: bool = None
+
+    @property
+    def title(self):
+        return self.description.strip().splitlines()[0] if self.description.strip() else self.name
+
+    def initial(self):
+        """The form's initial values: what a start without that parameter gets."""
+        form = self.form_class()
+        return {name: form.get_initial_for_field(f, name) for name, f in form.fields.items()
+                if form.get_initial_for_field(f, name) is not None}
+
+    def bind(self, params):
+        """A bound form for ``params`` (a dict, e.g. from JSON), defaults filled in.
+
+        Unlike an HTML form, a key the form does not know is an error, not
+        silently dropped: a typo in an API call or a ``--param`` must not start
+        a run with a default the caller did not mean.
+        """
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise TypeError(f"parameters must be an object (a dict), not {type(params).__name__}")
+        form = self.form_class(data={**self.initial(), **params})
+        unknown = sorted(set(params) - set(form.fields))
+        if unknown:
+            form.full_clean()
+            known = ", ".join(form.fields) or "none"
+            form.add_error(None, f"Unknown parameter(s) {', '.join(unknown)}; {self.name} takes: {known}.")
+        return form
+
+    def parameters(self, form):
+        """The cleaned data as stored on the workflow (JSON-ready, re-bindable to the form)."""
+        return {name: _jsonable(value) for name, value in form.cleaned_data.items()}
+
+    def fields_schema(self):
+        """The parameters as JSON data: name, type, required, default, help, choices."""
+        form = self.form_class()
+        out = []
+        for name, f in form.fields.items():
+            initial = form.get_initial_for_field(f, name)
+            item = {
+                "name": name,
+                "type": FIELD_TYPES.get(type(f).__name__, type(f).__name__.removesuffix("Field").lower()),
+                # A field with an initial value gets it when a start leaves it out.
+                "required": f.required and initial is None,
+                "label": str(form[name].label),
+                "help_text": str(f.help_text or ""),
+            }
+            if initial is not None:
+                item["default"] = _jsonable(initial)
+            choices = getattr(f, "choices", None)
+            if choices is not None:
+                item["choices"] = [_jsonable(value) for value, _label in choices]
+            out.append(item)
+        return out
+
+    def user_can_start(self, user):
+        """The catalogue permission, plus this definition's own one when it has one."""
+        return bool(
+            user is not None and user.is_active and user.has_perm(START_PERMISSION)
+            and (not self.permission or user.has_perm(self.permission))
+        )
+
+
+class Registry:
+    """Definitions by name. One module-level instance, ``registry``, like ``admin.site``."""
+
+    def __init__(self):
+        self._definitions = {}
+
+    def register(self, definition):
+        if not NAME_RE.match(definition.name or ""):
+            raise ImproperlyConfigured(
+                f"Invalid workflow definition name {definition.name!r}: use letters, digits and "
+                "_ . : - (no spaces or slashes), at most 100 characters, starting with a letter or digit."
+            )
+        if definition.overlap not in Overlap.values:
+            raise ImproperlyConfigured(
+                f"Workflow definition {definition.name!r}: overlap must be one of "
+                f"{', '.join(Overlap.values)}, not {definition.overlap!r}."
+            )
+        current = self._definitions.get(definition.name)
+        if current is not None and _origin(current.factory) != _origin(definition.factory):
+            raise ImproperlyConfigured(
+                f"Workflow definition {definition.name!r} is registered twice: by "
+                f"{_origin(current.factory)} and by {_origin(definition.factory)}."
+            )
+        self._definitions[definition.name] = definition
+        return definition
+
+    def unregister(self, name):
+        self._definitions.pop(name, None)
+
+    def get(self, name):
+        try:
+            return self._definitions[name]
+        except (KeyError, TypeError):
+            raise UnknownDefinition(f"No workflow definition named {name!r}.") from None
+
+    def __contains__(self, name):
+        return name in self._definitions
+
+    def __iter__(self):
+        return iter(sorted(self._definitions.values(), key=lambda d: d.name))
+
+    def __len__(self):
+        return len(self._definitions)
+
+    def for_user(self, user):
+        return [d for d in self if d.user_can_start(user)]
+
+
+def _origin(factory):
+    return f"{factory.__module__}.{factory.__qualname__}"
+
+
+registry = Registry()
+
+
+def register(name=None, *, description=None, form=None, permission="", overlap=Overlap.ALLOW,
+             options=None, tasks_options=None, deadline=None, pass_results=None, site=None):
+    """Decorator: register the decorated factory as a workflow definition.
+
+    Usable bare (``@catalogue.register``) or with arguments. ``name`` defaults
+    to the function's name; ``description`` to its
+    docstring. ``form``: a ``forms.Form`` class validating the parameters;
+    without it one is derived from the factory's type hints. The factory is
+    called with the form's ``cleaned_data`` as keyword arguments and returns
+    an unsaved ``Workflow`` (or a Celery signature/canvas, wrapped in one).
+    ``overlap`` ("allow", "skip" or "queue") is what a scheduled start does
+    while a run of this definition is still going. ``options``,
+    ``tasks_options``, ``deadline`` (a timedelta from the start) and
+    ``pass_results`` are defaults for what the factory leaves unset.
+    ``permission``: an extra "app_label.codename" permission needed to start
+    it, on top of ``django_dyrygent.start_workflow``.
+    """
+
+    def decorator(factory):
+        definition_name = name or factory.__name__
+        form_class = form if form is not None else form_from_signature(definition_name, factory)
+        if not (isinstance(form_class, type) and issubclass(form_class, forms.BaseForm)):
+            raise ImproperlyConfigured(
+                f"Workflow definition {definition_name!r}: form= must be a Form class, not {form_class!r}."
+            )
+        (registry if site is None else site).register(Definition(
+            name=definition_name,
+            factory=factory,
+            description=inspect.cleandoc(description if description is not None else factory.__doc__ or ""),
+            form_class=form_class,
+            permission=permission,
+            overlap=overlap,
+            options=dict(options or {}),
+            tasks_options=dict(tasks_options or {}),
+            deadline=deadline,
+            pass_results=pass_results,
+        ))
+        return factory
+
+    if callable(name):  # bare @catalogue.register, without parentheses
+        factory, name = name, None
+        return decorator(factory)
+    return decorator
+
+
+def autodiscover():
+    """Import ``<app>.workflows`` of every installed app, as the admin imports ``admin.py``.
+
+    ``django_dyrygent.workflows`` itself is skipped: it is the celery-dyrygent
+    compatible import path (``from django_dyrygent.workflows import Workflow``),
+    not a place for definitions. ``DYRYGENT_CATALOGUE_MODULE`` names another
+    module, or ``None`` turns discovery off (then import your definitions yourself).
+    """
+    module_name = settings.CATALOGUE_MODULE
+    if not module_name:
+        return
+    for app_config in apps.get_app_configs():
+        if app_config.name == __package__:
+            continue
+        if module_has_submodule(app_config.module, module_name):
+            import_module(f"{app_config.name}.{module_name}")
