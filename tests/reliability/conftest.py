@@ -44,12 +44,19 @@ def _reason_to_skip():
 
 
 def pytest_collection_modifyitems(config, items):
+    """Mark (or skip) the fault tests and run them first.
+
+    First, so they never share the process with the in-process worker of the
+    rest of the suite, which may still be busy with a previous test's leftovers.
+    """
     reason = _reason_to_skip()
-    for item in items:
-        if Path(str(item.fspath)).resolve().parent == HERE:
-            item.add_marker(pytest.mark.reliability)
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
+    ours = [item for item in items if Path(str(item.fspath)).resolve().parent == HERE]
+    for item in ours:
+        item.add_marker(pytest.mark.reliability)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    chosen = set(map(id, ours))
+    items[:] = ours + [item for item in items if id(item) not in chosen]
 
 
 def pytest_configure(config):
@@ -97,6 +104,12 @@ class Rel:
                            env=env, include=include)
         self.workers.append(w)
         return w.start()
+
+    def ready_worker(self, name, **options):
+        """Start a worker and wait until it beats (it consumes by then)."""
+        worker = self.worker(name, **options)
+        self.wait_ready(worker)
+        return worker
 
     def stop_database(self):
         connections["default"].close()
@@ -184,6 +197,10 @@ def rel(rel_servers, rel_base, django_db_blocker):
         {"default": dj_database_url.parse(pg.url(DATABASE), conn_max_age=0)}
     )["default"]
     connections["default"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "default")
+    # Celery lets these variables win over any configuration (the PostgreSQL
+    # pass sets them for the machine's Redis): point them at the private servers.
+    saved_env = {name: os.environ.get(name) for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
+    os.environ.update(CELERY_BROKER_URL=redis.url, CELERY_RESULT_BACKEND="django-db")
     app = _client_app(redis.url)
     app.set_current()
     helper = Rel(pg, redis, rel_base)
@@ -208,5 +225,10 @@ def rel(rel_servers, rel_base, django_db_blocker):
             connections["default"].close()
             connections["default"] = saved
             os.environ.pop("DYRYGENT_RELIABILITY_RUNS", None)
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             suite_app.set_current()
             app.close()
