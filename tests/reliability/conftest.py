@@ -45,14 +45,23 @@ def _reason_to_skip():
 
 
 def pytest_collection_modifyitems(config, items):
+    """Mark the reliability tests; skip the fault tests where they cannot run, and run them first.
+
+    First, so they never share the process with the in-process worker of the
+    rest of the suite, which may still be busy with a previous test's leftovers.
+    """
     reason = _reason_to_skip()
-    for item in items:
-        if Path(str(item.fspath)).resolve().parent == HERE:
-            item.add_marker(pytest.mark.reliability)
-            # Only the tests on private servers (the ``rel`` fixture) need them;
-            # the others use the suite's own database and worker, in every pass.
-            if reason and "rel" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.skip(reason=reason))
+    here = [item for item in items if Path(str(item.fspath)).resolve().parent == HERE]
+    # Only the tests on private servers (the ``rel`` fixture) need them; the
+    # others use the suite's own database and worker, in every pass.
+    faults = [item for item in here if "rel" in getattr(item, "fixturenames", ())]
+    for item in here:
+        item.add_marker(pytest.mark.reliability)
+    for item in faults:
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    chosen = set(map(id, faults))
+    items[:] = faults + [item for item in items if id(item) not in chosen]
 
 
 def pytest_configure(config):
@@ -100,6 +109,12 @@ class Rel:
                            env=env, include=include)
         self.workers.append(w)
         return w.start()
+
+    def ready_worker(self, name, **options):
+        """Start a worker and wait until it beats (it consumes by then)."""
+        worker = self.worker(name, **options)
+        self.wait_ready(worker)
+        return worker
 
     def stop_database(self):
         connections["default"].close()
@@ -187,6 +202,10 @@ def rel(rel_servers, rel_base, django_db_blocker):
         {"default": dj_database_url.parse(pg.url(DATABASE), conn_max_age=0)}
     )["default"]
     connections["default"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "default")
+    # Celery lets these variables win over any configuration (the PostgreSQL
+    # pass sets them for the machine's Redis): point them at the private servers.
+    saved_env = {name: os.environ.get(name) for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
+    os.environ.update(CELERY_BROKER_URL=redis.url, CELERY_RESULT_BACKEND="django-db")
     app = _client_app(redis.url)
     app.set_current()
     helper = Rel(pg, redis, rel_base)
@@ -211,5 +230,10 @@ def rel(rel_servers, rel_base, django_db_blocker):
             connections["default"].close()
             connections["default"] = saved
             os.environ.pop("DYRYGENT_RELIABILITY_RUNS", None)
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             suite_app.set_current()
             app.close()

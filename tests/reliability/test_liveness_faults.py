@@ -6,12 +6,17 @@ final state of every node, how many times each body ran (files written by
 the bodies) and that dependents were released once.
 """
 
+import os
 import signal
 import time
 
+from celery import chain, current_app, group
+from django.db.models import Max
+
+from django_dyrygent.engine import HEADER
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.reliability import harness
-from tests.reliability.tasks import run
+from tests.reliability.tasks import die, run
 
 S = WorkflowNode.State
 
@@ -26,8 +31,7 @@ def _chain(name, *sigs):
 
 
 def test_pg_terminate_backend__during_a_task_records_success_not_failure(rel):
-    w = rel.worker("term")
-    rel.wait_ready(w)
+    rel.ready_worker("term")
     wf, (slow, after) = _chain("terminate", run.si("slow", seconds=3), run.si("after"))
     wf.apply_async()
     rel.wait_node(slow.pk, {S.STARTED})
@@ -47,31 +51,29 @@ def _figure(rel, name, seconds):
         out.write(line + "\n")
 
 
+def _group(name, label, count, seconds=0.0):
+    wf = Workflow(name=name)
+    wf.add_celery_canvas(group(run.si(label, seconds=seconds) for _ in range(count)))
+    return wf.apply_async()
+
+
 def _failures():
     return WorkflowEvent.objects.filter(new_state__in=[S.FAILURE, S.UPSTREAM_FAILED]).count()
 
 
 def test_database_restart__a_new_workflow_succeeds_with_db_reuse_max(rel):
-    from celery import group
-
-    w = rel.worker("restart")
-    rel.wait_ready(w)
-    warm = Workflow(name="warm-up")
-    warm.add_celery_canvas(group(run.si("warm", seconds=0.05) for _ in range(10)))
-    warm.apply_async()
+    rel.ready_worker("restart")
+    warm = _group("warm-up", "warm", 10, seconds=0.05)
     assert rel.wait_final(warm, 60) == Workflow.State.SUCCESS  # both pool children hold a connection
     rel.restart_database()
-    wf = Workflow(name="after-restart")
-    wf.add_celery_canvas(group(run.si("after-restart") for _ in range(20)))
-    wf.apply_async()
+    wf = _group("after-restart", "after-restart", 20)
     assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
     assert wf.nodes_succeeded == 20 and harness.runs("after-restart") == 20
     assert _failures() == 0
 
 
 def test_database_stopped_during_a_task__outcome_recorded_when_it_is_back(rel):
-    w = rel.worker("pgstop")
-    rel.wait_ready(w)
+    rel.ready_worker("pgstop")
     wf, (slow, after) = _chain("pg-stop", run.si("slow", seconds=3), run.si("after"))
     wf.apply_async()
     rel.wait_node(slow.pk, {S.STARTED})
@@ -88,14 +90,12 @@ def test_database_stopped_during_a_task__outcome_recorded_when_it_is_back(rel):
 
 
 def test_worker_killed__whole_group_recovered_within_60s_of_a_replacement_with_default_settings(rel):
-    doomed = rel.worker("doomed", env={})
-    rel.wait_ready(doomed)
+    doomed = rel.ready_worker("doomed", env={})
     wf, (long, nxt) = _chain("kill-9", run.si("long", seconds=4), run.si("next"))
     wf.apply_async()
     first_id = rel.wait_node(long.pk, {S.STARTED}).task_id
     doomed.kill(signal.SIGKILL)
-    replacement = rel.worker("replacement", env={})
-    rel.wait_ready(replacement)
+    rel.ready_worker("replacement", env={})
     up = time.monotonic()
     assert rel.wait_final(wf, 90) == Workflow.State.SUCCESS, rel.logs()
     took = time.monotonic() - up
@@ -108,8 +108,7 @@ def test_worker_killed__whole_group_recovered_within_60s_of_a_replacement_with_d
 
 
 def test_sigterm_to_the_worker_group__no_failure_cascade_and_recovered(rel):
-    w = rel.worker("systemd")
-    rel.wait_ready(w)
+    w = rel.ready_worker("systemd")
     wf = Workflow(name="sigterm")
     roots = [wf.add_signature(run.si(label, seconds=4)) for label in ("a", "b")]
     for root in roots:
@@ -119,8 +118,7 @@ def test_sigterm_to_the_worker_group__no_failure_cascade_and_recovered(rel):
     for root in roots:
         rel.wait_node(root.pk, {S.STARTED})
     w.kill(signal.SIGTERM, wait=60)
-    replacement = rel.worker("after-sigterm")
-    rel.wait_ready(replacement)
+    rel.ready_worker("after-sigterm")
     assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
     assert _failures() == 0
     for root in roots:
@@ -130,10 +128,7 @@ def test_sigterm_to_the_worker_group__no_failure_cascade_and_recovered(rel):
 
 
 def test_pool_child_killed__node_rerun_and_lost_worker_retries_honoured(rel):
-    from tests.reliability.tasks import die
-
-    w = rel.worker("oom")
-    rel.wait_ready(w)
+    w = rel.ready_worker("oom")
     wf = Workflow(name="child-kill")
     victim = wf.add_signature(run.si("victim", seconds=3))
     dependent = wf.add_signature(run.si("victim-dep"), dependencies=[victim])
@@ -142,8 +137,6 @@ def test_pool_child_killed__node_rerun_and_lost_worker_retries_honoured(rel):
     wf.apply_async()
     rel.wait_node(victim.pk, {S.STARTED})
     harness.wait_for(lambda: harness.run_pids("victim"), 10, what="victim's pid")
-    import os
-
     os.kill(harness.run_pids("victim")[0], signal.SIGKILL)
     assert rel.wait_final(wf, 90) == Workflow.State.FAILURE, rel.logs()
     for node in (victim, dependent, three, default):
@@ -158,18 +151,14 @@ def test_pool_child_killed__node_rerun_and_lost_worker_retries_honoured(rel):
 
 
 def test_dag_killed_midway__prefetched_queued_nodes_recovered_promptly(rel):
-    from celery import chain, group
-
-    doomed = rel.worker("dag")
-    rel.wait_ready(doomed)
+    doomed = rel.ready_worker("dag")
     wf = Workflow(name="dag")
     wf.add_celery_canvas(chain(group(run.si("n", seconds=0.3) for _ in range(40)), run.si("end")))
     wf.apply_async()
     harness.wait_for(lambda: harness.runs("n") >= 10, 60, what="10 bodies run")
     doomed.kill(signal.SIGKILL)
     held = WorkflowNode.objects.filter(workflow=wf, state=S.QUEUED).count()
-    replacement = rel.worker("dag-replacement")
-    rel.wait_ready(replacement)
+    rel.ready_worker("dag-replacement")
     up = time.monotonic()
     assert rel.wait_final(wf, 90) == Workflow.State.SUCCESS, rel.logs()
     _figure(rel, f"DAG of 41 killed mid-way ({held} QUEUED at the kill), 1 s heartbeats / 6 s worker timeout: "
@@ -182,14 +171,8 @@ def test_dag_killed_midway__prefetched_queued_nodes_recovered_promptly(rel):
 
 
 def test_healthy_backlog__no_message_republished_and_every_body_ran_once(rel):
-    from celery import group
-    from django.db.models import Max
-
-    w = rel.worker("backlog")
-    rel.wait_ready(w)
-    wf = Workflow(name="backlog")
-    wf.add_celery_canvas(group(run.si("b", seconds=0.05) for _ in range(300)))
-    wf.apply_async()
+    rel.ready_worker("backlog")
+    wf = _group("backlog", "b", 300, seconds=0.05)
     assert rel.wait_final(wf, 180) == Workflow.State.SUCCESS, rel.logs()
     assert harness.runs("b") == 300
     assert WorkflowNode.objects.filter(workflow=wf).aggregate(m=Max("publish_count"))["m"] == 1
@@ -197,12 +180,7 @@ def test_healthy_backlog__no_message_republished_and_every_body_ran_once(rel):
 
 
 def test_duplicate_delivery__dependents_released_once(rel):
-    from celery import current_app
-
-    from django_dyrygent.engine import HEADER
-
-    w = rel.worker("dup")
-    rel.wait_ready(w)
+    rel.ready_worker("dup")
     wf, (first, second) = _chain("duplicate", run.si("dup-a", seconds=1), run.si("dup-b"))
     wf.apply_async()
     rel.wait_node(first.pk, {S.STARTED})
