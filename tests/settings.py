@@ -66,7 +66,8 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     # its writer; this one writes atomically (see django_dyrygent/filesystem_broker.py).
     CELERY_BROKER_TRANSPORT = filesystem_broker.TRANSPORT
     CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker.transport_options(BASE / "broker", 0.02)
-CELERY_TASK_DEFAULT_QUEUE = "dyrygent-tests"
+# A queue of its own per run (nox cells, engineers sharing one broker): DYRYGENT_TEST_QUEUE.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DYRYGENT_TEST_QUEUE", "dyrygent-tests")
 CELERY_RESULT_EXTENDED = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.celery_app import app as celery_app
-from tests.conftest import wait_worker_idle
+from tests.conftest import purge_queue, wait_worker_idle
 from tests.models import Execution
 from tests.tasks import fail, gate, on_end, record
 
@@ -49,8 +49,7 @@ def wait_callbacks(wf):
 @pytest.fixture
 def parked_queue():
     yield PARKED
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(PARKED)
+    purge_queue(PARKED)
 
 
 # -- cancel --------------------------------------------------------------------------------
