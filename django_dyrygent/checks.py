@@ -10,11 +10,23 @@ Ids (documented in docs/troubleshooting.md):
 * W005 (``check --deploy`` only) Celery workers reconnect to the database for every task.
 """
 
+import django
 from django.conf import settings as django_settings
 from django.core.checks import Error, Warning, register
 from django.db import connections, router
 
 from .conf import SETTINGS
+
+SQLITE_HINT = (
+    "Use PostgreSQL in production; with SQLite set OPTIONS={'transaction_mode': 'IMMEDIATE', "
+    "'timeout': 20} and few worker processes."
+)
+# Django 4.2 cannot open SQLite transactions IMMEDIATE: nothing to set, only to know.
+SQLITE_HINT_DJANGO_4 = (
+    "Use PostgreSQL in production; SQLite transactions can start IMMEDIATE from Django 5.1 on "
+    "(OPTIONS={'transaction_mode': 'IMMEDIATE'}); on Django 4.2 keep SQLite to development with "
+    "one worker process, or silence the warning (SILENCED_SYSTEM_CHECKS)."
+)
 
 
 @register()
@@ -182,8 +194,7 @@ def check_database(app_configs=None, **kwargs):
             "SQLite has no row locks; django_dyrygent serialises engine steps through SQLite's "
             "write lock, but other code's transactions may fail with 'database is locked' "
             "under concurrent workers.",
-            hint="Use PostgreSQL in production; with SQLite set OPTIONS={'transaction_mode': "
-            "'IMMEDIATE', 'timeout': 20} (Django 5.1+) and few worker processes.",
+            hint=SQLITE_HINT if django.VERSION >= (5, 1) else SQLITE_HINT_DJANGO_4,
             id="django_dyrygent.W001",
         )
     ]

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import dj_database_url
+import django
 
 from django_dyrygent import filesystem_broker
 
@@ -54,7 +55,9 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE / 'db.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30}
+    if django.VERSION >= (5, 1):  # Django 4.2 has no transaction_mode (check W001 says so)
+        DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     # A file, not :memory:, so worker threads and the test share one database.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE / "test-db.sqlite3")}
 

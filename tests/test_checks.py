@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import django
 import pytest
 from celery import Celery
 from django.core import checks as django_checks
@@ -88,8 +89,12 @@ def test_check_database__databases_with_row_locks_pass(monkeypatch, vendor):
 
 
 def test_check_database__the_test_database_is_configured_right():
-    """tests/settings.py sets IMMEDIATE for SQLite; PostgreSQL and MySQL/MariaDB need nothing."""
-    assert checks.check_database() == []
+    """tests/settings.py sets IMMEDIATE for SQLite; PostgreSQL and MySQL/MariaDB need nothing.
+
+    Django 4.2 cannot set it, so there SQLite keeps its warning.
+    """
+    old_django_sqlite = connection.vendor == "sqlite" and django.VERSION < (5, 1)
+    assert ids(checks.check_database()) == (["django_dyrygent.W001"] if old_django_sqlite else [])
     assert connection.vendor in ("sqlite", "postgresql", "mysql")
 
 

@@ -1,0 +1,219 @@
+"""The compatibility matrix: Python x Django x Celery x database x broker.
+
+    nox -s ci            the slice CI runs: oldest versions on SQLite + Redis,
+                         newest on PostgreSQL + RabbitMQ
+    nox -s matrix        every supported Python x Django x Celery cell, each on one
+                         database + broker pair, rotating so every pair runs
+    nox -s matrix_report the Markdown table of the last run (docs/compatibility.md)
+    nox -s tests         the whole cross product with every database and broker
+    nox -s lint          ruff and mypy
+    nox -l               every cell's name, to run one: nox -s "matrix(py3.12-dj5.2-celery5.x-postgres-redis)"
+
+Services come from environment variables (defaults: the local ones, see
+docs/compatibility.md): NOX_POSTGRES_URL, NOX_MYSQL_URL, NOX_REDIS_URL,
+NOX_AMQP_URL, NOX_DB_PREFIX (database names), NOX_DIR (per-cell files),
+NOX_CELL_TIMEOUT (seconds one cell's pytest may take). Arguments after ``--``
+go to pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["ci"]
+
+ROOT = Path(__file__).parent
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+# label -> (requirement, Pythons the release supports upstream)
+DJANGO = {
+    "4.2": ("Django>=4.2,<5.0", ("3.10", "3.11", "3.12")),
+    "5.2": ("Django>=5.2,<6.0", PYTHONS),
+    "6.x": ("Django>=6.0,<7.0", ("3.12", "3.13")),
+}
+CELERY = {"5.3": "celery>=5.3,<5.4", "5.x": "celery>=5.3,<6.0"}
+DATABASES = ("sqlite", "postgres", "mariadb")
+BROKERS = ("redis", "rabbitmq")
+# Every database with every broker, ordered so consecutive cells change both.
+BACKENDS = [("sqlite", "redis"), ("postgres", "rabbitmq"), ("mariadb", "redis"),
+            ("sqlite", "rabbitmq"), ("postgres", "redis"), ("mariadb", "rabbitmq")]
+# Scale tests: the same code paths as smaller tests, a minute per cell; `make test` runs them.
+SCALE_TESTS = (
+    "tests/test_fanout.py::test_fanout__thousands_of_items",
+    "tests/test_e2e.py::test_large_workflow__ten_chained_groups_of_one_hundred_succeed",
+)
+NOX_DIR = Path(os.environ.get("NOX_DIR", Path(tempfile.gettempdir()) / "dyrygent-nox"))
+VERSIONS_CODE = (
+    "import json, sys, platform, django, celery, kombu, django_celery_results as r;"
+    "json.dump({'python': platform.python_version(), 'django': django.__version__,"
+    " 'celery': celery.__version__, 'kombu': kombu.__version__,"
+    " 'django-celery-results': r.__version__}, open(sys.argv[1], 'w'))"
+)
+
+
+def _pyenv_on_path() -> None:
+    """Put pyenv's interpreters on PATH, so ``python3.X`` resolves without ``pyenv global``."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = [sorted(versions.glob(f"{v}.*"), key=lambda p: [int(x) for x in re.findall(r"\d+", p.name)])
+             for v in PYTHONS]
+    dirs = [str(matches[-1] / "bin") for matches in found if matches]
+    if dirs:
+        os.environ["PATH"] = os.pathsep.join([*dirs, os.environ.get("PATH", "")])
+
+
+_pyenv_on_path()
+
+
+@dataclass(frozen=True)
+class Cell:
+    python: str
+    django: str
+    celery: str
+    database: str
+    broker: str
+
+    @property
+    def id(self) -> str:
+        return f"py{self.python}-dj{self.django}-celery{self.celery}-{self.database}-{self.broker}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", self.id.lower())
+
+    def param(self) -> nox.param:
+        return nox.param(self.python, self.django, self.celery, self.database, self.broker, id=self.id)
+
+
+def version_cells() -> list[tuple[str, str, str]]:
+    """Every (python, django, celery) the releases support upstream."""
+    return [(py, dj, cel) for dj, (_req, pys) in DJANGO.items() for cel in CELERY for py in pys]
+
+
+def matrix_cells() -> list[Cell]:
+    """Each version cell on one database + broker pair, rotating through the pairs."""
+    return [Cell(*versions, *BACKENDS[i % len(BACKENDS)]) for i, versions in enumerate(version_cells())]
+
+
+def all_cells() -> list[Cell]:
+    return [Cell(*versions, db, broker) for versions in version_cells() for db, broker in BACKENDS]
+
+
+CI_CELLS = [
+    Cell(PYTHONS[0], "4.2", "5.3", "sqlite", "redis"),
+    Cell(PYTHONS[-1], "6.x", "5.x", "postgres", "rabbitmq"),
+]
+ARGS = "python,django,celery,database,broker"
+
+
+def cell_env(cell: Cell, work: Path) -> dict[str, str]:
+    prefix = os.environ.get("NOX_DB_PREFIX", "dyrygent_nox")
+    env = {
+        "DYRYGENT_TEST_DIR": str(work),
+        "DYRYGENT_TEST_QUEUE": f"dyrygent-nox-{cell.slug}",
+        "CELERY_BROKER_URL": {
+            "redis": os.environ.get("NOX_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "rabbitmq": os.environ.get("NOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        }[cell.broker],
+    }
+    if cell.database == "postgres":
+        env["DATABASE_URL"] = f"{os.environ.get('NOX_POSTGRES_URL', 'postgres://postgres@127.0.0.1:5432')}/{prefix}_{cell.slug}"
+    elif cell.database == "mariadb":
+        env["DATABASE_URL"] = f"{os.environ.get('NOX_MYSQL_URL', 'mysql://root@127.0.0.1:3306')}/{prefix}_{cell.slug}"
+    return env
+
+
+def run_cell(session: nox.Session, cell: Cell, pytest_args: tuple[str, ...] = ()) -> None:
+    """Install the cell's versions, run the suite, record versions and counts for matrix_report."""
+    work = NOX_DIR / cell.slug
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    extras = "test,mysql" if cell.database == "mariadb" else "test"
+    started = time.monotonic()
+    session.install("-e", f".[{extras}]", DJANGO[cell.django][0], CELERY[cell.celery])
+    session.run("python", "-c", VERSIONS_CODE, str(work / "versions.json"), silent=True)
+    installed = time.monotonic()
+    junit = work / "junit.xml"
+    cmd = ["python", "-m", "pytest", "-q", "-rfEs", f"--junitxml={junit}", *pytest_args, *session.posargs]
+    limit = os.environ.get("NOX_CELL_TIMEOUT", "1200")
+    if shutil.which("timeout"):
+        cmd = ["timeout", "--kill-after=30", limit, *cmd]
+    try:
+        session.run(*cmd, env=cell_env(cell, work), external=True)
+    finally:
+        counts = junit_counts(junit)
+        counts.update(cell=cell.__dict__, install_seconds=round(installed - started),
+                      test_seconds=round(time.monotonic() - installed))
+        (work / "result.json").write_text(json.dumps(counts))
+
+
+def junit_counts(junit: Path) -> dict[str, object]:
+    """passed / failed / skipped from pytest's JUnit XML; no file means pytest never finished."""
+    if not junit.exists():
+        return {"finished": False}
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert suite is not None, junit
+    total, failed = int(suite.get("tests", 0)), int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    skipped = int(suite.get("skipped", 0))
+    return {"finished": True, "passed": total - failed - skipped, "failed": failed, "skipped": skipped}
+
+
+@nox.session
+@nox.parametrize(ARGS, [cell.param() for cell in matrix_cells()])
+def matrix(session: nox.Session, django: str, celery: str, database: str, broker: str) -> None:
+    """One cell of the compatibility matrix (all cells: nox -s matrix)."""
+    run_cell(session, Cell(session.python, django, celery, database, broker), deselect(SCALE_TESTS))
+
+
+@nox.session
+@nox.parametrize(ARGS, [cell.param() for cell in CI_CELLS])
+def ci(session: nox.Session, django: str, celery: str, database: str, broker: str) -> None:
+    """The slice CI runs: the oldest and the newest supported versions."""
+    run_cell(session, Cell(session.python, django, celery, database, broker), deselect(SCALE_TESTS))
+
+
+@nox.session
+@nox.parametrize(ARGS, [cell.param() for cell in all_cells()])
+def tests(session: nox.Session, django: str, celery: str, database: str, broker: str) -> None:
+    """The whole suite on any cell of the full cross product."""
+    run_cell(session, Cell(session.python, django, celery, database, broker))
+
+
+def deselect(test_ids: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(arg for test_id in test_ids for arg in ("--deselect", test_id))
+
+
+@nox.session(python=False)
+def matrix_report(session: nox.Session) -> None:
+    """Print the last run's results as the Markdown table of docs/compatibility.md."""
+    rows = ["| cell | Python | Django | Celery | kombu | passed | failed | skipped | tests (s) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for result in sorted(NOX_DIR.glob("*/result.json")):
+        r = json.loads(result.read_text())
+        versions_file = result.parent / "versions.json"
+        v = json.loads(versions_file.read_text()) if versions_file.exists() else {}
+        cell = r["cell"]
+        name = f"{cell['database']} + {cell['broker']}"
+        counts = (f"{r['passed']} | {r['failed']} | {r['skipped']}" if r["finished"]
+                  else "not finished (timed out) | | ")
+        rows.append(f"| {name} | {v.get('python', cell['python'])} | {v.get('django', '?')} "
+                    f"| {v.get('celery', '?')} | {v.get('kombu', '?')} | {counts} | {r['test_seconds']} |")
+    print("\n".join(rows))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy, as `make lint` runs them."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("mypy")
