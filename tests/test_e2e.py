@@ -159,7 +159,8 @@ def test_options__task_options_and_custom_payloads_are_kept_and_reach_the_worker
     node, own = WorkflowNode.objects.get(pk=node.pk), WorkflowNode.objects.get(pk=own.pk)
     assert node.custom_payload == {"channel": "ops"}
     assert node.result == {
-        "x_tag": "t1", "priority": 5, "routing_key": celery_app.conf.task_default_queue, "workflow": str(wf.pk),
+        "x_tag": "t1", "priority": 5, "routing_key": celery_app.conf.task_default_queue,
+        "workflow": str(wf.pk),
     }
     # The signature's own option wins over the workflow-wide one; the rest still applies.
     assert own.result["priority"] == 1 and own.result["x_tag"] == "t1"

@@ -10,7 +10,6 @@ from celery.worker import state as worker_state
 from django.core.exceptions import ValidationError
 
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.celery_app import app as celery_app
 from tests.conftest import purge_queue, wait_worker_idle
 from tests.models import Execution
 from tests.tasks import fail, gate, on_end, record

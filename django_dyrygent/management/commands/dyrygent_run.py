@@ -138,7 +138,8 @@ class Command(BaseCommand):
             try:
                 wf.add_celery_canvas(obj)
             except ValidationError as exc:
-                raise CommandError(f"Cannot import the canvas from {path}: {'; '.join(exc.messages)}") from None
+                reason = "; ".join(exc.messages)
+                raise CommandError(f"Cannot import the canvas from {path}: {reason}") from None
             return wf
         raise CommandError(
             f"{path} is a {type(obj).__name__}, not a Celery signature or canvas, a task, an unsaved "

@@ -9,7 +9,7 @@ from ._common import add_workflow_id_argument, get_workflow
 def _table(rows, headers):
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(str(c))) for w, c in zip(widths, row)]
+        widths = [max(w, len(str(c))) for w, c in zip(widths, row, strict=True)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     yield fmt.format(*headers).rstrip()
     for row in rows:
@@ -77,7 +77,8 @@ class Command(BaseCommand):
             headers = ("TASK", "STATE", "COUNT", "FIRST START", "LAST FINISH")
         else:
             rows = [
-                (n["position"], node_label(n["task_name"], n["kind"]) + (n["call"] if n["kind"] != "join" else ""),
+                (n["position"],
+                 node_label(n["task_name"], n["kind"]) + (n["call"] if n["kind"] != "join" else ""),
                  n["state"], n["task_id"], _secs(n["duration_seconds"]), n["reason"])
                 for n in data["nodes"]
             ]

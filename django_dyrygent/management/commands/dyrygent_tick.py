@@ -54,7 +54,9 @@ class Command(BaseCommand):
             raise CommandError(f"--interval must be more than zero seconds, not {interval}.")
         if workflow_id is not None:
             if loop:
-                raise CommandError("--loop sweeps all stale workflows; it cannot be combined with a workflow id.")
+                raise CommandError(
+                    "--loop sweeps all stale workflows; it cannot be combined with a workflow id."
+                )
             wf = get_workflow(workflow_id)
             outcome = engine.tick(wf.pk, scheduled=False)
             if outcome == "busy":
