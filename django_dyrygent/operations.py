@@ -12,6 +12,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+from django.conf import settings as django_settings
 from django.db import transaction
 from django.db.models import Count, Max, Min, Q
 
@@ -307,6 +308,8 @@ def _admin_urls(workflow):
 
     from django.urls import NoReverseMatch, reverse
 
+    if not getattr(django_settings, "ROOT_URLCONF", None):  # worker-only settings: no URLs at all
+        return lambda item: ""
     try:
         node_url = reverse("admin:django_dyrygent_workflownode_change", args=[0])
         list_url = reverse("admin:django_dyrygent_workflownode_changelist")

@@ -627,3 +627,15 @@ def test_dyrygent_graph__svg_is_the_admin_picture_with_its_stylesheet_inlined(tm
     titles = [a.find("svg:title", ns).text for a in nodes]
     assert titles[0].startswith('evil"name\\<b>[x]{y}|`\nstate: QUEUED')
     assert len(root.findall(".//svg:path", ns)) == WorkflowEdge.objects.filter(workflow=wf).count()
+
+
+@pytest.mark.django_db
+def test_dyrygent_graph__svg_renders_unlinked_without_a_urlconf(tmp_path, settings):
+    """Worker-only settings have no ROOT_URLCONF (so no admin to link to); the picture still renders."""
+    del settings.ROOT_URLCONF
+    wf = started_workflow(weird_canvas())
+    target = tmp_path / "wf.svg"
+    run_command("dyrygent_graph", str(wf.pk), "--format", "svg", "--output", str(target))
+    text = target.read_text()
+    assert text.startswith("<svg") or "<svg" in text
+    assert "/admin/" not in text
