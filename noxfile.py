@@ -2,8 +2,8 @@
 
     nox -s ci            the slice CI runs: oldest versions on PostgreSQL + Redis,
                          newest on PostgreSQL + RabbitMQ
-    nox -s matrix        every Django x Celery pair on two Pythons, every database +
-                         broker pair twice (12 cells, the run in docs/compatibility.md)
+    nox -s matrix        every Django x Celery pair, Python, database x broker pair at
+                         least once (6 cells, the run in docs/compatibility.md)
     nox -s matrix_report the Markdown table of the last run (docs/compatibility.md)
     nox -s tests         the whole cross product with every database and broker
     nox -s lint          ruff and mypy
@@ -103,21 +103,15 @@ def supported(python: str, django: str, database: str) -> bool:
     return python in DJANGO[django][1] and not (django == "4.2" and database == "sqlite")
 
 
-# Every Django x Celery pair on two Pythons (its oldest and newest where that
-# leaves no Python out), every database + broker pair twice. 12 cells, about
-# an hour on 2 CPUs: the run recorded in docs/compatibility.md.
+# A covering set, not the product: every Django x Celery pair, every Python,
+# every database x broker pair, each at least once, in 6 cells (about 8 minutes
+# each on a shared 2-CPU machine). The product is `nox -s tests` (96 cells).
 MATRIX = [
     Cell("3.10", "4.2", "5.3", "postgres", "redis"),
-    Cell("3.12", "4.2", "5.3", "mariadb", "rabbitmq"),
-    Cell("3.11", "4.2", "5.x", "mariadb", "redis"),
-    Cell("3.12", "4.2", "5.x", "postgres", "rabbitmq"),
+    Cell("3.11", "4.2", "5.x", "mariadb", "rabbitmq"),
     Cell("3.10", "5.2", "5.3", "sqlite", "rabbitmq"),
-    Cell("3.13", "5.2", "5.3", "postgres", "redis"),
-    Cell("3.11", "5.2", "5.x", "sqlite", "redis"),
-    Cell("3.13", "5.2", "5.x", "mariadb", "rabbitmq"),
+    Cell("3.13", "5.2", "5.x", "mariadb", "redis"),
     Cell("3.12", "6.x", "5.3", "sqlite", "redis"),
-    Cell("3.13", "6.x", "5.3", "sqlite", "rabbitmq"),
-    Cell("3.12", "6.x", "5.x", "mariadb", "redis"),
     Cell("3.13", "6.x", "5.x", "postgres", "rabbitmq"),
 ]
 
