@@ -10,12 +10,22 @@ Ids (documented in docs/troubleshooting.md):
 * W005 (``check --deploy`` only) Celery workers reconnect to the database for every task.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import django
+from celery import Celery
+from django.apps import AppConfig
 from django.conf import settings as django_settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import connections, router
 
 from .conf import SETTINGS
+
+#: What Django passes a check: the apps to check, or None for all.
+AppConfigs = Sequence[AppConfig] | None
 
 SQLITE_HINT = (
     "Use PostgreSQL in production; with SQLite set OPTIONS={'transaction_mode': 'IMMEDIATE', "
@@ -30,8 +40,8 @@ SQLITE_HINT_DJANGO_4 = (
 
 
 @register()
-def check_settings(app_configs=None, **kwargs):
-    errors = []
+def check_settings(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     for setting in SETTINGS:
         value = getattr(django_settings, setting.full_name, setting.default)
         problem = setting.problem(value)
@@ -48,7 +58,7 @@ def check_settings(app_configs=None, **kwargs):
 
 
 @register()
-def check_worker_hooks(app_configs=None, **kwargs):
+def check_worker_hooks(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     """Without the receivers, workers never report outcomes and every step waits for a tick."""
     from .handlers import worker_signals_connected
 
@@ -69,7 +79,7 @@ def check_worker_hooks(app_configs=None, **kwargs):
 SWEEP_TASK = "django_dyrygent.sweep"
 
 
-def _beat_schedules_sweep(app, databases):
+def _beat_schedules_sweep(app: Celery, databases: Sequence[str] | None) -> bool:
     schedule = getattr(app.conf, "beat_schedule", None) or {}
     if any(isinstance(entry, dict) and entry.get("task") == SWEEP_TASK for entry in schedule.values()):
         return True
@@ -88,7 +98,9 @@ def _beat_schedules_sweep(app, databases):
 
 
 @register(deploy=True)
-def check_sweeper(app_configs=None, databases=None, **kwargs):
+def check_sweeper(
+    app_configs: AppConfigs = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     try:
         from .conf import get_celery_app
 
@@ -111,7 +123,7 @@ def check_sweeper(app_configs=None, databases=None, **kwargs):
 
 
 @register(deploy=True)
-def check_connection_reuse(app_configs=None, **kwargs):
+def check_connection_reuse(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     """Celery's Django fixup closes every connection around each task unless told otherwise.
 
     The engine records each node's start and outcome from inside the worker, so
@@ -138,8 +150,8 @@ def check_connection_reuse(app_configs=None, **kwargs):
 
 
 @register()
-def check_celery(app_configs=None, **kwargs):
-    errors = []
+def check_celery(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     try:
         from .conf import get_celery_app
 
@@ -180,7 +192,7 @@ def check_celery(app_configs=None, **kwargs):
 
 
 @register()
-def check_database(app_configs=None, **kwargs):
+def check_database(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     from .models import Workflow
 
     conn = connections[router.db_for_write(Workflow)]

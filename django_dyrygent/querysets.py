@@ -1,23 +1,31 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
 from django.db import models
 from django.utils import timezone
 
 from .states import NODE_ACTIVE, WorkflowState
 
+if TYPE_CHECKING:
+    from .models import Workflow, WorkflowNode  # noqa: F401 (the QuerySet["..."] parameters)
 
-class WorkflowQuerySet(models.QuerySet):
-    def active(self):
+
+class WorkflowQuerySet(models.QuerySet["Workflow"]):
+    def active(self) -> WorkflowQuerySet:
         """Workflows the engine still drives."""
         return self.filter(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING])
 
-    def stale(self, older_than_seconds):
+    def stale(self, older_than_seconds: float) -> WorkflowQuerySet:
         """Active workflows whose scheduled tick is overdue (its message was probably lost)."""
-        cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+        cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
         return self.active().filter(
             models.Q(next_tick_at__lt=cutoff)
             | models.Q(next_tick_at__isnull=True, created_at__lt=cutoff)
         )
 
 
-class WorkflowNodeQuerySet(models.QuerySet):
-    def active(self):
+class WorkflowNodeQuerySet(models.QuerySet["WorkflowNode"]):
+    def active(self) -> WorkflowNodeQuerySet:
         return self.filter(state__in=NODE_ACTIVE)

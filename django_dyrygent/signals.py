@@ -4,7 +4,11 @@ Receivers are called with ``send_robust``: one that raises is logged and never
 breaks the workflow.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from django.dispatch import Signal
 
@@ -20,7 +24,7 @@ workflow_active_tick = Signal()
 node_state_changed = Signal()
 
 
-def send(signal, **kwargs):
+def send(signal: Signal, **kwargs: Any) -> None:
     from .models import Workflow
 
     if not signal.receivers:
@@ -34,16 +38,17 @@ def send(signal, **kwargs):
 
 
 # celery-dyrygent compatibility: Workflow.connect('on_state_change' | 'on_finish' | 'after_active_tick')
-COMPAT_SIGNALS = {
+COMPAT_SIGNALS: dict[str, tuple[Signal, Callable[[dict[str, Any]], Any]]] = {
     "on_state_change": (workflow_state_changed, lambda kw: kw["new_state"]),
     "on_finish": (workflow_finished, lambda kw: None),
     "after_active_tick": (workflow_active_tick, lambda kw: None),
 }
 
-_compat_receivers = []  # strong references: Signal.connect keeps weak ones
+_compat_receivers: list[Callable[..., None]] = []  # strong references: Signal.connect keeps weak ones
 
 
-def connect_compat_handler(name, handler):
+def connect_compat_handler(name: str, handler: Callable[[Any, Any], Any]) -> Callable[..., None]:
+    """Connect a celery-dyrygent style ``handler(workflow, payload)``; ValueError for an unknown name."""
     try:
         signal, payload = COMPAT_SIGNALS[name]
     except KeyError:
@@ -51,7 +56,7 @@ def connect_compat_handler(name, handler):
             f"Unknown workflow signal {name!r}; use one of {', '.join(sorted(COMPAT_SIGNALS))}"
         ) from None
 
-    def receiver(sender, workflow, **kwargs):
+    def receiver(sender: type, workflow: Any, **kwargs: Any) -> None:
         handler(workflow, payload(kwargs))
 
     _compat_receivers.append(receiver)

@@ -1,10 +1,13 @@
+from __future__ import annotations
+
 import json
 import time
+from typing import Any
 
 from celery.app.task import Task
 from celery.canvas import Signature
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.module_loading import import_string
 
 from ...models import Workflow, WorkflowNode
@@ -16,9 +19,9 @@ EXIT_TIMEOUT = 2
 EXIT_FAILED = 1
 
 
-def _parse_pairs(pairs, flag):
+def _parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
     """KEY=VALUE pairs; a VALUE that parses as JSON is used as such (priority=8 is an int)."""
-    out = {}
+    out: dict[str, Any] = {}
     for pair in pairs or ():
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
@@ -40,7 +43,7 @@ class Command(BaseCommand):
         "runs out first (the workflow keeps running)."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "path", metavar="PATH",
             help="Dotted path, e.g. myapp.workflows.nightly or myapp.workflows.build_nightly.",
@@ -76,8 +79,11 @@ class Command(BaseCommand):
             help="With --wait: seconds between two reads of the workflow row (default: %(default)s).",
         )
 
-    def handle(self, *args, path, name, payload, task_options, tick_options, pass_results, wait,
-               timeout, poll_interval, **options):
+    def handle(
+        self, *args: Any, path: str, name: str | None, payload: str | None, task_options: list[str],
+        tick_options: list[str], pass_results: bool, wait: bool, timeout: float | None,
+        poll_interval: float, **options: Any,
+    ) -> None:
         if timeout is not None and not wait:
             raise CommandError("--timeout only applies with --wait.")
         if timeout is not None and timeout <= 0:
@@ -106,7 +112,7 @@ class Command(BaseCommand):
 
     # -- building ----------------------------------------------------------------------
 
-    def _payload(self, text):
+    def _payload(self, text: str | None) -> dict[str, Any] | None:
         if text is None:
             return None
         try:
@@ -117,7 +123,7 @@ class Command(BaseCommand):
             raise CommandError(f"--payload must be a JSON object, not {type(value).__name__}.")
         return value
 
-    def _build(self, path):
+    def _build(self, path: str) -> Workflow:
         try:
             obj = import_string(path)
         except ImportError as exc:
@@ -148,18 +154,19 @@ class Command(BaseCommand):
 
     # -- following ---------------------------------------------------------------------
 
-    def _follow(self, wf, timeout, interval):
+    def _follow(self, wf: Workflow, timeout: float | None, interval: float) -> None:
         tty = self.stdout.isatty()
         began = time.monotonic()
         last = None
         row = wf
         while True:
-            row = Workflow.objects.filter(pk=wf.pk).only(
+            fresh = Workflow.objects.filter(pk=wf.pk).only(
                 "state", "nodes_total", "nodes_done", "nodes_failed", "nodes_skipped", "error",
                 "started_at", "finished_at",
             ).first()
-            if row is None:
+            if fresh is None:
                 raise CommandError(f"Workflow {wf.pk} disappeared while waiting (pruned or deleted?).")
+            row = fresh
             elapsed = time.monotonic() - began
             snapshot = (row.state, row.nodes_done, row.nodes_failed)
             if tty:
@@ -208,7 +215,7 @@ class Command(BaseCommand):
         )
 
     @staticmethod
-    def _bar(row, elapsed, width=30):
+    def _bar(row: Workflow, elapsed: float, width: int = 30) -> str:
         total = row.nodes_total or 0
         fraction = 1.0 if not total else row.nodes_done / total
         filled = int(round(width * fraction))

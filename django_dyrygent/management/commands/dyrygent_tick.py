@@ -1,9 +1,13 @@
+from __future__ import annotations
+
 import argparse
 import logging
 import signal
 import threading
+from types import FrameType
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
 from ... import engine
@@ -21,7 +25,7 @@ class Command(BaseCommand):
         "django_dyrygent.sweep task with Celery beat."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         add_workflow_id_argument(parser, required=False)
         parser.add_argument(
             "--stale-after", dest="stale_after", type=float, default=None,
@@ -45,7 +49,10 @@ class Command(BaseCommand):
             "--max-iterations", dest="max_iterations", type=int, default=None, help=argparse.SUPPRESS,
         )
 
-    def handle(self, *args, workflow_id, stale_after, batch_size, loop, interval, max_iterations, **options):
+    def handle(
+        self, *args: Any, workflow_id: str | None, stale_after: float | None, batch_size: int,
+        loop: bool, interval: float | None, max_iterations: int | None, **options: Any,
+    ) -> None:
         if batch_size < 1:
             raise CommandError(f"--batch-size must be at least 1, not {batch_size}.")
         if stale_after is not None and stale_after < 0:
@@ -70,11 +77,13 @@ class Command(BaseCommand):
             return
         self._loop(stale_after, batch_size, interval or float(settings.TICK_INTERVAL), max_iterations)
 
-    def _loop(self, stale_after, batch_size, interval, max_iterations):
+    def _loop(
+        self, stale_after: float | None, batch_size: int, interval: float, max_iterations: int | None
+    ) -> None:
         stop = threading.Event()
-        received = []
+        received: list[str] = []
 
-        def on_signal(signum, frame):
+        def on_signal(signum: int, frame: FrameType | None) -> None:
             received.append(signal.Signals(signum).name)
             stop.set()
 
