@@ -129,7 +129,7 @@ ARGS = "python,django,celery,database,broker"
 
 
 def cell_env(cell: Cell, work: Path) -> dict[str, str]:
-    prefix = os.environ.get("NOX_DB_PREFIX", "dyrygent_nox")
+    prefix = os.environ.get("NOX_DB_PREFIX", "nox_dyrygent")
     env = {
         "DYRYGENT_TEST_DIR": str(work),
         "DYRYGENT_TEST_QUEUE": f"dyrygent-nox-{cell.slug}",
