@@ -138,10 +138,12 @@ def cell_env(cell: Cell, work: Path) -> dict[str, str]:
             "rabbitmq": os.environ.get("NOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
         }[cell.broker],
     }
-    if cell.database == "postgres":
-        env["DATABASE_URL"] = f"{os.environ.get('NOX_POSTGRES_URL', 'postgres://postgres@127.0.0.1:5432')}/{prefix}_{cell.slug}"
-    elif cell.database == "mariadb":
-        env["DATABASE_URL"] = f"{os.environ.get('NOX_MYSQL_URL', 'mysql://root@127.0.0.1:3306')}/{prefix}_{cell.slug}"
+    server = {
+        "postgres": os.environ.get("NOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
+        "mariadb": os.environ.get("NOX_MYSQL_URL", "mysql://root@127.0.0.1:3306"),
+    }.get(cell.database)
+    if server:  # SQLite: tests/settings.py puts the file under DYRYGENT_TEST_DIR
+        env["DATABASE_URL"] = f"{server}/{prefix}_{cell.slug}"
     return env
 
 
@@ -211,6 +213,7 @@ def matrix_report(session: nox.Session) -> None:
     """Print the last run's results as the Markdown table of docs/compatibility.md."""
     rows = ["| cell | Python | Django | Celery | kombu | passed | failed | skipped | tests (s) |",
             "|---|---|---|---|---|---|---|---|---|"]
+    failures = []
     for result in sorted(NOX_DIR.glob("*/result.json")):
         r = json.loads(result.read_text())
         versions_file = result.parent / "versions.json"
@@ -221,7 +224,18 @@ def matrix_report(session: nox.Session) -> None:
                   else "not finished (timed out) | | ")
         rows.append(f"| {name} | {v.get('python', cell['python'])} | {v.get('django', '?')} "
                     f"| {v.get('celery', '?')} | {v.get('kombu', '?')} | {counts} | {r['test_seconds']} |")
+        failures += [f"- {Cell(**cell).id}: `{test}`" for test in failed_tests(result.parent / "junit.xml")]
     print("\n".join(rows))
+    if failures:
+        print("\nFailed or errored tests:\n\n" + "\n".join(failures))
+
+
+def failed_tests(junit: Path) -> list[str]:
+    if not junit.exists():
+        return []
+    cases = ET.parse(junit).getroot().iter("testcase")
+    return [f"{case.get('classname')}::{case.get('name')}" for case in cases
+            if case.find("failure") is not None or case.find("error") is not None]
 
 
 @nox.session
