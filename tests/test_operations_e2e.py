@@ -27,7 +27,13 @@ def labels():
 
 
 def node(wf, label):
-    return wf.nodes.get(kind=WorkflowNode.Kind.TASK, signature__args__0=label)
+    """The task node whose first argument is ``label``.
+
+    Compared in Python: a JSON key lookup (signature__args__0=label) finds
+    nothing on MariaDB under Django 4.2.
+    """
+    (found,) = [n for n in wf.nodes.filter(kind=WorkflowNode.Kind.TASK) if n.signature["args"][:1] == [label]]
+    return found
 
 
 def wait_for(predicate, what, timeout=TIMEOUT):
