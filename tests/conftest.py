@@ -1,3 +1,4 @@
+import contextlib
 import time
 
 import pytest
@@ -32,16 +33,20 @@ def purged_broker():
 
 
 @pytest.fixture(scope="session")
-def session_worker(django_db_setup, purged_broker):
+def session_worker(django_db_setup, django_db_blocker, purged_broker):
     """A real Celery worker (thread pool) consuming the real broker, in this process.
 
     Started once per session: stopping a worker costs seconds (its consumer
     loop drains the broker with a 2 s timeout), which would dominate the suite.
+    Celery 5.3's Django fixup runs the system checks as the worker starts, and
+    on Django 6 those open a database connection: allowed while it starts only.
     """
-    with start_worker(
-        celery_app, pool="threads", concurrency=4, perform_ping_check=False,
-        loglevel="WARNING", shutdown_timeout=30,
-    ) as w:
+    with contextlib.ExitStack() as stack:
+        with django_db_blocker.unblock():
+            w = stack.enter_context(start_worker(
+                celery_app, pool="threads", concurrency=4, perform_ping_check=False,
+                loglevel="WARNING", shutdown_timeout=30,
+            ))
         yield w
     import gc
 
