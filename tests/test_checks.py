@@ -59,6 +59,7 @@ def test_check_settings__accepts_ints_for_float_settings(settings):
     assert checks.check_settings() == []
 
 
+@pytest.mark.django_db  # run_checks(): on Django 6 SQLite's JSONField check queries the database
 def test_check_settings__errors_reach_manage_py_check(settings):
     settings.DYRYGENT_TICK_INTERVAL = "soon"
     assert "django_dyrygent.E002" in ids(django_checks.run_checks())
@@ -98,6 +99,7 @@ def test_check_database__the_test_database_is_configured_right():
     assert connection.vendor in ("sqlite", "postgresql", "mysql")
 
 
+@pytest.mark.django_db  # run_checks(): on Django 6 SQLite's JSONField check queries the database
 def test_check_celery__no_result_backend_is_w004(settings):
     settings.DYRYGENT_CELERY_APP = "tests.test_checks.no_backend_app"
     assert "django_dyrygent.W004" in ids(checks.check_celery())
