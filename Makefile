@@ -13,11 +13,12 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 DEMO_ARGS ?= --superuser
 
-.PHONY: demo test install-demo install-test clean help
+.PHONY: demo test lint install-demo install-test install-lint clean help
 
 help:
 	@echo "make demo   run the demo workflow on a real Celery worker (no server needed)"
 	@echo "make test   run the test suite (set DATABASE_URL / CELERY_BROKER_URL for PostgreSQL / Redis)"
+	@echo "make lint   ruff and mypy (configured in pyproject.toml)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +32,13 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[test]"
 	@touch $@ $(VENV)/.installed-demo
 
+$(VENV)/.installed-lint: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[lint]"
+	@touch $@
+
 install-demo: $(VENV)/.installed-demo
 install-test: $(VENV)/.installed-test
+install-lint: $(VENV)/.installed-lint
 
 demo: install-demo
 	$(PY) manage.py migrate --noinput -v 0
@@ -41,6 +47,10 @@ demo: install-demo
 test: install-test
 	@$(PY) -m pytest -rs $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no test (exit 5): counted as a failure" >&2; fi; exit $$rc; }
+
+lint: install-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf var

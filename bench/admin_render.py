@@ -93,7 +93,7 @@ def main():
                     client.get(page)  # warm up (templates, caches)
                     connection.queries_log.clear()  # a full log (9,000 entries) would count nothing
                     with CaptureQueriesContext(connection) as queries:
-                        page_time, response = timed(lambda: client.get(page), args.reps)
+                        page_time, response = timed(lambda page=page: client.get(page), args.reps)
                     assert response.status_code == 200, response.status_code
                     # Read now: the next request clears the connection's query log.
                     page_queries = len(queries) // args.reps
@@ -103,7 +103,7 @@ def main():
                         return graph.layout(items, edges)
 
                     layout_time, drawing = timed(lay_out, args.reps)
-                    status_time, _ = timed(lambda: client.get(status), args.reps)
+                    status_time, _ = timed(lambda status=status: client.get(status), args.reps)
                     print(f"{shape:<8} {wf.nodes.count():>6} {len(drawing.items):>6} {len(drawing.edges):>6} "
                           f"{page_queries:>7} {page_time * 1000:>8.0f} {layout_time * 1000:>9.0f} "
                           f"{status_time * 1000:>9.0f} {len(response.content) / 1024:>8.0f}")

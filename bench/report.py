@@ -44,7 +44,7 @@ def _table(rows):
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     out = []
     for n, r in enumerate(rows):
-        out.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
@@ -123,7 +123,7 @@ def render(report):
     lines += ["", "Engine figures of ours (PostgreSQL; worker probes, bench/probes.py):"]
     table = [["case", "worker", "stmts/plain node", "tick stmts", "locks/node", "lock held ms (mean, p99)",
               "lock wait ms (mean)", "release ms (p50, p99)", "wait() ms (p50, max)"]]
-    for name, label, _target, _nodes in report["cases"]:
+    for name, _label, _target, _nodes in report["cases"]:
         for config, _ in CONFIGS:
             runs = _rows(report, config, name, OURS)
             rows = _measured(runs)
@@ -183,7 +183,9 @@ def _other_targets(report):
                        f"p50 {_ms(percentile(many, 50))} ms, p99 {_ms(percentile(many, 99))} ms")
     build = report.get("build")
     if build:
-        out.append(f"  apply_async of {build['nodes']:,} nodes, build included: {build['seconds']:.3f}s (target <= 1 s)")
+        out.append(
+            f"  apply_async of {build['nodes']:,} nodes, build included: {build['seconds']:.3f}s (target <= 1 s)"
+        )
     huge = report.get("huge")
     if huge:
         b, a = huge.get("build", {}), huge.get("admin", {})

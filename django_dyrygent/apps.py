@@ -11,7 +11,7 @@ class DyrygentConfig(AppConfig):
     # Pinned so a host project's DEFAULT_AUTO_FIELD never creates migrations here.
     default_auto_field = "django.db.models.BigAutoField"
 
-    def ready(self):
+    def ready(self) -> None:
         from . import catalogue, checks, handlers, launch  # noqa: F401  (registers checks and receivers)
 
         handlers.connect_worker_signals()

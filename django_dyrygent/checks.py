@@ -12,16 +12,38 @@ Ids (documented in docs/troubleshooting.md):
 * W006 the worker timeout is too short for the heartbeat interval: live workers would look dead.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import django
+from celery import Celery
+from django.apps import AppConfig
 from django.conf import settings as django_settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import connections, router
 
 from .conf import SETTINGS
 
+#: What Django passes a check: the apps to check, or None for all.
+AppConfigs = Sequence[AppConfig] | None
+
+SQLITE_HINT = (
+    "Use PostgreSQL in production; with SQLite set OPTIONS={'transaction_mode': 'IMMEDIATE', "
+    "'timeout': 20} and few worker processes."
+)
+# Django 4.2 cannot open SQLite transactions IMMEDIATE: nothing to set, only to know.
+SQLITE_HINT_DJANGO_4 = (
+    "Use PostgreSQL in production; SQLite transactions can start IMMEDIATE from Django 5.1 on "
+    "(OPTIONS={'transaction_mode': 'IMMEDIATE'}); on Django 4.2 keep SQLite to development with "
+    "one worker process, or silence the warning (SILENCED_SYSTEM_CHECKS)."
+)
+
 
 @register()
-def check_settings(app_configs=None, **kwargs):
-    errors = []
+def check_settings(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     for setting in SETTINGS:
         value = getattr(django_settings, setting.full_name, setting.default)
         problem = setting.problem(value)
@@ -38,7 +60,7 @@ def check_settings(app_configs=None, **kwargs):
 
 
 @register()
-def check_worker_hooks(app_configs=None, **kwargs):
+def check_worker_hooks(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     """Without the receivers, workers never report outcomes and every step waits for a tick."""
     from .handlers import worker_signals_connected
 
@@ -59,7 +81,7 @@ def check_worker_hooks(app_configs=None, **kwargs):
 SWEEP_TASK = "django_dyrygent.sweep"
 
 
-def _beat_schedules_sweep(app, databases):
+def _beat_schedules_sweep(app: Celery, databases: Sequence[str] | None) -> bool:
     schedule = getattr(app.conf, "beat_schedule", None) or {}
     if any(isinstance(entry, dict) and entry.get("task") == SWEEP_TASK for entry in schedule.values()):
         return True
@@ -105,7 +127,7 @@ def check_sweeper(app_configs=None, databases=None, **kwargs):
 
 
 @register(deploy=True)
-def check_connection_reuse(app_configs=None, **kwargs):
+def check_connection_reuse(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     """Celery's Django fixup closes every connection around each task unless told otherwise.
 
     The engine records each node's start and outcome from inside the worker, so
@@ -195,7 +217,7 @@ def check_celery(app_configs=None, **kwargs):
 
 
 @register()
-def check_database(app_configs=None, **kwargs):
+def check_database(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     from .models import Workflow
 
     conn = connections[router.db_for_write(Workflow)]
@@ -209,8 +231,7 @@ def check_database(app_configs=None, **kwargs):
             "SQLite has no row locks; django_dyrygent serialises engine steps through SQLite's "
             "write lock, but other code's transactions may fail with 'database is locked' "
             "under concurrent workers.",
-            hint="Use PostgreSQL in production; with SQLite set OPTIONS={'transaction_mode': "
-            "'IMMEDIATE', 'timeout': 20} (Django 5.1+) and few worker processes.",
+            hint=SQLITE_HINT if django.VERSION >= (5, 1) else SQLITE_HINT_DJANGO_4,
             id="django_dyrygent.W001",
         )
     ]

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from celery import Celery, current_app
 from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
 
 PREFIX = "DYRYGENT_"
 
@@ -127,13 +129,11 @@ class Settings:
 settings = Settings()
 
 
-def get_celery_app():
+def get_celery_app() -> Celery:
     """The Celery app that publishes nodes and ticks."""
     path = settings.CELERY_APP
     if path:
-        from django.utils.module_loading import import_string
-
-        return import_string(path)
-    from celery import current_app
-
-    return current_app._get_current_object()
+        app: Celery = import_string(path)
+        return app
+    # The app itself, not the proxy: callers keep it beyond the current context.
+    return current_app._get_current_object()  # type: ignore[attr-defined]

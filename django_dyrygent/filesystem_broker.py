@@ -14,17 +14,23 @@ and ``CELERY_BROKER_TRANSPORT_OPTIONS = transport_options(folder)``.
 Production brokers (Redis, RabbitMQ) need nothing of this.
 """
 
+from __future__ import annotations
+
 import os
 import uuid
 from pathlib import Path
 from time import monotonic
+from typing import Any
 
+from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue, payload, **kwargs):
+    # The stubs' two bases disagree (AbstractChannel: (queue, message); kombu's filesystem
+    # Channel, which is what runs: (queue, payload, **kwargs)); this follows the latter.
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         # The consumer only takes names ending in "<queue>.msg".
@@ -34,7 +40,7 @@ class Channel(filesystem.Channel):
                 f.write(dumps(payload).encode())
             os.replace(partial, final)
         except OSError as exc:
-            raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
 
 class Transport(filesystem.Transport):
@@ -45,7 +51,7 @@ class Transport(filesystem.Transport):
 TRANSPORT = "django_dyrygent.filesystem_broker:Transport"
 
 
-def transport_options(folder, polling_interval=0.05):
+def transport_options(folder: str | os.PathLike[str], polling_interval: float = 0.05) -> dict[str, Any]:
     """``CELERY_BROKER_TRANSPORT_OPTIONS`` for a file-system broker kept under ``folder``.
 
     Creates the folders (kombu does not) and keeps kombu's control files there

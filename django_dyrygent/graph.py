@@ -16,8 +16,13 @@ The admin's status endpoint runs ``load`` + ``collapse`` only (no layout):
 item ids are stable, so the browser can recolour the picture in place.
 """
 
+from __future__ import annotations
+
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import F
 from django.db.models.functions import Left, Right
@@ -25,6 +30,16 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 from .states import NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
+
+if TYPE_CHECKING:
+    from django.utils.safestring import SafeString
+
+    from .models import Workflow
+
+#: One node as ``values()`` returns it (id, state, kind, task_name, ...).
+NodeRow = dict[str, Any]
+#: node id -> ids of its dependencies (or dependents).
+Adjacency = dict[Any, list[Any]]
 
 #: A group of interchangeable siblings larger than this is drawn as one box.
 COLLAPSE_THRESHOLD = 20
@@ -64,8 +79,8 @@ STATE_PRIORITY = (
 class Graph:
     """The nodes (dicts from ``values()``) and edges (dependency id, node id) of one workflow."""
 
-    nodes: list
-    edges: list
+    nodes: list[NodeRow]
+    edges: list[tuple[Any, Any]]
 
 
 @dataclass
@@ -73,34 +88,34 @@ class Item:
     """One drawn box: a single node, or a collapsed group of siblings."""
 
     id: str
-    nodes: list
+    nodes: list[NodeRow]
     kind: str
     task_name: str
     rank: int = 0
     order: int = 0
     x: float = 0
     y: float = 0
-    parents: list = field(default_factory=list)
-    children: list = field(default_factory=list)
+    parents: list[Item] = field(default_factory=list)
+    children: list[Item] = field(default_factory=list)
 
     @property
-    def is_group(self):
+    def is_group(self) -> bool:
         return len(self.nodes) > 1
 
     @property
-    def is_dot(self):
+    def is_dot(self) -> bool:
         return not self.is_group and self.kind == NodeKind.JOIN
 
     @property
-    def node(self):
+    def node(self) -> NodeRow:
         return self.nodes[0]
 
     @property
-    def counts(self):
+    def counts(self) -> Counter[str]:
         return Counter(n["state"] for n in self.nodes)
 
     @property
-    def state(self):
+    def state(self) -> str:
         """The node's state, or for a group the most telling state of its members."""
         if not self.is_group:
             return self.node["state"]
@@ -108,26 +123,26 @@ class Item:
         return next(s for s in STATE_PRIORITY if counts.get(s))
 
     @property
-    def done(self):
+    def done(self) -> int:
         return sum(1 for n in self.nodes if n["state"] in NODE_FINAL)
 
     @property
-    def width(self):
+    def width(self) -> float:
         return 2 * DOT_RADIUS if self.is_dot else BOX_WIDTH
 
     @property
-    def height(self):
+    def height(self) -> float:
         return 2 * DOT_RADIUS if self.is_dot else BOX_HEIGHT
 
     @property
-    def label(self):
+    def label(self) -> str:
         name = self.task_name or self.kind
         if self.is_group:
             return shorten(f"{len(self.nodes)} × {short_task_name(name)}", LABEL_CHARS)
         return shorten(call_label(self.node), LABEL_CHARS)
 
     @property
-    def sublabel(self):
+    def sublabel(self) -> str:
         """Second line of a box: progress of a group, the kind of a special node."""
         if self.is_group:
             return counts_text(self)
@@ -142,7 +157,7 @@ class Edge:
     target: Item
 
     @property
-    def path(self):
+    def path(self) -> str:
         """A cubic Bézier from the right side of the source to the left side of the target."""
         x1, y1 = self.source.x + self.source.width, self.source.y + self.source.height / 2
         x2, y2 = self.target.x, self.target.y + self.target.height / 2
@@ -152,23 +167,23 @@ class Edge:
 
 @dataclass
 class Layout:
-    items: list
-    edges: list
+    items: list[Item]
+    edges: list[Edge]
     width: float
     height: float
-    ranks: list
+    ranks: list[list[Item]]
 
     @property
-    def fits(self):
+    def fits(self) -> bool:
         return self.width <= FIT_WIDTH
 
 
-def shorten(text, limit):
+def shorten(text: object, limit: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def short_task_name(name):
+def short_task_name(name: str) -> str:
     """``proj.tasks.build`` -> ``build``: the module path rarely fits in a box (the tooltip has it all)."""
     return name.rsplit(".", 1)[-1] if name else name
 
@@ -202,7 +217,7 @@ def error_line(head, tail=""):
     return tail_lines[-1] if tail_lines else lines[0]
 
 
-def counts_text(item):
+def counts_text(item: Item) -> str:
     counts = item.counts
     parts = [f"{item.done}/{len(item.nodes)} done"]
     failed = sum(counts.get(s, 0) for s in (NodeState.FAILURE, NodeState.UPSTREAM_FAILED, NodeState.CANCELED))
@@ -217,7 +232,7 @@ def counts_text(item):
 # -- loading ---------------------------------------------------------------------------------
 
 
-def load(workflow, details=True):
+def load(workflow: Workflow, details: bool = True) -> Graph:
     """Nodes and edges of ``workflow`` in two queries.
 
     ``details`` adds what tooltips need (signature, timings, the start of the
@@ -240,7 +255,7 @@ def load(workflow, details=True):
 # -- collapsing -------------------------------------------------------------------------------
 
 
-def collapse(graph, threshold=COLLAPSE_THRESHOLD):
+def collapse(graph: Graph, threshold: int = COLLAPSE_THRESHOLD) -> tuple[list[Item], list[Edge]]:
     """Fold siblings into boxes; returns ``(items, item edges)`` in node order.
 
     Siblings fold together when they are plain task nodes with the same task
@@ -284,7 +299,7 @@ def collapse(graph, threshold=COLLAPSE_THRESHOLD):
     return items, edges
 
 
-def _group_key(node, deps, dependents):
+def _group_key(node: NodeRow, deps: Adjacency, dependents: Adjacency) -> tuple[Any, ...]:
     if node["kind"] == NodeKind.TASK:
         return (node["task_name"], frozenset(deps[node["id"]]), frozenset(dependents[node["id"]]))
     return ("#", node["id"])
@@ -293,7 +308,7 @@ def _group_key(node, deps, dependents):
 # -- layout -----------------------------------------------------------------------------------
 
 
-def layout(items, edges, sweeps=SWEEPS):
+def layout(items: list[Item], edges: list[Edge], sweeps: int = SWEEPS) -> Layout:
     """Place items left to right by rank, top to bottom by barycentre.
 
     Rank: longest path from a root (callbacks, which run once the workflow
@@ -311,7 +326,7 @@ def layout(items, edges, sweeps=SWEEPS):
             _sort_rank(rank, lambda item: [_centred(p, ranks) for p in item.parents])
     tallest = max((len(r) for r in ranks), default=0)
     pitch_y = BOX_HEIGHT + GAP_Y
-    left = MARGIN
+    left: float = MARGIN
     for rank in ranks:
         # A column of join dots only is as narrow as a dot.
         column = max(item.width for item in rank)
@@ -325,7 +340,7 @@ def layout(items, edges, sweeps=SWEEPS):
     return Layout(items=items, edges=edges, width=width, height=height, ranks=ranks)
 
 
-def _rank(items):
+def _rank(items: list[Item]) -> list[list[Item]]:
     """Kahn's topological generations, taking the longest path to each item."""
     regular = [i for i in items if i.kind not in CALLBACK_KINDS]
     callbacks = [i for i in items if i.kind in CALLBACK_KINDS]
@@ -345,7 +360,7 @@ def _rank(items):
     if placed != len(regular):
         raise ValueError("The workflow graph has a cycle; it cannot be laid out in ranks.")
     count = max((i.rank for i in regular), default=-1) + 1
-    ranks = [[] for _ in range(count)]
+    ranks: list[list[Item]] = [[] for _ in range(count)]
     for item in regular:
         ranks[item.rank].append(item)
     if callbacks:
@@ -358,13 +373,13 @@ def _rank(items):
     return ranks
 
 
-def _centred(item, ranks):
+def _centred(item: Item, ranks: list[list[Item]]) -> float:
     """Position of an item relative to the middle of its rank (ranks are drawn centred)."""
     return item.order - (len(ranks[item.rank]) - 1) / 2
 
 
-def _sort_rank(rank, neighbours):
-    def key(item):
+def _sort_rank(rank: list[Item], neighbours: Callable[[Item], list[float]]) -> None:
+    def key(item: Item) -> tuple[float, int]:
         points = neighbours(item)
         centre = sum(points) / len(points) if points else _centred_self(item, rank)
         return (centre, item.order)
@@ -374,14 +389,14 @@ def _sort_rank(rank, neighbours):
         item.order = order
 
 
-def _centred_self(item, rank):
+def _centred_self(item: Item, rank: list[Item]) -> float:
     return item.order - (len(rank) - 1) / 2
 
 
 # -- presentation -------------------------------------------------------------------------------
 
 
-def tooltip(item):
+def tooltip(item: Item) -> str:
     """Plain text (escaped by the template) shown when hovering a node."""
     if item.is_group:
         counts = item.counts
@@ -406,13 +421,13 @@ def tooltip(item):
     return "\n".join(lines)
 
 
-def format_call(signature):
+def format_call(signature: dict[str, Any]) -> str:
     parts = [repr(a) for a in signature.get("args") or []]
     parts += [f"{k}={v!r}" for k, v in (signature.get("kwargs") or {}).items()]
     return "(" + ", ".join(parts) + ")"
 
 
-def format_duration(delta):
+def format_duration(delta: timedelta | None) -> str:
     if delta is None:
         return ""
     seconds = delta.total_seconds()
@@ -427,12 +442,12 @@ def format_duration(delta):
     return f"{hours} h {minutes} min"
 
 
-def shape(items, edges):
+def shape(items: list[Item], edges: list[Edge]) -> str:
     """Changes when nodes or edges appear (a fan-out expanded): the picture must then be redrawn."""
     return f"{sum(len(i.nodes) for i in items)}-{len(items)}-{len(edges)}"
 
 
-def box_geometry(item):
+def box_geometry(item: Item) -> dict[str, str]:
     """Coordinates the SVG template prints, as strings (never localized: "12,5" breaks SVG)."""
     sub = bool(item.sublabel)
     geometry = {
@@ -446,7 +461,7 @@ def box_geometry(item):
     return geometry
 
 
-def svg_markup(drawing, url_for):
+def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
     """The edges and nodes of the SVG, escaped here rather than in a template loop.
 
     A Django template loop costs about 0.1 ms per node; a 10,000-node
@@ -485,13 +500,13 @@ def svg_markup(drawing, url_for):
     return mark_safe("".join(parts))  # noqa: S308 -- every user string above is escaped
 
 
-def bar_width(done, total):
+def bar_width(done: int, total: int) -> float:
     return round((BOX_WIDTH - 2) * done / total, 1) if total else 0
 
 
-def item_status(item):
+def item_status(item: Item) -> dict[str, Any]:
     """What the status endpoint sends for one item; the browser recolours from it."""
-    status = {"state": item.state}
+    status: dict[str, Any] = {"state": item.state}
     if item.is_group:
         status["text"] = counts_text(item)
         status["bar"] = bar_width(item.done, len(item.nodes))

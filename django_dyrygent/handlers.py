@@ -238,10 +238,7 @@ def _message_ids(message):
 
 
 def _report_not_run(workflow_id, task_id, error, reason):
-    from . import engine
-
-    # Runs in the worker's consumer (not in a task): make sure its connection is usable.
-    close_old_connections()
+    # Runs in the worker's consumer, not in a task: _guarded starts on a usable connection.
     _guarded(f"the rejection of task {task_id}", engine.node_not_run, workflow_id, task_id, error, reason)
 
 
@@ -249,8 +246,6 @@ def on_task_unknown(sender=None, message=None, exc=None, name=None, id=None, **k
     """The worker has no task of that name: fail the node now rather than after the requeue timeout."""
     workflow_id = _message_ids(message)[0]
     if workflow_id and id:
-        from . import engine
-
         hostname = getattr(sender, "hostname", None) or "the worker"
         _report_not_run(workflow_id, id, engine.unknown_task_error(name, hostname), "task not registered")
 

@@ -6,17 +6,29 @@ with a message meant for a person; the commands turn those into
 ``CommandError``.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import re
-from datetime import timedelta
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from django.conf import settings as django_settings
 from django.db import transaction
 from django.db.models import Count, Max, Min, Q
 
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .states import WORKFLOW_FINAL, NodeKind
+
+if TYPE_CHECKING:
+    from .graph import Item
+    from .querysets import WorkflowQuerySet
+
+#: JSON-ready data: what the commands print and ``graph_to_*`` render.
+Data = dict[str, Any]
 
 logger = logging.getLogger("django_dyrygent.commands")
 
@@ -33,7 +45,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # -- finding a workflow ------------------------------------------------------------------------
 
 
-def _hyphenate(hex_prefix):
+def _hyphenate(hex_prefix: str) -> str:
     """Put the hyphens back where a UUID's text form has them (8-4-4-4-12).
 
     PostgreSQL compares the text form of a native uuid (with hyphens); SQLite
@@ -50,7 +62,7 @@ def _hyphenate(hex_prefix):
     return "-".join(out)
 
 
-def resolve_workflow(ident):
+def resolve_workflow(ident: object) -> Workflow:
     """The workflow named by a full UUID or a unique prefix of at least 8 hex digits.
 
     Raises ``LookupError`` for an unknown or ambiguous id and ``ValueError``
@@ -87,7 +99,7 @@ def resolve_workflow(ident):
 # -- durations ----------------------------------------------------------------------------------
 
 
-def parse_duration(text):
+def parse_duration(text: str) -> timedelta:
     """``"30d"``, ``"12h"``, ``"90m"``, ``"3600s"`` (and ``"2w"``) -> timedelta."""
     match = _DURATION.match(str(text).lower())
     if not match:
@@ -104,15 +116,15 @@ def parse_duration(text):
 # -- status ----------------------------------------------------------------------------------------
 
 
-def _iso(value):
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _seconds(delta):
+def _seconds(delta: timedelta | None) -> float | None:
     return round(delta.total_seconds(), 3) if delta is not None else None
 
 
-def workflow_summary(workflow, node_limit=NODE_TABLE_LIMIT):
+def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> Data:
     """Everything ``dyrygent_status`` shows, as JSON-ready data.
 
     Up to ``node_limit`` nodes are listed one by one; a bigger workflow is
@@ -187,7 +199,7 @@ def workflow_summary(workflow, node_limit=NODE_TABLE_LIMIT):
     return data
 
 
-def call_text(signature, limit=60):
+def call_text(signature: dict[str, Any] | None, limit: int = 60) -> str:
     """``('web-1', retries=3)``: the stored arguments, shortened, to tell sibling nodes apart."""
     signature = signature or {}
     parts = [repr(a) for a in signature.get("args") or []]
@@ -196,7 +208,7 @@ def call_text(signature, limit=60):
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def node_label(task_name, kind):
+def node_label(task_name: str, kind: str) -> str:
     if kind == NodeKind.TASK:
         return task_name or "?"
     return f"{task_name} ({kind})" if task_name else f"({kind})"
@@ -205,7 +217,7 @@ def node_label(task_name, kind):
 # -- graph export --------------------------------------------------------------------------------------
 
 
-def graph_data(workflow):
+def graph_data(workflow: Workflow) -> Data:
     """Nodes and edges of a saved workflow, JSON-ready (edge: dependency -> dependent)."""
     nodes = [
         {
@@ -231,7 +243,7 @@ def graph_data(workflow):
     }
 
 
-def _dot_string(text):
+def _dot_string(text: object) -> str:
     """A DOT double-quoted string: backslashes and quotes escaped, newlines as \\n."""
     text = str(text).replace("\\", "\\\\").replace('"', '\\"')
     return '"' + text.replace("\r", "").replace("\n", "\\n") + '"'
@@ -244,7 +256,7 @@ DOT_COLOURS = {
 }
 
 
-def graph_to_dot(data):
+def graph_to_dot(data: Data) -> str:
     wf = data["workflow"]
     lines = [
         "digraph workflow {",
@@ -271,7 +283,7 @@ def graph_to_dot(data):
     return "\n".join(lines) + "\n"
 
 
-def _mermaid_text(text):
+def _mermaid_text(text: object) -> str:
     """Mermaid labels are HTML-ish: quote them and use entity codes for risky characters."""
     replacements = {
         "&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;",
@@ -281,7 +293,7 @@ def _mermaid_text(text):
     return '"' + text.replace("\r", "").replace("\n", "<br/>") + '"'
 
 
-def graph_to_mermaid(data):
+def graph_to_mermaid(data: Data) -> str:
     lines = ["flowchart LR"]
     for n in data["nodes"]:
         if n["kind"] == NodeKind.JOIN:
@@ -297,23 +309,25 @@ def graph_to_mermaid(data):
     return "\n".join(lines) + "\n"
 
 
-def graph_to_json(data):
+def graph_to_json(data: Data) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def _admin_urls(workflow):
+def _admin_urls(workflow: Workflow) -> Callable[[Item], str]:
     """Links of the boxes: the admin's node pages when the admin is mounted, else none."""
     from urllib.parse import quote
 
     from django.urls import NoReverseMatch, reverse
 
+    if not getattr(django_settings, "ROOT_URLCONF", None):  # worker-only settings: no URLs at all
+        return lambda item: ""
     try:
         node_url = reverse("admin:django_dyrygent_workflownode_change", args=[0])
         list_url = reverse("admin:django_dyrygent_workflownode_changelist")
     except NoReverseMatch:
         return lambda item: ""
 
-    def url(item):
+    def url(item: Item) -> str:
         if item.is_group:
             return f"{list_url}?workflow={workflow.pk}&task_name={quote(item.task_name, safe='')}"
         return node_url.replace("/0/", f"/{item.node['id']}/")
@@ -321,7 +335,7 @@ def _admin_urls(workflow):
     return url
 
 
-def render_svg(workflow):
+def render_svg(workflow: Workflow) -> str:
     """The admin's DAG picture as a standalone SVG file (same layout and template).
 
     The admin page styles the picture with ``dag.css``; a file opened on its
@@ -345,12 +359,13 @@ def render_svg(workflow):
             for item in drawing.items
         ]
     svg = render_to_string("django_dyrygent/dag.svg", context)
+    found: str | None
     try:  # the project's override of dag.css, if it has one
-        css_path = finders.find("django_dyrygent/dag.css")
+        found = finders.find("django_dyrygent/dag.css")
     except Exception:
-        css_path = None
-    css_path = css_path or Path(__file__).parent / "static" / "django_dyrygent" / "dag.css"
-    css = Path(css_path).read_text(encoding="utf-8") if Path(css_path).exists() else ""
+        found = None
+    css_path = Path(found) if found else Path(__file__).parent / "static" / "django_dyrygent" / "dag.css"
+    css = css_path.read_text(encoding="utf-8") if css_path.exists() else ""
     head, sep, rest = svg.partition(">")
     style = f"<style><![CDATA[\n{css}]]></style>" if css else ""
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + head + sep + "\n" + style + rest.lstrip("\n") + "\n"
@@ -359,7 +374,7 @@ def render_svg(workflow):
 # -- pruning -------------------------------------------------------------------------------------------
 
 
-def prunable(cutoff, states=None):
+def prunable(cutoff: datetime, states: Iterable[str] | None = None) -> WorkflowQuerySet:
     """Finished workflows that ended (or, lacking an end time, were created) before ``cutoff``."""
     states = list(states or WORKFLOW_FINAL)
     not_final = set(states) - set(WORKFLOW_FINAL)
@@ -373,7 +388,9 @@ def prunable(cutoff, states=None):
     )
 
 
-def prune(cutoff, states=None, batch_size=500, dry_run=False):
+def prune(
+    cutoff: datetime, states: Iterable[str] | None = None, batch_size: int = 500, dry_run: bool = False
+) -> dict[str, int]:
     """Delete finished workflows (and their nodes, edges, events) older than ``cutoff``.
 
     Works in batches, each in its own transaction that first locks the
@@ -388,11 +405,11 @@ def prune(cutoff, states=None, batch_size=500, dry_run=False):
     qs = prunable(cutoff, states)
     totals = {"workflows": 0, "nodes": 0, "edges": 0, "events": 0}
     if dry_run:
-        ids = qs.values("pk")
+        chosen = qs.values("pk")
         totals["workflows"] = qs.count()
-        totals["nodes"] = WorkflowNode.objects.filter(workflow_id__in=ids).count()
-        totals["edges"] = WorkflowEdge.objects.filter(workflow_id__in=ids).count()
-        totals["events"] = WorkflowEvent.objects.filter(workflow_id__in=ids).count()
+        totals["nodes"] = WorkflowNode.objects.filter(workflow_id__in=chosen).count()
+        totals["edges"] = WorkflowEdge.objects.filter(workflow_id__in=chosen).count()
+        totals["events"] = WorkflowEvent.objects.filter(workflow_id__in=chosen).count()
         return totals
     while True:
         with transaction.atomic():

@@ -1,11 +1,18 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.db import models
 from django.utils import timezone
 
 from .states import NODE_ACTIVE, WorkflowState
 
+if TYPE_CHECKING:
+    from .models import Workflow, WorkflowNode  # noqa: F401 (the QuerySet["..."] parameters)
 
-class WorkflowQuerySet(models.QuerySet):
-    def active(self):
+
+class WorkflowQuerySet(models.QuerySet["Workflow"]):
+    def active(self) -> WorkflowQuerySet:
         """Workflows the engine still drives."""
         return self.filter(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING])
 
@@ -23,6 +30,6 @@ class WorkflowQuerySet(models.QuerySet):
         )
 
 
-class WorkflowNodeQuerySet(models.QuerySet):
-    def active(self):
+class WorkflowNodeQuerySet(models.QuerySet["WorkflowNode"]):
+    def active(self) -> WorkflowNodeQuerySet:
         return self.filter(state__in=NODE_ACTIVE)

@@ -12,6 +12,7 @@ nothing. ``worker_lost`` is the immediate path for Celery's
 
 import logging
 from collections import defaultdict
+from functools import partial
 
 from django.utils import timezone
 
@@ -86,7 +87,7 @@ class Sweeper:
         recovered = 0
         for workflow_id, items in by_workflow.items():
             try:
-                recovered += engine._locked_step(workflow_id, lambda step: _recover(step, items)) or 0
+                recovered += engine._locked_step(workflow_id, partial(_recover, items=items)) or 0
             except Exception:
                 logger.exception("Recovering lost nodes of workflow %s failed", workflow_id)
         return recovered

@@ -4,6 +4,8 @@ Receivers are called with ``send_robust``: one that raises is logged and never
 breaks the workflow.
 """
 
+from __future__ import annotations
+
 import logging
 
 from django.apps import apps

@@ -4,8 +4,9 @@ Run by a worker bootstep (``LivenessStep``, added to the worker's blueprint
 on ``worker_init``), so every worker runs it, started from the command line
 or embedded; ``worker_init`` also records the main process id before the
 pool forks, so a pool child's ``task_prerun`` can name the worker on the
-node (a node is only judged when its worker runs the thread). Every DYRYGENT_HEARTBEAT_INTERVAL seconds the thread writes the
-worker's ``WorkerHeartbeat`` row with the task ids the worker holds (running,
+node (a node is only judged when its worker runs the thread). Every
+DYRYGENT_HEARTBEAT_INTERVAL seconds the thread writes the worker's
+``WorkerHeartbeat`` row with the task ids the worker holds (running,
 prefetched, scheduled); the oldest live worker also runs ``Sweeper.sweep_once``
 every DYRYGENT_SWEEP_INTERVAL seconds. So recovery needs neither beat nor a
 countdown tick message (which would die with the worker that held it).

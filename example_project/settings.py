@@ -9,8 +9,8 @@ Point it at real services with ``DATABASE_URL``, ``CELERY_BROKER_URL`` and
 import os
 from pathlib import Path
 
-import django
 import dj_database_url
+import django
 
 from django_dyrygent import filesystem_broker
 from example_project.schedule import BEAT_SCHEDULE

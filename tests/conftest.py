@@ -1,3 +1,4 @@
+import contextlib
 import time
 
 import pytest
@@ -11,25 +12,41 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "worker: end-to-end test with a real Celery worker")
 
 
+def purge_queue(name):
+    """Drop the messages queue ``name`` holds; a queue the broker has never seen holds none.
+
+    RabbitMQ answers a purge of an unknown queue with a channel error (404 NOT_FOUND),
+    where Redis and the file-system broker purge nothing.
+    """
+    with celery_app.connection_for_write() as conn:
+        try:
+            conn.default_channel.queue_purge(name)
+        except conn.channel_errors:
+            pass
+
+
 @pytest.fixture(scope="session")
 def purged_broker():
     """Drop messages a previous run left in the broker (countdown ticks and the like)."""
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(celery_app.conf.task_default_queue)
+    purge_queue(celery_app.conf.task_default_queue)
     return celery_app
 
 
 @pytest.fixture(scope="session")
-def session_worker(django_db_setup, purged_broker):
+def session_worker(django_db_setup, django_db_blocker, purged_broker):
     """A real Celery worker (thread pool) consuming the real broker, in this process.
 
     Started once per session: stopping a worker costs seconds (its consumer
     loop drains the broker with a 2 s timeout), which would dominate the suite.
+    Celery 5.3's Django fixup runs the system checks as the worker starts, and
+    on Django 6 those open a database connection: allowed while it starts only.
     """
-    with start_worker(
-        celery_app, pool="threads", concurrency=4, perform_ping_check=False,
-        loglevel="WARNING", shutdown_timeout=30,
-    ) as w:
+    with contextlib.ExitStack() as stack:
+        with django_db_blocker.unblock():
+            w = stack.enter_context(start_worker(
+                celery_app, pool="threads", concurrency=4, perform_ping_check=False,
+                loglevel="WARNING", shutdown_timeout=30,
+            ))
         yield w
     import gc
 

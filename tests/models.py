@@ -10,3 +10,6 @@ class Execution(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+    def __str__(self):
+        return f"{self.label} ({self.task_id})"

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import dj_database_url
+import django
 
 from django_dyrygent import filesystem_broker
 
@@ -56,7 +57,9 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE / 'db.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30}
+    if django.VERSION >= (5, 1):  # Django 4.2 has no transaction_mode (check W001 says so)
+        DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     # A file, not :memory:, so worker threads and the test share one database.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE / "test-db.sqlite3")}
 
@@ -68,7 +71,8 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     # its writer; this one writes atomically (see django_dyrygent/filesystem_broker.py).
     CELERY_BROKER_TRANSPORT = filesystem_broker.TRANSPORT
     CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker.transport_options(BASE / "broker", 0.02)
-CELERY_TASK_DEFAULT_QUEUE = "dyrygent-tests"
+# A queue of its own per run (nox cells, engineers sharing one broker): DYRYGENT_TEST_QUEUE.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DYRYGENT_TEST_QUEUE", "dyrygent-tests")
 CELERY_RESULT_EXTENDED = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

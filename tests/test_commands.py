@@ -144,7 +144,8 @@ def test_resolve_workflow__ambiguous_prefix_lists_the_candidates():
 
 @pytest.mark.parametrize(
     "text, seconds",
-    [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("3600s", 3600), ("2w", 14 * 86400), (" 1.5H ", 5400)],
+    [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("3600s", 3600), ("2w", 14 * 86400),
+     (" 1.5H ", 5400)],
 )
 def test_parse_duration__units(text, seconds):
     assert operations.parse_duration(text) == timedelta(seconds=seconds)
@@ -179,7 +180,8 @@ def test_dyrygent_status__node_rows_show_arguments_to_tell_siblings_apart():
     wf = started_workflow(group(record.si("web-1", sleep=0), record.si("web-2")))
     out, _ = run_command("dyrygent_status", str(wf.pk), no_color=True)
     assert "tests.record('web-1', sleep=0)  QUEUED" in out and "tests.record('web-2')" in out
-    assert json.loads(run_command("dyrygent_status", str(wf.pk), json=True)[0])["nodes"][1]["call"] == "('web-2')"
+    data = json.loads(run_command("dyrygent_status", str(wf.pk), json=True)[0])
+    assert data["nodes"][1]["call"] == "('web-2')"
 
 
 @pytest.mark.django_db
@@ -497,7 +499,8 @@ def test_dyrygent_run__bad_input_is_a_command_error_and_saves_nothing(args, mess
 def test_dyrygent_run__wait_timeout_exits_2_and_leaves_it_running():
     # Inside this test's transaction nothing is published: the workflow cannot move.
     stdout = TTY()
-    with pytest.raises(CommandError, match=r"is still INITIAL after 0.2s \(0/4 nodes done\); it keeps running") as exc:
+    still = r"is still INITIAL after 0.2s \(0/4 nodes done\); it keeps running"
+    with pytest.raises(CommandError, match=still) as exc:
         run_command("dyrygent_run", "tests.test_commands.SMALL_CANVAS", "--wait", "--timeout", "0.2",
                     "--poll-interval", "0.05", stdout=stdout)
     assert exc.value.returncode == 2
@@ -543,8 +546,9 @@ def test_dyrygent_run__wait_follows_to_success_without_warnings(worker, caplog):
 
 @pytest.mark.worker
 def test_dyrygent_run__wait_on_a_failing_workflow_exits_1(worker):
-    with pytest.raises(CommandError, match=r"ended FAILURE in .*3/3 nodes done, 2 failed, 0 skipped\. "
-                       r"First failure: tests\.fail \[.*\]: tests\.tasks\.Boom: on purpose\. See dyrygent_status") as exc:
+    ended = (r"ended FAILURE in .*3/3 nodes done, 2 failed, 0 skipped\. "
+             r"First failure: tests\.fail \[.*\]: tests\.tasks\.Boom: on purpose\. See dyrygent_status")
+    with pytest.raises(CommandError, match=ended) as exc:
         run_command("dyrygent_run", "tests.test_commands.FAILING_CANVAS", "--wait", "--timeout", "60",
                     "--poll-interval", "0.05")
     assert exc.value.returncode == 1
@@ -629,3 +633,15 @@ def test_dyrygent_graph__svg_is_the_admin_picture_with_its_stylesheet_inlined(tm
     titles = [a.find("svg:title", ns).text for a in nodes]
     assert titles[0].startswith('evil"name\\<b>[x]{y}|`\nstate: QUEUED')
     assert len(root.findall(".//svg:path", ns)) == WorkflowEdge.objects.filter(workflow=wf).count()
+
+
+@pytest.mark.django_db
+def test_dyrygent_graph__svg_renders_unlinked_without_a_urlconf(tmp_path, settings):
+    """Worker-only settings have no ROOT_URLCONF (so no admin to link to); the picture still renders."""
+    del settings.ROOT_URLCONF
+    wf = started_workflow(weird_canvas())
+    target = tmp_path / "wf.svg"
+    run_command("dyrygent_graph", str(wf.pk), "--format", "svg", "--output", str(target))
+    text = target.read_text()
+    assert text.startswith("<svg") or "<svg" in text
+    assert "/admin/" not in text

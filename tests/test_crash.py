@@ -17,6 +17,7 @@ from django.db import connection
 
 from django_dyrygent import engine
 from django_dyrygent.models import Workflow, WorkflowNode
+from tests.conftest import purge_queue
 from tests.models import Execution
 from tests.tasks import record, slow_first
 
@@ -66,10 +67,7 @@ def _wait_for(predicate, timeout=30):
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_crash__a_worker_killed_mid_task_is_recovered_by_the_timeout_on_a_new_worker(tmp_path):
-    from tests.celery_app import app
-
-    with app.connection_for_write() as conn:  # what an aborted earlier run may have left
-        conn.default_channel.queue_purge(QUEUE)
+    purge_queue(QUEUE)  # what an aborted earlier run may have left
     wf = Workflow(name="crash", options={"queue": QUEUE})
     slow = wf.add_signature(slow_first.si("crash", seconds=60), timeout=1, max_attempts=2)
     after = wf.add_signature(record.si("after"), dependencies=[slow])

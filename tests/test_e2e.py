@@ -10,6 +10,7 @@ from celery import chain, chord, group
 from celery import signals as celery_signals
 
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+from tests.celery_app import app as celery_app
 from tests.models import Execution
 from tests.tasks import big, fail, flaky, noop, not_json, not_json_quiet, quiet, record, request_info
 
@@ -157,7 +158,8 @@ def test_options__task_options_and_custom_payloads_are_kept_and_reach_the_worker
     node, own = WorkflowNode.objects.get(pk=node.pk), WorkflowNode.objects.get(pk=own.pk)
     assert node.custom_payload == {"channel": "ops"}
     assert node.result == {
-        "x_tag": "t1", "priority": 5, "routing_key": "dyrygent-tests", "workflow": str(wf.pk),
+        "x_tag": "t1", "priority": 5, "routing_key": celery_app.conf.task_default_queue,
+        "workflow": str(wf.pk),
     }
     # The signature's own option wins over the workflow-wide one; the rest still applies.
     assert own.result["priority"] == 1 and own.result["x_tag"] == "t1"

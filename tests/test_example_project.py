@@ -7,12 +7,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
+from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
+
 # Imported at collection time, before the session worker starts, so the worker
 # knows the demo tasks (shared tasks bind to the suite's Celery app).
 from example_project.demo import tasks as demo_tasks  # noqa: F401
 from example_project.demo.management.commands.run_demo import Command as RunDemo
 from example_project.demo.workflows import build_demo_workflow
-from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
 
 TASK = WorkflowNode.Kind.TASK
 JOIN = WorkflowNode.Kind.JOIN

@@ -5,6 +5,7 @@ project generate a migration inside site-packages; one that follows the
 host's DEFAULT_AUTO_FIELD does the same the day the host changes it.
 """
 
+import hashlib
 import os
 import re
 import subprocess
@@ -25,6 +26,15 @@ pytestmark = pytest.mark.django_db
 
 APP = "django_dyrygent"
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+#: sha256 of each released migration file. A released migration is never edited:
+#: databases that applied it never see the edit. Change the models and add a new
+#: migration (makemigrations django_dyrygent --name ...) instead.
+RELEASED = {
+    # 0.1.0
+    "0001_initial.py": "9134a142a3f5823f907903a6ec98faec7d231483c9f22075fb8e3f94862893fa",
+}
 
 
 def migration_files():
@@ -91,3 +101,17 @@ def test_migrations__form_one_linear_history():
     chain = graph.forwards_plan(leaves[0])
     own = [name for app, name in chain if app == APP]
     assert own == [name[:-3] for name in migration_files()]
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_migrations__released_migrations_are_frozen(name):
+    digest = hashlib.sha256((MIGRATIONS_DIR / name).read_bytes()).hexdigest()
+    assert digest == RELEASED[name], (
+        f"{name} was released and must not change; put the schema change in a new migration."
+    )
+
+
+def test_migrations__later_migrations_build_on_the_released_ones():
+    """Every migration after the released ones comes after them in the file order."""
+    files = migration_files()
+    assert files[: len(RELEASED)] == sorted(RELEASED), files

@@ -10,8 +10,7 @@ from celery.worker import state as worker_state
 from django.core.exceptions import ValidationError
 
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.celery_app import app as celery_app
-from tests.conftest import wait_worker_idle
+from tests.conftest import purge_queue, wait_worker_idle
 from tests.models import Execution
 from tests.tasks import fail, gate, on_end, record
 
@@ -28,7 +27,13 @@ def labels():
 
 
 def node(wf, label):
-    return wf.nodes.get(kind=WorkflowNode.Kind.TASK, signature__args__0=label)
+    """The task node whose first argument is ``label``.
+
+    Compared in Python: a JSON key lookup (signature__args__0=label) finds
+    nothing on MariaDB under Django 4.2.
+    """
+    (found,) = [n for n in wf.nodes.filter(kind=WorkflowNode.Kind.TASK) if n.signature["args"][:1] == [label]]
+    return found
 
 
 def wait_for(predicate, what, timeout=TIMEOUT):
@@ -49,8 +54,7 @@ def wait_callbacks(wf):
 @pytest.fixture
 def parked_queue():
     yield PARKED
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(PARKED)
+    purge_queue(PARKED)
 
 
 # -- cancel --------------------------------------------------------------------------------

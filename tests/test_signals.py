@@ -99,7 +99,7 @@ def test_signals__sent_after_commit_with_their_arguments_during_a_real_run(worke
         if name == "node_state_changed":
             node_changes.setdefault(kw["node"].pk, []).append((kw["new_state"], seen["node_row_state"]))
     assert set(node_changes) == set(task_nodes)  # joins are internal: not announced
-    for pk, seq in node_changes.items():
+    for seq in node_changes.values():
         assert [new for new, _row in seq if new != S.STARTED] == [S.QUEUED, S.SUCCESS]
         assert S.STARTED in [new for new, _row in seq]
         assert dict(seq)[S.SUCCESS] == S.SUCCESS

@@ -1,4 +1,8 @@
-from django.core.management.base import BaseCommand
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
 
 from ... import engine
 from ._common import add_workflow_id_argument, get_workflow
@@ -10,14 +14,14 @@ class Command(BaseCommand):
         "Harmless on a workflow that has already ended."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         add_workflow_id_argument(parser)
         parser.add_argument(
             "--reason", dest="reason", default="canceled from the command line",
             help="Reason stored on the workflow's events and nodes (default: %(default)r).",
         )
 
-    def handle(self, *args, workflow_id, reason, **options):
+    def handle(self, *args: Any, workflow_id: str, reason: str | None, **options: Any) -> None:
         wf = get_workflow(workflow_id)
         if engine.cancel(wf.pk, reason=reason):
             self.stdout.write(self.style.SUCCESS(f"Canceled workflow {wf.pk}."))

@@ -1,6 +1,9 @@
-from pathlib import Path
+from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import operations
 from ._common import add_workflow_id_argument, get_workflow
@@ -14,7 +17,7 @@ class Command(BaseCommand):
         "(paste into Markdown) or json (nodes and edges, edge = dependency -> dependent)."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         add_workflow_id_argument(parser)
         parser.add_argument(
             "--format", dest="format", choices=FORMATS, default="dot",
@@ -25,7 +28,7 @@ class Command(BaseCommand):
             help="Write to FILE instead of standard output.",
         )
 
-    def handle(self, *args, workflow_id, format, output, **options):
+    def handle(self, *args: Any, workflow_id: str, format: str, output: str | None, **options: Any) -> None:
         if format not in FORMATS:  # call_command(format=...) skips argparse's choices
             raise CommandError(f"Unknown format {format!r}; use one of {', '.join(FORMATS)}.")
         wf = get_workflow(workflow_id)

@@ -1,4 +1,8 @@
-from django.core.management.base import BaseCommand, CommandError
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from ...operations import parse_duration, prune
@@ -14,7 +18,7 @@ class Command(BaseCommand):
         "own task results (django_celery_results) are not touched."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--older-than", dest="older_than", required=True, default=None, metavar="AGE",
             help="Delete workflows that ended more than AGE ago: 30d, 12h, 90m, 3600s or 2w.",
@@ -33,7 +37,10 @@ class Command(BaseCommand):
             help="Workflows deleted per transaction (default: %(default)s).",
         )
 
-    def handle(self, *args, older_than, states, dry_run, batch_size, **options):
+    def handle(
+        self, *args: Any, older_than: str, states: list[str] | None, dry_run: bool, batch_size: int,
+        **options: Any,
+    ) -> None:
         try:
             age = parse_duration(older_than)
         except ValueError as exc:

@@ -1,4 +1,8 @@
-from django.core.management.base import BaseCommand
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
 
 from ... import engine
 from ._common import add_workflow_id_argument, get_workflow
@@ -10,10 +14,10 @@ class Command(BaseCommand):
         "ids and resume it; nodes that succeeded keep their results."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         add_workflow_id_argument(parser)
 
-    def handle(self, *args, workflow_id, **options):
+    def handle(self, *args: Any, workflow_id: str, **options: Any) -> None:
         wf = get_workflow(workflow_id)
         reset = engine.retry(wf.pk)
         wf.refresh_from_db()

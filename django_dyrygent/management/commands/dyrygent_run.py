@@ -1,10 +1,13 @@
+from __future__ import annotations
+
 import json
 import time
+from typing import Any
 
 from celery.app.task import Task
 from celery.canvas import Signature
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.module_loading import import_string
 
 from ... import launch
@@ -53,7 +56,7 @@ class Command(BaseCommand):
         "runs out first (the workflow keeps running)."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "path", metavar="NAME|PATH", nargs="?", default=None,
             help="A catalogue definition's name, or a dotted path, e.g. myapp.workflows.build_nightly.",
@@ -184,7 +187,7 @@ class Command(BaseCommand):
 
     # -- building ----------------------------------------------------------------------
 
-    def _payload(self, text):
+    def _payload(self, text: str | None) -> dict[str, Any] | None:
         if text is None:
             return None
         try:
@@ -195,7 +198,7 @@ class Command(BaseCommand):
             raise CommandError(f"--payload must be a JSON object, not {type(value).__name__}.")
         return value
 
-    def _build(self, path):
+    def _build(self, path: str) -> Workflow:
         try:
             obj = import_string(path)
         except ImportError as exc:
@@ -221,7 +224,8 @@ class Command(BaseCommand):
             try:
                 wf.add_celery_canvas(obj)
             except ValidationError as exc:
-                raise CommandError(f"Cannot import the canvas from {path}: {'; '.join(exc.messages)}") from None
+                reason = "; ".join(exc.messages)
+                raise CommandError(f"Cannot import the canvas from {path}: {reason}") from None
             return wf
         raise CommandError(
             f"{path} is a {type(obj).__name__}, not a Celery signature or canvas, a task, an unsaved "
@@ -230,18 +234,19 @@ class Command(BaseCommand):
 
     # -- following ---------------------------------------------------------------------
 
-    def _follow(self, wf, timeout, interval):
+    def _follow(self, wf: Workflow, timeout: float | None, interval: float) -> None:
         tty = self.stdout.isatty()
         began = time.monotonic()
         last = None
         row = wf
         while True:
-            row = Workflow.objects.filter(pk=wf.pk).only(
+            fresh = Workflow.objects.filter(pk=wf.pk).only(
                 "state", "nodes_total", "nodes_done", "nodes_failed", "nodes_skipped", "error",
                 "started_at", "finished_at",
             ).first()
-            if row is None:
+            if fresh is None:
                 raise CommandError(f"Workflow {wf.pk} disappeared while waiting (pruned or deleted?).")
+            row = fresh
             elapsed = time.monotonic() - began
             snapshot = (row.state, row.nodes_done, row.nodes_failed)
             if tty:
@@ -290,7 +295,7 @@ class Command(BaseCommand):
         )
 
     @staticmethod
-    def _bar(row, elapsed, width=30):
+    def _bar(row: Workflow, elapsed: float, width: int = 30) -> str:
         total = row.nodes_total or 0
         fraction = 1.0 if not total else row.nodes_done / total
         filled = int(round(width * fraction))

@@ -1,26 +1,30 @@
-import json
+from __future__ import annotations
 
-from django.core.management.base import BaseCommand
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
 
 from ...operations import NODE_TABLE_LIMIT, node_label, workflow_summary
 from ._common import add_workflow_id_argument, get_workflow
 
 
-def _table(rows, headers):
+def _table(rows: list[tuple[object, ...]], headers: tuple[str, ...]) -> Iterator[str]:
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(str(c))) for w, c in zip(widths, row)]
+        widths = [max(w, len(str(c))) for w, c in zip(widths, row, strict=True)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     yield fmt.format(*headers).rstrip()
     for row in rows:
         yield fmt.format(*(str(c) for c in row)).rstrip()
 
 
-def _short_time(iso):
+def _short_time(iso: str | None) -> str:
     return iso[11:23] if iso else "-"
 
 
-def _secs(value):
+def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
@@ -30,7 +34,7 @@ class Command(BaseCommand):
         f"{NODE_TABLE_LIMIT} nodes are summarised per task name and state."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         add_workflow_id_argument(parser)
         parser.add_argument(
             "--json", dest="as_json", action="store_true", default=False,
@@ -41,7 +45,7 @@ class Command(BaseCommand):
             help="List nodes one by one up to this many nodes, group them above (default: %(default)s).",
         )
 
-    def handle(self, *args, workflow_id, as_json, node_limit, **options):
+    def handle(self, *args: Any, workflow_id: str, as_json: bool, node_limit: int, **options: Any) -> None:
         wf = get_workflow(workflow_id)
         data = workflow_summary(wf, node_limit=node_limit)
         if as_json:
@@ -67,6 +71,8 @@ class Command(BaseCommand):
         if data["error"]:
             self.stdout.write(f"  error      {data['error']}")
         self.stdout.write("")
+        rows: list[tuple[object, ...]]
+        headers: tuple[str, ...]
         if data["collapsed"]:
             self.stdout.write(f"{data['node_rows']} node rows, grouped by task and state:")
             rows = [
@@ -77,7 +83,8 @@ class Command(BaseCommand):
             headers = ("TASK", "STATE", "COUNT", "FIRST START", "LAST FINISH")
         else:
             rows = [
-                (n["position"], node_label(n["task_name"], n["kind"]) + (n["call"] if n["kind"] != "join" else ""),
+                (n["position"],
+                 node_label(n["task_name"], n["kind"]) + (n["call"] if n["kind"] != "join" else ""),
                  n["state"], n["task_id"], _secs(n["duration_seconds"]), n["reason"])
                 for n in data["nodes"]
             ]

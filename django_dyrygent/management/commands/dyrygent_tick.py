@@ -1,9 +1,13 @@
+from __future__ import annotations
+
 import argparse
 import logging
 import signal
 import threading
+from types import FrameType
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import db, engine
 from ...conf import settings
@@ -21,7 +25,7 @@ class Command(BaseCommand):
         "django_dyrygent.sweep task with Celery beat."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         add_workflow_id_argument(parser, required=False)
         parser.add_argument(
             "--stale-after", dest="stale_after", type=float, default=None,
@@ -45,7 +49,10 @@ class Command(BaseCommand):
             "--max-iterations", dest="max_iterations", type=int, default=None, help=argparse.SUPPRESS,
         )
 
-    def handle(self, *args, workflow_id, stale_after, batch_size, loop, interval, max_iterations, **options):
+    def handle(
+        self, *args: Any, workflow_id: str | None, stale_after: float | None, batch_size: int,
+        loop: bool, interval: float | None, max_iterations: int | None, **options: Any,
+    ) -> None:
         if batch_size < 1:
             raise CommandError(f"--batch-size must be at least 1, not {batch_size}.")
         if stale_after is not None and stale_after < 0:
@@ -54,7 +61,9 @@ class Command(BaseCommand):
             raise CommandError(f"--interval must be more than zero seconds, not {interval}.")
         if workflow_id is not None:
             if loop:
-                raise CommandError("--loop sweeps all stale workflows; it cannot be combined with a workflow id.")
+                raise CommandError(
+                    "--loop sweeps all stale workflows; it cannot be combined with a workflow id."
+                )
             wf = get_workflow(workflow_id)
             outcome = engine.tick(wf.pk, scheduled=False)
             if outcome == "busy":
@@ -73,9 +82,9 @@ class Command(BaseCommand):
 
     def _loop(self, sweeper, stale_after, batch_size, interval, max_iterations):
         stop = threading.Event()
-        received = []
+        received: list[str] = []
 
-        def on_signal(signum, frame):
+        def on_signal(signum: int, frame: FrameType | None) -> None:
             received.append(signal.Signals(signum).name)
             stop.set()
 
