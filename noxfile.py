@@ -133,6 +133,9 @@ def cell_env(cell: Cell, work: Path) -> dict[str, str]:
     env = {
         "DYRYGENT_TEST_DIR": str(work),
         "DYRYGENT_TEST_QUEUE": f"dyrygent-nox-{cell.slug}",
+        # The fault suite (private servers, killed workers) tests the engine, not the
+        # versions: `make test`'s PostgreSQL pass runs it; NOX_RELIABILITY=1 adds it here.
+        "DYRYGENT_RELIABILITY": os.environ.get("NOX_RELIABILITY", "0"),
         "CELERY_BROKER_URL": {
             "redis": os.environ.get("NOX_REDIS_URL", "redis://127.0.0.1:6379/0"),
             "rabbitmq": os.environ.get("NOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
