@@ -8,6 +8,7 @@ field is made read-only instead.
 
 from urllib.parse import quote
 
+import django
 from django.contrib import admin, messages
 from django.contrib.admin.utils import display_for_field, lookup_field
 from django.core.exceptions import PermissionDenied
@@ -425,7 +426,11 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     def lookup_allowed(self, lookup, value, request=None):
         # The DAG links collapsed boxes to ?workflow=<id>&task_name=<name>.
-        return lookup in ("workflow", "workflow__exact") or super().lookup_allowed(lookup, value, request)
+        if lookup in ("workflow", "workflow__exact"):
+            return True
+        if django.VERSION < (5, 0):  # ModelAdmin.lookup_allowed() takes request from Django 5.0 on
+            return super().lookup_allowed(lookup, value)
+        return super().lookup_allowed(lookup, value, request)
 
     @admin.display(description=_("task"), ordering="task_name")
     def display_task(self, obj):
