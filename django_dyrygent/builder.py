@@ -8,6 +8,7 @@ written: a half-saved workflow would hang or run part of a graph.
 import json
 import logging
 from collections import deque
+from datetime import timedelta
 from functools import partial
 
 from django.apps import apps
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from .conf import get_celery_app, settings
 from .serialization import NotSerialisable, to_tree
-from .states import NodeKind, NodeState
+from .states import NodeKind, NodeState, WorkflowState
 
 logger = logging.getLogger("django_dyrygent.builder")
 
@@ -336,3 +337,20 @@ def send_start(workflow, send_tick):
             "Could not send the start of workflow %s (%s); its rows are saved and the sweeper "
             "will start it once the broker is back.", workflow.pk, error,
         )
+        _mark_start_lost(workflow)
+
+
+def _mark_start_lost(workflow):
+    """Make the unsent first tick overdue now, so the next sweep starts the workflow.
+
+    ``next_tick_at`` is when the scheduled tick is due, and a tick overdue by
+    DYRYGENT_STALE_AFTER is taken as lost; this one is known lost, so there
+    is nothing to wait for. A workflow that meanwhile started is left alone.
+    """
+    overdue = timezone.now() - timedelta(seconds=float(settings.STALE_AFTER) + 1)
+    try:
+        _model("Workflow").objects.filter(pk=workflow.pk, state=WorkflowState.INITIAL).update(
+            next_tick_at=overdue
+        )
+    except Exception:  # the sweeper still finds it after DYRYGENT_STALE_AFTER
+        logger.exception("Could not mark the start of workflow %s as lost", workflow.pk)

@@ -13,6 +13,7 @@ import time
 from celery import chain, current_app, group
 from django.db.models import Max
 
+from django_dyrygent import conf
 from django_dyrygent.engine import HEADER
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.reliability import harness
@@ -192,3 +193,25 @@ def test_duplicate_delivery__dependents_released_once(rel):
     second.refresh_from_db()
     assert second.state == S.SUCCESS and second.publish_count == 1 and harness.runs("dup-b") == 1
     assert WorkflowEvent.objects.filter(node=second, new_state=S.QUEUED).count() == 1
+
+
+def test_broker_down_at_apply_async__the_workers_sweep_starts_it_within_60s_without_beat(rel):
+    """The caller is told the start was not sent; a worker with default settings starts it by itself."""
+    rel.redis.stop()
+    try:
+        wf, (first, second) = _chain("broker-down", run.si("bd-first"), run.si("bd-second"))
+        wf.apply_async()
+        assert wf.start_sent is False and wf.start_error is not None
+        wf.refresh_from_db()
+        assert wf.state == Workflow.State.INITIAL
+        # Known lost, so overdue at once: the next sweep takes it, not one DYRYGENT_STALE_AFTER later.
+        assert Workflow.objects.stale(conf.settings.STALE_AFTER).filter(pk=wf.pk).exists()
+    finally:
+        rel.redis.start()
+    rel.ready_worker("after-outage", env={})  # no beat anywhere: only the workers' own sweep
+    up = time.monotonic()
+    assert rel.wait_final(wf, 90) == Workflow.State.SUCCESS, rel.logs()
+    took = time.monotonic() - up
+    _figure(rel, "start sent while the broker was down: replacement up -> workflow SUCCESS", took)
+    assert took <= 60
+    assert harness.runs("bd-first") == 1 and harness.runs("bd-second") == 1
