@@ -4,10 +4,16 @@ Also: the README, the docs and the example project say the same thing about
 the sweep entry and SQLite's options, and `make test` lists skipped tests.
 """
 
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -79,3 +85,83 @@ def test_makefile__test_target_lists_skipped_tests_and_why():
     done = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     pytest_line = next(line for line in done.stdout.splitlines() if "-m pytest" in line)
     assert " -rs " in pytest_line
+
+
+def _readme_project(path):
+    """startproject + only the README's settings and Celery blocks, plus one app with a task (any project has one)."""
+    subprocess.run([sys.executable, "-m", "django", "startproject", "proj", str(path)], check=True, timeout=60)
+    settings = path / "proj" / "settings.py"
+    settings.write_text(settings.read_text() + "\n" + python_block_after("# settings.py")
+                        + '\nINSTALLED_APPS += ["shop"]\n')
+    celery_py, init_py = python_block_after("# proj/celery.py").split("# proj/__init__.py")
+    (path / "proj" / "celery.py").write_text(celery_py)
+    (path / "proj" / "__init__.py").write_text(init_py)
+    (path / "shop").mkdir()
+    (path / "shop" / "__init__.py").write_text("")
+    (path / "shop" / "tasks.py").write_text(
+        "from celery import shared_task\n\n\n@shared_task\ndef step(label):\n    return label\n"
+    )
+
+
+START_WHILE_BROKER_DOWN = """
+from celery import chain
+from django_dyrygent.models import Workflow
+from shop.tasks import step
+wf = Workflow(name="readme")
+wf.add_celery_canvas(chain(step.si("a"), step.si("b")))
+wf.apply_async()
+print("ID", wf.pk, "SENT", wf.start_sent)
+"""
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="runs once, in the SQLite pass (its own SQLite)")
+def test_readme_install__start_sent_while_the_broker_was_down_recovers_by_itself_within_a_minute(tmp_path):
+    """A new startproject set up from the README only, no beat: a start the broker refused still runs.
+
+    The caller is told (``start_sent`` is False); once the broker is up and a
+    worker runs, the worker's own sweep starts the workflow.
+    """
+    from tests.reliability import harness
+
+    _readme_project(tmp_path)
+    redis = harness.Redis(tmp_path / "redis")  # its port is free: nothing listens yet (broker down)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+           "DJANGO_SETTINGS_MODULE": "proj.settings", "CELERY_BROKER_URL": redis.url}
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v", "0"], cwd=tmp_path, env=env, check=True, timeout=180)
+    started = subprocess.run([*manage, "shell", "-c", START_WHILE_BROKER_DOWN], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    workflow_id = re.search(r"ID (\S+) SENT False", started.stdout).group(1)
+    state = [*manage, "shell", "-c",
+             f"from django_dyrygent.models import Workflow; print(Workflow.objects.get(pk='{workflow_id}').state)"]
+    worker = None
+    redis.start()
+    try:
+        log = open(tmp_path / "worker.log", "wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", "1", "-l", "warning",
+             "--without-mingle", "--without-gossip"],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        up = time.monotonic()
+
+        def final():
+            out = subprocess.run(state, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            last = (out.stdout.strip().splitlines() or [""])[-1]  # Django 5.2's shell may print a banner first
+            return last if last in ("SUCCESS", "FAILURE", "ERROR") else None
+
+        assert harness.wait_for(final, 90, interval=1.0, what="the workflow's end") == "SUCCESS", (
+            (tmp_path / "worker.log").read_text()
+        )
+        assert time.monotonic() - up <= 60  # the issue's bound, with default settings
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=10)
+        redis.stop()
