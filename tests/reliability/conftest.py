@@ -93,6 +93,8 @@ def rel_servers(rel_base):
     finally:
         redis.stop()
         pg.stop(mode="immediate")
+        if pg.as_root:  # its own directory under /tmp (see harness.Postgres)
+            shutil.rmtree(pg.base, ignore_errors=True)
 
 
 class Rel:

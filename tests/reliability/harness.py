@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,11 +99,15 @@ class Postgres:
 
     def __init__(self, base):
         self.bin = pg_bin_dir()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            # The cluster runs as PG_USER, who must reach its directory: the suite's own
+            # directory may sit under a root-only one (CI's `mktemp -d`), so use a fresh one.
+            base = tempfile.mkdtemp(prefix="dyrygent-pg-")
         self.base = Path(base)
         self.data = self.base / "pgdata"
         self.port = free_port()
         self.log = self.base / "postgres.log"
-        self.as_root = os.geteuid() == 0
 
     def _run(self, *args, timeout=60, check=True):
         command = [str(self.bin / args[0]), *args[1:]]
