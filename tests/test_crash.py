@@ -82,7 +82,13 @@ def test_crash__a_worker_killed_mid_task_is_recovered_by_the_timeout_on_a_new_wo
         _stop(first, signal.SIGKILL)  # the whole process group: main process and pool child
         second = _start_worker(tmp_path, "replacement")
         time.sleep(1.2)  # past the node's timeout
-        engine.tick(wf.pk, scheduled=False)
+
+        def timed_out_and_republished():
+            # A tick finding the workflow busy (a scheduled tick holds it) skips it: tick again.
+            engine.tick(wf.pk, scheduled=False)
+            return WorkflowNode.objects.get(pk=slow.pk).task_id != doomed_task_id
+
+        assert _wait_for(timed_out_and_republished, timeout=30)
         assert wf.wait(timeout=60) == Workflow.State.SUCCESS, (tmp_path / "replacement.log").read_text()
     finally:
         _stop(first, signal.SIGKILL)
