@@ -53,7 +53,19 @@ _QUEUE_RULES = [str(TriggerRule.ALL_SUCCESS), str(TriggerRule.ALL_DONE)]
 
 
 # The columns the engine reads of a node, in model order (what Model.from_db expects).
-_NODE_COLUMNS = [f.attname for f in WorkflowNode._meta.concrete_fields if f.attname in engine.NODE_FIELDS]
+_NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in engine.NODE_FIELDS]
+_NODE_COLUMNS = [f.attname for f in _NODE_FIELD_OBJECTS]
+
+
+
+
+def _node(conn, values):
+    """A WorkflowNode from RETURNING columns, converted as the ORM would (JSON decoded)."""
+    values = [
+        f.from_db_value(v, None, conn) if hasattr(f, "from_db_value") else v
+        for f, v in zip(_NODE_FIELD_OBJECTS, values)
+    ]
+    return WorkflowNode.from_db(conn.alias, _NODE_COLUMNS, values)
 
 
 class _Fallback(Exception):
@@ -108,7 +120,7 @@ def _fast_success(conn, workflow_id, task_id, value):
         row = cursor.fetchone()
         if row is None:
             raise _Fallback("node missing, not a task or not active")
-        old, node = row[0], WorkflowNode.from_db(conn.alias, fields, row[1:])
+        old, node = row[0], _node(conn, row[1:])
         # 3. Dependents, locked in id order; a counter reaching zero queues its node here.
         ready = (
             "d.waiting = l.n AND d.failed_dependencies = 0 AND d.state = %s "
@@ -129,7 +141,7 @@ def _fast_success(conn, workflow_id, task_id, value):
         )
         released = []
         for dep_old, *values in cursor.fetchall():
-            dep = WorkflowNode.from_db(conn.alias, fields, values)
+            dep = _node(conn, values)
             if dep.state == NodeState.QUEUED and dep_old == NodeState.PENDING:
                 released.append(dep)
             elif dep.state == NodeState.PENDING and engine._readiness(dep) is not None:
