@@ -178,52 +178,40 @@ def wait_final(wf, drivers, timeout=TIMEOUT):
     raise AssertionError(f"workflow not final after {timeout}s; errors: {drivers.errors!r}")
 
 
-def test_concurrency__every_node_published_once_while_threads_tick_and_report(transactional_db, broker):
-    wf = build(groups=6, width=50)  # 302 task nodes, 5 joins
+def run_to_success(wf, broker, tasks, tickers=2):
+    """Drive ``wf`` to SUCCESS; every task node published and applied exactly once."""
     drivers = Drivers(wf, broker)
-    drivers.start()
+    drivers.start(tickers=tickers)
     try:
         assert wait_final(wf, drivers) == Workflow.State.SUCCESS
     finally:
         drivers.join()
     assert drivers.errors == []
-
     task_ids = set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("task_id", flat=True))
-    assert len(task_ids) == 302
+    assert len(task_ids) == tasks
     assert set(broker.published) == task_ids
     assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
-    # Duplicate reports really happened, and each was ignored.
-    assert drivers.reports["applied"] == 302
-    assert drivers.reports["ignored"] > 50
+    assert drivers.reports["applied"] == tasks
     wf.refresh_from_db()
-    assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (302, 302, 302, 0)
+    assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (tasks, tasks, tasks, 0)
     assert set(wf.nodes.values_list("state", flat=True)) == {S.SUCCESS}
+    assert set(wf.nodes.values_list("waiting", flat=True)) == {0}
     assert set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("publish_count", flat=True)) == {1}
     assert broker.fast == expected_fast(wf)
+    return drivers
+
+
+def test_concurrency__every_node_published_once_while_threads_tick_and_report(transactional_db, broker):
+    drivers = run_to_success(build(groups=6, width=50), broker, tasks=302)
+    # Duplicate reports really happened, and each was ignored.
+    assert drivers.reports["ignored"] > 50
 
 
 def test_concurrency__siblings_of_one_group_succeed_at_once_each_dependent_published_once(
     transactional_db, broker
 ):
-    wf = build(groups=1, width=200)  # noop, 200 siblings, noop: 202 task nodes
-    drivers = Drivers(wf, broker)
-    drivers.start(workers=THREADS, tickers=1)
-    try:
-        assert wait_final(wf, drivers) == Workflow.State.SUCCESS
-    finally:
-        drivers.join()
-    assert drivers.errors == []
-    task_ids = set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("task_id", flat=True))
-    assert len(task_ids) == 202
-    assert set(broker.published) == task_ids
-    assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
-    assert drivers.reports["applied"] == 202
-    wf.refresh_from_db()
-    assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (202, 202, 202, 0)
-    assert set(wf.nodes.values_list("state", flat=True)) == {S.SUCCESS}
-    assert set(wf.nodes.values_list("waiting", flat=True)) == {0}
-    assert set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("publish_count", flat=True)) == {1}
-    assert broker.fast == expected_fast(wf)
+    # noop, 200 siblings released at once and completed by 8 threads, a join, noop.
+    run_to_success(build(groups=1, width=200), broker, tasks=202, tickers=1)
 
 
 def test_concurrency__two_cancels_racing_completions_leave_a_consistent_state(transactional_db, broker):
