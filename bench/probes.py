@@ -33,8 +33,9 @@ from django_dyrygent import signals as dy_signals
 
 # The statements that take the workflow row lock: the engine's lock, or an UPDATE of the row.
 LOCKING = re.compile(
-    r'^\s*(SELECT .* FROM "django_dyrygent_workflow" .*FOR (NO KEY )?UPDATE'
-    r'|UPDATE "django_dyrygent_workflow" SET)',
+    # Quoted (the ORM) or not (hotpath.py's SQL); \b keeps django_dyrygent_workflownode out.
+    r'^\s*(SELECT .* FROM "?django_dyrygent_workflow\b"? .*FOR (NO KEY )?UPDATE'
+    r'|UPDATE "?django_dyrygent_workflow\b"? SET)',
     re.S,
 )
 _buffer = {"stmts": 0, "holds": [], "lockwaits": [], "returned": {}, "published": {}, "finished": {}}

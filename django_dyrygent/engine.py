@@ -108,11 +108,11 @@ def lock_workflow(pk, skip_locked=False):
     options = {}
     if skip_locked and conn.features.has_select_for_update_skip_locked:
         options["skip_locked"] = True
-    if getattr(conn.features, "has_select_for_no_key_update", False):
-        # FOR NO KEY UPDATE: exclusive among engine steps, but it lets workers
-        # insert rows referencing the workflow (their foreign-key check takes
-        # KEY SHARE) while a step holds the lock; see node_started.
-        options["no_key"] = True
+    # PostgreSQL: FOR UPDATE, the one row lock that conflicts with the FOR KEY SHARE
+    # every completion of the hot path (hotpath.py) and every worker report
+    # (_simple_transition) takes first: a decision waits for the completions in
+    # flight, later ones wait for the decision. Both take the workflow row before
+    # any node row, so they cannot deadlock.
     return Workflow.objects.select_for_update(**options).defer(*LOCK_DEFERRED).filter(pk=pk).first()
 
 
@@ -937,13 +937,23 @@ def _simple_transition(workflow_id, task_id, target, **fields):
     These changes decide nothing, and taking the lock for them doubled the
     lock traffic of every node. An engine step that meanwhile read the node
     in its old state re-reads it (``Step.transition_nodes``). On PostgreSQL the
-    engine lock is FOR NO KEY UPDATE, so the event row inserted here never
-    waits for it (no lock-order deadlock); on SQLite the UPDATE comes first
-    and takes the write lock. Other databases take the workflow lock.
+    workflow row is taken FOR KEY SHARE first (shared with completions, waiting
+    for the engine's FOR UPDATE); on SQLite the UPDATE comes first and takes
+    the write lock. Other databases take the workflow lock.
     """
-    if _connection().vendor not in ("postgresql", "sqlite"):
+    conn = _connection()
+    if conn.vendor not in ("postgresql", "sqlite"):
         return _locked_simple_transition(workflow_id, task_id, target, **fields)
     with transaction.atomic():
+        if conn.vendor == "postgresql":
+            # The event row's foreign key takes KEY SHARE on the workflow row, which
+            # conflicts with the engine's FOR UPDATE (lock_workflow): take it before
+            # the node row, in the engine's lock order, or a cancel waiting for this
+            # node while this waits for the cancel would deadlock.
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT 1 FROM {Workflow._meta.db_table} WHERE id = %s FOR KEY SHARE", [workflow_id]
+                )
         old = None
         for source in _WORKER_SOURCES[target]:
             if WorkflowNode.objects.filter(

@@ -36,7 +36,7 @@ from celery.exceptions import Ignore
 from celery.states import SUCCESS
 from django.db import DatabaseError
 
-from . import db, engine, recovery, worker
+from . import db, engine, hotpath, recovery, worker
 from .conf import settings
 
 logger = logging.getLogger("django_dyrygent.handlers")
@@ -153,7 +153,7 @@ def on_task_success(sender=None, result=None, **kwargs):
     workflow_id = _workflow_id(request)
     if workflow_id:
         _marks("recorded").add(request.id)
-        _guarded(f"the success of task {request.id}", engine.node_succeeded, workflow_id, request.id, result)
+        _guarded(f"the success of task {request.id}", hotpath.node_succeeded, workflow_id, request.id, result)
 
 
 def on_task_postrun(sender=None, task_id=None, task=None, retval=None, state=None, **kwargs):
@@ -170,7 +170,7 @@ def on_task_postrun(sender=None, task_id=None, task=None, retval=None, state=Non
     workflow_id = _workflow_id(request)
     if workflow_id:
         _marks("body_succeeded").add(task_id)
-        _guarded(f"the success of task {task_id}", engine.node_succeeded, workflow_id, task_id, retval)
+        _guarded(f"the success of task {task_id}", hotpath.node_succeeded, workflow_id, task_id, retval)
 
 
 def on_task_failure(sender=None, task_id=None, exception=None, einfo=None, **kwargs):

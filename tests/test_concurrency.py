@@ -1,5 +1,10 @@
 """Many threads drive ONE workflow at once: ticks, completion reports (with duplicates), cancels.
 
+Completions go through ``hotpath.node_succeeded``, as the worker's receiver
+does: on PostgreSQL most of them take the lock-free path (``FOR KEY SHARE``
+on the workflow row, counters decremented with ``UPDATE … RETURNING``), the
+rest the locked one; the tests count which, so the new path is really proved.
+
 The broker is replaced by a recorder (``engine.publish``), so the test sees
 every publication decision the engine takes and plays the worker itself from
 many threads. PostgreSQL only: SQLite has no row locks and serialises every
@@ -16,7 +21,7 @@ from celery import chain, group
 from django.conf import settings
 from django.db import connections
 
-from django_dyrygent import engine
+from django_dyrygent import engine, hotpath
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.tasks import noop
 
@@ -42,6 +47,7 @@ class FakeBroker:
         self.published = Counter()
         self.revoked = set()
         self.inbox = queue.Queue()
+        self.fast = 0  # successes recorded by the lock-free path
 
     def publish(self, workflow_id, tasks_options, entries):
         with self.lock:
@@ -60,7 +66,34 @@ def broker(monkeypatch):
     monkeypatch.setattr(engine, "publish", fake.publish)
     monkeypatch.setattr(engine, "revoke", fake.revoke)
     monkeypatch.setattr(engine, "send_tick", lambda *args, **kwargs: None)
+    fast = hotpath._fast_success
+
+    def counted(*args):
+        node = fast(*args)
+        with fake.lock:
+            fake.fast += 1
+        return node
+
+    monkeypatch.setattr(hotpath, "_fast_success", counted)
     return fake
+
+
+def lock_free():
+    """Whether completions can take the lock-free path here (PostgreSQL)."""
+    return connections["default"].vendor == "postgresql"
+
+
+def expected_fast(wf):
+    """Completions of a finished workflow the lock-free path records on PostgreSQL.
+
+    All but those the locked path must decide: the one completion that brings
+    each join's counter to zero (the join succeeds under the lock) and the one
+    that finishes the workflow. Elsewhere none.
+    """
+    if not lock_free():
+        return 0
+    nodes = wf.nodes.values_list("kind", flat=True)
+    return nodes.filter(kind=WorkflowNode.Kind.TASK).count() - nodes.filter(kind=WorkflowNode.Kind.JOIN).count() - 1
 
 
 def build(groups, width):
@@ -112,7 +145,7 @@ class Drivers:
                 # Queued before this report starts, so two threads report the task at once.
                 self.broker.inbox.put((task_id, True))
             engine.node_started(self.wf_id, task_id)
-            applied = engine.node_succeeded(self.wf_id, task_id, result=n)
+            applied = hotpath.node_succeeded(self.wf_id, task_id, result=n)
             with self.lock:
                 self.reports["applied" if applied else "ignored"] += 1
 
@@ -145,27 +178,40 @@ def wait_final(wf, drivers, timeout=TIMEOUT):
     raise AssertionError(f"workflow not final after {timeout}s; errors: {drivers.errors!r}")
 
 
-def test_concurrency__every_node_published_once_while_threads_tick_and_report(transactional_db, broker):
-    wf = build(groups=6, width=50)  # 302 task nodes, 5 joins
+def run_to_success(wf, broker, tasks, tickers=2):
+    """Drive ``wf`` to SUCCESS; every task node published and applied exactly once."""
     drivers = Drivers(wf, broker)
-    drivers.start()
+    drivers.start(tickers=tickers)
     try:
         assert wait_final(wf, drivers) == Workflow.State.SUCCESS
     finally:
         drivers.join()
     assert drivers.errors == []
-
     task_ids = set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("task_id", flat=True))
-    assert len(task_ids) == 302
+    assert len(task_ids) == tasks
     assert set(broker.published) == task_ids
     assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
-    # Duplicate reports really happened, and each was ignored.
-    assert drivers.reports["applied"] == 302
-    assert drivers.reports["ignored"] > 50
+    assert drivers.reports["applied"] == tasks
     wf.refresh_from_db()
-    assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (302, 302, 302, 0)
+    assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (tasks, tasks, tasks, 0)
     assert set(wf.nodes.values_list("state", flat=True)) == {S.SUCCESS}
+    assert set(wf.nodes.values_list("waiting", flat=True)) == {0}
     assert set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("publish_count", flat=True)) == {1}
+    assert broker.fast == expected_fast(wf)
+    return drivers
+
+
+def test_concurrency__every_node_published_once_while_threads_tick_and_report(transactional_db, broker):
+    drivers = run_to_success(build(groups=6, width=50), broker, tasks=302)
+    # Duplicate reports really happened, and each was ignored.
+    assert drivers.reports["ignored"] > 50
+
+
+def test_concurrency__siblings_of_one_group_succeed_at_once_each_dependent_published_once(
+    transactional_db, broker
+):
+    # noop, 200 siblings released at once and completed by 8 threads, a join, noop.
+    run_to_success(build(groups=1, width=200), broker, tasks=202, tickers=1)
 
 
 def test_concurrency__two_cancels_racing_completions_leave_a_consistent_state(transactional_db, broker):
@@ -212,3 +258,5 @@ def test_concurrency__two_cancels_racing_completions_leave_a_consistent_state(tr
     assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
     # Nothing is left waiting or running.
     assert not wf.nodes.exclude(state__in=[S.SUCCESS, S.CANCELED]).exists()
+    # The completions that raced the cancels took the lock-free path.
+    assert broker.fast >= (80 if lock_free() else 0)

@@ -16,7 +16,7 @@ from celery import chain, group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine
+from django_dyrygent import engine, hotpath
 from django_dyrygent.builder import BULK_BATCH
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
 from tests.tasks import noop
@@ -139,3 +139,43 @@ def test_apply_async__costs_a_fixed_number_of_queries_plus_bulk_insert_batches()
     )
     if connection.features.max_query_params is None:  # PostgreSQL: only BULK_BATCH splits
         assert len(large_inserts) == 1 + 2 + 2
+
+
+
+def statements(sql):
+    return [q for q in sql if not q.startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the lock-free path is PostgreSQL's")
+def test_node_succeeded__plain_success_on_postgresql_shares_the_workflow_row_and_updates_it_last():
+    """STARTED + success of a plain task node: 4 + 5 statements (11 under the lock before).
+
+    Both start with FOR KEY SHARE on the workflow row (shared by completions,
+    held off by the rare decisions' FOR UPDATE); the only exclusive lock on the
+    workflow row is the counter UPDATE, the last statement before the commit.
+    """
+    wf = Workflow(name="chain")
+    wf.add_celery_canvas(chain(*[noop.si(i).set(task_id=f"plain-{i}") for i in range(3)]))
+    wf.apply_async()
+    engine.tick(wf.pk)
+    started_sql = statements(queries(engine.node_started, wf.pk, "plain-0"))
+    success_sql = statements(queries(hotpath.node_succeeded, wf.pk, "plain-0", 1))
+    workflow_table = Workflow._meta.db_table
+    assert len(started_sql) == 4, started_sql
+    assert len(success_sql) == 5, success_sql
+    for sql in (started_sql, success_sql):
+        assert sql[0].startswith("SELECT") and sql[0].endswith("FOR KEY SHARE"), sql[0]
+        assert not any("NO KEY UPDATE" in q for q in sql)
+    assert not any("FOR UPDATE" in q for q in started_sql)
+    # Only the node rows are locked exclusively: the node itself, then its dependents in id order.
+    assert [i for i, q in enumerate(success_sql) if "FOR UPDATE" in q] == [1, 2]
+    assert success_sql[2].split("FOR UPDATE")[1].startswith(" OF n)")
+    assert success_sql[-1].startswith(f"UPDATE {workflow_table} SET nodes_done"), success_sql[-1]
+    assert [q.split()[1].strip('"') for q in success_sql if q.startswith("UPDATE")] == [
+        WorkflowNode._meta.db_table, WorkflowNode._meta.db_table, workflow_table,
+    ]
+    states = dict(wf.nodes.values_list("task_id", "state"))
+    assert states == {"plain-0": "SUCCESS", "plain-1": "QUEUED", "plain-2": "PENDING"}
+    wf.refresh_from_db()
+    assert (wf.nodes_done, wf.nodes_succeeded, wf.state) == (1, 1, "RUNNING")

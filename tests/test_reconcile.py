@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from django_dyrygent import engine
+from django_dyrygent import engine, hotpath
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.models import Execution
 from tests.tasks import record
@@ -64,7 +64,7 @@ def test_reconcile__a_publish_lost_after_commit_is_republished_with_the_same_tas
 
 @pytest.mark.worker
 def test_reconcile__a_lost_success_event_is_recovered_from_the_result_backend(worker, monkeypatch):
-    real = engine.node_succeeded
+    real = hotpath.node_succeeded  # what the worker's task_success receiver calls
     dropped = []
     wf = Workflow(name="lost-event")
 
@@ -74,7 +74,7 @@ def test_reconcile__a_lost_success_event_is_recovered_from_the_result_backend(wo
             return None
         return real(workflow_id, task_id, result)
 
-    monkeypatch.setattr(engine, "node_succeeded", flaky_event)
+    monkeypatch.setattr(hotpath, "node_succeeded", flaky_event)
     first = wf.add_signature(record.si("first"))
     wf.add_signature(record.si("second"), dependencies=[first])
     wf.apply_async()
