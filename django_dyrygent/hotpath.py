@@ -63,7 +63,7 @@ def _node(conn, values):
     """A WorkflowNode from RETURNING columns, converted as the ORM would (JSON decoded)."""
     values = [
         f.from_db_value(v, None, conn) if hasattr(f, "from_db_value") else v
-        for f, v in zip(_NODE_FIELD_OBJECTS, values)
+        for f, v in zip(_NODE_FIELD_OBJECTS, values, strict=True)
     ]
     return WorkflowNode.from_db(conn.alias, _NODE_COLUMNS, values)
 
