@@ -82,6 +82,14 @@ class UnknownDefinition(LookupError):
 # -- forms derived from type hints --------------------------------------------------------------
 
 
+def _coerce_like(value: typing.Any) -> typing.Callable[[typing.Any], typing.Any]:
+    """The choices' own type (int, str...), to turn the submitted text back into one of them.
+
+    Typed as a callable: mypy does not match ``type[Any]`` against the stubs' coerce protocol.
+    """
+    return type(value)
+
+
 def _field_for(definition_name, param, hint):
     """One form field for one factory parameter; a parameter with a default is optional."""
     has_default = param.default is not inspect.Parameter.empty
@@ -98,12 +106,12 @@ def _field_for(definition_name, param, hint):
     if origin is typing.Literal:
         return forms.TypedChoiceField(
             choices=[(v, v) for v in typing.get_args(hint)],
-            coerce=type(typing.get_args(hint)[0]), **kwargs,
+            coerce=_coerce_like(typing.get_args(hint)[0]), **kwargs,
         )
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return forms.TypedChoiceField(
             choices=[(m.value, m.name.replace("_", " ").lower()) for m in hint],
-            coerce=type(next(iter(hint)).value), **kwargs,
+            coerce=_coerce_like(next(iter(hint)).value), **kwargs,
         )
     field_class = HINT_FIELDS.get(origin or hint)
     if field_class is None:
@@ -164,23 +172,28 @@ class Definition:
     name: str
     factory: typing.Callable
     description: str = ""
-    form_class: type = None
+    form_class: type[forms.BaseForm] | None = None  # register() always gives one
     #: An extra permission ("app_label.codename") needed to start this definition.
     permission: str = ""
     overlap: str = Overlap.ALLOW
     #: Defaults applied to the built workflow where the factory left them unset.
     options: dict = field(default_factory=dict)
     tasks_options: dict = field(default_factory=dict)
-    deadline: datetime.timedelta = None
-    pass_results: bool = None
+    deadline: datetime.timedelta | None = None
+    pass_results: bool | None = None
 
     @property
     def title(self):
         return self.description.strip().splitlines()[0] if self.description.strip() else self.name
 
+    def new_form(self, **kwargs: typing.Any) -> forms.BaseForm:
+        """An instance of the definition's form (``kwargs``: data, files...)."""
+        assert self.form_class is not None, "a Definition is made by register(), which sets form_class"
+        return self.form_class(**kwargs)
+
     def initial(self):
         """The form's initial values: what a start without that parameter gets."""
-        form = self.form_class()
+        form = self.new_form()
         return {name: form.get_initial_for_field(f, name) for name, f in form.fields.items()
                 if form.get_initial_for_field(f, name) is not None}
 
@@ -195,7 +208,7 @@ class Definition:
             params = {}
         if not isinstance(params, dict):
             raise TypeError(f"parameters must be an object (a dict), not {type(params).__name__}")
-        form = self.form_class(data={**self.initial(), **params})
+        form = self.new_form(data={**self.initial(), **params})
         unknown = sorted(set(params) - set(form.fields))
         if unknown:
             form.full_clean()
@@ -209,7 +222,7 @@ class Definition:
 
     def fields_schema(self):
         """The parameters as JSON data: name, type, required, default, help, choices."""
-        form = self.form_class()
+        form = self.new_form()
         out = []
         for name, f in form.fields.items():
             initial = form.get_initial_for_field(f, name)

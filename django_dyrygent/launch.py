@@ -63,7 +63,7 @@ class Outcome:
     workflow), ``skipped`` or ``queued`` (overlap policy; no workflow yet)."""
 
     status: str
-    workflow: Workflow = None
+    workflow: Workflow | None = None
 
     @property
     def created(self):

@@ -47,7 +47,7 @@ class Snapshot:
     #: Since when the judge has been able to see beats without a break (its own
     #: beats succeeded). A worker is only found silent over time the judge saw:
     #: after a database outage every worker missed its beats, none is dead for it.
-    observing_since: datetime = None
+    observing_since: datetime | None = None
 
     @classmethod
     def load(cls, now, observing_since=None):

@@ -123,7 +123,8 @@ def _apply_backend(step, nodes):
     """Record outcomes the result backend already has (as ``reconcile`` does); return the other nodes."""
     backend = engine._result_backend(get_celery_app())
     metas = engine._backend_metas(backend, [n.task_id for n in nodes]) if backend else {}
-    left, finished = [], []
+    left: list[WorkflowNode] = []
+    finished: list[WorkflowNode] = []
     for node in nodes:
         recorded = engine.record_backend_outcome(
             step, node, metas.get(node.task_id) or {}, "recovered from the result backend"

@@ -42,7 +42,8 @@ def held_task_ids():
         try:
             active = {r.id for r in list(worker_state.active_requests)}
             waiting = {r.id for r in list(worker_state.reserved_requests)}
-            waiting |= {r.id for r in list(worker_state.scheduled_requests)}
+            # celery-types 0.26 lacks scheduled_requests (a WeakSet in celery/worker/state.py).
+            waiting |= {r.id for r in list(worker_state.scheduled_requests)}  # type: ignore[attr-defined]
             return sorted(active), sorted(waiting - active)
         except RuntimeError:  # the sets changed while we copied them; try again
             time.sleep(0.001)
@@ -125,7 +126,7 @@ class LivenessStep(bootsteps.StartStopStep):
     """
 
     label = "dyrygent-liveness"
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def include_if(self, w):
         return bool(settings.LIVENESS) and MAIN_PID == os.getpid()
