@@ -160,13 +160,15 @@ class Command(BaseCommand):
 
     def _start_definition(self, name: str, params: dict[str, Any], workflow_name: str | None) -> Workflow:
         try:
-            return launch.start(name, params, trigger=Trigger.COMMAND, workflow_name=workflow_name).workflow
+            outcome = launch.start(name, params, trigger=Trigger.COMMAND, workflow_name=workflow_name)
         except launch.ParameterError as exc:
             lines = [f"  {'(form)' if field == '__all__' else field}: {' '.join(e['message'] for e in errors)}"
                      for field, errors in exc.errors.items()]
             raise CommandError(f"Invalid parameters for {name}:\n" + "\n".join(lines)) from None
         except launch.StartError as exc:
             raise CommandError(str(exc)) from None
+        assert outcome.workflow is not None, "start() answers started or replayed, both with a workflow"
+        return outcome.workflow
 
     # -- a dotted path -------------------------------------------------------------------------
 
