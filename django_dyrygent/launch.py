@@ -19,12 +19,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.canvas import Signature
 from django import forms
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
@@ -40,8 +38,12 @@ logger = logging.getLogger("django_dyrygent.catalogue")
 #: The longest idempotency key accepted (the column's size).
 MAX_KEY_LENGTH = 255
 
-#: Who asks for a start (``request.user``); None for code and schedules.
-User = AbstractBaseUser | AnonymousUser | None
+if TYPE_CHECKING:  # django.contrib.auth may not be installed: types only
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    #: Who asks for a start (``request.user``); None for code and schedules.
+    User = AbstractBaseUser | AnonymousUser | None
 
 
 class StartError(ValueError):
