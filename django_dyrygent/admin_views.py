@@ -97,8 +97,8 @@ def start_view(model_admin, request, name):
     """GET: the definition's form with its initial values; POST: start, or show the errors."""
     definition = _definition_for(request, name)
     if request.method != "POST":
-        return _render_form(model_admin, request, definition, definition.form_class())
-    form = definition.form_class(data=request.POST, files=request.FILES)
+        return _render_form(model_admin, request, definition, definition.new_form())
+    form = definition.new_form(data=request.POST, files=request.FILES)
     if form.is_valid():
         try:
             outcome = launch.launch(definition, form, trigger=Trigger.ADMIN, user=request.user)

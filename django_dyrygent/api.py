@@ -17,9 +17,10 @@ header token, not by a cookie, can wrap these views in ``csrf_exempt``.
 import json
 import uuid
 from functools import wraps
+from typing import cast
 
 from django.core.exceptions import ValidationError
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -33,11 +34,22 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_BODY = 64 * 1024
 
 
+def _no_view(request: HttpRequest) -> HttpResponse:
+    """What the CSRF check is built around; never called: only its checks run (not ``csrf_exempt``)."""
+    raise AssertionError("_CsrfCheck runs no view")
+
+
 class _CsrfCheck(CsrfViewMiddleware):
     """Django's own CSRF check, answering with the reason instead of an HTML page."""
 
-    def _reject(self, request, reason):
+    def _reject(self, request: HttpRequest, reason: str) -> str:
         return reason
+
+    def failure(self, request: HttpRequest) -> str | None:
+        """Why Django would refuse ``request``, or None."""
+        self.process_request(request)
+        # process_view returns what _reject returns: here the reason, not a response.
+        return cast("str | None", self.process_view(request, _no_view, (), {}))
 
 
 def error(status, message, **extra):
@@ -58,9 +70,7 @@ def endpoint(methods, permission=None):
             if not request.user.is_authenticated:
                 return error(401, "Authentication required: log in first.")
             if request.method not in ("GET", "HEAD", "OPTIONS"):
-                check = _CsrfCheck(lambda req: None)
-                check.process_request(request)
-                reason = check.process_view(request, None, (), {})
+                reason = _CsrfCheck(_no_view).failure(request)
                 if reason:
                     return error(403, f"CSRF check failed: {reason}. Send the csrftoken cookie's value "
                                       "in the X-CSRFToken header.")

@@ -23,6 +23,8 @@ runs a scheduled start knows every definition the web process knows::
 This module knows nothing about rows: starting a definition is ``launch.py``.
 """
 
+from __future__ import annotations
+
 import datetime
 import decimal
 import enum
@@ -42,6 +44,12 @@ from django.utils.module_loading import module_has_submodule
 
 from .conf import settings
 from .states import Overlap
+
+#: ``request.user``: any user model with ``has_perm`` (the stubs' AbstractBaseUser has none), or None.
+User = typing.Any
+#: A workflow factory: called with the form's cleaned data, returns an unsaved Workflow or a canvas.
+Factory = typing.Callable[..., typing.Any]
+F = typing.TypeVar("F", bound=Factory)
 
 #: The custom model permission every door checks before starting a definition.
 START_PERMISSION = "django_dyrygent.start_workflow"
@@ -82,7 +90,15 @@ class UnknownDefinition(LookupError):
 # -- forms derived from type hints --------------------------------------------------------------
 
 
-def _field_for(definition_name, param, hint):
+def _coerce_like(value: typing.Any) -> typing.Callable[[typing.Any], typing.Any]:
+    """The choices' own type (int, str...), to turn the submitted text back into one of them.
+
+    Typed as a callable: mypy does not match ``type[Any]`` against the stubs' coerce protocol.
+    """
+    return type(value)
+
+
+def _field_for(definition_name: str, param: inspect.Parameter, hint: typing.Any) -> forms.Field:
     """One form field for one factory parameter; a parameter with a default is optional."""
     has_default = param.default is not inspect.Parameter.empty
     optional = has_default
@@ -92,18 +108,18 @@ def _field_for(definition_name, param, hint):
         if len(args) == 1:
             hint, optional = args[0], True
             origin = typing.get_origin(hint)
-    kwargs = {"required": not optional, "label": param.name.replace("_", " ")}
+    kwargs: dict[str, typing.Any] = {"required": not optional, "label": param.name.replace("_", " ")}
     if has_default and param.default is not None:
         kwargs["initial"] = param.default.value if isinstance(param.default, enum.Enum) else param.default
     if origin is typing.Literal:
         return forms.TypedChoiceField(
             choices=[(v, v) for v in typing.get_args(hint)],
-            coerce=type(typing.get_args(hint)[0]), **kwargs,
+            coerce=_coerce_like(typing.get_args(hint)[0]), **kwargs,
         )
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return forms.TypedChoiceField(
             choices=[(m.value, m.name.replace("_", " ").lower()) for m in hint],
-            coerce=type(next(iter(hint)).value), **kwargs,
+            coerce=_coerce_like(next(iter(hint)).value), **kwargs,
         )
     field_class = HINT_FIELDS.get(origin or hint)
     if field_class is None:
@@ -118,7 +134,7 @@ def _field_for(definition_name, param, hint):
     return field_class(**kwargs)
 
 
-def form_from_signature(definition_name, factory):
+def form_from_signature(definition_name: str, factory: Factory) -> type[forms.Form]:
     """A ``Form`` class with one field per parameter of ``factory``, from its type hints."""
     try:
         hints = typing.get_type_hints(factory)
@@ -127,7 +143,7 @@ def form_from_signature(definition_name, factory):
             f"Workflow definition {definition_name!r}: cannot read the type hints of "
             f"{factory.__qualname__}: {exc}"
         ) from exc
-    fields = {}
+    fields: dict[str, forms.Field] = {}
     for param in inspect.signature(factory).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
@@ -144,7 +160,7 @@ def form_from_signature(definition_name, factory):
 # -- definitions ----------------------------------------------------------------------------------
 
 
-def _jsonable(value):
+def _jsonable(value: typing.Any) -> typing.Any:
     """What a cleaned value is stored as: model instances by primary key, enums by value."""
     if isinstance(value, Model):
         return value.pk
@@ -162,29 +178,34 @@ class Definition:
     """A named way to build a workflow; see ``register``."""
 
     name: str
-    factory: typing.Callable
+    factory: Factory
     description: str = ""
-    form_class: type = None
+    form_class: type[forms.BaseForm] | None = None  # register() always gives one
     #: An extra permission ("app_label.codename") needed to start this definition.
     permission: str = ""
     overlap: str = Overlap.ALLOW
     #: Defaults applied to the built workflow where the factory left them unset.
-    options: dict = field(default_factory=dict)
-    tasks_options: dict = field(default_factory=dict)
-    deadline: datetime.timedelta = None
-    pass_results: bool = None
+    options: dict[str, typing.Any] = field(default_factory=dict)
+    tasks_options: dict[str, typing.Any] = field(default_factory=dict)
+    deadline: datetime.timedelta | None = None
+    pass_results: bool | None = None
 
     @property
-    def title(self):
+    def title(self) -> str:
         return self.description.strip().splitlines()[0] if self.description.strip() else self.name
 
-    def initial(self):
+    def new_form(self, **kwargs: typing.Any) -> forms.BaseForm:
+        """An instance of the definition's form (``kwargs``: data, files...)."""
+        assert self.form_class is not None, "a Definition is made by register(), which sets form_class"
+        return self.form_class(**kwargs)
+
+    def initial(self) -> dict[str, typing.Any]:
         """The form's initial values: what a start without that parameter gets."""
-        form = self.form_class()
+        form = self.new_form()
         return {name: form.get_initial_for_field(f, name) for name, f in form.fields.items()
                 if form.get_initial_for_field(f, name) is not None}
 
-    def bind(self, params):
+    def bind(self, params: object) -> forms.BaseForm:
         """A bound form for ``params`` (a dict, e.g. from JSON), defaults filled in.
 
         Unlike an HTML form, a key the form does not know is an error, not
@@ -195,7 +216,7 @@ class Definition:
             params = {}
         if not isinstance(params, dict):
             raise TypeError(f"parameters must be an object (a dict), not {type(params).__name__}")
-        form = self.form_class(data={**self.initial(), **params})
+        form = self.new_form(data={**self.initial(), **params})
         unknown = sorted(set(params) - set(form.fields))
         if unknown:
             form.full_clean()
@@ -203,17 +224,17 @@ class Definition:
             form.add_error(None, f"Unknown parameter(s) {', '.join(unknown)}; {self.name} takes: {known}.")
         return form
 
-    def parameters(self, form):
+    def parameters(self, form: forms.BaseForm) -> dict[str, typing.Any]:
         """The cleaned data as stored on the workflow (JSON-ready, re-bindable to the form)."""
         return {name: _jsonable(value) for name, value in form.cleaned_data.items()}
 
-    def fields_schema(self):
+    def fields_schema(self) -> list[dict[str, typing.Any]]:
         """The parameters as JSON data: name, type, required, default, help, choices."""
-        form = self.form_class()
-        out = []
+        form = self.new_form()
+        out: list[dict[str, typing.Any]] = []
         for name, f in form.fields.items():
             initial = form.get_initial_for_field(f, name)
-            item = {
+            item: dict[str, typing.Any] = {
                 "name": name,
                 "type": FIELD_TYPES.get(type(f).__name__, type(f).__name__.removesuffix("Field").lower()),
                 # A field with an initial value gets it when a start leaves it out.
@@ -229,7 +250,7 @@ class Definition:
             out.append(item)
         return out
 
-    def user_can_start(self, user):
+    def user_can_start(self, user: User) -> bool:
         """The catalogue permission, plus this definition's own one when it has one."""
         return bool(
             user is not None and user.is_active and user.has_perm(START_PERMISSION)
@@ -240,10 +261,10 @@ class Definition:
 class Registry:
     """Definitions by name. One module-level instance, ``registry``, like ``admin.site``."""
 
-    def __init__(self):
-        self._definitions = {}
+    def __init__(self) -> None:
+        self._definitions: dict[str, Definition] = {}
 
-    def register(self, definition):
+    def register(self, definition: Definition) -> Definition:
         if not NAME_RE.match(definition.name or ""):
             raise ImproperlyConfigured(
                 f"Invalid workflow definition name {definition.name!r}: use letters, digits and "
@@ -263,37 +284,50 @@ class Registry:
         self._definitions[definition.name] = definition
         return definition
 
-    def unregister(self, name):
+    def unregister(self, name: str) -> None:
         self._definitions.pop(name, None)
 
-    def get(self, name):
+    def get(self, name: str) -> Definition:
         try:
             return self._definitions[name]
         except (KeyError, TypeError):
             raise UnknownDefinition(f"No workflow definition named {name!r}.") from None
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self._definitions
 
-    def __iter__(self):
+    def __iter__(self) -> typing.Iterator[Definition]:
         return iter(sorted(self._definitions.values(), key=lambda d: d.name))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._definitions)
 
-    def for_user(self, user):
+    def for_user(self, user: User) -> list[Definition]:
         return [d for d in self if d.user_can_start(user)]
 
 
-def _origin(factory):
+def _origin(factory: Factory) -> str:
     return f"{factory.__module__}.{factory.__qualname__}"
 
 
 registry = Registry()
 
 
-def register(name=None, *, description=None, form=None, permission="", overlap=Overlap.ALLOW,
-             options=None, tasks_options=None, deadline=None, pass_results=None, site=None):
+@typing.overload
+def register(name: F) -> F: ...
+@typing.overload
+def register(
+    name: str | None = None, *, description: str | None = None, form: type[forms.BaseForm] | None = None,
+    permission: str = "", overlap: str = Overlap.ALLOW, options: dict[str, typing.Any] | None = None,
+    tasks_options: dict[str, typing.Any] | None = None, deadline: datetime.timedelta | None = None,
+    pass_results: bool | None = None, site: Registry | None = None,
+) -> typing.Callable[[F], F]: ...
+def register(
+    name: str | Factory | None = None, *, description: str | None = None, form: type[forms.BaseForm] | None = None,
+    permission: str = "", overlap: str = Overlap.ALLOW, options: dict[str, typing.Any] | None = None,
+    tasks_options: dict[str, typing.Any] | None = None, deadline: datetime.timedelta | None = None,
+    pass_results: bool | None = None, site: Registry | None = None,
+) -> typing.Any:
     """Decorator: register the decorated factory as a workflow definition.
 
     Usable bare (``@catalogue.register``) or with arguments. ``name`` defaults
@@ -310,8 +344,9 @@ def register(name=None, *, description=None, form=None, permission="", overlap=O
     it, on top of ``django_dyrygent.start_workflow``.
     """
 
-    def decorator(factory):
-        definition_name = name or factory.__name__
+    def decorator(factory: F) -> F:
+        # A bare @register's factory came as ``name`` and was swapped for None below.
+        definition_name = typing.cast("str | None", name) or factory.__name__
         form_class = form if form is not None else form_from_signature(definition_name, factory)
         if not (isinstance(form_class, type) and issubclass(form_class, forms.BaseForm)):
             raise ImproperlyConfigured(
@@ -337,7 +372,7 @@ def register(name=None, *, description=None, form=None, permission="", overlap=O
     return decorator
 
 
-def autodiscover():
+def autodiscover() -> None:
     """Import ``<app>.workflows`` of every installed app, as the admin imports ``admin.py``.
 
     ``django_dyrygent.workflows`` itself is skipped: it is the celery-dyrygent

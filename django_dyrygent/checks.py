@@ -100,7 +100,9 @@ def _beat_schedules_sweep(app: Celery, databases: Sequence[str] | None) -> bool:
 
 
 @register(deploy=True)
-def check_sweeper(app_configs=None, databases=None, **kwargs):
+def check_sweeper(
+    app_configs: AppConfigs = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     from .conf import settings
 
     if settings.LIVENESS:
@@ -154,7 +156,7 @@ def check_connection_reuse(app_configs: AppConfigs = None, **kwargs: Any) -> lis
 
 
 @register()
-def check_liveness(app_configs=None, **kwargs):
+def check_liveness(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     """A worker timeout of fewer than three heartbeats re-runs nodes of workers that are merely slow to beat."""
     from .conf import settings
 
@@ -175,8 +177,8 @@ def check_liveness(app_configs=None, **kwargs):
 
 
 @register()
-def check_celery(app_configs=None, **kwargs):
-    errors = []
+def check_celery(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     try:
         from .conf import get_celery_app
 

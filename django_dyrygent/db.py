@@ -12,10 +12,15 @@ backoff, for a bounded time.
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 logger = logging.getLogger("django_dyrygent.db")
+
+T = TypeVar("T")
 
 RETRYABLE = (OperationalError, InterfaceError)
 #: First pause after a failed attempt; doubled up to ``MAX_PAUSE``.
@@ -23,7 +28,7 @@ FIRST_PAUSE = 0.2
 MAX_PAUSE = 5.0
 
 
-def drop_broken_connections():
+def drop_broken_connections() -> None:
     """Close every connection that saw an error and fails a ping, or that is closed server-side.
 
     Unlike ``close_old_connections`` it keeps healthy connections open
@@ -41,7 +46,7 @@ def drop_broken_connections():
                 _close(conn)
 
 
-def _close(conn):
+def _close(conn: BaseDatabaseWrapper) -> None:
     try:
         conn.close()
     except DatabaseError:
@@ -49,7 +54,7 @@ def _close(conn):
         conn.connection = None
 
 
-def run(func, *args, retry_for=10.0, what="an engine step", **kwargs):
+def run(func: Callable[..., T], *args: Any, retry_for: float = 10.0, what: str = "an engine step", **kwargs: Any) -> T:
     """Call ``func`` on a usable connection; on a connection error close, wait, retry until ``retry_for`` s.
 
     The first retry is immediate (a dropped connection is the usual cause);

@@ -6,7 +6,11 @@ Colours come from ``dag.css`` classes and sizes from SVG attributes, never
 from inline styles: the pages work under a strict Content-Security-Policy.
 """
 
+from __future__ import annotations
+
 import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
@@ -16,25 +20,28 @@ from django.utils.translation import ngettext
 
 from .states import WORKFLOW_FINAL, WorkflowState
 
+if TYPE_CHECKING:
+    from .models import Workflow
+
 #: A JSON value longer than this (pretty-printed) is cut on the page, with a link to the whole value.
 JSON_SHOWN_CHARS = 3000
 #: Width of the progress bar's drawing (the CSS scales it).
 BAR_UNITS = 100
 
 
-def state_badge(state, label=None):
+def state_badge(state: str, label: str | None = None) -> str:
     """A coloured badge; colours come from dag.css classes, never inline styles (CSP)."""
     return format_html('<span class="dy-badge dy-s-{}">{}</span>', state, label or state)
 
 
-def can_act(workflow, action):
+def can_act(workflow: Workflow, action: str) -> bool:
     """Whether the change page's button for ``action`` would change anything now."""
     if action == "retry_workflows":
         return workflow.state != WorkflowState.INITIAL and workflow.nodes_failed > 0
     return workflow.state not in WORKFLOW_FINAL  # cancel, tick
 
 
-def short_time(value):
+def short_time(value: datetime | None) -> str:
     """``09:08:55`` in the current time zone, the date in its tooltip: one short line in the node list."""
     if not value:
         return "—"
@@ -43,7 +50,7 @@ def short_time(value):
                        value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], value.strftime("%H:%M:%S"))
 
 
-def progress_parts(total, succeeded, failed, done):
+def progress_parts(total: int, succeeded: int, failed: int, done: int) -> dict[str, float]:
     """Widths (of BAR_UNITS) of the succeeded, failed, other finished (skipped) and remaining parts."""
     if not total:
         return {"ok": 0, "failed": 0, "other": 0, "rest": BAR_UNITS}
@@ -56,14 +63,14 @@ def progress_parts(total, succeeded, failed, done):
     return {"ok": ok, "failed": bad, "other": rest, "rest": max(round(BAR_UNITS - ok - bad - rest, 2), 0)}
 
 
-def progress_text(total, done, failed):
+def progress_text(total: int, done: int, failed: int) -> str:
     text = _("%(done)d / %(total)d done") % {"done": done, "total": total}
     if failed:
         text += ", " + ngettext("%(count)d failed", "%(count)d failed", failed) % {"count": failed}
     return text
 
 
-def workflow_progress(wf, element_id=""):
+def workflow_progress(wf: Workflow, element_id: str = "") -> str:
     """The bar and its count for a workflow row, from its counters (no query)."""
     parts = progress_parts(wf.nodes_total, wf.nodes_succeeded, wf.nodes_failed, wf.nodes_done)
     return format_html(
@@ -74,9 +81,9 @@ def workflow_progress(wf, element_id=""):
     )
 
 
-def progress_bar(parts, title, element_id=""):
+def progress_bar(parts: dict[str, float], title: str, element_id: str = "") -> str:
     """Succeeded (green), failed (red), skipped (light grey) and remaining (pale) side by side."""
-    x = 0
+    x: float = 0
     rects = []
     for name in ("ok", "failed", "other", "rest"):
         rects.append(format_html(
@@ -91,7 +98,7 @@ def progress_bar(parts, title, element_id=""):
     )
 
 
-def pretty_json(value, full_url=None):
+def pretty_json(value: Any, full_url: str | None = None) -> str:
     """Indented JSON in a <pre>; past JSON_SHOWN_CHARS cut, with a link to the whole value."""
     if value in (None, "", {}, []):
         return "—"
@@ -99,7 +106,7 @@ def pretty_json(value, full_url=None):
     return pretty_text(text, full_url)
 
 
-def pretty_text(text, full_url=None):
+def pretty_text(text: str | None, full_url: str | None = None) -> str:
     if not text:
         return "—"
     if len(text) <= JSON_SHOWN_CHARS:

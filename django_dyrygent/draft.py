@@ -11,12 +11,24 @@ This module must not import ``models``: the model imports it, and the node
 class is handed in (``node_factory``) by whoever creates the draft.
 """
 
+from __future__ import annotations
+
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 
 from . import builder, canvas
 from .states import NodeKind
+
+if TYPE_CHECKING:
+    from celery.canvas import Signature
+
+#: A ``models.Workflow`` and a ``models.WorkflowNode``: not imported, not even for types (see above).
+WorkflowModel = Any
+Node = Any
 
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
 GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
@@ -30,22 +42,22 @@ class Draft:
     task id until validation says so.
     """
 
-    def __init__(self, workflow, node_factory):
+    def __init__(self, workflow: WorkflowModel, node_factory: Callable[..., Node]) -> None:
         self.workflow = workflow
         self.node_factory = node_factory
-        self.nodes = []
-        self._dependencies = {}  # id(node) -> [node, ...] in the order given
-        self.skipped = []  # nodes marked done before start (celery-dyrygent's skip_tasks)
-        self._sources = {}  # id(node) -> the Celery signature it was made from
+        self.nodes: list[Node] = []
+        self._dependencies: dict[int, list[Node]] = {}  # id(node) -> [node, ...] in the order given
+        self.skipped: list[Node] = []  # nodes marked done before start (celery-dyrygent's skip_tasks)
+        self._sources: dict[int, Signature] = {}  # id(node) -> the Celery signature it was made from
 
     @property
-    def label(self):
+    def label(self) -> str:
         """How error messages name the workflow."""
         return self.workflow.name or str(self.workflow.pk)
 
     # -- the graph ------------------------------------------------------------------------
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         """Once saved, the graph is rows: edges and nodes are fixed."""
         if not self.workflow._state.adding:
             raise ValidationError(
@@ -54,7 +66,9 @@ class Draft:
                 code="already_applied",
             )
 
-    def new_node(self, dependencies=(), source=None, **fields):
+    def new_node(
+        self, dependencies: Iterable[Node] = (), source: Signature | None = None, **fields: Any
+    ) -> Node:
         self._check_open()
         node = self.node_factory(position=len(self.nodes), **fields)
         self.nodes.append(node)
@@ -63,33 +77,34 @@ class Draft:
             self._sources[id(node)] = source
         return node
 
-    def source_of(self, node):
+    def source_of(self, node: Node) -> Signature | None:
         """The user's Celery signature a node was made from (None for joins)."""
         return self._sources.get(id(node))
 
-    def owns(self, node):
+    def owns(self, node: object) -> bool:
         # Every node of this draft is alive (held in self.nodes), so no other
         # live object can share one of their ids.
         return id(node) in self._dependencies
 
-    def dependencies_of(self, node):
+    def dependencies_of(self, node: Node) -> list[Node]:
         return self._dependencies[id(node)]
 
-    def add_dependency(self, node, other):
+    def add_dependency(self, node: Node, other: Node) -> None:
         self._check_open()
         canvas.check_dependencies(self, [node, other])
         deps = self._dependencies[id(node)]
         if not any(d is other for d in deps):
             deps.append(other)
 
-    def leaves(self):
+    def leaves(self) -> list[Node]:
         """Nodes nobody depends on (callbacks excluded)."""
         has_dependents = {id(dep) for deps in self._dependencies.values() for dep in deps}
         return [n for n in self.nodes if id(n) not in has_dependents and n.kind in GRAPH_KINDS]
 
-    def task_dependencies(self, node):
+    def task_dependencies(self, node: Node) -> list[Node]:
         """The task nodes ``node`` waits for, seen through internal join nodes."""
-        out, queue, seen = [], deque(self._dependencies[id(node)]), set()
+        out: list[Node] = []
+        queue, seen = deque(self._dependencies[id(node)]), set()
         while queue:
             dep = queue.popleft()
             if id(dep) in seen:
@@ -101,7 +116,7 @@ class Draft:
                 out.append(dep)
         return out
 
-    def skip(self, nodes):
+    def skip(self, nodes: Sequence[Node]) -> None:
         """Mark nodes done before start; ``builder`` saves them SKIPPED."""
         self._check_open()
         canvas.check_dependencies(self, nodes)
@@ -109,28 +124,32 @@ class Draft:
             if not any(s is node for s in self.skipped):
                 self.skipped.append(node)
 
-    def is_skipped(self, node):
+    def is_skipped(self, node: Node) -> bool:
         return any(s is node for s in self.skipped)
 
     # -- building: one way, through canvas --------------------------------------------------
 
-    def add_signature(self, signature, dependencies=None, **node_options):
+    def add_signature(
+        self, signature: Any, dependencies: Iterable[Node] | None = None, **node_options: Any
+    ) -> Node:
         return canvas.add_signature(self, signature, dependencies, **node_options)
 
-    def add_canvas(self, canvas_obj, dependencies=None):
+    def add_canvas(self, canvas_obj: Any, dependencies: Iterable[Node] | None = None) -> list[Node]:
         return canvas.add_canvas(self, canvas_obj, dependencies)
 
-    def add_fanout(self, template, dependency, timeout=None):
+    def add_fanout(
+        self, template: Any, dependency: Node, timeout: float | timedelta | None = None
+    ) -> Node:
         return canvas.add_fanout(self, template, dependency, timeout=timeout)
 
-    def add_callback(self, signature, kind):
+    def add_callback(self, signature: Any, kind: str) -> Node:
         return canvas.add_callback(self, signature, kind)
 
     # -- saving: one way, through builder ---------------------------------------------------
 
-    def validate(self):
+    def validate(self) -> None:
         builder.validate(self)
 
-    def apply(self, options, send_tick):
+    def apply(self, options: dict[str, Any] | None, send_tick: Callable[..., Any]) -> None:
         """Validate and save in one transaction; ``send_tick`` sends the first tick on commit."""
         return builder.save_and_start(self, options, send_tick)

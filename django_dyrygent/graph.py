@@ -188,7 +188,7 @@ def short_task_name(name: str) -> str:
     return name.rsplit(".", 1)[-1] if name else name
 
 
-def call_label(node):
+def call_label(node: NodeRow) -> str:
     """``record('build-1')``: the first arguments tell siblings apart, the module path is left out."""
     label = short_task_name(node["task_name"] or node["kind"])
     args = (node.get("signature") or {}).get("args")
@@ -197,7 +197,7 @@ def call_label(node):
     return label
 
 
-def node_names(node):
+def node_names(node: NodeRow) -> tuple[str, str]:
     """(short label, full title) naming a node in lists: a join by its position, never by a bare UUID."""
     if node["kind"] == NodeKind.JOIN:
         return f"join #{node['position']}", f"join node #{node['position']} ({node['task_id']})"
@@ -206,14 +206,14 @@ def node_names(node):
     return label, f"{name}{format_call(node.get('signature') or {})} ({node['task_id']})"
 
 
-def error_line(head, tail=""):
+def error_line(head: str | None, tail: str | None = "") -> str:
     """The line that says what went wrong: a traceback's last line (the exception), else the first."""
     lines = [line.strip() for line in (head or "").strip().splitlines() if line.strip()]
     if not lines:
         return ""
     if not lines[0].startswith("Traceback (most recent call last)"):
         return lines[0]
-    tail_lines = [line.strip() for line in (tail or head).strip().splitlines() if line.strip()]
+    tail_lines = [line.strip() for line in (tail or head or "").strip().splitlines() if line.strip()]
     return tail_lines[-1] if tail_lines else lines[0]
 
 

@@ -14,11 +14,15 @@ set of rules:
   queue); a queued start is started by the end of the run it waits for.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from celery.canvas import Signature
+from django import forms
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
@@ -34,6 +38,13 @@ logger = logging.getLogger("django_dyrygent.catalogue")
 #: The longest idempotency key accepted (the column's size).
 MAX_KEY_LENGTH = 255
 
+if TYPE_CHECKING:  # django.contrib.auth may not be installed: types only
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    #: Who asks for a start (``request.user``); None for code and schedules.
+    User = AbstractBaseUser | AnonymousUser | None
+
 
 class StartError(ValueError):
     """A start request that cannot be honoured as given (a client error: 400/409, CommandError)."""
@@ -42,7 +53,7 @@ class StartError(ValueError):
 class ParameterError(StartError):
     """The parameters do not pass the definition's form; ``form.errors`` says which and why."""
 
-    def __init__(self, definition, form):
+    def __init__(self, definition: Definition, form: forms.BaseForm) -> None:
         self.definition = definition
         self.form = form
         self.errors = form.errors.get_json_data()
@@ -63,19 +74,19 @@ class Outcome:
     workflow), ``skipped`` or ``queued`` (overlap policy; no workflow yet)."""
 
     status: str
-    workflow: Workflow = None
+    workflow: Workflow | None = None
 
     @property
-    def created(self):
+    def created(self) -> bool:
         return self.status == "started"
 
 
-def _as_json(value):
+def _as_json(value: Any) -> Any:
     """``value`` as it reads back from a JSONField: what a stored row is compared with."""
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
-def valid_form(definition, params):
+def valid_form(definition: Definition, params: dict[str, Any] | None) -> forms.BaseForm:
     """The bound, valid form for ``params``, or ``ParameterError``."""
     try:
         form = definition.bind(params)
@@ -86,7 +97,7 @@ def valid_form(definition, params):
     return form
 
 
-def build(definition, form):
+def build(definition: Definition, form: forms.BaseForm) -> Workflow:
     """Call the factory with the cleaned data; an unsaved workflow with the definition's defaults.
 
     A factory may refuse a combination of values the form let through by
@@ -121,7 +132,10 @@ def build(definition, form):
     return wf
 
 
-def launch(definition, form, *, trigger="", user=None, idempotency_key=None, name=None):
+def launch(
+    definition: Definition, form: forms.BaseForm, *, trigger: str = "", user: User = None,
+    idempotency_key: str | None = None, name: str | None = None,
+) -> Outcome:
     """Build from a valid form and start it; the new workflow, or the key's first one."""
     wf = build(definition, form)
     if name:
@@ -147,7 +161,7 @@ def launch(definition, form, *, trigger="", user=None, idempotency_key=None, nam
     return Outcome("started", wf)
 
 
-def _check_key(key):
+def _check_key(key: object) -> str | None:
     if key is None:
         return None
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_LENGTH:
@@ -155,7 +169,7 @@ def _check_key(key):
     return key
 
 
-def _replay(definition, key, parameters, started_by):
+def _replay(definition: Definition, key: str, parameters: Any, started_by: str) -> Outcome | None:
     """The workflow first started with ``key``, if it was the same request; else a conflict."""
     first = Workflow.objects.filter(idempotency_key=key).first()
     if first is None:
@@ -168,7 +182,10 @@ def _replay(definition, key, parameters, started_by):
     return Outcome("replayed", first)
 
 
-def start(name, params=None, *, trigger="", user=None, idempotency_key=None, workflow_name=None):
+def start(
+    name: str | Definition, params: dict[str, Any] | None = None, *, trigger: str = "", user: User = None,
+    idempotency_key: object = None, workflow_name: str | None = None,
+) -> Outcome:
     """Start definition ``name`` with ``params`` (a dict of values, as JSON or a command gives them).
 
     Raises ``UnknownDefinition``, ``ParameterError`` or ``IdempotencyConflict``;
@@ -185,7 +202,7 @@ def start(name, params=None, *, trigger="", user=None, idempotency_key=None, wor
     return launch(definition, form, trigger=trigger, user=user, idempotency_key=key, name=workflow_name)
 
 
-def run_again(workflow, *, trigger="", user=None):
+def run_again(workflow: Workflow, *, trigger: str = "", user: User = None) -> Outcome:
     """Start ``workflow``'s definition again with the parameters it recorded."""
     if not workflow.definition:
         raise StartError(f"Workflow {workflow.pk} was not started from a catalogue definition.")
@@ -195,7 +212,7 @@ def run_again(workflow, *, trigger="", user=None):
 # -- schedules and the overlap policy -------------------------------------------------------------
 
 
-def start_scheduled(name, params=None):
+def start_scheduled(name: str, params: dict[str, Any] | None = None) -> Outcome:
     """What Celery beat runs (``django_dyrygent.start_definition``): a start under the overlap policy.
 
     ``skip``: do nothing while a run of the definition is INITIAL or RUNNING.
@@ -237,7 +254,7 @@ def start_scheduled(name, params=None):
     return Outcome("queued", running)
 
 
-def start_next_queued(name):
+def start_next_queued(name: str) -> Outcome | None:
     """Start the oldest queued run of ``name`` unless a run of it is still going.
 
     The oldest queued row is locked first (a concurrent caller waits, then
@@ -261,10 +278,10 @@ def start_next_queued(name):
             return None
 
 
-def on_workflow_finished(sender, workflow, **kwargs):
+def on_workflow_finished(sender: type, workflow: Workflow, **kwargs: Any) -> None:
     if workflow.definition and QueuedRun.objects.filter(definition=workflow.definition).exists():
         start_next_queued(workflow.definition)
 
 
-def connect_receivers():
+def connect_receivers() -> None:
     workflow_finished.connect(on_workflow_finished, weak=False, dispatch_uid="django_dyrygent.catalogue.queue")

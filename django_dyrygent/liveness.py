@@ -23,17 +23,22 @@ The rules, and why:
   the queue never empties, only DYRYGENT_QUEUED_LOST_AFTER (long) applies.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+from celery import Celery
 from kombu.exceptions import ChannelError
 
 from .conf import settings
-from .models import WorkerHeartbeat
+from .models import WorkerHeartbeat, WorkflowNode
 from .states import NodeState
 
 
-def grace():
+def grace() -> timedelta:
     """How long after an event a beat must be taken to count as having seen it."""
     return timedelta(seconds=2 * float(settings.HEARTBEAT_INTERVAL))
 
@@ -43,44 +48,44 @@ class Snapshot:
     """Every heartbeat row, read once per sweep, and what they say."""
 
     now: datetime
-    beats: dict = field(default_factory=dict)  # (hostname, pid) -> WorkerHeartbeat
+    beats: dict[tuple[str, int], WorkerHeartbeat] = field(default_factory=dict)
     #: Since when the judge has been able to see beats without a break (its own
     #: beats succeeded). A worker is only found silent over time the judge saw:
     #: after a database outage every worker missed its beats, none is dead for it.
-    observing_since: datetime = None
+    observing_since: datetime | None = None
 
     @classmethod
-    def load(cls, now, observing_since=None):
+    def load(cls, now: datetime, observing_since: datetime | None = None) -> Snapshot:
         beats = {(b.hostname, b.pid): b for b in WorkerHeartbeat.objects.all()}
         return cls(now=now, beats=beats, observing_since=observing_since)
 
-    def silent_since(self, moment):
+    def silent_since(self, moment: datetime) -> datetime:
         """``moment``, or the start of the judge's observation if that is later."""
         if self.observing_since is not None and self.observing_since > moment:
             return self.observing_since
         return moment
 
     @property
-    def timeout(self):
+    def timeout(self) -> timedelta:
         return timedelta(seconds=float(settings.WORKER_TIMEOUT))
 
-    def live(self):
+    def live(self) -> list[WorkerHeartbeat]:
         return [b for b in self.beats.values() if self.silent_since(b.last_seen) >= self.now - self.timeout]
 
-    def held(self):
+    def held(self) -> set[str]:
         """Task ids some live worker runs, prefetched or scheduled at its last beat."""
-        ids = set()
+        ids: set[str] = set()
         for beat in self.live():
             ids |= beat.held_task_ids
         return ids
 
-    def leader(self):
+    def leader(self) -> WorkerHeartbeat | None:
         """The live worker that sweeps: the oldest one (ties: lowest id)."""
         live = self.live()
         return min(live, key=lambda b: (b.started_at, b.pk)) if live else None
 
 
-def started_verdict(node, snapshot, held):
+def started_verdict(node: WorkflowNode, snapshot: Snapshot, held: set[str]) -> str | None:
     """Why a STARTED node must be taken from its worker, or None while it may still run."""
     if not node.worker_hostname or node.worker_pid is None or node.started_at is None:
         return None  # started by a worker without liveness: only its timeout applies
@@ -108,22 +113,25 @@ class QueueProbe:
     """Message counts of queues, taken at ``taken_at`` (None for a queue the broker could not count)."""
 
     taken_at: datetime
-    sizes: dict
+    sizes: dict[str, int | None]
 
 
-def probe_queues(app, queues, now):
+def probe_queues(app: Celery, queues: Iterable[str], now: datetime) -> QueueProbe:
     """Count the messages waiting in each queue with a passive declare (Redis, AMQP, file system).
 
     A queue the broker does not know holds nothing (Redis drops an empty
     list's key); any other error leaves the count unknown (None).
     """
-    sizes = {}
+    sizes: dict[str, int | None] = {}
     try:
         with app.connection_for_write() as conn:
             channel = conn.default_channel
             for name in queues:
                 try:
-                    sizes[name] = channel.queue_declare(queue=name, passive=True).message_count
+                    # The stubs type the channel as kombu's abstract StdChannel; every transport's has queue_declare.
+                    sizes[name] = channel.queue_declare(  # type: ignore[attr-defined]
+                        queue=name, passive=True
+                    ).message_count
                 except ChannelError:
                     sizes[name] = 0
                     channel = conn.channel()  # AMQP closes the channel after a 404
@@ -134,7 +142,7 @@ def probe_queues(app, queues, now):
     return QueueProbe(taken_at=now, sizes=sizes)
 
 
-def queue_of(app, node, tasks_options):
+def queue_of(app: Celery, node: WorkflowNode, tasks_options: dict[str, Any] | None) -> str:
     """The queue a node's message goes to: its own option, the workflow's, the routes, the default."""
     options = (node.signature or {}).get("options") or {}
     queue = options.get("queue") or (tasks_options or {}).get("queue")
@@ -145,7 +153,9 @@ def queue_of(app, node, tasks_options):
     return name or app.conf.task_default_queue
 
 
-def waiting_verdict(node, snapshot, held, probe, queue):
+def waiting_verdict(
+    node: WorkflowNode, snapshot: Snapshot, held: set[str], probe: QueueProbe | None, queue: str
+) -> str | None:
     """Why a QUEUED / RETRY node's message is taken as lost, or None while it may still arrive."""
     if node.task_id in held:
         return None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.db import models
@@ -16,13 +17,13 @@ class WorkflowQuerySet(models.QuerySet["Workflow"]):
         """Workflows the engine still drives."""
         return self.filter(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING])
 
-    def stale(self, older_than_seconds):
+    def stale(self, older_than_seconds: float) -> WorkflowQuerySet:
         """Workflows whose scheduled tick is overdue (its message was probably lost).
 
         Active workflows, and finished ones whose callbacks the engine still
         watches (a finished workflow keeps ``next_tick_at`` only for that).
         """
-        cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+        cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
         return self.filter(
             models.Q(next_tick_at__lt=cutoff)
             | models.Q(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING],

@@ -10,9 +10,15 @@ nothing. ``worker_lost`` is the immediate path for Celery's
 ``WorkerLostError`` (a pool child killed).
 """
 
+from __future__ import annotations
+
 import logging
 from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
 from functools import partial
+from typing import Any
+from uuid import UUID
 
 from django.utils import timezone
 
@@ -29,12 +35,12 @@ FIELDS = (*engine.NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", 
 BATCH = 1000
 
 
-def lost_worker_runs(node):
+def lost_worker_runs(node: WorkflowNode) -> int:
     """Runs a node gets in all when its worker is lost: its max_attempts, and at least one retry."""
     return max(node.max_attempts, 1 + settings.LOST_WORKER_RETRIES)
 
 
-def _lost_error(why):
+def _lost_error(why: str) -> Callable[[WorkflowNode, int], str]:
     return lambda node, runs: (
         f"Worker lost {runs} time(s); giving up ({why}). Last worker: "
         f"{node.worker_hostname or '?'} pid {node.worker_pid or '?'}"
@@ -44,22 +50,22 @@ def _lost_error(why):
 class Sweeper:
     """Keeps the previous broker probe between sweeps (see ``liveness.waiting_verdict``)."""
 
-    def __init__(self):
-        self.probe = None
+    def __init__(self) -> None:
+        self.probe: liveness.QueueProbe | None = None
         #: Set by the liveness thread: since when its own beats succeed (see liveness.Snapshot).
-        self.observing_since = None
+        self.observing_since: datetime | None = None
 
-    def sweep_once(self, batch_size=100, stale_after=None):
+    def sweep_once(self, batch_size: int = 100, stale_after: float | None = None) -> tuple[int, int]:
         """Tick overdue workflows, then recover lost nodes; returns (workflows ticked, nodes recovered)."""
         ticked = engine.sweep(stale_after=stale_after, batch_size=batch_size)
         return ticked, self.recover()
 
-    def recover(self):
+    def recover(self) -> int:
         now = timezone.now()
         snapshot = liveness.Snapshot.load(now, self.observing_since)
         held = snapshot.held()
         running = WorkflowNode.objects.filter(workflow__state=WorkflowState.RUNNING).only(*FIELDS)
-        verdicts = {}
+        verdicts: dict[Any, tuple[WorkflowNode, str]] = {}
         for node in running.filter(state=NodeState.STARTED, worker_pid__isnull=False,
                                    started_at__lt=now - liveness.grace())[:BATCH]:
             why = liveness.started_verdict(node, snapshot, held)
@@ -81,7 +87,7 @@ class Sweeper:
             self.probe = liveness.probe_queues(app, set(queues.values()), timezone.now())
         else:
             self.probe = None
-        by_workflow = defaultdict(list)
+        by_workflow: defaultdict[UUID, list[tuple[WorkflowNode, str]]] = defaultdict(list)
         for node, why in verdicts.values():
             by_workflow[node.workflow_id].append((node, why))
         recovered = 0
@@ -93,7 +99,7 @@ class Sweeper:
         return recovered
 
 
-def _recover(step, items):
+def _recover(step: engine.Step, items: list[tuple[WorkflowNode, str]]) -> int:
     """Under the workflow lock: re-read the judged nodes, consult the result backend, act."""
     if step.wf.state != WorkflowState.RUNNING:
         return 0
@@ -119,11 +125,12 @@ def _recover(step, items):
     return len(current)
 
 
-def _apply_backend(step, nodes):
+def _apply_backend(step: engine.Step, nodes: list[WorkflowNode]) -> list[WorkflowNode]:
     """Record outcomes the result backend already has (as ``reconcile`` does); return the other nodes."""
     backend = engine._result_backend(get_celery_app())
     metas = engine._backend_metas(backend, [n.task_id for n in nodes]) if backend else {}
-    left, finished = [], []
+    left: list[WorkflowNode] = []
+    finished: list[WorkflowNode] = []
     for node in nodes:
         recorded = engine.record_backend_outcome(
             step, node, metas.get(node.task_id) or {}, "recovered from the result backend"
@@ -133,10 +140,10 @@ def _apply_backend(step, nodes):
     return left
 
 
-def worker_lost(workflow_id, task_id, detail):
+def worker_lost(workflow_id: UUID | str, task_id: str, detail: str) -> WorkflowNode | None:
     """Celery reported WorkerLostError for a node's task: re-run it (or fail it once its runs are used)."""
 
-    def lost(step):
+    def lost(step: engine.Step) -> WorkflowNode | None:
         node = WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*FIELDS).first()
         if node is None or node.state not in (NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY):
             return None

@@ -9,7 +9,7 @@ passes a task the same values a native Celery call would.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, overload
 
 from kombu.utils import json as kombu_json
 
@@ -46,7 +46,7 @@ def size_of(tree: Any) -> int:
 _UNSTORABLE = {"\x00": "a NUL character (\\x00)"}
 
 
-def _problem_in(text):
+def _problem_in(text: str) -> str | None:
     if "\x00" in text:
         return _UNSTORABLE["\x00"]
     for char in text:
@@ -55,13 +55,13 @@ def _problem_in(text):
     return None
 
 
-def unstorable(tree, path="result"):
+def unstorable(tree: Any, path: str = "result") -> str | None:
     """Where ``tree`` holds a string no database column can store, and what; None if nowhere.
 
     Returns e.g. ``"result['name'][2] contains a NUL character (\\x00)"``.
     Keys are checked as well as values.
     """
-    stack = [(tree, path)]
+    stack: list[tuple[Any, str]] = [(tree, path)]
     while stack:
         value, where = stack.pop()
         if isinstance(value, str):
@@ -79,7 +79,11 @@ def unstorable(tree, path="result"):
     return None
 
 
-def storable_text(text):
+@overload
+def storable_text(text: str) -> str: ...
+@overload
+def storable_text(text: None) -> None: ...
+def storable_text(text: str | None) -> str | None:
     """``text`` with NUL and lone surrogates written as visible escapes (``\\x00``, ``\\ud800``).
 
     For text meant for people (errors, tracebacks, reasons): stored escaped

@@ -7,6 +7,8 @@ breaks the workflow.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from django.apps import apps
 from django.dispatch import Signal
@@ -25,7 +27,7 @@ workflow_active_tick = Signal()
 node_state_changed = Signal()
 
 
-def send(signal, **kwargs):
+def send(signal: Signal, **kwargs: Any) -> None:
     if not signal.receivers:
         return
     sender = apps.get_model("django_dyrygent", "Workflow")
@@ -46,10 +48,15 @@ def send(signal, **kwargs):
 # and is called for CANCELED (the workflow did finish, by request).
 
 COMPAT_HOOKS = ("after_active_tick", "on_finish", "on_state_change")
-_compat_handlers = {name: [] for name in COMPAT_HOOKS}  # name -> [(handler, view), ...]
+#: ``handler(workflow, payload)``, and ``view(row)`` that turns the model into what it receives (or None).
+CompatHandler = Callable[[Any, Any], Any]
+CompatView = Callable[[Any], Any] | None
+_compat_handlers: dict[str, list[tuple[CompatHandler, CompatView]]] = {name: [] for name in COMPAT_HOOKS}
 
 
-def connect_compat_handler(name, handler, view=None, error=ValueError):
+def connect_compat_handler(
+    name: str, handler: CompatHandler, view: CompatView = None, error: type[Exception] = ValueError
+) -> CompatHandler:
     """Register ``handler(workflow, payload)``; ``view(row)`` turns the model into what it receives."""
     if name not in _compat_handlers:
         raise error(f"Unknown workflow signal {name!r}; use one of {', '.join(COMPAT_HOOKS)}")
@@ -59,11 +66,11 @@ def connect_compat_handler(name, handler, view=None, error=ValueError):
     return handler
 
 
-def disconnect_compat_handler(name, handler):
+def disconnect_compat_handler(name: str, handler: CompatHandler) -> None:
     _compat_handlers[name][:] = [(h, v) for h, v in _compat_handlers[name] if h is not handler]
 
 
-def _call(name, workflow, payload):
+def _call(name: str, workflow: Any, payload: Any) -> None:
     for handler, view in list(_compat_handlers[name]):
         try:
             handler(view(workflow) if view else workflow, payload)
@@ -71,11 +78,11 @@ def _call(name, workflow, payload):
             logger.exception("Workflow hook %r (%r) of workflow %s failed", name, handler, workflow.pk)
 
 
-def _state_changed(sender, workflow, old_state, new_state, **kwargs):
+def _state_changed(sender: type, workflow: Any, old_state: str, new_state: str, **kwargs: Any) -> None:
     if new_state in WORKFLOW_FINAL and new_state != WorkflowState.ERROR:
         _call("on_finish", workflow, None)
     _call("on_state_change", workflow, new_state)
 
 
-def _active_tick(sender, workflow, **kwargs):
+def _active_tick(sender: type, workflow: Any, **kwargs: Any) -> None:
     _call("after_active_tick", workflow, None)

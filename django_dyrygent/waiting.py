@@ -13,13 +13,21 @@ milliseconds and backing off to ``interval``, so a short workflow is seen
 ending almost at once and a long one costs a query per ``interval``.
 """
 
+from __future__ import annotations
+
 import select
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from django.db import connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .states import WORKFLOW_FINAL
+
+if TYPE_CHECKING:
+    from .models import Workflow
 
 #: First pause of the polling waiter (seconds); each pause is 1.5 times the last, up to ``interval``.
 FIRST_POLL = 0.005
@@ -34,18 +42,18 @@ class Outcome:
     woken_by: str
 
 
-def channel(workflow_id):
+def channel(workflow_id: UUID | str) -> str:
     """The LISTEN channel of one workflow (an identifier: at most 63 bytes, so the bare uuid hex)."""
     return f"dyrygent_{getattr(workflow_id, 'hex', str(workflow_id).replace('-', ''))}"
 
 
-def notify_finished(connection, workflow_id, state):
+def notify_finished(connection: BaseDatabaseWrapper, workflow_id: UUID | str, state: str) -> None:
     """Queue the "workflow ended" notification in the current transaction (PostgreSQL only)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_notify(%s, %s)", [channel(workflow_id), str(state)])
 
 
-def wait(workflow, timeout=None, interval=0.1):
+def wait(workflow: Workflow, timeout: float | None = None, interval: float = 0.1) -> str:
     """Block until ``workflow`` is final; refresh it and return its state.
 
     Raises ``TimeoutError`` after ``timeout`` seconds (None: wait forever) and
@@ -56,7 +64,7 @@ def wait(workflow, timeout=None, interval=0.1):
     return workflow.state
 
 
-def wait_for(workflow, timeout=None, interval=0.1):
+def wait_for(workflow: Workflow, timeout: float | None = None, interval: float = 0.1) -> Outcome:
     """The waiting itself; returns an ``Outcome`` (tests check what woke the waiter)."""
     if interval <= 0:
         raise ValueError(f"wait(interval=...) must be greater than zero, not {interval!r}")
@@ -72,7 +80,7 @@ def wait_for(workflow, timeout=None, interval=0.1):
     return _poll(workflow, deadline, timeout, interval, FIRST_POLL)
 
 
-def _read_state(workflow):
+def _read_state(workflow: Workflow) -> str:
     model = type(workflow)
     state = model._default_manager.filter(pk=workflow.pk).values_list("state", flat=True).first()
     if state is None:
@@ -80,7 +88,7 @@ def _read_state(workflow):
     return state
 
 
-def _remaining(deadline, workflow, state, timeout):
+def _remaining(deadline: float | None, workflow: Workflow, state: str | None, timeout: float | None) -> float | None:
     """Seconds left before the deadline (None: no deadline); TimeoutError once it has passed."""
     if deadline is None:
         return None
@@ -90,9 +98,9 @@ def _remaining(deadline, workflow, state, timeout):
     return left
 
 
-def _poll(workflow, deadline, timeout, interval, first):
+def _poll(workflow: Workflow, deadline: float | None, timeout: float | None, interval: float, first: float) -> Outcome:
     pause = min(first, interval)
-    state = None
+    state: str | None = None
     while True:
         left = _remaining(deadline, workflow, state, timeout)
         time.sleep(pause if left is None else min(pause, left))
@@ -102,7 +110,9 @@ def _poll(workflow, deadline, timeout, interval, first):
         pause = min(pause * BACKOFF, interval)
 
 
-def _listen(connection, workflow, deadline, timeout, interval):
+def _listen(
+    connection: BaseDatabaseWrapper, workflow: Workflow, deadline: float | None, timeout: float | None, interval: float
+) -> Outcome | None:
     """LISTEN on a connection of its own; None when the driver cannot wait for notifications.
 
     A separate autocommit connection: notifications reach a session only
@@ -131,7 +141,7 @@ def _listen(connection, workflow, deadline, timeout, interval):
         listener.close()
 
 
-def _notified(listener, seconds):
+def _notified(listener: Any, seconds: float) -> bool | None:
     """True when a notification arrived within ``seconds``; None when the driver cannot tell."""
     notifies = getattr(listener, "notifies", None)
     if callable(notifies):  # psycopg 3

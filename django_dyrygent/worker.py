@@ -12,14 +12,18 @@ every DYRYGENT_SWEEP_INTERVAL seconds. So recovery needs neither beat nor a
 countdown tick message (which would die with the worker that held it).
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from celery import bootsteps
 from celery import signals as celery_signals
+from celery.worker import WorkController
 from celery.worker import state as worker_state
 from django.db import connections
 from django.utils import timezone
@@ -32,17 +36,18 @@ from .recovery import Sweeper
 logger = logging.getLogger("django_dyrygent.worker")
 
 #: Pid of this worker's main process; set before the pool forks, None outside a liveness worker.
-MAIN_PID = None
+MAIN_PID: int | None = None
 #: Heartbeat rows of workers gone this long are deleted by the sweeper.
 FORGET_AFTER = timedelta(days=1)
 
-def held_task_ids():
+def held_task_ids() -> tuple[list[str], list[str]]:
     """(active, reserved) task ids of this worker, read from Celery's bookkeeping in the main process."""
     for _ in range(10):
         try:
             active = {r.id for r in list(worker_state.active_requests)}
             waiting = {r.id for r in list(worker_state.reserved_requests)}
-            waiting |= {r.id for r in list(worker_state.scheduled_requests)}
+            # celery-types 0.26 lacks scheduled_requests (a WeakSet in celery/worker/state.py).
+            waiting |= {r.id for r in list(worker_state.scheduled_requests)}  # type: ignore[attr-defined]
             return sorted(active), sorted(waiting - active)
         except RuntimeError:  # the sets changed while we copied them; try again
             time.sleep(0.001)
@@ -52,7 +57,7 @@ def held_task_ids():
 class LivenessThread(threading.Thread):
     """Beats for one worker, and sweeps while that worker is the oldest live one."""
 
-    def __init__(self, hostname, pid):
+    def __init__(self, hostname: str, pid: int) -> None:
         super().__init__(name="dyrygent-liveness", daemon=True)
         self.hostname = hostname
         self.pid = pid
@@ -61,7 +66,7 @@ class LivenessThread(threading.Thread):
         self.sweeper = Sweeper()
         self.next_sweep = 0.0
 
-    def run(self):
+    def run(self) -> None:
         try:
             while not self.stopping.is_set():
                 self.step()
@@ -69,7 +74,7 @@ class LivenessThread(threading.Thread):
         finally:
             connections.close_all()
 
-    def step(self):
+    def step(self) -> None:
         try:
             db.run(self.beat, retry_for=0, what="the worker heartbeat")
         except Exception:
@@ -88,13 +93,13 @@ class LivenessThread(threading.Thread):
         except Exception:
             logger.exception("Sweep from worker %s failed; next one in %ss", self.hostname, settings.SWEEP_INTERVAL)
 
-    def beat(self, last_seen=None):
+    def beat(self, last_seen: datetime | None = None) -> None:
         active, reserved = held_task_ids()
         values = dict(last_seen=last_seen or timezone.now(), active_task_ids=active, reserved_task_ids=reserved)
         if not WorkerHeartbeat.objects.filter(hostname=self.hostname, pid=self.pid).update(**values):
             WorkerHeartbeat.objects.create(hostname=self.hostname, pid=self.pid, started_at=self.started_at, **values)
 
-    def is_leader(self):
+    def is_leader(self) -> bool:
         now = timezone.now()
         live = WorkerHeartbeat.objects.filter(last_seen__gte=now - timedelta(seconds=float(settings.WORKER_TIMEOUT)))
         oldest = live.order_by("started_at", "id").values_list("hostname", "pid").first()
@@ -103,7 +108,7 @@ class LivenessThread(threading.Thread):
             return True
         return False
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout: float = 10.0) -> None:
         """Stop beating and mark this worker gone, so its nodes are judged at once."""
         if self.stopping.is_set():
             return
@@ -125,16 +130,18 @@ class LivenessStep(bootsteps.StartStopStep):
     """
 
     label = "dyrygent-liveness"
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
-    def include_if(self, w):
+    def include_if(self, w: WorkController) -> bool:
         return bool(settings.LIVENESS) and MAIN_PID == os.getpid()
 
-    def create(self, w):
-        return LivenessThread(w.hostname, MAIN_PID)
+    # The stubs say create() returns None; Celery keeps what it returns as the object it starts and stops.
+    def create(self, w: WorkController) -> LivenessThread:  # type: ignore[override]
+        assert MAIN_PID is not None, "include_if() only lets the step in once on_worker_init set MAIN_PID"
+        return LivenessThread(w.hostname, MAIN_PID)  # type: ignore[attr-defined]  # hostname: not in the stubs
 
 
-def on_worker_init(sender=None, **kwargs):
+def on_worker_init(sender: WorkController | None = None, **kwargs: Any) -> None:
     """Before the pool forks: note the main pid and add the liveness step to this worker's blueprint."""
     global MAIN_PID
     if settings.LIVENESS and sender is not None:
@@ -142,6 +149,6 @@ def on_worker_init(sender=None, **kwargs):
         sender.app.steps["worker"].add(LivenessStep)
 
 
-def connect():
+def connect() -> None:
     """Idempotent: dispatch_uid keeps one connection per receiver."""
     celery_signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="django_dyrygent.worker_init")

@@ -1,16 +1,24 @@
 """Catalogue buttons for the workflow admin pages: small tags, so the page templates change by one line."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django import template
+from django.template import Context
 from django.template.loader import render_to_string
 from django.urls import reverse
 
 from ..catalogue import START_PERMISSION, registry
 
+if TYPE_CHECKING:
+    from ..models import Workflow
+
 register = template.Library()
 
 
 @register.simple_tag(takes_context=True)
-def dyrygent_start_link(context):
+def dyrygent_start_link(context: Context) -> str:
     """"Start a workflow" on the list page, for users who may start at least one definition."""
     request = context["request"]
     if not request.user.has_perm(START_PERMISSION) or not registry.for_user(request.user):
@@ -21,7 +29,7 @@ def dyrygent_start_link(context):
 
 
 @register.simple_tag(takes_context=True)
-def dyrygent_run_again(context, workflow):
+def dyrygent_run_again(context: Context, workflow: Workflow | None) -> str:
     """"Run again with the same parameters" on a finished workflow started from a definition."""
     request = context["request"]
     if workflow is None or not workflow.definition or not workflow.is_final or workflow.definition not in registry:

@@ -21,7 +21,7 @@ EXIT_TIMEOUT = 2
 EXIT_FAILED = 1
 
 
-def _parse_pairs(pairs, flag, as_json=True):
+def _parse_pairs(pairs: list[str] | None, flag: str, as_json: bool = True) -> dict[str, Any]:
     """KEY=VALUE pairs.
 
     Options (``as_json``): a VALUE that parses as JSON is used as such
@@ -29,7 +29,8 @@ def _parse_pairs(pairs, flag, as_json=True):
     sends it, for the definition's form to parse; a key given twice becomes a
     list (for multiple-choice fields).
     """
-    out = {}
+    out: dict[str, Any] = {}
+    value: Any  # the text after "=", then what it parses to (or a list of repeated values)
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
@@ -100,8 +101,11 @@ class Command(BaseCommand):
             help="With --wait: seconds between two reads of the workflow row (default: %(default)s).",
         )
 
-    def handle(self, *args, path, name, payload, task_options, tick_options, pass_results, wait,
-               timeout, poll_interval, **options):
+    def handle(
+        self, *args: Any, path: str | None, name: str | None, payload: str | None, task_options: list[str],
+        tick_options: list[str], pass_results: bool, wait: bool, timeout: float | None,
+        poll_interval: float, **options: Any,
+    ) -> None:
         if options["list"]:
             if path is not None:
                 raise CommandError("--list takes no NAME or PATH.")
@@ -137,7 +141,7 @@ class Command(BaseCommand):
 
     # -- the catalogue ---------------------------------------------------------------------
 
-    def _list(self):
+    def _list(self) -> None:
         if not len(registry):
             self.stdout.write("No workflow definitions (declare them in an app's workflows.py).")
             return
@@ -154,19 +158,24 @@ class Command(BaseCommand):
                 help_text = f": {field['help_text']}" if field["help_text"] else ""
                 self.stdout.write(f"    --param {field['name']}=...  ({'; '.join(detail)}){help_text}")
 
-    def _start_definition(self, name, params, workflow_name):
+    def _start_definition(self, name: str, params: dict[str, Any], workflow_name: str | None) -> Workflow:
         try:
-            return launch.start(name, params, trigger=Trigger.COMMAND, workflow_name=workflow_name).workflow
+            outcome = launch.start(name, params, trigger=Trigger.COMMAND, workflow_name=workflow_name)
         except launch.ParameterError as exc:
             lines = [f"  {'(form)' if field == '__all__' else field}: {' '.join(e['message'] for e in errors)}"
                      for field, errors in exc.errors.items()]
             raise CommandError(f"Invalid parameters for {name}:\n" + "\n".join(lines)) from None
         except launch.StartError as exc:
             raise CommandError(str(exc)) from None
+        assert outcome.workflow is not None, "start() answers started or replayed, both with a workflow"
+        return outcome.workflow
 
     # -- a dotted path -------------------------------------------------------------------------
 
-    def _start_path(self, path, name, payload, task_options, tick_options, pass_results):
+    def _start_path(
+        self, path: str, name: str | None, payload: str | None, task_options: list[str],
+        tick_options: list[str], pass_results: bool,
+    ) -> Workflow:
         custom_payload = self._payload(payload)
         task_opts = _parse_pairs(task_options, "--option")
         tick_opts = _parse_pairs(tick_options, "--tick-option")

@@ -80,7 +80,10 @@ class Command(BaseCommand):
             return
         self._loop(sweeper, stale_after, batch_size, interval or float(settings.TICK_INTERVAL), max_iterations)
 
-    def _loop(self, sweeper, stale_after, batch_size, interval, max_iterations):
+    def _loop(
+        self, sweeper: Sweeper, stale_after: float | None, batch_size: int, interval: float,
+        max_iterations: int | None,
+    ) -> None:
         stop = threading.Event()
         received: list[str] = []
 
