@@ -7,7 +7,6 @@ the sweep entry and SQLite's options, and `make test` lists skipped tests.
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -157,11 +156,5 @@ def test_readme_install__start_sent_while_the_broker_was_down_recovers_by_itself
         )
         assert time.monotonic() - up <= 60  # the bound, with default settings
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(timeout=10)
+        harness.stop_process(worker, timeout=30)
         redis.stop()

@@ -77,7 +77,8 @@ def missing_binaries():
     return None
 
 
-def _stop_process(proc, sig=signal.SIGTERM, timeout=20):
+def stop_process(proc, sig=signal.SIGTERM, timeout=20):
+    """Stop a process started with ``start_new_session`` (its whole group); SIGKILL after ``timeout``."""
     if proc is None or proc.poll() is not None:
         return
     try:
@@ -191,7 +192,7 @@ class Redis:
             return False
 
     def stop(self):
-        _stop_process(self.proc)
+        stop_process(self.proc)
 
 
 def runs_dir():
@@ -268,4 +269,4 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self):
-        _stop_process(self.proc, signal.SIGTERM, timeout=30)
+        stop_process(self.proc, signal.SIGTERM, timeout=30)
