@@ -25,6 +25,12 @@ def run(self, label, seconds=0.0):
     return label
 
 
+@shared_task(bind=True, name="rel.run_late", acks_late=True)
+def run_late(self, label, seconds=0.0):
+    """``run`` acknowledged after the body (acks_late): a killed worker's message stays unacked in the broker."""
+    return run.run(label, seconds)
+
+
 def _start(label, task_id):
     """One file per execution (a redelivered message has the same task id, so add a unique part)."""
     path = _runs_dir() / f"{label}.{task_id}.{uuid.uuid4().hex[:8]}.start"

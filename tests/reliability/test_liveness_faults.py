@@ -10,6 +10,7 @@ import os
 import signal
 import time
 
+import pytest
 from celery import chain, current_app, group
 from django.db.models import Max
 
@@ -17,7 +18,7 @@ from django_dyrygent import conf
 from django_dyrygent.engine import HEADER
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.reliability import harness
-from tests.reliability.tasks import die, run
+from tests.reliability.tasks import die, run, run_late
 
 S = WorkflowNode.State
 
@@ -90,9 +91,11 @@ def test_database_stopped_during_a_task__outcome_recorded_when_it_is_back(rel):
     assert harness.runs("after") == 1 and _failures() == 0
 
 
-def test_worker_killed__whole_group_recovered_within_60s_of_a_replacement_with_default_settings(rel):
+@pytest.mark.parametrize("body", [run, run_late], ids=["acks_early", "acks_late"])
+def test_worker_killed__whole_group_recovered_within_60s_of_a_replacement_with_default_settings(rel, body):
+    """With acks_late too: recovery does not wait for the broker's visibility timeout (1 h on Redis)."""
     doomed = rel.ready_worker("doomed", env={})
-    wf, (long, nxt) = _chain("kill-9", run.si("long", seconds=4), run.si("next"))
+    wf, (long, nxt) = _chain("kill-9", body.si("long", seconds=4), run.si("next"))
     wf.apply_async()
     first_id = rel.wait_node(long.pk, {S.STARTED}).task_id
     doomed.kill(signal.SIGKILL)
