@@ -14,8 +14,7 @@ from celery.worker import state as worker_state
 
 from django_dyrygent import engine
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.celery_app import app as celery_app
-from tests.conftest import wait_worker_idle
+from tests.conftest import purge_queue, wait_worker_idle
 from tests.models import Execution
 from tests.reliability.relb_worker import start_worker, stop_worker, wait_for
 from tests.tasks import record
@@ -29,11 +28,9 @@ QUEUE = "dyrygent-relb-cancel"
 @pytest.fixture
 def own_queue():
     """A queue no shared worker consumes, empty before and after the test."""
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(QUEUE)
+    purge_queue(QUEUE)  # RabbitMQ: a queue it has never seen is no error there
     yield QUEUE
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(QUEUE)
+    purge_queue(QUEUE)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from django_dyrygent import engine, tasks
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.celery_app import app as celery_app
+from tests.conftest import purge_queue
 from tests.models import Execution
 from tests.tasks import record
 
@@ -40,8 +40,7 @@ PARKED = "dyrygent-relb-parked"
 @pytest.fixture
 def parked():
     yield PARKED
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(PARKED)
+    purge_queue(PARKED)
 
 
 @pytest.mark.worker
