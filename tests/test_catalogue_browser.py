@@ -4,12 +4,11 @@ Same set-up as test_browser.py (headless Debian chromium, the live server, the
 suite's real worker); skips only when the browser is not installed.
 """
 
-from django.contrib.auth.models import User
 from django.urls import reverse
 
 from django_dyrygent.admin import WorkflowAdmin
 from django_dyrygent.models import Workflow
-from tests.test_browser import ARTIFACTS, browser, pytestmark  # noqa: F401  (fixture and skip marks)
+from tests.test_browser import ARTIFACTS, browser, log_in, pytestmark  # noqa: F401  (fixture and skip marks)
 
 
 def test_start_form__errors_in_place_then_a_run_on_the_live_dag_then_run_again(
@@ -18,12 +17,7 @@ def test_start_form__errors_in_place_then_a_run_on_the_live_dag_then_run_again(
     from selenium.webdriver.support.ui import WebDriverWait
 
     monkeypatch.setattr(WorkflowAdmin, "dag_poll_interval", 300)
-    User.objects.create_superuser("root", "root@example.com", "pw")
-    browser.get(live_server.url + reverse("admin:login"))
-    browser.find_element(By.NAME, "username").send_keys("root")
-    browser.find_element(By.NAME, "password").send_keys("pw")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    WebDriverWait(browser, 20).until(lambda d: "/login/" not in d.current_url)
+    log_in(browser, live_server)
 
     # The list page links to the catalogue, which lists the definitions with their descriptions.
     browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_changelist"))
