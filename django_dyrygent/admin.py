@@ -6,6 +6,10 @@ require, which is why ``has_change_permission`` is left alone and every
 field is made read-only instead.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import django
@@ -13,10 +17,11 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import display_for_field, lookup_field
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import conditional_escape, format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -24,7 +29,7 @@ from django.views.decorators.http import require_POST
 
 from . import admin_views, engine, graph
 from .display import can_act, pretty_json, pretty_text, short_time, state_badge, workflow_progress
-from .graph import shorten
+from .graph import Item, shorten
 from .models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from .states import NODE_ACTIVE, NodeKind, NodeState
 
@@ -39,11 +44,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     """
 
     #: name -> function(obj) giving a JSON value served whole by ``json_view``.
-    json_values = {}
+    json_values: ClassVar[dict[str, Callable[[Any], Any]]] = {}
     #: Columns the list never shows: not read per row (a 10 MB payload would be, 100 times a page).
-    list_defer = ()
+    list_defer: tuple[str, ...] = ()
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         queryset = super().get_queryset(request)
         match = getattr(request, "resolver_match", None)
         if self.list_defer and match and match.url_name == "%s_%s_changelist" % (
@@ -52,17 +57,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
             queryset = queryset.defer(*self.list_defer)
         return queryset
 
-    def has_add_permission(self, request, obj=None):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         fields = [f.name for f in self.model._meta.concrete_fields]
         return fields + [f for f in self.readonly_fields if f not in fields]
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         if request.method == "POST":
             # Nothing to save: every field is read-only; the actions have their own URLs.
             raise PermissionDenied
@@ -75,14 +82,14 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         }
         return super().change_view(request, object_id, form_url, extra_context)
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
         return [
             path("<path:object_id>/json/<str:name>/", self.admin_site.admin_view(self.json_view),
                  name="%s_%s_json" % info),
         ] + super().get_urls()
 
-    def _get_viewable(self, request, object_id):
+    def _get_viewable(self, request: HttpRequest, object_id: str) -> Any:
         obj = self.get_object(request, object_id)
         if obj is None:
             raise Http404(f"No {self.opts.verbose_name} with id {object_id!r}.")
@@ -90,7 +97,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
             raise PermissionDenied
         return obj
 
-    def json_view(self, request, object_id, name):
+    def json_view(self, request: HttpRequest, object_id: str, name: str) -> JsonResponse:
         """The whole of a JSON value the page shows cut (a link under the cut leads here)."""
         if name not in self.json_values:
             raise Http404(f"No JSON value named {name!r}; there are: {', '.join(sorted(self.json_values))}.")
@@ -98,11 +105,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return JsonResponse(self.json_values[name](obj), safe=False, encoder=DjangoJSONEncoder,
                             json_dumps_params={"indent": 2, "ensure_ascii": False})
 
-    def json_url(self, obj, name):
+    def json_url(self, obj: Any, name: str) -> str:
         info = self.opts.app_label, self.opts.model_name
         return reverse("admin:%s_%s_json" % info, args=[obj.pk, name], current_app=self.admin_site.name)
 
-    def pretty_value(self, obj, name):
+    def pretty_value(self, obj: Any, name: str) -> str:
         return pretty_json(self.json_values[name](obj), self.json_url(obj, name))
 
 
@@ -164,42 +171,42 @@ class WorkflowAdmin(ReadOnlyAdmin):
     # -- list columns ---------------------------------------------------------------------
 
     @admin.display(description=_("name"), ordering="name")
-    def display_name(self, obj):
+    def display_name(self, obj: Workflow) -> str:
         return obj.name or "—"
 
     @admin.display(description=_("id"), ordering="id")
-    def short_id(self, obj):
+    def short_id(self, obj: Workflow) -> str:
         return format_html('<code title="{}">{}</code>', obj.pk, str(obj.pk)[:8])
 
     @admin.display(description=_("state"), ordering="state")
-    def state_badge(self, obj):
+    def state_badge(self, obj: Workflow) -> str:
         return state_badge(obj.state, obj.get_state_display())
 
     @admin.display(description=_("progress"))
-    def progress(self, obj):
+    def progress(self, obj: Workflow) -> str:
         """Succeeded, failed and remaining parts, from the row counters: no COUNT query per row."""
         return workflow_progress(obj)
 
     @admin.display(description=_("duration"))
-    def duration(self, obj):
+    def duration(self, obj: Workflow) -> str:
         return graph.format_duration(obj.duration) or "—"
 
     @admin.display(description=_("custom payload"))
-    def pretty_payload(self, obj):
+    def pretty_payload(self, obj: Workflow) -> str:
         return self.pretty_value(obj, "custom_payload")
 
     @admin.display(description=_("tick options"))
-    def pretty_options(self, obj):
+    def pretty_options(self, obj: Workflow) -> str:
         return self.pretty_value(obj, "options")
 
     @admin.display(description=_("task options"))
-    def pretty_tasks_options(self, obj):
+    def pretty_tasks_options(self, obj: Workflow) -> str:
         return self.pretty_value(obj, "tasks_options")
 
     # -- actions ----------------------------------------------------------------------------
 
     @admin.action(description=_("Cancel selected workflows"), permissions=("change",))
-    def cancel_workflows(self, request, queryset):
+    def cancel_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         reason = f"canceled by {request.user.get_username()} in the admin"
         pks = list(queryset.values_list("pk", flat=True))
         canceled = sum(1 for pk in pks if engine.cancel(pk, reason=reason))
@@ -213,7 +220,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             ) % {"count": skipped}, messages.WARNING)
 
     @admin.action(description=_("Retry failed nodes of selected workflows"), permissions=("change",))
-    def retry_workflows(self, request, queryset):
+    def retry_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         pks = list(queryset.values_list("pk", flat=True))
         reset = {pk: engine.retry(pk) for pk in pks}
         retried = sum(1 for n in reset.values() if n)
@@ -230,7 +237,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             ) % {"count": idle}, messages.WARNING)
 
     @admin.action(description=_("Tick selected workflows now"), permissions=("change",))
-    def tick_workflows(self, request, queryset):
+    def tick_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         pks = list(queryset.values_list("pk", flat=True))
         outcomes = [engine.tick(pk, scheduled=False) for pk in pks]
         busy = outcomes.count("busy")
@@ -247,7 +254,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     # -- URLs: status JSON, SVG fragment, one-object actions -----------------------------------
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
         view = self.admin_site.admin_view
         return admin_views.urls(self) + [
@@ -257,13 +264,13 @@ class WorkflowAdmin(ReadOnlyAdmin):
                  name="%s_%s_act" % info),
         ] + super().get_urls()
 
-    def status_view(self, request, object_id):
+    def status_view(self, request: HttpRequest, object_id: str) -> JsonResponse:
         """Everything on the change page that can change, polled by dag.js while the workflow runs.
 
         Pieces of HTML (fields, events, progress bar) are rendered here the way
         the page rendered them, escaped, so the page swaps them in as they are.
         """
-        obj = self._get_viewable(request, object_id)
+        obj: Workflow = self._get_viewable(request, object_id)
         items, edges = graph.collapse(graph.load(obj, details=False), self.dag_collapse_threshold)
         return JsonResponse({
             "id": str(obj.pk),
@@ -284,22 +291,22 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "items": {item.id: graph.item_status(item) for item in items},
         })
 
-    def readonly_html(self, obj, name):
+    def readonly_html(self, obj: Workflow, name: str) -> str:
         """A read-only field as the change form shows it (Django's AdminReadonlyField rules)."""
         field, _attr, value = lookup_field(name, obj, self)
         if field is None:
             return value if hasattr(value, "__html__") else linebreaksbr(conditional_escape(value))
         return linebreaksbr(display_for_field(value, field, self.get_empty_value_display()))
 
-    def latest_events(self, obj):
+    def latest_events(self, obj: Workflow) -> list[dict[str, Any]]:
         """The latest events, each with a readable name of its node (one query for the nodes)."""
-        events = list(
-            WorkflowEvent.objects.filter(workflow_id=obj.pk).order_by("-created_at", "-id")
+        events: list[dict[str, Any]] = [
+            dict(event) for event in WorkflowEvent.objects.filter(workflow_id=obj.pk).order_by("-created_at", "-id")
             .values("created_at", "old_state", "new_state", "reason", "node_id")[: self.events_shown]
-        )
+        ]
         node_ids = {e["node_id"] for e in events if e["node_id"]}
-        nodes = {
-            n["id"]: n for n in WorkflowNode.objects.filter(pk__in=node_ids)
+        nodes: dict[int, dict[str, Any]] = {
+            n["id"]: dict(n) for n in WorkflowNode.objects.filter(pk__in=node_ids)
             .values("id", "task_name", "task_id", "kind", "position", "signature")
         }
         for event in events:
@@ -308,20 +315,20 @@ class WorkflowAdmin(ReadOnlyAdmin):
                 event["node_label"], event["node_title"] = graph.node_names(node)
         return events
 
-    def dag_view(self, request, object_id):
+    def dag_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The SVG alone, fetched again when the graph changed shape or the workflow ended."""
         obj = self._get_viewable(request, object_id)
         return HttpResponse(render_to_string(
             "django_dyrygent/dag.svg", self.dag_context(obj), request=request,
         ), content_type="image/svg+xml; charset=utf-8")
 
-    def act_view(self, request, object_id, action):
+    def act_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponseRedirect:
         """Run one of the actions on this workflow only, then come back to its page."""
         obj = self._get_viewable(request, object_id)
-        actions = self.get_actions(request)  # already filtered by the actions' permissions
-        if action not in actions:
+        entry = self.get_actions(request).get(action)  # already filtered by the actions' permissions
+        if entry is None:
             raise PermissionDenied
-        func = actions[action][0]
+        func = entry[0]
         func(self, request, self.get_queryset(request).filter(pk=obj.pk))
         return HttpResponseRedirect(
             reverse("admin:django_dyrygent_workflow_change", args=[obj.pk], current_app=self.admin_site.name)
@@ -329,7 +336,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     # -- change page ------------------------------------------------------------------------
 
-    def dag_context(self, obj):
+    def dag_context(self, obj: Workflow) -> dict[str, Any]:
         items, edges = graph.collapse(graph.load(obj), self.dag_collapse_threshold)
         drawing = graph.layout(items, edges)
         # reverse() once, not once per node.
@@ -338,7 +345,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         ).rsplit("/0/", 1)
         list_url = reverse("admin:django_dyrygent_workflownode_changelist", current_app=self.admin_site.name)
 
-        def url_for(item):
+        def url_for(item: Item) -> str:
             if item.is_group:
                 return f"{list_url}?workflow={obj.pk}&task_name={quote(item.task_name, safe='')}"
             return f"{node_head}/{item.node['id']}/{node_tail}"
@@ -349,7 +356,9 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "svg_markup": graph.svg_markup(drawing, url_for),
         }
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         obj = self.get_object(request, object_id) if request.method == "GET" else None
         context = dict(extra_context or {})
         if obj is not None and self.has_view_permission(request, obj):
@@ -378,7 +387,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         return super().change_view(request, object_id, form_url, context)
 
 
-def settled(workflow, items):
+def settled(workflow: Workflow, items: list[Item]) -> bool:
     """Nothing will change any more: the workflow ended and its callbacks (queued when it ended) too."""
     return workflow.is_final and not any(
         node["state"] in NODE_ACTIVE for item in items for node in item.nodes
@@ -420,38 +429,39 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     class Media:
         css = {"all": ("django_dyrygent/dag.css",)}
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # No action on nodes: they are operated through their workflow.
         return False
 
-    def lookup_allowed(self, lookup, value, request=None):
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # The DAG links collapsed boxes to ?workflow=<id>&task_name=<name>.
         if lookup in ("workflow", "workflow__exact"):
             return True
         if django.VERSION < (5, 0):  # ModelAdmin.lookup_allowed() takes request from Django 5.0 on
-            return super().lookup_allowed(lookup, value)
-        return super().lookup_allowed(lookup, value, request)
+            return super().lookup_allowed(lookup, value)  # type: ignore[call-arg]  # Django 4.2: no request
+        # None only from a caller that omits it (Django never does); the base class accepts it at run time.
+        return super().lookup_allowed(lookup, value, request)  # type: ignore[arg-type]
 
     @admin.display(description=_("task"), ordering="task_name")
-    def display_task(self, obj):
+    def display_task(self, obj: WorkflowNode) -> str:
         label, title = graph.node_names({"task_name": obj.task_name, "kind": obj.kind, "position": obj.position,
                                          "task_id": obj.task_id, "signature": obj.signature})
         return format_html('<span class="dy-nowrap" title="{}">{}</span>', title, label)
 
     @admin.display(description=_("task id"), ordering="task_id")
-    def short_task_id(self, obj):
+    def short_task_id(self, obj: WorkflowNode) -> str:
         return format_html('<code class="dy-nowrap" title="{}">{}</code>', obj.task_id, obj.task_id[:8])
 
     @admin.display(description=_("finished at"), ordering="finished_at")
-    def finished_time(self, obj):
+    def finished_time(self, obj: WorkflowNode) -> str:
         return short_time(obj.finished_at)
 
     @admin.display(description=_("state"), ordering="state")
-    def state_badge(self, obj):
+    def state_badge(self, obj: WorkflowNode) -> str:
         return state_badge(obj.state, obj.get_state_display())
 
     @admin.display(description=_("workflow"), ordering="workflow")
-    def workflow_short(self, obj):
+    def workflow_short(self, obj: WorkflowNode) -> str:
         """The list's column: the name alone, the id in the tooltip."""
         url = reverse("admin:django_dyrygent_workflow_change", args=[obj.workflow_id],
                       current_app=self.admin_site.name)
@@ -459,44 +469,44 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
                            shorten(obj.workflow.name or _("workflow"), 24))
 
     @admin.display(description=_("workflow"), ordering="workflow")
-    def workflow_link(self, obj):
+    def workflow_link(self, obj: WorkflowNode) -> str:
         wf = obj.workflow
         url = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk], current_app=self.admin_site.name)
         name = wf.name or _("workflow")
         return format_html('<a href="{}">{} <code>{}</code></a>', url, name, str(wf.pk)[:8])
 
     @admin.display(description=_("arguments"))
-    def arguments(self, obj):
+    def arguments(self, obj: WorkflowNode) -> str:
         return self.pretty_value(obj, "arguments") if obj.kind != NodeKind.JOIN else "—"
 
     @admin.display(description=_("options"))
-    def pretty_options(self, obj):
+    def pretty_options(self, obj: WorkflowNode) -> str:
         return self.pretty_value(obj, "options")
 
     @admin.display(description=_("result"))
-    def pretty_result(self, obj):
+    def pretty_result(self, obj: WorkflowNode) -> str:
         return self.pretty_value(obj, "result")
 
     @admin.display(description=_("error"))
-    def pretty_error(self, obj):
+    def pretty_error(self, obj: WorkflowNode) -> str:
         # Never cut: the exception line is the last line of a traceback.
         return format_html('<pre class="dy-pre">{}</pre>', obj.error) if obj.error else "—"
 
     @admin.display(description=_("previous task ids"))
-    def pretty_previous_task_ids(self, obj):
+    def pretty_previous_task_ids(self, obj: WorkflowNode) -> str:
         ids = obj.previous_task_ids or []
         return format_html_join("", '<code class="dy-block">{}</code>', ((i,) for i in ids)) if ids else "—"
 
     @admin.display(description=_("custom payload"))
-    def pretty_payload(self, obj):
+    def pretty_payload(self, obj: WorkflowNode) -> str:
         return self.pretty_value(obj, "custom_payload")
 
     @admin.display(description=_("duration"))
-    def duration(self, obj):
+    def duration(self, obj: WorkflowNode) -> str:
         return graph.format_duration(obj.duration) or "—"
 
-    def _node_links(self, nodes):
-        nodes = list(nodes.values("id", "task_name", "kind", "state", "task_id").order_by("position", "id"))
+    def _node_links(self, queryset: QuerySet[WorkflowNode]) -> str:
+        nodes = list(queryset.values("id", "task_name", "kind", "state", "task_id").order_by("position", "id"))
         if not nodes:
             return "—"
         url = reverse("admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name)
@@ -507,11 +517,11 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         )
 
     @admin.display(description=_("dependencies"))
-    def dependency_links(self, obj):
+    def dependency_links(self, obj: WorkflowNode) -> str:
         return self._node_links(obj.dependencies.all())
 
     @admin.display(description=_("dependents"))
-    def dependent_links(self, obj):
+    def dependent_links(self, obj: WorkflowNode) -> str:
         return self._node_links(obj.dependents.all())
 
 
@@ -522,13 +532,13 @@ class WorkerHeartbeatAdmin(ReadOnlyAdmin):
     list_display = ("hostname", "pid", "started_at", "last_seen", "active_count", "reserved_count")
     search_fields = ("hostname",)
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
     @admin.display(description=_("running"))
-    def active_count(self, obj):
+    def active_count(self, obj: WorkerHeartbeat) -> int:
         return len(obj.active_task_ids or ())
 
     @admin.display(description=_("prefetched"))
-    def reserved_count(self, obj):
+    def reserved_count(self, obj: WorkerHeartbeat) -> int:
         return len(obj.reserved_task_ids or ())

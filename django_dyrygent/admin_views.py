@@ -7,28 +7,39 @@ starts the workflow and redirects to its change page, where the DAG is drawn
 live; an invalid one is shown again with its errors, the Django way.
 """
 
-from functools import partial, update_wrapper
+from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial, update_wrapper
+from typing import TYPE_CHECKING, Any
+
+from django import forms
 from django.contrib import messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from . import launch
-from .catalogue import START_PERMISSION, UnknownDefinition, registry
+from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
 from .states import Trigger
 
+if TYPE_CHECKING:
+    from .admin import WorkflowAdmin
 
-def urls(model_admin):
+#: A view of this module: ``view(model_admin, request, *url_arguments)``.
+View = Callable[..., HttpResponse]
+
+
+def urls(model_admin: WorkflowAdmin) -> list[URLPattern]:
     """URL patterns to put before the ModelAdmin's own (they end in a catch-all)."""
     info = model_admin.opts.app_label, model_admin.opts.model_name
 
-    def wrap(view, *decorators):
-        func = partial(view, model_admin)
+    def wrap(view: View, *decorators: Callable[[View], View]) -> Callable[..., HttpResponse]:
+        func: Callable[..., HttpResponse] = partial(view, model_admin)
         update_wrapper(func, view)
         for decorator in decorators:
             func = decorator(func)
@@ -41,11 +52,11 @@ def urls(model_admin):
     ]
 
 
-def can_start(request):
+def can_start(request: HttpRequest) -> bool:
     return request.user.has_perm(START_PERMISSION)
 
 
-def _context(model_admin, request, title, **extra):
+def _context(model_admin: WorkflowAdmin, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
     return {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
@@ -54,7 +65,7 @@ def _context(model_admin, request, title, **extra):
     }
 
 
-def _definition_for(request, name):
+def _definition_for(request: HttpRequest, name: str) -> Definition:
     if not can_start(request):
         raise PermissionDenied
     try:
@@ -66,7 +77,7 @@ def _definition_for(request, name):
     return definition
 
 
-def catalogue_view(model_admin, request):
+def catalogue_view(model_admin: WorkflowAdmin, request: HttpRequest) -> TemplateResponse:
     """The definitions this user may start, with their descriptions."""
     if not can_start(request):
         raise PermissionDenied
@@ -75,25 +86,31 @@ def catalogue_view(model_admin, request):
     ))
 
 
-def _render_form(model_admin, request, definition, form, status=200):
-    adminform = helpers.AdminForm(form, [(None, {"fields": list(form.fields)})], {})
+def _render_form(
+    model_admin: WorkflowAdmin, request: HttpRequest, definition: Definition, form: forms.BaseForm, status: int = 200
+) -> TemplateResponse:
+    # The stubs want a ModelForm; AdminForm and AdminErrorList only read the fields and the errors.
+    adminform = helpers.AdminForm(form, [(None, {"fields": list(form.fields)})], {})  # type: ignore[arg-type]
     return TemplateResponse(request, "admin/django_dyrygent/catalogue/start.html", _context(
         model_admin, request, _("Start %(name)s") % {"name": definition.name},
         definition=definition, form=form, adminform=adminform,
-        errors=helpers.AdminErrorList(form, []),
+        errors=helpers.AdminErrorList(form, []),  # type: ignore[arg-type]
         list_url=reverse(f"{model_admin.admin_site.name}:django_dyrygent_workflow_start_list"),
     ), status=status)
 
 
-def _started(model_admin, request, outcome, definition):
+def _started(
+    model_admin: WorkflowAdmin, request: HttpRequest, outcome: launch.Outcome, definition: Definition
+) -> HttpResponseRedirect:
     wf = outcome.workflow
+    assert wf is not None, "launch() returns the started (or replayed) workflow"
     messages.success(request, _("Started %(name)s: workflow %(id)s.") % {"name": definition.name, "id": wf.pk})
     return HttpResponseRedirect(reverse(
         f"{model_admin.admin_site.name}:django_dyrygent_workflow_change", args=[wf.pk],
     ))
 
 
-def start_view(model_admin, request, name):
+def start_view(model_admin: WorkflowAdmin, request: HttpRequest, name: str) -> HttpResponse:
     """GET: the definition's form with its initial values; POST: start, or show the errors."""
     definition = _definition_for(request, name)
     if request.method != "POST":
@@ -109,7 +126,7 @@ def start_view(model_admin, request, name):
     return _render_form(model_admin, request, definition, form)
 
 
-def run_again_view(model_admin, request, object_id):
+def run_again_view(model_admin: WorkflowAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
     """Start a finished workflow's definition again with the parameters it recorded."""
     wf = model_admin.get_object(request, object_id)
     if wf is None:

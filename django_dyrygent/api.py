@@ -14,10 +14,13 @@ than with Django's HTML page. A project that authenticates API clients by a
 header token, not by a cookie, can wrap these views in ``csrf_exempt``.
 """
 
+from __future__ import annotations
+
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import cast
+from typing import Any, Concatenate, ParamSpec, TypeAlias, cast
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -26,8 +29,12 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import engine, launch
-from .catalogue import START_PERMISSION, UnknownDefinition, registry
+from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
 from .models import Workflow
+
+P = ParamSpec("P")
+#: A view of this API: ``view(request, *url_arguments)``.
+ApiView: TypeAlias = Callable[Concatenate[HttpRequest, P], HttpResponse]
 
 #: Request header carrying the client's idempotency key (``idempotency_key`` in the body works too).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -52,17 +59,17 @@ class _CsrfCheck(CsrfViewMiddleware):
         return cast("str | None", self.process_view(request, _no_view, (), {}))
 
 
-def error(status, message, **extra):
+def error(status: int, message: str, **extra: Any) -> JsonResponse:
     return JsonResponse({"error": message, **extra}, status=status)
 
 
-def endpoint(methods, permission=None):
+def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[[ApiView[P]], ApiView[P]]:
     """Method, authentication, CSRF and model permission checks shared by every view."""
 
-    def decorator(view):
+    def decorator(view: ApiView[P]) -> ApiView[P]:
         @csrf_exempt  # checked below, so that a failure is a JSON answer
         @wraps(view)
-        def wrapper(request, *args, **kwargs):
+        def wrapper(request: HttpRequest, *args: P.args, **kwargs: P.kwargs) -> HttpResponse:
             if request.method not in methods:
                 response = error(405, f"Method {request.method} not allowed; use {', '.join(methods)}.")
                 response["Allow"] = ", ".join(methods)
@@ -83,44 +90,45 @@ def endpoint(methods, permission=None):
     return decorator
 
 
-def _json_body(request):
+def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
     """The request's JSON object ({} when empty), or a 400 response."""
     if len(request.body) > MAX_BODY:
-        return None, error(400, f"Request body over {MAX_BODY} bytes.")
+        return error(400, f"Request body over {MAX_BODY} bytes.")
     if not request.body.strip():
-        return {}, None
+        return {}
     try:
         body = json.loads(request.body)
     except (ValueError, UnicodeDecodeError) as exc:
-        return None, error(400, f"Request body is not valid JSON: {exc}")
+        return error(400, f"Request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
-        return None, error(400, f"Request body must be a JSON object, not {type(body).__name__}.")
-    return body, None
+        return error(400, f"Request body must be a JSON object, not {type(body).__name__}.")
+    return body
 
 
-def _definition(request, name):
+def _definition(request: HttpRequest, name: str) -> Definition | JsonResponse:
     """The definition the user may start, or the 404/403 response."""
     try:
         definition = registry.get(name)
     except UnknownDefinition as exc:
-        return None, error(404, str(exc))
+        return error(404, str(exc))
     if not definition.user_can_start(request.user):
-        return None, error(403, f"Permission {definition.permission} required to start {name}.")
-    return definition, None
+        return error(403, f"Permission {definition.permission} required to start {name}.")
+    return definition
 
 
-def _workflow(request, workflow_id):
+def _workflow(workflow_id: object) -> Workflow | JsonResponse:
+    """The workflow, or the 404 response."""
     try:
         pk = uuid.UUID(str(workflow_id))
     except ValueError:
-        return None, error(404, f"No workflow with id {workflow_id!r}.")
+        return error(404, f"No workflow with id {workflow_id!r}.")
     wf = Workflow.objects.filter(pk=pk).first()
     if wf is None:
-        return None, error(404, f"No workflow with id {workflow_id!r}.")
-    return wf, None
+        return error(404, f"No workflow with id {workflow_id!r}.")
+    return wf
 
 
-def describe_definition(definition):
+def describe_definition(definition: Definition) -> dict[str, Any]:
     return {
         "name": definition.name,
         "title": definition.title,
@@ -130,7 +138,7 @@ def describe_definition(definition):
     }
 
 
-def describe_workflow(wf):
+def describe_workflow(wf: Workflow) -> dict[str, Any]:
     try:
         admin_url = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])
     except NoReverseMatch:
@@ -156,31 +164,31 @@ def describe_workflow(wf):
 
 
 @endpoint(["GET"], START_PERMISSION)
-def definitions(request):
+def definitions(request: HttpRequest) -> HttpResponse:
     """The definitions this user may start."""
     return JsonResponse({"definitions": [describe_definition(d) for d in registry.for_user(request.user)]})
 
 
 @endpoint(["GET"], START_PERMISSION)
-def definition(request, name):
-    found, problem = _definition(request, name)
-    return problem or JsonResponse(describe_definition(found))
+def definition(request: HttpRequest, name: str) -> HttpResponse:
+    found = _definition(request, name)
+    return found if isinstance(found, JsonResponse) else JsonResponse(describe_definition(found))
 
 
 @endpoint(["POST"], START_PERMISSION)
-def start(request, name):
+def start(request: HttpRequest, name: str) -> HttpResponse:
     """Body: ``{"params": {...}, "idempotency_key": "..."}`` (both optional).
 
     201 with the new workflow; 200 with the first one when the idempotency
     key was seen before with the same request; 400 with ``errors`` (the
     form's, by field, ``__all__`` for the whole form) when a parameter is bad.
     """
-    found, problem = _definition(request, name)
-    if problem:
-        return problem
-    body, problem = _json_body(request)
-    if problem:
-        return problem
+    found = _definition(request, name)
+    if isinstance(found, JsonResponse):
+        return found
+    body = _json_body(request)
+    if isinstance(body, JsonResponse):
+        return body
     unknown = sorted(set(body) - {"params", "idempotency_key"})
     if unknown:
         return error(400, f"Unknown field(s) {', '.join(unknown)}; the body takes params and idempotency_key.")
@@ -196,22 +204,23 @@ def start(request, name):
         return error(409, str(exc))
     except launch.StartError as exc:
         return error(400, str(exc))
+    assert outcome.workflow is not None, "launch.start() returns the started (or replayed) workflow"
     data = describe_workflow(outcome.workflow)
     data["replayed"] = not outcome.created
     return JsonResponse(data, status=201 if outcome.created else 200)
 
 
 @endpoint(["GET"], "django_dyrygent.view_workflow")
-def status(request, workflow_id):
-    wf, problem = _workflow(request, workflow_id)
-    return problem or JsonResponse(describe_workflow(wf))
+def status(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    wf = _workflow(workflow_id)
+    return wf if isinstance(wf, JsonResponse) else JsonResponse(describe_workflow(wf))
 
 
 @endpoint(["POST"], "django_dyrygent.change_workflow")
-def cancel(request, workflow_id):
-    wf, problem = _workflow(request, workflow_id)
-    if problem:
-        return problem
+def cancel(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
     if not engine.cancel(wf.pk, reason=f"canceled by {request.user.get_username()} through the API"):
         wf.refresh_from_db()
         return error(409, f"Workflow {wf.pk} already ended {wf.state}; nothing to cancel.")
@@ -220,10 +229,10 @@ def cancel(request, workflow_id):
 
 
 @endpoint(["POST"], "django_dyrygent.change_workflow")
-def retry(request, workflow_id):
-    wf, problem = _workflow(request, workflow_id)
-    if problem:
-        return problem
+def retry(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
     try:
         reset = engine.retry(wf.pk)
     except ValidationError as exc:

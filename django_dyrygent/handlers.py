@@ -26,9 +26,13 @@ inherit the patched classes and build their tracers after the fork) and it
 costs no query: the decision is the UPDATE the receiver makes anyway.
 """
 
+from __future__ import annotations
+
 import logging
 import threading
+from collections.abc import Callable
 from traceback import format_exception
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from billiard.exceptions import WorkerLostError
 from celery import signals as celery_signals
@@ -41,6 +45,14 @@ from .conf import settings
 
 logger = logging.getLogger("django_dyrygent.handlers")
 
+if TYPE_CHECKING:
+    from celery import Task  # not subscriptable at run time before Celery 5.4
+
+    #: A task class's ``before_start(self, task_id, args, kwargs)``.
+    BeforeStart = Callable[[Task[Any, Any], str, tuple[Any, ...], dict[str, Any]], None]
+
+T = TypeVar("T")
+
 #: Request attribute set by the task_prerun receiver when the node is not runnable.
 NOT_RUNNABLE = "dyrygent_not_runnable"
 
@@ -49,7 +61,7 @@ NOT_RUNNABLE = "dyrygent_not_runnable"
 _local = threading.local()
 
 
-def _marks(name):
+def _marks(name: str) -> set[str | None]:
     marks = getattr(_local, name, None)
     if marks is None:
         marks = set()
@@ -57,7 +69,7 @@ def _marks(name):
     return marks
 
 
-def _workflow_id(request):
+def _workflow_id(request: Any) -> str | None:
     if request is None:
         return None
     if isinstance(request, dict):  # task_internal_error passes the raw request dict
@@ -69,13 +81,13 @@ def _workflow_id(request):
     return value
 
 
-def _task_request(sender, request=None):
+def _task_request(sender: Any, request: Any = None) -> Any:
     if request is not None:
         return request
     return getattr(sender, "request", None)
 
 
-def _step(what, func, *args, **kwargs):
+def _step(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run an engine step on a usable connection, retried while the database is away.
 
     The retry lasts DYRYGENT_OUTCOME_RETRY_FOR seconds, then the last error is raised.
@@ -83,7 +95,7 @@ def _step(what, func, *args, **kwargs):
     return db.run(func, *args, retry_for=float(settings.OUTCOME_RETRY_FOR), what=what, **kwargs)
 
 
-def _guarded(what, func, *args, **kwargs):
+def _guarded(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """``_step``, but a step that still fails is logged and left to the sweeper.
 
     The worker will no longer hold the task, so the node is re-run or
@@ -99,7 +111,8 @@ def _guarded(what, func, *args, **kwargs):
         return None
 
 
-def on_task_prerun(sender=None, task_id=None, task=None, **kwargs):
+def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Task[Any, Any] | None = None,
+                   **kwargs: Any) -> None:
     _marks("recorded").clear()
     _marks("body_succeeded").clear()
     request = _task_request(task or sender)
@@ -119,20 +132,23 @@ def on_task_prerun(sender=None, task_id=None, task=None, **kwargs):
             setattr(request, NOT_RUNNABLE, True)
 
 
-def guard_before_start(before_start):
+def guard_before_start(before_start: BeforeStart) -> BeforeStart:
     """Wrap a task class's ``before_start``: refuse to run a node that is no longer runnable."""
-    def guarded_before_start(self, task_id, args, kwargs):
+    def guarded_before_start(
+        self: Task[Any, Any], task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         if getattr(self.request, NOT_RUNNABLE, False):
             logger.info("Task %s (%s) is not runnable any more (its node was canceled, skipped, "
                         "finished or retried under a new task id); its body is not run", task_id, self.name)
             raise Ignore()
         return before_start(self, task_id, args, kwargs)
 
-    guarded_before_start.dyrygent_guard = True
+    # A marker on the function object (install_run_guard reads it); mypy allows no attribute on a function.
+    guarded_before_start.dyrygent_guard = True  # type: ignore[attr-defined]
     return guarded_before_start
 
 
-def install_run_guard(sender=None, **kwargs):
+def install_run_guard(sender: Any = None, **kwargs: Any) -> None:
     """worker_init: put the guard on the app's base Task class and on every task class.
 
     The base class covers tasks registered later; the per-class pass covers
@@ -148,7 +164,7 @@ def install_run_guard(sender=None, **kwargs):
             cls.before_start = guard_before_start(cls.before_start)
 
 
-def on_task_success(sender=None, result=None, **kwargs):
+def on_task_success(sender: Task[Any, Any] | None = None, result: Any = None, **kwargs: Any) -> None:
     request = _task_request(sender)
     workflow_id = _workflow_id(request)
     if workflow_id:
@@ -156,7 +172,10 @@ def on_task_success(sender=None, result=None, **kwargs):
         _guarded(f"the success of task {request.id}", hotpath.node_succeeded, workflow_id, request.id, result)
 
 
-def on_task_postrun(sender=None, task_id=None, task=None, retval=None, state=None, **kwargs):
+def on_task_postrun(
+    sender: Any = None, task_id: str | None = None, task: Task[Any, Any] | None = None, retval: Any = None,
+    state: str | None = None, **kwargs: Any,
+) -> None:
     """The body returned but Celery sent no task_success: storing its result failed.
 
     Celery then reports the storage error through task_failure, as if the
@@ -173,7 +192,10 @@ def on_task_postrun(sender=None, task_id=None, task=None, retval=None, state=Non
         _guarded(f"the success of task {task_id}", hotpath.node_succeeded, workflow_id, task_id, retval)
 
 
-def on_task_failure(sender=None, task_id=None, exception=None, einfo=None, **kwargs):
+def on_task_failure(
+    sender: Task[Any, Any] | None = None, task_id: str | None = None, exception: BaseException | None = None,
+    einfo: Any = None, **kwargs: Any,
+) -> None:
     request = _task_request(sender)
     workflow_id = _workflow_id(request)
     if not workflow_id:
@@ -192,7 +214,10 @@ def on_task_failure(sender=None, task_id=None, exception=None, einfo=None, **kwa
     _guarded(f"the failure of task {task_id}", engine.node_failed, workflow_id, task_id, exception, traceback)
 
 
-def on_task_internal_error(sender=None, task_id=None, request=None, exception=None, **kwargs):
+def on_task_internal_error(
+    sender: Any = None, task_id: str | None = None, request: Any = None, exception: BaseException | None = None,
+    **kwargs: Any,
+) -> None:
     """The result backend refused to store a task's failure (a NUL in its message, on PostgreSQL).
 
     Celery then never sends ``task_failure`` for the task's own exception,
@@ -206,9 +231,9 @@ def on_task_internal_error(sender=None, task_id=None, request=None, exception=No
         return
     if not isinstance(exception, engine.VALUE_REFUSED):
         return
-    original = exception
+    original: BaseException = exception
     while (original.__cause__ or original.__context__) is not None:
-        original = original.__cause__ or original.__context__
+        original = original.__cause__ or original.__context__  # type: ignore[assignment]  # not None: the loop test
     if original is exception or isinstance(original, engine.VALUE_REFUSED + (DatabaseError,)):
         return
     traceback = "".join(format_exception(type(original), original, original.__traceback__))
@@ -217,13 +242,16 @@ def on_task_internal_error(sender=None, task_id=None, request=None, exception=No
              traceback + note)
 
 
-def on_task_retry(sender=None, request=None, reason=None, **kwargs):
+def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **kwargs: Any) -> None:
     workflow_id = _workflow_id(request)
     if workflow_id:
         _guarded(f"the retry of task {request.id}", engine.node_retrying, workflow_id, request.id, reason)
 
 
-def on_task_revoked(sender=None, request=None, terminated=None, signum=None, expired=None, **kwargs):
+def on_task_revoked(
+    sender: Any = None, request: Any = None, terminated: bool | None = None, signum: Any = None,
+    expired: bool | None = None, **kwargs: Any,
+) -> None:
     workflow_id = _workflow_id(request)
     if workflow_id:
         why = "expired" if expired else ("terminated" if terminated else "revoked")
@@ -231,18 +259,21 @@ def on_task_revoked(sender=None, request=None, terminated=None, signum=None, exp
         _guarded(f"the revocation of task {task_id}", engine.node_revoked, workflow_id, task_id, why)
 
 
-def _message_ids(message):
+def _message_ids(message: Any) -> tuple[str | None, str | None, str | None]:
     """(workflow id, task id, task name) from a raw message's headers; Nones when they are missing."""
     headers = getattr(message, "headers", None) or {}
     return headers.get("dyrygent_workflow"), headers.get("id"), headers.get("task")
 
 
-def _report_not_run(workflow_id, task_id, error, reason):
+def _report_not_run(workflow_id: str, task_id: str, error: str, reason: str) -> None:
     # Runs in the worker's consumer, not in a task: _guarded starts on a usable connection.
     _guarded(f"the rejection of task {task_id}", engine.node_not_run, workflow_id, task_id, error, reason)
 
 
-def on_task_unknown(sender=None, message=None, exc=None, name=None, id=None, **kwargs):
+def on_task_unknown(
+    sender: Any = None, message: Any = None, exc: BaseException | None = None, name: str | None = None,
+    id: str | None = None, **kwargs: Any,
+) -> None:
     """The worker has no task of that name: fail the node now rather than after the requeue timeout."""
     workflow_id = _message_ids(message)[0]
     if workflow_id and id:
@@ -250,7 +281,7 @@ def on_task_unknown(sender=None, message=None, exc=None, name=None, id=None, **k
         _report_not_run(workflow_id, id, engine.unknown_task_error(name, hostname), "task not registered")
 
 
-def on_task_rejected(sender=None, message=None, exc=None, **kwargs):
+def on_task_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **kwargs: Any) -> None:
     """The worker could not decode the node's message and rejected it: fail the node now."""
     workflow_id, task_id, name = _message_ids(message)
     if workflow_id and task_id:
@@ -264,7 +295,7 @@ def on_task_rejected(sender=None, message=None, exc=None, **kwargs):
         _report_not_run(workflow_id, task_id, error, "message rejected")
 
 
-def connect_worker_signals():
+def connect_worker_signals() -> None:
     """Idempotent: dispatch_uid keeps one connection per receiver."""
     celery_signals.task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="django_dyrygent.prerun")
     celery_signals.task_success.connect(on_task_success, weak=False, dispatch_uid="django_dyrygent.success")
@@ -281,7 +312,7 @@ def connect_worker_signals():
     worker.connect()
 
 
-def worker_signals_connected():
+def worker_signals_connected() -> bool:
     return any(
         "django_dyrygent.success" in str(key) for key, _ in celery_signals.task_success.receivers
     )

@@ -1,6 +1,11 @@
 """Workflow rows: one ``Workflow``, one ``WorkflowNode`` per signature, one edge per dependency."""
 
+from __future__ import annotations
+
 import uuid
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -12,7 +17,7 @@ from . import waiting
 from .draft import GRAPH_KINDS, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
 from .serialization import from_tree
-from .signals import connect_compat_handler
+from .signals import Handler, connect_compat_handler
 from .states import (
     NODE_FINAL,
     WORKFLOW_FINAL,
@@ -23,8 +28,11 @@ from .states import (
     WorkflowState,
 )
 
+if TYPE_CHECKING:
+    from celery import Signature
 
-def _refuse_positional_dict(args, message):
+
+def _refuse_positional_dict(args: tuple[Any, ...], message: str) -> None:
     """celery-dyrygent's Workflow(options) / WorkflowNode(signature) would silently become the primary key.
 
     Django itself builds loaded rows from positional field values (the id
@@ -129,7 +137,7 @@ class Workflow(models.Model):
             models.Index(fields=["state", "next_tick_at"], name="dyrygent_wf_state_tick_idx"),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         # No state here: admin headings and links would show a stale one.
         return f"{self.name or 'workflow'} {str(self.id)[:8]}"
 
@@ -139,12 +147,12 @@ class Workflow(models.Model):
 
     #: After apply_async: None until its transaction commits, then whether the
     #: first tick reached the broker (False: the sweeper starts it later).
-    start_sent = None
+    start_sent: bool | None = None
     #: The broker's exception when ``start_sent`` is False.
-    start_error = None
-    _draft = None
+    start_error: BaseException | None = None
+    _draft: Draft | None = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         _refuse_positional_dict(
             args,
             "Workflow() takes its fields by keyword, e.g. Workflow(options={...}); "
@@ -153,25 +161,31 @@ class Workflow(models.Model):
         super().__init__(*args, **kwargs)
 
     @property
-    def draft(self):
+    def draft(self) -> Draft:
         """The unsaved graph this workflow builds; refused once the workflow was applied."""
         self._require_draft("change its graph")
         if self._draft is None:
             self._draft = Draft(self, self._new_node)
         return self._draft
 
-    def _new_node(self, **fields):
+    def _new_node(self, **fields: Any) -> WorkflowNode:
         return WorkflowNode(workflow=self, **fields)
 
-    def _require_draft(self, what):
+    def _require_draft(self, what: str) -> None:
         if not self._state.adding:
             raise ValidationError(
                 f"Cannot {what}: workflow {self.pk} was already applied; build a new Workflow.",
                 code="already_applied",
             )
 
-    def add_signature(self, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
-                      timeout=None, max_attempts=1):
+    def add_signature(
+        self,
+        signature: Signature | dict[str, Any],
+        dependencies: Iterable[WorkflowNode] | None = None,
+        trigger_rule: str = TriggerRule.ALL_SUCCESS,
+        timeout: float | timedelta | None = None,
+        max_attempts: int = 1,
+    ) -> WorkflowNode:
         """Add one signature as a node depending on ``dependencies``; returns the node.
 
         ``trigger_rule``: "all_success" (default), "all_done" or "one_failed".
@@ -183,7 +197,10 @@ class Workflow(models.Model):
             signature, dependencies, trigger_rule=trigger_rule, timeout=timeout, max_attempts=max_attempts,
         )
 
-    def add_fanout(self, template, dependency, timeout=None):
+    def add_fanout(
+        self, template: Signature | dict[str, Any], dependency: WorkflowNode,
+        timeout: float | timedelta | None = None,
+    ) -> WorkflowNode:
         """Run ``template`` once per item of ``dependency``'s result (a list), at run time.
 
         Returns the fan-out node: it succeeds once every item's task has, with
@@ -193,11 +210,13 @@ class Workflow(models.Model):
         """
         return self.draft.add_fanout(template, dependency, timeout=timeout)
 
-    def add_celery_canvas(self, canvas, dependencies=None):
+    def add_celery_canvas(
+        self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None
+    ) -> list[WorkflowNode]:
         """Add a chain/group/chord/signature; returns the nodes a follower must depend on."""
         return self.draft.add_canvas(canvas, dependencies)
 
-    def leaves(self):
+    def leaves(self) -> list[WorkflowNode]:
         """Nodes nobody depends on (callbacks excluded)."""
         if self._state.adding:
             return self.draft.leaves()
@@ -205,17 +224,17 @@ class Workflow(models.Model):
             self.nodes.filter(kind__in=GRAPH_KINDS, dependents__isnull=True).order_by("position")
         )
 
-    def link_error(self, signature):
+    def link_error(self, signature: Signature | dict[str, Any]) -> WorkflowNode:
         """Run ``signature`` once if the workflow ends FAILURE or ERROR."""
         return self.draft.add_callback(signature, NodeKind.ERROR_CALLBACK)
 
-    def link_finalizer(self, signature):
+    def link_finalizer(self, signature: Signature | dict[str, Any]) -> WorkflowNode:
         """Run ``signature`` once whenever the workflow ends, whatever the outcome."""
         return self.draft.add_callback(signature, NodeKind.FINALIZER)
 
     # -- running ---------------------------------------------------------------------
 
-    def apply_async(self, options=None):
+    def apply_async(self, options: dict[str, Any] | None = None) -> Workflow:
         """Validate, save everything in one transaction and start the workflow on commit.
 
         Returns self; see ``start_sent`` for whether the start reached the broker.
@@ -226,17 +245,17 @@ class Workflow(models.Model):
         self.draft.apply(options, engine.send_tick)
         return self
 
-    def wait(self, timeout=None, interval=0.1):
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> str:
         """Block until the workflow is final (TimeoutError after ``timeout`` s); return its state."""
         return waiting.wait(self, timeout=timeout, interval=interval)
 
-    def tick(self):
-        """Run one tick now, in this process."""
+    def tick(self) -> str:
+        """Run one tick now, in this process; returns the state, or "busy", "missing" or "error"."""
         from . import engine
 
         return engine.tick(self.pk, scheduled=False)
 
-    def cancel(self, reason=""):
+    def cancel(self, reason: str = "") -> bool:
         """Cancel: revoke published tasks, mark the rest CANCELED. Idempotent."""
         from . import engine
 
@@ -244,7 +263,7 @@ class Workflow(models.Model):
         self.refresh_from_db()
         return result
 
-    def retry(self):
+    def retry(self) -> int:
         """Re-run FAILURE, UPSTREAM_FAILED and CANCELED nodes with fresh task ids and resume."""
         from . import engine
 
@@ -252,7 +271,7 @@ class Workflow(models.Model):
         self.refresh_from_db()
         return result
 
-    def skip(self, nodes, reason=""):
+    def skip(self, nodes: Iterable[WorkflowNode | int], reason: str = "") -> int:
         """Mark pending nodes SKIPPED so their dependents may run."""
         from . import engine
 
@@ -263,28 +282,28 @@ class Workflow(models.Model):
     # -- reading ---------------------------------------------------------------------
 
     @property
-    def is_final(self):
+    def is_final(self) -> bool:
         return self.state in WORKFLOW_FINAL
 
     @property
-    def progress(self):
+    def progress(self) -> float:
         """Fraction of nodes in a final state, from the row counters (no query)."""
         return 1.0 if not self.nodes_total else self.nodes_done / self.nodes_total
 
     @property
-    def duration(self):
+    def duration(self) -> timedelta | None:
         if not self.started_at:
             return None
         return (self.finished_at or timezone.now()) - self.started_at
 
     @classmethod
-    def connect(cls, signal_name):
+    def connect(cls, signal_name: str) -> Callable[[Handler], Handler]:
         """Decorator registering a celery-dyrygent style ``handler(workflow, payload)``.
 
         Names: ``on_state_change`` (payload: new state), ``on_finish`` (payload:
         None), ``after_active_tick`` (payload: None).
         """
-        def decorator(handler):
+        def decorator(handler: Handler) -> Handler:
             connect_compat_handler(signal_name, handler)
             return handler
 
@@ -379,11 +398,11 @@ class WorkflowNode(models.Model):
             models.Index(fields=["workflow", "position"], name="dyrygent_node_wf_pos_idx"),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         label = self.task_name or self.kind
         return f"{label} [{self.task_id}] ({self.state})"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         _refuse_positional_dict(
             args,
             "WorkflowNode() takes its fields by keyword; add signatures with Workflow.add_signature(), "
@@ -391,7 +410,7 @@ class WorkflowNode(models.Model):
         )
         super().__init__(*args, **kwargs)
 
-    def add_dependency(self, other):
+    def add_dependency(self, other: WorkflowNode) -> None:
         """Make this node wait for ``other`` (both nodes of the same unsaved workflow)."""
         workflow = self.workflow if WorkflowNode.workflow.is_cached(self) else None
         draft = workflow._draft if workflow is not None and self._state.adding else None
@@ -403,24 +422,24 @@ class WorkflowNode(models.Model):
         draft.add_dependency(self, other)
 
     @property
-    def is_final(self):
+    def is_final(self) -> bool:
         return self.state in NODE_FINAL
 
-    def get_result(self):
+    def get_result(self) -> Any:
         """The result as the task returned it (``result`` holds its JSON form:
         datetimes, UUIDs and Decimals are tagged objects there, as in a Celery message)."""
         return from_tree(self.result)
 
     @property
-    def args(self):
+    def args(self) -> list[Any]:
         return self.signature.get("args", [])
 
     @property
-    def kwargs(self):
+    def kwargs(self) -> dict[str, Any]:
         return self.signature.get("kwargs", {})
 
     @property
-    def duration(self):
+    def duration(self) -> timedelta | None:
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
@@ -444,7 +463,7 @@ class WorkflowEdge(models.Model):
             models.Index(fields=["dependency", "node"], name="dyrygent_edge_dep_idx"),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.dependency_id} -> {self.node_id}"
 
 
@@ -466,7 +485,7 @@ class WorkflowEvent(models.Model):
         ordering = ["created_at", "id"]
         indexes = [models.Index(fields=["workflow", "created_at"], name="dyrygent_event_wf_idx")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         who = f"node {self.node_id}" if self.node_id else "workflow"
         return f"{who}: {self.old_state or '-'} -> {self.new_state}"
 
@@ -499,11 +518,11 @@ class WorkerHeartbeat(models.Model):
             models.UniqueConstraint(fields=["hostname", "pid"], name="dyrygent_heartbeat_unique"),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.hostname} (pid {self.pid})"
 
     @property
-    def held_task_ids(self):
+    def held_task_ids(self) -> set[str]:
         return {*(self.active_task_ids or ()), *(self.reserved_task_ids or ())}
 
 
@@ -524,5 +543,5 @@ class QueuedRun(models.Model):
         verbose_name_plural = _("queued runs")
         ordering = ["created_at", "id"]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.definition} queued at {self.created_at:%Y-%m-%d %H:%M:%S}"

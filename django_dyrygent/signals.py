@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.apps import apps
 from django.dispatch import Signal
@@ -51,6 +51,8 @@ COMPAT_HOOKS = ("after_active_tick", "on_finish", "on_state_change")
 #: ``handler(workflow, payload)``, and ``view(row)`` that turns the model into what it receives (or None).
 CompatHandler = Callable[[Any, Any], Any]
 CompatView = Callable[[Any], Any] | None
+#: A handler as the ``connect`` decorators give it back (unchanged).
+Handler = TypeVar("Handler", bound=CompatHandler)
 _compat_handlers: dict[str, list[tuple[CompatHandler, CompatView]]] = {name: [] for name in COMPAT_HOOKS}
 
 

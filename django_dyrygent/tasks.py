@@ -5,7 +5,12 @@ database blip (``db.run``): a worker child must never keep failing ticks on
 a connection the server dropped.
 """
 
-from celery import shared_task
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from celery import Celery, Task, shared_task
 
 from . import db, engine, launch
 from .recovery import Sweeper
@@ -18,13 +23,13 @@ RETRY_FOR = 10.0
 
 
 @shared_task(name="django_dyrygent.tick", ignore_result=True)
-def tick(workflow_id):
+def tick(workflow_id: UUID | str) -> str:
     """Advance one workflow: start it, reconcile lost events, enforce its deadline."""
     return db.run(engine.tick, workflow_id, scheduled=True, retry_for=RETRY_FOR, what="a tick")
 
 
 @shared_task(name="django_dyrygent.sweep", ignore_result=True)
-def sweep(stale_after=None, batch_size=100):
+def sweep(stale_after: float | None = None, batch_size: int = 100) -> int:
     """Tick every running workflow whose tick is overdue and recover nodes of lost workers.
 
     Workers with DYRYGENT_LIVENESS already do this themselves; scheduling it
@@ -37,7 +42,7 @@ def sweep(stale_after=None, batch_size=100):
 
 
 @shared_task(name="django_dyrygent.start_definition")
-def start_definition(name, params=None):
+def start_definition(name: str, params: dict[str, Any] | None = None) -> dict[str, str | None]:
     """Start a catalogue definition from a schedule, under its overlap policy.
 
     Beat entry: ``{"task": "django_dyrygent.start_definition", "schedule": ...,
@@ -58,7 +63,7 @@ PUBLISH_KEYWORDS = frozenset({
 })
 
 
-def register_workflow_processor(app, **decorator_kws):
+def register_workflow_processor(app: Celery, **decorator_kws: Any) -> Task[Any, Any]:
     """celery-dyrygent compatibility: return the tick task of ``app``, shaped by the peer's keywords.
 
     The tick is a ``shared_task`` named ``django_dyrygent.tick`` whatever
@@ -77,5 +82,6 @@ def register_workflow_processor(app, **decorator_kws):
     for key, value in decorator_kws.items():
         if key not in PROCESSOR_ONLY_KEYWORDS:
             setattr(task, key, value)
-    task._exec_options = None  # Celery caches the publish options read from the attributes
+    # Celery caches the publish options read from the attributes (private: not in the stubs).
+    task._exec_options = None  # type: ignore[attr-defined]
     return task

@@ -8,20 +8,32 @@ saves the rows and the engine runs them. What differs, and why, is listed in
 docs/migrating-from-celery-dyrygent.md.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from numbers import Real
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
+from celery import Task
 from celery import exceptions as celery_exceptions
-from celery.canvas import Signature, _chain, _chord, group
+from celery.canvas import Signature, _chain, group
+from celery.canvas import chord as _chord  # the class itself at run time; the stubs name it chord
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from . import models
-from .signals import COMPAT_HOOKS, connect_compat_handler
+from .draft import Draft
+from .signals import COMPAT_HOOKS, Handler, connect_compat_handler
 from .states import NodeKind, WorkflowState
 from .tasks import register_workflow_processor
 
 __all__ = ["Workflow", "WorkflowException", "WorkflowNode", "WorkflowResult", "register_workflow_processor"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+#: celery-dyrygent's dependency options (kept, not used), by task id.
+DependencyOptions = dict[str, Any] | None
 
 #: Nodes celery-dyrygent would show in ``wf.nodes``: the ones that run a task.
 _VISIBLE_KINDS = (NodeKind.TASK, NodeKind.MAP)
@@ -35,7 +47,7 @@ class WorkflowTimeout(celery_exceptions.TimeoutError, TimeoutError):
     """``WorkflowResult.wait`` timed out (catchable as Celery's or Python's TimeoutError)."""
 
 
-def _compat(call, *args, **kwargs):
+def _compat(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``call``; a ValidationError from the shared draft comes out as WorkflowException."""
     try:
         return call(*args, **kwargs)
@@ -54,7 +66,7 @@ class WorkflowNode:
     puts nodes in a workflow) and keeps its dependencies itself.
     """
 
-    def __init__(self, signature):
+    def __init__(self, signature: Signature) -> None:
         if not isinstance(signature, Signature):
             raise WorkflowException(
                 f"WorkflowNode() takes a Celery signature, got {type(signature).__name__}"
@@ -62,14 +74,18 @@ class WorkflowNode:
         if signature.id is None:
             raise WorkflowException(f"Signature '{signature}' has no ID, it is not frozen")
         self.signature = signature
-        self._row = self._draft = None
-        self._own = {}  # task id -> options, for a node outside any workflow
-        self._options = {}  # options given to add_dependency, by task id
-        self._custom_payload = {}
-        self._saved_dependencies = None
+        self._row: models.WorkflowNode | None = None
+        self._draft: Draft | None = None
+        self._own: dict[str, DependencyOptions] = {}  # task id -> options, for a node outside any workflow
+        self._options: dict[str, DependencyOptions] = {}  # options given to add_dependency, by task id
+        self._custom_payload: dict[str, Any] | None = {}
+        self._saved_dependencies: dict[str, DependencyOptions] | None = None
 
     @classmethod
-    def _wrap(cls, row, signature, draft=None, dependencies=None):
+    def _wrap(
+        cls, row: models.WorkflowNode, signature: Signature, draft: Draft | None = None,
+        dependencies: dict[str, DependencyOptions] | None = None,
+    ) -> WorkflowNode:
         node = cls.__new__(cls)
         node.signature = signature
         node._row, node._draft = row, draft
@@ -78,27 +94,29 @@ class WorkflowNode:
         return node
 
     @property
-    def id(self):
-        return self._row.task_id if self._row is not None else self.signature.id
+    def id(self) -> str:
+        if self._row is not None:
+            return self._row.task_id
+        return cast(str, self.signature.id)  # __init__ refused a signature without an id
 
     @property
-    def custom_payload(self):
+    def custom_payload(self) -> dict[str, Any] | None:
         return self._row.custom_payload if self._row is not None else self._custom_payload
 
     @custom_payload.setter
-    def custom_payload(self, value):
+    def custom_payload(self, value: dict[str, Any] | None) -> None:
         if self._row is not None:
             self._row.custom_payload = value
         else:
             self._custom_payload = value
 
     @property
-    def model(self):
+    def model(self) -> models.WorkflowNode | None:
         """The ``django_dyrygent.models.WorkflowNode`` behind this node (unsaved before apply_async)."""
         return self._row
 
     @property
-    def dependencies(self):
+    def dependencies(self) -> dict[str, DependencyOptions]:
         """{task id: options} of the tasks this node waits for (internal join nodes seen through)."""
         if self._saved_dependencies is not None:
             return dict(self._saved_dependencies)
@@ -107,7 +125,7 @@ class WorkflowNode:
         deps = self._draft.task_dependencies(self._row)
         return {dep.task_id: self._options.get(dep.task_id) for dep in deps}
 
-    def add_dependency(self, other_node, options=None):
+    def add_dependency(self, other_node: WorkflowNode, options: dict[str, Any] | None = None) -> None:
         if not isinstance(other_node, WorkflowNode):
             raise WorkflowException(f"add_dependency() takes a WorkflowNode, got {type(other_node).__name__}")
         if options is not None and not isinstance(options, dict):
@@ -126,7 +144,7 @@ class WorkflowNode:
         _compat(self._draft.add_dependency, self._row, other_node._row)
         self._options[other_node.id] = options
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """celery-dyrygent's node dict (the signature object itself, as there)."""
         return {
             "id": self.id, "signature": self.signature,
@@ -134,42 +152,45 @@ class WorkflowNode:
         }
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: dict[str, Any]) -> WorkflowNode:
         """A node outside any workflow, from ``to_dict()`` (celery-dyrygent's node from_dict)."""
         node = cls(Signature(data["signature"]))
         node._own = dict(data.get("dependencies") or {})
         node.custom_payload = dict(data.get("custom_payload") or {})
         return node
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<WorkflowNode {self.id} {self.signature.task or '(no task name)'}>"
 
 
 class WorkflowResult:
     """What ``Workflow.apply_async`` returns: wait for the workflow like for celery-dyrygent's processor."""
 
-    def __init__(self, workflow):
+    def __init__(self, workflow: models.Workflow) -> None:
         self.model = workflow
         self.id = str(workflow.pk)
 
     @property
-    def start_sent(self):
+    def start_sent(self) -> bool | None:
         """None until the transaction commits; then whether the start reached the broker."""
         return self.model.start_sent
 
     @property
-    def start_error(self):
+    def start_error(self) -> BaseException | None:
         return self.model.start_error
 
     @property
-    def state(self):
+    def state(self) -> str | None:
+        """The state read from the database now (None once the workflow was deleted)."""
         return models.Workflow.objects.filter(pk=self.model.pk).values_list("state", flat=True).first()
 
-    def ready(self):
+    def ready(self) -> bool:
         return self.state in (WorkflowState.SUCCESS, WorkflowState.FAILURE, WorkflowState.ERROR,
                               WorkflowState.CANCELED)
 
-    def wait(self, timeout=None, propagate=True, interval=0.1, **_celery_kwargs):
+    def wait(
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1, **_celery_kwargs: Any
+    ) -> str:
         """Block until the workflow ends; return its final state.
 
         Like the peer's processor result, ERROR raises (WorkflowException) when
@@ -185,7 +206,7 @@ class WorkflowResult:
 
     get = wait
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<WorkflowResult {self.id}>"
 
 
@@ -197,93 +218,96 @@ class Workflow:
     ``deadline=``, ...) may be given by keyword.
     """
 
-    max_processing_time = int(timedelta(days=7).total_seconds())
-    workflow_processor_task = None
+    max_processing_time: float = int(timedelta(days=7).total_seconds())
+    workflow_processor_task: ClassVar[Task[Any, Any] | None] = None
 
-    def __init__(self, options=None, **fields):
+    def __init__(self, options: dict[str, Any] | None = None, **fields: Any) -> None:
         self._row = models.Workflow(options=dict(options or {}), **fields)
-        self._draft = self._row.draft
-        self._nodes = {}  # task id -> WorkflowNode, in draft order
-        self._wrapped = {}  # id(row) -> WorkflowNode
+        #: None for a view of saved rows (``from_model``), which never builds.
+        self._draft: Draft | None = self._row.draft
+        self._nodes: dict[str, WorkflowNode] = {}  # task id -> WorkflowNode, in draft order
+        self._saved_nodes: dict[str, WorkflowNode] | None = None  # a view's nodes, read once
+        self._wrapped: dict[int, WorkflowNode] = {}  # id(row) -> WorkflowNode
         self._seen = 0  # how many draft nodes _nodes covers
         self._saved = False
-        self.retry_policy = ["random", 10, 30]
-        self.result = None
+        self.retry_policy: list[str | float] = ["random", 10, 30]
+        self.result: WorkflowResult | None = None
 
     @classmethod
-    def from_model(cls, row):
+    def from_model(cls, row: models.Workflow) -> Workflow:
         """A read-only view of a saved workflow (what hooks receive)."""
         wf = cls.__new__(cls)
         wf._row, wf._draft, wf._saved = row, None, True
-        wf._nodes, wf._wrapped, wf._seen = None, {}, 0
+        wf._nodes, wf._saved_nodes, wf._wrapped, wf._seen = {}, None, {}, 0
         wf.retry_policy, wf.result = ["random", 10, 30], None
         return wf
 
     # -- what celery-dyrygent exposes ----------------------------------------------------------
 
     @property
-    def model(self):
+    def model(self) -> models.Workflow:
         """The ``django_dyrygent.models.Workflow`` row (unsaved until apply_async)."""
         return self._row
 
     @property
-    def id(self):
+    def id(self) -> str:
         return str(self._row.pk)
 
     @property
-    def state(self):
+    def state(self) -> str:
         return self._row.state
 
     @property
-    def custom_payload(self):
+    def custom_payload(self) -> dict[str, Any]:
         return self._row.custom_payload
 
     @custom_payload.setter
-    def custom_payload(self, value):
+    def custom_payload(self, value: dict[str, Any]) -> None:
         self._row.custom_payload = value
 
     @property
-    def workflow_options(self):
+    def workflow_options(self) -> dict[str, Any]:
         return self._row.options
 
     @property
-    def tasks_options(self):
+    def tasks_options(self) -> dict[str, Any]:
         return self._row.tasks_options
 
     @property
-    def nodes(self):
+    def nodes(self) -> dict[str, WorkflowNode]:
         """{task id: WorkflowNode} of every task node, in the order they were added."""
-        if self._saved:
-            if self._nodes is None:
-                self._nodes = self._load_saved_nodes()
-            return self._nodes
-        self._index_new_nodes()
+        if self._draft is None:  # a view of saved rows: read them once
+            if self._saved_nodes is None:
+                self._saved_nodes = self._load_saved_nodes()
+            return self._saved_nodes
+        if not self._saved:
+            self._index_new_nodes(self._draft)
         return self._nodes
 
-    def _index_new_nodes(self):
+    def _index_new_nodes(self, draft: Draft) -> None:
         """Add the draft's nodes added since the last call (canvas may add several at once)."""
-        rows = self._draft.nodes
+        rows = draft.nodes
         for row in rows[self._seen:]:
             if row.kind in _VISIBLE_KINDS:
-                self._nodes.setdefault(row.task_id, self._node_for(row))
+                self._nodes.setdefault(row.task_id, self._node_for(draft, row))
         self._seen = len(rows)
 
-    def _node_for(self, row):
+    def _node_for(self, draft: Draft, row: models.WorkflowNode) -> WorkflowNode:
         node = self._wrapped.get(id(row))
         if node is None:
-            signature = self._draft.source_of(row) or _signature_of(row)
-            node = self._wrapped[id(row)] = WorkflowNode._wrap(row, signature, self._draft)
+            signature = draft.source_of(row) or _signature_of(row)
+            node = self._wrapped[id(row)] = WorkflowNode._wrap(row, signature, draft)
         return node
 
-    def _load_saved_nodes(self):
+    def _load_saved_nodes(self) -> dict[str, WorkflowNode]:
         rows = {n.pk: n for n in self._row.nodes.all()}
-        deps = {pk: [] for pk in rows}
+        deps: dict[int, list[int]] = {pk: [] for pk in rows}
         for node_id, dep_id in models.WorkflowEdge.objects.filter(workflow=self._row).order_by(
             "node_id", "position"
         ).values_list("node_id", "dependency_id"):
             deps[node_id].append(dep_id)
 
-        def tasks_behind(pk, seen):
+        def tasks_behind(pk: int, seen: set[int]) -> Iterator[str]:
             for dep in deps[pk]:
                 if dep not in seen:
                     seen.add(dep)
@@ -300,7 +324,7 @@ class Workflow:
             if row.kind in _VISIBLE_KINDS
         }
 
-    def iterate_dependencies(self):
+    def iterate_dependencies(self) -> Iterator[tuple[WorkflowNode, WorkflowNode | None]]:
         """(node, dependency node or None) pairs, sorted by task id, as celery-dyrygent yields them."""
         nodes = self.nodes
         for node in sorted(nodes.values(), key=lambda n: n.id):
@@ -310,67 +334,83 @@ class Workflow:
             if not deps:
                 yield node, None
 
-    def is_success(self):
+    def is_success(self) -> bool:
         return self._row.state == WorkflowState.SUCCESS
 
     # -- building ------------------------------------------------------------------------------
 
-    def _require_unsaved(self, what):
-        if self._saved:
+    def _require_unsaved(self, what: str) -> Draft:
+        """The draft to build with; refused once applied (a view of saved rows has none)."""
+        if self._saved or self._draft is None:
             raise WorkflowException(f"Cannot {what}: workflow {self.id} was already applied")
+        return self._draft
 
-    def _rows(self, nodes):
+    def _rows(self, nodes: Iterable[WorkflowNode] | None) -> list[models.WorkflowNode]:
         rows = []
         for node in nodes or ():
-            if not isinstance(node, WorkflowNode) or node._draft is not self._draft:
+            if not isinstance(node, WorkflowNode) or node._draft is not self._draft or node._row is None:
                 raise WorkflowException(f"Dependency {node!r} is not a node of this workflow")
             rows.append(node._row)
         return rows
 
-    def _as_nodes(self, rows):
+    def _as_nodes(self, draft: Draft, rows: Iterable[models.WorkflowNode]) -> list[WorkflowNode]:
         """Draft rows -> WorkflowNodes; a join (several leaves) stands for the tasks behind it."""
-        out = []
+        out: list[WorkflowNode] = []
         for row in rows:
             if row.kind == NodeKind.JOIN:
-                out.extend(self._node_for(r) for r in self._draft.task_dependencies(row))
+                out.extend(self._node_for(draft, r) for r in draft.task_dependencies(row))
             else:
-                out.append(self._node_for(row))
-        self._index_new_nodes()
+                out.append(self._node_for(draft, row))
+        self._index_new_nodes(draft)
         return out
 
-    def add_signature(self, signature, dependencies=None):
+    def add_signature(
+        self, signature: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None
+    ) -> WorkflowNode:
         """Add one signature; returns its WorkflowNode. A second add of the same task id is refused."""
-        self._require_unsaved("add a signature")
+        draft = self._require_unsaved("add a signature")
         task_id = signature.id if isinstance(signature, Signature) else None
         if task_id is not None and task_id in self.nodes:
             raise WorkflowException(f"Looks like signature '{signature}' is already added to the workflow")
-        row = _compat(self._draft.add_signature, signature, self._rows(dependencies))
-        return self._as_nodes([row])[0]
+        row = _compat(draft.add_signature, signature, self._rows(dependencies))
+        return self._as_nodes(draft, [row])[0]
 
-    def add_celery_canvas(self, canvas, dependencies=None):
+    def add_celery_canvas(
+        self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None
+    ) -> list[WorkflowNode]:
         """Add a signature, chain, group or chord; returns the nodes a follower must depend on."""
-        self._require_unsaved("add a canvas")
-        return self._as_nodes(_compat(self._draft.add_canvas, canvas, self._rows(dependencies)))
+        draft = self._require_unsaved("add a canvas")
+        return self._as_nodes(draft, _compat(draft.add_canvas, canvas, self._rows(dependencies)))
 
-    def add_celery_signature(self, signature, dependencies=None):
+    def add_celery_signature(
+        self, signature: Signature, dependencies: Iterable[WorkflowNode] | None = None
+    ) -> list[WorkflowNode]:
         return self._typed(signature, dependencies, Signature, "signature")
 
-    def add_celery_chain(self, chain, dependencies=None):
+    def add_celery_chain(
+        self, chain: _chain, dependencies: Iterable[WorkflowNode] | None = None
+    ) -> list[WorkflowNode]:
         return self._typed(chain, dependencies, _chain, "chain")
 
-    def add_celery_group(self, group_, dependencies=None):
+    def add_celery_group(
+        self, group_: group, dependencies: Iterable[WorkflowNode] | None = None
+    ) -> list[WorkflowNode]:
         return self._typed(group_, dependencies, group, "group")
 
-    def add_celery_chord(self, chord, dependencies=None):
+    def add_celery_chord(
+        self, chord: _chord, dependencies: Iterable[WorkflowNode] | None = None
+    ) -> list[WorkflowNode]:
         return self._typed(chord, dependencies, _chord, "chord")
 
-    def _typed(self, canvas, dependencies, kind, name):
+    def _typed(
+        self, canvas: Signature, dependencies: Iterable[WorkflowNode] | None, kind: type[Signature], name: str
+    ) -> list[WorkflowNode]:
         is_canvas = isinstance(canvas, (_chain, group, _chord))
         if not isinstance(canvas, kind) or (kind is Signature and is_canvas):
             raise WorkflowException(f"add_celery_{name}() takes a Celery {name}, got {type(canvas).__name__}")
         return self.add_celery_canvas(canvas, dependencies)
 
-    def skip_tasks(self, task_ids):
+    def skip_tasks(self, task_ids: Iterable[str]) -> int:
         """Mark tasks done without running them: before apply_async, as celery-dyrygent.
 
         Every dependency of a skipped task must be skipped too. After
@@ -380,6 +420,7 @@ class Workflow:
         task_ids = list(task_ids)
         if self._saved:
             return _compat(self._row.skip, list(self._row.nodes.filter(task_id__in=task_ids)))
+        draft = self._require_unsaved("skip tasks")
         nodes = self.nodes
         missing = [t for t in task_ids if t not in nodes]
         if missing:
@@ -387,12 +428,12 @@ class Workflow:
         for task_id in task_ids:
             if any(parent not in task_ids for parent in nodes[task_id].dependencies):
                 raise WorkflowException("Can't mark dependant task as finished when not all parents finished")
-        _compat(self._draft.skip, [nodes[t]._row for t in task_ids])
+        _compat(draft.skip, [nodes[t]._row for t in task_ids])
         return len(task_ids)
 
     # -- policies ------------------------------------------------------------------------------
 
-    def set_retry_policy(self, retry_type, *retry_args):
+    def set_retry_policy(self, retry_type: str, *retry_args: float) -> None:
         """Accepted and checked as celery-dyrygent does; it shapes nothing here (see the migration guide).
 
         The peer's policy is how often its processor polls. Here a task's
@@ -409,7 +450,7 @@ class Workflow:
             )
         self.retry_policy = [retry_type, *retry_args]
 
-    def set_max_processing_time(self, seconds):
+    def set_max_processing_time(self, seconds: float) -> None:
         """The workflow ends ERROR if still running this many seconds after apply_async."""
         if not isinstance(seconds, Real) or isinstance(seconds, bool) or seconds <= 0:
             raise WorkflowException(
@@ -418,20 +459,20 @@ class Workflow:
         self.max_processing_time = seconds
 
     @classmethod
-    def set_workflow_processor_task(cls, task):
+    def set_workflow_processor_task(cls, task: Task[Any, Any]) -> None:
         cls.workflow_processor_task = task
 
     # -- running -------------------------------------------------------------------------------
 
-    def apply_async(self, options=None):
+    def apply_async(self, options: dict[str, Any] | None = None) -> WorkflowResult:
         """Save the workflow into rows and start it; returns a WorkflowResult to ``wait()`` on.
 
         ``options`` are Celery options for every task. As in celery-dyrygent
         they override a signature's own options of the same name.
         """
-        self._require_unsaved("apply it again")
+        draft = self._require_unsaved("apply it again")
         options = dict(options or {})
-        for row in self._draft.nodes:
+        for row in draft.nodes:
             if row.kind != NodeKind.JOIN and options:
                 row.signature["options"] = {**row.signature.get("options", {}), **options}
         if self._row.deadline is None:
@@ -442,7 +483,7 @@ class Workflow:
         return self.result
 
     @classmethod
-    def connect(cls, hook_name):
+    def connect(cls, hook_name: str) -> Callable[[Handler], Handler]:
         """Decorator: ``handler(workflow, payload)`` for 'on_state_change', 'on_finish', 'after_active_tick'.
 
         Handlers receive this class's view of the workflow (``id`` a string,
@@ -451,7 +492,7 @@ class Workflow:
         if hook_name not in COMPAT_HOOKS:
             raise WorkflowException(f"'{hook_name}': invalid signal")
 
-        def real_connect(function):
+        def real_connect(function: Handler) -> Handler:
             connect_compat_handler(hook_name, function, view=cls.from_model, error=WorkflowException)
             return function
 
@@ -459,25 +500,25 @@ class Workflow:
 
     # -- what only exists inside a Celery message -------------------------------------------------
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError(_ROWS_NOT_MESSAGE.format("to_dict()"))
 
     @classmethod
-    def from_dict(cls, workflow_dict):
+    def from_dict(cls, workflow_dict: dict[str, Any]) -> Workflow:
         raise NotImplementedError(_ROWS_NOT_MESSAGE.format("from_dict()"))
 
-    def simulate_tick(self):
+    def simulate_tick(self) -> None:
         raise NotImplementedError(
             "simulate_tick(): the engine decides from rows; inspect the graph with wf.nodes / "
             "iterate_dependencies(), or run it on a worker (see docs/migrating-from-celery-dyrygent.md)."
         )
 
-    def tick(self):
+    def tick(self) -> None:
         raise NotImplementedError(
             "tick(): the engine ticks saved workflows; after apply_async use wf.model.tick()."
         )
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Workflow {self.id} {self.state}>"
 
 
@@ -488,7 +529,7 @@ _ROWS_NOT_MESSAGE = (
 )
 
 
-def _signature_of(row):
+def _signature_of(row: models.WorkflowNode) -> Signature:
     """A Celery signature rebuilt from a stored node (for nodes the user did not hand in)."""
     stored = row.signature or {}
     return Signature(
