@@ -117,7 +117,32 @@ DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
 
 
 class Settings:
-    """Lazy accessor: ``conf.settings.TICK_INTERVAL`` reads ``DYRYGENT_TICK_INTERVAL``."""
+    """Lazy accessor: ``conf.settings.TICK_INTERVAL`` reads ``DYRYGENT_TICK_INTERVAL``.
+
+    The annotations below type each setting for mypy (``__getattr__`` still
+    reads every one); tests/test_settings.py checks they match ``SETTINGS``.
+    """
+
+    TICK_INTERVAL: float
+    MAX_PROCESSING_TIME: float
+    REQUEUE_AFTER: float
+    MAX_RESULT_BYTES: int
+    RECONCILE_BATCH: int
+    CELERY_APP: str | None
+    STALE_AFTER: float
+    MAX_ENGINE_ERRORS: int
+    EVENT_LOG: bool
+    LIVENESS: bool
+    HEARTBEAT_INTERVAL: float
+    WORKER_TIMEOUT: float
+    SWEEP_INTERVAL: float
+    LOST_WORKER_RETRIES: int
+    QUEUED_LOST_AFTER: float
+    OUTCOME_RETRY_FOR: float
+    MAX_PAYLOAD_BYTES: int
+    MAX_ARGUMENT_BYTES: int
+    UNKNOWN_TASKS: str
+    CATALOGUE_MODULE: str | None
 
     def __getattr__(self, name: str) -> Any:
         setting = BY_NAME.get(name)

@@ -52,6 +52,20 @@ def test_settings__every_default_is_readable(name):
     assert getattr(conf.settings, name) is not None or DEFAULTS[name] is None
 
 
+def annotation_of(setting):
+    """The type a ``conf.Settings`` annotation must give ``setting``: a number is a float to mypy."""
+    if set(setting.types) == set(conf.NUMBER):
+        return "float"
+    return " | ".join("None" if kind is type(None) else kind.__name__ for kind in setting.types)
+
+
+def test_settings__every_setting_is_typed_as_it_is_checked():
+    """``conf.Settings`` declares one annotation per setting, of the types its check accepts."""
+    declared = conf.Settings.__annotations__
+    assert sorted(declared) == sorted(conf.BY_NAME), "conf.Settings annotations and conf.SETTINGS differ"
+    assert dict(declared) == {setting.name: annotation_of(setting) for setting in conf.SETTINGS}
+
+
 def test_settings__unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="'TICK_INTERVALS'"):
         getattr(conf.settings, "TICK_INTERVALS")  # noqa: B009 - the attribute access is the test
