@@ -11,7 +11,7 @@ docs/migrating-from-celery-dyrygent.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from numbers import Real
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
@@ -451,11 +451,21 @@ class Workflow:
         self.retry_policy = [retry_type, *retry_args]
 
     def set_max_processing_time(self, seconds: float) -> None:
-        """The workflow ends ERROR if still running this many seconds after apply_async."""
-        if not isinstance(seconds, Real) or isinstance(seconds, bool) or seconds <= 0:
+        """The workflow ends ERROR if still running this many seconds after apply_async.
+
+        Any real number (a ``Fraction`` too); refused when the deadline would
+        fall after the last date Python can store.
+        """
+        if not isinstance(seconds, Real) or isinstance(seconds, bool) or not seconds > 0:  # not: NaN too
             raise WorkflowException(
                 f"max processing time must be a positive number of seconds, got {seconds!r}"
             )
+        try:
+            _deadline(seconds)
+        except (OverflowError, ValueError):
+            raise WorkflowException(
+                f"max processing time {seconds!r} is too large: the deadline would be past {datetime.max:%Y}"
+            ) from None
         self.max_processing_time = seconds
 
     @classmethod
@@ -476,7 +486,7 @@ class Workflow:
             if row.kind != NodeKind.JOIN and options:
                 row.signature["options"] = {**row.signature.get("options", {}), **options}
         if self._row.deadline is None:
-            self._row.deadline = timezone.now() + timedelta(seconds=self.max_processing_time)
+            self._row.deadline = _deadline(self.max_processing_time)
         _compat(self._row.apply_async, options)
         self._saved = True
         self.result = WorkflowResult(self._row)
@@ -527,6 +537,11 @@ _ROWS_NOT_MESSAGE = (
     "read it with django_dyrygent.models.Workflow.objects.get(pk=wf.id) (see "
     "docs/migrating-from-celery-dyrygent.md)."
 )
+
+
+def _deadline(seconds: float) -> datetime:
+    """Now plus ``seconds``: timedelta takes int and float, not every Real (a Fraction)."""
+    return timezone.now() + timedelta(seconds=float(seconds))
 
 
 def _signature_of(row: models.WorkflowNode) -> Signature:

@@ -4,6 +4,10 @@ Written from celery-dyrygent 0.8's documented behaviour and public methods:
 what a user's code reads and calls while building a workflow.
 """
 
+import math
+from datetime import timedelta
+from fractions import Fraction
+
 import pytest
 from celery import chain, chord, group
 from celery.canvas import Signature
@@ -216,6 +220,29 @@ def test_set_max_processing_time__becomes_the_deadline_at_apply_async():
     wf.apply_async()
     row = models.Workflow.objects.get(pk=wf.id)
     assert 110 <= (row.deadline - row.created_at).total_seconds() <= 130
+
+
+def test_set_max_processing_time__any_real_number_becomes_the_deadline():
+    """A Fraction is a Real, as the check asks; timedelta() takes only int and float."""
+    wf = Workflow()
+    wf.add_signature(noop.si())
+    wf.set_max_processing_time(Fraction(241, 2))
+    wf.apply_async()
+    row = models.Workflow.objects.get(pk=wf.id)
+    assert 110 <= (row.deadline - row.created_at).total_seconds() <= 130
+
+
+@pytest.mark.parametrize("seconds, message", [
+    (math.nan, "positive number"),
+    (math.inf, "too large"),
+    (1e300, "too large"),
+    (timedelta.max.total_seconds(), "too large"),
+])
+def test_set_max_processing_time__no_deadline_past_the_last_date_is_accepted(seconds, message):
+    wf = Workflow()
+    with pytest.raises(WorkflowException, match=message):
+        wf.set_max_processing_time(seconds)
+    assert wf.max_processing_time == 7 * 24 * 3600
 
 
 def test_set_max_processing_time__default_is_seven_days():
