@@ -24,16 +24,16 @@ from functools import partial
 
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
-from django.db import DataError, InterfaceError, OperationalError, connections, router, transaction
+from django.db import DataError, InterfaceError, OperationalError, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerUnreachable
 
-from . import signals, waiting
+from . import db, messaging, signals, waiting
 from .conf import get_celery_app, settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .serialization import NotSerialisable, from_tree, size_of, storable_text, to_tree, unstorable
 from .states import (
+    CALLBACK_KINDS,
     NODE_ACTIVE,
     NODE_FAILED,
     NODE_FINAL,
@@ -49,10 +49,6 @@ from .states import (
 
 logger = logging.getLogger("django_dyrygent.engine")
 
-#: Message header naming the workflow a published task belongs to.
-HEADER = "dyrygent_workflow"
-
-CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 # Nodes without a Celery task of their own: they succeed when their dependencies have.
 JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
 # States workers write without the workflow lock (task_prerun, task_retry).
@@ -81,10 +77,6 @@ class ConcurrentTransition(Exception):
 # -- locking ---------------------------------------------------------------------------
 
 
-def _connection():
-    return connections[router.db_for_write(Workflow)]
-
-
 #: Workflow columns of unbounded size the engine never reads under the lock. They are
 #: loaded on access (options when a tick is scheduled, tasks_options by ``publish``
 #: after commit), so a 10 MB custom_payload no longer costs every step its transfer.
@@ -100,7 +92,7 @@ def lock_workflow(pk, skip_locked=False):
     busy timeout applies and the transaction never deadlocks on a lock upgrade.
     The large columns (``LOCK_DEFERRED``) are not loaded.
     """
-    conn = _connection()
+    conn = db.workflow_connection()
     if conn.vendor == "sqlite" or not conn.features.has_select_for_update:
         if not Workflow.objects.filter(pk=pk).update(lock_version=F("lock_version") + 1):
             return None
@@ -114,15 +106,6 @@ def lock_workflow(pk, skip_locked=False):
     # flight, later ones wait for the decision. Both take the workflow row before
     # any node row, so they cannot deadlock.
     return Workflow.objects.select_for_update(**options).defer(*LOCK_DEFERRED).filter(pk=pk).first()
-
-
-def _chunks(items, size=None):
-    if size is None:
-        limit = _connection().features.max_query_params
-        size = max(100, (limit or 20000) - 50)
-    items = list(items)
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 # -- one engine step -------------------------------------------------------------------
@@ -178,7 +161,7 @@ class Step:
             values.setdefault("finished_at", self.now)
         moved, stragglers = [], []
         for old, group in by_old.items():
-            for chunk in _chunks(group):
+            for chunk in db.chunks(group):
                 updated = WorkflowNode.objects.filter(
                     pk__in=[n.pk for n in chunk], state=old
                 ).update(**values)
@@ -286,20 +269,20 @@ class Step:
             if self.wf.state in WORKFLOW_FINAL and self.old_state not in WORKFLOW_FINAL:
                 # Wakes Workflow.wait() (waiting.py) at commit; dropped on rollback. PostgreSQL
                 # only: elsewhere wait() polls.
-                conn = _connection()
+                conn = db.workflow_connection()
                 if conn.vendor == "postgresql":
                     waiting.notify_finished(conn, self.wf.pk, self.wf.state)
         if self.events and settings.EVENT_LOG:
             WorkflowEvent.objects.bulk_create(self.events, batch_size=1000)
         if self.to_publish:
-            transaction.on_commit(partial(publish, self.wf.pk, None, self.to_publish))
+            transaction.on_commit(partial(messaging.publish, self.wf.pk, None, self.to_publish))
         if self.to_revoke:
-            transaction.on_commit(partial(revoke, self.to_revoke))
+            transaction.on_commit(partial(messaging.revoke, self.to_revoke))
         if self.to_terminate:
-            transaction.on_commit(partial(revoke, self.to_terminate, terminate=True))
+            transaction.on_commit(partial(messaging.revoke, self.to_terminate, terminate=True))
         if self.tick_countdown is not None:
             # After the publish: the nodes are what the workers wait for.
-            transaction.on_commit(partial(send_tick, self.wf.pk, None, self.tick_countdown))
+            transaction.on_commit(partial(messaging.send_tick, self.wf.pk, None, self.tick_countdown))
         transaction.on_commit(self.announce)
 
     def announce(self):
@@ -479,7 +462,7 @@ def _dependency_results(step, nodes):
     )
     missing = {dep for _node, dep in edges if dep not in step.results}
     if missing:
-        for chunk in _chunks(missing):
+        for chunk in db.chunks(missing):
             step.results.update(
                 WorkflowNode.objects.filter(pk__in=chunk).values_list("pk", "result")
             )
@@ -522,7 +505,7 @@ def settle(step, finished):
             change = {"waiting": F("waiting") - done}
             if failed:
                 change["failed_dependencies"] = F("failed_dependencies") + failed
-            for chunk in _chunks(pks):
+            for chunk in db.chunks(pks):
                 WorkflowNode.objects.filter(pk__in=chunk).update(**change)
         frontier = _apply_readiness(step, dependents.values())
 
@@ -719,7 +702,7 @@ def _retry_busy_tick(workflow_id, due):
     tolerance = _tick_tolerance()
     if due is not None and due > timezone.now() + tolerance:
         return
-    send_tick(workflow_id, None, tolerance.total_seconds())
+    messaging.send_tick(workflow_id, None, tolerance.total_seconds())
 
 
 def _locked_step(workflow_id, action):
@@ -941,7 +924,7 @@ def _simple_transition(workflow_id, task_id, target, **fields):
     for the engine's FOR UPDATE); on SQLite the UPDATE comes first and takes
     the write lock. Other databases take the workflow lock.
     """
-    conn = _connection()
+    conn = db.workflow_connection()
     if conn.vendor not in ("postgresql", "sqlite"):
         return _locked_simple_transition(workflow_id, task_id, target, **fields)
     with transaction.atomic():
@@ -1315,117 +1298,6 @@ def skip(workflow_id, nodes, reason=""):
         return len(targets)
 
     return _locked_step(workflow_id, do_skip) or 0
-
-
-# -- talking to Celery (after commit only) ---------------------------------------------------
-
-
-def _workflow_field(workflow_id, field):
-    """One JSON column of the workflow, read after commit (the lock query defers it)."""
-    return Workflow.objects.filter(pk=workflow_id).values_list(field, flat=True).first() or {}
-
-
-def send_tick(workflow_id, options=None, countdown=None):
-    """Send the tick task; None when the broker took it, else the exception (already logged).
-
-    ``options`` None means the workflow's own tick options.
-
-    The engine's ``countdown`` (the tick interval) replaces any countdown or
-    eta in the options; without one (the first tick) the options' own apply.
-    """
-    from .tasks import tick as tick_task
-
-    try:
-        if options is None:
-            options = _workflow_field(workflow_id, "options")
-        options = dict(from_tree(options or {}))
-        if countdown is not None:
-            options.pop("eta", None)
-            options["countdown"] = countdown
-        tick_task.apply_async((str(workflow_id),), **options)
-    except Exception as exc:
-        # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
-        logger.exception("Could not send the tick of workflow %s", workflow_id)
-        return exc
-    return None
-
-
-def publish(workflow_id, tasks_options, entries):
-    """Publish queued nodes with their own task ids and the workflow header.
-
-    ``tasks_options`` None means the workflow's own (read here, after commit).
-    A node whose message could not be sent is marked at once (``queued_at``
-    cleared, state still QUEUED, see ``mark_unpublished``) so the next tick
-    publishes it again, instead of after DYRYGENT_REQUEUE_AFTER. When the
-    broker itself is unreachable the remaining nodes are not even tried (each
-    attempt would wait for Celery's publish retries): they are marked too.
-    """
-    failed = []
-    try:
-        app = get_celery_app()
-        if tasks_options is None:
-            tasks_options = _workflow_field(workflow_id, "tasks_options")
-        with app.producer_or_acquire() as producer:
-            for i, (node, extra_args) in enumerate(entries):
-                try:
-                    _publish_one(app, producer, workflow_id, tasks_options, node, extra_args)
-                except Exception as exc:
-                    logger.exception("Could not publish node %s (%s) of workflow %s",
-                                     node.task_id, node.task_name, workflow_id)
-                    failed.append(node)
-                    if _broker_unreachable(exc, producer):
-                        failed.extend(n for n, _args in entries[i + 1:])
-                        break
-    except Exception:
-        logger.exception("Could not publish %d node(s) of workflow %s", len(entries), workflow_id)
-        done = {n.task_id for n in failed}
-        failed.extend(n for n, _args in entries if n.task_id not in done)
-    if failed:
-        mark_unpublished(workflow_id, [n.task_id for n in failed])
-
-
-def _broker_unreachable(exc, producer):
-    connection = getattr(producer, "connection", None)
-    return isinstance(exc, (BrokerUnreachable, *getattr(connection, "connection_errors", ())))
-
-
-def _publish_one(app, producer, workflow_id, tasks_options, node, extra_args):
-    sig_dict = node.signature or {}
-    options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
-    options["headers"] = {**options.get("headers", {}), HEADER: str(workflow_id)}
-    if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
-        extra_args = (str(workflow_id),)
-    sig = app.signature(
-        sig_dict["task"], args=from_tree(sig_dict.get("args", [])),
-        kwargs=from_tree(sig_dict.get("kwargs", {})),
-        immutable=sig_dict.get("immutable", False),
-    )
-    sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
-
-
-def mark_unpublished(workflow_id, task_ids):
-    """Record that these QUEUED nodes' messages were never sent: ``queued_at`` NULL.
-
-    Its own short statement, after the failed publish: no lock (the state does
-    not change, and the UPDATE is conditional on the node being QUEUED under
-    that task id, so a node a worker started or a retry renamed is left
-    alone). ``reconcile`` treats a QUEUED node without ``queued_at`` as due.
-    """
-    try:
-        for chunk in _chunks(task_ids):
-            WorkflowNode.objects.filter(
-                workflow_id=workflow_id, task_id__in=chunk, state=NodeState.QUEUED
-            ).update(queued_at=None)
-    except Exception:
-        # The node keeps its queued_at: republished after DYRYGENT_REQUEUE_AFTER instead.
-        logger.exception("Could not mark %d unpublished node(s) of workflow %s", len(task_ids), workflow_id)
-
-
-def revoke(task_ids, terminate=False):
-    try:
-        get_celery_app().control.revoke(list(task_ids), terminate=terminate)
-    except Exception:
-        logger.exception("Could not revoke %d task(s): %s", len(task_ids), ", ".join(list(task_ids)[:10]))
 
 
 def sweep(stale_after=None, batch_size=100):

@@ -39,10 +39,10 @@ from functools import partial
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine
+from . import db, engine, messaging
 from .conf import settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from .states import NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
+from .states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
 
 logger = logging.getLogger("django_dyrygent.hotpath")
 
@@ -82,7 +82,7 @@ def node_succeeded(workflow_id, task_id, result):
     Returns the node, or None when the report was ignored, as
     ``engine.node_succeeded`` does (which this falls back to).
     """
-    conn = engine._connection()
+    conn = db.workflow_connection()
     if conn.vendor != "postgresql":
         return engine.node_succeeded(workflow_id, task_id, result)
     value, problem = engine._encode_result(result)
@@ -146,7 +146,7 @@ def _fast_success(conn, workflow_id, task_id, value):
                 released.append(dep)
             elif dep.state == NodeState.PENDING and engine._readiness(dep) is not None:
                 raise _Fallback(f"dependent {dep.task_id} needs a decision")
-            elif dep.kind in engine.CALLBACK_KINDS:
+            elif dep.kind in CALLBACK_KINDS:
                 raise _Fallback(f"dependent {dep.task_id} is a callback")
         # 4. Events, then the workflow's counters: its exclusive row lock lives until commit.
         if settings.EVENT_LOG:
@@ -169,6 +169,6 @@ def _fast_success(conn, workflow_id, task_id, value):
         step.node_changes.extend((dep, NodeState.PENDING, NodeState.QUEUED) for dep in released)
         step.to_publish = [(dep, ()) for dep in released]
         if released:
-            transaction.on_commit(partial(engine.publish, workflow_id, None, step.to_publish), using=conn.alias)
+            transaction.on_commit(partial(messaging.publish, workflow_id, None, step.to_publish), using=conn.alias)
         transaction.on_commit(step.announce, using=conn.alias)
     return node

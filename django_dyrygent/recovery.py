@@ -25,7 +25,7 @@ from django.utils import timezone
 from . import engine, liveness
 from .conf import get_celery_app, settings
 from .models import Workflow, WorkflowNode
-from .states import NodeState, WorkflowState
+from .states import CALLBACK_KINDS, NodeState, WorkflowState
 
 logger = logging.getLogger("django_dyrygent.recovery")
 
@@ -136,7 +136,7 @@ def _apply_backend(step: engine.Step, nodes: list[WorkflowNode]) -> list[Workflo
             step, node, metas.get(node.task_id) or {}, "recovered from the result backend"
         )
         (finished if recorded else left).append(node)
-    engine.settle(step, [n for n in finished if n.kind not in engine.CALLBACK_KINDS])
+    engine.settle(step, [n for n in finished if n.kind not in CALLBACK_KINDS])
     return left
 
 

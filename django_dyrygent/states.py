@@ -77,6 +77,8 @@ NODE_OK = frozenset({NodeState.SUCCESS, NodeState.SKIPPED})
 NODE_FAILED = NODE_FINAL - NODE_OK
 NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
 WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
+# Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
+CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 
 # The node state machine. Every node state change goes through
 # ``engine.transition_nodes`` which refuses anything not listed here.

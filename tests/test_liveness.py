@@ -14,7 +14,7 @@ from celery.states import SUCCESS
 from django.db import OperationalError
 from django.utils import timezone
 
-from django_dyrygent import db, engine, handlers, liveness
+from django_dyrygent import db, engine, handlers, liveness, messaging
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from django_dyrygent.recovery import Sweeper, lost_worker_runs
 from tests.tasks import noop
@@ -191,7 +191,7 @@ def test_recover__the_result_backend_is_consulted_first(running):
 
 
 def _request(wf, task_id):
-    return SimpleNamespace(id=task_id, headers={engine.HEADER: str(wf.pk)}, hostname=HOST)
+    return SimpleNamespace(id=task_id, headers={messaging.HEADER: str(wf.pk)}, hostname=HOST)
 
 
 def test_on_task_failure__worker_lost_error_reruns_the_node_instead_of_failing_it(running):

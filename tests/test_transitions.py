@@ -16,7 +16,7 @@ from celery.canvas import Signature
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from django_dyrygent import engine
+from django_dyrygent import engine, messaging
 from django_dyrygent.engine import ConcurrentTransition, Step, TransitionNotAllowed
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from django_dyrygent.states import (
@@ -56,9 +56,9 @@ def broker(monkeypatch):
 
     monkeypatch.setattr(Signature, "apply_async", fake_apply_async)
     monkeypatch.setattr(celery_app, "producer_or_acquire", lambda *a, **k: nullcontext())
-    monkeypatch.setattr(engine, "send_tick", lambda pk, options=None, countdown=None: calls.ticks.append(
+    monkeypatch.setattr(messaging, "send_tick", lambda pk, options=None, countdown=None: calls.ticks.append(
         (str(pk), countdown)))
-    monkeypatch.setattr(engine, "revoke", lambda ids, terminate=False: calls.revoked.extend(ids))
+    monkeypatch.setattr(messaging, "revoke", lambda ids, terminate=False: calls.revoked.extend(ids))
 
     def take():
         out = [c.task_id for c in calls.published]
@@ -322,7 +322,7 @@ def test_publish__sends_the_nodes_task_id_header_and_merged_options(broker, run)
     (call,) = broker.published
     assert (call.task, call.task_id, call.args) == ("tests.noop", "task-a", ("a",))
     assert call.options["priority"] == 8 and call.options["queue"] == "fast"
-    assert call.options["headers"] == {engine.HEADER: str(wf.pk)}
+    assert call.options["headers"] == {messaging.HEADER: str(wf.pk)}
 
 
 def test_node_succeeded__releases_a_dependent_only_after_its_last_dependency(broker, run):

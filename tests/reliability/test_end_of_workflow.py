@@ -13,7 +13,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from django_dyrygent import engine
+from django_dyrygent import engine, messaging
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.states import NodeKind
 from tests.conftest import wait_worker_idle
@@ -81,7 +81,7 @@ def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended
     worker, monkeypatch, settings, admin_client
 ):
     settings.DYRYGENT_REQUEUE_AFTER = 0.5
-    real_publish = engine.publish
+    real_publish = messaging.publish
     lost = []
     wf = Workflow(name="lost-finalizer")
 
@@ -93,7 +93,7 @@ def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended
             return None
         return real_publish(workflow_id, tasks_options, entries)
 
-    monkeypatch.setattr(engine, "publish", lossy_publish)
+    monkeypatch.setattr(messaging, "publish", lossy_publish)
     wf.add_signature(record.si("work"))
     final = wf.link_finalizer(on_end.s("final"))
     wf.apply_async()
@@ -119,8 +119,8 @@ def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended
 @pytest.mark.django_db(transaction=True)
 def test_retry__resets_engine_errors_so_one_failed_tick_does_not_end_it_error(monkeypatch, settings):
     settings.DYRYGENT_MAX_ENGINE_ERRORS = 3
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     wf = Workflow(name="retry-engine-errors")
     node = wf.add_signature(record.si("x"))
     wf.apply_async()
@@ -141,9 +141,9 @@ def test_retry__resets_engine_errors_so_one_failed_tick_does_not_end_it_error(mo
 
 @pytest.mark.django_db(transaction=True)
 def test_skip__a_node_a_worker_starts_meanwhile_gives_a_validation_error_and_skips_nothing(monkeypatch):
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "revoke", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "revoke", lambda *a, **k: None)
     wf = Workflow(name="skip-race")
     first = wf.add_signature(record.si("first"))
     other = wf.add_signature(record.si("other"))

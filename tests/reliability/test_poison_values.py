@@ -17,7 +17,7 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from django_dyrygent import engine
+from django_dyrygent import engine, messaging
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.serialization import storable_text, unstorable
 from tests.conftest import wait_worker_idle
@@ -109,8 +109,8 @@ def test_poison_error__a_nul_in_the_exception_message_is_stored_escaped(worker):
 
 def _stale_queued(wf, monkeypatch):
     """Start ``wf`` without publishing anything, then age its QUEUED nodes past REQUEUE_AFTER."""
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     wf.apply_async()
     engine.tick(wf.pk, scheduled=False)
     WorkflowNode.objects.filter(workflow=wf, state=S.QUEUED).update(

@@ -11,7 +11,7 @@ from celery import Celery, group
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, tasks
+from django_dyrygent import engine, messaging, tasks
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.conftest import purge_queue
 from tests.models import Execution
@@ -82,9 +82,9 @@ class SentTicks(list):
 @pytest.fixture
 def sent_ticks(monkeypatch):
     sent = SentTicks()
-    monkeypatch.setattr(engine, "send_tick",
+    monkeypatch.setattr(messaging, "send_tick",
                         lambda pk, options=None, countdown=None: sent.append((pk, countdown)))
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     return sent
 
 
@@ -185,7 +185,8 @@ def test_lock_workflow__does_not_load_custom_payload_options_or_error(sent_ticks
 @pytest.mark.django_db(transaction=True)
 def test_send_tick__options_with_a_countdown_still_send_the_tick(monkeypatch):
     sent = []
-    monkeypatch.setattr(tasks.tick, "apply_async", lambda args, **options: sent.append((args, options)))
+    # The tick goes by name through the app's registered task (messaging.send_tick).
+    monkeypatch.setattr(tasks.tick, "apply_async", lambda args, kwargs=None, **options: sent.append((args, options)))
     wf = Workflow(name="countdown", options={"countdown": 0.2, "queue": "dyrygent-tests"})
     wf.add_signature(record.si("x"))
     wf.apply_async()  # first tick: the workflow's own countdown applies
