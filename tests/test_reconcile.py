@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from django_dyrygent import engine, hotpath, messaging
+from django_dyrygent import engine, hotpath, messaging, repair
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.models import Execution
 from tests.tasks import record
@@ -124,7 +124,7 @@ def test_tick__gives_up_with_error_after_consecutive_engine_failures(monkeypatch
     def broken(step):
         raise RuntimeError("corrupt row")
 
-    monkeypatch.setattr(engine, "reconcile", broken)
+    monkeypatch.setattr(repair, "reconcile", broken)
     for expected in (1, 2):
         Workflow.objects.filter(pk=wf.pk).update(next_tick_at=None)
         assert engine.tick(wf.pk) == "error"
