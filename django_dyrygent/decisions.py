@@ -10,8 +10,12 @@ Worker reports (``outcomes``), repair (``repair``) and the entry points
 (``engine``) are built on them.
 """
 
+from __future__ import annotations
+
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from celery.utils import uuid
 from django.db.models import F, Q
@@ -30,7 +34,7 @@ from .states import (
     TriggerRule,
     WorkflowState,
 )
-from .steps import NODE_FIELDS
+from .steps import NODE_FIELDS, Step
 
 # Nodes without a Celery task of their own: they succeed when their dependencies have.
 JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
@@ -38,7 +42,7 @@ JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
 EXPAND = "EXPAND"
 
 
-def readiness(node):
+def readiness(node: WorkflowNode) -> str | None:
     """What a PENDING node should become given its counters, or None to keep waiting."""
     rule = node.trigger_rule if node.kind == NodeKind.TASK else TriggerRule.ALL_SUCCESS
     if rule == TriggerRule.ALL_SUCCESS:
@@ -59,9 +63,9 @@ def readiness(node):
     return None
 
 
-def _apply_readiness(step, candidates):
+def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[WorkflowNode]:
     """Move every ready PENDING node on; return the nodes that became final (joins, skips, ...)."""
-    decided = defaultdict(list)
+    decided: defaultdict[str, list[WorkflowNode]] = defaultdict(list)
     for node in candidates:
         if node.state == NodeState.PENDING:
             target = readiness(node)
@@ -91,7 +95,7 @@ def _apply_readiness(step, candidates):
     return finals
 
 
-def expand_fanout(step, fanout):
+def expand_fanout(step: Step, fanout: WorkflowNode) -> list[WorkflowNode]:
     """Create one task node per item of the fan-out source's result; queue them.
 
     The fan-out node then waits for its children like a join and, in
@@ -154,13 +158,13 @@ def expand_fanout(step, fanout):
     return []
 
 
-def _next_position(step):
+def _next_position(step: Step) -> int:
     from django.db.models import Max
 
     return (WorkflowNode.objects.filter(workflow_id=step.wf.pk).aggregate(m=Max("position"))["m"] or 0) + 1
 
 
-def queue_nodes(step, nodes, reason=""):
+def queue_nodes(step: Step, nodes: Sequence[WorkflowNode], reason: str = "") -> None:
     """Mark nodes QUEUED now; they are published after commit with their call arguments."""
     if not nodes:
         return
@@ -173,7 +177,7 @@ def queue_nodes(step, nodes, reason=""):
         step.to_publish.append((node, calls.get(node.pk, ())))
 
 
-def call_args(step, nodes):
+def call_args(step: Step, nodes: Sequence[WorkflowNode]) -> dict[int, tuple[Any, ...]]:
     """Arguments prepended to mutable signatures in pass-results mode (Celery canvas rules)."""
     if not step.wf.pass_results:
         return {}
@@ -181,7 +185,7 @@ def call_args(step, nodes):
     if not mutable:
         return {}
     per_node = _dependency_results(step, mutable)
-    calls = {}
+    calls: dict[int, tuple[Any, ...]] = {}
     for node in mutable:
         results = per_node.get(node.pk)
         if results is None:
@@ -191,7 +195,7 @@ def call_args(step, nodes):
     return calls
 
 
-def _dependency_results(step, nodes):
+def _dependency_results(step: Step, nodes: Sequence[WorkflowNode]) -> defaultdict[int, list[Any]]:
     """node id -> list of its dependencies' results, in dependency order."""
     edges = list(
         WorkflowEdge.objects.filter(node_id__in=[n.pk for n in nodes])
@@ -203,13 +207,13 @@ def _dependency_results(step, nodes):
             step.results.update(
                 WorkflowNode.objects.filter(pk__in=chunk).values_list("pk", "result")
             )
-    out = defaultdict(list)
+    out: defaultdict[int, list[Any]] = defaultdict(list)
     for node_id, dep in edges:
         out[node_id].append(step.results.get(dep))
     return out
 
 
-def settle(step, finished):
+def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
     """Propagate nodes that just became final to their dependents, level by level.
 
     Each level costs a constant number of queries: one to read the dependents
@@ -225,21 +229,21 @@ def settle(step, finished):
             .select_related("node")
             .only("node_id", "dependency_id", *("node__" + f for f in NODE_FIELDS if f != "id"))
         )
-        dependents = {}
-        deltas = defaultdict(lambda: [0, 0])
+        dependents: dict[int, WorkflowNode] = {}
+        deltas: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         for edge in rows:
             node = dependents.setdefault(edge.node_id, edge.node)
             deltas[node.pk][0] += 1
             if edge.dependency_id not in ok:
                 deltas[node.pk][1] += 1
-        groups = defaultdict(list)
+        groups: defaultdict[tuple[int, int], list[int]] = defaultdict(list)
         for pk, (done, failed) in deltas.items():
             groups[(done, failed)].append(pk)
             node = dependents[pk]
             node.waiting -= done
             node.failed_dependencies += failed
         for (done, failed), pks in groups.items():
-            change = {"waiting": F("waiting") - done}
+            change: dict[str, Any] = {"waiting": F("waiting") - done}
             if failed:
                 change["failed_dependencies"] = F("failed_dependencies") + failed
             for chunk in db.chunks(pks):
@@ -247,7 +251,7 @@ def settle(step, finished):
         frontier = _apply_readiness(step, dependents.values())
 
 
-def release_ready(step):
+def release_ready(step: Step) -> None:
     """Queue every PENDING node whose rule is already satisfied (start, retry, safety net)."""
     candidates = list(
         WorkflowNode.objects.filter(workflow_id=step.wf.pk, state=NodeState.PENDING)
@@ -260,7 +264,7 @@ def release_ready(step):
     settle(step, finals)
 
 
-def maybe_finish(step):
+def maybe_finish(step: Step) -> None:
     """End the workflow when every task node is final."""
     wf = step.wf
     if wf.state != WorkflowState.RUNNING or step.count("nodes_done") < step.count("nodes_total"):
@@ -271,8 +275,8 @@ def maybe_finish(step):
         finish(step, WorkflowState.SUCCESS)
 
 
-def finish(step, target, reason="", error=""):
-    fields = {"finished_at": step.now, "next_tick_at": None}
+def finish(step: Step, target: str, reason: str = "", error: str = "") -> None:
+    fields: dict[str, Any] = {"finished_at": step.now, "next_tick_at": None}
     if error:
         fields["error"] = error
     step.transition_workflow(target, reason=reason, **fields)
@@ -282,7 +286,8 @@ def finish(step, target, reason="", error=""):
                                     state=NodeState.PENDING)
         .only(*NODE_FIELDS).order_by("position")
     )
-    run, skip = [], []
+    run: list[WorkflowNode] = []
+    skip: list[WorkflowNode] = []
     for node in callbacks:
         wanted = node.kind == NodeKind.FINALIZER or target in (WorkflowState.FAILURE, WorkflowState.ERROR)
         (run if wanted else skip).append(node)
@@ -293,7 +298,7 @@ def finish(step, target, reason="", error=""):
         schedule_tick(step)
 
 
-def schedule_tick(step):
+def schedule_tick(step: Step) -> None:
     """Keep exactly one chain of countdown ticks per active workflow.
 
     A tick reschedules itself only when it is the one that was due (or none
@@ -313,12 +318,12 @@ def schedule_tick(step):
 
 
 
-def tick_tolerance():
+def tick_tolerance() -> timedelta:
     return timedelta(seconds=min(1.0, float(settings.TICK_INTERVAL) / 2))
 
 
 
-def start(step):
+def start(step: Step) -> None:
     wf = step.wf
     step.transition_workflow(
         WorkflowState.RUNNING, started_at=step.now,
@@ -329,7 +334,7 @@ def start(step):
 
 
 
-def abort(step, target, reason, error=""):
+def abort(step: Step, target: str, reason: str, error: str = "") -> None:
     """End the workflow now (cancel, deadline): revoke what runs, cancel what waits."""
     open_nodes = list(
         WorkflowNode.objects.filter(workflow_id=step.wf.pk)

@@ -19,10 +19,15 @@ is several modules, one concern each, lowest first:
 sweep of lost nodes) sit beside them.
 """
 
+from __future__ import annotations
+
 import logging
 import traceback as tb_module
 from collections import defaultdict
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
 
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
@@ -41,7 +46,7 @@ from .steps import NODE_FIELDS, Step, TransitionNotAllowed, lock_workflow, locke
 logger = logging.getLogger("django_dyrygent.engine")
 
 
-def tick(workflow_id, scheduled=True):
+def tick(workflow_id: UUID | str, scheduled: bool = True) -> str:
     """The safety net: start, reconcile lost events, enforce the deadline, finish.
 
     Takes the lock with ``skip_locked``: a workflow someone else is advancing is
@@ -61,7 +66,7 @@ def tick(workflow_id, scheduled=True):
         return _engine_error(workflow_id, exc)
 
 
-def _engine_error(workflow_id, exc):
+def _engine_error(workflow_id: UUID | str, exc: Exception) -> str:
     detail = storable_text("".join(tb_module.format_exception(type(exc), exc, exc.__traceback__)))
     with transaction.atomic():
         wf = lock_workflow(workflow_id)
@@ -80,7 +85,7 @@ def _engine_error(workflow_id, exc):
     return "error"
 
 
-def _tick(workflow_id, scheduled):
+def _tick(workflow_id: UUID | str, scheduled: bool) -> str:
     with transaction.atomic():
         wf = lock_workflow(workflow_id, skip_locked=True)
         if wf is None:
@@ -118,7 +123,7 @@ def _tick(workflow_id, scheduled):
     return wf.state
 
 
-def _retry_busy_tick(workflow_id, due):
+def _retry_busy_tick(workflow_id: UUID | str, due: datetime | None) -> None:
     """A scheduled tick found the workflow locked: try again shortly, but only if it was the due one.
 
     Only the chain's due tick (``next_tick_at`` reached, or none scheduled)
@@ -136,10 +141,10 @@ def _retry_busy_tick(workflow_id, due):
     messaging.send_tick(workflow_id, None, tolerance.total_seconds())
 
 
-def cancel(workflow_id, reason=""):
+def cancel(workflow_id: UUID | str, reason: str | None = "") -> bool:
     """Cancel a workflow; returns False when it had already ended."""
 
-    def do_cancel(step):
+    def do_cancel(step: Step) -> bool:
         if step.wf.state in WORKFLOW_FINAL:
             return False
         abort(step, WorkflowState.CANCELED, reason or "canceled")
@@ -148,13 +153,13 @@ def cancel(workflow_id, reason=""):
     return bool(locked_step(workflow_id, do_cancel))
 
 
-def retry(workflow_id):
+def retry(workflow_id: UUID | str) -> int:
     """Re-run FAILURE / UPSTREAM_FAILED / CANCELED nodes with fresh task ids; resume.
 
     Successful nodes keep their results. Returns the number of nodes reset.
     """
 
-    def do_retry(step):
+    def do_retry(step: Step) -> int:
         wf = step.wf
         if wf.state == WorkflowState.INITIAL:
             return 0
@@ -174,8 +179,8 @@ def retry(workflow_id):
                 node.previous_task_ids = list(node.previous_task_ids or []) + [node.task_id]
                 node.task_id = uuid()
                 node.attempts += 1
-        waiting = defaultdict(int)
-        failed = defaultdict(int)
+        waiting: defaultdict[int, int] = defaultdict(int)
+        failed: defaultdict[int, int] = defaultdict(int)
         for node_id, dep_id in WorkflowEdge.objects.filter(workflow_id=wf.pk).values_list(
             "node_id", "dependency_id"
         ):
@@ -217,15 +222,15 @@ def retry(workflow_id):
     return locked_step(workflow_id, do_retry) or 0
 
 
-def skip(workflow_id, nodes, reason=""):
+def skip(workflow_id: UUID | str, nodes: Iterable[WorkflowNode | int], reason: str = "") -> int:
     """Mark PENDING or QUEUED nodes SKIPPED so their dependents may run.
 
     Refuses (ValidationError, nothing changed) when a node is in another state
     or one of its dependencies is neither done nor skipped in the same call.
     """
-    wanted = {getattr(n, "pk", n) for n in nodes}
+    wanted: set[Any] = {getattr(n, "pk", n) for n in nodes}  # node ids
 
-    def do_skip(step):
+    def do_skip(step: Step) -> int:
         targets = list(
             WorkflowNode.objects.filter(workflow_id=step.wf.pk, pk__in=wanted).only(*NODE_FIELDS)
         )
@@ -262,7 +267,7 @@ def skip(workflow_id, nodes, reason=""):
     return locked_step(workflow_id, do_skip) or 0
 
 
-def sweep(stale_after=None, batch_size=100):
+def sweep(stale_after: float | None = None, batch_size: int = 100) -> int:
     """Tick active workflows whose scheduled tick is overdue; returns how many were ticked."""
     stale_after = settings.STALE_AFTER if stale_after is None else stale_after
     ids = list(Workflow.objects.stale(stale_after).order_by("next_tick_at").values_list("pk", flat=True)[:batch_size])

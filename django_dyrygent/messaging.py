@@ -12,8 +12,14 @@ message could not be sent is marked (``mark_unpublished``) for the next
 tick, a lost tick is the sweeper's.
 """
 
-import logging
+from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from celery import Celery
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from . import db
@@ -31,12 +37,18 @@ HEADER = "dyrygent_workflow"
 TICK_TASK = "django_dyrygent.tick"
 
 
-def _workflow_field(workflow_id, field):
+#: What ``publish`` sends: a QUEUED node and the arguments prepended to its call.
+Entry = tuple[WorkflowNode, Sequence[Any]]
+
+
+def _workflow_field(workflow_id: UUID | str, field: str) -> Any:
     """One JSON column of the workflow, read after commit (the lock query defers it)."""
     return Workflow.objects.filter(pk=workflow_id).values_list(field, flat=True).first() or {}
 
 
-def send_tick(workflow_id, options=None, countdown=None):
+def send_tick(
+    workflow_id: UUID | str, options: dict[str, Any] | None = None, countdown: float | None = None,
+) -> Exception | None:
     """Send the tick task; None when the broker took it, else the exception (already logged).
 
     ``options`` None means the workflow's own tick options.
@@ -63,7 +75,7 @@ def send_tick(workflow_id, options=None, countdown=None):
     return None
 
 
-def publish(workflow_id, tasks_options, entries):
+def publish(workflow_id: UUID | str, tasks_options: dict[str, Any] | None, entries: Sequence[Entry]) -> None:
     """Publish queued nodes with their own task ids and the workflow header.
 
     ``tasks_options`` None means the workflow's own (read here, after commit).
@@ -73,7 +85,7 @@ def publish(workflow_id, tasks_options, entries):
     broker itself is unreachable the remaining nodes are not even tried (each
     attempt would wait for Celery's publish retries): they are marked too.
     """
-    failed = []
+    failed: list[WorkflowNode] = []
     try:
         app = get_celery_app()
         if tasks_options is None:
@@ -97,12 +109,15 @@ def publish(workflow_id, tasks_options, entries):
         mark_unpublished(workflow_id, [n.task_id for n in failed])
 
 
-def _broker_unreachable(exc, producer):
+def _broker_unreachable(exc: Exception, producer: Any) -> bool:
     connection = getattr(producer, "connection", None)
     return isinstance(exc, (BrokerUnreachable, *getattr(connection, "connection_errors", ())))
 
 
-def _publish_one(app, producer, workflow_id, tasks_options, node, extra_args):
+def _publish_one(
+    app: Celery, producer: Any, workflow_id: UUID | str, tasks_options: dict[str, Any] | None,
+    node: WorkflowNode, extra_args: Sequence[Any],
+) -> None:
     sig_dict = node.signature or {}
     options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
     options["headers"] = {**options.get("headers", {}), HEADER: str(workflow_id)}
@@ -116,7 +131,7 @@ def _publish_one(app, producer, workflow_id, tasks_options, node, extra_args):
     sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
 
 
-def mark_unpublished(workflow_id, task_ids):
+def mark_unpublished(workflow_id: UUID | str, task_ids: Sequence[str]) -> None:
     """Record that these QUEUED nodes' messages were never sent: ``queued_at`` NULL.
 
     Its own short statement, after the failed publish: no lock (the state does
@@ -134,7 +149,7 @@ def mark_unpublished(workflow_id, task_ids):
         logger.exception("Could not mark %d unpublished node(s) of workflow %s", len(task_ids), workflow_id)
 
 
-def revoke(task_ids, terminate=False):
+def revoke(task_ids: Sequence[str], terminate: bool = False) -> None:
     try:
         get_celery_app().control.revoke(list(task_ids), terminate=terminate)
     except Exception:

@@ -10,9 +10,13 @@ takes the lock-free path in ``hotpath`` first, which falls back to
 ``node_succeeded`` here.
 """
 
+from __future__ import annotations
+
 import logging
 import traceback as tb_module
 from functools import partial
+from typing import Any
+from uuid import UUID
 
 from django.db import DataError, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
@@ -24,13 +28,13 @@ from .decisions import maybe_finish, settle
 from .models import Workflow, WorkflowEvent, WorkflowNode
 from .serialization import NotSerialisable, size_of, storable_text, to_tree, unstorable
 from .states import CALLBACK_KINDS, NODE_TRANSITIONS, NodeState
-from .steps import NODE_FIELDS, locked_step
+from .steps import NODE_FIELDS, Step, locked_step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")
 
 
-def _node_for_event(step, task_id):
+def _node_for_event(step: Step, task_id: str) -> WorkflowNode | None:
     node = (
         WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*NODE_FIELDS).first()
     )
@@ -39,7 +43,7 @@ def _node_for_event(step, task_id):
     return node
 
 
-def encode_result(result):
+def encode_result(result: Any) -> tuple[Any, str | None]:
     """The result as it will be stored, or an error message saying why it cannot be."""
     try:
         tree = to_tree(result)
@@ -63,7 +67,7 @@ def encode_result(result):
     return tree, None
 
 
-def _finish_node(step, node, target, **fields):
+def _finish_node(step: Step, node: WorkflowNode, target: str, **fields: Any) -> None:
     step.transition_nodes([node], target, **fields)
     if node.kind in CALLBACK_KINDS:
         return
@@ -71,7 +75,7 @@ def _finish_node(step, node, target, **fields):
     maybe_finish(step)
 
 
-def _fail_unstorable(workflow_id, task_id, exc, what):
+def _fail_unstorable(workflow_id: UUID | str, task_id: str, exc: Exception, what: str) -> WorkflowNode | None:
     """The database refused a value of this node's outcome: fail this node alone, saying why."""
     error = storable_text(
         f"The {what} of this task could not be stored, so the node is failed: "
@@ -79,7 +83,7 @@ def _fail_unstorable(workflow_id, task_id, exc, what):
     )
     logger.error("Workflow %s: %s", workflow_id, error)
 
-    def refused(step):
+    def refused(step: Step) -> WorkflowNode | None:
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, NodeState.FAILURE):
             return None
@@ -94,7 +98,7 @@ def _fail_unstorable(workflow_id, task_id, exc, what):
 VALUE_REFUSED = (DataError, ValueError)
 
 
-def node_succeeded(workflow_id, task_id, result):
+def node_succeeded(workflow_id: UUID | str, task_id: str, result: Any) -> WorkflowNode | None:
     """A worker reports that the node's task returned ``result``.
 
     A value the database refuses although ``encode_result`` accepted it
@@ -102,7 +106,7 @@ def node_succeeded(workflow_id, task_id, result):
     workflow or ends it ERROR.
     """
 
-    def succeeded(step):
+    def succeeded(step: Step) -> WorkflowNode | None:
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, NodeState.SUCCESS):
             return None
@@ -120,11 +124,14 @@ def node_succeeded(workflow_id, task_id, result):
         return _fail_unstorable(workflow_id, task_id, exc, "result")
 
 
-def node_failed(workflow_id, task_id, exception=None, traceback="", reason="task raised"):
+def node_failed(
+    workflow_id: UUID | str, task_id: str, exception: BaseException | None = None, traceback: str = "",
+    reason: str = "task raised",
+) -> WorkflowNode | None:
     """A worker reports that the node's task raised (its retries, if any, are exhausted)."""
     error = format_error(exception, traceback)
 
-    def failed(step):
+    def failed(step: Step) -> WorkflowNode | None:
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, NodeState.FAILURE):
             return None
@@ -137,7 +144,7 @@ def node_failed(workflow_id, task_id, exception=None, traceback="", reason="task
         return _fail_unstorable(workflow_id, task_id, exc, "error")
 
 
-def unknown_task_error(name, hostname="a worker"):
+def unknown_task_error(name: str, hostname: str = "a worker") -> str:
     """The sentence a node gets when no worker has its task (signal receiver and reconcile alike)."""
     return (
         f"No worker knows the task {name!r}: {hostname} received it, found no task registered "
@@ -146,7 +153,7 @@ def unknown_task_error(name, hostname="a worker"):
     )
 
 
-def stored_exception(result):
+def stored_exception(result: Any) -> str:
     """A failure as the result backend stores it ({'exc_type': ..., 'exc_message': ...}), as a sentence."""
     if not isinstance(result, dict) or "exc_type" not in result:
         return repr(result)
@@ -158,7 +165,9 @@ def stored_exception(result):
     return f"{result['exc_type']}: {message}"
 
 
-def node_not_run(workflow_id, task_id, error, reason="task not registered"):
+def node_not_run(
+    workflow_id: UUID | str, task_id: str, error: str, reason: str = "task not registered",
+) -> WorkflowNode | None:
     """A worker dropped the node's message without running it (unknown task name, undecodable message).
 
     Celery only logs this and discards the message; without this report the
@@ -168,8 +177,8 @@ def node_not_run(workflow_id, task_id, error, reason="task not registered"):
     return node_failed(workflow_id, task_id, traceback=error, reason=reason)
 
 
-def node_revoked(workflow_id, task_id, reason="revoked"):
-    def revoked(step):
+def node_revoked(workflow_id: UUID | str, task_id: str, reason: str = "revoked") -> WorkflowNode | None:
+    def revoked(step: Step) -> WorkflowNode | None:
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, NodeState.CANCELED):
             return None
@@ -179,7 +188,7 @@ def node_revoked(workflow_id, task_id, reason="revoked"):
     return locked_step(workflow_id, revoked)
 
 
-def _ignore(node, target):
+def _ignore(node: WorkflowNode, target: str) -> bool:
     if target in NODE_TRANSITIONS[node.state]:
         return False
     logger.info("Node %s of workflow %s is %s; late %s report ignored",
@@ -187,7 +196,7 @@ def _ignore(node, target):
     return True
 
 
-def format_error(exception, traceback):
+def format_error(exception: BaseException | None, traceback: str | None) -> str:
     """Exception and traceback as stored: NUL and lone surrogates escaped, never refused."""
     if exception is None:
         return storable_text(traceback or "")
@@ -197,7 +206,9 @@ def format_error(exception, traceback):
     return storable_text(traceback or head)
 
 
-def node_started(workflow_id, task_id, hostname="", pid=None):
+def node_started(
+    workflow_id: UUID | str, task_id: str, hostname: str = "", pid: int | None = None,
+) -> WorkflowNode | None:
     """A worker is about to run the node's task (task_prerun).
 
     ``hostname`` / ``pid`` name the worker (its main process) for the
@@ -212,7 +223,7 @@ def node_started(workflow_id, task_id, hostname="", pid=None):
     )
 
 
-def node_retrying(workflow_id, task_id, reason=""):
+def node_retrying(workflow_id: UUID | str, task_id: str, reason: object = "") -> WorkflowNode | None:
     return _simple_transition(
         workflow_id, task_id, NodeState.RETRY, error=storable_text(str(reason or ""))[:10000],
         retries=F("retries") + 1,
@@ -220,13 +231,13 @@ def node_retrying(workflow_id, task_id, reason=""):
 
 
 # Which states a worker-reported state is written from, most likely first.
-_WORKER_SOURCES = {
+_WORKER_SOURCES: dict[str, tuple[str, ...]] = {
     NodeState.STARTED: (NodeState.QUEUED, NodeState.RETRY, NodeState.STARTED),
     NodeState.RETRY: (NodeState.STARTED, NodeState.QUEUED),
 }
 
 
-def _simple_transition(workflow_id, task_id, target, **fields):
+def _simple_transition(workflow_id: UUID | str, task_id: str, target: str, **fields: Any) -> WorkflowNode | None:
     """Record STARTED / RETRY: a conditional UPDATE, without the workflow lock.
 
     These changes decide nothing, and taking the lock for them doubled the
@@ -263,7 +274,7 @@ def _simple_transition(workflow_id, task_id, target, **fields):
         node = WorkflowNode.objects.filter(task_id=task_id).only(*NODE_FIELDS).first()
         if settings.EVENT_LOG:
             WorkflowEvent.objects.create(
-                workflow_id=workflow_id, node_id=node.pk, old_state=old, new_state=target,
+                workflow_id=workflow_id, node_id=node.pk, old_state=old, new_state=target,  # type: ignore[union-attr]
                 created_at=timezone.now(),
             )
         transaction.on_commit(
@@ -272,8 +283,10 @@ def _simple_transition(workflow_id, task_id, target, **fields):
     return node
 
 
-def _locked_simple_transition(workflow_id, task_id, target, **fields):
-    def change(step):
+def _locked_simple_transition(
+    workflow_id: UUID | str, task_id: str, target: str, **fields: Any,
+) -> WorkflowNode | None:
+    def change(step: Step) -> WorkflowNode | None:
         node = _node_for_event(step, task_id)
         if node is None or _ignore(node, target):
             return None

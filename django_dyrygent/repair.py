@@ -11,9 +11,15 @@ result backend and guess at what happened elsewhere; ``liveness`` judges
 workers, this module acts on the verdicts.
 """
 
-import logging
-from datetime import timedelta
+from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.backends.base import Backend
 from celery.utils import uuid
 from django.db import transaction
 from django.db.models import F, Q
@@ -25,13 +31,13 @@ from .models import WorkflowNode
 from .outcomes import VALUE_REFUSED, format_error, stored_exception
 from .serialization import storable_text
 from .states import CALLBACK_KINDS, NODE_ACTIVE, NodeState
-from .steps import NODE_FIELDS
+from .steps import NODE_FIELDS, Step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")
 
 
-def enforce_timeouts(step):
+def enforce_timeouts(step: Step) -> None:
     """Handle STARTED/RETRY nodes past their ``timeout_at``; their tasks are revoked (terminate).
 
     A node with attempts left (``max_attempts``) is published again under a
@@ -47,14 +53,15 @@ def enforce_timeouts(step):
     if not late:
         return
     step.to_terminate.extend(n.task_id for n in late)
+    # timeout_at is only ever set from a timeout, so every late node has one.
     rerun_or_fail(
         step, late, lambda n: n.max_attempts, "timed out",
-        lambda n, runs: f"Timed out: no outcome {n.timeout.total_seconds():g}s after the task started"
+        lambda n, runs: f"Timed out: no outcome {n.timeout.total_seconds():g}s after the task started"  # type: ignore[union-attr]
                         + (f" (attempt {n.attempts} of {runs})" if runs > 1 else ""),
     )
 
 
-def _fresh_run(step, node, **fields):
+def _fresh_run(step: Step, node: WorkflowNode, **fields: Any) -> dict[str, Any]:
     """Fields that publish ``node`` again under a new task id (a late report of the old one is ignored)."""
     return dict(
         fields, task_id=uuid(), previous_task_ids=[*(node.previous_task_ids or []), node.task_id],
@@ -63,7 +70,10 @@ def _fresh_run(step, node, **fields):
     )
 
 
-def rerun_or_fail(step, nodes, runs_allowed, why, error):
+def rerun_or_fail(
+    step: Step, nodes: Sequence[WorkflowNode], runs_allowed: Callable[[WorkflowNode], int], why: str,
+    error: Callable[[WorkflowNode, int], str],
+) -> None:
     """Publish each node again (fresh task id, one more attempt) while it has runs left, else fail it.
 
     ``runs_allowed(node)`` is how many runs the node gets in all; ``error(node,
@@ -85,7 +95,7 @@ def rerun_or_fail(step, nodes, runs_allowed, why, error):
     settle(step, [n for n in failed if n.kind not in CALLBACK_KINDS])
 
 
-def republish(step, nodes, reason):
+def republish(step: Step, nodes: Sequence[WorkflowNode], reason: str) -> None:
     """Publish QUEUED nodes whose message was lost again, under a fresh task id (not a new attempt)."""
     calls = call_args(step, nodes)
     for node in nodes:
@@ -93,14 +103,14 @@ def republish(step, nodes, reason):
         step.to_publish.extend((m, calls.get(m.pk, ())) for m in moved)
 
 
-def result_backend(app):
+def result_backend(app: Celery) -> Backend | None:
     from celery.backends.base import DisabledBackend
 
     backend = app.backend
     return None if isinstance(backend, DisabledBackend) else backend
 
 
-def reconcile(step):
+def reconcile(step: Step) -> None:
     """Repair nodes whose worker events were lost, from the result backend when there is one.
 
     Only nodes QUEUED (or STARTED/RETRY) for longer than DYRYGENT_REQUEUE_AFTER
@@ -118,7 +128,8 @@ def reconcile(step):
     app = get_celery_app()
     backend = result_backend(app)
     metas = backend_metas(backend, [n.task_id for n in stale]) if backend else {}
-    republish, finished = [], []
+    republish: list[WorkflowNode] = []
+    finished: list[WorkflowNode] = []
     for node in stale:
         meta = metas.get(node.task_id) or {}
         status = meta.get("status", "PENDING")
@@ -144,7 +155,7 @@ def reconcile(step):
     settle(step, [n for n in finished if n.kind not in CALLBACK_KINDS])
 
 
-def record_backend_outcome(step, node, meta, reason):
+def record_backend_outcome(step: Step, node: WorkflowNode, meta: dict[str, Any], reason: str) -> bool:
     """Record the SUCCESS / FAILURE the result backend stored for the node's task; True when it did.
 
     A FAILURE stored for a lost worker (``WorkerLostError``) or for a database
@@ -166,12 +177,12 @@ def record_backend_outcome(step, node, meta, reason):
     return False
 
 
-def _not_the_task_s_failure(meta):
+def _not_the_task_s_failure(meta: dict[str, Any]) -> bool:
     text = f"{meta.get('result')!r} {meta.get('traceback') or ''}"
     return any(word in text for word in ("WorkerLostError", "OperationalError", "InterfaceError"))
 
 
-def _store_backend_success(step, node, value, reason):
+def _store_backend_success(step: Step, node: WorkflowNode, value: Any, reason: str) -> str | None:
     """Store a reconciled result; the database's message if it refuses the value.
 
     A savepoint around the one UPDATE: a refused value must cost that node,
@@ -187,7 +198,7 @@ def _store_backend_success(step, node, value, reason):
     return None
 
 
-def backend_metas(backend, task_ids):
+def backend_metas(backend: Backend, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     try:
         from django_celery_results.backends.database import DatabaseBackend
     except ImportError:  # pragma: no cover - django-celery-results is a dependency
@@ -195,7 +206,7 @@ def backend_metas(backend, task_ids):
     if isinstance(backend, DatabaseBackend):
         from django_celery_results.models import TaskResult
 
-        metas = {}
+        metas: dict[str, dict[str, Any]] = {}
         for row in TaskResult.objects.filter(task_id__in=task_ids):
             meta = metas[row.task_id] = {"status": row.status, "result": None, "traceback": row.traceback}
             try:
@@ -216,7 +227,7 @@ def backend_metas(backend, task_ids):
     return metas
 
 
-def watch_callbacks(step):
+def watch_callbacks(step: Step) -> None:
     """Tick of a finished workflow whose callbacks were queued: repair them like any node.
 
     A callback whose publish or events were lost is reconciled (republished,

@@ -82,7 +82,7 @@ CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 
 # The node state machine. Every node state change goes through
 # ``engine.transition_nodes`` which refuses anything not listed here.
-NODE_TRANSITIONS = {
+NODE_TRANSITIONS: dict[str, set[str]] = {
     NodeState.PENDING: {
         NodeState.QUEUED,
         NodeState.SUCCESS,  # join nodes complete in place
@@ -122,7 +122,7 @@ NODE_TRANSITIONS = {
     NodeState.SKIPPED: set(),
 }
 
-WORKFLOW_TRANSITIONS = {
+WORKFLOW_TRANSITIONS: dict[str, set[str]] = {
     WorkflowState.INITIAL: {WorkflowState.RUNNING, WorkflowState.CANCELED, WorkflowState.ERROR},
     WorkflowState.RUNNING: {
         WorkflowState.SUCCESS,

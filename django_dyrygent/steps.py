@@ -18,9 +18,14 @@ are enforced in one place whatever decides. Rules that hold for every step:
   workflow, only on how many nodes the step itself changes.
 """
 
+from __future__ import annotations
+
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Any, TypeVar
+from uuid import UUID
 
 from django.db import transaction
 from django.db.models import F
@@ -42,6 +47,8 @@ from .states import (
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")
 
+T = TypeVar("T")
+
 # States workers write without the workflow lock (task_prerun, task_retry).
 WORKER_STATES = frozenset({NodeState.STARTED, NodeState.RETRY})
 # Fields loaded whenever the engine reasons about a node.
@@ -52,7 +59,7 @@ NODE_FIELDS = (
 
 
 # The workflow counter each final node state adds to (all other final states: nodes_failed).
-_OUTCOME_COUNTER = {NodeState.SUCCESS: "nodes_succeeded", NodeState.SKIPPED: "nodes_skipped"}
+_OUTCOME_COUNTER: dict[str, str] = {NodeState.SUCCESS: "nodes_succeeded", NodeState.SKIPPED: "nodes_skipped"}
 
 
 class TransitionNotAllowed(Exception):
@@ -72,7 +79,7 @@ class ConcurrentTransition(Exception):
 LOCK_DEFERRED = ("custom_payload", "options", "tasks_options", "error")
 
 
-def lock_workflow(pk, skip_locked=False):
+def lock_workflow(pk: UUID | str, skip_locked: bool = False) -> Workflow | None:
     """Lock the workflow row for the current transaction and return it fresh.
 
     Returns None when the row does not exist or, with ``skip_locked``, when
@@ -86,7 +93,7 @@ def lock_workflow(pk, skip_locked=False):
         if not Workflow.objects.filter(pk=pk).update(lock_version=F("lock_version") + 1):
             return None
         return Workflow.objects.defer(*LOCK_DEFERRED).filter(pk=pk).first()
-    options = {}
+    options: dict[str, Any] = {}
     if skip_locked and conn.features.has_select_for_update_skip_locked:
         options["skip_locked"] = True
     # PostgreSQL: FOR UPDATE, the one row lock that conflicts with the FOR KEY SHARE
@@ -100,27 +107,29 @@ def lock_workflow(pk, skip_locked=False):
 class Step:
     """What one locked transaction changes; flushed once, announced after commit."""
 
-    def __init__(self, workflow):
+    def __init__(self, workflow: Workflow) -> None:
         self.wf = workflow
         self.now = timezone.now()
         self.old_state = workflow.state
-        self.counters = defaultdict(int)
-        self.wf_fields = {}
-        self.events = []
-        self.node_changes = []
-        self.wf_changes = []
-        self.to_publish = []
-        self.to_revoke = []
-        self.to_terminate = []
-        self.results = {}  # node id -> result known in memory
+        self.counters: defaultdict[str, int] = defaultdict(int)
+        self.wf_fields: dict[str, Any] = {}
+        self.events: list[WorkflowEvent] = []
+        self.node_changes: list[tuple[WorkflowNode, str, str]] = []
+        self.wf_changes: list[tuple[str, str]] = []
+        self.to_publish: list[messaging.Entry] = []
+        self.to_revoke: list[str] = []
+        self.to_terminate: list[str] = []
+        self.results: dict[int, Any] = {}  # node id -> result known in memory
         self.finished = False
         # A finished workflow whose callbacks still run keeps its tick chain (see watch_callbacks).
         self.watch_callbacks = False
-        self.tick_countdown = None  # set by schedule_tick: send the next tick after commit
+        self.tick_countdown: float | None = None  # set by schedule_tick: send the next tick after commit
 
     # state changes -------------------------------------------------------------------
 
-    def transition_nodes(self, nodes, target, reason="", **fields):
+    def transition_nodes(
+        self, nodes: Iterable[WorkflowNode], target: str, reason: str = "", **fields: Any,
+    ) -> list[WorkflowNode]:
         """Move ``nodes`` to ``target``: checked against the table, conditional UPDATE.
 
         Returns the nodes moved. Workers record STARTED and RETRY without the
@@ -132,7 +141,7 @@ class Step:
         """
         if not nodes:
             return []
-        by_old = defaultdict(list)
+        by_old: defaultdict[str, list[WorkflowNode]] = defaultdict(list)
         for node in nodes:
             if target not in NODE_TRANSITIONS[node.state]:
                 raise TransitionNotAllowed(
@@ -145,7 +154,8 @@ class Step:
             values["reason"] = reason[:255]
         if target in NODE_FINAL:
             values.setdefault("finished_at", self.now)
-        moved, stragglers = [], []
+        moved: list[WorkflowNode] = []
+        stragglers: list[WorkflowNode] = []
         for old, group in by_old.items():
             for chunk in db.chunks(group):
                 updated = WorkflowNode.objects.filter(
@@ -167,12 +177,15 @@ class Step:
             stragglers = []
         return moved + self.transition_nodes(stragglers, target, reason, **fields)
 
-    def _sort_out(self, chunk, old, target, updated):
+    def _sort_out(
+        self, chunk: list[WorkflowNode], old: str, target: str, updated: int,
+    ) -> tuple[list[WorkflowNode], list[WorkflowNode]]:
         """After a short UPDATE: which nodes moved, which a worker moved first."""
         current = dict(
             WorkflowNode.objects.filter(pk__in=[n.pk for n in chunk]).values_list("pk", "state")
         )
-        done, late = [], []
+        done: list[WorkflowNode] = []
+        late: list[WorkflowNode] = []
         for node in chunk:
             now = current.get(node.pk)
             if now == target:  # only locked steps write the targets they move nodes to
@@ -191,7 +204,7 @@ class Step:
             )
         return done, late
 
-    def _record_node(self, node, old, new, reason):
+    def _record_node(self, node: WorkflowNode, old: str, new: str, reason: str) -> None:
         node.state = new
         if node.kind == NodeKind.TASK and (old in NODE_FINAL) != (new in NODE_FINAL):
             # Into a final state counts up; out of one (retry()) counts back down.
@@ -214,7 +227,7 @@ class Step:
             )
         )
 
-    def transition_workflow(self, target, reason="", **fields):
+    def transition_workflow(self, target: str, reason: str = "", **fields: Any) -> None:
         old = self.wf.state
         if target == old:
             return
@@ -234,12 +247,12 @@ class Step:
             )
         )
 
-    def count(self, name):
+    def count(self, name: str) -> int:
         return getattr(self.wf, name) + self.counters.get(name, 0)
 
     # writing ------------------------------------------------------------------------
 
-    def flush(self):
+    def flush(self) -> None:
         """One UPDATE of the workflow row (counters, state), the event rows, then on_commit work."""
         values = dict(self.wf_fields)
         for name, delta in self.counters.items():
@@ -271,7 +284,7 @@ class Step:
             transaction.on_commit(partial(messaging.send_tick, self.wf.pk, None, self.tick_countdown))
         transaction.on_commit(self.announce)
 
-    def announce(self):
+    def announce(self) -> None:
         wf = self.wf
         for node, old, new in self.node_changes:
             signals.send(signals.node_state_changed, node=node, old_state=old, new_state=new)
@@ -284,7 +297,7 @@ class Step:
             signals.send(signals.workflow_finished, workflow=wf)
 
 
-def locked_step(workflow_id, action):
+def locked_step(workflow_id: UUID | str, action: Callable[[Step], T]) -> T | None:
     """Run ``action(step)`` under the workflow lock (waiting for it) and flush."""
     with transaction.atomic():
         wf = lock_workflow(workflow_id)
