@@ -119,7 +119,7 @@ def reconcile(step: Step) -> None:
     cutoff = step.now - timedelta(seconds=float(settings.REQUEUE_AFTER))
     stale = list(
         WorkflowNode.objects.filter(workflow_id=step.wf.pk, state__in=NODE_ACTIVE)
-        # queued_at NULL on a QUEUED node: its publish failed (mark_unpublished); due now.
+        # queued_at NULL on a QUEUED node: its publish failed (messaging.mark_unpublished); due now.
         .filter(Q(queued_at__lt=cutoff) | Q(state=NodeState.QUEUED, queued_at__isnull=True))
         .only(*NODE_FIELDS, "queued_at").order_by(F("queued_at").asc(nulls_first=True))[: settings.RECONCILE_BATCH]
     )

@@ -81,7 +81,7 @@ WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 
 # The node state machine. Every node state change goes through
-# ``engine.transition_nodes`` which refuses anything not listed here.
+# ``steps.Step.transition_nodes`` which refuses anything not listed here.
 NODE_TRANSITIONS: dict[str, set[str]] = {
     NodeState.PENDING: {
         NodeState.QUEUED,

@@ -74,7 +74,7 @@ class ConcurrentTransition(Exception):
 
 
 #: Workflow columns of unbounded size the engine never reads under the lock. They are
-#: loaded on access (options when a tick is scheduled, tasks_options by ``publish``
+#: loaded on access (options when a tick is scheduled, tasks_options by ``messaging.publish``
 #: after commit), so a 10 MB custom_payload no longer costs every step its transfer.
 LOCK_DEFERRED = ("custom_payload", "options", "tasks_options", "error")
 
@@ -98,7 +98,7 @@ def lock_workflow(pk: UUID | str, skip_locked: bool = False) -> Workflow | None:
         options["skip_locked"] = True
     # PostgreSQL: FOR UPDATE, the one row lock that conflicts with the FOR KEY SHARE
     # every completion of the hot path (hotpath.py) and every worker report
-    # (_simple_transition) takes first: a decision waits for the completions in
+    # (outcomes._simple_transition) takes first: a decision waits for the completions in
     # flight, later ones wait for the decision. Both take the workflow row before
     # any node row, so they cannot deadlock.
     return Workflow.objects.select_for_update(**options).defer(*LOCK_DEFERRED).filter(pk=pk).first()
@@ -121,9 +121,9 @@ class Step:
         self.to_terminate: list[str] = []
         self.results: dict[int, Any] = {}  # node id -> result known in memory
         self.finished = False
-        # A finished workflow whose callbacks still run keeps its tick chain (see watch_callbacks).
+        # A finished workflow whose callbacks still run keeps its tick chain (see repair.watch_callbacks).
         self.watch_callbacks = False
-        self.tick_countdown: float | None = None  # set by schedule_tick: send the next tick after commit
+        self.tick_countdown: float | None = None  # set by decisions.schedule_tick: send the next tick after commit
 
     # state changes -------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ class Step:
         """Move ``nodes`` to ``target``: checked against the table, conditional UPDATE.
 
         Returns the nodes moved. Workers record STARTED and RETRY without the
-        workflow lock (see ``node_started``), so a node read as QUEUED may be
+        workflow lock (see ``outcomes.node_started``), so a node read as QUEUED may be
         STARTED by the time of the UPDATE: such a node is re-read and moved from
         its new state if the table allows it. A republish (QUEUED -> QUEUED) of a
         node that started meanwhile is simply dropped. Anything else that
