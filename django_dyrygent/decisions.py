@@ -317,13 +317,13 @@ def schedule_tick(step: Step) -> None:
         step.tick_countdown = interval
 
 
-
 def tick_tolerance() -> timedelta:
+    """How much earlier than ``next_tick_at`` a tick still counts as the due one."""
     return timedelta(seconds=min(1.0, float(settings.TICK_INTERVAL) / 2))
 
 
-
 def start(step: Step) -> None:
+    """First tick of an INITIAL workflow: RUNNING under its deadline, then release the roots."""
     wf = step.wf
     step.transition_workflow(
         WorkflowState.RUNNING, started_at=step.now,
@@ -331,7 +331,6 @@ def start(step: Step) -> None:
     )
     release_ready(step)
     maybe_finish(step)
-
 
 
 def abort(step: Step, target: str, reason: str, error: str = "") -> None:

@@ -22,16 +22,17 @@ from uuid import UUID
 
 from django.utils import timezone
 
-from . import engine, liveness, steps
+from . import engine, liveness
 from .conf import get_celery_app, settings
 from .decisions import maybe_finish, release_ready, settle
 from .models import Workflow, WorkflowNode
 from .repair import backend_metas, record_backend_outcome, republish, rerun_or_fail, result_backend
 from .states import CALLBACK_KINDS, NodeState, WorkflowState
+from .steps import NODE_FIELDS, Step, locked_step
 
 logger = logging.getLogger("django_dyrygent.recovery")
 
-FIELDS = (*steps.NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", "queued_at",
+FIELDS = (*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", "queued_at",
           "started_at", "worker_hostname", "worker_pid")
 #: Most nodes one sweep judges per kind (keeps a sweep's cost bounded).
 BATCH = 1000
@@ -95,13 +96,13 @@ class Sweeper:
         recovered = 0
         for workflow_id, items in by_workflow.items():
             try:
-                recovered += steps.locked_step(workflow_id, partial(_recover, items=items)) or 0
+                recovered += locked_step(workflow_id, partial(_recover, items=items)) or 0
             except Exception:
                 logger.exception("Recovering lost nodes of workflow %s failed", workflow_id)
         return recovered
 
 
-def _recover(step: steps.Step, items: list[tuple[WorkflowNode, str]]) -> int:
+def _recover(step: Step, items: list[tuple[WorkflowNode, str]]) -> int:
     """Under the workflow lock: re-read the judged nodes, consult the result backend, act."""
     if step.wf.state != WorkflowState.RUNNING:
         return 0
@@ -127,7 +128,7 @@ def _recover(step: steps.Step, items: list[tuple[WorkflowNode, str]]) -> int:
     return len(current)
 
 
-def _apply_backend(step: steps.Step, nodes: list[WorkflowNode]) -> list[WorkflowNode]:
+def _apply_backend(step: Step, nodes: list[WorkflowNode]) -> list[WorkflowNode]:
     """Record outcomes the result backend already has (as ``reconcile`` does); return the other nodes."""
     backend = result_backend(get_celery_app())
     metas = backend_metas(backend, [n.task_id for n in nodes]) if backend else {}
@@ -145,7 +146,7 @@ def _apply_backend(step: steps.Step, nodes: list[WorkflowNode]) -> list[Workflow
 def worker_lost(workflow_id: UUID | str, task_id: str, detail: str) -> WorkflowNode | None:
     """Celery reported WorkerLostError for a node's task: re-run it (or fail it once its runs are used)."""
 
-    def lost(step: steps.Step) -> WorkflowNode | None:
+    def lost(step: Step) -> WorkflowNode | None:
         node = WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*FIELDS).first()
         if node is None or node.state not in (NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY):
             return None
@@ -156,4 +157,4 @@ def worker_lost(workflow_id: UUID | str, task_id: str, detail: str) -> WorkflowN
         maybe_finish(step)
         return node
 
-    return steps.locked_step(workflow_id, lost)
+    return locked_step(workflow_id, lost)

@@ -104,6 +104,7 @@ def republish(step: Step, nodes: Sequence[WorkflowNode], reason: str) -> None:
 
 
 def result_backend(app: Celery) -> Backend | None:
+    """The app's result backend, or None when it has none."""
     from celery.backends.base import DisabledBackend
 
     backend = app.backend
@@ -199,6 +200,10 @@ def _store_backend_success(step: Step, node: WorkflowNode, value: Any, reason: s
 
 
 def backend_metas(backend: Backend, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """task id -> the status, result and traceback the backend stored; tasks it cannot say are left out.
+
+    django-celery-results' table is read in one query; other backends task by task.
+    """
     try:
         from django_celery_results.backends.database import DatabaseBackend
     except ImportError:  # pragma: no cover - django-celery-results is a dependency
