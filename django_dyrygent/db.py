@@ -8,15 +8,20 @@ from a worker goes through ``run``: a connection that saw an error and no
 longer answers is closed first, and a step that fails with
 OperationalError / InterfaceError is retried on a fresh connection, with
 backoff, for a bounded time.
+
+It also names the connection engine steps write through (``workflow_connection``)
+and cuts long id lists into batches that connection accepts (``chunks``).
 """
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
+
+from .models import Workflow
 
 logger = logging.getLogger("django_dyrygent.db")
 
@@ -81,3 +86,18 @@ def run(func: Callable[..., T], *args: Any, retry_for: float = 10.0, what: str =
             logger.warning("Database unavailable during %s (%s); retrying in %.1fs", what, exc, pause)
             time.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE)
+
+
+def workflow_connection() -> BaseDatabaseWrapper:
+    """The connection engine steps use: the router's database for writing workflows."""
+    return connections[router.db_for_write(Workflow)]
+
+
+def chunks(items: Iterable[T], size: int | None = None) -> Iterator[list[T]]:
+    """``items`` in lists short enough for one IN (...) on ``workflow_connection()``."""
+    if size is None:
+        limit = workflow_connection().features.max_query_params
+        size = max(100, (limit or 20000) - 50)
+    listed = list(items)
+    for i in range(0, len(listed), size):
+        yield listed[i:i + size]

@@ -40,7 +40,7 @@ from celery.exceptions import Ignore
 from celery.states import SUCCESS
 from django.db import DatabaseError
 
-from . import db, engine, hotpath, recovery, worker
+from . import db, hotpath, outcomes, recovery, worker
 from .conf import settings
 
 logger = logging.getLogger("django_dyrygent.handlers")
@@ -121,7 +121,7 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Task[An
         hostname = getattr(request, "hostname", None) or ""
         pid = worker.MAIN_PID if hostname else None
         try:
-            node = _step(f"the start of task {task_id}", engine.node_started, workflow_id, task_id, hostname, pid)
+            node = _step(f"the start of task {task_id}", outcomes.node_started, workflow_id, task_id, hostname, pid)
         except Exception:
             # Cannot tell (database unreachable): run it, as Celery would; its
             # outcome report is ignored if the node turns out not runnable.
@@ -211,7 +211,7 @@ def on_task_failure(
         _guarded(f"the lost worker of task {task_id}", recovery.worker_lost, workflow_id, task_id, str(exception))
         return
     traceback = getattr(einfo, "traceback", "") or ""
-    _guarded(f"the failure of task {task_id}", engine.node_failed, workflow_id, task_id, exception, traceback)
+    _guarded(f"the failure of task {task_id}", outcomes.node_failed, workflow_id, task_id, exception, traceback)
 
 
 def on_task_internal_error(
@@ -229,23 +229,23 @@ def on_task_internal_error(
     workflow_id = _workflow_id(request)
     if not (workflow_id and task_id):
         return
-    if not isinstance(exception, engine.VALUE_REFUSED):
+    if not isinstance(exception, outcomes.VALUE_REFUSED):
         return
     original: BaseException = exception
     while (original.__cause__ or original.__context__) is not None:
         original = original.__cause__ or original.__context__  # type: ignore[assignment]  # not None: the loop test
-    if original is exception or isinstance(original, engine.VALUE_REFUSED + (DatabaseError,)):
+    if original is exception or isinstance(original, outcomes.VALUE_REFUSED + (DatabaseError,)):
         return
     traceback = "".join(format_exception(type(original), original, original.__traceback__))
     note = f"\n(The result backend could not store this failure: {type(exception).__name__}: {exception})"
-    _guarded(f"the failure of task {task_id}", engine.node_failed, workflow_id, task_id, original,
+    _guarded(f"the failure of task {task_id}", outcomes.node_failed, workflow_id, task_id, original,
              traceback + note)
 
 
 def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **kwargs: Any) -> None:
     workflow_id = _workflow_id(request)
     if workflow_id:
-        _guarded(f"the retry of task {request.id}", engine.node_retrying, workflow_id, request.id, reason)
+        _guarded(f"the retry of task {request.id}", outcomes.node_retrying, workflow_id, request.id, reason)
 
 
 def on_task_revoked(
@@ -256,7 +256,7 @@ def on_task_revoked(
     if workflow_id:
         why = "expired" if expired else ("terminated" if terminated else "revoked")
         task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
-        _guarded(f"the revocation of task {task_id}", engine.node_revoked, workflow_id, task_id, why)
+        _guarded(f"the revocation of task {task_id}", outcomes.node_revoked, workflow_id, task_id, why)
 
 
 def _message_ids(message: Any) -> tuple[str | None, str | None, str | None]:
@@ -267,7 +267,7 @@ def _message_ids(message: Any) -> tuple[str | None, str | None, str | None]:
 
 def _report_not_run(workflow_id: str, task_id: str, error: str, reason: str) -> None:
     # Runs in the worker's consumer, not in a task: _guarded starts on a usable connection.
-    _guarded(f"the rejection of task {task_id}", engine.node_not_run, workflow_id, task_id, error, reason)
+    _guarded(f"the rejection of task {task_id}", outcomes.node_not_run, workflow_id, task_id, error, reason)
 
 
 def on_task_unknown(
@@ -278,7 +278,7 @@ def on_task_unknown(
     workflow_id = _message_ids(message)[0]
     if workflow_id and id:
         hostname = getattr(sender, "hostname", None) or "the worker"
-        _report_not_run(workflow_id, id, engine.unknown_task_error(name, hostname), "task not registered")
+        _report_not_run(workflow_id, id, outcomes.unknown_task_error(name, hostname), "task not registered")
 
 
 def on_task_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 """The success of a plain task node without the workflow lock (PostgreSQL).
 
 A completion is by far the most frequent engine step. Under the workflow
-row lock (``engine._locked_step``) the completions of one workflow run one
+row lock (``steps.locked_step``) the completions of one workflow run one
 after another, each holding the lock for its whole transaction. Here, on
 PostgreSQL, a plain success instead:
 
@@ -23,7 +23,7 @@ PostgreSQL, a plain success instead:
    exclusive row lock that UPDATE takes lives only until the commit.
 
 Anything unusual rolls the whole transaction back and takes the locked
-path instead (``engine.node_succeeded``): a result that cannot be stored, a
+path instead (``outcomes.node_succeeded``): a result that cannot be stored, a
 node that is not a task or not active, a workflow passing results, a
 dependent whose readiness is anything but "queue this task" (a join, a
 fan-out, a skip, an upstream failure), and the completion that brings
@@ -39,10 +39,10 @@ from functools import partial
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine
+from . import db, decisions, messaging, outcomes, steps
 from .conf import settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from .states import NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
+from .states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
 
 logger = logging.getLogger("django_dyrygent.hotpath")
 
@@ -53,7 +53,7 @@ _QUEUE_RULES = [str(TriggerRule.ALL_SUCCESS), str(TriggerRule.ALL_DONE)]
 
 
 # The columns the engine reads of a node, in model order (what Model.from_db expects).
-_NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in engine.NODE_FIELDS]
+_NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in steps.NODE_FIELDS]
 _NODE_COLUMNS = [f.attname for f in _NODE_FIELD_OBJECTS]
 
 
@@ -80,20 +80,20 @@ def node_succeeded(workflow_id, task_id, result):
     """A worker reports that the node's task returned ``result``; see the module docstring.
 
     Returns the node, or None when the report was ignored, as
-    ``engine.node_succeeded`` does (which this falls back to).
+    ``outcomes.node_succeeded`` does (which this falls back to).
     """
-    conn = engine._connection()
+    conn = db.workflow_connection()
     if conn.vendor != "postgresql":
-        return engine.node_succeeded(workflow_id, task_id, result)
-    value, problem = engine._encode_result(result)
+        return outcomes.node_succeeded(workflow_id, task_id, result)
+    value, problem = outcomes.encode_result(result)
     if problem is None:
         try:
             return _fast_success(conn, workflow_id, task_id, value)
         except _Fallback as why:
             logger.debug("Workflow %s, task %s: locked path (%s)", workflow_id, task_id, why)
-        except engine.VALUE_REFUSED:
+        except outcomes.VALUE_REFUSED:
             pass  # the locked path fails this node alone, saying why
-    return engine.node_succeeded(workflow_id, task_id, result)
+    return outcomes.node_succeeded(workflow_id, task_id, result)
 
 
 def _fast_success(conn, workflow_id, task_id, value):
@@ -144,9 +144,9 @@ def _fast_success(conn, workflow_id, task_id, value):
             dep = _node(conn, values)
             if dep.state == NodeState.QUEUED and dep_old == NodeState.PENDING:
                 released.append(dep)
-            elif dep.state == NodeState.PENDING and engine._readiness(dep) is not None:
+            elif dep.state == NodeState.PENDING and decisions.readiness(dep) is not None:
                 raise _Fallback(f"dependent {dep.task_id} needs a decision")
-            elif dep.kind in engine.CALLBACK_KINDS:
+            elif dep.kind in CALLBACK_KINDS:
                 raise _Fallback(f"dependent {dep.task_id} is a callback")
         # 4. Events, then the workflow's counters: its exclusive row lock lives until commit.
         if settings.EVENT_LOG:
@@ -164,11 +164,11 @@ def _fast_success(conn, workflow_id, task_id, value):
         counters = cursor.fetchone()
         if counters is None or counters[0] >= counters[1]:
             raise _Fallback("the last node: finishing the workflow takes the lock")
-        step = engine.Step(wf)
+        step = steps.Step(wf)
         step.node_changes.append((node, old, NodeState.SUCCESS))
         step.node_changes.extend((dep, NodeState.PENDING, NodeState.QUEUED) for dep in released)
         step.to_publish = [(dep, ()) for dep in released]
         if released:
-            transaction.on_commit(partial(engine.publish, workflow_id, None, step.to_publish), using=conn.alias)
+            transaction.on_commit(partial(messaging.publish, workflow_id, None, step.to_publish), using=conn.alias)
         transaction.on_commit(step.announce, using=conn.alias)
     return node

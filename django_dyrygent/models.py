@@ -239,10 +239,10 @@ class Workflow(models.Model):
 
         Returns self; see ``start_sent`` for whether the start reached the broker.
         """
-        from . import engine  # a run method calling the engine lazily (the accepted exception)
+        from . import messaging  # a run method calling the engine lazily (the accepted exception)
 
         self._require_draft("apply it again")
-        self.draft.apply(options, engine.send_tick)
+        self.draft.apply(options, messaging.send_tick)
         return self
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> str:

@@ -24,12 +24,15 @@ from django.utils import timezone
 
 from . import engine, liveness
 from .conf import get_celery_app, settings
+from .decisions import maybe_finish, release_ready, settle
 from .models import Workflow, WorkflowNode
-from .states import NodeState, WorkflowState
+from .repair import backend_metas, record_backend_outcome, republish, rerun_or_fail, result_backend
+from .states import CALLBACK_KINDS, NodeState, WorkflowState
+from .steps import NODE_FIELDS, Step, locked_step
 
 logger = logging.getLogger("django_dyrygent.recovery")
 
-FIELDS = (*engine.NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", "queued_at",
+FIELDS = (*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", "queued_at",
           "started_at", "worker_hostname", "worker_pid")
 #: Most nodes one sweep judges per kind (keeps a sweep's cost bounded).
 BATCH = 1000
@@ -93,13 +96,13 @@ class Sweeper:
         recovered = 0
         for workflow_id, items in by_workflow.items():
             try:
-                recovered += engine._locked_step(workflow_id, partial(_recover, items=items)) or 0
+                recovered += locked_step(workflow_id, partial(_recover, items=items)) or 0
             except Exception:
                 logger.exception("Recovering lost nodes of workflow %s failed", workflow_id)
         return recovered
 
 
-def _recover(step: engine.Step, items: list[tuple[WorkflowNode, str]]) -> int:
+def _recover(step: Step, items: list[tuple[WorkflowNode, str]]) -> int:
     """Under the workflow lock: re-read the judged nodes, consult the result backend, act."""
     if step.wf.state != WorkflowState.RUNNING:
         return 0
@@ -116,42 +119,42 @@ def _recover(step: engine.Step, items: list[tuple[WorkflowNode, str]]) -> int:
     ran = [n for n in left if n.state != NodeState.QUEUED]
     for node in queued:
         logger.warning("Workflow %s: republishing node %s: %s", step.wf.pk, node.task_id, why_of[node.pk])
-        engine.republish(step, [node], reason=f"republished: {why_of[node.pk]}"[:255])
+        republish(step, [node], reason=f"republished: {why_of[node.pk]}"[:255])
     for node in ran:
         logger.warning("Workflow %s: node %s: %s", step.wf.pk, node.task_id, why_of[node.pk])
-        engine.rerun_or_fail(step, [node], lost_worker_runs, why_of[node.pk][:200], _lost_error(why_of[node.pk]))
-    engine.release_ready(step)
-    engine.maybe_finish(step)
+        rerun_or_fail(step, [node], lost_worker_runs, why_of[node.pk][:200], _lost_error(why_of[node.pk]))
+    release_ready(step)
+    maybe_finish(step)
     return len(current)
 
 
-def _apply_backend(step: engine.Step, nodes: list[WorkflowNode]) -> list[WorkflowNode]:
+def _apply_backend(step: Step, nodes: list[WorkflowNode]) -> list[WorkflowNode]:
     """Record outcomes the result backend already has (as ``reconcile`` does); return the other nodes."""
-    backend = engine._result_backend(get_celery_app())
-    metas = engine._backend_metas(backend, [n.task_id for n in nodes]) if backend else {}
+    backend = result_backend(get_celery_app())
+    metas = backend_metas(backend, [n.task_id for n in nodes]) if backend else {}
     left: list[WorkflowNode] = []
     finished: list[WorkflowNode] = []
     for node in nodes:
-        recorded = engine.record_backend_outcome(
+        recorded = record_backend_outcome(
             step, node, metas.get(node.task_id) or {}, "recovered from the result backend"
         )
         (finished if recorded else left).append(node)
-    engine.settle(step, [n for n in finished if n.kind not in engine.CALLBACK_KINDS])
+    settle(step, [n for n in finished if n.kind not in CALLBACK_KINDS])
     return left
 
 
 def worker_lost(workflow_id: UUID | str, task_id: str, detail: str) -> WorkflowNode | None:
     """Celery reported WorkerLostError for a node's task: re-run it (or fail it once its runs are used)."""
 
-    def lost(step: engine.Step) -> WorkflowNode | None:
+    def lost(step: Step) -> WorkflowNode | None:
         node = WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*FIELDS).first()
         if node is None or node.state not in (NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY):
             return None
         if step.wf.state != WorkflowState.RUNNING:
             return None
         why = f"worker lost: {detail}"[:200]
-        engine.rerun_or_fail(step, [node], lost_worker_runs, why, _lost_error(why))
-        engine.maybe_finish(step)
+        rerun_or_fail(step, [node], lost_worker_runs, why, _lost_error(why))
+        maybe_finish(step)
         return node
 
-    return engine._locked_step(workflow_id, lost)
+    return locked_step(workflow_id, lost)

@@ -77,10 +77,12 @@ NODE_OK = frozenset({NodeState.SUCCESS, NodeState.SKIPPED})
 NODE_FAILED = NODE_FINAL - NODE_OK
 NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
 WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
+# Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
+CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 
 # The node state machine. Every node state change goes through
-# ``engine.transition_nodes`` which refuses anything not listed here.
-NODE_TRANSITIONS = {
+# ``steps.Step.transition_nodes`` which refuses anything not listed here.
+NODE_TRANSITIONS: dict[str, set[str]] = {
     NodeState.PENDING: {
         NodeState.QUEUED,
         NodeState.SUCCESS,  # join nodes complete in place
@@ -120,7 +122,7 @@ NODE_TRANSITIONS = {
     NodeState.SKIPPED: set(),
 }
 
-WORKFLOW_TRANSITIONS = {
+WORKFLOW_TRANSITIONS: dict[str, set[str]] = {
     WorkflowState.INITIAL: {WorkflowState.RUNNING, WorkflowState.CANCELED, WorkflowState.ERROR},
     WorkflowState.RUNNING: {
         WorkflowState.SUCCESS,

@@ -13,6 +13,7 @@ from uuid import UUID
 from celery import Celery, Task, shared_task
 
 from . import db, engine, launch
+from .messaging import TICK_TASK
 from .recovery import Sweeper
 
 #: Keeps its broker probe between two sweeps run by this process.
@@ -22,7 +23,7 @@ _sweeper = Sweeper()
 RETRY_FOR = 10.0
 
 
-@shared_task(name="django_dyrygent.tick", ignore_result=True)
+@shared_task(name=TICK_TASK, ignore_result=True)
 def tick(workflow_id: UUID | str) -> str:
     """Advance one workflow: start it, reconcile lost events, enforce its deadline."""
     return db.run(engine.tick, workflow_id, scheduled=True, retry_for=RETRY_FOR, what="a tick")

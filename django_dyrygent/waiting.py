@@ -3,7 +3,7 @@
 Polling every 100 ms added up to 100 ms to every ``wait()``, which was the
 largest cost of short workflows in the benchmarks. On PostgreSQL the engine
 sends ``pg_notify`` in the transaction that ends a workflow (``notify_finished``,
-called from ``engine.Step.flush``); PostgreSQL delivers it at commit and drops
+called from ``steps.Step.flush``); PostgreSQL delivers it at commit and drops
 it on rollback, so a waiter that LISTENs wakes within a round trip of the
 commit. The row is still re-read every ``interval`` seconds: a notification
 can be lost with a connection, and a deleted workflow sends none.

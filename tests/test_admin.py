@@ -10,7 +10,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from django_dyrygent import engine
+from django_dyrygent import engine, outcomes
 from django_dyrygent.admin import WorkflowAdmin
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.tasks import add, record
@@ -48,7 +48,7 @@ def failed_workflow():
     wf = make_workflow("failing")
     engine.tick(wf.pk, scheduled=False)
     first = wf.nodes.get(position=0)
-    engine.node_failed(wf.pk, first.task_id, exception=ValueError("boom"), traceback="Traceback: boom")
+    outcomes.node_failed(wf.pk, first.task_id, exception=ValueError("boom"), traceback="Traceback: boom")
     wf.refresh_from_db()
     assert wf.state == Workflow.State.FAILURE
     return wf
@@ -337,13 +337,13 @@ def test_status_json__not_final_until_callbacks_ran(admin_client):
     wf.apply_async()
     engine.tick(wf.pk, scheduled=False)
     first = wf.nodes.get(position=0)
-    engine.node_failed(wf.pk, first.task_id, exception=ValueError("boom"))
+    outcomes.node_failed(wf.pk, first.task_id, exception=ValueError("boom"))
     finalizer = wf.nodes.get(kind="finalizer")
     assert finalizer.state == "QUEUED"
     data = admin_client.get(status_url(wf)).json()
     assert data["state"] == "FAILURE" and data["final"] is False
     assert 'data-final="false"' in admin_client.get(change_url(wf)).content.decode()
-    engine.node_succeeded(wf.pk, finalizer.task_id, None)
+    outcomes.node_succeeded(wf.pk, finalizer.task_id, None)
     assert admin_client.get(status_url(wf)).json()["final"] is True
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from django.urls import reverse
 
-from django_dyrygent import display, engine, graph
+from django_dyrygent import display, engine, graph, outcomes
 from django_dyrygent.admin import WorkflowAdmin
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.tasks import record
@@ -31,7 +31,7 @@ def test_status_json__sends_every_changing_field_as_the_page_shows_it(admin_clie
     wf = make_workflow("live")
     engine.tick(wf.pk, scheduled=False)
     first = wf.nodes.get(position=0)
-    engine.node_failed(wf.pk, first.task_id, exception=ValueError("disk <full>"))
+    outcomes.node_failed(wf.pk, first.task_id, exception=ValueError("disk <full>"))
     page = admin_client.get(change_url(wf)).content.decode()
     data = admin_client.get(status_url(wf)).json()
     assert set(data["fields"]) == set(WorkflowAdmin.live_fields)
@@ -47,7 +47,7 @@ def test_status_json__fields_follow_the_workflow_after_the_page_loaded(admin_cli
     assert before["fields"]["ticks"] == "0" and before["fields"]["nodes_done"] == "0"
     engine.tick(wf.pk, scheduled=False)
     first = wf.nodes.get(position=0)
-    engine.node_succeeded(wf.pk, first.task_id, 1)
+    outcomes.node_succeeded(wf.pk, first.task_id, 1)
     after = admin_client.get(status_url(wf)).json()
     assert after["fields"]["ticks"] == "1" and after["fields"]["nodes_done"] == "1"
     assert after["fields"]["started_at"] != before["fields"]["started_at"]
@@ -70,9 +70,9 @@ def test_events__name_joins_readably_and_siblings_with_their_arguments(admin_cli
     wf = make_workflow("named", width=2)
     engine.tick(wf.pk, scheduled=False)
     first = wf.nodes.get(position=0)
-    engine.node_succeeded(wf.pk, first.task_id, 1)
+    outcomes.node_succeeded(wf.pk, first.task_id, 1)
     for node in wf.nodes.filter(signature__args__in=[["b0"], ["b1"]]):
-        engine.node_succeeded(wf.pk, node.task_id, 1)
+        outcomes.node_succeeded(wf.pk, node.task_id, 1)
     join = wf.nodes.get(kind="join")
     events = admin_client.get(status_url(wf)).json()["events"]
     assert f">join #{join.position}</a>" in events
@@ -116,7 +116,7 @@ def test_buttons__nothing_to_do_for_a_successful_workflow(admin_client):
     wf.add_signature(record.si("a"))
     wf.apply_async()
     engine.tick(wf.pk, scheduled=False)
-    engine.node_succeeded(wf.pk, wf.nodes.get().task_id, 1)
+    outcomes.node_succeeded(wf.pk, wf.nodes.get().task_id, 1)
     page = admin_client.get(change_url(wf)).content.decode()
     assert set(forms_of(page).values()) == {True}
 
@@ -159,8 +159,8 @@ def test_progress__failed_workflow_is_red_not_green(admin_client):
 def test_progress__running_workflow_shows_succeeded_failed_and_remaining(admin_client):
     wf = make_workflow("parts")
     engine.tick(wf.pk, scheduled=False)
-    engine.node_succeeded(wf.pk, wf.nodes.get(position=0).task_id, 1)
-    engine.node_failed(wf.pk, wf.nodes.get(signature__args=["b0"]).task_id, exception=ValueError("x"))
+    outcomes.node_succeeded(wf.pk, wf.nodes.get(position=0).task_id, 1)
+    outcomes.node_failed(wf.pk, wf.nodes.get(signature__args=["b0"]).task_id, exception=ValueError("x"))
     bar = page_bar(admin_client, wf)
     assert '<rect class="dy-part-ok" x="0" y="0" width="25"' in bar  # a
     assert '<rect class="dy-part-failed" x="25" y="0" width="50"' in bar  # b0, and add upstream of it
@@ -223,7 +223,7 @@ def test_tooltip__failed_node_shows_the_exception_line_not_the_traceback_header(
     engine.tick(wf.pk, scheduled=False)
     first = wf.nodes.get(position=0)
     traceback = "Traceback (most recent call last):\n" + '  File "x.py", line 1, in f\n    g()\n' * 40
-    engine.node_failed(wf.pk, first.task_id, traceback=traceback + "ValueError: disk full\n")
+    outcomes.node_failed(wf.pk, first.task_id, traceback=traceback + "ValueError: disk full\n")
     svg = admin_client.get(reverse("admin:django_dyrygent_workflow_dag", args=[wf.pk])).content.decode()
     title = svg.split(f'id="dy-n{first.pk}"', 1)[1].split("</title>", 1)[0]
     assert "error: ValueError: disk full" in title

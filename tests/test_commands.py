@@ -23,7 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from django_dyrygent import checks, engine, operations
+from django_dyrygent import checks, engine, operations, outcomes
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import add, fail, noop, record
 
@@ -82,8 +82,8 @@ def started_workflow(canvas=None, **kwargs):
 
 
 def complete(node, result=None):
-    engine.node_started(node.workflow_id, node.task_id)
-    engine.node_succeeded(node.workflow_id, node.task_id, result)
+    outcomes.node_started(node.workflow_id, node.task_id)
+    outcomes.node_succeeded(node.workflow_id, node.task_id, result)
 
 
 def queued(wf):
@@ -98,7 +98,7 @@ def finished_workflow(state=W.SUCCESS, ended_ago=timedelta(days=40)):
             if state == W.SUCCESS:
                 complete(node)
             else:
-                engine.node_failed(wf.pk, node.task_id, RuntimeError("x"))
+                outcomes.node_failed(wf.pk, node.task_id, RuntimeError("x"))
     wf.refresh_from_db()
     assert wf.state == state
     when = timezone.now() - ended_ago
@@ -243,7 +243,7 @@ def test_dyrygent_retry__resets_failed_nodes_and_resumes():
     wf = started_workflow()
     complete(queued(wf)[0])
     failing = queued(wf)[0]
-    engine.node_failed(wf.pk, failing.task_id, RuntimeError("boom"))
+    outcomes.node_failed(wf.pk, failing.task_id, RuntimeError("boom"))
     wf.refresh_from_db()
     assert wf.state == W.FAILURE
     out, _ = run_command("dyrygent_retry", str(wf.pk))

@@ -5,7 +5,7 @@ does: on PostgreSQL most of them take the lock-free path (``FOR KEY SHARE``
 on the workflow row, counters decremented with ``UPDATE … RETURNING``), the
 rest the locked one; the tests count which, so the new path is really proved.
 
-The broker is replaced by a recorder (``engine.publish``), so the test sees
+The broker is replaced by a recorder (``messaging.publish``), so the test sees
 every publication decision the engine takes and plays the worker itself from
 many threads. PostgreSQL only: SQLite has no row locks and serialises every
 writer, so there is no concurrency to prove there.
@@ -21,7 +21,7 @@ from celery import chain, group
 from django.conf import settings
 from django.db import connections
 
-from django_dyrygent import engine, hotpath
+from django_dyrygent import engine, hotpath, messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.tasks import noop
 
@@ -63,9 +63,9 @@ class FakeBroker:
 @pytest.fixture
 def broker(monkeypatch):
     fake = FakeBroker()
-    monkeypatch.setattr(engine, "publish", fake.publish)
-    monkeypatch.setattr(engine, "revoke", fake.revoke)
-    monkeypatch.setattr(engine, "send_tick", lambda *args, **kwargs: None)
+    monkeypatch.setattr(messaging, "publish", fake.publish)
+    monkeypatch.setattr(messaging, "revoke", fake.revoke)
+    monkeypatch.setattr(messaging, "send_tick", lambda *args, **kwargs: None)
     fast = hotpath._fast_success
 
     def counted(*args):
@@ -144,7 +144,7 @@ class Drivers:
             if not duplicate and hash(task_id) % 3 == 0:
                 # Queued before this report starts, so two threads report the task at once.
                 self.broker.inbox.put((task_id, True))
-            engine.node_started(self.wf_id, task_id)
+            outcomes.node_started(self.wf_id, task_id)
             applied = hotpath.node_succeeded(self.wf_id, task_id, result=n)
             with self.lock:
                 self.reports["applied" if applied else "ignored"] += 1

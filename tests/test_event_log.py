@@ -41,10 +41,10 @@ def test_event_log__says_why_a_node_did_not_run(worker):
 
 @pytest.mark.django_db(transaction=True)
 def test_event_log__is_deleted_with_its_workflow(monkeypatch):
-    from django_dyrygent import engine
+    from django_dyrygent import engine, messaging
 
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     wf = Workflow()
     wf.add_signature(record.si("x"))
     wf.apply_async()

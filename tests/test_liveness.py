@@ -14,7 +14,7 @@ from celery.states import SUCCESS
 from django.db import OperationalError
 from django.utils import timezone
 
-from django_dyrygent import db, engine, handlers, liveness
+from django_dyrygent import db, engine, handlers, liveness, messaging, outcomes
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from django_dyrygent.recovery import Sweeper, lost_worker_runs
 from tests.tasks import noop
@@ -32,7 +32,7 @@ def running(db, settings):
     b = wf.add_signature(noop.si(), dependencies=[a])
     wf.apply_async()
     engine.tick(wf.pk, scheduled=False)
-    engine.node_started(wf.pk, a.task_id, HOST, 100)
+    outcomes.node_started(wf.pk, a.task_id, HOST, 100)
     a.refresh_from_db()
     return wf, a, b
 
@@ -120,7 +120,7 @@ def _queued(wf):
 
 def test_waiting_verdict__a_message_in_a_busy_queue_is_never_lost_before_the_long_bound(running, settings):
     wf, a, _b = running
-    engine.node_succeeded(wf.pk, a.task_id, None)
+    outcomes.node_succeeded(wf.pk, a.task_id, None)
     b = _queued(wf)
     _beat(age=0)
     snapshot = liveness.Snapshot.load(timezone.now())
@@ -132,7 +132,7 @@ def test_waiting_verdict__a_message_in_a_busy_queue_is_never_lost_before_the_lon
 
 def test_waiting_verdict__empty_queue_and_nobody_holding_it_means_lost(running):
     wf, a, _b = running
-    engine.node_succeeded(wf.pk, a.task_id, None)
+    outcomes.node_succeeded(wf.pk, a.task_id, None)
     b = _queued(wf)
     _beat(age=0)
     snapshot = liveness.Snapshot.load(timezone.now())
@@ -157,8 +157,8 @@ def test_recover__a_node_of_a_dead_worker_runs_again_then_fails_with_a_clear_mes
     event = WorkflowEvent.objects.filter(node=a).latest("id")
     assert event.reason.startswith("worker lost: no heartbeat") and event.reason.endswith("attempt 2 of 2")
     # The old run's late report is ignored; the new run is lost as well.
-    assert engine.node_succeeded(wf.pk, first_id, "late") is None
-    engine.node_started(wf.pk, a.task_id, HOST, 100)
+    assert outcomes.node_succeeded(wf.pk, first_id, "late") is None
+    outcomes.node_started(wf.pk, a.task_id, HOST, 100)
     _age(a, 120)
     assert Sweeper().recover() == 1
     a.refresh_from_db()
@@ -191,7 +191,7 @@ def test_recover__the_result_backend_is_consulted_first(running):
 
 
 def _request(wf, task_id):
-    return SimpleNamespace(id=task_id, headers={engine.HEADER: str(wf.pk)}, hostname=HOST)
+    return SimpleNamespace(id=task_id, headers={messaging.HEADER: str(wf.pk)}, hostname=HOST)
 
 
 def test_on_task_failure__worker_lost_error_reruns_the_node_instead_of_failing_it(running):

@@ -16,7 +16,7 @@ from celery import chain, group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, hotpath
+from django_dyrygent import engine, hotpath, outcomes
 from django_dyrygent.builder import BULK_BATCH
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
 from tests.tasks import noop
@@ -84,7 +84,7 @@ def test_tick__on_a_running_workflow_with_overdue_nodes_costs_the_same(settings)
 
 def complete_first_group_but_one(wf, groups, width):
     for i in range(width - 1):
-        engine.node_succeeded(wf.pk, f"{groups}x{width}-0-{i}", i)
+        outcomes.node_succeeded(wf.pk, f"{groups}x{width}-0-{i}", i)
     return f"{groups}x{width}-0-{width - 1}"
 
 
@@ -92,8 +92,8 @@ def test_node_succeeded__that_releases_the_next_group_costs_the_same_for_10_and_
     small, large = started(*SMALL), started(*LARGE)
     last_small = complete_first_group_but_one(small, *SMALL)
     last_large = complete_first_group_but_one(large, *LARGE)
-    small_sql = queries(engine.node_succeeded, small.pk, last_small, 1)
-    large_sql = queries(engine.node_succeeded, large.pk, last_large, 1)
+    small_sql = queries(outcomes.node_succeeded, small.pk, last_small, 1)
+    large_sql = queries(outcomes.node_succeeded, large.pk, last_large, 1)
     assert len(small_sql) == len(large_sql) <= STEP_BOUND, (small_sql, large_sql)
     # The step released the second group of each.
     queued = WorkflowNode.objects.filter(workflow=large, state="QUEUED")
@@ -104,8 +104,8 @@ def test_node_succeeded__that_releases_the_next_group_costs_the_same_for_10_and_
 
 def test_node_succeeded__that_releases_nothing_costs_the_same_for_10_and_1000_nodes():
     small, large = started(*SMALL), started(*LARGE)
-    small_sql = queries(engine.node_succeeded, small.pk, "2x5-0-0", 1)
-    large_sql = queries(engine.node_succeeded, large.pk, "10x100-0-0", 1)
+    small_sql = queries(outcomes.node_succeeded, small.pk, "2x5-0-0", 1)
+    large_sql = queries(outcomes.node_succeeded, large.pk, "10x100-0-0", 1)
     assert len(small_sql) == len(large_sql) <= STEP_BOUND, (small_sql, large_sql)
 
 
@@ -159,7 +159,7 @@ def test_node_succeeded__plain_success_on_postgresql_shares_the_workflow_row_and
     wf.add_celery_canvas(chain(*[noop.si(i).set(task_id=f"plain-{i}") for i in range(3)]))
     wf.apply_async()
     engine.tick(wf.pk)
-    started_sql = statements(queries(engine.node_started, wf.pk, "plain-0"))
+    started_sql = statements(queries(outcomes.node_started, wf.pk, "plain-0"))
     success_sql = statements(queries(hotpath.node_succeeded, wf.pk, "plain-0", 1))
     workflow_table = Workflow._meta.db_table
     assert len(started_sql) == 4, started_sql

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from django_dyrygent import engine, hotpath
+from django_dyrygent import engine, hotpath, messaging, repair
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.models import Execution
 from tests.tasks import record
@@ -30,7 +30,7 @@ def _wait_for(predicate, timeout=20):
 
 @pytest.mark.worker
 def test_reconcile__a_publish_lost_after_commit_is_republished_with_the_same_task_id(worker, monkeypatch):
-    real_publish = engine.publish
+    real_publish = messaging.publish
     lost = []
     wf = Workflow(name="lost-publish")
 
@@ -42,7 +42,7 @@ def test_reconcile__a_publish_lost_after_commit_is_republished_with_the_same_tas
             return None
         return real_publish(workflow_id, tasks_options, entries)
 
-    monkeypatch.setattr(engine, "publish", lossy_publish)
+    monkeypatch.setattr(messaging, "publish", lossy_publish)
     first = wf.add_signature(record.si("first"))
     wf.add_signature(record.si("second"), dependencies=[first])
     wf.apply_async()
@@ -95,8 +95,8 @@ def test_reconcile__a_lost_success_event_is_recovered_from_the_result_backend(wo
 @pytest.mark.django_db(transaction=True)
 def test_reconcile__a_lost_tick_is_picked_up_by_the_sweeper(monkeypatch):
     sent = []
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: sent.append(a[0]))
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: sent.append(a[0]))
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     wf = Workflow(name="lost-tick")
     wf.add_signature(record.si("x"))
     wf.apply_async()
@@ -113,9 +113,9 @@ def test_reconcile__a_lost_tick_is_picked_up_by_the_sweeper(monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_tick__gives_up_with_error_after_consecutive_engine_failures(monkeypatch, settings):
     settings.DYRYGENT_MAX_ENGINE_ERRORS = 3
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "revoke", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "revoke", lambda *a, **k: None)
     wf = Workflow(name="broken")
     wf.add_signature(record.si("x"))
     wf.apply_async()
@@ -124,7 +124,7 @@ def test_tick__gives_up_with_error_after_consecutive_engine_failures(monkeypatch
     def broken(step):
         raise RuntimeError("corrupt row")
 
-    monkeypatch.setattr(engine, "reconcile", broken)
+    monkeypatch.setattr(repair, "reconcile", broken)
     for expected in (1, 2):
         Workflow.objects.filter(pk=wf.pk).update(next_tick_at=None)
         assert engine.tick(wf.pk) == "error"
@@ -141,8 +141,8 @@ def test_tick__gives_up_with_error_after_consecutive_engine_failures(monkeypatch
 
 @pytest.mark.django_db(transaction=True)
 def test_tick__a_good_tick_resets_the_engine_error_count(monkeypatch):
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     wf = Workflow(name="flaky-engine")
     wf.add_signature(record.si("x"))
     wf.apply_async()

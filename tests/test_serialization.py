@@ -5,7 +5,7 @@ import uuid
 import pytest
 from django.core.exceptions import ValidationError
 
-from django_dyrygent import engine
+from django_dyrygent import messaging
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.serialization import NotSerialisable, from_tree, to_tree
 from tests.tasks import identity
@@ -33,7 +33,7 @@ def test_tree__refuses_what_a_celery_json_message_cannot_carry():
 
 @pytest.mark.django_db
 def test_apply_async__accepts_datetimes_and_uuids_in_arguments_and_payloads(monkeypatch):
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     when = VALUES[0]
     wf = Workflow(custom_payload={"at": when})
     node = wf.add_signature(identity.s(when, VALUES[2]))

@@ -6,7 +6,7 @@ import pytest
 from celery import current_app
 from django.test.utils import override_settings
 
-from django_dyrygent import conf, engine
+from django_dyrygent import conf, engine, messaging
 from django_dyrygent.conf import DEFAULTS
 from django_dyrygent.models import Workflow
 from tests.celery_app import app as tests_app
@@ -90,8 +90,8 @@ def test_settings__the_engine_reads_them_at_run_time(settings, monkeypatch, djan
     settings.DYRYGENT_TICK_INTERVAL = 7
     settings.DYRYGENT_MAX_PROCESSING_TIME = 60
     ticks = []
-    monkeypatch.setattr(engine, "send_tick", lambda pk, options=None, countdown=None: ticks.append(countdown))
-    monkeypatch.setattr(engine, "publish", lambda *args: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda pk, options=None, countdown=None: ticks.append(countdown))
+    monkeypatch.setattr(messaging, "publish", lambda *args: None)
     wf = Workflow()
     wf.add_signature(noop.si())
     wf.apply_async()

@@ -1,6 +1,6 @@
 """The state machine and the engine's decisions, driven by hand without a worker.
 
-Worker events are replaced by direct calls to ``engine.node_succeeded`` /
+Worker events are replaced by direct calls to ``outcomes.node_succeeded`` /
 ``node_failed`` and the broker by a recorder, so each test can say exactly
 which nodes were published after each event. Running on-commit callbacks
 explicitly keeps the test inside pytest-django's transaction.
@@ -16,8 +16,7 @@ from celery.canvas import Signature
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from django_dyrygent import engine
-from django_dyrygent.engine import ConcurrentTransition, Step, TransitionNotAllowed
+from django_dyrygent import engine, messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from django_dyrygent.states import (
     NODE_FINAL,
@@ -27,6 +26,7 @@ from django_dyrygent.states import (
     NodeState,
     WorkflowState,
 )
+from django_dyrygent.steps import ConcurrentTransition, Step, TransitionNotAllowed, lock_workflow
 from tests.celery_app import app as celery_app
 from tests.tasks import noop
 
@@ -56,9 +56,9 @@ def broker(monkeypatch):
 
     monkeypatch.setattr(Signature, "apply_async", fake_apply_async)
     monkeypatch.setattr(celery_app, "producer_or_acquire", lambda *a, **k: nullcontext())
-    monkeypatch.setattr(engine, "send_tick", lambda pk, options=None, countdown=None: calls.ticks.append(
+    monkeypatch.setattr(messaging, "send_tick", lambda pk, options=None, countdown=None: calls.ticks.append(
         (str(pk), countdown)))
-    monkeypatch.setattr(engine, "revoke", lambda ids, terminate=False: calls.revoked.extend(ids))
+    monkeypatch.setattr(messaging, "revoke", lambda ids, terminate=False: calls.revoked.extend(ids))
 
     def take():
         out = [c.task_id for c in calls.published]
@@ -105,7 +105,7 @@ def one_node_workflow(state=S.PENDING, kind="task"):
 
 
 def locked_step(wf):
-    return Step(engine.lock_workflow(wf.pk))
+    return Step(lock_workflow(wf.pk))
 
 
 # -- the state tables -----------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_publish__sends_the_nodes_task_id_header_and_merged_options(broker, run)
     (call,) = broker.published
     assert (call.task, call.task_id, call.args) == ("tests.noop", "task-a", ("a",))
     assert call.options["priority"] == 8 and call.options["queue"] == "fast"
-    assert call.options["headers"] == {engine.HEADER: str(wf.pk)}
+    assert call.options["headers"] == {messaging.HEADER: str(wf.pk)}
 
 
 def test_node_succeeded__releases_a_dependent_only_after_its_last_dependency(broker, run):
@@ -330,18 +330,18 @@ def test_node_succeeded__releases_a_dependent_only_after_its_last_dependency(bro
     wf.add_celery_canvas(chord([t("a"), t("b"), t("c")], t("body")))
     started(run, wf)
     assert sorted(broker.take()) == ["task-a", "task-b", "task-c"]
-    run(engine.node_succeeded, wf.pk, "task-a", 1)
-    run(engine.node_succeeded, wf.pk, "task-c", 3)
+    run(outcomes.node_succeeded, wf.pk, "task-a", 1)
+    run(outcomes.node_succeeded, wf.pk, "task-c", 3)
     assert broker.take() == []
     assert node("task-body").state == S.PENDING
     join = WorkflowNode.objects.get(workflow=wf, kind="join")
     assert (join.state, join.waiting) == (S.PENDING, 1)
-    run(engine.node_succeeded, wf.pk, "task-b", 2)
+    run(outcomes.node_succeeded, wf.pk, "task-b", 2)
     assert broker.take() == ["task-body"]
     join.refresh_from_db()
     assert (join.state, join.waiting) == (S.SUCCESS, 0)
     assert node("task-a").result == 1
-    run(engine.node_succeeded, wf.pk, "task-body", None)
+    run(outcomes.node_succeeded, wf.pk, "task-body", None)
     wf.refresh_from_db()
     assert wf.state == W.SUCCESS
     assert wf.started_at <= wf.finished_at and wf.next_tick_at is None
@@ -355,7 +355,7 @@ def test_node_failed__marks_every_descendant_upstream_failed_and_other_branches_
     wf.add_signature(t("y"), dependencies=[x])
     started(run, wf)
     assert sorted(broker.take()) == ["task-a", "task-x"]
-    run(engine.node_failed, wf.pk, "task-a", ValueError("bad input"), "Traceback: ...")
+    run(outcomes.node_failed, wf.pk, "task-a", ValueError("bad input"), "Traceback: ...")
     assert states(wf) == {
         "task-a": S.FAILURE, "task-b": S.UPSTREAM_FAILED, "task-c": S.UPSTREAM_FAILED,
         "task-d": S.UPSTREAM_FAILED, "task-e": S.UPSTREAM_FAILED, "task-x": S.QUEUED, "task-y": S.PENDING,
@@ -363,9 +363,9 @@ def test_node_failed__marks_every_descendant_upstream_failed_and_other_branches_
     assert "ValueError: bad input" in node("task-a").error
     assert Workflow.objects.get(pk=wf.pk).state == W.RUNNING
     assert broker.take() == []
-    run(engine.node_succeeded, wf.pk, "task-x", None)
+    run(outcomes.node_succeeded, wf.pk, "task-x", None)
     assert broker.take() == ["task-y"]
-    run(engine.node_succeeded, wf.pk, "task-y", None)
+    run(outcomes.node_succeeded, wf.pk, "task-y", None)
     wf.refresh_from_db()
     assert wf.state == W.FAILURE and wf.finished_at is not None
     assert (wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (7, 2, 5)
@@ -376,20 +376,20 @@ def test_node_succeeded__a_late_or_duplicate_report_is_ignored(broker, run):
     wf.add_celery_canvas(chain(t("a"), t("b")))
     started(run, wf)
     broker.take()
-    run(engine.node_succeeded, wf.pk, "task-a", "first")
+    run(outcomes.node_succeeded, wf.pk, "task-a", "first")
     assert broker.take() == ["task-b"]
     events = WorkflowEvent.objects.count()
-    assert run(engine.node_succeeded, wf.pk, "task-a", "second") is None
-    assert run(engine.node_failed, wf.pk, "task-a", ValueError("late")) is None
-    assert run(engine.node_succeeded, wf.pk, "not-a-node", 1) is None
+    assert run(outcomes.node_succeeded, wf.pk, "task-a", "second") is None
+    assert run(outcomes.node_failed, wf.pk, "task-a", ValueError("late")) is None
+    assert run(outcomes.node_succeeded, wf.pk, "not-a-node", 1) is None
     assert broker.take() == []
     assert node("task-a").result == "first" and node("task-a").state == S.SUCCESS
     assert WorkflowEvent.objects.count() == events
     wf.refresh_from_db()
     assert (wf.nodes_done, wf.nodes_succeeded) == (1, 1)
     # A failure reported first wins over a later success too.
-    run(engine.node_failed, wf.pk, "task-b", ValueError("x"))
-    run(engine.node_succeeded, wf.pk, "task-b", 1)
+    run(outcomes.node_failed, wf.pk, "task-b", ValueError("x"))
+    run(outcomes.node_succeeded, wf.pk, "task-b", 1)
     assert node("task-b").state == S.FAILURE
     assert Workflow.objects.get(pk=wf.pk).state == W.FAILURE
 
@@ -399,7 +399,7 @@ def test_node_succeeded__unstorable_result_fails_the_node(broker, run, settings)
     wf = Workflow()
     wf.add_celery_canvas(chain(t("a"), t("b")))
     started(run, wf)
-    run(engine.node_succeeded, wf.pk, "task-a", "x" * 1000)
+    run(outcomes.node_succeeded, wf.pk, "task-a", "x" * 1000)
     assert node("task-a").state == S.FAILURE and "DYRYGENT_MAX_RESULT_BYTES" in node("task-a").error
     assert node("task-b").state == S.UPSTREAM_FAILED
 
@@ -411,11 +411,11 @@ def test_trigger_rule_all_done__runs_after_a_failed_dependency(broker, run):
     wf.add_signature(t("cleanup"), dependencies=[a, b], trigger_rule="all_done")
     started(run, wf)
     broker.take()
-    run(engine.node_failed, wf.pk, "task-a", ValueError())
+    run(outcomes.node_failed, wf.pk, "task-a", ValueError())
     assert broker.take() == [] and node("task-cleanup").state == S.PENDING  # b not done yet
-    run(engine.node_succeeded, wf.pk, "task-b", None)
+    run(outcomes.node_succeeded, wf.pk, "task-b", None)
     assert broker.take() == ["task-cleanup"]
-    run(engine.node_succeeded, wf.pk, "task-cleanup", None)
+    run(outcomes.node_succeeded, wf.pk, "task-cleanup", None)
     wf.refresh_from_db()
     assert wf.state == W.FAILURE and (wf.nodes_succeeded, wf.nodes_failed) == (2, 1)
 
@@ -426,7 +426,7 @@ def test_trigger_rule_one_failed__runs_at_the_first_failure_and_is_skipped_other
     wf.add_signature(t("alert"), dependencies=[a, b], trigger_rule="one_failed")
     started(run, wf)
     broker.take()
-    run(engine.node_failed, wf.pk, "task-a", ValueError())
+    run(outcomes.node_failed, wf.pk, "task-a", ValueError())
     assert broker.take() == ["task-alert"]  # without waiting for b
 
     wf2 = Workflow()
@@ -435,12 +435,12 @@ def test_trigger_rule_one_failed__runs_at_the_first_failure_and_is_skipped_other
     wf2.add_signature(t("after-after"), dependencies=[after])
     started(run, wf2)
     broker.take()
-    run(engine.node_succeeded, wf2.pk, "task-a2", None)
-    run(engine.node_succeeded, wf2.pk, "task-b2", None)
+    run(outcomes.node_succeeded, wf2.pk, "task-a2", None)
+    run(outcomes.node_succeeded, wf2.pk, "task-b2", None)
     # Skipped, and a skip lets an all_success dependent run.
     assert node("task-after").state == S.SKIPPED
     assert broker.take() == ["task-after-after"]
-    run(engine.node_succeeded, wf2.pk, "task-after-after", None)
+    run(outcomes.node_succeeded, wf2.pk, "task-after-after", None)
     wf2.refresh_from_db()
     assert wf2.state == W.SUCCESS and (wf2.nodes_skipped, wf2.nodes_succeeded) == (1, 3)
 
@@ -468,7 +468,7 @@ def test_cancel__is_idempotent(broker, run):
     wf.add_celery_canvas(chain(group(t("a"), t("b")), t("c")))
     started(run, wf)
     broker.take()
-    run(engine.node_succeeded, wf.pk, "task-a", None)
+    run(outcomes.node_succeeded, wf.pk, "task-a", None)
     assert run(wf.cancel, "enough") is True
     assert broker.revoked == ["task-b"]
     assert states(wf) == {"task-a": S.SUCCESS, "task-b": S.CANCELED, "task-c": S.CANCELED}
@@ -478,7 +478,7 @@ def test_cancel__is_idempotent(broker, run):
     assert broker.revoked == ["task-b"] and WorkflowEvent.objects.count() == events
     assert (wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (3, 1, 2)
     # A cancelled workflow is not moved by a late report or a tick.
-    run(engine.node_succeeded, wf.pk, "task-b", None)
+    run(outcomes.node_succeeded, wf.pk, "task-b", None)
     run(engine.tick, wf.pk)
     assert broker.take() == [] and Workflow.objects.get(pk=wf.pk).state == W.CANCELED
 
@@ -489,11 +489,11 @@ def test_retry__reruns_failed_nodes_with_fresh_task_ids(broker, run):
     wf.add_signature(t("x"))
     started(run, wf)
     broker.take()
-    run(engine.node_succeeded, wf.pk, "task-x", "kept")
-    run(engine.node_succeeded, wf.pk, "task-a", None)
+    run(outcomes.node_succeeded, wf.pk, "task-x", "kept")
+    run(outcomes.node_succeeded, wf.pk, "task-a", None)
     broker.take()
-    run(engine.node_failed, wf.pk, "task-b", ValueError())
-    run(engine.node_succeeded, wf.pk, "task-c", None)
+    run(outcomes.node_failed, wf.pk, "task-b", ValueError())
+    run(outcomes.node_succeeded, wf.pk, "task-c", None)
     wf.refresh_from_db()
     assert wf.state == W.FAILURE and (wf.nodes_done, wf.nodes_failed) == (5, 2)
 
@@ -508,10 +508,10 @@ def test_retry__reruns_failed_nodes_with_fresh_task_ids(broker, run):
     assert node("task-x").result == "kept" and node("task-x").attempts == 1
     assert (wf.nodes_done, wf.nodes_failed) == (3, 0)
     # The old task id is no longer a node: its late report changes nothing.
-    assert run(engine.node_succeeded, wf.pk, "task-b", None) is None
-    run(engine.node_succeeded, wf.pk, new_b, None)
+    assert run(outcomes.node_succeeded, wf.pk, "task-b", None) is None
+    run(outcomes.node_succeeded, wf.pk, new_b, None)
     assert broker.take() == [d.task_id]
-    run(engine.node_succeeded, wf.pk, d.task_id, None)
+    run(outcomes.node_succeeded, wf.pk, d.task_id, None)
     wf.refresh_from_db()
     assert wf.state == W.SUCCESS and (wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (5, 5, 0)
     assert run(wf.retry) == 0
@@ -524,7 +524,7 @@ def test_link_error_and_finalizer__queued_once_when_the_workflow_fails(broker, r
     wf.link_finalizer(t("fin"))
     started(run, wf)
     assert broker.take() == ["task-a"]  # callbacks are not roots
-    run(engine.node_failed, wf.pk, "task-a", ValueError())
+    run(outcomes.node_failed, wf.pk, "task-a", ValueError())
     calls = {c.task_id: c for c in broker.published}
     assert sorted(calls) == ["task-err", "task-fin"]
     # A mutable error callback gets the workflow id first; an immutable one runs as written.
@@ -532,8 +532,8 @@ def test_link_error_and_finalizer__queued_once_when_the_workflow_fails(broker, r
     assert calls["task-fin"].args == ("fin",)
     broker.take()
     assert Workflow.objects.get(pk=wf.pk).state == W.FAILURE
-    run(engine.node_failed, wf.pk, "task-err", ValueError("callback broke"))
-    run(engine.node_succeeded, wf.pk, "task-fin", None)
+    run(outcomes.node_failed, wf.pk, "task-err", ValueError("callback broke"))
+    run(outcomes.node_succeeded, wf.pk, "task-fin", None)
     run(engine.tick, wf.pk)
     assert broker.take() == []
     wf.refresh_from_db()
@@ -548,7 +548,7 @@ def test_link_error__skipped_and_finalizer_queued_when_the_workflow_succeeds(bro
     wf.link_finalizer(t("fin"))
     started(run, wf)
     broker.take()
-    run(engine.node_succeeded, wf.pk, "task-a", None)
+    run(outcomes.node_succeeded, wf.pk, "task-a", None)
     assert broker.take() == ["task-fin"]
     assert node("task-err").state == S.SKIPPED
     run(engine.tick, wf.pk)
@@ -570,5 +570,5 @@ def test_edges__stay_in_place_while_the_engine_runs(broker, run):
     started(run, wf)
     edges = WorkflowEdge.objects.filter(workflow=wf).count()
     for task_id in ("task-a", "task-b", "task-c"):
-        run(engine.node_succeeded, wf.pk, task_id, None)
+        run(outcomes.node_succeeded, wf.pk, task_id, None)
     assert WorkflowEdge.objects.filter(workflow=wf).count() == edges == 3

@@ -118,7 +118,7 @@ def test_reconcile__unknown_task_stored_by_celery_reads_as_the_same_sentence(wor
 
 
 def test_stored_exception__other_failures_read_type_and_message():
-    from django_dyrygent.engine import _stored_exception
+    from django_dyrygent.outcomes import stored_exception
 
-    assert _stored_exception({"exc_type": "ValueError", "exc_message": ["bad", 3]}) == "ValueError: bad, 3"
-    assert _stored_exception("plain") == "'plain'"
+    assert stored_exception({"exc_type": "ValueError", "exc_message": ["bad", 3]}) == "ValueError: bad, 3"
+    assert stored_exception("plain") == "'plain'"

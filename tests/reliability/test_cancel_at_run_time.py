@@ -12,7 +12,7 @@ import pytest
 from celery import group
 from celery.worker import state as worker_state
 
-from django_dyrygent import engine
+from django_dyrygent import engine, messaging
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.conftest import purge_queue, wait_worker_idle
 from tests.models import Execution
@@ -76,7 +76,7 @@ def test_cancel__a_worker_down_during_cancel_runs_none_of_the_bodies_and_retry_r
 
 def test_cancel__messages_the_worker_received_before_the_cancel_committed_do_not_run(worker, monkeypatch):
     """The revoke broadcast is lost here on purpose: only the run-time guard stands in the way."""
-    monkeypatch.setattr(engine, "revoke", lambda task_ids, terminate=False: None)
+    monkeypatch.setattr(messaging, "revoke", lambda task_ids, terminate=False: None)
     wf = Workflow(name="cancel-received")
     wf.add_celery_canvas(group(record.si(f"s{i}", sleep=0.6) for i in range(12)))
     wf.apply_async()

@@ -13,7 +13,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from django_dyrygent import engine
+from django_dyrygent import engine, messaging, outcomes, repair, steps
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.states import NodeKind
 from tests.conftest import wait_worker_idle
@@ -81,7 +81,7 @@ def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended
     worker, monkeypatch, settings, admin_client
 ):
     settings.DYRYGENT_REQUEUE_AFTER = 0.5
-    real_publish = engine.publish
+    real_publish = messaging.publish
     lost = []
     wf = Workflow(name="lost-finalizer")
 
@@ -93,7 +93,7 @@ def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended
             return None
         return real_publish(workflow_id, tasks_options, entries)
 
-    monkeypatch.setattr(engine, "publish", lossy_publish)
+    monkeypatch.setattr(messaging, "publish", lossy_publish)
     wf.add_signature(record.si("work"))
     final = wf.link_finalizer(on_end.s("final"))
     wf.apply_async()
@@ -119,13 +119,13 @@ def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended
 @pytest.mark.django_db(transaction=True)
 def test_retry__resets_engine_errors_so_one_failed_tick_does_not_end_it_error(monkeypatch, settings):
     settings.DYRYGENT_MAX_ENGINE_ERRORS = 3
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     wf = Workflow(name="retry-engine-errors")
     node = wf.add_signature(record.si("x"))
     wf.apply_async()
     engine.tick(wf.pk)
-    engine.node_failed(wf.pk, node.task_id, RuntimeError("boom"))
+    outcomes.node_failed(wf.pk, node.task_id, RuntimeError("boom"))
     Workflow.objects.filter(pk=wf.pk).update(engine_errors=2)  # two ticks had failed before the end
     assert wf.retry() == 1
     assert wf.engine_errors == 0 and wf.state == Workflow.State.RUNNING
@@ -133,7 +133,7 @@ def test_retry__resets_engine_errors_so_one_failed_tick_does_not_end_it_error(mo
     def broken(step):
         raise RuntimeError("one bad tick")
 
-    monkeypatch.setattr(engine, "reconcile", broken)
+    monkeypatch.setattr(repair, "reconcile", broken)
     assert engine.tick(wf.pk) == "error"
     wf.refresh_from_db()
     assert wf.state == Workflow.State.RUNNING and wf.engine_errors == 1  # was ERROR (2 + 1 = the limit)
@@ -141,16 +141,16 @@ def test_retry__resets_engine_errors_so_one_failed_tick_does_not_end_it_error(mo
 
 @pytest.mark.django_db(transaction=True)
 def test_skip__a_node_a_worker_starts_meanwhile_gives_a_validation_error_and_skips_nothing(monkeypatch):
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "revoke", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "revoke", lambda *a, **k: None)
     wf = Workflow(name="skip-race")
     first = wf.add_signature(record.si("first"))
     other = wf.add_signature(record.si("other"))
     wf.add_signature(record.si("after"), dependencies=[first])
     wf.apply_async()
     engine.tick(wf.pk)
-    real = engine.Step.transition_nodes
+    real = steps.Step.transition_nodes
 
     def worker_starts_first(self, nodes, target, reason="", **fields):
         if target == S.SKIPPED:
@@ -158,7 +158,7 @@ def test_skip__a_node_a_worker_starts_meanwhile_gives_a_validation_error_and_ski
             WorkflowNode.objects.filter(pk=first.pk, state=S.QUEUED).update(state=S.STARTED)
         return real(self, nodes, target, reason, **fields)
 
-    monkeypatch.setattr(engine.Step, "transition_nodes", worker_starts_first)
+    monkeypatch.setattr(steps.Step, "transition_nodes", worker_starts_first)
     with pytest.raises(ValidationError, match="started by a worker meanwhile"):
         wf.skip([other, first])
     assert dict(wf.nodes.values_list("signature__args__0", "state")) == {

@@ -17,7 +17,7 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from django_dyrygent import engine
+from django_dyrygent import engine, messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.serialization import storable_text, unstorable
 from tests.conftest import wait_worker_idle
@@ -109,8 +109,8 @@ def test_poison_error__a_nul_in_the_exception_message_is_stored_escaped(worker):
 
 def _stale_queued(wf, monkeypatch):
     """Start ``wf`` without publishing anything, then age its QUEUED nodes past REQUEUE_AFTER."""
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
-    monkeypatch.setattr(engine, "send_tick", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     wf.apply_async()
     engine.tick(wf.pk, scheduled=False)
     WorkflowNode.objects.filter(workflow=wf, state=S.QUEUED).update(
@@ -150,13 +150,13 @@ def test_node_succeeded__a_value_the_database_refuses_fails_that_node_not_the_wo
     """A refusal the checks did not foresee (here: the check is switched off) still costs one node."""
     if connection.vendor != "postgresql":
         pytest.skip("only PostgreSQL refuses the value once the engine's own check is off")
-    monkeypatch.setattr(engine, "_encode_result", lambda result: (result, None))
+    monkeypatch.setattr(outcomes, "encode_result", lambda result: (result, None))
     wf = Workflow(name="poison-refused")
     first = wf.add_signature(record.si("first"))
     wf.add_signature(record.si("second"), dependencies=[first])
     _stale_queued(wf, monkeypatch)
 
-    assert engine.node_succeeded(wf.pk, first.task_id, "a\x00b") is not None
+    assert outcomes.node_succeeded(wf.pk, first.task_id, "a\x00b") is not None
     first.refresh_from_db()
     wf.refresh_from_db()
     assert first.state == S.FAILURE and "could not be stored" in first.error

@@ -11,7 +11,7 @@ from celery import Celery, group
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, tasks
+from django_dyrygent import conf, engine, messaging, outcomes, steps, tasks
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.conftest import purge_queue
 from tests.models import Execution
@@ -47,7 +47,7 @@ def parked():
 def test_publish__a_publish_that_failed_is_retried_by_the_next_tick_not_after_requeue_after(
     worker, settings, parked
 ):
-    assert engine.settings.REQUEUE_AFTER == 300.0  # the default: the old path would wait 5 minutes
+    assert conf.settings.REQUEUE_AFTER == 300.0  # the default: the old path would wait 5 minutes
     # Its ticks go to a queue nobody consumes: this test ticks it itself.
     wf = Workflow(name="broker-down", options={"queue": PARKED})
     wf.add_celery_canvas(group(record.si(f"p{i}") for i in range(5)))
@@ -82,9 +82,9 @@ class SentTicks(list):
 @pytest.fixture
 def sent_ticks(monkeypatch):
     sent = SentTicks()
-    monkeypatch.setattr(engine, "send_tick",
+    monkeypatch.setattr(messaging, "send_tick",
                         lambda pk, options=None, countdown=None: sent.append((pk, countdown)))
-    monkeypatch.setattr(engine, "publish", lambda *a, **k: None)
+    monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     return sent
 
 
@@ -96,7 +96,7 @@ def lock_held_elsewhere(pk):
     def hold():
         try:
             with transaction.atomic():
-                engine.lock_workflow(pk)
+                steps.lock_workflow(pk)
                 locked.set()
                 release.wait(30)
         finally:
@@ -168,7 +168,7 @@ def test_lock_workflow__does_not_load_custom_payload_options_or_error(sent_ticks
     wf.apply_async()
     engine.tick(wf.pk)
     with CaptureQueriesContext(connection) as ctx:
-        engine.node_succeeded(wf.pk, first.task_id, "a")
+        outcomes.node_succeeded(wf.pk, first.task_id, "a")
         engine.tick(wf.pk)
     columns = ("custom_payload", '"options"', "tasks_options", '"error"')
     loading = [q["sql"] for q in ctx.captured_queries
@@ -185,7 +185,8 @@ def test_lock_workflow__does_not_load_custom_payload_options_or_error(sent_ticks
 @pytest.mark.django_db(transaction=True)
 def test_send_tick__options_with_a_countdown_still_send_the_tick(monkeypatch):
     sent = []
-    monkeypatch.setattr(tasks.tick, "apply_async", lambda args, **options: sent.append((args, options)))
+    # The tick goes by name through the app's registered task (messaging.send_tick).
+    monkeypatch.setattr(tasks.tick, "apply_async", lambda args, kwargs=None, **options: sent.append((args, options)))
     wf = Workflow(name="countdown", options={"countdown": 0.2, "queue": "dyrygent-tests"})
     wf.add_signature(record.si("x"))
     wf.apply_async()  # first tick: the workflow's own countdown applies

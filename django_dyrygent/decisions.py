@@ -1,0 +1,345 @@
+"""The decisions of a locked step: what becomes ready, what follows a final node, when it ends.
+
+``settle`` carries a node that became final to its dependents (counters of
+unfinished and failed dependencies), ``readiness`` says what a waiting node
+becomes under its trigger rule, ``queue_nodes`` marks nodes to publish after
+commit, ``finish`` ends the workflow and arms its callbacks. Every function
+here takes the ``steps.Step`` of a transaction that holds the workflow lock;
+none of them commits, talks to the broker or reads the result backend.
+Worker reports (``outcomes``), repair (``repair``) and the entry points
+(``engine``) are built on them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from celery.utils import uuid
+from django.db.models import F, Q
+
+from . import db
+from .conf import settings
+from .models import WorkflowEdge, WorkflowEvent, WorkflowNode
+from .serialization import from_tree
+from .states import (
+    CALLBACK_KINDS,
+    NODE_ACTIVE,
+    NODE_FINAL,
+    NODE_OK,
+    NodeKind,
+    NodeState,
+    TriggerRule,
+    WorkflowState,
+)
+from .steps import NODE_FIELDS, Step
+
+# Nodes without a Celery task of their own: they succeed when their dependencies have.
+JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
+# Pseudo-target of readiness: a fan-out node whose source succeeded expands.
+EXPAND = "EXPAND"
+
+
+def readiness(node: WorkflowNode) -> str | None:
+    """What a PENDING node should become given its counters, or None to keep waiting."""
+    rule = node.trigger_rule if node.kind == NodeKind.TASK else TriggerRule.ALL_SUCCESS
+    if rule == TriggerRule.ALL_SUCCESS:
+        if node.failed_dependencies:
+            return NodeState.UPSTREAM_FAILED
+        if not node.waiting:
+            if node.kind == NodeKind.MAP and node.fanout_size is None:
+                return EXPAND
+            return NodeState.SUCCESS if node.kind in JOIN_KINDS else NodeState.QUEUED
+    elif rule == TriggerRule.ALL_DONE:
+        if not node.waiting:
+            return NodeState.QUEUED
+    elif rule == TriggerRule.ONE_FAILED:
+        if node.failed_dependencies:
+            return NodeState.QUEUED
+        if not node.waiting:
+            return NodeState.SKIPPED
+    return None
+
+
+def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[WorkflowNode]:
+    """Move every ready PENDING node on; return the nodes that became final (joins, skips, ...)."""
+    decided: defaultdict[str, list[WorkflowNode]] = defaultdict(list)
+    for node in candidates:
+        if node.state == NodeState.PENDING:
+            target = readiness(node)
+            if target is not None:
+                decided[target].append(node)
+    finals = []
+    for fanout in decided.pop(EXPAND, []):
+        finals.extend(expand_fanout(step, fanout))
+    joins = decided.pop(NodeState.SUCCESS, [])
+    if joins and step.wf.pass_results:
+        # Each join carries its own list of results, so one UPDATE per join.
+        results = _dependency_results(step, joins)
+        for join in joins:
+            step.results[join.pk] = results.get(join.pk, [])
+            step.transition_nodes([join], NodeState.SUCCESS, result=step.results[join.pk])
+    else:
+        step.transition_nodes(joins, NodeState.SUCCESS)
+    finals.extend(joins)
+    upstream = decided.pop(NodeState.UPSTREAM_FAILED, [])
+    step.transition_nodes(upstream, NodeState.UPSTREAM_FAILED, reason="a dependency did not succeed")
+    finals.extend(upstream)
+    skipped = decided.pop(NodeState.SKIPPED, [])
+    step.transition_nodes(skipped, NodeState.SKIPPED, reason="trigger rule one_failed: no dependency failed")
+    finals.extend(skipped)
+    queued = decided.pop(NodeState.QUEUED, [])
+    queue_nodes(step, queued)
+    return finals
+
+
+def expand_fanout(step: Step, fanout: WorkflowNode) -> list[WorkflowNode]:
+    """Create one task node per item of the fan-out source's result; queue them.
+
+    The fan-out node then waits for its children like a join and, in
+    pass-results mode, collects their results in item order. Returns the
+    nodes that became final (the fan-out itself when there is nothing to run).
+    """
+    (source_result,) = _dependency_results(step, [fanout]).get(fanout.pk, [None])
+    if not isinstance(source_result, (list, tuple)):
+        step.transition_nodes(
+            [fanout], NodeState.FAILURE, reason="fan-out source did not return a list",
+            error=f"The fan-out source returned {type(source_result).__name__}, not a list: "
+                  f"{source_result!r:.200}",
+        )
+        return [fanout]
+    template = fanout.signature or {}
+    # The fan-out now waits for its children instead of its source: the children
+    # take over the source edge (source -> children -> fan-out).
+    source_edge = WorkflowEdge.objects.filter(node_id=fanout.pk).only("pk", "dependency_id").get()
+    source_id = source_edge.dependency_id
+    source_edge.delete()
+    base = _next_position(step)
+    children = [
+        WorkflowNode(
+            workflow_id=step.wf.pk, task_id=uuid(), task_name=fanout.task_name, kind=NodeKind.TASK,
+            # The item is the call's first argument; "immutable" keeps pass-results
+            # mode from prepending the whole list as well.
+            signature={**template, "args": [item, *template.get("args", [])], "immutable": True},
+            position=base + i, timeout=fanout.timeout, waiting=0,
+            custom_payload={"fanout": fanout.pk, "item_index": i},
+        )
+        for i, item in enumerate(source_result)
+    ]
+    WorkflowNode.objects.bulk_create(children, batch_size=1000)
+    if children and any(c.pk is None for c in children):  # MySQL: no ids from bulk inserts
+        ids = dict(WorkflowNode.objects.filter(task_id__in=[c.task_id for c in children])
+                   .values_list("task_id", "pk"))
+        for child in children:
+            child.pk = ids[child.task_id]
+    for child in children:
+        child._state.adding = False
+    WorkflowEdge.objects.bulk_create(
+        [WorkflowEdge(workflow_id=step.wf.pk, node_id=c.pk, dependency_id=source_id) for c in children]
+        + [WorkflowEdge(workflow_id=step.wf.pk, node_id=fanout.pk, dependency_id=c.pk, position=i)
+           for i, c in enumerate(children)],
+        batch_size=1000,
+    )
+    WorkflowNode.objects.filter(pk=fanout.pk).update(fanout_size=len(children), waiting=len(children))
+    fanout.fanout_size = fanout.waiting = len(children)
+    step.counters["nodes_total"] += len(children)
+    step.events.append(
+        WorkflowEvent(workflow_id=step.wf.pk, node_id=fanout.pk, old_state=fanout.state,
+                      new_state=fanout.state, reason=f"expanded into {len(children)} nodes",
+                      created_at=step.now)
+    )
+    if not children:
+        step.results[fanout.pk] = []
+        step.transition_nodes([fanout], NodeState.SUCCESS, result=[] if step.wf.pass_results else None)
+        return [fanout]
+    queue_nodes(step, children, reason="fan-out")
+    return []
+
+
+def _next_position(step: Step) -> int:
+    from django.db.models import Max
+
+    return (WorkflowNode.objects.filter(workflow_id=step.wf.pk).aggregate(m=Max("position"))["m"] or 0) + 1
+
+
+def queue_nodes(step: Step, nodes: Sequence[WorkflowNode], reason: str = "") -> None:
+    """Mark nodes QUEUED now; they are published after commit with their call arguments."""
+    if not nodes:
+        return
+    calls = call_args(step, nodes)
+    moved = step.transition_nodes(
+        nodes, NodeState.QUEUED, reason=reason, queued_at=step.now,
+        publish_count=F("publish_count") + 1,
+    )
+    for node in moved:
+        step.to_publish.append((node, calls.get(node.pk, ())))
+
+
+def call_args(step: Step, nodes: Sequence[WorkflowNode]) -> dict[int, tuple[Any, ...]]:
+    """Arguments prepended to mutable signatures in pass-results mode (Celery canvas rules)."""
+    if not step.wf.pass_results:
+        return {}
+    mutable = [n for n in nodes if n.kind == NodeKind.TASK and not n.signature.get("immutable")]
+    if not mutable:
+        return {}
+    per_node = _dependency_results(step, mutable)
+    calls: dict[int, tuple[Any, ...]] = {}
+    for node in mutable:
+        results = per_node.get(node.pk)
+        if results is None:
+            continue
+        results = [from_tree(r) for r in results]
+        calls[node.pk] = (results[0],) if len(results) == 1 else (results,)
+    return calls
+
+
+def _dependency_results(step: Step, nodes: Sequence[WorkflowNode]) -> defaultdict[int, list[Any]]:
+    """node id -> list of its dependencies' results, in dependency order."""
+    edges = list(
+        WorkflowEdge.objects.filter(node_id__in=[n.pk for n in nodes])
+        .order_by("node_id", "position").values_list("node_id", "dependency_id")
+    )
+    missing = {dep for _node, dep in edges if dep not in step.results}
+    if missing:
+        for chunk in db.chunks(missing):
+            step.results.update(
+                WorkflowNode.objects.filter(pk__in=chunk).values_list("pk", "result")
+            )
+    out: defaultdict[int, list[Any]] = defaultdict(list)
+    for node_id, dep in edges:
+        out[node_id].append(step.results.get(dep))
+    return out
+
+
+def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
+    """Propagate nodes that just became final to their dependents, level by level.
+
+    Each level costs a constant number of queries: one to read the dependents
+    through the edge table, one UPDATE per distinct counter change, and one
+    UPDATE per target state. Levels only continue through joins, skips and
+    upstream failures, so a normal completion takes one or two levels.
+    """
+    frontier = [n for n in finished if n.state in NODE_FINAL]
+    while frontier:
+        ok = {n.pk for n in frontier if n.state in NODE_OK}
+        rows = (
+            WorkflowEdge.objects.filter(dependency_id__in=[n.pk for n in frontier])
+            .select_related("node")
+            .only("node_id", "dependency_id", *("node__" + f for f in NODE_FIELDS if f != "id"))
+        )
+        dependents: dict[int, WorkflowNode] = {}
+        deltas: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for edge in rows:
+            node = dependents.setdefault(edge.node_id, edge.node)
+            deltas[node.pk][0] += 1
+            if edge.dependency_id not in ok:
+                deltas[node.pk][1] += 1
+        groups: defaultdict[tuple[int, int], list[int]] = defaultdict(list)
+        for pk, (done, failed) in deltas.items():
+            groups[(done, failed)].append(pk)
+            node = dependents[pk]
+            node.waiting -= done
+            node.failed_dependencies += failed
+        for (done, failed), pks in groups.items():
+            change: dict[str, Any] = {"waiting": F("waiting") - done}
+            if failed:
+                change["failed_dependencies"] = F("failed_dependencies") + failed
+            for chunk in db.chunks(pks):
+                WorkflowNode.objects.filter(pk__in=chunk).update(**change)
+        frontier = _apply_readiness(step, dependents.values())
+
+
+def release_ready(step: Step) -> None:
+    """Queue every PENDING node whose rule is already satisfied (start, retry, safety net)."""
+    candidates = list(
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk, state=NodeState.PENDING)
+        .exclude(kind__in=CALLBACK_KINDS)
+        .filter(Q(waiting=0) | Q(failed_dependencies__gt=0))
+        .only(*NODE_FIELDS)
+        .order_by("position")
+    )
+    finals = _apply_readiness(step, candidates)
+    settle(step, finals)
+
+
+def maybe_finish(step: Step) -> None:
+    """End the workflow when every task node is final."""
+    wf = step.wf
+    if wf.state != WorkflowState.RUNNING or step.count("nodes_done") < step.count("nodes_total"):
+        return
+    if step.count("nodes_failed"):
+        finish(step, WorkflowState.FAILURE, "some nodes did not succeed")
+    else:
+        finish(step, WorkflowState.SUCCESS)
+
+
+def finish(step: Step, target: str, reason: str = "", error: str = "") -> None:
+    fields: dict[str, Any] = {"finished_at": step.now, "next_tick_at": None}
+    if error:
+        fields["error"] = error
+    step.transition_workflow(target, reason=reason, **fields)
+    step.finished = True
+    callbacks = list(
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk, kind__in=CALLBACK_KINDS,
+                                    state=NodeState.PENDING)
+        .only(*NODE_FIELDS).order_by("position")
+    )
+    run: list[WorkflowNode] = []
+    skip: list[WorkflowNode] = []
+    for node in callbacks:
+        wanted = node.kind == NodeKind.FINALIZER or target in (WorkflowState.FAILURE, WorkflowState.ERROR)
+        (run if wanted else skip).append(node)
+    step.transition_nodes(skip, NodeState.SKIPPED, reason=f"workflow ended {target}")
+    queue_nodes(step, run, reason=f"workflow ended {target}")
+    if run:
+        step.watch_callbacks = True
+        schedule_tick(step)
+
+
+def schedule_tick(step: Step) -> None:
+    """Keep exactly one chain of countdown ticks per active workflow.
+
+    A tick reschedules itself only when it is the one that was due (or none
+    is due, e.g. the first tick, or the scheduled one was lost): an extra
+    tick (admin "tick now", a retry, a duplicate message) arriving before the
+    due time leaves the chain to the pending one instead of starting another.
+    """
+    wf = step.wf
+    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING) and not step.watch_callbacks:
+        return
+    interval = float(settings.TICK_INTERVAL)
+    due = wf.next_tick_at
+    tolerance = tick_tolerance()
+    if due is None or due <= step.now + tolerance:
+        step.wf_fields["next_tick_at"] = wf.next_tick_at = step.now + timedelta(seconds=interval)
+        step.tick_countdown = interval
+
+
+def tick_tolerance() -> timedelta:
+    """How much earlier than ``next_tick_at`` a tick still counts as the due one."""
+    return timedelta(seconds=min(1.0, float(settings.TICK_INTERVAL) / 2))
+
+
+def start(step: Step) -> None:
+    """First tick of an INITIAL workflow: RUNNING under its deadline, then release the roots."""
+    wf = step.wf
+    step.transition_workflow(
+        WorkflowState.RUNNING, started_at=step.now,
+        deadline=wf.deadline or step.now + timedelta(seconds=float(settings.MAX_PROCESSING_TIME)),
+    )
+    release_ready(step)
+    maybe_finish(step)
+
+
+def abort(step: Step, target: str, reason: str, error: str = "") -> None:
+    """End the workflow now (cancel, deadline): revoke what runs, cancel what waits."""
+    open_nodes = list(
+        WorkflowNode.objects.filter(workflow_id=step.wf.pk)
+        .exclude(state__in=NODE_FINAL).exclude(kind__in=CALLBACK_KINDS)
+        .only(*NODE_FIELDS)
+    )
+    step.to_revoke.extend(n.task_id for n in open_nodes if n.state in NODE_ACTIVE)
+    step.transition_nodes(open_nodes, NodeState.CANCELED, reason=reason)
+    finish(step, target, reason=reason, error=error)

@@ -1,0 +1,156 @@
+"""Talking to Celery: publish nodes, revoke tasks, send the tick. After commit only.
+
+Engine steps decide under the workflow lock and queue what the broker must
+hear with ``transaction.on_commit``; this module is what runs then. It is
+apart from the decisions so that they can be read (and tested) without a
+broker, and so that nothing here ever runs while a lock is held. It knows
+the tick task by its Celery name only (``TICK_TASK``): the engine never
+imports ``tasks``, which wraps the engine.
+
+A failure here is logged and repaired later, never raised: a node whose
+message could not be sent is marked (``mark_unpublished``) for the next
+tick, a lost tick is the sweeper's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerUnreachable
+
+from . import db
+from .conf import get_celery_app
+from .models import Workflow, WorkflowNode
+from .serialization import from_tree
+from .states import CALLBACK_KINDS, NodeState
+
+# The engine's documented logger (docs/operations.md): failed publishes, revokes and ticks.
+logger = logging.getLogger("django_dyrygent.engine")
+
+#: Message header naming the workflow a published task belongs to.
+HEADER = "dyrygent_workflow"
+#: Celery name of the tick task (``tasks.tick``), sent by name.
+TICK_TASK = "django_dyrygent.tick"
+
+
+#: What ``publish`` sends: a QUEUED node and the arguments prepended to its call.
+Entry = tuple[WorkflowNode, Sequence[Any]]
+
+
+def _workflow_field(workflow_id: UUID | str, field: str) -> Any:
+    """One JSON column of the workflow, read after commit (the lock query defers it)."""
+    return Workflow.objects.filter(pk=workflow_id).values_list(field, flat=True).first() or {}
+
+
+def send_tick(
+    workflow_id: UUID | str, options: dict[str, Any] | None = None, countdown: float | None = None,
+) -> Exception | None:
+    """Send the tick task; None when the broker took it, else the exception (already logged).
+
+    ``options`` None means the workflow's own tick options.
+
+    The engine's ``countdown`` (the tick interval) replaces any countdown or
+    eta in the options; without one (the first tick) the options' own apply.
+
+    Sent through the configured app (``get_celery_app``) by name: where the
+    tick task is registered the signature goes through it (with the options
+    ``register_workflow_processor`` set on it), elsewhere through ``send_task``.
+    """
+    try:
+        if options is None:
+            options = _workflow_field(workflow_id, "options")
+        options = dict(from_tree(options or {}))
+        if countdown is not None:
+            options.pop("eta", None)
+            options["countdown"] = countdown
+        get_celery_app().signature(TICK_TASK, args=(str(workflow_id),)).apply_async(**options)
+    except Exception as exc:
+        # The sweeper (dyrygent_tick) picks the workflow up once its tick is overdue.
+        logger.exception("Could not send the tick of workflow %s", workflow_id)
+        return exc
+    return None
+
+
+def publish(workflow_id: UUID | str, tasks_options: dict[str, Any] | None, entries: Sequence[Entry]) -> None:
+    """Publish queued nodes with their own task ids and the workflow header.
+
+    ``tasks_options`` None means the workflow's own (read here, after commit).
+    A node whose message could not be sent is marked at once (``queued_at``
+    cleared, state still QUEUED, see ``mark_unpublished``) so the next tick
+    publishes it again, instead of after DYRYGENT_REQUEUE_AFTER. When the
+    broker itself is unreachable the remaining nodes are not even tried (each
+    attempt would wait for Celery's publish retries): they are marked too.
+    """
+    failed: list[WorkflowNode] = []
+    try:
+        app = get_celery_app()
+        if tasks_options is None:
+            tasks_options = _workflow_field(workflow_id, "tasks_options")
+        with app.producer_or_acquire() as producer:
+            for i, (node, extra_args) in enumerate(entries):
+                try:
+                    _publish_one(app, producer, workflow_id, tasks_options, node, extra_args)
+                except Exception as exc:
+                    logger.exception("Could not publish node %s (%s) of workflow %s",
+                                     node.task_id, node.task_name, workflow_id)
+                    failed.append(node)
+                    if _broker_unreachable(exc, producer):
+                        failed.extend(n for n, _args in entries[i + 1:])
+                        break
+    except Exception:
+        logger.exception("Could not publish %d node(s) of workflow %s", len(entries), workflow_id)
+        done = {n.task_id for n in failed}
+        failed.extend(n for n, _args in entries if n.task_id not in done)
+    if failed:
+        mark_unpublished(workflow_id, [n.task_id for n in failed])
+
+
+def _broker_unreachable(exc: Exception, producer: Any) -> bool:
+    connection = getattr(producer, "connection", None)
+    return isinstance(exc, (BrokerUnreachable, *getattr(connection, "connection_errors", ())))
+
+
+def _publish_one(
+    app: Celery, producer: Any, workflow_id: UUID | str, tasks_options: dict[str, Any] | None,
+    node: WorkflowNode, extra_args: Sequence[Any],
+) -> None:
+    sig_dict = node.signature or {}
+    options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
+    options["headers"] = {**options.get("headers", {}), HEADER: str(workflow_id)}
+    if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
+        extra_args = (str(workflow_id),)
+    sig = app.signature(
+        sig_dict["task"], args=from_tree(sig_dict.get("args", [])),
+        kwargs=from_tree(sig_dict.get("kwargs", {})),
+        immutable=sig_dict.get("immutable", False),
+    )
+    sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
+
+
+def mark_unpublished(workflow_id: UUID | str, task_ids: Sequence[str]) -> None:
+    """Record that these QUEUED nodes' messages were never sent: ``queued_at`` NULL.
+
+    Its own short statement, after the failed publish: no lock (the state does
+    not change, and the UPDATE is conditional on the node being QUEUED under
+    that task id, so a node a worker started or a retry renamed is left
+    alone). ``reconcile`` treats a QUEUED node without ``queued_at`` as due.
+    """
+    try:
+        for chunk in db.chunks(task_ids):
+            WorkflowNode.objects.filter(
+                workflow_id=workflow_id, task_id__in=chunk, state=NodeState.QUEUED
+            ).update(queued_at=None)
+    except Exception:
+        # The node keeps its queued_at: republished after DYRYGENT_REQUEUE_AFTER instead.
+        logger.exception("Could not mark %d unpublished node(s) of workflow %s", len(task_ids), workflow_id)
+
+
+def revoke(task_ids: Sequence[str], terminate: bool = False) -> None:
+    try:
+        get_celery_app().control.revoke(list(task_ids), terminate=terminate)
+    except Exception:
+        logger.exception("Could not revoke %d task(s): %s", len(task_ids), ", ".join(list(task_ids)[:10]))

@@ -1,0 +1,58 @@
+"""messaging.py: what the engine sends to Celery after commit, and through which app."""
+
+import ast
+import uuid
+from pathlib import Path
+
+from celery import Celery
+
+from django_dyrygent import messaging
+from tests.celery_app import app as tests_app
+
+#: An app that is not Celery's current one, as DYRYGENT_CELERY_APP may name.
+other_app = Celery("dyrygent-other", set_as_current=False, broker="memory://")
+
+PACKAGE = Path(messaging.__file__).parent
+#: The modules that make up the engine: none of them may import the tasks that wrap it.
+ENGINE_MODULES = ("steps", "decisions", "outcomes", "repair", "messaging", "engine", "hotpath")
+
+
+def test_send_tick__goes_by_name_through_the_configured_app(settings, monkeypatch):
+    sent = {"other": [], "current": []}
+    monkeypatch.setattr(other_app, "send_task", lambda name, args, *a, **kw: sent["other"].append((name, args, kw)))
+    monkeypatch.setattr(tests_app, "send_task", lambda name, *a, **kw: sent["current"].append(name))
+    settings.DYRYGENT_CELERY_APP = "tests.test_messaging.other_app"
+    workflow_id = uuid.uuid4()
+
+    assert messaging.send_tick(workflow_id, {"queue": "ticks", "eta": "ignored"}, countdown=5.0) is None
+
+    assert sent["current"] == []
+    ((name, args, call),) = sent["other"]
+    assert name == messaging.TICK_TASK == "django_dyrygent.tick"
+    assert list(args) == [str(workflow_id)]
+    assert (call["countdown"], call["queue"], call.get("eta")) == (5.0, "ticks", None)
+
+
+def test_send_tick__a_refusing_broker_is_returned_not_raised(settings, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(other_app, "send_task", refuse)
+    settings.DYRYGENT_CELERY_APP = "tests.test_messaging.other_app"
+    assert isinstance(messaging.send_tick(uuid.uuid4(), {}), ConnectionError)
+
+
+def _imported_names(path):
+    """Every module and name the import statements of ``path`` mention, nested ones too."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield from (alias.name for alias in node.names)
+            if isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+
+
+def test_engine_modules__never_import_tasks():
+    """tasks.py wraps the engine; the engine sends the tick by name instead of importing it."""
+    for name in ENGINE_MODULES:
+        imported = set(_imported_names(PACKAGE / f"{name}.py"))
+        assert not {m for m in imported if m.split(".")[-1] == "tasks"}, (name, sorted(imported))
