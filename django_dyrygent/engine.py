@@ -21,11 +21,12 @@ import traceback as tb_module
 from collections import defaultdict
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
 from django.db import DataError, InterfaceError, OperationalError, connections, router, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
+from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
@@ -902,19 +903,16 @@ def _format_error(exception, traceback):
     return storable_text(traceback or head)
 
 
-def node_started(workflow_id, task_id, hostname="", pid=None):
-    """A worker is about to run the node's task (task_prerun).
+def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | None = None) -> WorkflowNode | None:
+    """A worker is about to run the node's task (task_prerun): ``hotpath.node_started``.
 
-    ``hostname`` / ``pid`` name the worker (its main process) for the
-    liveness sweep; they are written by the same UPDATE.
+    One conditional UPDATE, no event row (``started_at`` is the record), no
+    workflow lock; ``hostname`` / ``pid`` name the worker (its main process)
+    for the liveness sweep. None when the node is not runnable.
     """
-    now = timezone.now()
-    return _simple_transition(
-        workflow_id, task_id, NodeState.STARTED, started_at=now,
-        worker_hostname=hostname[:255], worker_pid=pid,
-        # NULL when the node has no timeout.
-        timeout_at=ExpressionWrapper(Value(now) + F("timeout"), output_field=DateTimeField()),
-    )
+    from . import hotpath
+
+    return hotpath.node_started(workflow_id, task_id, hostname, pid)
 
 
 def node_retrying(workflow_id, task_id, reason=""):
@@ -932,7 +930,7 @@ _WORKER_SOURCES = {
 
 
 def _simple_transition(workflow_id, task_id, target, **fields):
-    """Record STARTED / RETRY: a conditional UPDATE, without the workflow lock.
+    """Record RETRY (STARTED: ``hotpath.node_started``): a conditional UPDATE, without the workflow lock.
 
     These changes decide nothing, and taking the lock for them doubled the
     lock traffic of every node. An engine step that meanwhile read the node

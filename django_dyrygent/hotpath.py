@@ -34,12 +34,19 @@ workflow, not per node. SQLite and MariaDB always take the locked path.
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
+from typing import Any
 
 from django.db import transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
+from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from . import engine
+from . import engine, signals
 from .conf import settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .states import NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
@@ -55,17 +62,117 @@ _QUEUE_RULES = [str(TriggerRule.ALL_SUCCESS), str(TriggerRule.ALL_DONE)]
 # The columns the engine reads of a node, in model order (what Model.from_db expects).
 _NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in engine.NODE_FIELDS]
 _NODE_COLUMNS = [f.attname for f in _NODE_FIELD_OBJECTS]
+# What node_started returns when nobody listens to node_state_changed.
+_STARTED_FIELD_OBJECTS = [
+    f for f in WorkflowNode._meta.concrete_fields if f.attname in ("id", "workflow_id", "task_id", "state")
+]
+# The states a worker's STARTED is written from, most likely first.
+_STARTS_FROM = [str(s) for s in engine._WORKER_SOURCES[NodeState.STARTED]]
 
 
+def _connection() -> BaseDatabaseWrapper:
+    """The connection the hot path's statements run on."""
+    return engine._connection()
 
 
-def _node(conn, values):
+@contextmanager
+def _cursor() -> Iterator[tuple[BaseDatabaseWrapper, CursorWrapper]]:
+    """The one door of every hot-path statement: ``(connection, cursor)``."""
+    conn = _connection()
+    with conn.cursor() as cursor:
+        yield conn, cursor
+
+
+def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | None = None) -> WorkflowNode | None:
+    """A worker is about to run the node's task (task_prerun): ONE statement, no event row.
+
+    QUEUED/RETRY/STARTED -> STARTED with ``started_at`` (the record of the
+    start), ``timeout_at`` and the worker's ``hostname``/``pid`` (for the
+    liveness sweep), conditional on the node being in one of those states
+    under this task id. On PostgreSQL an ``UPDATE … RETURNING`` outside any
+    transaction block (autocommit: no BEGIN/COMMIT). It takes no lock on the
+    workflow row (the foreign key is not updated) and holds only the node's
+    row, so it cannot take part in a deadlock: a cancel that already moved
+    the node makes it match nothing, a cancel after it re-reads the node
+    (``Step.transition_nodes``).
+
+    Returns None when the node is not runnable (canceled, skipped, final,
+    retried under a new task id, gone): the run-time guard then refuses the
+    body. Otherwise a WorkflowNode: its NODE_FIELDS when ``node_state_changed``
+    has receivers (which get it after the statement), else only its id, task
+    id and state.
+    """
+    conn = _connection()
+    hostname = hostname[:255]
+    listened = bool(signals.node_state_changed.receivers)
+    now = timezone.now()
+    if conn.vendor != "postgresql":
+        return _started_orm(workflow_id, task_id, hostname, pid, now, listened)
+    node_t = _table(WorkflowNode)
+    fields = _NODE_FIELD_OBJECTS if listened else _STARTED_FIELD_OBJECTS
+    returned = ", ".join(f"d.{f.column}" for f in fields)
+    with _cursor() as (conn, cursor):
+        # The subquery locks the node row and reads its state before the change.
+        cursor.execute(
+            f"UPDATE {node_t} d SET state = %s, started_at = %s, timeout_at = %s + d.timeout, "
+            f"  worker_hostname = %s, worker_pid = %s "
+            f"FROM (SELECT id, state FROM {node_t} WHERE workflow_id = %s AND task_id = %s "
+            f"      AND state = ANY(%s) FOR UPDATE) o "
+            f"WHERE d.id = o.id RETURNING o.state, {returned}",
+            [NodeState.STARTED, now, now, hostname, pid, workflow_id, task_id, _STARTS_FROM],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return _not_runnable(workflow_id, task_id)
+    node = _node(conn, row[1:], fields)
+    if listened:
+        transaction.on_commit(
+            partial(signals.send, signals.node_state_changed, node=node, old_state=row[0],
+                    new_state=NodeState.STARTED),
+            using=conn.alias,
+        )
+    return node
+
+
+def _started_orm(
+    workflow_id: Any, task_id: str, hostname: str, pid: int | None, now: datetime, listened: bool
+) -> WorkflowNode | None:
+    """``node_started`` on SQLite and MariaDB: one UPDATE (a SELECT more for the signal's receivers)."""
+    values = {
+        "state": NodeState.STARTED, "started_at": now, "worker_hostname": hostname, "worker_pid": pid,
+        # NULL when the node has no timeout.
+        "timeout_at": ExpressionWrapper(Value(now) + F("timeout"), output_field=DateTimeField()),
+    }
+    nodes = WorkflowNode.objects.filter(task_id=task_id, workflow_id=workflow_id)
+    if not listened:
+        if not nodes.filter(state__in=_STARTS_FROM).update(**values):
+            return _not_runnable(workflow_id, task_id)
+        node = WorkflowNode(workflow_id=workflow_id, task_id=task_id, state=NodeState.STARTED)
+        node._state.adding = False
+        return node
+    for old in _STARTS_FROM:  # the old state is the signal's
+        if nodes.filter(state=old).update(**values):
+            found = nodes.only(*engine.NODE_FIELDS).first()
+            transaction.on_commit(partial(signals.send, signals.node_state_changed, node=found,
+                                          old_state=old, new_state=NodeState.STARTED))
+            return found
+    return _not_runnable(workflow_id, task_id)
+
+
+def _not_runnable(workflow_id: Any, task_id: str) -> WorkflowNode | None:
+    """Log that the STARTED report matched no row; None (the caller's answer)."""
+    logger.info("Workflow %s: STARTED report for task %s ignored (node gone, final or moved on)",
+                workflow_id, task_id)
+    return None
+
+
+def _node(conn: BaseDatabaseWrapper, values: Any, fields: list[Any] = _NODE_FIELD_OBJECTS) -> WorkflowNode:
     """A WorkflowNode from RETURNING columns, converted as the ORM would (JSON decoded)."""
     values = [
         f.from_db_value(v, None, conn) if hasattr(f, "from_db_value") else v
-        for f, v in zip(_NODE_FIELD_OBJECTS, values, strict=True)
+        for f, v in zip(fields, values, strict=True)
     ]
-    return WorkflowNode.from_db(conn.alias, _NODE_COLUMNS, values)
+    return WorkflowNode.from_db(conn.alias, [f.attname for f in fields], values)
 
 
 class _Fallback(Exception):
