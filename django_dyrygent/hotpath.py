@@ -50,19 +50,21 @@ locked path for outcomes.
 """
 
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from functools import partial
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from . import engine, signals
+from . import db, engine, signals, worker
 from .conf import settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .states import NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
@@ -90,17 +92,60 @@ _STARTS_FROM = [str(s) for s in engine._WORKER_SOURCES[NodeState.STARTED]]
 _TASKS_OPTIONS: Any = Workflow._meta.get_field("tasks_options")
 
 
+# Per thread: the hot path's own connection, and the pid of the process that opened it.
+_own = threading.local()
+# Connections a forked child inherited: never closed nor collected there (their socket is
+# the parent's: closing one would end the parent's session), only kept from the collector.
+_inherited: list[BaseDatabaseWrapper] = []
+
+
 def _connection() -> BaseDatabaseWrapper:
-    """The connection the hot path's statements run on."""
-    return engine._connection()
+    """The connection the hot path's statements run on.
+
+    In a worker process on PostgreSQL, outside any atomic block, a connection
+    of its own per thread (``connections.create_connection``), opened on first
+    use and kept: Celery's Django fix-up closes Django's ``connections``
+    before and after every task unless CELERY_DB_REUSE_MAX is set, which
+    would cost every STARTED and every success a new PostgreSQL connection.
+    A forked child opens its own (``os.getpid()`` changes). Inside an atomic
+    block (a caller's transaction, a test), or outside a worker, Django's own
+    connection, so the caller sees and rolls back what the hot path wrote.
+    """
+    default = engine._connection()
+    if default.vendor != "postgresql" or worker.MAIN_PID is None or default.in_atomic_block:
+        return default
+    conn = getattr(_own, "conn", None)
+    if conn is None or _own.pid != os.getpid():
+        if conn is not None:
+            _inherited.append(conn)
+        conn = connections.create_connection(default.alias)
+        _own.conn, _own.pid = conn, os.getpid()
+    return conn
+
+
+def close_connection() -> None:
+    """Close this thread's own hot-path connection, if it has one (tests, shutdown)."""
+    conn = getattr(_own, "conn", None)
+    if conn is not None and _own.pid == os.getpid():
+        db._close(conn)
+    _own.conn = None
 
 
 @contextmanager
 def _cursor() -> Iterator[tuple[BaseDatabaseWrapper, CursorWrapper]]:
-    """The one door of every hot-path statement: ``(connection, cursor)``."""
+    """The one door of every hot-path statement: ``(connection, cursor)``.
+
+    A connection error closes and forgets the hot path's own connection (the
+    next statement opens a new one); ``db.run`` retries the step.
+    """
     conn = _connection()
-    with conn.cursor() as cursor:
-        yield conn, cursor
+    try:
+        with conn.cursor() as cursor:
+            yield conn, cursor
+    except db.RETRYABLE:
+        if conn is getattr(_own, "conn", None):
+            close_connection()
+        raise
 
 
 def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | None = None) -> WorkflowNode | None:
@@ -146,11 +191,9 @@ def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | 
         return _not_runnable(workflow_id, task_id)
     node = _node(conn, row[1:], fields)
     if listened:
-        transaction.on_commit(
-            partial(signals.send, signals.node_state_changed, node=node, old_state=row[0],
-                    new_state=NodeState.STARTED),
-            using=conn.alias,
-        )
+        # Not transaction.on_commit: it would open Django's connection to ask about autocommit.
+        conn.on_commit(partial(signals.send, signals.node_state_changed, node=node, old_state=row[0],
+                               new_state=NodeState.STARTED))
     return node
 
 
@@ -319,9 +362,9 @@ def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
     step.node_changes.append((node, old, NodeState.SUCCESS))
     step.node_changes.extend((dep, NodeState.PENDING, NodeState.QUEUED) for dep in released)
     step.to_publish = [(dep, ()) for dep in released]
-    # Committed already (autocommit): on_commit runs these now; in a caller's transaction, at its commit.
+    # Committed already (autocommit): on_commit runs these now; in a caller's transaction, at its commit
+    # (not transaction.on_commit: it would open Django's connection to ask about autocommit).
     if released:
-        transaction.on_commit(partial(engine.publish, workflow_id, tasks_options or {}, step.to_publish),
-                              using=conn.alias)
-    transaction.on_commit(step.announce, using=conn.alias)
+        conn.on_commit(partial(engine.publish, workflow_id, tasks_options or {}, step.to_publish))
+    conn.on_commit(step.announce)
     return node

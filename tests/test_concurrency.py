@@ -130,6 +130,7 @@ class Drivers:
                 self.stop.set()
             finally:
                 connections.close_all()
+                hotpath.close_connection()
 
         return run
 

@@ -9,7 +9,7 @@ through ``hotpath.node_succeeded`` must end where the locked path ends.
 
 import pytest
 from celery import chain, group
-from django.db import connection
+from django.db import connection, connections
 
 from django_dyrygent import engine, hotpath
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
@@ -165,4 +165,71 @@ def test_hotpath__without_the_event_log_no_event_row_is_written(settings):
     wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
     assert run(wf, "n0") is not None
     assert not WorkflowEvent.objects.filter(workflow=wf).exists()
+    assert wf.nodes.get(task_id="n1").state == S.QUEUED
+
+
+# -- the hot path's own connection in a worker process ----------------------------------------
+
+
+@pytest.fixture
+def in_worker(monkeypatch):
+    """This process is a worker (worker_init ran); its hot-path connection closed after the test."""
+    from django_dyrygent import worker
+
+    monkeypatch.setattr(worker, "MAIN_PID", 1)
+    yield
+    hotpath.close_connection()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__a_worker_runs_started_and_success_on_its_own_connection_not_djangos(in_worker):
+    """With Celery's default database handling Django's connection is closed around every task:
+    a plain node's STARTED and success must not open it again."""
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
+    connection.close()
+    assert run(wf, "n0") is not None
+    assert connection.connection is None  # Django's connection was never opened
+    own = hotpath._connection()
+    assert own is not connections["default"] and own.connection is not None
+    assert hotpath._connection() is own  # kept for the next task
+    assert dict(wf.nodes.values_list("task_id", "state")) == {"n0": "SUCCESS", "n1": "QUEUED", "n2": "PENDING"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__inside_an_atomic_block_the_hot_path_uses_djangos_connection(in_worker):
+    from django.db import transaction
+
+    with transaction.atomic():
+        assert hotpath._connection() is connections["default"]
+    assert hotpath._connection() is not connections["default"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__a_forked_child_opens_its_own_connection_and_keeps_the_parents_alive(in_worker, monkeypatch):
+    parent = hotpath._connection()
+    parent.ensure_connection()
+    monkeypatch.setattr(hotpath.os, "getpid", lambda: -1)  # as after a fork
+    child = hotpath._connection()
+    assert child is not parent and hotpath._inherited[-1] is parent
+    assert parent.connection is not None  # not closed: its socket would be the parent's
+    hotpath._inherited.remove(parent)
+    monkeypatch.undo()
+    parent.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__a_dropped_connection_is_replaced_and_the_step_retried(in_worker):
+    """pg_terminate_backend (a database restart): db.run retries on a new connection."""
+    from django_dyrygent import db
+
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
+    first = hotpath._connection()
+    with first.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    assert db.run(hotpath.node_started, wf.pk, "n0") is not None
+    assert db.run(hotpath.node_succeeded, wf.pk, "n0", 1) is not None
+    assert hotpath._connection() is not first
     assert wf.nodes.get(task_id="n1").state == S.QUEUED
