@@ -27,6 +27,7 @@ import re
 import time
 
 from celery import signals
+from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
 from django_dyrygent import signals as dy_signals
@@ -38,6 +39,9 @@ LOCKING = re.compile(
     r'|UPDATE "?django_dyrygent_workflow\b"? SET)',
     re.S,
 )
+# The one-statement success (hotpath.py), in autocommit: it holds the workflow row FOR NO KEY
+# UPDATE from inside the statement to its commit, so the statement's whole time is the upper bound.
+HOT_LOCKING = re.compile(r"^\s*WITH .*FOR NO KEY UPDATE", re.S)
 _buffer = {"stmts": 0, "holds": [], "lockwaits": [], "returned": {}, "published": {}, "finished": {}}
 _lock = {"held_since": None}
 _redis = {}
@@ -62,12 +66,15 @@ def task_returned(task_id):
 
 
 def _probe(execute, sql, params, many, context):
-    from django.db import connection
-
+    # Django's connection or the hot path's own (hotpath._connection), whichever ran it.
+    connection = context["connection"]
     _buffer["stmts"] += 1
     locking = _lock["held_since"] is None and connection.in_atomic_block and LOCKING.match(sql)
+    hot = not connection.in_atomic_block and HOT_LOCKING.match(sql)
     start = time.perf_counter()
     result = execute(sql, params, many, context)
+    if hot:
+        _buffer["holds"].append(time.perf_counter() - start)
     if locking:
         now = time.perf_counter()
         _buffer["lockwaits"].append(now - start)
@@ -92,14 +99,29 @@ def _timed(execute, sql, params, many, context):
         entry[1] += time.perf_counter() - start
 
 
+_installed = {"on": False}
+
+
+def _wrap(connection):
+    if enabled() and _probe not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_probe)
+    if os.environ.get("BENCH_QUERY_TIMES") and _timed not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_timed)
+
+
 @signals.worker_process_init.connect(weak=False)
 def _install(**kwargs):
     from django.db import connection
 
-    if enabled():
-        connection.execute_wrappers.append(_probe)
-    if os.environ.get("BENCH_QUERY_TIMES"):
-        connection.execute_wrappers.append(_timed)
+    _installed["on"] = True
+    _wrap(connection)
+
+
+@receiver(connection_created, weak=False)
+def _new_connection(sender=None, connection=None, **kwargs):
+    """The hot path's own connection (hotpath._connection) is not Django's: count it too."""
+    if _installed["on"] and connection is not None:
+        _wrap(connection)
 
 
 @signals.after_task_publish.connect(weak=False)

@@ -8,7 +8,8 @@ Ids (documented in docs/troubleshooting.md):
 * W001 SQLite without IMMEDIATE transactions; W004 no Celery result backend;
 * W002 (``check --deploy`` only) the ``django_dyrygent.sweep`` task is not in the beat schedule
   (only with DYRYGENT_LIVENESS off: otherwise the workers sweep);
-* W005 (``check --deploy`` only) Celery workers reconnect to the database for every task;
+* W005 Celery workers reconnect to the database for every task (MySQL/MariaDB only: on
+  PostgreSQL the engine's hot path has its own connection);
 * W006 the worker timeout is too short for the heartbeat interval: live workers would look dead.
 """
 
@@ -128,16 +129,24 @@ def check_sweeper(
     ]
 
 
-@register(deploy=True)
+@register()
 def check_connection_reuse(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     """Celery's Django fixup closes every connection around each task unless told otherwise.
 
-    The engine records each node's start and outcome from inside the worker, so
-    a fresh connection per task was the largest single cost in the benchmarks
-    (2-4x per node on PostgreSQL).
+    The engine records each node's start and outcome from inside the worker. On
+    PostgreSQL those statements run on a connection of the engine's own per
+    worker process (``hotpath._connection``), which the fixup does not close:
+    nothing to set. On MySQL/MariaDB they run on Django's connection, so every
+    node would pay a new connection (2-4x per node in the benchmarks): a
+    regular check, since nobody runs ``check --deploy`` for a worker setting.
+    SQLite opens a file, which costs nothing worth a warning.
     """
     from .conf import get_celery_app
+    from .models import Workflow
 
+    vendor = connections[router.db_for_write(Workflow)].vendor
+    if vendor in ("postgresql", "sqlite"):
+        return []
     try:
         reuse = get_celery_app().conf.get("CELERY_DB_REUSE_MAX")
     except Exception:  # E001 reports an unloadable app
@@ -148,8 +157,9 @@ def check_connection_reuse(app_configs: AppConfigs = None, **kwargs: Any) -> lis
         Warning(
             "Celery workers close the database connection before and after every task "
             "(CELERY_DB_REUSE_MAX is not set), so each workflow node pays a new connection.",
-            hint="Set CELERY_DB_REUSE_MAX = 1000 (connections are still closed every 1,000 tasks "
-            "and when Django finds them unusable), and CONN_MAX_AGE / CONN_HEALTH_CHECKS as usual.",
+            hint="Set CELERY_DB_REUSE_MAX = 1000 (connections are then closed every 1,000 tasks) "
+            "and CONN_HEALTH_CHECKS = True in DATABASES (a connection broken by a database "
+            "restart is then replaced before use). On PostgreSQL the engine needs neither.",
             id="django_dyrygent.W005",
         )
     ]

@@ -121,7 +121,7 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Task[An
         hostname = getattr(request, "hostname", None) or ""
         pid = worker.MAIN_PID if hostname else None
         try:
-            node = _step(f"the start of task {task_id}", outcomes.node_started, workflow_id, task_id, hostname, pid)
+            node = _step(f"the start of task {task_id}", hotpath.node_started, workflow_id, task_id, hostname, pid)
         except Exception:
             # Cannot tell (database unreachable): run it, as Celery would; its
             # outcome report is ignored if the node turns out not runnable.

@@ -1,45 +1,70 @@
-"""The success of a plain task node without the workflow lock (PostgreSQL).
+"""The worker's hot path without the workflow lock (PostgreSQL): STARTED and a plain success.
 
-A completion is by far the most frequent engine step. Under the workflow
-row lock (``steps.locked_step``) the completions of one workflow run one
-after another, each holding the lock for its whole transaction. Here, on
-PostgreSQL, a plain success instead:
+Every task node reports twice: STARTED (``task_prerun``) and its outcome
+(``task_success``). Under the workflow row lock (``steps.locked_step``)
+the completions of one workflow run one after another, each holding the
+lock for its whole transaction. Here both reports are ONE statement each,
+run in autocommit (no ``BEGIN``/``COMMIT`` round trips), all through
+``_cursor()``:
 
-1. takes ``FOR KEY SHARE`` on the workflow row and reads its state: shared
-   with every other completion, but it conflicts with the ``FOR UPDATE`` of
-   the rare decisions (cancel, retry, skip, the tick, the deadline), so a
-   decision waits for the completions in flight and a later completion
-   waits for the decision, then finds the workflow no longer RUNNING and
-   takes the locked path (which publishes nothing for it);
-2. records the outcome with a conditional UPDATE (an active state ->
-   SUCCESS);
-3. decrements its dependents' ``waiting`` with one conditional
-   ``UPDATE … RETURNING`` that also queues a dependent brought to zero: the
-   dependents' rows are locked in id order first (no deadlock between two
-   completions sharing dependents), and their updates are serialised by
-   those row locks, so exactly one transaction sees a counter reach zero and
-   releases that node;
-4. writes the event rows, then updates the workflow's counters LAST, so the
-   exclusive row lock that UPDATE takes lives only until the commit.
+* **STARTED** (``node_started``, every database): one conditional UPDATE of
+  the node row (QUEUED/RETRY/STARTED -> STARTED, ``started_at``,
+  ``timeout_at``, the worker), no event row, no lock on the workflow row.
+* **Success of a plain task node** (``node_succeeded``, PostgreSQL): one
+  CTE (``_success_sql``) that
 
-Anything unusual rolls the whole transaction back and takes the locked
-path instead (``outcomes.node_succeeded``): a result that cannot be stored, a
-node that is not a task or not active, a workflow passing results, a
-dependent whose readiness is anything but "queue this task" (a join, a
-fan-out, a skip, an upstream failure), and the completion that brings
-``nodes_done`` to ``nodes_total`` (the counter UPDATE is serialised, so
-exactly one transaction sees it; redone under the lock, it finishes the
-workflow through ``maybe_finish``). These are rare: once per group or per
-workflow, not per node. SQLite and MariaDB always take the locked path.
+  1. takes ``FOR KEY SHARE`` on the workflow row, RUNNING and not passing
+     results: shared with every other completion, but it conflicts with the
+     ``FOR UPDATE`` of the rare decisions (cancel, retry, skip, the tick, the
+     deadline), so a decision waits for the completions in flight and a
+     later completion waits for the decision, then finds the workflow no
+     longer RUNNING and takes the locked path (which publishes nothing);
+  2. locks the node row (an active task), then its dependents' rows in id
+     order (no deadlock between two completions sharing dependents), then
+     the workflow row ``FOR NO KEY UPDATE`` for its counters: LAST, so the
+     one lock siblings wait for is held only from there to the commit, and
+     two completions of one workflow never wait for each other otherwise;
+  3. decides on those rows' newest values (a row lock reads the newest
+     committed version): every dependent either keeps waiting or is queued
+     by this completion, and the workflow does not end here;
+  4. only then writes, each write conditioned on that decision: the node ->
+     SUCCESS, the dependents' ``waiting`` decremented (the one completion
+     that brings a counter to zero queues that node, in the same UPDATE:
+     exactly once, since the dependents' row locks serialise the
+     decrements), the event rows in one INSERT, the workflow's counters.
+
+  The released nodes are published when the statement has returned (it has
+  committed; inside a caller's transaction, at its commit).
+
+Anything the statement does not decide makes it write nothing, and the
+report takes the locked path instead (``outcomes.node_succeeded``), which
+then counts it once: a result that cannot be stored, a node that is not a
+task or not active (a duplicate report), a workflow not RUNNING or passing
+results, a dependent whose readiness is anything but "queue this task" (a
+join, a fan-out, a skip, an upstream failure, a callback), and the
+completion that brings ``nodes_done`` to ``nodes_total`` (the counters' lock
+serialises them, so exactly one completion sees it; under the lock it
+finishes the workflow through ``maybe_finish``). These are rare: once per
+group or per workflow, not per node. SQLite and MariaDB always take the
+locked path for outcomes.
 """
 
 import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from functools import partial
+from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
+from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from . import db, decisions, messaging, outcomes, steps
+from . import db, messaging, outcomes, signals, steps, worker
 from .conf import settings
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
@@ -55,17 +80,162 @@ _QUEUE_RULES = [str(TriggerRule.ALL_SUCCESS), str(TriggerRule.ALL_DONE)]
 # The columns the engine reads of a node, in model order (what Model.from_db expects).
 _NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in steps.NODE_FIELDS]
 _NODE_COLUMNS = [f.attname for f in _NODE_FIELD_OBJECTS]
+_NODE_DB_COLUMNS = [str(f.column) for f in _NODE_FIELD_OBJECTS]
+# What node_started returns when nobody listens to node_state_changed.
+_STARTED_FIELD_OBJECTS = [
+    f for f in WorkflowNode._meta.concrete_fields if f.attname in ("id", "workflow_id", "task_id", "state")
+]
+# The states a worker's STARTED is written from, most likely first.
+_STARTS_FROM = [str(s) for s in outcomes.WORKER_SOURCES[NodeState.STARTED]]
 
 
+_TASKS_OPTIONS: Any = Workflow._meta.get_field("tasks_options")
 
 
-def _node(conn, values):
+# Per thread: the hot path's own connection, and the pid of the process that opened it.
+_own = threading.local()
+# Connections a forked child inherited: never closed nor collected there (their socket is
+# the parent's: closing one would end the parent's session), only kept from the collector.
+_inherited: list[BaseDatabaseWrapper] = []
+
+
+def _connection() -> BaseDatabaseWrapper:
+    """The connection the hot path's statements run on.
+
+    In a worker process on PostgreSQL, outside any atomic block, a connection
+    of its own per thread (``connections.create_connection``), opened on first
+    use and kept: Celery's Django fix-up closes Django's ``connections``
+    before and after every task unless CELERY_DB_REUSE_MAX is set, which
+    would cost every STARTED and every success a new PostgreSQL connection.
+    A forked child opens its own (``os.getpid()`` changes). Inside an atomic
+    block (a caller's transaction, a test), or outside a worker, Django's own
+    connection, so the caller sees and rolls back what the hot path wrote.
+    """
+    default = db.workflow_connection()
+    if default.vendor != "postgresql" or worker.MAIN_PID is None or default.in_atomic_block:
+        return default
+    conn = getattr(_own, "conn", None)
+    if conn is None or _own.pid != os.getpid():
+        if conn is not None:
+            _inherited.append(conn)
+        conn = connections.create_connection(default.alias)
+        _own.conn, _own.pid = conn, os.getpid()
+    return conn
+
+
+def close_connection() -> None:
+    """Close this thread's own hot-path connection, if it has one (tests, shutdown)."""
+    conn = getattr(_own, "conn", None)
+    if conn is not None and _own.pid == os.getpid():
+        db._close(conn)
+    _own.conn = None
+
+
+@contextmanager
+def _cursor() -> Iterator[tuple[BaseDatabaseWrapper, CursorWrapper]]:
+    """The one door of every hot-path statement: ``(connection, cursor)``.
+
+    A connection error closes and forgets the hot path's own connection (the
+    next statement opens a new one); ``db.run`` retries the step.
+    """
+    conn = _connection()
+    try:
+        with conn.cursor() as cursor:
+            yield conn, cursor
+    except db.RETRYABLE:
+        if conn is getattr(_own, "conn", None):
+            close_connection()
+        raise
+
+
+def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | None = None) -> WorkflowNode | None:
+    """A worker is about to run the node's task (task_prerun): ONE statement, no event row.
+
+    QUEUED/RETRY/STARTED -> STARTED with ``started_at`` (the record of the
+    start), ``timeout_at`` and the worker's ``hostname``/``pid`` (for the
+    liveness sweep), conditional on the node being in one of those states
+    under this task id. On PostgreSQL an ``UPDATE … RETURNING`` outside any
+    transaction block (autocommit: no BEGIN/COMMIT). It takes no lock on the
+    workflow row (the foreign key is not updated) and holds only the node's
+    row, so it cannot take part in a deadlock: a cancel that already moved
+    the node makes it match nothing, a cancel after it re-reads the node
+    (``Step.transition_nodes``).
+
+    Returns None when the node is not runnable (canceled, skipped, final,
+    retried under a new task id, gone): the run-time guard then refuses the
+    body. Otherwise a WorkflowNode: its NODE_FIELDS when ``node_state_changed``
+    has receivers (which get it after the statement), else only its id, task
+    id and state.
+    """
+    conn = _connection()
+    hostname = hostname[:255]
+    listened = bool(signals.node_state_changed.receivers)
+    now = timezone.now()
+    if conn.vendor != "postgresql":
+        return _started_orm(workflow_id, task_id, hostname, pid, now, listened)
+    node_t = _table(WorkflowNode)
+    fields = _NODE_FIELD_OBJECTS if listened else _STARTED_FIELD_OBJECTS
+    returned = ", ".join(f"d.{f.column}" for f in fields)
+    with _cursor() as (conn, cursor):
+        # The subquery locks the node row and reads its state before the change.
+        cursor.execute(
+            f"UPDATE {node_t} d SET state = %s, started_at = %s, timeout_at = %s + d.timeout, "
+            f"  worker_hostname = %s, worker_pid = %s "
+            f"FROM (SELECT id, state FROM {node_t} WHERE workflow_id = %s AND task_id = %s "
+            f"      AND state = ANY(%s) FOR UPDATE) o "
+            f"WHERE d.id = o.id RETURNING o.state, {returned}",
+            [NodeState.STARTED, now, now, hostname, pid, workflow_id, task_id, _STARTS_FROM],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return _not_runnable(workflow_id, task_id)
+    node = _node(conn, row[1:], fields)
+    if listened:
+        # Not transaction.on_commit: it would open Django's connection to ask about autocommit.
+        conn.on_commit(partial(signals.send, signals.node_state_changed, node=node, old_state=row[0],
+                               new_state=NodeState.STARTED))
+    return node
+
+
+def _started_orm(
+    workflow_id: Any, task_id: str, hostname: str, pid: int | None, now: datetime, listened: bool
+) -> WorkflowNode | None:
+    """``node_started`` on SQLite and MariaDB: one UPDATE (a SELECT more for the signal's receivers)."""
+    values = {
+        "state": NodeState.STARTED, "started_at": now, "worker_hostname": hostname, "worker_pid": pid,
+        # NULL when the node has no timeout.
+        "timeout_at": ExpressionWrapper(Value(now) + F("timeout"), output_field=DateTimeField()),
+    }
+    nodes = WorkflowNode.objects.filter(task_id=task_id, workflow_id=workflow_id)
+    if not listened:
+        if not nodes.filter(state__in=_STARTS_FROM).update(**values):
+            return _not_runnable(workflow_id, task_id)
+        node = WorkflowNode(workflow_id=workflow_id, task_id=task_id, state=NodeState.STARTED)
+        node._state.adding = False
+        return node
+    for old in _STARTS_FROM:  # the old state is the signal's
+        if nodes.filter(state=old).update(**values):
+            found = nodes.only(*steps.NODE_FIELDS).first()
+            transaction.on_commit(partial(signals.send, signals.node_state_changed, node=found,
+                                          old_state=old, new_state=NodeState.STARTED))
+            return found
+    return _not_runnable(workflow_id, task_id)
+
+
+def _not_runnable(workflow_id: Any, task_id: str) -> WorkflowNode | None:
+    """Log that the STARTED report matched no row; None (the caller's answer)."""
+    logger.info("Workflow %s: STARTED report for task %s ignored (node gone, final or moved on)",
+                workflow_id, task_id)
+    return None
+
+
+def _node(conn: BaseDatabaseWrapper, values: Any, fields: list[Any] = _NODE_FIELD_OBJECTS) -> WorkflowNode:
     """A WorkflowNode from RETURNING columns, converted as the ORM would (JSON decoded)."""
     values = [
         f.from_db_value(v, None, conn) if hasattr(f, "from_db_value") else v
-        for f, v in zip(_NODE_FIELD_OBJECTS, values, strict=True)
+        for f, v in zip(fields, values, strict=True)
     ]
-    return WorkflowNode.from_db(conn.alias, _NODE_COLUMNS, values)
+    return WorkflowNode.from_db(conn.alias, [f.attname for f in fields], values)
 
 
 class _Fallback(Exception):
@@ -76,19 +246,19 @@ def _table(model):
     return model._meta.db_table
 
 
-def node_succeeded(workflow_id, task_id, result):
+def node_succeeded(workflow_id: Any, task_id: str, result: Any) -> WorkflowNode | None:
     """A worker reports that the node's task returned ``result``; see the module docstring.
 
     Returns the node, or None when the report was ignored, as
     ``outcomes.node_succeeded`` does (which this falls back to).
     """
-    conn = db.workflow_connection()
+    conn = _connection()
     if conn.vendor != "postgresql":
         return outcomes.node_succeeded(workflow_id, task_id, result)
     value, problem = outcomes.encode_result(result)
     if problem is None:
         try:
-            return _fast_success(conn, workflow_id, task_id, value)
+            return _fast_success(workflow_id, task_id, value)
         except _Fallback as why:
             logger.debug("Workflow %s, task %s: locked path (%s)", workflow_id, task_id, why)
         except outcomes.VALUE_REFUSED:
@@ -96,79 +266,105 @@ def node_succeeded(workflow_id, task_id, result):
     return outcomes.node_succeeded(workflow_id, task_id, result)
 
 
-def _fast_success(conn, workflow_id, task_id, value):
+def _success_sql(event_log: bool) -> str:
+    """The one statement of a plain success (PostgreSQL); see the module docstring.
+
+    Locks, always in this order: the workflow row FOR KEY SHARE (``wf``), the
+    node (``me``), its dependents in id order (``deps``), the workflow row FOR
+    NO KEY UPDATE (``cnt``, the only lock a sibling completion waits for,
+    held from there to the commit). Each is taken by a CTE that reads the one
+    before it, so PostgreSQL cannot reorder them; a row lock reads the row's
+    newest committed version, so ``decision`` is taken on the newest values.
+    Every write is conditioned on ``decision``: all of them happen, or none.
+    """
     node_t, wf_t, edge_t = _table(WorkflowNode), _table(Workflow), _table(WorkflowEdge)
+    names = ", ".join(_NODE_DB_COLUMNS)
+    cols = ", ".join(f"d.{c}" for c in _NODE_DB_COLUMNS)
+    ready = (
+        "n.waiting = h.n AND n.failed_dependencies = 0 AND n.state = %(pending)s "
+        "AND n.kind = %(task_kind)s AND n.trigger_rule = ANY(%(queue_rules)s)"
+    )
+    events = (
+        f", events AS (INSERT INTO {_table(WorkflowEvent)} "
+        f"  (workflow_id, node_id, old_state, new_state, reason, created_at) "
+        f"  SELECT workflow_id, id, old_state, %(success)s, '', %(now)s FROM done "
+        f"  UNION ALL SELECT workflow_id, id, %(pending)s, %(queued)s, '', %(now)s FROM released WHERE ready) "
+    ) if event_log else ""
+    return (
+        f"WITH wf AS (SELECT id, tasks_options FROM {wf_t} "
+        f"  WHERE id = %(wf)s AND state = %(running)s AND NOT pass_results FOR KEY SHARE), "
+        f"me AS (SELECT id, state FROM {node_t} WHERE workflow_id = (SELECT id FROM wf) "
+        f"  AND task_id = %(task)s AND kind = %(task_kind)s AND state = ANY(%(active)s) FOR UPDATE), "
+        f"deps AS (SELECT n.id, n.state, n.kind, n.waiting, n.failed_dependencies, h.n, ({ready}) AS ready "
+        f"  FROM {node_t} n JOIN (SELECT node_id, count(*) AS n FROM {edge_t} "
+        f"    WHERE dependency_id = (SELECT id FROM me) GROUP BY node_id) h ON h.node_id = n.id "
+        f"  ORDER BY n.id FOR UPDATE OF n), "
+        f"cnt AS (SELECT nodes_done, nodes_total FROM {wf_t} WHERE id = (SELECT id FROM wf) "
+        f"  AND EXISTS (SELECT 1 FROM me) AND (SELECT count(*) FROM deps) >= 0 FOR NO KEY UPDATE), "
+        f"decision AS MATERIALIZED (SELECT *, node_ok AND deps_ok AND count_ok AS ok FROM (SELECT "
+        f"  EXISTS (SELECT 1 FROM me) AS node_ok, "
+        f"  NOT EXISTS (SELECT 1 FROM deps WHERE NOT ready AND (kind = ANY(%(callbacks)s) "
+        f"    OR (state = %(pending)s AND (waiting - n <= 0 OR failed_dependencies > 0)))) AS deps_ok, "
+        f"  EXISTS (SELECT 1 FROM cnt WHERE nodes_done + 1 < nodes_total) AS count_ok) c), "
+        f"done AS (UPDATE {node_t} d SET state = %(success)s, result = %(result)s, error = '', "
+        f"  finished_at = %(now)s FROM me WHERE d.id = me.id AND (SELECT ok FROM decision) "
+        f"  RETURNING me.state AS old_state, {cols}), "
+        f"released AS (UPDATE {node_t} d SET waiting = d.waiting - deps.n, "
+        f"  state = CASE WHEN deps.ready THEN %(queued)s ELSE d.state END, "
+        f"  queued_at = CASE WHEN deps.ready THEN %(now)s ELSE d.queued_at END, "
+        f"  publish_count = d.publish_count + CASE WHEN deps.ready THEN 1 ELSE 0 END "
+        f"  FROM deps WHERE d.id = deps.id AND (SELECT ok FROM decision) "
+        f"  RETURNING deps.ready, {cols}), "
+        f"counters AS (UPDATE {wf_t} SET nodes_done = nodes_done + 1, nodes_succeeded = nodes_succeeded + 1 "
+        f"  WHERE id = (SELECT id FROM wf) AND (SELECT ok FROM decision) RETURNING id)"
+        f"{events} "
+        f"SELECT dc.node_ok, dc.deps_ok, dc.count_ok, r.* FROM decision dc LEFT JOIN ("
+        f"  SELECT 1 AS role, old_state, (SELECT tasks_options FROM wf) AS tasks_options, {names} FROM done "
+        f"  UNION ALL SELECT 2, %(pending)s, NULL, {names} FROM released WHERE ready"
+        f") r ON true"
+    )
+
+
+def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
+    """Record a plain success in one statement; raise ``_Fallback`` (nothing written) otherwise."""
     now = timezone.now()
-    prep_result = WorkflowNode._meta.get_field("result").get_db_prep_save(value, conn)
-    fields = _NODE_COLUMNS
-    returned = ", ".join(f"d.{f}" for f in fields)
-    with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        # 1. Shared with other completions; waits for (and is waited for by) FOR UPDATE.
-        wf = next(iter(Workflow.objects.using(conn.alias).raw(
-            f"SELECT id, state, pass_results FROM {wf_t} WHERE id = %s FOR KEY SHARE", [workflow_id]
-        )), None)
-        if wf is None or wf.state != WorkflowState.RUNNING or wf.pass_results:
-            raise _Fallback("workflow not RUNNING, missing or passing results")
-        # 2. The outcome; the subquery locks the node row and reads its state before the change.
-        cursor.execute(
-            f"UPDATE {node_t} d SET state = %s, result = %s, error = '', finished_at = %s "
-            f"FROM (SELECT id, state FROM {node_t} WHERE workflow_id = %s AND task_id = %s "
-            f"      AND kind = %s FOR UPDATE) o "
-            f"WHERE d.id = o.id AND o.state = ANY(%s) RETURNING o.state, {returned}",
-            [NodeState.SUCCESS, prep_result, now, workflow_id, task_id, NodeKind.TASK, _SUCCEEDS_FROM],
+    with _cursor() as (conn, cursor):
+        params = {
+            "wf": workflow_id, "task": task_id, "now": now,
+            "result": WorkflowNode._meta.get_field("result").get_db_prep_save(value, conn),
+            "running": WorkflowState.RUNNING, "task_kind": NodeKind.TASK, "active": _SUCCEEDS_FROM,
+            "pending": NodeState.PENDING, "queued": NodeState.QUEUED, "success": NodeState.SUCCESS,
+            "queue_rules": _QUEUE_RULES, "callbacks": [str(k) for k in CALLBACK_KINDS],
+        }
+        # Its own transaction in autocommit (a worker); a savepoint inside the caller's.
+        with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
+            cursor.execute(_success_sql(bool(settings.EVENT_LOG)), params)
+            rows = cursor.fetchall()
+    node_ok, deps_ok, count_ok = rows[0][:3]
+    if not (node_ok and deps_ok and count_ok):
+        raise _Fallback(
+            "workflow not RUNNING or passing results, or node not an active task" if not node_ok
+            else "a dependent needs a decision (join, fan-out, skip, upstream failure, callback)"
+            if not deps_ok else "the last node: finishing the workflow takes the lock"
         )
-        row = cursor.fetchone()
-        if row is None:
-            raise _Fallback("node missing, not a task or not active")
-        old, node = row[0], _node(conn, row[1:])
-        # 3. Dependents, locked in id order; a counter reaching zero queues its node here.
-        ready = (
-            "d.waiting = l.n AND d.failed_dependencies = 0 AND d.state = %s "
-            "AND d.kind = %s AND d.trigger_rule = ANY(%s)"
-        )
-        ready_params = [NodeState.PENDING, NodeKind.TASK, _QUEUE_RULES]
-        cursor.execute(
-            f"UPDATE {node_t} d SET waiting = d.waiting - l.n, "
-            f"  state = CASE WHEN {ready} THEN %s ELSE d.state END, "
-            f"  queued_at = CASE WHEN {ready} THEN %s ELSE d.queued_at END, "
-            f"  publish_count = d.publish_count + CASE WHEN {ready} THEN 1 ELSE 0 END "
-            f"FROM (SELECT n.id, h.n, n.state AS old_state FROM {node_t} n "
-            f"      JOIN (SELECT node_id, count(*) AS n FROM {edge_t} WHERE dependency_id = %s "
-            f"            GROUP BY node_id) h ON h.node_id = n.id "
-            f"      ORDER BY n.id FOR UPDATE OF n) l "
-            f"WHERE d.id = l.id RETURNING l.old_state, {returned}",
-            [*ready_params, NodeState.QUEUED, *ready_params, now, *ready_params, node.pk],
-        )
-        released = []
-        for dep_old, *values in cursor.fetchall():
-            dep = _node(conn, values)
-            if dep.state == NodeState.QUEUED and dep_old == NodeState.PENDING:
-                released.append(dep)
-            elif dep.state == NodeState.PENDING and decisions.readiness(dep) is not None:
-                raise _Fallback(f"dependent {dep.task_id} needs a decision")
-            elif dep.kind in CALLBACK_KINDS:
-                raise _Fallback(f"dependent {dep.task_id} is a callback")
-        # 4. Events, then the workflow's counters: its exclusive row lock lives until commit.
-        if settings.EVENT_LOG:
-            WorkflowEvent.objects.using(conn.alias).bulk_create(
-                [WorkflowEvent(workflow_id=workflow_id, node_id=node.pk, old_state=old,
-                               new_state=NodeState.SUCCESS, created_at=now)]
-                + [WorkflowEvent(workflow_id=workflow_id, node_id=dep.pk, old_state=NodeState.PENDING,
-                                 new_state=NodeState.QUEUED, created_at=now) for dep in released]
-            )
-        cursor.execute(
-            f"UPDATE {wf_t} SET nodes_done = nodes_done + 1, nodes_succeeded = nodes_succeeded + 1 "
-            f"WHERE id = %s AND state = %s RETURNING nodes_done, nodes_total",
-            [workflow_id, WorkflowState.RUNNING],
-        )
-        counters = cursor.fetchone()
-        if counters is None or counters[0] >= counters[1]:
-            raise _Fallback("the last node: finishing the workflow takes the lock")
-        step = steps.Step(wf)
-        step.node_changes.append((node, old, NodeState.SUCCESS))
-        step.node_changes.extend((dep, NodeState.PENDING, NodeState.QUEUED) for dep in released)
-        step.to_publish = [(dep, ()) for dep in released]
-        if released:
-            transaction.on_commit(partial(messaging.publish, workflow_id, None, step.to_publish), using=conn.alias)
-        transaction.on_commit(step.announce, using=conn.alias)
+    node, released, tasks_options = None, [], None
+    for row in sorted(rows, key=lambda r: r[3]):
+        role, old_state, options, values = row[3], row[4], row[5], row[6:]
+        if role == 1:
+            node, old = _node(conn, values), old_state
+            tasks_options = _TASKS_OPTIONS.from_db_value(options, None, conn)
+        else:
+            released.append(_node(conn, values))
+    assert node is not None  # decision ok: the node row was updated
+    wf = Workflow.from_db(conn.alias, ["id", "state", "pass_results"],
+                          [node.workflow_id, WorkflowState.RUNNING, False])
+    step = steps.Step(wf)
+    step.node_changes.append((node, old, NodeState.SUCCESS))
+    step.node_changes.extend((dep, NodeState.PENDING, NodeState.QUEUED) for dep in released)
+    step.to_publish = [(dep, ()) for dep in released]
+    # Committed already (autocommit): on_commit runs these now; in a caller's transaction, at its commit
+    # (not transaction.on_commit: it would open Django's connection to ask about autocommit).
+    if released:
+        conn.on_commit(partial(messaging.publish, workflow_id, tasks_options or {}, step.to_publish))
+    conn.on_commit(step.announce)
     return node

@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import DataError, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Value
+from django.db.models import F
 from django.utils import timezone
 
 from . import db, signals
@@ -209,18 +209,15 @@ def format_error(exception: BaseException | None, traceback: str | None) -> str:
 def node_started(
     workflow_id: UUID | str, task_id: str, hostname: str = "", pid: int | None = None,
 ) -> WorkflowNode | None:
-    """A worker is about to run the node's task (task_prerun).
+    """A worker is about to run the node's task (task_prerun): ``hotpath.node_started``.
 
-    ``hostname`` / ``pid`` name the worker (its main process) for the
-    liveness sweep; they are written by the same UPDATE.
+    One conditional UPDATE, no event row (``started_at`` is the record), no
+    workflow lock; ``hostname`` / ``pid`` name the worker (its main process)
+    for the liveness sweep. None when the node is not runnable.
     """
-    now = timezone.now()
-    return _simple_transition(
-        workflow_id, task_id, NodeState.STARTED, started_at=now,
-        worker_hostname=hostname[:255], worker_pid=pid,
-        # NULL when the node has no timeout.
-        timeout_at=ExpressionWrapper(Value(now) + F("timeout"), output_field=DateTimeField()),
-    )
+    from . import hotpath  # hotpath falls back to this module's locked steps
+
+    return hotpath.node_started(workflow_id, task_id, hostname, pid)
 
 
 def node_retrying(workflow_id: UUID | str, task_id: str, reason: object = "") -> WorkflowNode | None:
@@ -231,7 +228,7 @@ def node_retrying(workflow_id: UUID | str, task_id: str, reason: object = "") ->
 
 
 # Which states a worker-reported state is written from, most likely first.
-_WORKER_SOURCES: dict[str, tuple[str, ...]] = {
+WORKER_SOURCES: dict[str, tuple[str, ...]] = {
     NodeState.STARTED: (NodeState.QUEUED, NodeState.RETRY, NodeState.STARTED),
     NodeState.RETRY: (NodeState.STARTED, NodeState.QUEUED),
 }
@@ -261,7 +258,7 @@ def _simple_transition(workflow_id: UUID | str, task_id: str, target: str, **fie
                     f"SELECT 1 FROM {Workflow._meta.db_table} WHERE id = %s FOR KEY SHARE", [workflow_id]
                 )
         old = None
-        for source in _WORKER_SOURCES[target]:
+        for source in WORKER_SOURCES[target]:
             if WorkflowNode.objects.filter(
                 task_id=task_id, workflow_id=workflow_id, state=source
             ).update(state=target, **fields):

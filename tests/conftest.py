@@ -50,9 +50,12 @@ def session_worker(django_db_setup, django_db_blocker, purged_broker):
         yield w
     import gc
 
-    # Finished worker threads keep their database connections until their
-    # thread-locals are collected; PostgreSQL will not drop the test database
-    # while one is open.
+    from django_dyrygent import hotpath
+
+    # Finished worker threads keep their database connections (Django's and the
+    # hot path's own) until their thread-locals are collected; PostgreSQL will
+    # not drop the test database while one is open.
+    hotpath.close_connection()
     gc.collect()
 
 

@@ -122,19 +122,31 @@ def test_check_celery__unloadable_app_is_e001(settings):
     assert error.id == "django_dyrygent.E001" and "no_such_module" in error.msg
 
 
-def test_check_connection_reuse__warns_when_workers_reconnect_for_every_task(monkeypatch):
+@pytest.mark.parametrize("vendor, warned", [("mysql", True), ("postgresql", False), ("sqlite", False)])
+def test_check_connection_reuse__warns_when_workers_reconnect_for_every_task(monkeypatch, vendor, warned):
+    """A regular check, MySQL/MariaDB only: on PostgreSQL the hot path has its own connection."""
     from types import SimpleNamespace
 
     from django_dyrygent import checks as dy_checks
 
+    monkeypatch.setattr(dy_checks, "connections", {"default": SimpleNamespace(vendor=vendor)})
     monkeypatch.setattr("django_dyrygent.conf.get_celery_app", lambda: SimpleNamespace(conf={}))
-    (warning,) = dy_checks.check_connection_reuse()
-    assert warning.id == "django_dyrygent.W005" and "CELERY_DB_REUSE_MAX" in warning.msg
+    found = dy_checks.check_connection_reuse()
+    if warned:
+        (warning,) = found
+        assert warning.id == "django_dyrygent.W005" and "CELERY_DB_REUSE_MAX" in warning.msg
+        assert "CELERY_DB_REUSE_MAX = 1000" in warning.hint and "CONN_HEALTH_CHECKS = True" in warning.hint
+    else:
+        assert found == []
     monkeypatch.setattr(
         "django_dyrygent.conf.get_celery_app",
         lambda: SimpleNamespace(conf={"CELERY_DB_REUSE_MAX": 1000}),
     )
     assert dy_checks.check_connection_reuse() == []
+    from django.core.checks.registry import registry
+
+    assert dy_checks.check_connection_reuse in registry.registered_checks
+    assert dy_checks.check_connection_reuse not in registry.deployment_checks
 
 
 def test_check_liveness__a_worker_timeout_under_three_heartbeats_is_w006(settings):

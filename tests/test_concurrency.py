@@ -130,6 +130,7 @@ class Drivers:
                 self.stop.set()
             finally:
                 connections.close_all()
+                hotpath.close_connection()
 
         return run
 
@@ -260,3 +261,44 @@ def test_concurrency__two_cancels_racing_completions_leave_a_consistent_state(tr
     assert not wf.nodes.exclude(state__in=[S.SUCCESS, S.CANCELED]).exists()
     # The completions that raced the cancels took the lock-free path.
     assert broker.fast >= (80 if lock_free() else 0)
+
+
+def test_concurrency__siblings_completing_at_once_with_a_cancel_racing_them(transactional_db, broker):
+    """One wide group: 8 threads complete its siblings through the one-statement success
+    while a cancel (FOR UPDATE on the workflow row) lands among them.
+
+    Every node is published at most once, nothing both succeeded and was
+    revoked, and the workflow's counters equal its rows, event rows included:
+    the statement wrote a whole completion or nothing.
+    """
+    wf = build(groups=1, width=300)  # noop, 300 siblings, a join, noop: 302 task nodes
+    drivers = Drivers(wf, broker)
+    drivers.start(tickers=1)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while Workflow.objects.get(pk=wf.pk).nodes_done < 60:
+            assert time.monotonic() < deadline and not drivers.errors, drivers.errors
+            time.sleep(0.005)
+        assert engine.cancel(wf.pk, reason="race") is True
+        assert wait_final(wf, drivers) == Workflow.State.CANCELED
+    finally:
+        drivers.join()
+    assert drivers.errors == []
+    wf.refresh_from_db()
+    tasks = wf.nodes.filter(kind=WorkflowNode.Kind.TASK)
+    states = Counter(tasks.values_list("state", flat=True))
+    assert set(states) <= {S.SUCCESS, S.CANCELED}
+    assert wf.nodes_total == wf.nodes_done == sum(states.values()) == 302
+    assert wf.nodes_succeeded == states[S.SUCCESS] >= 60
+    assert wf.nodes_failed == states[S.CANCELED] > 0
+    succeeded = set(tasks.filter(state=S.SUCCESS).values_list("task_id", flat=True))
+    assert set(broker.published) == succeeded | broker.revoked
+    assert not succeeded & broker.revoked
+    assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
+    assert set(tasks.values_list("publish_count", flat=True)) <= {0, 1}
+    # One SUCCESS event row per succeeded node, one QUEUED row per published node: no half completion.
+    events = wf.events.filter(node__kind=WorkflowNode.Kind.TASK)
+    assert Counter(events.filter(new_state=S.SUCCESS).values_list("node__task_id", flat=True)) == Counter(succeeded)
+    assert Counter(events.filter(new_state=S.QUEUED).values_list("node__task_id", flat=True)) == Counter(
+        broker.published)
+    assert broker.fast >= (55 if lock_free() else 0)

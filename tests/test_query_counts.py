@@ -148,12 +148,15 @@ def statements(sql):
 
 @pytest.mark.postgres
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the lock-free path is PostgreSQL's")
-def test_node_succeeded__plain_success_on_postgresql_shares_the_workflow_row_and_updates_it_last():
-    """STARTED + success of a plain task node: 4 + 5 statements (11 under the lock before).
+def test_node_succeeded__plain_success_on_postgresql_is_two_statements_with_started():
+    """STARTED + success of a plain task node: 1 + 1 statements (11 under the lock before).
 
-    Both start with FOR KEY SHARE on the workflow row (shared by completions,
-    held off by the rare decisions' FOR UPDATE); the only exclusive lock on the
-    workflow row is the counter UPDATE, the last statement before the commit.
+    STARTED is one UPDATE of the node row, no lock on the workflow row. The
+    success is one statement whose row locks come in a fixed order: the
+    workflow row FOR KEY SHARE (shared by completions, held off by the rare
+    decisions' FOR UPDATE), the node, its dependents in id order, and last the
+    workflow row FOR NO KEY UPDATE for its counters (the only lock siblings
+    wait for, held until the statement's commit).
     """
     wf = Workflow(name="chain")
     wf.add_celery_canvas(chain(*[noop.si(i).set(task_id=f"plain-{i}") for i in range(3)]))
@@ -161,21 +164,21 @@ def test_node_succeeded__plain_success_on_postgresql_shares_the_workflow_row_and
     engine.tick(wf.pk)
     started_sql = statements(queries(outcomes.node_started, wf.pk, "plain-0"))
     success_sql = statements(queries(hotpath.node_succeeded, wf.pk, "plain-0", 1))
-    workflow_table = Workflow._meta.db_table
-    assert len(started_sql) == 4, started_sql
-    assert len(success_sql) == 5, success_sql
-    for sql in (started_sql, success_sql):
-        assert sql[0].startswith("SELECT") and sql[0].endswith("FOR KEY SHARE"), sql[0]
-        assert not any("NO KEY UPDATE" in q for q in sql)
-    assert not any("FOR UPDATE" in q for q in started_sql)
-    # Only the node rows are locked exclusively: the node itself, then its dependents in id order.
-    assert [i for i, q in enumerate(success_sql) if "FOR UPDATE" in q] == [1, 2]
-    assert success_sql[2].split("FOR UPDATE")[1].startswith(" OF n)")
-    assert success_sql[-1].startswith(f"UPDATE {workflow_table} SET nodes_done"), success_sql[-1]
-    assert [q.split()[1].strip('"') for q in success_sql if q.startswith("UPDATE")] == [
-        WorkflowNode._meta.db_table, WorkflowNode._meta.db_table, workflow_table,
-    ]
+    workflow_table, node_table = Workflow._meta.db_table, WorkflowNode._meta.db_table
+    # STARTED: one UPDATE, no event row, no lock on the workflow row.
+    assert len(started_sql) == 1, started_sql
+    assert started_sql[0].startswith(f"UPDATE {node_table} ")
+    assert f"{workflow_table} " not in started_sql[0] and "FOR KEY SHARE" not in started_sql[0]
+    (sql,) = success_sql
+    assert sql.startswith("WITH wf AS (SELECT"), sql
+    modes = ("FOR KEY SHARE", "FOR UPDATE)", "FOR UPDATE OF n", "FOR NO KEY UPDATE")
+    locks = [sql.index(f" {mode}") for mode in modes]
+    assert locks == sorted(locks), sql
+    assert sql.count("FOR UPDATE") == 2 and sql.count(f"UPDATE {workflow_table} SET nodes_done") == 1
     states = dict(wf.nodes.values_list("task_id", "state"))
     assert states == {"plain-0": "SUCCESS", "plain-1": "QUEUED", "plain-2": "PENDING"}
     wf.refresh_from_db()
     assert (wf.nodes_done, wf.nodes_succeeded, wf.state) == (1, 1, "RUNNING")
+    events = list(wf.events.filter(node__isnull=False).order_by("id")
+                  .values_list("node__task_id", "old_state", "new_state"))
+    assert events[-2:] == [("plain-0", "STARTED", "SUCCESS"), ("plain-1", "PENDING", "QUEUED")]

@@ -1,0 +1,235 @@
+"""The one-statement success (PostgreSQL): it commits a whole plain completion or changes nothing.
+
+Every case the statement must not decide (``hotpath._Fallback``) is driven
+here directly: the statement must leave every row as it found it (nodes,
+counters, event rows), so the locked path that then takes the report
+(``outcomes.node_succeeded``) counts it exactly once. Then the same report
+through ``hotpath.node_succeeded`` must end where the locked path ends.
+"""
+
+import pytest
+from celery import chain, group
+from django.db import connection, connections
+
+from django_dyrygent import engine, hotpath, outcomes
+from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
+from tests.tasks import noop
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.postgres,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement success is PostgreSQL's"),
+]
+
+S = WorkflowNode.State
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    monkeypatch.setattr(engine, "send_tick", lambda *args, **kwargs: None)
+    monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)
+
+
+def running(canvas=None, **fields):
+    wf = Workflow(name="hotpath", **fields)
+    if canvas is not None:
+        wf.add_celery_canvas(canvas)
+    return wf
+
+
+def start(wf):
+    wf.apply_async()
+    engine.tick(wf.pk)
+    return wf
+
+
+def rows(wf):
+    """Everything a completion may write: node rows, the workflow's counters, the event rows."""
+    nodes = sorted(wf.nodes.values_list("task_id", "state", "waiting", "publish_count", "queued_at",
+                                        "result", "finished_at"))
+    counters = Workflow.objects.filter(pk=wf.pk).values_list(
+        "state", "nodes_done", "nodes_succeeded", "nodes_failed", "nodes_skipped").get()
+    return nodes, counters, WorkflowEvent.objects.filter(workflow=wf).count()
+
+
+def run(wf, task_id, result=1):
+    outcomes.node_started(wf.pk, task_id)
+    return hotpath.node_succeeded(wf.pk, task_id, result)
+
+
+def assert_falls_back_unchanged(wf, task_id, why):
+    outcomes.node_started(wf.pk, task_id)
+    before = rows(wf)
+    with pytest.raises(hotpath._Fallback, match=why):
+        hotpath._fast_success(wf.pk, task_id, 1)
+    assert rows(wf) == before
+
+
+def test_hotpath__the_last_node_changes_nothing_then_the_locked_path_finishes_the_workflow():
+    wf = start(running(chain(noop.si().set(task_id="a"), noop.si().set(task_id="b"))))
+    assert run(wf, "a") is not None
+    assert_falls_back_unchanged(wf, "b", "the last node")
+    assert hotpath.node_succeeded(wf.pk, "b", 2).state == S.SUCCESS
+    wf.refresh_from_db()
+    assert (wf.state, wf.nodes_done, wf.nodes_succeeded) == (Workflow.State.SUCCESS, 2, 2)
+
+
+def test_hotpath__a_join_reaching_zero_changes_nothing_then_the_locked_path_releases_after_it():
+    wf = start(running(chain(group(noop.si().set(task_id=f"g{i}") for i in range(2)),
+                             noop.si().set(task_id="after"))))
+    assert run(wf, "g0") is not None  # the join still waits for g1: plain
+    assert_falls_back_unchanged(wf, "g1", "a dependent needs a decision")
+    hotpath.node_succeeded(wf.pk, "g1", 1)
+    states = dict(wf.nodes.values_list("task_id", "state"))
+    assert states["after"] == S.QUEUED
+    assert set(wf.nodes.filter(kind=WorkflowNode.Kind.JOIN).values_list("state", flat=True)) == {S.SUCCESS}
+    wf.refresh_from_db()
+    assert (wf.nodes_done, wf.nodes_succeeded) == (2, 2)
+
+
+def rule_after_a(rule):
+    wf = running()
+    a = wf.add_signature(noop.si().set(task_id="a"))
+    wf.add_signature(noop.si().set(task_id="extra"))
+    wf.add_signature(noop.si().set(task_id="rule"), dependencies=[a], trigger_rule=rule)
+    return start(wf)
+
+
+def test_hotpath__a_one_failed_dependent_reaching_zero_goes_to_the_locked_path_which_skips_it():
+    wf = rule_after_a("one_failed")
+    assert_falls_back_unchanged(wf, "a", "a dependent needs a decision")
+    hotpath.node_succeeded(wf.pk, "a", 1)
+    assert wf.nodes.get(task_id="rule").state == S.SKIPPED
+
+
+def test_hotpath__an_all_done_dependent_without_failures_is_queued_by_the_statement():
+    wf = rule_after_a("all_done")
+    outcomes.node_started(wf.pk, "a")
+    hotpath._fast_success(wf.pk, "a", 1)
+    assert wf.nodes.get(task_id="rule").state == S.QUEUED
+
+
+def test_hotpath__a_canceled_workflow_changes_nothing_and_the_report_is_ignored():
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
+    outcomes.node_started(wf.pk, "n0")
+    engine.cancel(wf.pk)
+    before = rows(wf)
+    with pytest.raises(hotpath._Fallback, match="not RUNNING"):
+        hotpath._fast_success(wf.pk, "n0", 1)
+    assert rows(wf) == before
+    assert hotpath.node_succeeded(wf.pk, "n0", 1) is None
+    assert rows(wf) == before
+
+
+def test_hotpath__a_duplicate_report_changes_nothing_and_is_ignored():
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
+    assert run(wf, "n0", 1) is not None
+    before = rows(wf)
+    with pytest.raises(hotpath._Fallback, match="not an active task"):
+        hotpath._fast_success(wf.pk, "n0", 2)
+    assert hotpath.node_succeeded(wf.pk, "n0", 2) is None
+    assert rows(wf) == before
+    assert wf.nodes.get(task_id="n0").result == 1
+
+
+def test_hotpath__a_workflow_passing_results_goes_to_the_locked_path():
+    wf = start(running(chain(noop.s().set(task_id="a"), noop.s().set(task_id="b"), noop.s().set(task_id="c")),
+                       pass_results=True))
+    assert_falls_back_unchanged(wf, "a", "passing results")
+    hotpath.node_succeeded(wf.pk, "a", 5)
+    assert wf.nodes.get(task_id="b").state == S.QUEUED
+
+
+def test_hotpath__a_plain_success_writes_node_dependents_events_and_counters_together():
+    wf = start(running(chain(noop.si().set(task_id="a"), group(noop.si().set(task_id=f"g{i}") for i in range(3)),
+                             noop.si().set(task_id="z"))))
+    outcomes.node_started(wf.pk, "a")
+    node = hotpath._fast_success(wf.pk, "a", {"k": [1, 2]})
+    assert (node.task_id, node.state) == ("a", S.SUCCESS)
+    nodes = {n.task_id: n for n in wf.nodes.all()}
+    assert nodes["a"].result == {"k": [1, 2]} and nodes["a"].finished_at is not None
+    for i in range(3):
+        g = nodes[f"g{i}"]
+        assert (g.state, g.waiting, g.publish_count, g.queued_at is not None) == (S.QUEUED, 0, 1, True)
+    wf.refresh_from_db()
+    assert (wf.nodes_done, wf.nodes_succeeded, wf.nodes_total) == (1, 1, 5)
+    events = set(wf.events.filter(node__isnull=False).exclude(old_state="PENDING", node__task_id="a")
+                 .values_list("node__task_id", "old_state", "new_state"))
+    assert ("a", "STARTED", "SUCCESS") in events
+    assert {("g0", "PENDING", "QUEUED"), ("g1", "PENDING", "QUEUED"), ("g2", "PENDING", "QUEUED")} <= events
+    assert WorkflowEvent.objects.filter(workflow=wf, node__task_id="g0", new_state="QUEUED").count() == 1
+
+
+def test_hotpath__without_the_event_log_no_event_row_is_written(settings):
+    settings.DYRYGENT_EVENT_LOG = False
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
+    assert run(wf, "n0") is not None
+    assert not WorkflowEvent.objects.filter(workflow=wf).exists()
+    assert wf.nodes.get(task_id="n1").state == S.QUEUED
+
+
+# -- the hot path's own connection in a worker process ----------------------------------------
+
+
+@pytest.fixture
+def in_worker(monkeypatch):
+    """This process is a worker (worker_init ran); its hot-path connection closed after the test."""
+    from django_dyrygent import worker
+
+    monkeypatch.setattr(worker, "MAIN_PID", 1)
+    yield
+    hotpath.close_connection()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__a_worker_runs_started_and_success_on_its_own_connection_not_djangos(in_worker):
+    """With Celery's default database handling Django's connection is closed around every task:
+    a plain node's STARTED and success must not open it again."""
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
+    connection.close()
+    assert run(wf, "n0") is not None
+    assert connection.connection is None  # Django's connection was never opened
+    own = hotpath._connection()
+    assert own is not connections["default"] and own.connection is not None
+    assert hotpath._connection() is own  # kept for the next task
+    assert dict(wf.nodes.values_list("task_id", "state")) == {"n0": "SUCCESS", "n1": "QUEUED", "n2": "PENDING"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__inside_an_atomic_block_the_hot_path_uses_djangos_connection(in_worker):
+    from django.db import transaction
+
+    with transaction.atomic():
+        assert hotpath._connection() is connections["default"]
+    assert hotpath._connection() is not connections["default"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__a_forked_child_opens_its_own_connection_and_keeps_the_parents_alive(in_worker, monkeypatch):
+    parent = hotpath._connection()
+    parent.ensure_connection()
+    monkeypatch.setattr(hotpath.os, "getpid", lambda: -1)  # as after a fork
+    child = hotpath._connection()
+    assert child is not parent and hotpath._inherited[-1] is parent
+    assert parent.connection is not None  # not closed: its socket would be the parent's
+    hotpath._inherited.remove(parent)
+    monkeypatch.undo()
+    parent.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__a_dropped_connection_is_replaced_and_the_step_retried(in_worker):
+    """pg_terminate_backend (a database restart): db.run retries on a new connection."""
+    from django_dyrygent import db
+
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
+    first = hotpath._connection()
+    with first.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    assert db.run(hotpath.node_started, wf.pk, "n0") is not None
+    assert db.run(hotpath.node_succeeded, wf.pk, "n0", 1) is not None
+    assert hotpath._connection() is not first
+    assert wf.nodes.get(task_id="n1").state == S.QUEUED
