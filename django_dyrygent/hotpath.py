@@ -61,7 +61,7 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
-from django.db.models import DateTimeField, ExpressionWrapper, F, Value
+from django.db.models import DateTimeField, ExpressionWrapper, F, Model, Value
 from django.utils import timezone
 
 from . import db, messaging, outcomes, signals, steps, worker
@@ -242,7 +242,7 @@ class _Fallback(Exception):
     """This completion needs a decision the hot path does not take: roll back, lock."""
 
 
-def _table(model):
+def _table(model: type[Model]) -> str:
     return model._meta.db_table
 
 
