@@ -11,7 +11,7 @@ import pytest
 from celery import chain, group
 from django.db import connection, connections
 
-from django_dyrygent import engine, hotpath, outcomes
+from django_dyrygent import engine, hotpath, messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.tasks import noop
 
@@ -26,8 +26,8 @@ S = WorkflowNode.State
 
 @pytest.fixture(autouse=True)
 def no_broker(monkeypatch):
-    monkeypatch.setattr(engine, "send_tick", lambda *args, **kwargs: None)
-    monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)
+    monkeypatch.setattr(messaging, "send_tick", lambda *args, **kwargs: None)
+    monkeypatch.setattr(messaging, "publish", lambda *args, **kwargs: None)
 
 
 def running(canvas=None, **fields):
