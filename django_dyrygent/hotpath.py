@@ -126,8 +126,11 @@ def _connection() -> BaseDatabaseWrapper:
 def close_connection() -> None:
     """Close this thread's own hot-path connection, if it has one (tests, shutdown)."""
     conn = getattr(_own, "conn", None)
-    if conn is not None and _own.pid == os.getpid():
-        db._close(conn)
+    if conn is not None:
+        if _own.pid == os.getpid():
+            db._close(conn)
+        else:
+            _inherited.append(conn)  # the parent's: never closed here
     _own.conn = None
 
 

@@ -215,6 +215,23 @@ def test_concurrency__siblings_of_one_group_succeed_at_once_each_dependent_publi
     run_to_success(build(groups=1, width=200), broker, tasks=202, tickers=1)
 
 
+def assert_canceled_consistently(wf, broker, tasks, succeeded_at_least):
+    """A canceled ``wf``: counters equal the rows, every published node either succeeded
+    before the cancel or was revoked by it, once. Returns the succeeded task ids."""
+    wf.refresh_from_db()
+    nodes = wf.nodes.filter(kind=WorkflowNode.Kind.TASK)
+    states = Counter(nodes.values_list("state", flat=True))
+    assert set(states) <= {S.SUCCESS, S.CANCELED}
+    assert wf.nodes_total == wf.nodes_done == sum(states.values()) == tasks
+    assert wf.nodes_succeeded == states[S.SUCCESS] >= succeeded_at_least
+    assert wf.nodes_failed == states[S.CANCELED] > 0
+    succeeded = set(nodes.filter(state=S.SUCCESS).values_list("task_id", flat=True))
+    assert set(broker.published) == succeeded | broker.revoked
+    assert not succeeded & broker.revoked
+    assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
+    return succeeded
+
+
 def test_concurrency__two_cancels_racing_completions_leave_a_consistent_state(transactional_db, broker):
     wf = build(groups=8, width=30)  # 242 task nodes
     drivers = Drivers(wf, broker)
@@ -245,18 +262,7 @@ def test_concurrency__two_cancels_racing_completions_leave_a_consistent_state(tr
     assert drivers.errors == []
     assert sorted(outcomes) == [False, True]  # exactly one cancel did it
 
-    wf.refresh_from_db()
-    tasks = wf.nodes.filter(kind=WorkflowNode.Kind.TASK)
-    states = Counter(tasks.values_list("state", flat=True))
-    assert set(states) <= {S.SUCCESS, S.CANCELED}
-    assert wf.nodes_total == wf.nodes_done == sum(states.values()) == 242
-    assert wf.nodes_succeeded == states[S.SUCCESS] >= 90
-    assert wf.nodes_failed == states[S.CANCELED] > 0
-    # A published node either succeeded before the cancel or was revoked by it; nothing else.
-    succeeded = set(tasks.filter(state=S.SUCCESS).values_list("task_id", flat=True))
-    assert set(broker.published) == succeeded | broker.revoked
-    assert not succeeded & broker.revoked
-    assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
+    assert_canceled_consistently(wf, broker, tasks=242, succeeded_at_least=90)
     # Nothing is left waiting or running.
     assert not wf.nodes.exclude(state__in=[S.SUCCESS, S.CANCELED]).exists()
     # The completions that raced the cancels took the lock-free path.
@@ -284,18 +290,8 @@ def test_concurrency__siblings_completing_at_once_with_a_cancel_racing_them(tran
     finally:
         drivers.join()
     assert drivers.errors == []
-    wf.refresh_from_db()
-    tasks = wf.nodes.filter(kind=WorkflowNode.Kind.TASK)
-    states = Counter(tasks.values_list("state", flat=True))
-    assert set(states) <= {S.SUCCESS, S.CANCELED}
-    assert wf.nodes_total == wf.nodes_done == sum(states.values()) == 302
-    assert wf.nodes_succeeded == states[S.SUCCESS] >= 60
-    assert wf.nodes_failed == states[S.CANCELED] > 0
-    succeeded = set(tasks.filter(state=S.SUCCESS).values_list("task_id", flat=True))
-    assert set(broker.published) == succeeded | broker.revoked
-    assert not succeeded & broker.revoked
-    assert {tid: n for tid, n in broker.published.items() if n != 1} == {}
-    assert set(tasks.values_list("publish_count", flat=True)) <= {0, 1}
+    succeeded = assert_canceled_consistently(wf, broker, tasks=302, succeeded_at_least=60)
+    assert set(wf.nodes.filter(kind=WorkflowNode.Kind.TASK).values_list("publish_count", flat=True)) <= {0, 1}
     # One SUCCESS event row per succeeded node, one QUEUED row per published node: no half completion.
     events = wf.events.filter(node__kind=WorkflowNode.Kind.TASK)
     assert Counter(events.filter(new_state=S.SUCCESS).values_list("node__task_id", flat=True)) == Counter(succeeded)

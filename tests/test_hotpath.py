@@ -213,6 +213,10 @@ def test_hotpath__a_forked_child_opens_its_own_connection_and_keeps_the_parents_
     assert child is not parent and hotpath._inherited[-1] is parent
     assert parent.connection is not None  # not closed: its socket would be the parent's
     hotpath._inherited.remove(parent)
+    hotpath._own.conn, hotpath._own.pid = parent, 1  # the parent's, still in the local: closing forgets it
+    hotpath.close_connection()
+    assert hotpath._inherited[-1] is parent and parent.connection is not None
+    hotpath._inherited.remove(parent)
     monkeypatch.undo()
     parent.close()
 
