@@ -13,6 +13,7 @@ other databases use ``bulk_create`` in batches of ``BULK_BATCH``.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -20,7 +21,8 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
 from operator import attrgetter
@@ -60,6 +62,24 @@ SIGNATURE_KEYS = frozenset({"task", *CALL_PARTS, "immutable"})
 #: In ASCII JSON text: an escaped NUL, or an escaped surrogate (lone or in a pair). Text without
 #: one holds neither poison; text with one is checked value by value for the exact message.
 _SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a graph is built or saved (none of it is garbage).
+
+    Each node brings a model instance and a few dicts: allocating 10,000 of
+    them set off enough full collections, each walking every object of the
+    process, to cost 40% of ``apply_async``'s own time. Cycles made
+    meanwhile are collected after; a collector someone else disabled stays off.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _model(name: str) -> Any:

@@ -135,7 +135,8 @@ class Draft:
         return canvas.add_signature(self, signature, dependencies, **node_options)
 
     def add_canvas(self, canvas_obj: Any, dependencies: Iterable[Node] | None = None) -> list[Node]:
-        return canvas.add_canvas(self, canvas_obj, dependencies)
+        with builder.gc_paused():
+            return canvas.add_canvas(self, canvas_obj, dependencies)
 
     def add_fanout(
         self, template: Any, dependency: Node, timeout: float | timedelta | None = None
@@ -152,4 +153,5 @@ class Draft:
 
     def apply(self, options: dict[str, Any] | None, send_tick: Callable[..., Any]) -> None:
         """Validate and save in one transaction; ``send_tick`` sends the first tick on commit."""
-        return builder.save_and_start(self, options, send_tick)
+        with builder.gc_paused():
+            builder.save_and_start(self, options, send_tick)
