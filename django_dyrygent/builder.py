@@ -258,7 +258,7 @@ def validate(draft: Draft) -> Encoded:
         if deps and node.kind in (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER):
             errors.append(f"{_describe(node)}: workflow callbacks cannot have dependencies")
     _check_task_names(draft, errors)
-    cycle = _find_cycle(draft)
+    cycle = _find_cycle(draft) if draft.may_have_cycle else None
     if cycle:
         errors.append("Dependency cycle: " + " -> ".join(_describe(n) for n in cycle))
     if errors:
@@ -386,8 +386,9 @@ def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: Send
                 if not cached(node):  # the model's draft sets it when it makes the node
                     node.workflow = workflow
                 # A dependency skipped before start never finishes, so it is not waited for.
-                node.waiting = sum(1 for d in draft.dependencies_of(node) if id(d) not in skipped)
-                if id(node) in skipped:
+                deps = draft.dependencies_of(node)
+                node.waiting = sum(1 for d in deps if id(d) not in skipped) if skipped else len(deps)
+                if skipped and id(node) in skipped:
                     node.state, node.finished_at = NodeState.SKIPPED, now
                     node.reason = "skipped before start"
             if connection.vendor == "postgresql":
@@ -463,8 +464,9 @@ def _copy_graph(connection: BaseDatabaseWrapper, workflow: WorkflowModel, draft:
     columns, rows = node_rows(nodes, encoded)
     copy_rows(connection, node_table, columns, rows)
     workflow_id = workflow.pk
+    pk = attrgetter(WorkflowNode._meta.pk.attname)
     edge_rows = (
-        (workflow_id, node.pk, dep.pk, i)
+        (workflow_id, pk(node), pk(dep), i)
         for node in nodes
         for i, dep in enumerate(draft.dependencies_of(node))
     )
@@ -500,6 +502,8 @@ def _json_text(texts: dict[int, str], encoder: type[json.JSONEncoder] | None, no
     text = texts.get(id(node))
     if text is not None:
         return text
+    if not value and type(value) in (list, dict):  # a default: [] or {}
+        return "[]" if type(value) is list else "{}"
     # A nullable JSON column stores None as SQL NULL, as the ORM does.
     return None if value is None else json.dumps(value, cls=encoder)
 

@@ -49,6 +49,9 @@ class Draft:
         self._dependencies: dict[int, list[Node]] = {}  # id(node) -> [node, ...] in the order given
         self.skipped: list[Node] = []  # nodes marked done before start (celery-dyrygent's skip_tasks)
         self._sources: dict[int, Signature] = {}  # id(node) -> the Celery signature it was made from
+        # Nodes made with their dependencies only depend on older nodes, so no cycle is
+        # possible until an edge is added afterwards (add_dependency); validation then looks.
+        self.may_have_cycle = False
 
     @property
     def label(self) -> str:
@@ -95,6 +98,7 @@ class Draft:
         deps = self._dependencies[id(node)]
         if not any(d is other for d in deps):
             deps.append(other)
+            self.may_have_cycle = True
 
     def leaves(self) -> list[Node]:
         """Nodes nobody depends on (callbacks excluded)."""
