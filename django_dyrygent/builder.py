@@ -475,11 +475,12 @@ def _copy_graph(connection: BaseDatabaseWrapper, workflow: WorkflowModel, draft:
     copy_rows(connection, WorkflowEdge._meta.db_table, edge_columns, edge_rows)
 
 
-def node_rows(nodes: Sequence[Node], encoded: Encoded | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+def node_rows(nodes: Sequence[Node], encoded: Encoded | None = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """The columns of ``WorkflowNode`` and one tuple of values per node, JSON columns as JSON text.
 
     Values are the instances' own (no per-field preparation): the model's
-    columns hold nothing a field converts on the way in but JSON.
+    columns hold nothing a field converts on the way in but JSON. The rows
+    are made as COPY sends them, never all held at once.
     """
     fields = _model("WorkflowNode")._meta.concrete_fields
     columns = [f.column for f in fields]
@@ -489,13 +490,15 @@ def node_rows(nodes: Sequence[Node], encoded: Encoded | None = None) -> tuple[li
         if isinstance(field, JSONField):
             texts = getattr(encoded, field.name, None) or {}
             encoders.append((i, partial(_json_text, texts, field.encoder)))
-    rows = []
-    for node in nodes:
-        row = list(values(node))
-        for i, encode in encoders:
-            row[i] = encode(node, row[i])
-        rows.append(tuple(row))
-    return columns, rows
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for node in nodes:
+            row = list(values(node))
+            for i, encode in encoders:
+                row[i] = encode(node, row[i])
+            yield tuple(row)
+
+    return columns, rows()
 
 
 def _json_text(texts: dict[int, str], encoder: type[json.JSONEncoder] | None, node: Node, value: Any) -> str | None:
@@ -528,7 +531,8 @@ def copy_rows(
             def run() -> None:
                 with raw.copy(sql) as copy:
                     if as_text:
-                        copy.write(copy_text(rows))
+                        for line in copy_lines(rows):
+                            copy.write(line)
                     else:
                         for row in rows:
                             copy.write_row(row)
@@ -536,7 +540,7 @@ def copy_rows(
         else:  # psycopg2
 
             def run() -> None:
-                raw.copy_expert(sql, io.StringIO(copy_text(rows)))
+                raw.copy_expert(sql, _LinesReader(copy_lines(rows)))
 
         _execute(connection, cursor, sql, run)
 
@@ -560,9 +564,35 @@ def _execute(connection: BaseDatabaseWrapper, cursor: Any, sql: str, run: Callab
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
-def copy_text(rows: Iterable[Sequence[Any]]) -> str:
-    """Rows in COPY's text format (tab-separated, ``\\N`` for NULL, backslash escapes)."""
-    return "".join("\t".join(map(_copy_value, row)) + "\n" for row in rows)
+def copy_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
+    """Rows in COPY's text format (tab-separated, ``\\N`` for NULL, backslash escapes), a line each."""
+    for row in rows:
+        yield "\t".join(map(_copy_value, row)) + "\n"
+
+
+class _LinesReader(io.TextIOBase):
+    """A read-only file over ``copy_lines``, for psycopg2's ``copy_expert``: made as it is read."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self._pending = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        parts, length = [self._pending], len(self._pending)
+        for line in self._lines:
+            parts.append(line)
+            length += len(line)
+            if size is not None and 0 <= size <= length:
+                break
+        text = "".join(parts)
+        if size is None or size < 0:
+            self._pending = ""
+            return text
+        self._pending = text[size:]
+        return text[:size]
 
 
 def _copy_value(value: Any) -> str:

@@ -409,14 +409,18 @@ class WorkflowNode(models.Model):
         if not fields.keys() <= plain.names or pre_init.has_listeners(cls) or post_init.has_listeners(cls):
             return cls(workflow=workflow, **fields)
         node = cls.__new__(cls)
-        values = vars(node)
-        values.update(plain.static)
-        for attname, make in plain.callables:
-            values[attname] = make()
-        values.update(fields)
-        values["workflow_id"] = workflow.pk
-        state = values["_state"] = ModelState()
+        state = ModelState()
         state.fields_cache = {"workflow": workflow}
+        fields["workflow_id"] = workflow.pk
+        # In the constructor's order, so instances still share their attribute names
+        # (a dict in another order takes three times the memory).
+        values = vars(node)
+        values["_state"] = state
+        for attname, default, make in plain.order:
+            if attname in fields:
+                values[attname] = fields[attname]
+            else:
+                values[attname] = default if make is None else make()
         return node
 
     def add_dependency(self, other):
@@ -458,15 +462,14 @@ class _PlainFields:
     """``WorkflowNode``'s fields as ``for_draft`` fills them: names, fixed defaults, callable defaults."""
 
     def __init__(self):
-        self.names, self.static, self.callables = set(), {}, []
+        self.names, self.order = set(), []  # order: (attname, fixed default, callable default or None)
         for field in WorkflowNode._meta.concrete_fields:
-            if field.name == "workflow":
-                continue
-            self.names.add(field.attname)
+            if field.name != "workflow":
+                self.names.add(field.attname)
             if field.has_default() and callable(field.default):
-                self.callables.append((field.attname, field.default))
+                self.order.append((field.attname, None, field.default))
             else:
-                self.static[field.attname] = field.get_default()
+                self.order.append((field.attname, field.get_default(), None))
 
 
 @functools.cache

@@ -212,6 +212,7 @@ def test_for_draft__makes_the_node_the_constructor_makes():
     assert {k: v for k, v in vars(fast).items() if k != "_state"} == {
         k: v for k, v in vars(slow).items() if k != "_state"}
     assert fast._state.adding and fast._state.db is None and fast.workflow is wf
+    assert list(vars(fast)) == list(vars(slow))  # the same order: instances share their key table
     # Mutable defaults are never shared between nodes.
     other = WorkflowNode.for_draft(wf, {"task_id": "u"})
     assert other.custom_payload == {} and other.custom_payload is not fast.custom_payload
@@ -232,3 +233,38 @@ def test_for_draft__post_init_receivers_still_see_every_node():
         post_init.disconnect(receiver, sender=WorkflowNode)
     assert seen == nodes
 
+
+
+@pytest.mark.django_db
+def test_apply_async__text_that_only_looks_suspect_in_json_is_accepted_and_stored_as_given(settings):
+    """The one-encoding check sends escapes and near-cap sizes to the exact checks, which accept these."""
+    # An emoji is a surrogate pair in ASCII JSON; a literal backslash-u0000 is not a NUL.
+    args = ["😀", "\\u0000 \\ud800"]
+    wf = Workflow()
+    node = wf.add_signature(add.s(*args).set(task_id="looks-suspect"))
+    node.custom_payload = {"note": "\\u0000", "smile": "😀"}
+    # 87 bytes of compact JSON for args and kwargs, but well over 100 with spaces, task and options.
+    settings.DYRYGENT_MAX_ARGUMENT_BYTES = 100
+    wf.add_signature(add.s(*range(25)).set(task_id="just-under"))
+    wf.apply_async()
+    row = WorkflowNode.objects.get(task_id="looks-suspect")
+    assert row.signature["args"] == args and row.custom_payload == {"note": "\\u0000", "smile": "😀"}
+    assert WorkflowNode.objects.get(task_id="just-under").signature["args"] == list(range(25))
+    settings.DYRYGENT_MAX_ARGUMENT_BYTES = 86
+    wf = Workflow()
+    wf.add_signature(add.s(*range(25)).set(task_id="now-too-big"))
+    with pytest.raises(ValidationError, match="now-too-big.*args and kwargs is 87 bytes"):
+        wf.apply_async()
+
+
+@pytest.mark.parametrize("size", [1, 7, 8192, -1])
+def test_lines_reader__gives_psycopg2_every_line_whatever_the_read_size(size):
+    rows = [(i, f"text\t{i}\n\\", None, timedelta(seconds=i)) for i in range(500)]
+    expected = "".join(builder.copy_lines(rows))
+    reader = builder._LinesReader(builder.copy_lines(rows))
+    chunks = []
+    while chunk := reader.read(size):
+        assert size < 0 or len(chunk) <= size
+        chunks.append(chunk)
+    assert "".join(chunks) == expected
+    assert expected.startswith("0\ttext\\t0\\n\\\\\t\\N\t0 days 0 seconds 0 microseconds\n")
