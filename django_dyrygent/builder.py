@@ -376,7 +376,7 @@ def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: Send
     workflow.nodes_done = workflow.nodes_skipped
     workflow.start_sent = workflow.start_error = None
     now = timezone.now()
-    using = router.db_for_write(WorkflowNode, instance=workflow)
+    using = router.db_for_write(WorkflowNode)
     connection = connections[using]
     try:
         with transaction.atomic(using=using):
