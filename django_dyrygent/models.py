@@ -411,7 +411,7 @@ class WorkflowNode(models.Model):
         node = cls.__new__(cls)
         state = ModelState()
         state.fields_cache = {"workflow": workflow}
-        fields["workflow_id"] = workflow.pk
+        fields = {**fields, "workflow_id": workflow.pk}
         # In the constructor's order, so instances still share their attribute names
         # (a dict in another order takes three times the memory).
         values = vars(node)
