@@ -3,35 +3,91 @@
 Everything a database column or a Celery message cannot hold is refused here,
 with a ValidationError naming the node and the field, before any row is
 written: a half-saved workflow would hang or run part of a graph.
+
+Saving costs a number of statements that does not grow with the graph. On
+PostgreSQL the node ids are taken from their sequence in one statement, then
+nodes and edges are written with ``COPY … FROM STDIN`` (one statement per
+table, values handed over as they are, JSON encoded once during validation);
+other databases use ``bulk_create`` in batches of ``BULK_BATCH``.
 """
 
+from __future__ import annotations
+
+import gc
+import io
 import json
 import logging
+import re
+import time
+import uuid
 from collections import deque
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from functools import partial
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.fields.json import JSONField
 from django.utils import timezone
+from kombu.utils import json as kombu_json
 
 from .conf import get_celery_app, settings
 from .serialization import NotSerialisable, to_tree
 from .states import NodeKind, NodeState, WorkflowState
 
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .draft import Draft
+
 logger = logging.getLogger("django_dyrygent.builder")
 
 BULK_BATCH = 1000
 
+#: A ``models.WorkflowNode`` / ``models.Workflow``: this module must not import models (see draft.py).
+Node = Any
+WorkflowModel = Any
+#: ``send_tick(workflow_id, options)``: None, or the broker's exception.
+SendTick = Callable[[Any, dict[str, Any]], BaseException | None]
+#: The signature's parts that become Celery's JSON tree (``serialization.to_tree``).
+CALL_PARTS = ("args", "kwargs", "options")
+#: What ``canvas.signature_to_dict`` stores; a signature with other keys takes the slow checks.
+SIGNATURE_KEYS = frozenset({"task", *CALL_PARTS, "immutable"})
+#: In ASCII JSON text: an escaped NUL, or an escaped surrogate (lone or in a pair). Text without
+#: one holds neither poison; text with one is checked value by value for the exact message.
+_SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
-def _model(name):
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a graph is built or saved (none of it is garbage).
+
+    Each node brings a model instance and a few dicts: allocating 10,000 of
+    them set off enough full collections, each walking every object of the
+    process, to cost 40% of ``apply_async``'s own time. Cycles made
+    meanwhile are collected after; a collector someone else disabled stays off.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _model(name: str) -> Any:
     # models imports draft, which imports this module: look the models up at call time.
     return apps.get_model("django_dyrygent", name)
 
 
-def _json_error(value):
+def _json_error(value: Any) -> str | None:
     """Payloads are stored with DjangoJSONEncoder: dates, UUIDs and Decimals are fine."""
     try:
         json.dumps(value, allow_nan=False, cls=DjangoJSONEncoder)
@@ -40,7 +96,7 @@ def _json_error(value):
     return None
 
 
-def _as_tree(value, describe, errors, verb="are"):
+def _as_tree(value: Any, describe: str, errors: list[str], verb: str = "are") -> Any:
     """Arguments and options as Celery's JSON serializer would carry them, or an error."""
     try:
         return to_tree(value)
@@ -49,7 +105,7 @@ def _as_tree(value, describe, errors, verb="are"):
         return value
 
 
-def _bad_text(value, path="", depth=0):
+def _bad_text(value: Any, path: str = "", depth: int = 0) -> str | None:
     """Where ``value`` holds text no database column takes: a NUL or a lone surrogate."""
     if isinstance(value, str):
         if "\x00" in value:
@@ -76,13 +132,13 @@ def _bad_text(value, path="", depth=0):
     return None
 
 
-def _check_text(describe, field, value, errors):
+def _check_text(describe: str, field: str, value: Any, errors: list[str]) -> None:
     problem = _bad_text(value, field)
     if problem:
         errors.append(f"{describe}: {problem}")
 
 
-def _check_size(describe, field, value, cap_name, errors):
+def _check_size(describe: str, field: str, value: Any, cap_name: str, errors: list[str]) -> None:
     cap = getattr(settings, cap_name)
     if not cap:
         return
@@ -94,13 +150,22 @@ def _check_size(describe, field, value, cap_name, errors):
         errors.append(f"{describe}: {field} is {size} bytes, over DYRYGENT_{cap_name}={cap}")
 
 
-def _describe(node):
+def _needs_close_look(text: str, cap: int) -> bool:
+    """Whether ASCII JSON ``text`` may hold a poison character or be over ``cap`` (0: no cap).
+
+    ``text`` is ASCII with default separators, so its length is never below
+    the UTF-8 size of the compact JSON the caps compare.
+    """
+    return bool(_SUSPECT.search(text)) or bool(cap and len(text) > cap)
+
+
+def _describe(node: Node) -> str:
     if node.kind == NodeKind.JOIN:
         return f"join node #{node.position}"
     return f"node #{node.position} {node.task_name or '(no task name)'} (task id {node.task_id})"
 
 
-def _registry_is_complete(app):
+def _registry_is_complete(app: Celery) -> bool:
     """True when the building process knows every task a worker of this app knows.
 
     That is the case in a worker process once Celery imported its task
@@ -110,10 +175,11 @@ def _registry_is_complete(app):
     name there proves nothing.
     """
     # Reading app.tasks finalizes the app (adds every shared_task) if nothing did yet.
-    return bool(getattr(app.loader, "worker_initialized", False) and (app.finalized or app.autofinalize))
+    finalized = getattr(app, "finalized", False) or getattr(app, "autofinalize", True)
+    return bool(getattr(app.loader, "worker_initialized", False) and finalized)
 
 
-def _check_task_names(draft, errors):
+def _check_task_names(draft: Draft, errors: list[str]) -> None:
     policy = settings.UNKNOWN_TASKS
     if policy == "ignore":
         return
@@ -135,11 +201,26 @@ def _check_task_names(draft, errors):
             )
 
 
-def validate(draft):
-    """Raise ValidationError naming every offending node; touches no database row."""
-    errors = []
+class Encoded:
+    """The JSON text of each node's JSON columns, made once by ``validate`` and written as is.
+
+    Keyed by ``id(node)``; a node missing here is encoded when written.
+    """
+
+    def __init__(self) -> None:
+        self.signature: dict[int, str] = {}
+        self.custom_payload: dict[int, str] = {}
+
+
+def validate(draft: Draft) -> Encoded:
+    """Raise ValidationError naming every offending node; touches no database row.
+
+    Returns the JSON text of the nodes' signatures and payloads, so saving
+    does not encode them again.
+    """
+    errors: list[str] = []
+    encoded = Encoded()
     workflow = draft.workflow
-    nodes = draft.nodes
     problem = _json_error(workflow.custom_payload)
     if problem:
         errors.append(f"Workflow custom_payload is not JSON-serialisable: {problem}")
@@ -150,59 +231,101 @@ def validate(draft):
     for field in ("options", "tasks_options"):
         setattr(workflow, field, _as_tree(getattr(workflow, field), f"Workflow {field}", errors, "is"))
         _check_text("Workflow", field, getattr(workflow, field), errors)
-    seen = {}
-    for node in nodes:
-        describe = _describe(node)
-        _check_node_call(node, describe, errors)
-        problem = _json_error(node.custom_payload)
-        if problem:
-            errors.append(f"{describe}: custom_payload is not JSON-serialisable: {problem}")
-        else:
-            _check_size(describe, "custom_payload", node.custom_payload, "MAX_PAYLOAD_BYTES", errors)
-            _check_text(describe, "custom_payload", node.custom_payload, errors)
+    seen: dict[str, Node] = {}
+    payload_cap = settings.MAX_PAYLOAD_BYTES
+    argument_cap = settings.MAX_ARGUMENT_BYTES
+    for node in draft.nodes:
+        if node.kind != NodeKind.JOIN:
+            text = _check_node_call(node, errors, argument_cap)
+            if text is not None:
+                encoded.signature[id(node)] = text
+        _check_payload(node, errors, payload_cap, encoded)
         for field in ("task_id", "task_name"):
-            _check_text(describe, field, getattr(node, field), errors)
-        if not node.task_id:
-            errors.append(f"{describe}: empty task id")
-        elif node.task_id in seen:
-            errors.append(f"{describe}: duplicate task id, also used by {_describe(seen[node.task_id])}")
+            value = getattr(node, field)
+            if not (isinstance(value, str) and value.isascii() and "\x00" not in value):
+                _check_text(_describe(node), field, value, errors)
+        task_id = node.task_id
+        if not task_id:
+            errors.append(f"{_describe(node)}: empty task id")
+        elif task_id in seen:
+            errors.append(f"{_describe(node)}: duplicate task id, also used by {_describe(seen[task_id])}")
         else:
-            seen[node.task_id] = node
+            seen[task_id] = node
         deps = draft.dependencies_of(node)
         for dep in deps:
             if not draft.owns(dep):
-                errors.append(f"{describe}: depends on a node of another workflow ({dep!r})")
-        if node.kind in (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER) and deps:
-            errors.append(f"{describe}: workflow callbacks cannot have dependencies")
+                errors.append(f"{_describe(node)}: depends on a node of another workflow ({dep!r})")
+        if deps and node.kind in (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER):
+            errors.append(f"{_describe(node)}: workflow callbacks cannot have dependencies")
     _check_task_names(draft, errors)
-    cycle = _find_cycle(draft)
+    cycle = _find_cycle(draft) if draft.may_have_cycle else None
     if cycle:
         errors.append("Dependency cycle: " + " -> ".join(_describe(n) for n in cycle))
     if errors:
         raise ValidationError(errors)
+    return encoded
 
 
-def _check_node_call(node, describe, errors):
-    """Task name, arguments and options of one node: JSON, text a column takes, size cap."""
-    if node.kind == NodeKind.JOIN:
+def _check_payload(node: Node, errors: list[str], cap: int, encoded: Encoded) -> None:
+    """A node's custom_payload: JSON (DjangoJSONEncoder), text a column takes, size cap."""
+    payload = node.custom_payload
+    if type(payload) is dict and not payload:  # the default
+        encoded.custom_payload[id(node)] = "{}"
         return
+    try:
+        text = json.dumps(payload, allow_nan=False, cls=DjangoJSONEncoder)
+    except (TypeError, ValueError) as exc:
+        errors.append(f"{_describe(node)}: custom_payload is not JSON-serialisable: {exc}")
+        return
+    if _needs_close_look(text, cap):
+        describe = _describe(node)
+        before = len(errors)
+        _check_size(describe, "custom_payload", payload, "MAX_PAYLOAD_BYTES", errors)
+        _check_text(describe, "custom_payload", payload, errors)
+        if len(errors) > before:
+            return
+    encoded.custom_payload[id(node)] = text
+
+
+def _check_node_call(node: Node, errors: list[str], cap: int) -> str | None:
+    """Task name, arguments and options of one node: JSON, text a column takes, size cap.
+
+    The usual signature is encoded once (Celery's JSON encoder), and that text
+    is both checked and returned for saving; the tree replaces the
+    arguments and options, as Celery's serializer would carry them. Anything
+    unusual takes the value-by-value checks, which name the culprit.
+    """
     sig = node.signature or {}
     if not sig.get("task"):
-        errors.append(f"{describe}: the signature names no task, so it cannot be published")
-    for part in ("args", "kwargs", "options"):
+        errors.append(f"{_describe(node)}: the signature names no task, so it cannot be published")
+    if sig.keys() <= SIGNATURE_KEYS and isinstance(sig.get("task"), str) and isinstance(sig.get("immutable"), bool):
+        try:
+            text = kombu_json.dumps(sig, allow_nan=False)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            pass  # the slow checks name the part
+        else:
+            if not _needs_close_look(text, cap):
+                tree = json.loads(text)
+                for part in CALL_PARTS:
+                    if part in sig:
+                        sig[part] = tree[part]
+                return text
+    describe = _describe(node)
+    for part in CALL_PARTS:
         if part in sig:
             sig[part] = _as_tree(sig[part], f"{describe}: {part}", errors)
             _check_text(describe, part, sig[part], errors)
     call = {"args": sig.get("args", []), "kwargs": sig.get("kwargs", {})}
     _check_size(describe, "args and kwargs", call, "MAX_ARGUMENT_BYTES", errors)
+    return None
 
 
-def _find_cycle(draft):
+def _find_cycle(draft: Draft) -> list[Node] | None:
     """Kahn's algorithm; on failure walk the leftover nodes to name one cycle."""
     nodes = draft.nodes
     index = {id(n): n for n in nodes}
     indegree = {id(n): 0 for n in nodes}
-    dependents = {id(n): [] for n in nodes}
+    dependents: dict[int, list[Node]] = {id(n): [] for n in nodes}
     for node in nodes:
         for dep in draft.dependencies_of(node):
             if id(dep) in index:
@@ -221,7 +344,8 @@ def _find_cycle(draft):
         return None
     # Every leftover node has a leftover dependency: follow them until one repeats.
     node = next(n for n in nodes if indegree[id(n)] > 0)
-    path, where = [], {}
+    path: list[Node] = []
+    where: dict[int, int] = {}
     while id(node) not in where:
         where[id(node)] = len(path)
         path.append(node)
@@ -230,7 +354,7 @@ def _find_cycle(draft):
     return list(reversed(cycle + [node]))
 
 
-def save_and_start(draft, options, send_tick):
+def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: SendTick) -> None:
     """Validate, save workflow, nodes and edges in one transaction, send the first tick on commit.
 
     ``send_tick(workflow_id, options)`` sends the first tick (the engine's,
@@ -243,45 +367,41 @@ def save_and_start(draft, options, send_tick):
     workflow = draft.workflow
     if options is not None:
         workflow.tasks_options = dict(options)
-    validate(draft)
+    encoded = validate(draft)
     nodes = draft.nodes
-    WorkflowNode, WorkflowEdge = _model("WorkflowNode"), _model("WorkflowEdge")
+    WorkflowNode = _model("WorkflowNode")
     skipped = {id(n) for n in draft.skipped}
     workflow.nodes_total = sum(1 for n in nodes if n.kind == NodeKind.TASK)
     workflow.nodes_skipped = sum(1 for n in draft.skipped if n.kind == NodeKind.TASK)
     workflow.nodes_done = workflow.nodes_skipped
     workflow.start_sent = workflow.start_error = None
     now = timezone.now()
+    using = router.db_for_write(WorkflowNode)
+    connection = connections[using]
     try:
-        with transaction.atomic():
-            workflow.save(force_insert=True)
+        with transaction.atomic(using=using):
+            workflow.save(force_insert=True, using=using)
             cached = WorkflowNode.workflow.is_cached
             for node in nodes:
                 if not cached(node):  # the model's draft sets it when it makes the node
                     node.workflow = workflow
                 # A dependency skipped before start never finishes, so it is not waited for.
-                node.waiting = sum(1 for d in draft.dependencies_of(node) if id(d) not in skipped)
-                if id(node) in skipped:
+                deps = draft.dependencies_of(node)
+                node.waiting = sum(1 for d in deps if id(d) not in skipped) if skipped else len(deps)
+                if skipped and id(node) in skipped:
                     node.state, node.finished_at = NodeState.SKIPPED, now
                     node.reason = "skipped before start"
-            WorkflowNode.objects.bulk_create(nodes, batch_size=BULK_BATCH)
-            if any(n.pk is None for n in nodes):
-                # Backends that cannot return ids from a bulk insert (MySQL).
-                ids = dict(workflow.nodes.values_list("task_id", "pk"))
-                for node in nodes:
-                    node.pk = ids[node.task_id]
-            edges = [
-                WorkflowEdge(workflow=workflow, node=node, dependency=dep, position=i)
-                for node in nodes
-                for i, dep in enumerate(draft.dependencies_of(node))
-            ]
-            WorkflowEdge.objects.bulk_create(edges, batch_size=BULK_BATCH)
-            _log_skipped(workflow, draft.skipped, now)
-            transaction.on_commit(partial(send_start, workflow, send_tick))
+            if connection.vendor == "postgresql":
+                _copy_graph(connection, workflow, draft, encoded)
+            else:
+                _bulk_create_graph(using, workflow, draft)
+            _log_skipped(workflow, draft.skipped, now, using)
+            transaction.on_commit(partial(send_start, workflow, send_tick), using=using)
     except IntegrityError as exc:
         _back_to_draft(workflow, nodes)
         taken = set(
-            WorkflowNode.objects.filter(task_id__in=[n.task_id for n in nodes[:10000]])
+            WorkflowNode.objects.using(using)
+            .filter(task_id__in=[n.task_id for n in nodes[:10000]])
             .values_list("task_id", flat=True)
         )
         if taken:
@@ -297,9 +417,201 @@ def save_and_start(draft, options, send_tick):
         raise
     for node in nodes:
         node._state.adding = False
+        node._state.db = using
 
 
-def _back_to_draft(workflow, nodes):
+def _bulk_create_graph(using: str, workflow: WorkflowModel, draft: Draft) -> None:
+    """Nodes, then edges, with ``bulk_create``: SQLite, MariaDB/MySQL and any other backend."""
+    WorkflowNode, WorkflowEdge = _model("WorkflowNode"), _model("WorkflowEdge")
+    nodes = draft.nodes
+    WorkflowNode.objects.using(using).bulk_create(nodes, batch_size=BULK_BATCH)
+    if any(n.pk is None for n in nodes):
+        # Backends that cannot return ids from a bulk insert (MySQL).
+        ids = dict(WorkflowNode.objects.using(using).filter(workflow=workflow).values_list("task_id", "pk"))
+        for node in nodes:
+            node.pk = ids[node.task_id]
+    edges = [
+        WorkflowEdge(workflow=workflow, node=node, dependency=dep, position=i)
+        for node in nodes
+        for i, dep in enumerate(draft.dependencies_of(node))
+    ]
+    WorkflowEdge.objects.using(using).bulk_create(edges, batch_size=BULK_BATCH)
+
+
+# -- PostgreSQL: ids from the sequence, rows through COPY ------------------------------------------
+
+
+def _copy_graph(connection: BaseDatabaseWrapper, workflow: WorkflowModel, draft: Draft, encoded: Encoded) -> None:
+    """Nodes and edges in three statements, whatever their number.
+
+    The ids come from the nodes' own sequence (``nextval``: other builders
+    running at the same time get other ids), so the edges can name their
+    nodes without reading anything back.
+    """
+    WorkflowNode, WorkflowEdge = _model("WorkflowNode"), _model("WorkflowEdge")
+    nodes = draft.nodes
+    if not nodes:
+        return
+    node_table = WorkflowNode._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            [connection.ops.quote_name(node_table), WorkflowNode._meta.pk.column, len(nodes)],
+        )
+        ids = sorted(row[0] for row in cursor.fetchall())
+    for node, pk in zip(nodes, ids, strict=True):
+        node.pk = pk
+    columns, rows = node_rows(nodes, encoded)
+    copy_rows(connection, node_table, columns, rows)
+    workflow_id = workflow.pk
+    pk = attrgetter(WorkflowNode._meta.pk.attname)
+    edge_rows = (
+        (workflow_id, pk(node), pk(dep), i)
+        for node in nodes
+        for i, dep in enumerate(draft.dependencies_of(node))
+    )
+    edge_fields = ("workflow", "node", "dependency", "position")
+    edge_columns = [WorkflowEdge._meta.get_field(name).column for name in edge_fields]
+    copy_rows(connection, WorkflowEdge._meta.db_table, edge_columns, edge_rows)
+
+
+def node_rows(nodes: Sequence[Node], encoded: Encoded | None = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """The columns of ``WorkflowNode`` and one tuple of values per node, JSON columns as JSON text.
+
+    Values are the instances' own (no per-field preparation): the model's
+    columns hold nothing a field converts on the way in but JSON. The rows
+    are made as COPY sends them, never all held at once.
+    """
+    fields = _model("WorkflowNode")._meta.concrete_fields
+    columns = [f.column for f in fields]
+    values = attrgetter(*(f.attname for f in fields))
+    encoders: list[tuple[int, Callable[[Node, Any], Any]]] = []
+    for i, field in enumerate(fields):
+        if isinstance(field, JSONField):
+            texts = getattr(encoded, field.name, None) or {}
+            encoders.append((i, partial(_json_text, texts, field.encoder)))
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for node in nodes:
+            row = list(values(node))
+            for i, encode in encoders:
+                row[i] = encode(node, row[i])
+            yield tuple(row)
+
+    return columns, rows()
+
+
+def _json_text(texts: dict[int, str], encoder: type[json.JSONEncoder] | None, node: Node, value: Any) -> str | None:
+    text = texts.get(id(node))
+    if text is not None:
+        return text
+    if not value and type(value) in (list, dict):  # a default: [] or {}
+        return "[]" if type(value) is list else "{}"
+    # A nullable JSON column stores None as SQL NULL, as the ORM does.
+    return None if value is None else json.dumps(value, cls=encoder)
+
+
+def copy_rows(
+    connection: BaseDatabaseWrapper, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
+    as_text: bool = False,
+) -> None:
+    """``COPY table (columns) FROM STDIN``: psycopg 3's ``cursor.copy``, psycopg2's ``copy_expert``.
+
+    Runs through the connection's execute wrappers and query log, like any
+    ORM statement (``CaptureQueriesContext`` counts it), and its errors are
+    Django's (a duplicate task id is an IntegrityError). ``as_text`` makes
+    psycopg 3 take the text psycopg2 is given (tests compare both).
+    """
+    quote = connection.ops.quote_name
+    sql = f"COPY {quote(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        if hasattr(raw, "copy"):  # psycopg 3
+
+            def run() -> None:
+                with raw.copy(sql) as copy:
+                    if as_text:
+                        for line in copy_lines(rows):
+                            copy.write(line)
+                    else:
+                        for row in rows:
+                            copy.write_row(row)
+
+        else:  # psycopg2
+
+            def run() -> None:
+                raw.copy_expert(sql, _LinesReader(copy_lines(rows)))
+
+        _execute(connection, cursor, sql, run)
+
+
+def _execute(connection: BaseDatabaseWrapper, cursor: Any, sql: str, run: Callable[[], None]) -> None:
+    """Run ``run`` as the statement ``sql``, the way Django's cursor runs one."""
+
+    def executor(sql: str, params: Any, many: bool, context: dict[str, Any]) -> None:
+        run()
+
+    execute: Callable[..., None] = executor
+    for wrapper in reversed(connection.execute_wrappers):
+        execute = partial(wrapper, execute)
+    start = time.monotonic()
+    with connection.wrap_database_errors:
+        execute(sql, None, False, {"connection": connection, "cursor": cursor})
+    if connection.queries_logged:
+        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - start:.3f}"})
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def copy_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
+    """Rows in COPY's text format (tab-separated, ``\\N`` for NULL, backslash escapes), a line each."""
+    for row in rows:
+        yield "\t".join(map(_copy_value, row)) + "\n"
+
+
+class _LinesReader(io.TextIOBase):
+    """A read-only file over ``copy_lines``, for psycopg2's ``copy_expert``: made as it is read."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self._pending = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        parts, length = [self._pending], len(self._pending)
+        for line in self._lines:
+            parts.append(line)
+            length += len(line)
+            if size is not None and 0 <= size <= length:
+                break
+        text = "".join(parts)
+        if size is None or size < 0:
+            self._pending = ""
+            return text
+        self._pending = text[size:]
+        return text[:size]
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (int, uuid.UUID)):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
+    raise TypeError(f"No COPY text for {type(value).__name__}: {value!r:.100}")
+
+
+def _back_to_draft(workflow: WorkflowModel, nodes: Sequence[Node]) -> None:
     """After a rollback: the instances are unsaved again, so the draft can be fixed and applied."""
     workflow._state.adding = True
     for node in nodes:
@@ -307,11 +619,11 @@ def _back_to_draft(workflow, nodes):
         node.pk = None
 
 
-def _log_skipped(workflow, skipped, now):
+def _log_skipped(workflow: WorkflowModel, skipped: Sequence[Node], now: datetime, using: str) -> None:
     if not skipped or not settings.EVENT_LOG:
         return
     WorkflowEvent = _model("WorkflowEvent")
-    WorkflowEvent.objects.bulk_create(
+    WorkflowEvent.objects.using(using).bulk_create(
         [
             WorkflowEvent(
                 workflow=workflow, node=node, old_state=NodeState.PENDING, new_state=NodeState.SKIPPED,
@@ -323,7 +635,7 @@ def _log_skipped(workflow, skipped, now):
     )
 
 
-def send_start(workflow, send_tick):
+def send_start(workflow: WorkflowModel, send_tick: SendTick) -> None:
     """Send the first tick; record on ``workflow`` whether the broker took it.
 
     A broker that is down does not lose the workflow (its rows are committed
@@ -340,7 +652,7 @@ def send_start(workflow, send_tick):
         _mark_start_lost(workflow)
 
 
-def _mark_start_lost(workflow):
+def _mark_start_lost(workflow: WorkflowModel) -> None:
     """Make the unsent first tick overdue now, so the next sweep starts the workflow.
 
     ``next_tick_at`` is when the scheduled tick is due, and a tick overdue by

@@ -10,14 +10,27 @@ node: chaining two groups of 100 then costs 200 edges instead of 10,000, and
 in pass-results mode the join carries the list of results in header order.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from celery import group
-from celery.canvas import Signature, _chain, _chord, maybe_signature
+from celery.canvas import Signature, _chain, chord, maybe_signature
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
 
 from .states import NodeKind, TriggerRule
+
+if TYPE_CHECKING:
+    from .draft import Draft
+
+#: A ``models.WorkflowNode`` (this module does not import models, see draft.py).
+Node = Any
+#: Trigger rules as a set: ``TriggerRule.values`` builds a list on every read.
+TRIGGER_RULES = frozenset(TriggerRule.values)
+CANVAS_TYPES = (group, _chain, chord)
 
 # Options by which Celery would chain tasks itself. The engine orders nodes, so
 # they are not stored: a canvas that was already applied still imports cleanly.
@@ -43,19 +56,21 @@ CELERY_CHAINING_OPTIONS = frozenset(
 )
 
 
-def signature_to_dict(sig):
+def signature_to_dict(sig: Signature) -> dict[str, Any]:
     """The JSON form a node stores: enough to publish the task, nothing Celery chains by."""
-    options = {k: v for k, v in dict(sig.options).items() if k not in CELERY_CHAINING_OPTIONS}
+    # A Signature is a dict: its keys read faster than its properties (one node per signature).
+    get = sig.get
+    options = {k: v for k, v in (get("options") or {}).items() if k not in CELERY_CHAINING_OPTIONS}
     return {
-        "task": sig.task,
-        "args": list(sig.args or ()),
-        "kwargs": dict(sig.kwargs or {}),
+        "task": get("task"),
+        "args": list(get("args") or ()),
+        "kwargs": dict(get("kwargs") or {}),
         "options": options,
-        "immutable": bool(sig.immutable),
+        "immutable": bool(get("immutable")),
     }
 
 
-def _as_signature(draft, obj):
+def _as_signature(draft: Draft, obj: Any) -> Signature:
     original = obj
     if isinstance(obj, dict) and not isinstance(obj, Signature):
         try:
@@ -67,7 +82,7 @@ def _as_signature(draft, obj):
     # so the task must be a name. A signature naming no task at all is accepted
     # here, as celery-dyrygent accepts it to build graphs; apply_async refuses it.
     if not isinstance(obj, Signature) or not isinstance(obj.get("options"), dict) or not isinstance(
-        obj.task, (str, type(None))
+        obj.get("task"), (str, type(None))
     ):
         raise ValidationError(
             f"Workflow {draft.label}: expected a Celery signature or canvas, "
@@ -77,7 +92,7 @@ def _as_signature(draft, obj):
     return obj
 
 
-def check_dependencies(draft, dependencies):
+def check_dependencies(draft: Draft, dependencies: Iterable[Node] | None) -> list[Node]:
     """The nodes as a list; refuses any that is not a node of this unsaved draft."""
     deps = list(dependencies or [])
     for dep in deps:
@@ -90,7 +105,7 @@ def check_dependencies(draft, dependencies):
     return deps
 
 
-def _as_timeout(timeout):
+def _as_timeout(timeout: float | timedelta | None) -> timedelta | None:
     if timeout is None:
         return None
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
@@ -103,7 +118,7 @@ def _as_timeout(timeout):
     )
 
 
-def _as_attempts(max_attempts):
+def _as_attempts(max_attempts: int) -> int:
     if isinstance(max_attempts, int) and not isinstance(max_attempts, bool) and max_attempts >= 1:
         return max_attempts
     raise ValidationError(
@@ -112,8 +127,8 @@ def _as_attempts(max_attempts):
     )
 
 
-def _single_task(sig, what):
-    if isinstance(sig, (group, _chain, _chord)):
+def _single_task(sig: Signature, what: str) -> None:
+    if isinstance(sig, CANVAS_TYPES):
         raise ValidationError(
             f"{what}() takes a single task signature, got a {type(sig).__name__}; "
             "use add_celery_canvas() for chains, groups and chords.",
@@ -121,14 +136,18 @@ def _single_task(sig, what):
         )
 
 
-def _task_id(sig):
-    if not sig.id:
+def _task_id(sig: Signature) -> str:
+    task_id = sig["options"].get("task_id")
+    if not task_id:
         # Same effect as sig.freeze() without needing the task registered here.
-        sig.set(task_id=uuid())
-    return sig.id
+        task_id = uuid()
+        sig.set(task_id=task_id)
+    return task_id
 
 
-def add_fanout(draft, template, dependency, timeout=None):
+def add_fanout(
+    draft: Draft, template: Any, dependency: Node, timeout: float | timedelta | None = None
+) -> Node:
     sig = _as_signature(draft, template)
     _single_task(sig, "add_fanout")
     (dep,) = check_dependencies(draft, [dependency])
@@ -139,11 +158,17 @@ def add_fanout(draft, template, dependency, timeout=None):
     )
 
 
-def add_signature(draft, signature, dependencies=None, trigger_rule=TriggerRule.ALL_SUCCESS,
-                  timeout=None, max_attempts=1):
+def add_signature(
+    draft: Draft,
+    signature: Any,
+    dependencies: Iterable[Node] | None = None,
+    trigger_rule: str = TriggerRule.ALL_SUCCESS,
+    timeout: float | timedelta | None = None,
+    max_attempts: int = 1,
+) -> Node:
     sig = _as_signature(draft, signature)
     _single_task(sig, "add_signature")
-    if trigger_rule not in TriggerRule.values:
+    if trigger_rule not in TRIGGER_RULES:
         raise ValidationError(
             f"Unknown trigger_rule {trigger_rule!r}; use one of {', '.join(TriggerRule.values)}.",
             code="bad_trigger_rule",
@@ -154,21 +179,22 @@ def add_signature(draft, signature, dependencies=None, trigger_rule=TriggerRule.
         deps,
         source=sig,
         task_id=_task_id(sig),
-        task_name=sig.task or "",
+        task_name=sig.get("task") or "",
         signature=signature_to_dict(sig),
         trigger_rule=trigger_rule,
-        timeout=_as_timeout(timeout),
-        max_attempts=_as_attempts(max_attempts),
+        timeout=None if timeout is None else _as_timeout(timeout),
+        max_attempts=1 if max_attempts == 1 and type(max_attempts) is int else _as_attempts(max_attempts),
     )
-    _add_linked(draft, callbacks, [node])
+    if callbacks:
+        _add_linked(draft, callbacks, [node])
     return node
 
 
-def add_join(draft, dependencies):
+def add_join(draft: Draft, dependencies: Iterable[Node]) -> Node:
     return draft.new_node(dependencies, task_id=uuid(), kind=NodeKind.JOIN)
 
 
-def add_callback(draft, signature, kind):
+def add_callback(draft: Draft, signature: Any, kind: str) -> Node:
     sig = _as_signature(draft, signature)
     _no_links(sig, "a workflow callback")
     return draft.new_node(
@@ -180,7 +206,7 @@ def add_callback(draft, signature, kind):
 # -- Celery's own callbacks (link / link_error) ------------------------------------------------
 
 
-def _linked_callbacks(draft, sig):
+def _linked_callbacks(draft: Draft, sig: Signature) -> list[tuple[Signature, str]]:
     """The ``link`` / ``link_error`` callbacks of ``sig``, as (signature, trigger rule).
 
     Celery would call them itself; the engine orders tasks, so each becomes a
@@ -189,7 +215,10 @@ def _linked_callbacks(draft, sig):
     cannot receive what Celery would pass the callback, the signature is
     refused rather than silently dropped.
     """
-    found = []
+    options = sig["options"]
+    if not (options.get("link") or options.get("link_error")):
+        return []
+    found: list[tuple[Signature, str]] = []
     for option, rule in (("link", TriggerRule.ALL_SUCCESS), ("link_error", TriggerRule.ONE_FAILED)):
         for item in sig.options.get(option) or ():
             callback = _as_signature(draft, item)
@@ -213,7 +242,7 @@ def _linked_callbacks(draft, sig):
     return found
 
 
-def _no_links(sig, what):
+def _no_links(sig: Signature, what: str) -> None:
     linked = [o for o in ("link", "link_error") if sig.options.get(o)]
     if linked:
         raise ValidationError(
@@ -223,10 +252,10 @@ def _no_links(sig, what):
         )
 
 
-def _add_linked(draft, callbacks, leaves):
+def _add_linked(draft: Draft, callbacks: list[tuple[Signature, str]], leaves: list[Node]) -> None:
     for callback, rule in callbacks:
         deps = _joined(draft, leaves)
-        if isinstance(callback, (group, _chain, _chord)):
+        if isinstance(callback, CANVAS_TYPES):
             _add(draft, callback, deps)
         else:
             add_signature(draft, callback, deps, trigger_rule=rule)
@@ -235,19 +264,19 @@ def _add_linked(draft, callbacks, leaves):
 # -- canvas ------------------------------------------------------------------------------------
 
 
-def add_canvas(draft, canvas, dependencies=None):
+def add_canvas(draft: Draft, canvas: Any, dependencies: Iterable[Node] | None = None) -> list[Node]:
     deps = check_dependencies(draft, dependencies)
     if len(deps) > 1:
         deps = [add_join(draft, deps)]
     return _add(draft, _as_signature(draft, canvas), deps)
 
 
-def _add(draft, sig, deps):
+def _add(draft: Draft, sig: Signature, deps: list[Node]) -> list[Node]:
     """Add ``sig`` after ``deps`` (at most one node); return its leaves."""
-    if not isinstance(sig, (group, _chain, _chord)):
+    if not isinstance(sig, CANVAS_TYPES):
         return [add_signature(draft, sig, deps)]
     callbacks = _linked_callbacks(draft, sig)
-    if isinstance(sig, _chord):
+    if isinstance(sig, chord):
         # A frozen/applied chord holds its header as a group, not a list.
         header = sig.tasks
         header = list(header.tasks if isinstance(header, group) else header)
@@ -268,15 +297,15 @@ def _add(draft, sig, deps):
     return leaves
 
 
-def _add_group(draft, tasks, deps):
+def _add_group(draft: Draft, tasks: list[Any], deps: list[Node]) -> list[Node]:
     if not tasks:
         return deps
-    leaves = []
+    leaves: list[Node] = []
     for task in tasks:
         leaves.extend(_add(draft, _as_signature(draft, task), deps))
     return leaves
 
 
-def _joined(draft, leaves):
+def _joined(draft: Draft, leaves: list[Node]) -> list[Node]:
     """Several leaves feeding what follows: collapse them into one join node."""
     return [add_join(draft, leaves)] if len(leaves) > 1 else leaves

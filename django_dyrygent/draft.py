@@ -49,6 +49,9 @@ class Draft:
         self._dependencies: dict[int, list[Node]] = {}  # id(node) -> [node, ...] in the order given
         self.skipped: list[Node] = []  # nodes marked done before start (celery-dyrygent's skip_tasks)
         self._sources: dict[int, Signature] = {}  # id(node) -> the Celery signature it was made from
+        # Nodes made with their dependencies only depend on older nodes, so no cycle is
+        # possible until an edge is added afterwards (add_dependency); validation then looks.
+        self.may_have_cycle = False
 
     @property
     def label(self) -> str:
@@ -95,6 +98,7 @@ class Draft:
         deps = self._dependencies[id(node)]
         if not any(d is other for d in deps):
             deps.append(other)
+            self.may_have_cycle = True
 
     def leaves(self) -> list[Node]:
         """Nodes nobody depends on (callbacks excluded)."""
@@ -135,7 +139,8 @@ class Draft:
         return canvas.add_signature(self, signature, dependencies, **node_options)
 
     def add_canvas(self, canvas_obj: Any, dependencies: Iterable[Node] | None = None) -> list[Node]:
-        return canvas.add_canvas(self, canvas_obj, dependencies)
+        with builder.gc_paused():
+            return canvas.add_canvas(self, canvas_obj, dependencies)
 
     def add_fanout(
         self, template: Any, dependency: Node, timeout: float | timedelta | None = None
@@ -152,4 +157,5 @@ class Draft:
 
     def apply(self, options: dict[str, Any] | None, send_tick: Callable[..., Any]) -> None:
         """Validate and save in one transaction; ``send_tick`` sends the first tick on commit."""
-        return builder.save_and_start(self, options, send_tick)
+        with builder.gc_paused():
+            builder.save_and_start(self, options, send_tick)
