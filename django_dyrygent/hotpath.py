@@ -9,7 +9,8 @@ run in autocommit (no ``BEGIN``/``COMMIT`` round trips), all through
 
 * **STARTED** (``node_started``, every database): one conditional UPDATE of
   the node row (QUEUED/RETRY/STARTED -> STARTED, ``started_at``,
-  ``timeout_at``, the worker), no event row, no lock on the workflow row.
+  ``timeout_at``, the worker), no event row, no lock on the workflow row
+  (MySQL/MariaDB: the workflow row in share mode first, see ``_started_orm``).
 * **Success of a plain task node** (``node_succeeded``, PostgreSQL): one
   CTE (``_success_sql``) that
 
