@@ -9,7 +9,8 @@ run in autocommit (no ``BEGIN``/``COMMIT`` round trips), all through
 
 * **STARTED** (``node_started``, every database): one conditional UPDATE of
   the node row (QUEUED/RETRY/STARTED -> STARTED, ``started_at``,
-  ``timeout_at``, the worker), no event row, no lock on the workflow row.
+  ``timeout_at``, the worker), no event row, no lock on the workflow row
+  (MySQL/MariaDB: the workflow row in share mode first, see ``_started_orm``).
 * **Success of a plain task node** (``node_succeeded``, PostgreSQL): one
   CTE (``_success_sql``) that
 
@@ -209,6 +210,19 @@ def _started_orm(
         # NULL when the node has no timeout.
         "timeout_at": ExpressionWrapper(Value(now) + F("timeout"), output_field=DateTimeField()),
     }
+    if _connection().vendor == "mysql":
+        # InnoDB locks every row its UPDATE scans, so a bare UPDATE could hold this node while
+        # waiting for another that a cancel (workflow row, then nodes) holds: deadlock. Take the
+        # workflow row shared first (waits for the decisions, shared with other starts).
+        with transaction.atomic():
+            with _connection().cursor() as cursor:
+                cursor.execute(f"SELECT 1 FROM {_table(Workflow)} WHERE id = %s LOCK IN SHARE MODE",
+                               [Workflow._meta.pk.get_db_prep_value(workflow_id, _connection())])
+            return _started_update(workflow_id, task_id, values, listened)
+    return _started_update(workflow_id, task_id, values, listened)
+
+
+def _started_update(workflow_id: Any, task_id: str, values: dict[str, Any], listened: bool) -> WorkflowNode | None:
     nodes = WorkflowNode.objects.filter(task_id=task_id, workflow_id=workflow_id)
     if not listened:
         if not nodes.filter(state__in=_STARTS_FROM).update(**values):
