@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_USER = "dyrygent-pg"
-QUEUE = "dyrygent-tests"
+# The queue the test process publishes to (tests/settings.py: CELERY_TASK_DEFAULT_QUEUE).
+QUEUE = os.environ.get("DYRYGENT_TEST_QUEUE", "dyrygent-tests")
 #: Liveness settings of the suite's workers: seconds, short so the suite stays fast.
 FAST = {
     "DYRYGENT_HEARTBEAT_INTERVAL": "1",
