@@ -47,7 +47,9 @@ def session_worker(django_db_setup, django_db_blocker, purged_broker):
                 celery_app, pool="threads", concurrency=4, perform_ping_check=False,
                 loglevel="WARNING", shutdown_timeout=30,
             ))
+        _worker_running.append(w)
         yield w
+        _worker_running.clear()
     import gc
 
     # Finished worker threads keep their database connections until their
@@ -56,17 +58,27 @@ def session_worker(django_db_setup, django_db_blocker, purged_broker):
     gc.collect()
 
 
+_worker_running = []  # the session worker, once a test has started it
+
+
 @pytest.fixture
 def worker(transactional_db, session_worker):
-    """The session's worker, with a committed-data test database; waits for it to go idle after.
+    """The session's worker, with a committed-data test database (idle after: the hook below)."""
+    return session_worker
 
-    Idle before the test database's tables are flushed: a task that starts
-    during the TRUNCATE holds row locks on tables the TRUNCATE still has to
-    lock, and PostgreSQL breaks that deadlock by failing one side, sometimes
-    the flush ("Database ... couldn't be flushed").
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Once the session worker runs, every test waits for it to go idle before its fixtures end.
+
+    Before the test database's tables are flushed: a task that starts during the
+    TRUNCATE takes row locks on tables the TRUNCATE still has to lock, and
+    PostgreSQL breaks that deadlock by failing one side, sometimes the flush
+    ("Database ... couldn't be flushed"). Not only tests with the ``worker``
+    fixture publish: a transactional test that applies a workflow does too.
     """
-    yield session_worker
-    wait_worker_idle(15)
+    if _worker_running:
+        wait_worker_idle(15)
 
 
 @pytest.fixture

@@ -266,3 +266,4 @@ def test_held_task_ids__celery_5_3_has_no_scheduled_requests(monkeypatch):
     assert worker.held_task_ids() == (["running"], ["next"])
     monkeypatch.setattr(worker_state, "scheduled_requests", [SimpleNamespace(id="later")], raising=False)
     assert worker.held_task_ids() == (["running"], ["later", "next"])
+    monkeypatch.undo()  # before the suite's teardown hook reads the worker's state
