@@ -46,8 +46,10 @@ def held_task_ids() -> tuple[list[str], list[str]]:
         try:
             active = {r.id for r in list(worker_state.active_requests)}
             waiting = {r.id for r in list(worker_state.reserved_requests)}
-            # celery-types 0.26 lacks scheduled_requests (a WeakSet in celery/worker/state.py).
-            waiting |= {r.id for r in list(worker_state.scheduled_requests)}  # type: ignore[attr-defined]
+            # Countdown/ETA messages waiting in the worker's timer: a WeakSet in celery/worker/state.py
+            # since Celery 5.4 (celery-types 0.26 lacks it too). Celery 5.3 does not track them there.
+            scheduled = getattr(worker_state, "scheduled_requests", ())
+            waiting |= {r.id for r in list(scheduled)}
             return sorted(active), sorted(waiting - active)
         except RuntimeError:  # the sets changed while we copied them; try again
             time.sleep(0.001)

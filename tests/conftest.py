@@ -47,7 +47,9 @@ def session_worker(django_db_setup, django_db_blocker, purged_broker):
                 celery_app, pool="threads", concurrency=4, perform_ping_check=False,
                 loglevel="WARNING", shutdown_timeout=30,
             ))
+        _worker_running.append(w)
         yield w
+        _worker_running.clear()
     import gc
 
     from django_dyrygent import hotpath
@@ -59,15 +61,27 @@ def session_worker(django_db_setup, django_db_blocker, purged_broker):
     gc.collect()
 
 
+_worker_running = []  # the session worker, once a test has started it
+
+
 @pytest.fixture
 def worker(transactional_db, session_worker):
-    """The session's worker, with a committed-data test database; waits for it to go idle after."""
-    yield session_worker
-    from celery.worker import state
+    """The session's worker, with a committed-data test database (idle after: the hook below)."""
+    return session_worker
 
-    deadline = time.monotonic() + 15
-    while state.active_requests and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Once the session worker runs, every test waits for it to go idle before its fixtures end.
+
+    Before the test database's tables are flushed: a task that starts during the
+    TRUNCATE takes row locks on tables the TRUNCATE still has to lock, and
+    PostgreSQL breaks that deadlock by failing one side, sometimes the flush
+    ("Database ... couldn't be flushed"). Not only tests with the ``worker``
+    fixture publish: a transactional test that applies a workflow does too.
+    """
+    if _worker_running:
+        wait_worker_idle(15)
 
 
 @pytest.fixture
@@ -79,13 +93,22 @@ def is_postgres():
 
 
 def wait_worker_idle(timeout=20.0):
-    """Block until the shared worker runs no task (e.g. before counting what ran)."""
+    """Block until the shared worker runs no task and holds none it has received (e.g. before
+    counting what ran).
+
+    Received is not yet running: the thread pool marks a request active only once
+    a thread starts it, so a message taken just before the check would run after it.
+    (Countdown messages wait in the worker's timer and count once they are due.)
+    """
     from celery.worker import state
 
+    def busy():
+        return bool(state.reserved_requests or state.active_requests)
+
     deadline = time.monotonic() + timeout
-    while state.active_requests and time.monotonic() < deadline:
+    while busy() and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not state.active_requests
+    return not busy()
 
 
 _configure_base = pytest_configure

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from django_dyrygent import engine
@@ -21,7 +22,8 @@ from tests.conftest import purge_queue
 from tests.models import Execution
 from tests.tasks import record, slow_first
 
-QUEUE = "dyrygent-crash"
+# The run's own queue name plus a suffix: runs sharing a RabbitMQ vhost must not share it.
+QUEUE = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-crash"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,8 +77,12 @@ def test_crash__a_worker_killed_mid_task_is_recovered_by_the_timeout_on_a_new_wo
     second = None
     try:
         wf.apply_async(options={"queue": QUEUE})
+        # Mid-task: the body has begun (its row is written), not only the node marked STARTED.
+        # Killed before that row, every later run is a "first" one and sleeps 60 s; on RabbitMQ
+        # the killed message comes straight back and holds the one-process replacement.
         assert _wait_for(
             lambda: WorkflowNode.objects.get(pk=slow.pk).state == WorkflowNode.State.STARTED
+            and Execution.objects.filter(label="start:crash").exists()
         ), (tmp_path / "doomed.log").read_text()
         doomed_task_id = WorkflowNode.objects.get(pk=slow.pk).task_id
         _stop(first, signal.SIGKILL)  # the whole process group: main process and pool child

@@ -251,3 +251,19 @@ def test_db_run__other_errors_are_not_retried():
     with pytest.raises(ValueError):
         db.run(broken, retry_for=30)
     assert len(calls) == 1
+
+
+def test_held_task_ids__celery_5_3_has_no_scheduled_requests(monkeypatch):
+    """Celery 5.3's worker state has no ``scheduled_requests`` (5.4+): the heartbeat still reads
+    the active and reserved requests instead of failing on every beat."""
+    from celery.worker import state as worker_state
+
+    from django_dyrygent import worker
+
+    monkeypatch.setattr(worker_state, "active_requests", [SimpleNamespace(id="running")])
+    monkeypatch.setattr(worker_state, "reserved_requests", [SimpleNamespace(id="running"), SimpleNamespace(id="next")])
+    monkeypatch.delattr(worker_state, "scheduled_requests", raising=False)
+    assert worker.held_task_ids() == (["running"], ["next"])
+    monkeypatch.setattr(worker_state, "scheduled_requests", [SimpleNamespace(id="later")], raising=False)
+    assert worker.held_task_ids() == (["running"], ["later", "next"])
+    monkeypatch.undo()  # before the suite's teardown hook reads the worker's state

@@ -7,6 +7,7 @@ import time
 import pytest
 from celery import chain, group
 from celery.worker import state as worker_state
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from django_dyrygent.models import Workflow, WorkflowNode
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.worker
 TIMEOUT = 30
 S = WorkflowNode.State
 # A queue no test worker consumes: a node published there stays QUEUED until someone acts.
-PARKED = "dyrygent-parked"
+# The run's own queue name plus a suffix: runs sharing a RabbitMQ vhost must not share it.
+PARKED = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-parked"
 
 
 def labels():

@@ -11,6 +11,7 @@ per run).
 import pytest
 from celery import group
 from celery.worker import state as worker_state
+from django.conf import settings
 
 from django_dyrygent import engine, messaging
 from django_dyrygent.models import Workflow, WorkflowNode
@@ -22,7 +23,8 @@ from tests.tasks import record
 pytestmark = pytest.mark.worker
 
 S = WorkflowNode.State
-QUEUE = "dyrygent-relb-cancel"
+# The run's own queue name plus a suffix: runs sharing a RabbitMQ vhost must not share it.
+QUEUE = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-relb-cancel"
 
 
 @pytest.fixture
