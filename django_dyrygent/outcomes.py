@@ -227,10 +227,13 @@ def node_retrying(workflow_id: UUID | str, task_id: str, reason: object = "") ->
     )
 
 
-# Which states a worker-reported state is written from, most likely first.
+# Which states a worker-reported state is written from, most likely first. RETRY from
+# RETRY: ``Task.retry`` publishes the next run before the worker sends ``task_retry``, so
+# on another worker process the next run can start and retry again before this report
+# lands; without it that report was dropped and ``retries`` counted one retry for two.
 WORKER_SOURCES: dict[str, tuple[str, ...]] = {
     NodeState.STARTED: (NodeState.QUEUED, NodeState.RETRY, NodeState.STARTED),
-    NodeState.RETRY: (NodeState.STARTED, NodeState.QUEUED),
+    NodeState.RETRY: (NodeState.STARTED, NodeState.QUEUED, NodeState.RETRY),
 }
 
 

@@ -264,6 +264,19 @@ def test_flush__join_nodes_do_not_count_as_work():
     assert (wf.nodes_done, wf.nodes_succeeded) == (0, 0)
 
 
+def test_node_retrying__a_retry_reported_after_the_next_run_retried_still_counts(broker, run):
+    """Celery publishes the retried run before it sends task_retry: the next run may start
+    and retry on another process first, so the late report finds the node in RETRY already."""
+    wf, n = one_node_workflow(state=S.STARTED)
+    outcomes.node_retrying(wf.pk, n.task_id, "second run's retry")  # arrives first
+    outcomes.node_retrying(wf.pk, n.task_id, "first run's retry")   # late, node already RETRY
+    n.refresh_from_db()
+    assert (n.state, n.retries) == (S.RETRY, 2)
+    outcomes.node_started(wf.pk, n.task_id)
+    n.refresh_from_db()
+    assert (n.state, n.retries) == (S.STARTED, 2)
+
+
 def test_flush__retry_transition_does_not_count_twice():
     wf, n = one_node_workflow(S.FAILURE)
     # The counters a failed node left behind; retry's move back to PENDING takes them back.
