@@ -111,6 +111,7 @@ NODE_TRANSITIONS: dict[str, set[str]] = {
     NodeState.RETRY: {
         NodeState.QUEUED,
         NodeState.STARTED,
+        NodeState.RETRY,  # a late task_retry of the previous run (outcomes.WORKER_SOURCES)
         NodeState.SUCCESS,
         NodeState.FAILURE,
         NodeState.CANCELED,
