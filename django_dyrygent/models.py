@@ -320,21 +320,22 @@ class WorkflowNode(models.Model):
     Kind = NodeKind
     TriggerRule = TriggerRule
 
+    # Indexed by the (workflow, state) and (workflow, position) indexes, which lead with it.
     workflow = models.ForeignKey(
-        Workflow, on_delete=models.CASCADE, related_name="nodes", verbose_name=_("workflow"),
+        Workflow, on_delete=models.CASCADE, related_name="nodes", verbose_name=_("workflow"), db_index=False,
     )
     task_id = models.CharField(
         _("task id"), max_length=255, unique=True,
         help_text=_("Celery task id this node publishes with; fresh on every retry()."),
     )
-    task_name = models.CharField(_("task name"), max_length=255, blank=True, default="", db_index=True)
+    task_name = models.CharField(_("task name"), max_length=255, blank=True, default="")
     kind = models.CharField(_("kind"), max_length=20, choices=NodeKind.choices, default=NodeKind.TASK)
     signature = models.JSONField(
         _("signature"), default=dict, blank=True,
         help_text=_("task, args, kwargs, options, immutable; Celery's own chaining options removed."),
     )
     state = models.CharField(
-        _("state"), max_length=20, choices=NodeState.choices, default=NodeState.PENDING, db_index=True,
+        _("state"), max_length=20, choices=NodeState.choices, default=NodeState.PENDING,
     )
     trigger_rule = models.CharField(
         _("trigger rule"), max_length=20, choices=TriggerRule.choices, default=TriggerRule.ALL_SUCCESS,
@@ -396,9 +397,14 @@ class WorkflowNode(models.Model):
         verbose_name = _("workflow node")
         verbose_name_plural = _("workflow nodes")
         ordering = ["workflow", "position"]
+        # Plain indexes in Meta, not db_index=True: on PostgreSQL a db_index CharField
+        # gets a second, ``varchar_pattern_ops`` index for LIKE that nothing here runs,
+        # and every index is one more write per node saved and per state change.
         indexes = [
             models.Index(fields=["workflow", "state"], name="dyrygent_node_wf_state_idx"),
             models.Index(fields=["workflow", "position"], name="dyrygent_node_wf_pos_idx"),
+            models.Index(fields=["state"], name="dyrygent_node_state_idx"),
+            models.Index(fields=["task_name"], name="dyrygent_node_task_name_idx"),
         ]
 
     def __str__(self) -> str:
@@ -502,8 +508,9 @@ class WorkflowEdge(models.Model):
     """``node`` waits for ``dependency``; ``position`` keeps the dependency order (header order)."""
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
-    node = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+")
-    dependency = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+")
+    # Indexed by the unique (node, dependency) constraint and the (dependency, node) index.
+    node = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+", db_index=False)
+    dependency = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+", db_index=False)
     position = models.PositiveIntegerField(default=0)
 
     class Meta:
