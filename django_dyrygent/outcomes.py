@@ -1,8 +1,8 @@
 """Worker reports: a node started, retried, succeeded, failed, was revoked or dropped.
 
 The worker-side receivers (``handlers``) call these, one report each. STARTED
-and RETRY decide nothing and are written without the workflow lock
-(``_simple_transition``); an outcome is a locked step that records it and
+(``hotpath.node_started``) and RETRY decide nothing and are written without
+the workflow lock (``_simple_transition``); an outcome is a locked step that records it and
 settles the dependents (``decisions.settle``). A late or duplicate report is
 ignored, and a value the database cannot hold fails that one node with a
 message instead of the step. On PostgreSQL the plain success of a task node
@@ -206,20 +206,6 @@ def format_error(exception: BaseException | None, traceback: str | None) -> str:
     return storable_text(traceback or head)
 
 
-def node_started(
-    workflow_id: UUID | str, task_id: str, hostname: str = "", pid: int | None = None,
-) -> WorkflowNode | None:
-    """A worker is about to run the node's task (task_prerun): ``hotpath.node_started``.
-
-    One conditional UPDATE, no event row (``started_at`` is the record), no
-    workflow lock; ``hostname`` / ``pid`` name the worker (its main process)
-    for the liveness sweep. None when the node is not runnable.
-    """
-    from . import hotpath  # hotpath falls back to this module's locked steps
-
-    return hotpath.node_started(workflow_id, task_id, hostname, pid)
-
-
 def node_retrying(workflow_id: UUID | str, task_id: str, reason: object = "") -> WorkflowNode | None:
     return _simple_transition(
         workflow_id, task_id, NodeState.RETRY, error=storable_text(str(reason or ""))[:10000],
@@ -238,7 +224,7 @@ WORKER_SOURCES: dict[str, tuple[str, ...]] = {
 
 
 def _simple_transition(workflow_id: UUID | str, task_id: str, target: str, **fields: Any) -> WorkflowNode | None:
-    """Record STARTED / RETRY: a conditional UPDATE, without the workflow lock.
+    """Record RETRY (STARTED: ``hotpath.node_started``): a conditional UPDATE, without the workflow lock.
 
     These changes decide nothing, and taking the lock for them doubled the
     lock traffic of every node. An engine step that meanwhile read the node

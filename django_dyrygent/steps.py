@@ -133,7 +133,7 @@ class Step:
         """Move ``nodes`` to ``target``: checked against the table, conditional UPDATE.
 
         Returns the nodes moved. Workers record STARTED and RETRY without the
-        workflow lock (see ``outcomes.node_started``), so a node read as QUEUED may be
+        workflow lock (see ``hotpath.node_started``), so a node read as QUEUED may be
         STARTED by the time of the UPDATE: such a node is re-read and moved from
         its new state if the table allows it. A republish (QUEUED -> QUEUED) of a
         node that started meanwhile is simply dropped. Anything else that

@@ -23,7 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from django_dyrygent import checks, engine, operations, outcomes
+from django_dyrygent import checks, engine, hotpath, operations, outcomes
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import add, fail, noop, record
 
@@ -82,7 +82,7 @@ def started_workflow(canvas=None, **kwargs):
 
 
 def complete(node, result=None):
-    outcomes.node_started(node.workflow_id, node.task_id)
+    hotpath.node_started(node.workflow_id, node.task_id)
     outcomes.node_succeeded(node.workflow_id, node.task_id, result)
 
 

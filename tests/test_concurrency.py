@@ -21,7 +21,7 @@ from celery import chain, group
 from django.conf import settings
 from django.db import connections
 
-from django_dyrygent import engine, hotpath, messaging, outcomes
+from django_dyrygent import engine, hotpath, messaging
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.tasks import noop
 
@@ -145,7 +145,7 @@ class Drivers:
             if not duplicate and hash(task_id) % 3 == 0:
                 # Queued before this report starts, so two threads report the task at once.
                 self.broker.inbox.put((task_id, True))
-            outcomes.node_started(self.wf_id, task_id)
+            hotpath.node_started(self.wf_id, task_id)
             applied = hotpath.node_succeeded(self.wf_id, task_id, result=n)
             with self.lock:
                 self.reports["applied" if applied else "ignored"] += 1

@@ -11,7 +11,7 @@ import pytest
 from celery import chain, group
 from django.db import connection, connections
 
-from django_dyrygent import engine, hotpath, messaging, outcomes
+from django_dyrygent import engine, hotpath, messaging
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.tasks import noop
 
@@ -53,12 +53,12 @@ def rows(wf):
 
 
 def run(wf, task_id, result=1):
-    outcomes.node_started(wf.pk, task_id)
+    hotpath.node_started(wf.pk, task_id)
     return hotpath.node_succeeded(wf.pk, task_id, result)
 
 
 def assert_falls_back_unchanged(wf, task_id, why):
-    outcomes.node_started(wf.pk, task_id)
+    hotpath.node_started(wf.pk, task_id)
     before = rows(wf)
     with pytest.raises(hotpath._Fallback, match=why):
         hotpath._fast_success(wf.pk, task_id, 1)
@@ -104,14 +104,14 @@ def test_hotpath__a_one_failed_dependent_reaching_zero_goes_to_the_locked_path_w
 
 def test_hotpath__an_all_done_dependent_without_failures_is_queued_by_the_statement():
     wf = rule_after_a("all_done")
-    outcomes.node_started(wf.pk, "a")
+    hotpath.node_started(wf.pk, "a")
     hotpath._fast_success(wf.pk, "a", 1)
     assert wf.nodes.get(task_id="rule").state == S.QUEUED
 
 
 def test_hotpath__a_canceled_workflow_changes_nothing_and_the_report_is_ignored():
     wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
-    outcomes.node_started(wf.pk, "n0")
+    hotpath.node_started(wf.pk, "n0")
     engine.cancel(wf.pk)
     before = rows(wf)
     with pytest.raises(hotpath._Fallback, match="not RUNNING"):
@@ -143,7 +143,7 @@ def test_hotpath__a_workflow_passing_results_goes_to_the_locked_path():
 def test_hotpath__a_plain_success_writes_node_dependents_events_and_counters_together():
     wf = start(running(chain(noop.si().set(task_id="a"), group(noop.si().set(task_id=f"g{i}") for i in range(3)),
                              noop.si().set(task_id="z"))))
-    outcomes.node_started(wf.pk, "a")
+    hotpath.node_started(wf.pk, "a")
     node = hotpath._fast_success(wf.pk, "a", {"k": [1, 2]})
     assert (node.task_id, node.state) == ("a", S.SUCCESS)
     nodes = {n.task_id: n for n in wf.nodes.all()}

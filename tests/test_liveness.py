@@ -14,7 +14,7 @@ from celery.states import SUCCESS
 from django.db import OperationalError
 from django.utils import timezone
 
-from django_dyrygent import db, engine, handlers, liveness, messaging, outcomes
+from django_dyrygent import db, engine, handlers, hotpath, liveness, messaging, outcomes
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from django_dyrygent.recovery import Sweeper, lost_worker_runs
 from tests.tasks import noop
@@ -32,7 +32,7 @@ def running(db, settings):
     b = wf.add_signature(noop.si(), dependencies=[a])
     wf.apply_async()
     engine.tick(wf.pk, scheduled=False)
-    outcomes.node_started(wf.pk, a.task_id, HOST, 100)
+    hotpath.node_started(wf.pk, a.task_id, HOST, 100)
     a.refresh_from_db()
     return wf, a, b
 
@@ -158,7 +158,7 @@ def test_recover__a_node_of_a_dead_worker_runs_again_then_fails_with_a_clear_mes
     assert event.reason.startswith("worker lost: no heartbeat") and event.reason.endswith("attempt 2 of 2")
     # The old run's late report is ignored; the new run is lost as well.
     assert outcomes.node_succeeded(wf.pk, first_id, "late") is None
-    outcomes.node_started(wf.pk, a.task_id, HOST, 100)
+    hotpath.node_started(wf.pk, a.task_id, HOST, 100)
     _age(a, 120)
     assert Sweeper().recover() == 1
     a.refresh_from_db()

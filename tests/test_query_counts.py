@@ -171,7 +171,7 @@ def test_node_succeeded__plain_success_on_postgresql_is_two_statements_with_star
     wf.add_celery_canvas(chain(*[noop.si(i).set(task_id=f"plain-{i}") for i in range(3)]))
     wf.apply_async()
     engine.tick(wf.pk)
-    started_sql = statements(queries(outcomes.node_started, wf.pk, "plain-0"))
+    started_sql = statements(queries(hotpath.node_started, wf.pk, "plain-0"))
     success_sql = statements(queries(hotpath.node_succeeded, wf.pk, "plain-0", 1))
     workflow_table, node_table = Workflow._meta.db_table, WorkflowNode._meta.db_table
     # STARTED: one UPDATE, no event row, no lock on the workflow row.

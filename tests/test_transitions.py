@@ -16,7 +16,7 @@ from celery.canvas import Signature
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from django_dyrygent import engine, messaging, outcomes
+from django_dyrygent import engine, hotpath, messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from django_dyrygent.states import (
     NODE_FINAL,
@@ -272,7 +272,7 @@ def test_node_retrying__a_retry_reported_after_the_next_run_retried_still_counts
     outcomes.node_retrying(wf.pk, n.task_id, "first run's retry")   # late, node already RETRY
     n.refresh_from_db()
     assert (n.state, n.retries) == (S.RETRY, 2)
-    outcomes.node_started(wf.pk, n.task_id)
+    hotpath.node_started(wf.pk, n.task_id)
     n.refresh_from_db()
     assert (n.state, n.retries) == (S.STARTED, 2)
 

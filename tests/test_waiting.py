@@ -13,7 +13,7 @@ from celery import chain
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, outcomes, waiting
+from django_dyrygent import engine, hotpath, outcomes, waiting
 from django_dyrygent.models import Workflow
 from tests.tasks import noop, record
 
@@ -116,7 +116,7 @@ def test_step_flush__notifies_in_the_transaction_that_ends_the_workflow_and_no_o
         return [q["sql"] for q in ctx.captured_queries if "pg_notify" in q["sql"]]
 
     assert notifications(engine.tick, wf.pk) == []
-    assert notifications(outcomes.node_started, wf.pk, "n-1") == []
+    assert notifications(hotpath.node_started, wf.pk, "n-1") == []
     assert notifications(outcomes.node_succeeded, wf.pk, "n-1", None) == []
     (sql,) = notifications(outcomes.node_succeeded, wf.pk, "n-2", None)
     assert waiting.channel(wf.pk) in sql and "SUCCESS" in sql
