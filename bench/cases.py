@@ -178,6 +178,7 @@ def read_probes(redis_client, run):
         "tick_stmts": int(get("bench:stmts:django_dyrygent.tick") or 0),
         "holds": [float(x) for x in redis_client.lrange("bench:holds", 0, -1)],
         "lockwaits": [float(x) for x in redis_client.lrange("bench:lockwaits", 0, -1)],
+        "cntholds": [float(x) for x in redis_client.lrange("bench:cntholds", 0, -1)],
     }
     finished = {k.decode(): float(v) for k, v in redis_client.hgetall("bench:finished").items()}
     out["wait_latencies"] = [

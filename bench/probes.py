@@ -10,7 +10,14 @@ the driver can read one run's figures after the workflow ends:
 * how long each transaction held the workflow row lock: from the statement
   that took it (``SELECT ... FOR [NO KEY] UPDATE`` or ``UPDATE`` of the
   workflow row) returning, to the commit (``bench:holds``, seconds), and how
-  long that statement waited for it (``bench:lockwaits``);
+  long that statement waited for it (``bench:lockwaits``). For the
+  one-statement success (hotpath.py, autocommit) ``bench:holds`` gets the
+  statement's whole duration (an upper bound: it includes the waits for the
+  node rows and for the counters), and ``bench:cntholds`` the real hold of the
+  lock sibling completions contend on: the client's clock when the statement
+  has returned (committed) minus the server's ``clock_timestamp()`` taken
+  right after the counters row was locked (``hotpath.hold_probe``; same
+  machine, same clock);
 * when each noop's body returned (``bench:returned``) and when a worker
   published each workflow node (``bench:published``), for the latency
   "dependency finished -> dependent published";
@@ -42,7 +49,8 @@ LOCKING = re.compile(
 # The one-statement success (hotpath.py), in autocommit: it holds the workflow row FOR NO KEY
 # UPDATE from inside the statement to its commit, so the statement's whole time is the upper bound.
 HOT_LOCKING = re.compile(r"^\s*WITH .*FOR NO KEY UPDATE", re.S)
-_buffer = {"stmts": 0, "holds": [], "lockwaits": [], "returned": {}, "published": {}, "finished": {}}
+_buffer = {"stmts": 0, "holds": [], "cntholds": [], "lockwaits": [], "returned": {}, "published": {},
+           "finished": {}}
 _lock = {"held_since": None}
 _redis = {}
 _timings = {}
@@ -115,6 +123,16 @@ def _install(**kwargs):
 
     _installed["on"] = True
     _wrap(connection)
+    if enabled():
+        from django_dyrygent import hotpath
+
+        if hasattr(hotpath, "hold_probe"):
+            hotpath.hold_probe = _counters_held
+
+
+def _counters_held(locked_at):
+    """hotpath.hold_probe: from the counters' lock (server clock) to now (the commit returned)."""
+    _buffer["cntholds"].append(time.time() - locked_at.timestamp())
 
 
 @receiver(connection_created, weak=False)
@@ -153,11 +171,11 @@ def _flush_buffer(task_name):
     if buf["stmts"]:
         pipe.incrby(f"bench:stmts:{task_name}", buf["stmts"])
         pipe.incr(f"bench:tasks:{task_name}")
-    for key in ("holds", "lockwaits"):
+    for key in ("holds", "cntholds", "lockwaits"):
         if buf[key]:
             pipe.rpush(f"bench:{key}", *buf[key])
     for key in ("returned", "published", "finished"):
         if buf[key]:
             pipe.hset(f"bench:{key}", mapping=buf[key])
     pipe.execute()
-    buf.update(stmts=0, holds=[], lockwaits=[], returned={}, published={}, finished={})
+    buf.update(stmts=0, holds=[], cntholds=[], lockwaits=[], returned={}, published={}, finished={})

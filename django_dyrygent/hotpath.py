@@ -53,7 +53,7 @@ locked path for outcomes.
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from functools import partial
@@ -62,12 +62,12 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
-from django.db.models import DateTimeField, ExpressionWrapper, F, Model, Value
+from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from . import db, messaging, outcomes, signals, steps, worker
+from . import db, hotsql, messaging, outcomes, signals, steps, worker
 from .conf import settings
-from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+from .models import Workflow, WorkflowNode
 from .states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
 
 logger = logging.getLogger("django_dyrygent.hotpath")
@@ -78,10 +78,7 @@ _SUCCEEDS_FROM = sorted(str(s) for s in NODE_ACTIVE if NodeState.SUCCESS in NODE
 _QUEUE_RULES = [str(TriggerRule.ALL_SUCCESS), str(TriggerRule.ALL_DONE)]
 
 
-# The columns the engine reads of a node, in model order (what Model.from_db expects).
-_NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in steps.NODE_FIELDS]
-_NODE_COLUMNS = [f.attname for f in _NODE_FIELD_OBJECTS]
-_NODE_DB_COLUMNS = [str(f.column) for f in _NODE_FIELD_OBJECTS]
+_NODE_FIELD_OBJECTS = hotsql.NODE_FIELD_OBJECTS
 # What node_started returns when nobody listens to node_state_changed.
 _STARTED_FIELD_OBJECTS = [
     f for f in WorkflowNode._meta.concrete_fields if f.attname in ("id", "workflow_id", "task_id", "state")
@@ -255,13 +252,17 @@ def _node(conn: BaseDatabaseWrapper, values: Any, fields: list[Any] = _NODE_FIEL
     return WorkflowNode.from_db(conn.alias, [f.attname for f in fields], values)
 
 
+#: Called with the server's clock when the success statement locked the workflow's counters
+#: (``hotsql``: ``decision.locked_at``), right after the statement returned; None: not called.
+#: The benchmark's probes set it (bench/probes.py) to measure that lock's real hold.
+hold_probe: Callable[[datetime], None] | None = None
+
+
 class _Fallback(Exception):
     """This completion needs a decision the hot path does not take: roll back, lock."""
 
 
-def _table(model: type[Model]) -> str:
-    return model._meta.db_table
-
+_table = hotsql.table
 
 def node_succeeded(workflow_id: Any, task_id: str, result: Any) -> WorkflowNode | None:
     """A worker reports that the node's task returned ``result``; see the module docstring.
@@ -283,65 +284,6 @@ def node_succeeded(workflow_id: Any, task_id: str, result: Any) -> WorkflowNode 
     return outcomes.node_succeeded(workflow_id, task_id, result)
 
 
-def _success_sql(event_log: bool) -> str:
-    """The one statement of a plain success (PostgreSQL); see the module docstring.
-
-    Locks, always in this order: the workflow row FOR KEY SHARE (``wf``), the
-    node (``me``), its dependents in id order (``deps``), the workflow row FOR
-    NO KEY UPDATE (``cnt``, the only lock a sibling completion waits for,
-    held from there to the commit). Each is taken by a CTE that reads the one
-    before it, so PostgreSQL cannot reorder them; a row lock reads the row's
-    newest committed version, so ``decision`` is taken on the newest values.
-    Every write is conditioned on ``decision``: all of them happen, or none.
-    """
-    node_t, wf_t, edge_t = _table(WorkflowNode), _table(Workflow), _table(WorkflowEdge)
-    names = ", ".join(_NODE_DB_COLUMNS)
-    cols = ", ".join(f"d.{c}" for c in _NODE_DB_COLUMNS)
-    ready = (
-        "n.waiting = h.n AND n.failed_dependencies = 0 AND n.state = %(pending)s "
-        "AND n.kind = %(task_kind)s AND n.trigger_rule = ANY(%(queue_rules)s)"
-    )
-    events = (
-        f", events AS (INSERT INTO {_table(WorkflowEvent)} "
-        f"  (workflow_id, node_id, old_state, new_state, reason, created_at) "
-        f"  SELECT workflow_id, id, old_state, %(success)s, '', %(now)s FROM done "
-        f"  UNION ALL SELECT workflow_id, id, %(pending)s, %(queued)s, '', %(now)s FROM released WHERE ready) "
-    ) if event_log else ""
-    return (
-        f"WITH wf AS (SELECT id, tasks_options FROM {wf_t} "
-        f"  WHERE id = %(wf)s AND state = %(running)s AND NOT pass_results FOR KEY SHARE), "
-        f"me AS (SELECT id, state FROM {node_t} WHERE workflow_id = (SELECT id FROM wf) "
-        f"  AND task_id = %(task)s AND kind = %(task_kind)s AND state = ANY(%(active)s) FOR UPDATE), "
-        f"deps AS (SELECT n.id, n.state, n.kind, n.waiting, n.failed_dependencies, h.n, ({ready}) AS ready "
-        f"  FROM {node_t} n JOIN (SELECT node_id, count(*) AS n FROM {edge_t} "
-        f"    WHERE dependency_id = (SELECT id FROM me) GROUP BY node_id) h ON h.node_id = n.id "
-        f"  ORDER BY n.id FOR UPDATE OF n), "
-        f"cnt AS (SELECT nodes_done, nodes_total FROM {wf_t} WHERE id = (SELECT id FROM wf) "
-        f"  AND EXISTS (SELECT 1 FROM me) AND (SELECT count(*) FROM deps) >= 0 FOR NO KEY UPDATE), "
-        f"decision AS MATERIALIZED (SELECT *, node_ok AND deps_ok AND count_ok AS ok FROM (SELECT "
-        f"  EXISTS (SELECT 1 FROM me) AS node_ok, "
-        f"  NOT EXISTS (SELECT 1 FROM deps WHERE NOT ready AND (kind = ANY(%(callbacks)s) "
-        f"    OR (state = %(pending)s AND (waiting - n <= 0 OR failed_dependencies > 0)))) AS deps_ok, "
-        f"  EXISTS (SELECT 1 FROM cnt WHERE nodes_done + 1 < nodes_total) AS count_ok) c), "
-        f"done AS (UPDATE {node_t} d SET state = %(success)s, result = %(result)s, error = '', "
-        f"  finished_at = %(now)s FROM me WHERE d.id = me.id AND (SELECT ok FROM decision) "
-        f"  RETURNING me.state AS old_state, {cols}), "
-        f"released AS (UPDATE {node_t} d SET waiting = d.waiting - deps.n, "
-        f"  state = CASE WHEN deps.ready THEN %(queued)s ELSE d.state END, "
-        f"  queued_at = CASE WHEN deps.ready THEN %(now)s ELSE d.queued_at END, "
-        f"  publish_count = d.publish_count + CASE WHEN deps.ready THEN 1 ELSE 0 END "
-        f"  FROM deps WHERE d.id = deps.id AND (SELECT ok FROM decision) "
-        f"  RETURNING deps.ready, {cols}), "
-        f"counters AS (UPDATE {wf_t} SET nodes_done = nodes_done + 1, nodes_succeeded = nodes_succeeded + 1 "
-        f"  WHERE id = (SELECT id FROM wf) AND (SELECT ok FROM decision) RETURNING id)"
-        f"{events} "
-        f"SELECT dc.node_ok, dc.deps_ok, dc.count_ok, r.* FROM decision dc LEFT JOIN ("
-        f"  SELECT 1 AS role, old_state, (SELECT tasks_options FROM wf) AS tasks_options, {names} FROM done "
-        f"  UNION ALL SELECT 2, %(pending)s, NULL, {names} FROM released WHERE ready"
-        f") r ON true"
-    )
-
-
 def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
     """Record a plain success in one statement; raise ``_Fallback`` (nothing written) otherwise."""
     now = timezone.now()
@@ -352,21 +294,25 @@ def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
             "running": WorkflowState.RUNNING, "task_kind": NodeKind.TASK, "active": _SUCCEEDS_FROM,
             "pending": NodeState.PENDING, "queued": NodeState.QUEUED, "success": NodeState.SUCCESS,
             "queue_rules": _QUEUE_RULES, "callbacks": [str(k) for k in CALLBACK_KINDS],
+            "join_kind": NodeKind.JOIN,
         }
         # Its own transaction in autocommit (a worker); a savepoint inside the caller's.
         with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
-            cursor.execute(_success_sql(bool(settings.EVENT_LOG)), params)
+            cursor.execute(hotsql.success_sql(bool(settings.EVENT_LOG)), params)
             rows = cursor.fetchall()
-    node_ok, deps_ok, count_ok = rows[0][:3]
+    node_ok, deps_ok, count_ok, locked_at = rows[0][:4]
+    if hold_probe is not None and locked_at is not None:
+        hold_probe(locked_at)
     if not (node_ok and deps_ok and count_ok):
         raise _Fallback(
             "workflow not RUNNING or passing results, or node not an active task" if not node_ok
-            else "a dependent needs a decision (join, fan-out, skip, upstream failure, callback)"
+            else "a dependent needs a decision (fan-out, skip, upstream failure, callback, a join's "
+                 "dependent that is not a plain task or that another completion holds)"
             if not deps_ok else "the last node: finishing the workflow takes the lock"
         )
     node, released, tasks_options = None, [], None
-    for row in sorted(rows, key=lambda r: r[3]):
-        role, old_state, options, values = row[3], row[4], row[5], row[6:]
+    for row in sorted(rows, key=lambda r: r[4]):
+        role, old_state, options, values = row[4], row[5], row[6], row[7:]
         if role == 1:
             node, old = _node(conn, values), old_state
             tasks_options = _TASKS_OPTIONS.from_db_value(options, None, conn)

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connections
 
 from django_dyrygent import engine, hotpath, messaging
-from django_dyrygent.models import Workflow, WorkflowNode
+from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
 from tests.tasks import noop
 
 pytestmark = [
@@ -86,14 +86,15 @@ def lock_free():
 def expected_fast(wf):
     """Completions of a finished workflow the lock-free path records on PostgreSQL.
 
-    All but those the locked path must decide: the one completion that brings
-    each join's counter to zero (the join succeeds under the lock) and the one
-    that finishes the workflow. Elsewhere none.
+    All but the one that finishes the workflow (the locked path ends it): the
+    completion that brings a join's counter to zero succeeds the join and
+    queues its dependents in the same statement, since here a join's
+    dependents depend on nothing else (no other completion can hold them).
+    Elsewhere none.
     """
     if not lock_free():
         return 0
-    nodes = wf.nodes.values_list("kind", flat=True)
-    return nodes.filter(kind=WorkflowNode.Kind.TASK).count() - nodes.filter(kind=WorkflowNode.Kind.JOIN).count() - 1
+    return wf.nodes.filter(kind=WorkflowNode.Kind.TASK).count() - 1
 
 
 def build(groups, width):
@@ -298,3 +299,53 @@ def test_concurrency__siblings_completing_at_once_with_a_cancel_racing_them(tran
     assert Counter(events.filter(new_state=S.QUEUED).values_list("node__task_id", flat=True)) == Counter(
         broker.published)
     assert broker.fast >= (55 if lock_free() else 0)
+
+
+@pytest.mark.parametrize("cancel_after", [30, 99])
+def test_concurrency__a_join_released_by_the_statement_while_a_cancel_races_its_siblings(
+    transactional_db, broker, monkeypatch, cancel_after
+):
+    """100 siblings feed a join that 8 threads release through the one-statement success while a
+    cancel is sent as the 30th or the 99th sibling succeeds (the cancel then usually lands before
+    the join, resp. on the last sibling): the join succeeds at most once, and if it did,
+    each of its 100 dependents was queued and published exactly once (then revoked or
+    succeeded); counters equal the rows, event rows included."""
+    wf = build(groups=2, width=100)  # noop, 100 siblings, join, 100 siblings, join, noop: 202 task nodes
+    near_the_join = threading.Event()
+    counted = hotpath._fast_success
+
+    def watched(*args):
+        node = counted(*args)
+        if broker.fast == 1 + cancel_after:  # the first noop, then the siblings
+            near_the_join.set()
+        return node
+
+    monkeypatch.setattr(hotpath, "_fast_success", watched)
+    drivers = Drivers(wf, broker)
+    drivers.start(tickers=1)
+    try:
+        assert near_the_join.wait(TIMEOUT) and not drivers.errors, drivers.errors
+        assert engine.cancel(wf.pk, reason="race") is True
+        assert wait_final(wf, drivers) == Workflow.State.CANCELED
+    finally:
+        drivers.join()
+    assert drivers.errors == []
+    succeeded = assert_canceled_consistently(wf, broker, tasks=202, succeeded_at_least=1 + cancel_after)
+    join = wf.nodes.filter(kind=WorkflowNode.Kind.JOIN).order_by("id").first()
+    behind = wf.nodes.filter(pk__in=WorkflowEdge.objects.filter(dependency=join).values("node_id"))
+    assert behind.count() == 100
+    events = wf.events.all()
+    assert events.filter(node=join, new_state=S.SUCCESS).count() == (1 if join.state == S.SUCCESS else 0)
+    if join.state == S.SUCCESS:
+        assert join.waiting == 0
+        assert set(behind.values_list("publish_count", flat=True)) == {1}
+        assert set(behind.values_list("task_id", flat=True)) <= set(broker.published)
+    else:
+        assert join.state == S.CANCELED
+        assert set(behind.values_list("publish_count", flat=True)) == {0}
+        assert not set(behind.values_list("task_id", flat=True)) & set(broker.published)
+    # One SUCCESS event row per succeeded node, one QUEUED row per published node: no half completion.
+    tasks = events.filter(node__kind=WorkflowNode.Kind.TASK)
+    assert Counter(tasks.filter(new_state=S.SUCCESS).values_list("node__task_id", flat=True)) == Counter(succeeded)
+    assert Counter(tasks.filter(new_state=S.QUEUED).values_list("node__task_id", flat=True)) == Counter(
+        broker.published)

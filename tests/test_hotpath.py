@@ -10,9 +10,10 @@ through ``hotpath.node_succeeded`` must end where the locked path ends.
 import pytest
 from celery import chain, group
 from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, hotpath, messaging
-from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
+from django_dyrygent import engine, hotpath, messaging, outcomes
+from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import noop
 
 pytestmark = [
@@ -74,17 +75,100 @@ def test_hotpath__the_last_node_changes_nothing_then_the_locked_path_finishes_th
     assert (wf.state, wf.nodes_done, wf.nodes_succeeded) == (Workflow.State.SUCCESS, 2, 2)
 
 
-def test_hotpath__a_join_reaching_zero_changes_nothing_then_the_locked_path_releases_after_it():
-    wf = start(running(chain(group(noop.si().set(task_id=f"g{i}") for i in range(2)),
-                             noop.si().set(task_id="after"))))
-    assert run(wf, "g0") is not None  # the join still waits for g1: plain
+def group_then(prefix=""):
+    """group(g0, g1) -> join -> ``after`` -> z (task ids after ``prefix``): the join and ``after``
+    are not the last."""
+    return start(running(chain(group(noop.si().set(task_id=f"{prefix}g{i}") for i in range(2)),
+                               noop.si().set(task_id=f"{prefix}after"), noop.si().set(task_id=f"{prefix}z"))))
+
+
+def effects(wf):
+    """What a completion leaves, comparable between two workflows of the same shape."""
+    def name(node):
+        return "join" if node.kind == WorkflowNode.Kind.JOIN else node.task_id.removeprefix("locked-")
+
+    nodes = sorted(
+        (name(n), n.state, n.waiting, n.publish_count,
+         n.queued_at is not None, n.finished_at is not None, n.result)
+        for n in wf.nodes.all()
+    )
+    counters = Workflow.objects.filter(pk=wf.pk).values_list(
+        "state", "nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed", "nodes_skipped").get()
+    events = sorted(
+        (name(e.node) if e.node else "",
+         e.old_state, e.new_state, e.reason)
+        for e in WorkflowEvent.objects.filter(workflow=wf).select_related("node")
+    )
+    return nodes, counters, events
+
+
+def test_hotpath__a_join_reaching_zero_is_succeeded_and_its_dependents_queued_in_one_statement(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    published = []
+    monkeypatch.setattr(messaging, "publish", lambda wf_id, options, entries: published.extend(
+        node.task_id for node, _args in entries))
+    fast, locked = group_then(), group_then("locked-")
+    for wf, prefix in ((fast, ""), (locked, "locked-")):
+        assert run(wf, f"{prefix}g0") is not None  # the join still waits for g1: plain
+        hotpath.node_started(wf.pk, f"{prefix}g1")
+    published.clear()
+    with django_capture_on_commit_callbacks(execute=True), CaptureQueriesContext(connection) as ctx:
+        node = hotpath._fast_success(fast.pk, "g1", 7)  # raises _Fallback if it did not decide
+    statements = [q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == 1 and node.state == S.SUCCESS
+    assert published == ["after"]
+    # The locked path on a workflow of the same shape leaves exactly the same rows.
+    outcomes.node_succeeded(locked.pk, "locked-g1", 7)
+    assert effects(fast) == effects(locked)
+    nodes, counters, events = effects(fast)
+    assert ("join", S.SUCCESS, 0, 0, False, True, None) in nodes
+    assert ("after", S.QUEUED, 0, 1, True, False, None) in nodes
+    assert counters == (Workflow.State.RUNNING, 4, 2, 2, 0, 0)
+    assert ("join", "PENDING", "SUCCESS", "") in events and ("after", "PENDING", "QUEUED", "") in events
+
+
+def test_hotpath__a_join_whose_dependent_is_not_a_plain_task_changes_nothing():
+    wf = group_then()
+    WorkflowNode.objects.filter(workflow=wf, task_id="after").update(trigger_rule="one_failed")
+    assert run(wf, "g0") is not None
+    assert_falls_back_unchanged(wf, "g1", "a dependent needs a decision")
+    hotpath.node_succeeded(wf.pk, "g1", 1)  # the locked path: no dependency failed, so skipped
+    assert wf.nodes.get(task_id="after").state == S.SKIPPED
+
+
+def test_hotpath__a_node_both_behind_the_join_and_after_the_completion_changes_nothing():
+    wf = group_then()
+    after = wf.nodes.get(task_id="after")
+    WorkflowEdge.objects.create(workflow=wf, node=after, dependency=wf.nodes.get(task_id="g1"))
+    WorkflowNode.objects.filter(pk=after.pk).update(waiting=2)
+    assert run(wf, "g0") is not None
+    # One UPDATE may not change a row twice: the statement leaves it to the locked path.
     assert_falls_back_unchanged(wf, "g1", "a dependent needs a decision")
     hotpath.node_succeeded(wf.pk, "g1", 1)
-    states = dict(wf.nodes.values_list("task_id", "state"))
-    assert states["after"] == S.QUEUED
-    assert set(wf.nodes.filter(kind=WorkflowNode.Kind.JOIN).values_list("state", flat=True)) == {S.SUCCESS}
-    wf.refresh_from_db()
-    assert (wf.nodes_done, wf.nodes_succeeded) == (2, 2)
+    after.refresh_from_db()
+    assert (after.state, after.waiting, after.publish_count) == (S.QUEUED, 0, 1)
+
+
+def test_hotpath__a_joins_dependent_another_transaction_holds_is_skipped_not_waited_for(transactional_db):
+    wf = group_then()
+    assert run(wf, "g0") is not None
+    hotpath.node_started(wf.pk, "g1")
+    before = rows(wf)
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            other.set_autocommit(False)
+            cursor.execute(f"SELECT id FROM {WorkflowNode._meta.db_table} WHERE id = %s FOR UPDATE",
+                           [wf.nodes.get(task_id="after").pk])
+            with pytest.raises(hotpath._Fallback, match="another completion holds"):
+                hotpath._fast_success(wf.pk, "g1", 1)
+            assert rows(wf) == before
+            other.rollback()
+    finally:
+        other.close()
+    hotpath.node_succeeded(wf.pk, "g1", 1)
+    assert wf.nodes.get(task_id="after").state == S.QUEUED
 
 
 def rule_after_a(rule):
