@@ -12,7 +12,7 @@ run in autocommit (no ``BEGIN``/``COMMIT`` round trips), all through
   ``timeout_at``, the worker), no event row, no lock on the workflow row
   (MySQL/MariaDB: the workflow row in share mode first, see ``_started_orm``).
 * **Success of a plain task node** (``node_succeeded``, PostgreSQL): one
-  CTE (``_success_sql``) that
+  CTE (``hotsql.success_sql``) that
 
   1. takes ``FOR KEY SHARE`` on the workflow row, RUNNING and not passing
      results: shared with every other completion, but it conflicts with the
@@ -22,32 +22,59 @@ run in autocommit (no ``BEGIN``/``COMMIT`` round trips), all through
      longer RUNNING and takes the locked path (which publishes nothing);
   2. locks the node row (an active task), then its dependents' rows in id
      order (no deadlock between two completions sharing dependents), then
-     the workflow row ``FOR NO KEY UPDATE`` for its counters: LAST, so the
-     one lock siblings wait for is held only from there to the commit, and
-     two completions of one workflow never wait for each other otherwise;
+     the dependents of the joins it completes (below) in id order with
+     ``SKIP LOCKED``, then the workflow row ``FOR NO KEY UPDATE`` for its
+     counters: LAST, so the one lock siblings wait for is held only from
+     there to the commit, and two completions of one workflow never wait
+     for each other otherwise;
   3. decides on those rows' newest values (a row lock reads the newest
-     committed version): every dependent either keeps waiting or is queued
-     by this completion, and the workflow does not end here;
+     committed version): every dependent either keeps waiting, is queued by
+     this completion, or is a join this completion succeeds (its last
+     dependency, nothing failed: what ``decisions.readiness`` says of a
+     join), whose own dependents then keep waiting or are queued the same
+     way; and the workflow does not end here;
   4. only then writes, each write conditioned on that decision: the node ->
      SUCCESS, the dependents' ``waiting`` decremented (the one completion
-     that brings a counter to zero queues that node, in the same UPDATE:
-     exactly once, since the dependents' row locks serialise the
-     decrements), the event rows in one INSERT, the workflow's counters.
+     that brings a counter to zero queues that node, or succeeds that join,
+     in the same UPDATE: exactly once, since the dependents' row locks
+     serialise the decrements), the joins' dependents likewise, the event
+     rows in one INSERT, the workflow's counters.
 
   The released nodes are published when the statement has returned (it has
   committed; inside a caller's transaction, at its commit).
+
+  A join succeeded here has exactly the locked path's effects
+  (``decisions._apply_readiness`` / ``settle``): PENDING -> SUCCESS with
+  ``finished_at`` (the server's clock once every lock is held, so never
+  before a sibling that decremented it earlier finished), ``waiting`` 0, an
+  event row, no count in ``nodes_done``
+  (only task nodes count), no ``node_state_changed`` (joins send none), its
+  dependents' counters decremented by their edges from it.
+
+  **Deadlocks.** Two completions wait for each other only on rows both
+  lock; they lock the node, then its dependents in ascending id, then the
+  counters row, and a holder of the counters row waits for nothing more.
+  The joins' dependents are the one set locked out of that order (their ids
+  may be lower than a dependent's a sibling still waits for): they are
+  locked ``SKIP LOCKED``, so the statement never waits for them: a row held
+  by another transaction is skipped and the statement writes nothing (the
+  locked path takes the report). In a DAG of groups a join's dependents
+  depend on the join alone, so nobody else ever holds them.
 
 Anything the statement does not decide makes it write nothing, and the
 report takes the locked path instead (``outcomes.node_succeeded``), which
 then counts it once: a result that cannot be stored, a node that is not a
 task or not active (a duplicate report), a workflow not RUNNING or passing
-results, a dependent whose readiness is anything but "queue this task" (a
-join, a fan-out, a skip, an upstream failure, a callback), and the
-completion that brings ``nodes_done`` to ``nodes_total`` (the counters' lock
-serialises them, so exactly one completion sees it; under the lock it
+results, a dependent whose readiness is anything but "queue this task" or
+"succeed this join" (a fan-out, a skip, an upstream failure, a callback),
+a join's dependent that is anything but a task that keeps waiting or is
+queued (another join, a skip, ...), held by another transaction, or also a
+direct dependent of the node (one UPDATE cannot change a row twice), and
+the completion that brings ``nodes_done`` to ``nodes_total`` (the counters'
+lock serialises them, so exactly one completion sees it; under the lock it
 finishes the workflow through ``maybe_finish``). These are rare: once per
-group or per workflow, not per node. SQLite and MariaDB always take the
-locked path for outcomes.
+workflow, or per group whose join feeds a join. SQLite and MariaDB always
+take the locked path for outcomes.
 """
 
 import logging

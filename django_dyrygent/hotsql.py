@@ -110,7 +110,11 @@ def success_sql(event_log: bool) -> str:
         f"  RETURNING me.state AS old_state, {cols}), "
         f"released AS (UPDATE {node_t} d SET waiting = d.waiting - deps.n, "
         + queue.format(t="deps", join="WHEN deps.join_ready THEN %(success)s") +
-        f", finished_at = CASE WHEN deps.join_ready THEN %(now)s ELSE d.finished_at END "
+        # A join finishes at the server's clock after every lock: a sibling that decremented it
+        # earlier committed before, so its finished_at (its worker's clock, taken before its
+        # statement) is never later than the join's (dependency order, as under the lock).
+        f", finished_at = CASE WHEN deps.join_ready THEN (SELECT locked_at FROM decision) "
+        f"  ELSE d.finished_at END "
         f"  FROM deps WHERE d.id = deps.id AND (SELECT ok FROM decision) "
         f"  RETURNING deps.ready, deps.join_ready, {cols}), "
         f"released2 AS (UPDATE {node_t} d SET waiting = d.waiting - jdeps.n, "

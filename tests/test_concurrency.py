@@ -312,15 +312,19 @@ def test_concurrency__a_join_released_by_the_statement_while_a_cancel_races_its_
     succeeded); counters equal the rows, event rows included."""
     wf = build(groups=2, width=100)  # noop, 100 siblings, join, 100 siblings, join, noop: 202 task nodes
     near_the_join = threading.Event()
-    counted = hotpath._fast_success
+    succeeded = hotpath.node_succeeded
+    applied = []
 
-    def watched(*args):
-        node = counted(*args)
-        if broker.fast == 1 + cancel_after:  # the first noop, then the siblings
-            near_the_join.set()
+    def watched(*args, **kwargs):
+        node = succeeded(*args, **kwargs)
+        if node is not None:
+            with broker.lock:
+                applied.append(node.task_id)
+                if len(applied) == 1 + cancel_after:  # the first noop, then the siblings
+                    near_the_join.set()
         return node
 
-    monkeypatch.setattr(hotpath, "_fast_success", watched)
+    monkeypatch.setattr(hotpath, "node_succeeded", watched)
     drivers = Drivers(wf, broker)
     drivers.start(tickers=1)
     try:
