@@ -33,7 +33,7 @@ from uuid import UUID
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from . import messaging, repair
@@ -160,32 +160,42 @@ def _idle_tick(workflow_id: UUID | str) -> str | None:
     earlier would have left it.
     """
     now = timezone.now()
+    rows = _idle_check(Workflow.objects.filter(pk=workflow_id), now)
+    return _tick_if_idle(rows[0], now) if rows else None
+
+
+#: What ``_idle_check`` reads of each workflow, in order (``_tick_if_idle`` unpacks it).
+_IDLE_FIELDS = ("pk", "state", "next_tick_at", "deadline", "engine_errors", "nodes_done", "nodes_total",
+                "options", "late", "stale", "ready")
+
+
+def _idle_check(workflows: QuerySet[Workflow], now: datetime, limit: int | None = None) -> list[tuple[Any, ...]]:
+    """One SELECT: each workflow's tick fields and whether a repair has anything to act on."""
     ref = OuterRef("pk")
-    row = (
-        Workflow.objects.filter(pk=workflow_id)
-        .annotate(late=Exists(repair.late_nodes(ref, now)), stale=Exists(repair.stale_nodes(ref, now)),
-                  ready=Exists(ready_nodes(ref)))
-        .values_list("state", "next_tick_at", "deadline", "engine_errors", "nodes_done", "nodes_total",
-                     "options", "late", "stale", "ready")
-        .first()
-    )
-    if row is None:
-        return None
-    state, due, deadline, errors, done, total, options, *work = row
+    rows = workflows.annotate(
+        late=Exists(repair.late_nodes(ref, now)), stale=Exists(repair.stale_nodes(ref, now)),
+        ready=Exists(ready_nodes(ref)),
+    ).values_list(*_IDLE_FIELDS)
+    return list(rows if limit is None else rows[:limit])
+
+
+def _tick_if_idle(row: tuple[Any, ...], now: datetime) -> str | None:
+    """Count the tick and move the chain on when ``row`` says nothing is due; None otherwise."""
+    pk, state, due, deadline, errors, done, total, options, *work = row
     if state != WorkflowState.RUNNING or errors or any(work) or done >= total or (deadline and deadline <= now):
         return None
     the_due_one = due is None or due <= now + tick_tolerance()
+    interval = float(settings.TICK_INTERVAL)
     fields: dict[str, Any] = {"ticks": F("ticks") + 1}
     if the_due_one:
-        interval = float(settings.TICK_INTERVAL)
         fields["next_tick_at"] = now + timedelta(seconds=interval)
     # Conditional on what was read: a locked step or another tick that moved the chain
     # (or ended the workflow) meanwhile makes this one take the locked path.
-    if not Workflow.objects.filter(pk=workflow_id, state=WorkflowState.RUNNING, next_tick_at=due).update(**fields):
+    if not Workflow.objects.filter(pk=pk, state=WorkflowState.RUNNING, next_tick_at=due).update(**fields):
         return None
     if the_due_one:  # at once in autocommit; at the commit inside a caller's transaction
-        transaction.on_commit(partial(messaging.send_tick, workflow_id, options, interval))
-    return state
+        transaction.on_commit(partial(messaging.send_tick, pk, options, interval))
+    return str(state)
 
 
 def _retry_busy_tick(workflow_id: UUID | str, due: datetime | None) -> None:
@@ -335,12 +345,16 @@ def skip(workflow_id: UUID | str, nodes: Iterable[WorkflowNode | int], reason: s
 def sweep(stale_after: float | None = None, batch_size: int = 100) -> int:
     """Tick active workflows whose scheduled tick is overdue; returns how many were ticked."""
     stale_after = settings.STALE_AFTER if stale_after is None else stale_after
-    ids = list(Workflow.objects.stale(stale_after).order_by("next_tick_at").values_list("pk", flat=True)[:batch_size])
+    # One SELECT for the whole batch (``_idle_check``): an overdue workflow with nothing
+    # due then costs its conditional UPDATE only; the others get a whole tick.
+    now = timezone.now()
+    rows = _idle_check(Workflow.objects.stale(stale_after).order_by("next_tick_at"), now, batch_size)
     done = 0
-    for pk in ids:
+    for row in rows:
         try:
-            tick(pk, scheduled=True)
+            if _tick_if_idle(row, now) is None:
+                tick(row[0], scheduled=True)
             done += 1
         except Exception:
-            logger.exception("Sweeping workflow %s failed", pk)
+            logger.exception("Sweeping workflow %s failed", row[0])
     return done

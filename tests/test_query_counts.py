@@ -278,3 +278,22 @@ def test_tick__with_something_due_takes_the_locked_path(due, settings):
         assert wf.state in (Workflow.State.ERROR, Workflow.State.FAILURE, Workflow.State.SUCCESS)
     elif due == "engine_errors":
         assert (wf.engine_errors, wf.error) == (0, "")
+
+
+def test_sweep__of_overdue_workflows_with_nothing_due_costs_one_select_and_one_update_each(
+    django_capture_on_commit_callbacks, monkeypatch,
+):
+    """The sweep reads every overdue workflow's idle check in one SELECT, not one per workflow."""
+    sent = []
+    monkeypatch.setattr("django_dyrygent.messaging.send_tick", lambda *args: sent.append(args[0]))
+    flows = [started(2, width) for width in (1, 2, 3)]  # task ids are per shape: three shapes
+    on_time = started(*SMALL)
+    overdue = timezone.now() - timedelta(hours=1)
+    Workflow.objects.filter(pk__in=[wf.pk for wf in flows]).update(next_tick_at=overdue)
+    with django_capture_on_commit_callbacks(execute=True):
+        sql = queries(engine.sweep, stale_after=60)
+    assert len(sql) == 1 + len(flows) and locking(sql) == [], sql
+    assert sorted(sent) == sorted(wf.pk for wf in flows)
+    ticks = dict(Workflow.objects.values_list("pk", "ticks"))
+    assert ticks == {**{wf.pk: 2 for wf in flows}, on_time.pk: 1}
+    assert not Workflow.objects.filter(next_tick_at__lt=timezone.now()).exists()
