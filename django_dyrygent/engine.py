@@ -36,7 +36,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
-from . import messaging, repair
+from . import db, messaging, repair
 from .conf import settings
 from .decisions import (
     abort,
@@ -186,16 +186,48 @@ def _tick_if_idle(row: tuple[Any, ...], now: datetime) -> str | None:
         return None
     the_due_one = due is None or due <= now + tick_tolerance()
     interval = float(settings.TICK_INTERVAL)
-    fields: dict[str, Any] = {"ticks": F("ticks") + 1}
-    if the_due_one:
-        fields["next_tick_at"] = now + timedelta(seconds=interval)
-    # Conditional on what was read: a locked step or another tick that moved the chain
-    # (or ended the workflow) meanwhile makes this one take the locked path.
-    if not Workflow.objects.filter(pk=pk, state=WorkflowState.RUNNING, next_tick_at=due).update(**fields):
+    following = now + timedelta(seconds=interval) if the_due_one else None
+    if not _count_idle_tick(pk, due, following):
         return None
     if the_due_one:  # at once in autocommit; at the commit inside a caller's transaction
         transaction.on_commit(partial(messaging.send_tick, pk, options, interval))
     return str(state)
+
+
+def _count_idle_tick(pk: Any, due: datetime | None, following: datetime | None) -> bool:
+    """Count the tick and move ``next_tick_at`` to ``following`` (None: keep it); False if not done.
+
+    Conditional on what the idle check read (still RUNNING, ``next_tick_at``
+    still ``due``): a step or another tick that moved the chain or ended the
+    workflow meanwhile sends this one to the locked path. On PostgreSQL the
+    row is first taken ``FOR KEY SHARE SKIP LOCKED``, in the same statement:
+    a locked step (``FOR UPDATE``) in progress is not waited for (the
+    locked tick then says "busy", as before), while the completions'
+    ``FOR KEY SHARE`` does not conflict and their counters' lock is only
+    held to their commit. SQLite and MySQL wait for the row like any step.
+    """
+    conn = db.workflow_connection()
+    if conn.vendor != "postgresql":
+        change: dict[str, Any] = {"ticks": F("ticks") + 1}
+        if following is not None:
+            change["next_tick_at"] = following
+        return bool(Workflow.objects.filter(pk=pk, state=WorkflowState.RUNNING, next_tick_at=due).update(**change))
+    table = conn.ops.quote_name(Workflow._meta.db_table)
+    fields = {f.attname: f for f in Workflow._meta.concrete_fields}
+    ident, state, ticks, next_at = (
+        conn.ops.quote_name(str(fields[name].column)) for name in ("id", "state", "ticks", "next_tick_at")
+    )
+    sql = (
+        f"WITH free AS (SELECT {ident} FROM {table} WHERE {ident} = %s AND {state} = %s"
+        f" AND {next_at} IS NOT DISTINCT FROM %s::timestamptz FOR KEY SHARE SKIP LOCKED)"
+        f" UPDATE {table} SET {ticks} = {table}.{ticks} + 1,"
+        f" {next_at} = COALESCE(%s::timestamptz, {table}.{next_at})"
+        f" FROM free WHERE {table}.{ident} = free.{ident}"
+    )
+    key = fields["id"].get_db_prep_value(pk, conn)
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [key, str(WorkflowState.RUNNING), due, following])
+        return bool(cursor.rowcount)
 
 
 def _retry_busy_tick(workflow_id: UUID | str, due: datetime | None) -> None:
