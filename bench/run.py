@@ -68,7 +68,7 @@ def measure(system, case, timeout, probes=None):
             C.reset_probes(probes)
             row = C.run_ours(canvases, timeout, name=f"bench {case.name}", progress=progress)
             row.update(C.read_probes(probes, row))
-            del row["wait_returned"]
+            del row["wait_returned"], row["wait_called"]
             return row
         return RUNNERS[system](canvases, timeout)
     except Watchdog:
@@ -170,7 +170,7 @@ def main_phase(args):
             report["build"] = C.run_build(*sizes["build"])
             H.log(f"apply_async of {report['build']['nodes']} nodes: {report['build']['seconds']:.3f}s")
         if args.profile:
-            report["profile"] = profile_ours(worker, [c for c in todo if c.name in ("chain", "dag")],
+            report["profile"] = profile_ours(worker, [c for c in todo if c.name in PROFILED],
                                              bench_dir, args, probes)
 
     if narrow:
@@ -279,13 +279,18 @@ def phase_huge_admin(args):
 # -- profiling -------------------------------------------------------------------------------------
 
 
+#: The cases ``--profile`` runs once more under py-spy, when they are among ``--cases``.
+PROFILED = ("chain", "dag", "many")
+
+
 def profile_ours(worker, todo, bench_dir, args, probes):
     """Run each case once under py-spy (every pool process); keep the raw profiles in --dir."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     done = {}
     for case in todo:
         spies = []
-        for pid in worker.children():
+        # The pool processes, and the main one: its liveness thread sweeps (recovery.py).
+        for pid in [*worker.children(), worker.proc.pid]:
             out = bench_dir / f"profile-{case.name}-{pid}.txt"
             spies.append(subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
@@ -348,7 +353,7 @@ def main(argv=None):
     parser.add_argument("--query-times", action="store_true",
                         help="time every SQL statement of ours on the connection-reusing worker")
     parser.add_argument("--profile", action="store_true",
-                        help="one more chain and DAG run of ours under py-spy (raw profiles in --dir)")
+                        help="one more chain, DAG and many-workflows run of ours under py-spy (raw profiles in --dir)")
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="worker logs, profiles, intermediate files")
     parser.add_argument("--json", help="also write the raw results here (after every phase)")
     parser.add_argument("--render", metavar="JSON", nargs="+",

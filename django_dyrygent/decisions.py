@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery.utils import uuid
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 
 from . import db
 from .conf import settings
@@ -251,15 +251,22 @@ def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
         frontier = _apply_readiness(step, dependents.values())
 
 
-def release_ready(step: Step) -> None:
-    """Queue every PENDING node whose rule is already satisfied (start, retry, safety net)."""
-    candidates = list(
-        WorkflowNode.objects.filter(workflow_id=step.wf.pk, state=NodeState.PENDING)
+def ready_nodes(workflow: Any) -> QuerySet[WorkflowNode]:
+    """PENDING nodes of ``workflow`` (an id or an ``OuterRef``) whose counters may let them move on.
+
+    What ``release_ready`` reads, and what the idle tick (``engine``) asks
+    about without the lock: one definition, so the two cannot drift.
+    """
+    return (
+        WorkflowNode.objects.filter(workflow_id=workflow, state=NodeState.PENDING)
         .exclude(kind__in=CALLBACK_KINDS)
         .filter(Q(waiting=0) | Q(failed_dependencies__gt=0))
-        .only(*NODE_FIELDS)
-        .order_by("position")
     )
+
+
+def release_ready(step: Step) -> None:
+    """Queue every PENDING node whose rule is already satisfied (start, retry, safety net)."""
+    candidates = list(ready_nodes(step.wf.pk).only(*NODE_FIELDS).order_by("position"))
     finals = _apply_readiness(step, candidates)
     settle(step, finals)
 

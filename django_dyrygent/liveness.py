@@ -142,15 +142,29 @@ def probe_queues(app: Celery, queues: Iterable[str], now: datetime) -> QueueProb
     return QueueProbe(taken_at=now, sizes=sizes)
 
 
-def queue_of(app: Celery, node: WorkflowNode, tasks_options: dict[str, Any] | None) -> str:
-    """The queue a node's message goes to: its own option, the workflow's, the routes, the default."""
+def queue_of(
+    app: Celery, node: WorkflowNode, tasks_options: dict[str, Any] | None, routes: dict[str, str] | None = None,
+) -> str:
+    """The queue a node's message goes to: its own option, the workflow's, the routes, the default.
+
+    ``routes`` (task name -> queue) keeps what the router said for the
+    caller's batch: the sweep asks about up to a thousand queued nodes every
+    few seconds, most of them the same few tasks, and each routing costs
+    Python in the worker's main process, which also hands tasks to the pool.
+    """
     options = (node.signature or {}).get("options") or {}
     queue = options.get("queue") or (tasks_options or {}).get("queue")
-    if not queue:
-        route = app.amqp.router.route({}, node.task_name or (node.signature or {}).get("task", ""))
-        queue = route.get("queue")
-    name = getattr(queue, "name", queue)
-    return name or app.conf.task_default_queue
+    if queue:
+        name = getattr(queue, "name", queue)
+        return name or app.conf.task_default_queue
+    task = node.task_name or (node.signature or {}).get("task", "")
+    if routes is not None and task in routes:
+        return routes[task]
+    queue = app.amqp.router.route({}, task).get("queue")
+    found = getattr(queue, "name", queue) or app.conf.task_default_queue
+    if routes is not None:
+        routes[task] = found
+    return found
 
 
 def waiting_verdict(

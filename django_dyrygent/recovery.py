@@ -82,7 +82,8 @@ class Sweeper:
             app = get_celery_app()
             options = dict(Workflow.objects.filter(pk__in={n.workflow_id for n in waiting})
                            .values_list("pk", "tasks_options"))
-            queues = {n.pk: liveness.queue_of(app, n, options.get(n.workflow_id)) for n in waiting}
+            routes: dict[str, str] = {}
+            queues = {n.pk: liveness.queue_of(app, n, options.get(n.workflow_id), routes) for n in waiting}
             for node in waiting:
                 why = liveness.waiting_verdict(node, snapshot, held, self.probe, queues[node.pk])
                 if why:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
 from celery.backends.base import Backend
 from celery.utils import uuid
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 
 from . import outcomes
 from .conf import get_celery_app, settings
@@ -37,6 +37,26 @@ from .steps import NODE_FIELDS, Step
 logger = logging.getLogger("django_dyrygent.engine")
 
 
+def late_nodes(workflow: Any, now: datetime) -> QuerySet[WorkflowNode]:
+    """STARTED/RETRY nodes of ``workflow`` (an id or an ``OuterRef``) past their ``timeout_at``.
+
+    What ``enforce_timeouts`` acts on, and what the idle tick (``engine``)
+    asks about without the lock: one definition, so the two cannot drift.
+    """
+    return WorkflowNode.objects.filter(
+        workflow_id=workflow, state__in=[NodeState.STARTED, NodeState.RETRY], timeout_at__lt=now,
+    )
+
+
+def stale_nodes(workflow: Any, now: datetime) -> QuerySet[WorkflowNode]:
+    """Active nodes of ``workflow`` that ``reconcile`` looks at (see ``late_nodes``)."""
+    cutoff = now - timedelta(seconds=float(settings.REQUEUE_AFTER))
+    return WorkflowNode.objects.filter(workflow_id=workflow, state__in=NODE_ACTIVE).filter(
+        # queued_at NULL on a QUEUED node: its publish failed (messaging.mark_unpublished); due now.
+        Q(queued_at__lt=cutoff) | Q(state=NodeState.QUEUED, queued_at__isnull=True)
+    )
+
+
 def enforce_timeouts(step: Step) -> None:
     """Handle STARTED/RETRY nodes past their ``timeout_at``; their tasks are revoked (terminate).
 
@@ -44,12 +64,7 @@ def enforce_timeouts(step: Step) -> None:
     fresh task id, so a late report of the abandoned run is ignored; the others
     fail with "timed out".
     """
-    late = list(
-        WorkflowNode.objects.filter(
-            workflow_id=step.wf.pk, state__in=[NodeState.STARTED, NodeState.RETRY],
-            timeout_at__lt=step.now,
-        ).only(*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids")
-    )
+    late = list(late_nodes(step.wf.pk, step.now).only(*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids"))
     if not late:
         return
     step.to_terminate.extend(n.task_id for n in late)
@@ -117,11 +132,8 @@ def reconcile(step: Step) -> None:
     Only nodes QUEUED (or STARTED/RETRY) for longer than DYRYGENT_REQUEUE_AFTER
     are looked at, at most DYRYGENT_RECONCILE_BATCH per tick.
     """
-    cutoff = step.now - timedelta(seconds=float(settings.REQUEUE_AFTER))
     stale = list(
-        WorkflowNode.objects.filter(workflow_id=step.wf.pk, state__in=NODE_ACTIVE)
-        # queued_at NULL on a QUEUED node: its publish failed (messaging.mark_unpublished); due now.
-        .filter(Q(queued_at__lt=cutoff) | Q(state=NodeState.QUEUED, queued_at__isnull=True))
+        stale_nodes(step.wf.pk, step.now)
         .only(*NODE_FIELDS, "queued_at").order_by(F("queued_at").asc(nulls_first=True))[: settings.RECONCILE_BATCH]
     )
     if not stale:

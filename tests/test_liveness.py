@@ -267,3 +267,22 @@ def test_held_task_ids__celery_5_3_has_no_scheduled_requests(monkeypatch):
     monkeypatch.setattr(worker_state, "scheduled_requests", [SimpleNamespace(id="later")], raising=False)
     assert worker.held_task_ids() == (["running"], ["later", "next"])
     monkeypatch.undo()  # before the suite's teardown hook reads the worker's state
+
+
+def test_queue_of__asks_the_router_once_per_task_name_in_a_batch(monkeypatch):
+    """The sweep routes up to a thousand queued nodes per pass: one routing per task name."""
+    from celery import current_app
+
+    asked = []
+    real_route = current_app.amqp.router.route
+    monkeypatch.setattr(current_app.amqp.router, "route",
+                        lambda options, name, *a, **k: asked.append(name) or real_route(options, name, *a, **k))
+    nodes = [WorkflowNode(task_name=name, signature={"task": name})
+             for name in ("tests.noop", "tests.noop", "tests.record", "tests.noop")]
+    own = WorkflowNode(task_name="tests.noop", signature={"task": "tests.noop", "options": {"queue": "own"}})
+    routes: dict[str, str] = {}
+    batch = [liveness.queue_of(current_app, n, None, routes) for n in [*nodes, own]]
+    assert asked == ["tests.noop", "tests.record"]
+    asked.clear()
+    assert batch == [liveness.queue_of(current_app, n, None) for n in [*nodes, own]]  # same answers unbatched
+    assert len(asked) == len(nodes) and batch[-1] == "own"

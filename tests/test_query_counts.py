@@ -10,11 +10,14 @@ pytest-django's test transaction, so only the engine's own queries are counted.
 """
 
 import math
+from datetime import timedelta
 
 import pytest
 from celery import chain, group
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from django_dyrygent import engine, hotpath, outcomes
 from django_dyrygent.builder import BULK_BATCH
@@ -192,3 +195,106 @@ def test_node_succeeded__plain_success_on_postgresql_is_two_statements_with_star
     events = list(wf.events.filter(node__isnull=False).order_by("id")
                   .values_list("node__task_id", "old_state", "new_state"))
     assert events[-2:] == [("plain-0", "STARTED", "SUCCESS"), ("plain-1", "PENDING", "QUEUED")]
+
+
+# -- the idle tick (engine._idle_tick) ---------------------------------------------------------
+
+
+def locking(sql):
+    """Statements that take the workflow lock: FOR UPDATE, or SQLite's lock_version bump."""
+    return [q for q in sql if "FOR UPDATE" in q.upper() or (q.startswith("UPDATE") and "lock_version" in q)]
+
+
+def test_tick__with_nothing_due_costs_two_statements_and_no_lock(
+    django_capture_on_commit_callbacks, monkeypatch, settings,
+):
+    """The scheduled tick of a running workflow with nothing to repair: one SELECT, one UPDATE.
+
+    The locked tick ran six statements under FOR UPDATE for the same answer.
+    """
+    sent = []
+    monkeypatch.setattr("django_dyrygent.messaging.send_tick", lambda *args: sent.append(args))
+    small, large = started(*SMALL), started(*LARGE)
+    Workflow.objects.filter(pk__in=[small.pk, large.pk]).update(next_tick_at=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        small_sql = queries(engine.tick, small.pk)
+        large_sql = queries(engine.tick, large.pk)
+    assert len(small_sql) == len(large_sql) == 2, (small_sql, large_sql)
+    assert locking(small_sql + large_sql) == []
+    for wf in (small, large):
+        wf.refresh_from_db()
+        assert wf.ticks == 2  # counted (the first was the start)
+        assert wf.next_tick_at > timezone.now()  # the chain moved on
+    # The next tick of each, with the workflow's options read by the SELECT (no third statement).
+    interval = float(settings.DYRYGENT_TICK_INTERVAL)
+    assert sent == [(small.pk, {}, interval), (large.pk, {}, interval)]
+
+
+def test_tick__with_nothing_due_that_is_not_the_due_one_keeps_the_chain(
+    django_capture_on_commit_callbacks, monkeypatch,
+):
+    """An extra tick (a duplicate, "tick now" from a task) neither moves next_tick_at nor sends a tick."""
+    sent = []
+    monkeypatch.setattr("django_dyrygent.messaging.send_tick", lambda *args: sent.append(args))
+    wf = started(*SMALL)
+    due = Workflow.objects.get(pk=wf.pk).next_tick_at
+    with django_capture_on_commit_callbacks(execute=True):
+        sql = queries(engine.tick, wf.pk)
+    assert len(sql) == 2 and locking(sql) == [], sql
+    wf.refresh_from_db()
+    assert (wf.next_tick_at, wf.ticks, sent) == (due, 2, [])
+
+
+@pytest.mark.parametrize("due", ["ready", "stale", "late", "deadline", "engine_errors", "last_node"])
+def test_tick__with_something_due_takes_the_locked_path(due, settings):
+    """Each thing the locked tick repairs sends the tick there; the cheap check must see it."""
+    wf = started(*SMALL)
+    first = WorkflowNode.objects.filter(workflow=wf, state="QUEUED").order_by("position")
+    now = timezone.now()
+    if due == "ready":  # a PENDING node whose counters say "go" (a lost release)
+        WorkflowNode.objects.filter(workflow=wf, state="PENDING", kind="task").update(waiting=0)
+    elif due == "stale":  # a QUEUED node no worker reported for REQUEUE_AFTER
+        settings.DYRYGENT_REQUEUE_AFTER = 60
+        first.filter(pk=first[0].pk).update(queued_at=now - timedelta(seconds=120))
+    elif due == "late":  # a STARTED node past its timeout
+        first.filter(pk=first[0].pk).update(
+            state="STARTED", timeout=timedelta(seconds=5), timeout_at=now - timedelta(seconds=1))
+    elif due == "deadline":
+        Workflow.objects.filter(pk=wf.pk).update(deadline=now - timedelta(seconds=1))
+    elif due == "engine_errors":  # a failed tick's count and message, cleared by a good tick
+        Workflow.objects.filter(pk=wf.pk).update(engine_errors=1, error="Tick failed")
+    elif due == "last_node":  # every node counted done: the locked tick finishes it
+        Workflow.objects.filter(pk=wf.pk).update(nodes_done=F("nodes_total"))
+    sql = queries(engine.tick, wf.pk)
+    assert len(locking(sql)) == 1, sql
+    wf.refresh_from_db()
+    assert wf.ticks == 2
+    if due == "ready":
+        assert not WorkflowNode.objects.filter(workflow=wf, state="PENDING", kind="task").exists()
+    elif due == "stale":
+        assert first[0].publish_count == 2  # republished (no worker, no result backend outcome)
+    elif due == "late":
+        assert WorkflowNode.objects.filter(workflow=wf, state="FAILURE").count() == 1
+    elif due in ("deadline", "last_node"):
+        assert wf.state in (Workflow.State.ERROR, Workflow.State.FAILURE, Workflow.State.SUCCESS)
+    elif due == "engine_errors":
+        assert (wf.engine_errors, wf.error) == (0, "")
+
+
+def test_sweep__of_overdue_workflows_with_nothing_due_costs_one_select_and_one_update_each(
+    django_capture_on_commit_callbacks, monkeypatch,
+):
+    """The sweep reads every overdue workflow's idle check in one SELECT, not one per workflow."""
+    sent = []
+    monkeypatch.setattr("django_dyrygent.messaging.send_tick", lambda *args: sent.append(args[0]))
+    flows = [started(2, width) for width in (1, 2, 3)]  # task ids are per shape: three shapes
+    on_time = started(*SMALL)
+    overdue = timezone.now() - timedelta(hours=1)
+    Workflow.objects.filter(pk__in=[wf.pk for wf in flows]).update(next_tick_at=overdue)
+    with django_capture_on_commit_callbacks(execute=True):
+        sql = queries(engine.sweep, stale_after=60)
+    assert len(sql) == 1 + len(flows) and locking(sql) == [], sql
+    assert sorted(sent) == sorted(wf.pk for wf in flows)
+    ticks = dict(Workflow.objects.values_list("pk", "ticks"))
+    assert ticks == {**{wf.pk: 2 for wf in flows}, on_time.pk: 1}
+    assert not Workflow.objects.filter(next_tick_at__lt=timezone.now()).exists()

@@ -113,6 +113,9 @@ def test_reconcile__a_lost_tick_is_picked_up_by_the_sweeper(monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_tick__gives_up_with_error_after_consecutive_engine_failures(monkeypatch, settings):
     settings.DYRYGENT_MAX_ENGINE_ERRORS = 3
+    # Its node is due for reconciliation at once: a tick with nothing due never calls
+    # reconcile (engine._idle_tick), and this one must reach the broken step.
+    settings.DYRYGENT_REQUEUE_AFTER = 0
     monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     monkeypatch.setattr(messaging, "revoke", lambda *a, **k: None)

@@ -119,6 +119,9 @@ def test_callbacks__a_lost_callback_publish_is_repaired_after_the_workflow_ended
 @pytest.mark.django_db(transaction=True)
 def test_retry__resets_engine_errors_so_one_failed_tick_does_not_end_it_error(monkeypatch, settings):
     settings.DYRYGENT_MAX_ENGINE_ERRORS = 3
+    # The retried node is due for reconciliation at once: a tick with nothing due never
+    # calls reconcile (engine._idle_tick), and this one must reach the broken step.
+    settings.DYRYGENT_REQUEUE_AFTER = 0
     monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     wf = Workflow(name="retry-engine-errors")
