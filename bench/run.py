@@ -280,7 +280,7 @@ def phase_huge_admin(args):
 
 
 def profile_ours(worker, todo, bench_dir, args, probes):
-    """Run each case once under py-spy (every pool process); keep the raw profiles in --dir."""
+    """Run each case --profile-reps times under py-spy (every pool process); keep the raw profiles in --dir."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     done = {}
     for case in todo:
@@ -293,7 +293,8 @@ def profile_ours(worker, todo, bench_dir, args, probes):
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
         time.sleep(1.0)
-        row = measure(C.OURS, case, args.timeout, probes)
+        for _ in range(args.profile_reps):
+            row = measure(C.OURS, case, args.timeout, probes)
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
         for spy in spies:
@@ -349,6 +350,8 @@ def main(argv=None):
                         help="time every SQL statement of ours on the connection-reusing worker")
     parser.add_argument("--profile", action="store_true",
                         help="one more chain and DAG run of ours under py-spy (raw profiles in --dir)")
+    parser.add_argument("--profile-reps", type=int, default=1,
+                        help="runs of each case under py-spy (more runs: more samples per hop)")
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="worker logs, profiles, intermediate files")
     parser.add_argument("--json", help="also write the raw results here (after every phase)")
     parser.add_argument("--render", metavar="JSON", nargs="+",
