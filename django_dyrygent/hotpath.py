@@ -56,7 +56,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from django.db import connections, transaction
@@ -177,19 +177,10 @@ def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | 
     now = timezone.now()
     if conn.vendor != "postgresql":
         return _started_orm(workflow_id, task_id, hostname, pid, now, listened)
-    node_t = _table(WorkflowNode)
     fields = _NODE_FIELD_OBJECTS if listened else _STARTED_FIELD_OBJECTS
-    returned = ", ".join(f"d.{f.column}" for f in fields)
     with _cursor() as (conn, cursor):
-        # The subquery locks the node row and reads its state before the change.
-        cursor.execute(
-            f"UPDATE {node_t} d SET state = %s, started_at = %s, timeout_at = %s + d.timeout, "
-            f"  worker_hostname = %s, worker_pid = %s "
-            f"FROM (SELECT id, state FROM {node_t} WHERE workflow_id = %s AND task_id = %s "
-            f"      AND state = ANY(%s) FOR UPDATE) o "
-            f"WHERE d.id = o.id RETURNING o.state, {returned}",
-            [NodeState.STARTED, now, now, hostname, pid, workflow_id, task_id, _STARTS_FROM],
-        )
+        cursor.execute(_started_sql(listened),
+                       [NodeState.STARTED, now, now, hostname, pid, workflow_id, task_id, _STARTS_FROM])
         row = cursor.fetchone()
     if row is None:
         return _not_runnable(workflow_id, task_id)
@@ -199,6 +190,24 @@ def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | 
         conn.on_commit(partial(signals.send, signals.node_state_changed, node=node, old_state=row[0],
                                new_state=NodeState.STARTED))
     return node
+
+
+@cache
+def _started_sql(listened: bool) -> str:
+    """STARTED's one statement (PostgreSQL), built once: tables and columns are fixed.
+
+    The subquery locks the node row and reads its state before the change.
+    """
+    node_t = _table(WorkflowNode)
+    fields = _NODE_FIELD_OBJECTS if listened else _STARTED_FIELD_OBJECTS
+    returned = ", ".join(f"d.{f.column}" for f in fields)
+    return (
+        f"UPDATE {node_t} d SET state = %s, started_at = %s, timeout_at = %s + d.timeout, "
+        f"  worker_hostname = %s, worker_pid = %s "
+        f"FROM (SELECT id, state FROM {node_t} WHERE workflow_id = %s AND task_id = %s "
+        f"      AND state = ANY(%s) FOR UPDATE) o "
+        f"WHERE d.id = o.id RETURNING o.state, {returned}"
+    )
 
 
 def _started_orm(
@@ -283,8 +292,9 @@ def node_succeeded(workflow_id: Any, task_id: str, result: Any) -> WorkflowNode 
     return outcomes.node_succeeded(workflow_id, task_id, result)
 
 
+@cache
 def _success_sql(event_log: bool) -> str:
-    """The one statement of a plain success (PostgreSQL); see the module docstring.
+    """The one statement of a plain success (PostgreSQL), built once; see the module docstring.
 
     Locks, always in this order: the workflow row FOR KEY SHARE (``wf``), the
     node (``me``), its dependents in id order (``deps``), the workflow row FOR
