@@ -284,21 +284,28 @@ PROFILED = ("chain", "dag", "many")
 
 
 def profile_ours(worker, todo, bench_dir, args, probes):
-    """Run each case once under py-spy (every pool process); keep the raw profiles in --dir."""
+    """Run each case --profile-reps times under py-spy (every pool process); keep the raw profiles in --dir.
+
+    With --profile-native, native Celery's canvas too (``profile-native-<case>-<pid>.txt``), on the
+    same worker: the two profiles compare hop by hop (``bench/profile_shares.py``).
+    """
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     done = {}
-    for case in todo:
+    systems = [C.OURS] + ([C.NATIVE] if args.profile_native else [])
+    for system, case in [(system, case) for system in systems for case in todo]:
+        prefix = "profile" if system == C.OURS else "profile-native"
         spies = []
         # The pool processes, and the main one: its liveness thread sweeps (recovery.py).
         for pid in [*worker.children(), worker.proc.pid]:
-            out = bench_dir / f"profile-{case.name}-{pid}.txt"
+            out = bench_dir / f"{prefix}-{case.name}-{pid}.txt"
             spies.append(subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
                  "--output", str(out), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
         time.sleep(1.0)
-        row = measure(C.OURS, case, args.timeout, probes)
+        for _ in range(args.profile_reps):
+            row = measure(system, case, args.timeout, probes)
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
         for spy in spies:
@@ -306,8 +313,9 @@ def profile_ours(worker, todo, bench_dir, args, probes):
                 spy.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 spy.kill()
-        done[case.name] = row.get("seconds", row.get("error"))
-        H.log(f"py-spy profiles of {case.name} ({done[case.name]}) in {bench_dir}")
+        label = case.name if system == C.OURS else f"{case.name} (native)"
+        done[label] = row.get("seconds", row.get("error"))
+        H.log(f"py-spy profiles of {label} ({done[label]}) in {bench_dir}")
     return done
 
 
@@ -354,6 +362,10 @@ def main(argv=None):
                         help="time every SQL statement of ours on the connection-reusing worker")
     parser.add_argument("--profile", action="store_true",
                         help="one more chain, DAG and many-workflows run of ours under py-spy (raw profiles in --dir)")
+    parser.add_argument("--profile-reps", type=int, default=1,
+                        help="runs of each case under py-spy (more runs: more samples per hop)")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="with --profile, native Celery's canvas of the same cases too")
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="worker logs, profiles, intermediate files")
     parser.add_argument("--json", help="also write the raw results here (after every phase)")
     parser.add_argument("--render", metavar="JSON", nargs="+",

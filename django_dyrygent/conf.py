@@ -109,6 +109,10 @@ SETTINGS: tuple[Setting, ...] = (
     # Module of every installed app that the catalogue imports at start-up to
     # find workflow definitions (like admin.py); None: no discovery.
     Setting("CATALOGUE_MODULE", "workflows", (str, type(None))),
+    # Whether Celery also stores every node's outcome in the result backend. Off: node tasks
+    # are published with ignore_result=True (the node row holds the outcome) and a worker
+    # stores an outcome there itself only when it cannot write it to the database.
+    Setting("STORE_NODE_RESULTS", False, (bool,)),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -143,6 +147,7 @@ class Settings:
     MAX_ARGUMENT_BYTES: int
     UNKNOWN_TASKS: str
     CATALOGUE_MODULE: str | None
+    STORE_NODE_RESULTS: bool
 
     def __getattr__(self, name: str) -> Any:
         setting = BY_NAME.get(name)

@@ -5,7 +5,10 @@ header; every other task costs one dictionary lookup. Each step runs on a
 usable database connection and is retried while the database is away
 (``db.run``); a receiver never lets an exception escape into Celery: after
 DYRYGENT_OUTCOME_RETRY_FOR the event is logged and the sweep repairs it (the
-worker no longer holds the task: result backend, else a re-run).
+worker no longer holds the task: result backend, else a re-run). Node tasks
+are published with ``ignore_result=True`` (the node row holds the outcome),
+so a success or failure that could not be written is written to the result
+backend here (``_store_in_backend``), where the tick's ``reconcile`` reads it.
 
 Run-time guard (cancel honoured where the work runs). A revoke broadcast
 reaches only the workers that are up, and a worker checks its revoked set
@@ -31,13 +34,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from traceback import format_exception
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from billiard.exceptions import WorkerLostError
 from celery import signals as celery_signals
 from celery.exceptions import Ignore
-from celery.states import SUCCESS
+from celery.states import FAILURE, SUCCESS
 from django.db import DatabaseError
 
 from . import db, hotpath, outcomes, recovery, worker
@@ -95,11 +99,13 @@ def _step(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return db.run(func, *args, retry_for=float(settings.OUTCOME_RETRY_FOR), what=what, **kwargs)
 
 
-def _guarded(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """``_step``, but a step that still fails is logged and left to the sweeper.
+def _guarded(
+    what: str, func: Callable[..., T], *args: Any, fallback: Callable[[], None] | None = None, **kwargs: Any,
+) -> T | None:
+    """``_step``, but a step that still fails is logged, ``fallback`` called, and left to the sweeper.
 
     The worker will no longer hold the task, so the node is re-run or
-    repaired from the result backend.
+    repaired from the result backend (where ``fallback`` leaves an outcome).
     """
     try:
         return _step(what, func, *args, **kwargs)
@@ -108,7 +114,30 @@ def _guarded(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T 
             "django_dyrygent could not record %s of workflow %s; the sweep will repair it",
             what, args[0] if args else "?",
         )
+        if fallback is not None:
+            fallback()
         return None
+
+
+def _store_in_backend(
+    task: Task[Any, Any] | None, request: Any, task_id: str | None, state: str, value: Any,
+    traceback: str | None = None,
+) -> None:
+    """The outcome could not reach the node row: leave it in the result backend for the tick.
+
+    Node tasks are published with ``ignore_result=True`` (``messaging``), so
+    Celery stored nothing: the tick's ``reconcile`` reads a lost outcome from
+    the backend, and this is where it finds it. When Celery did store it
+    (the message did not ask to ignore it), nothing more is done. A backend
+    that refuses too (the same database, down) leaves the node to the sweep.
+    """
+    if not getattr(request, "ignore_result", False) or task is None or task_id is None:
+        return
+    try:
+        task.backend.store_result(task_id, value, state, traceback=traceback, request=request)
+    except Exception:
+        logger.exception("django_dyrygent could not store the outcome of task %s in the result backend "
+                         "either; the sweep will re-run it", task_id)
 
 
 def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Task[Any, Any] | None = None,
@@ -169,7 +198,8 @@ def on_task_success(sender: Task[Any, Any] | None = None, result: Any = None, **
     workflow_id = _workflow_id(request)
     if workflow_id:
         _marks("recorded").add(request.id)
-        _guarded(f"the success of task {request.id}", hotpath.node_succeeded, workflow_id, request.id, result)
+        _guarded(f"the success of task {request.id}", hotpath.node_succeeded, workflow_id, request.id, result,
+                 fallback=partial(_store_in_backend, sender, request, request.id, SUCCESS, result))
 
 
 def on_task_postrun(
@@ -189,7 +219,8 @@ def on_task_postrun(
     workflow_id = _workflow_id(request)
     if workflow_id:
         _marks("body_succeeded").add(task_id)
-        _guarded(f"the success of task {task_id}", hotpath.node_succeeded, workflow_id, task_id, retval)
+        _guarded(f"the success of task {task_id}", hotpath.node_succeeded, workflow_id, task_id, retval,
+                 fallback=partial(_store_in_backend, task or sender, request, task_id, SUCCESS, retval))
 
 
 def on_task_failure(
@@ -211,7 +242,8 @@ def on_task_failure(
         _guarded(f"the lost worker of task {task_id}", recovery.worker_lost, workflow_id, task_id, str(exception))
         return
     traceback = getattr(einfo, "traceback", "") or ""
-    _guarded(f"the failure of task {task_id}", outcomes.node_failed, workflow_id, task_id, exception, traceback)
+    _guarded(f"the failure of task {task_id}", outcomes.node_failed, workflow_id, task_id, exception, traceback,
+             fallback=partial(_store_in_backend, sender, request, task_id, FAILURE, exception, traceback))
 
 
 def on_task_internal_error(

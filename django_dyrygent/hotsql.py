@@ -6,6 +6,8 @@ Celery. The statement's guarantees are argued in ``hotpath``'s docstring and
 in ``success_sql``'s.
 """
 
+from functools import cache
+
 from django.db.models import Model
 
 from . import steps
@@ -42,8 +44,9 @@ def _blocked(alias: str) -> str:
     )
 
 
+@cache
 def success_sql(event_log: bool) -> str:
-    """The one statement of a plain success (PostgreSQL); see ``hotpath``'s docstring.
+    """The one statement of a plain success (PostgreSQL), built once; see ``hotpath``'s docstring.
 
     Locks, always in this order: the workflow row FOR KEY SHARE (``wf``), the
     node (``me``), its dependents in id order (``deps``), the dependents of

@@ -23,7 +23,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from . import db
-from .conf import get_celery_app
+from .conf import get_celery_app, settings
 from .models import Workflow, WorkflowNode
 from .serialization import from_tree
 from .states import CALLBACK_KINDS, NodeState
@@ -121,6 +121,8 @@ def _publish_one(
     sig_dict = node.signature or {}
     options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
     options["headers"] = {**options.get("headers", {}), HEADER: str(workflow_id)}
+    if "ignore_result" not in options and not _store_result(app, sig_dict["task"], options):
+        options["ignore_result"] = True
     if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
         extra_args = (str(workflow_id),)
     sig = app.signature(
@@ -129,6 +131,26 @@ def _publish_one(
         immutable=sig_dict.get("immutable", False),
     )
     sig.apply_async(args=tuple(extra_args), task_id=node.task_id, producer=producer, **options)
+
+
+def _store_result(app: Celery, task_name: str, options: dict[str, Any]) -> bool:
+    """Whether Celery must store this node's outcome in the result backend too.
+
+    The node row holds the outcome, so by default it is not stored twice: the
+    node is published with ``ignore_result=True`` (unless its own or the
+    workflow's task options say ``ignore_result`` either way) and the
+    worker's receivers write an outcome to the backend only when they cannot
+    write it to the database (``handlers``): the tick's ``reconcile`` reads it
+    there. Celery stores it as usual when DYRYGENT_STORE_NODE_RESULTS asks
+    for it, and for a task with a hard time limit: the worker's main process
+    stores its TimeLimitExceeded without telling our receivers (no request
+    names the workflow there), so the backend is the only place the tick can
+    read that failure from.
+    """
+    if settings.STORE_NODE_RESULTS:
+        return True
+    task = app.tasks.get(task_name)
+    return bool(options.get("time_limit") or getattr(task, "time_limit", None) or app.conf.task_time_limit)
 
 
 def mark_unpublished(workflow_id: UUID | str, task_ids: Sequence[str]) -> None:

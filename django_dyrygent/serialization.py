@@ -30,6 +30,9 @@ def from_tree(tree: Any) -> Any:
     """Python values back from a tree made by ``to_tree``."""
     if tree is None or isinstance(tree, (bool, int, float, str)):
         return tree
+    if not tree and isinstance(tree, (dict, list)):
+        # Most options and arguments: what the round trip would give, without it.
+        return {} if isinstance(tree, dict) else []
     return kombu_json.loads(json.dumps(tree))
 
 

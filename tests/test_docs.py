@@ -93,6 +93,7 @@ QUOTED = [
     "Could not revoke",
     "could not record",
     "the sweep will repair it",
+    "either; the sweep will re-run it",
     "Result backend lookup of task",
     "late %s report ignored",
     "is not a node of workflow",

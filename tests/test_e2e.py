@@ -196,16 +196,22 @@ def test_result_cap__oversized_result_fails_node_naming_the_setting(worker, sett
     assert wf.nodes.get(task_name="tests.noop").state == S.UPSTREAM_FAILED
 
 
-def test_result_cap__result_that_is_not_json_fails_the_node(worker):
+@pytest.mark.parametrize("store", [False, True])
+def test_result_cap__result_that_is_not_json_fails_the_node(worker, settings, store):
+    settings.DYRYGENT_STORE_NODE_RESULTS = store
     wf = Workflow(name="not-json")
-    # Stored by the JSON result backend: Celery itself fails the task (EncodeError).
+    # Stored by the JSON result backend when Celery stores node results: Celery itself fails
+    # the task (EncodeError); by default Celery stores nothing and the engine finds it.
     stored = wf.add_signature(not_json.si())
-    # No result-backend row: the engine is the one that finds it cannot store the result.
+    # No result-backend row whatever the setting (the task ignores its result).
     unstored = wf.add_signature(not_json_quiet.si())
     assert run(wf) == Workflow.State.FAILURE
     stored.refresh_from_db(), unstored.refresh_from_db()
-    assert stored.state == S.FAILURE
-    assert "EncodeError" in stored.error and "not JSON serializable" in stored.error
+    assert stored.state == S.FAILURE and stored.result is None
+    if store:
+        assert "EncodeError" in stored.error and "not JSON serializable" in stored.error
+    else:
+        assert "Result is not JSON-serialisable" in stored.error and "object" in stored.error
     assert unstored.state == S.FAILURE and unstored.result is None
     assert "Result is not JSON-serialisable" in unstored.error and "set" in unstored.error
 

@@ -280,6 +280,47 @@ def test_hotpath__a_worker_runs_started_and_success_on_its_own_connection_not_dj
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("listened", [False, True])
+def test_hotpath__a_worker_s_started_commits_without_waiting_for_the_wal_flush(in_worker, listened):
+    """STARTED in autocommit: ``SET LOCAL synchronous_commit = off`` and the UPDATE in one round
+    trip and one implicit transaction; the setting ends with it (the success stays durable)."""
+    from django.test.utils import CaptureQueriesContext
+
+    from django_dyrygent import signals
+
+    seen = []
+
+    def receiver(sender, node, old_state, new_state, **kwargs):
+        seen.append((node.task_id, node.kind, old_state, new_state))
+
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(2)])))
+    own = hotpath._connection()
+    if listened:
+        signals.node_state_changed.connect(receiver, dispatch_uid="test-lazy-started")
+    try:
+        with CaptureQueriesContext(own) as queries:
+            node = hotpath.node_started(wf.pk, "n0", "host", 7)
+    finally:
+        signals.node_state_changed.disconnect(dispatch_uid="test-lazy-started")
+    assert len(queries) == 1
+    assert queries[0]["sql"].startswith("SET LOCAL synchronous_commit = off; UPDATE ")
+    assert (node.task_id, node.state) == ("n0", S.STARTED)
+    assert seen == ([("n0", "task", S.QUEUED, S.STARTED)] if listened else [])
+    assert wf.nodes.filter(task_id="n0", state=S.STARTED, worker_hostname="host", worker_pid=7).exists()
+    with own.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone() == ("on",)
+    assert hotpath.node_succeeded(wf.pk, "n0", 1) is not None
+    assert "SET LOCAL" not in hotpath._success_sql(True)
+    # Inside a caller's transaction the SET would outlive the statement: a plain UPDATE there.
+    from django.db import transaction
+
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        assert hotpath.node_started(wf.pk, "n1") is not None
+    assert "synchronous_commit" not in queries[-1]["sql"]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_hotpath__inside_an_atomic_block_the_hot_path_uses_djangos_connection(in_worker):
     from django.db import transaction
 

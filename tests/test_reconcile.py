@@ -3,12 +3,14 @@
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 
-from django_dyrygent import engine, hotpath, messaging, repair
+from django_dyrygent import engine, hotpath, messaging, outcomes, repair
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.models import Execution
-from tests.tasks import record
+from tests.tasks import Boom, fail, record
 
 
 def _age_queued_nodes(wf, seconds=3600):
@@ -63,7 +65,8 @@ def test_reconcile__a_publish_lost_after_commit_is_republished_with_the_same_tas
 
 
 @pytest.mark.worker
-def test_reconcile__a_lost_success_event_is_recovered_from_the_result_backend(worker, monkeypatch):
+def test_reconcile__a_lost_success_event_is_recovered_from_the_result_backend(worker, monkeypatch, settings):
+    settings.DYRYGENT_STORE_NODE_RESULTS = True  # Celery stores every outcome, as it does for plain tasks
     real = hotpath.node_succeeded  # what the worker's task_success receiver calls
     dropped = []
     wf = Workflow(name="lost-event")
@@ -90,6 +93,80 @@ def test_reconcile__a_lost_success_event_is_recovered_from_the_result_backend(wo
     assert wf.wait(timeout=30) == Workflow.State.SUCCESS
     # Reconciling did not run the task again.
     assert list(Execution.objects.values_list("label", flat=True)) == ["first", "second"]
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("store", [False, True])
+def test_result_backend__holds_no_second_copy_of_a_success_the_node_row_holds(worker, settings, store):
+    settings.DYRYGENT_STORE_NODE_RESULTS = store
+    wf = Workflow(name="one copy")
+    first = wf.add_signature(record.si("first"))
+    wf.add_signature(record.si("second"), dependencies=[first])
+    wf.apply_async()
+    assert wf.wait(timeout=30) == Workflow.State.SUCCESS
+    nodes = list(wf.nodes.all())
+    assert [n.result for n in nodes] == ["first", "second"]
+    stored = TaskResult.objects.filter(task_id__in=[n.task_id for n in nodes], status="SUCCESS")
+    assert stored.count() == (2 if store else 0)
+
+
+@pytest.mark.worker
+def test_reconcile__a_success_the_worker_could_not_write_is_left_in_the_backend_and_repaired(
+    worker, monkeypatch, settings,
+):
+    settings.DYRYGENT_OUTCOME_RETRY_FOR = 0  # give up at once (one immediate retry)
+    real = hotpath.node_succeeded
+    wf = Workflow(name="database down")
+    first = wf.add_signature(record.si("first"))
+    wf.add_signature(record.si("second"), dependencies=[first])
+    refused = []
+
+    def database_down(workflow_id, task_id, result):
+        if task_id == first.task_id:
+            refused.append(task_id)
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(workflow_id, task_id, result)
+
+    monkeypatch.setattr(hotpath, "node_succeeded", database_down)
+    wf.apply_async()
+    # The node row could not be written: the worker left the outcome in the result backend.
+    assert _wait_for(lambda: TaskResult.objects.filter(task_id=first.task_id, status="SUCCESS").exists())
+    assert len(refused) == 2  # the first try and db.run's immediate retry
+    first.refresh_from_db()
+    assert first.state == WorkflowNode.State.STARTED
+    WorkflowNode.objects.filter(pk=first.pk).update(queued_at=timezone.now() - timedelta(hours=1))
+    engine.tick(wf.pk, scheduled=False)
+    first.refresh_from_db()
+    assert (first.state, first.result, first.reason) == (WorkflowNode.State.SUCCESS, "first", "reconciled")
+    assert wf.wait(timeout=30) == Workflow.State.SUCCESS
+    assert list(Execution.objects.values_list("label", flat=True)) == ["first", "second"]  # not run again
+    # The other node's outcome reached its row: no copy of it in the backend.
+    assert not TaskResult.objects.filter(task_id=wf.nodes.get(result="second").task_id).exists()
+
+
+@pytest.mark.worker
+def test_reconcile__a_failure_the_worker_could_not_write_is_left_in_the_backend_and_repaired(
+    worker, monkeypatch, settings,
+):
+    settings.DYRYGENT_OUTCOME_RETRY_FOR = 0
+    wf = Workflow(name="database down on failure")
+    node = wf.add_signature(fail.si("down"))
+
+    def database_down(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(outcomes, "node_failed", database_down)
+    wf.apply_async()
+    assert _wait_for(lambda: TaskResult.objects.filter(task_id=node.task_id, status="FAILURE").exists())
+    node.refresh_from_db()
+    assert node.state == WorkflowNode.State.STARTED
+    WorkflowNode.objects.filter(pk=node.pk).update(queued_at=timezone.now() - timedelta(hours=1))
+    monkeypatch.undo()
+    engine.tick(wf.pk, scheduled=False)
+    node.refresh_from_db()
+    assert (node.state, node.reason) == (WorkflowNode.State.FAILURE, "reconciled")
+    assert Boom.__name__ in node.error and "down" in node.error
+    assert wf.wait(timeout=30) == Workflow.State.FAILURE
 
 
 @pytest.mark.django_db(transaction=True)

@@ -336,6 +336,28 @@ def test_publish__sends_the_nodes_task_id_header_and_merged_options(broker, run)
     assert (call.task, call.task_id, call.args) == ("tests.noop", "task-a", ("a",))
     assert call.options["priority"] == 8 and call.options["queue"] == "fast"
     assert call.options["headers"] == {messaging.HEADER: str(wf.pk)}
+    # The node row holds the outcome: Celery is not asked to store a second copy.
+    assert call.options["ignore_result"] is True
+
+
+@pytest.mark.parametrize(("sig_options", "wf_options", "store_setting", "expected"), [
+    ({"ignore_result": False}, {}, False, False),  # the user asked for the backend copy
+    ({}, {"ignore_result": False}, False, False),  # the workflow's task options did
+    ({}, {}, True, False),  # DYRYGENT_STORE_NODE_RESULTS: Celery's default
+    ({"time_limit": 30}, {}, False, False),  # a hard time limit: only the backend hears of it
+    ({}, {"time_limit": 30}, False, False),
+    ({"soft_time_limit": 30}, {}, False, True),  # a soft one raises in the task: reported
+])
+def test_publish__asks_celery_to_store_the_result_only_when_something_needs_it(
+    broker, run, settings, sig_options, wf_options, store_setting, expected,
+):
+    settings.DYRYGENT_STORE_NODE_RESULTS = store_setting
+    wf = Workflow()
+    wf.add_signature(t("a").set(**sig_options))
+    run(wf.apply_async, options=wf_options)
+    run(engine.tick, wf.pk)
+    (call,) = broker.published
+    assert call.options.get("ignore_result", False) is expected
 
 
 def test_node_succeeded__releases_a_dependent_only_after_its_last_dependency(broker, run):
