@@ -12,7 +12,7 @@ from celery import chain, group
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, hotpath, messaging, outcomes
+from django_dyrygent import engine, hotpath, hotsql, messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import noop
 
@@ -311,7 +311,7 @@ def test_hotpath__a_worker_s_started_commits_without_waiting_for_the_wal_flush(i
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone() == ("on",)
     assert hotpath.node_succeeded(wf.pk, "n0", 1) is not None
-    assert "SET LOCAL" not in hotpath._success_sql(True)
+    assert "SET LOCAL" not in hotsql.success_sql(True)
     # Inside a caller's transaction the SET would outlive the statement: a plain UPDATE there.
     from django.db import transaction
 
