@@ -255,7 +255,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
         entry = self.get_actions(request).get(action)  # already filtered by the actions' permissions
         if entry is None:
             raise PermissionDenied
-        func = entry[0]
+        # Django 6.1 returns an Action (indexing it is deprecated), earlier versions a tuple.
+        func = getattr(entry, "func", None) or entry[0]
         func(self, request, self.get_queryset(request).filter(pk=obj.pk))
         return HttpResponseRedirect(
             reverse("admin:django_dyrygent_workflow_change", args=[obj.pk], current_app=self.admin_site.name)
