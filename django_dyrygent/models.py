@@ -6,7 +6,6 @@ and imported here, so every model keeps the path ``django_dyrygent.models``.
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -15,12 +14,10 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
-from django.db.models.base import ModelState
-from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import waiting
+from . import fastinit, waiting
 from .draft import GRAPH_KINDS, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
 from .records import QueuedRun, WorkerHeartbeat, WorkflowEvent
@@ -432,34 +429,12 @@ class WorkflowNode(models.Model):
         """``WorkflowNode(workflow=workflow, **fields)``, made without ``Model.__init__``'s per-field work.
 
         A draft makes one node per signature (10,000 for a large canvas), and
-        ``Model.__init__`` was a sixth of ``apply_async``. The instance is the
-        same: every field's default (callable ones called per node), the
-        given values, the workflow cached. When something listens to
-        ``pre_init`` / ``post_init`` for this model, or a name is not a plain
-        field, the ordinary constructor runs, so receivers see every node.
+        ``Model.__init__`` was a sixth of ``apply_async``: see ``fastinit``.
+        When something listens to ``pre_init`` / ``post_init`` for this model,
+        or a name is not a plain field, the ordinary constructor runs.
         """
-        plain = _plain_node_fields()
-        if (
-            not fields.keys() <= plain.names
-            # ``receivers`` first: empty in most projects, and has_listeners costs a lookup per node.
-            or (pre_init.receivers and pre_init.has_listeners(cls))
-            or (post_init.receivers and post_init.has_listeners(cls))
-        ):
-            return cls(workflow=workflow, **fields)
-        node = cls.__new__(cls)
-        state = ModelState()
-        state.fields_cache = {"workflow": workflow}
-        # Every attribute set first in the constructor's order (the defaults), then overwritten:
-        # instances then share their attribute names (a dict in another order takes three
-        # times the memory), and the copying is dict.update's, not a Python loop's.
-        values = vars(node)
-        values["_state"] = state
-        values.update(plain.defaults)
-        for attname, make in plain.factories:
-            values[attname] = make()
-        values.update(fields)
-        values["workflow_id"] = workflow.pk
-        return node
+        node = fastinit.instance(cls, "workflow", workflow, fields)
+        return node if node is not None else cls(workflow=workflow, **fields)
 
     def add_dependency(self, other: WorkflowNode) -> None:
         """Make this node wait for ``other`` (both nodes of the same unsaved workflow)."""
@@ -494,30 +469,6 @@ class WorkflowNode(models.Model):
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
-
-
-class _PlainFields:
-    """``WorkflowNode``'s fields as ``for_draft`` fills them: names, fixed defaults, callable defaults."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-        #: attname -> fixed default (None where the default is callable), in the constructor's order
-        self.defaults: dict[str, Any] = {}
-        #: (attname, callable default): called per node, so no two nodes share a mutable default
-        self.factories: list[tuple[str, Callable[[], Any]]] = []
-        for field in WorkflowNode._meta.concrete_fields:
-            if field.name != "workflow":
-                self.names.add(field.attname)
-            if field.has_default() and callable(field.default):
-                self.defaults[field.attname] = None
-                self.factories.append((field.attname, field.default))
-            else:
-                self.defaults[field.attname] = field.get_default()
-
-
-@functools.cache
-def _plain_node_fields() -> _PlainFields:
-    return _PlainFields()
 
 
 class WorkflowEdge(models.Model):
