@@ -3,114 +3,41 @@
 The engine owns every row, so nothing here edits a field. The change
 permission still matters: it is what the actions (cancel, retry, tick)
 require, which is why ``has_change_permission`` is left alone and every
-field is made read-only instead.
+field is made read-only instead. The base class is in ``admin_readonly``,
+the node and worker pages in ``admin_nodes`` (imported here, which registers
+them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
-import django
 from django.contrib import admin, messages
 from django.contrib.admin.utils import display_for_field, lookup_field
 from django.core.exceptions import PermissionDenied
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
 from django.urls import URLPattern, path, reverse
-from django.utils.html import conditional_escape, format_html, format_html_join
+from django.utils.html import conditional_escape, format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import admin_views, engine, graph
-from .display import can_act, pretty_json, pretty_text, short_time, state_badge, workflow_progress
-from .graph import Item, shorten
-from .models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
-from .states import NODE_ACTIVE, NodeKind, NodeState
+from .admin_nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
+from .admin_readonly import ReadOnlyAdmin
+from .display import can_act, pretty_json, pretty_text, state_badge, workflow_progress
+from .graph import Item
+from .models import Workflow, WorkflowEvent, WorkflowNode
+from .states import NODE_ACTIVE, NodeState
 
-__all__ = ("WorkflowAdmin", "WorkflowNodeAdmin", "pretty_json", "pretty_text", "state_badge")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """The engine owns these rows: the admin shows them and never edits them.
-
-    JSON too large to show whole is cut on the page (``display.pretty_json``);
-    ``json_values`` names the values the ``<id>/json/<name>/`` view serves whole.
-    """
-
-    #: name -> function(obj) giving a JSON value served whole by ``json_view``.
-    json_values: ClassVar[dict[str, Callable[[Any], Any]]] = {}
-    #: Columns the list never shows: not read per row (a 10 MB payload would be, 100 times a page).
-    list_defer: tuple[str, ...] = ()
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        queryset = super().get_queryset(request)
-        match = getattr(request, "resolver_match", None)
-        if self.list_defer and match and match.url_name == "%s_%s_changelist" % (
-            self.opts.app_label, self.opts.model_name,
-        ):
-            queryset = queryset.defer(*self.list_defer)
-        return queryset
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = [f.name for f in self.model._meta.concrete_fields]
-        return fields + [f for f in self.readonly_fields if f not in fields]
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        if request.method == "POST":
-            # Nothing to save: every field is read-only; the actions have their own URLs.
-            raise PermissionDenied
-        extra_context = {
-            **(extra_context or {}),
-            "show_save": False,
-            "show_save_and_continue": False,
-            "show_save_and_add_another": False,
-            "show_delete": False,
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
-
-    def get_urls(self) -> list[URLPattern]:
-        info = self.opts.app_label, self.opts.model_name
-        return [
-            path("<path:object_id>/json/<str:name>/", self.admin_site.admin_view(self.json_view),
-                 name="%s_%s_json" % info),
-        ] + super().get_urls()
-
-    def _get_viewable(self, request: HttpRequest, object_id: str) -> Any:
-        obj = self.get_object(request, object_id)
-        if obj is None:
-            raise Http404(f"No {self.opts.verbose_name} with id {object_id!r}.")
-        if not self.has_view_permission(request, obj):
-            raise PermissionDenied
-        return obj
-
-    def json_view(self, request: HttpRequest, object_id: str, name: str) -> JsonResponse:
-        """The whole of a JSON value the page shows cut (a link under the cut leads here)."""
-        if name not in self.json_values:
-            raise Http404(f"No JSON value named {name!r}; there are: {', '.join(sorted(self.json_values))}.")
-        obj = self._get_viewable(request, object_id)
-        return JsonResponse(self.json_values[name](obj), safe=False, encoder=DjangoJSONEncoder,
-                            json_dumps_params={"indent": 2, "ensure_ascii": False})
-
-    def json_url(self, obj: Any, name: str) -> str:
-        info = self.opts.app_label, self.opts.model_name
-        return reverse("admin:%s_%s_json" % info, args=[obj.pk, name], current_app=self.admin_site.name)
-
-    def pretty_value(self, obj: Any, name: str) -> str:
-        return pretty_json(self.json_values[name](obj), self.json_url(obj, name))
+__all__ = (
+    "ReadOnlyAdmin", "WorkerHeartbeatAdmin", "WorkflowAdmin", "WorkflowNodeAdmin", "pretty_json", "pretty_text",
+    "state_badge",
+)
 
 
 @admin.register(Workflow)
@@ -328,7 +255,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
         entry = self.get_actions(request).get(action)  # already filtered by the actions' permissions
         if entry is None:
             raise PermissionDenied
-        func = entry[0]
+        # Django 6.1 returns an Action (indexing it is deprecated), earlier versions a tuple.
+        func = getattr(entry, "func", None) or entry[0]
         func(self, request, self.get_queryset(request).filter(pk=obj.pk))
         return HttpResponseRedirect(
             reverse("admin:django_dyrygent_workflow_change", args=[obj.pk], current_app=self.admin_site.name)
@@ -392,153 +320,3 @@ def settled(workflow: Workflow, items: list[Item]) -> bool:
     return workflow.is_final and not any(
         node["state"] in NODE_ACTIVE for item in items for node in item.nodes
     )
-
-
-@admin.register(WorkflowNode)
-class WorkflowNodeAdmin(ReadOnlyAdmin):
-    # Short ids and times, no wrapping (dag.css): the list fits a 1,400 px window.
-    list_display = ("display_task", "short_task_id", "state_badge", "workflow_short", "attempts",
-                    "finished_time", "duration")
-    list_filter = ("state", "kind", "task_name")
-    search_fields = ("=task_id",)
-    list_select_related = ("workflow",)
-    readonly_fields = ("workflow_link", "state_badge", "arguments", "pretty_result", "pretty_error",
-                       "pretty_previous_task_ids", "duration", "dependency_links", "dependent_links",
-                       "pretty_payload", "pretty_options")
-    fieldsets = (
-        (None, {"fields": ("workflow_link", "state_badge", "task_name", "task_id", "kind", "trigger_rule",
-                           "reason")}),
-        (_("Call"), {"fields": ("arguments", "pretty_options", "pretty_result", "pretty_error")}),
-        (_("Attempts"), {"fields": ("attempts", "retries", "publish_count", "pretty_previous_task_ids",
-                                    "worker_hostname", "worker_pid")}),
-        (_("Timing"), {"fields": ("queued_at", "started_at", "finished_at", "duration", "timeout",
-                                  "timeout_at")}),
-        (_("Graph"), {"fields": ("dependency_links", "dependent_links", "waiting", "failed_dependencies",
-                                 "fanout_size", "position")}),
-        (_("Data"), {"fields": ("pretty_payload",)}),
-    )
-
-    list_defer = ("result", "custom_payload", "error", "previous_task_ids")
-    json_values = {
-        "arguments": lambda node: {"args": node.args, "kwargs": node.kwargs},
-        "options": lambda node: (node.signature or {}).get("options"),
-        "result": lambda node: node.result,
-        "custom_payload": lambda node: node.custom_payload,
-    }
-
-    class Media:
-        css = {"all": ("django_dyrygent/dag.css",)}
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # No action on nodes: they are operated through their workflow.
-        return False
-
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
-        # The DAG links collapsed boxes to ?workflow=<id>&task_name=<name>.
-        if lookup in ("workflow", "workflow__exact"):
-            return True
-        if django.VERSION < (5, 0):  # ModelAdmin.lookup_allowed() takes request from Django 5.0 on
-            return super().lookup_allowed(lookup, value)  # type: ignore[call-arg]  # Django 4.2: no request
-        # None only from a caller that omits it (Django never does); the base class accepts it at run time.
-        return super().lookup_allowed(lookup, value, request)  # type: ignore[arg-type]
-
-    @admin.display(description=_("task"), ordering="task_name")
-    def display_task(self, obj: WorkflowNode) -> str:
-        label, title = graph.node_names({"task_name": obj.task_name, "kind": obj.kind, "position": obj.position,
-                                         "task_id": obj.task_id, "signature": obj.signature})
-        return format_html('<span class="dy-nowrap" title="{}">{}</span>', title, label)
-
-    @admin.display(description=_("task id"), ordering="task_id")
-    def short_task_id(self, obj: WorkflowNode) -> str:
-        return format_html('<code class="dy-nowrap" title="{}">{}</code>', obj.task_id, obj.task_id[:8])
-
-    @admin.display(description=_("finished at"), ordering="finished_at")
-    def finished_time(self, obj: WorkflowNode) -> str:
-        return short_time(obj.finished_at)
-
-    @admin.display(description=_("state"), ordering="state")
-    def state_badge(self, obj: WorkflowNode) -> str:
-        return state_badge(obj.state, obj.get_state_display())
-
-    @admin.display(description=_("workflow"), ordering="workflow")
-    def workflow_short(self, obj: WorkflowNode) -> str:
-        """The list's column: the name alone, the id in the tooltip."""
-        url = reverse("admin:django_dyrygent_workflow_change", args=[obj.workflow_id],
-                      current_app=self.admin_site.name)
-        return format_html('<a href="{}" title="{}">{}</a>', url, obj.workflow_id,
-                           shorten(obj.workflow.name or _("workflow"), 24))
-
-    @admin.display(description=_("workflow"), ordering="workflow")
-    def workflow_link(self, obj: WorkflowNode) -> str:
-        wf = obj.workflow
-        url = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk], current_app=self.admin_site.name)
-        name = wf.name or _("workflow")
-        return format_html('<a href="{}">{} <code>{}</code></a>', url, name, str(wf.pk)[:8])
-
-    @admin.display(description=_("arguments"))
-    def arguments(self, obj: WorkflowNode) -> str:
-        return self.pretty_value(obj, "arguments") if obj.kind != NodeKind.JOIN else "—"
-
-    @admin.display(description=_("options"))
-    def pretty_options(self, obj: WorkflowNode) -> str:
-        return self.pretty_value(obj, "options")
-
-    @admin.display(description=_("result"))
-    def pretty_result(self, obj: WorkflowNode) -> str:
-        return self.pretty_value(obj, "result")
-
-    @admin.display(description=_("error"))
-    def pretty_error(self, obj: WorkflowNode) -> str:
-        # Never cut: the exception line is the last line of a traceback.
-        return format_html('<pre class="dy-pre">{}</pre>', obj.error) if obj.error else "—"
-
-    @admin.display(description=_("previous task ids"))
-    def pretty_previous_task_ids(self, obj: WorkflowNode) -> str:
-        ids = obj.previous_task_ids or []
-        return format_html_join("", '<code class="dy-block">{}</code>', ((i,) for i in ids)) if ids else "—"
-
-    @admin.display(description=_("custom payload"))
-    def pretty_payload(self, obj: WorkflowNode) -> str:
-        return self.pretty_value(obj, "custom_payload")
-
-    @admin.display(description=_("duration"))
-    def duration(self, obj: WorkflowNode) -> str:
-        return graph.format_duration(obj.duration) or "—"
-
-    def _node_links(self, queryset: QuerySet[WorkflowNode]) -> str:
-        nodes = list(queryset.values("id", "task_name", "kind", "state", "task_id").order_by("position", "id"))
-        if not nodes:
-            return "—"
-        url = reverse("admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name)
-        return format_html_join(
-            "", '<div class="dy-link"><a href="{}">{}</a> {} <code>{}</code></div>',
-            ((url.replace("/0/", f"/{n['id']}/"), n["task_name"] or n["kind"], state_badge(n["state"]),
-              n["task_id"]) for n in nodes),
-        )
-
-    @admin.display(description=_("dependencies"))
-    def dependency_links(self, obj: WorkflowNode) -> str:
-        return self._node_links(obj.dependencies.all())
-
-    @admin.display(description=_("dependents"))
-    def dependent_links(self, obj: WorkflowNode) -> str:
-        return self._node_links(obj.dependents.all())
-
-
-@admin.register(WorkerHeartbeat)
-class WorkerHeartbeatAdmin(ReadOnlyAdmin):
-    """Which workers are alive and what they hold: the rows the liveness sweep judges by."""
-
-    list_display = ("hostname", "pid", "started_at", "last_seen", "active_count", "reserved_count")
-    search_fields = ("hostname",)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description=_("running"))
-    def active_count(self, obj: WorkerHeartbeat) -> int:
-        return len(obj.active_task_ids or ())
-
-    @admin.display(description=_("prefetched"))
-    def reserved_count(self, obj: WorkerHeartbeat) -> int:
-        return len(obj.reserved_task_ids or ())

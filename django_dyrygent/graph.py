@@ -14,14 +14,14 @@ needs no JavaScript library or system binary:
 
 The admin's status endpoint runs ``load`` + ``collapse`` only (no layout):
 item ids are stable, so the browser can recolour the picture in place.
+What the drawing is made of (``Item``, ``Edge``, sizes, labels) is in
+``dag_items``.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db.models import F
@@ -29,204 +29,86 @@ from django.db.models.functions import Left, Right
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-from .states import NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
+from .dag_items import (
+    ARGS_CHARS,
+    BOX_HEIGHT,
+    BOX_WIDTH,
+    CALLBACK_KINDS,
+    DOT_RADIUS,
+    ERROR_CHARS,
+    FIT_WIDTH,
+    GAP_X,
+    GAP_Y,
+    LABEL_CHARS,
+    MARGIN,
+    STATE_PRIORITY,
+    Adjacency,
+    Edge,
+    Graph,
+    Item,
+    Layout,
+    NodeRow,
+    call_label,
+    counts_text,
+    error_line,
+    format_call,
+    format_duration,
+    node_names,
+    short_task_name,
+    shorten,
+)
+from .states import NodeKind, NodeState
 
 if TYPE_CHECKING:
     from django.utils.safestring import SafeString
 
     from .models import Workflow
 
-#: One node as ``values()`` returns it (id, state, kind, task_name, ...).
-NodeRow = dict[str, Any]
-#: node id -> ids of its dependencies (or dependents).
-Adjacency = dict[Any, list[Any]]
+#: The names of ``dag_items`` are imported from here too (their usual path).
+__all__ = [
+    "ARGS_CHARS",
+    "Adjacency",
+    "BOX_HEIGHT",
+    "BOX_WIDTH",
+    "CALLBACK_KINDS",
+    "COLLAPSE_THRESHOLD",
+    "DOT_RADIUS",
+    "ERROR_CHARS",
+    "Edge",
+    "FIT_WIDTH",
+    "GAP_X",
+    "GAP_Y",
+    "Graph",
+    "Item",
+    "LABEL_CHARS",
+    "Layout",
+    "MARGIN",
+    "NodeRow",
+    "STATE_PRIORITY",
+    "SWEEPS",
+    "bar_width",
+    "box_geometry",
+    "call_label",
+    "collapse",
+    "counts_text",
+    "error_line",
+    "format_call",
+    "format_duration",
+    "item_status",
+    "layout",
+    "load",
+    "node_names",
+    "shape",
+    "short_task_name",
+    "shorten",
+    "svg_markup",
+    "tooltip",
+]
 
 #: A group of interchangeable siblings larger than this is drawn as one box.
 COLLAPSE_THRESHOLD = 20
 #: How many times each rank is re-ordered by barycentre.
 SWEEPS = 2
-
-BOX_WIDTH = 168
-BOX_HEIGHT = 34
-GAP_X = 56
-GAP_Y = 14
-MARGIN = 12
-DOT_RADIUS = 5
-LABEL_CHARS = 23
-#: Drawings up to this width are scaled down to fit the page; wider ones scroll.
-FIT_WIDTH = 2400
-ARGS_CHARS = 120
-ERROR_CHARS = 300
-
-CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
-
-#: Aggregate state of a box: the first of these its members are in.
-#: Problems first, then what is moving, then what waits, then what is done.
-STATE_PRIORITY = (
-    NodeState.FAILURE,
-    NodeState.UPSTREAM_FAILED,
-    NodeState.CANCELED,
-    NodeState.RETRY,
-    NodeState.STARTED,
-    NodeState.QUEUED,
-    NodeState.PENDING,
-    NodeState.SKIPPED,
-    NodeState.SUCCESS,
-)
-
-
-@dataclass
-class Graph:
-    """The nodes (dicts from ``values()``) and edges (dependency id, node id) of one workflow."""
-
-    nodes: list[NodeRow]
-    edges: list[tuple[Any, Any]]
-
-
-@dataclass
-class Item:
-    """One drawn box: a single node, or a collapsed group of siblings."""
-
-    id: str
-    nodes: list[NodeRow]
-    kind: str
-    task_name: str
-    rank: int = 0
-    order: int = 0
-    x: float = 0
-    y: float = 0
-    parents: list[Item] = field(default_factory=list)
-    children: list[Item] = field(default_factory=list)
-
-    @property
-    def is_group(self) -> bool:
-        return len(self.nodes) > 1
-
-    @property
-    def is_dot(self) -> bool:
-        return not self.is_group and self.kind == NodeKind.JOIN
-
-    @property
-    def node(self) -> NodeRow:
-        return self.nodes[0]
-
-    @property
-    def counts(self) -> Counter[str]:
-        return Counter(n["state"] for n in self.nodes)
-
-    @property
-    def state(self) -> str:
-        """The node's state, or for a group the most telling state of its members."""
-        if not self.is_group:
-            return self.node["state"]
-        counts = self.counts
-        return next(s for s in STATE_PRIORITY if counts.get(s))
-
-    @property
-    def done(self) -> int:
-        return sum(1 for n in self.nodes if n["state"] in NODE_FINAL)
-
-    @property
-    def width(self) -> float:
-        return 2 * DOT_RADIUS if self.is_dot else BOX_WIDTH
-
-    @property
-    def height(self) -> float:
-        return 2 * DOT_RADIUS if self.is_dot else BOX_HEIGHT
-
-    @property
-    def label(self) -> str:
-        name = self.task_name or self.kind
-        if self.is_group:
-            return shorten(f"{len(self.nodes)} × {short_task_name(name)}", LABEL_CHARS)
-        return shorten(call_label(self.node), LABEL_CHARS)
-
-    @property
-    def sublabel(self) -> str:
-        """Second line of a box: progress of a group, the kind of a special node."""
-        if self.is_group:
-            return counts_text(self)
-        if self.kind in (NodeKind.MAP, *CALLBACK_KINDS):
-            return str(NodeKind(self.kind).label).lower()
-        return ""
-
-
-@dataclass
-class Edge:
-    source: Item
-    target: Item
-
-    @property
-    def path(self) -> str:
-        """A cubic Bézier from the right side of the source to the left side of the target."""
-        x1, y1 = self.source.x + self.source.width, self.source.y + self.source.height / 2
-        x2, y2 = self.target.x, self.target.y + self.target.height / 2
-        bend = max((x2 - x1) / 2, GAP_X / 2)
-        return f"M{x1:g},{y1:g} C{x1 + bend:g},{y1:g} {x2 - bend:g},{y2:g} {x2:g},{y2:g}"
-
-
-@dataclass
-class Layout:
-    items: list[Item]
-    edges: list[Edge]
-    width: float
-    height: float
-    ranks: list[list[Item]]
-
-    @property
-    def fits(self) -> bool:
-        return self.width <= FIT_WIDTH
-
-
-def shorten(text: object, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def short_task_name(name: str) -> str:
-    """``proj.tasks.build`` -> ``build``: the module path rarely fits in a box (the tooltip has it all)."""
-    return name.rsplit(".", 1)[-1] if name else name
-
-
-def call_label(node: NodeRow) -> str:
-    """``record('build-1')``: the first arguments tell siblings apart, the module path is left out."""
-    label = short_task_name(node["task_name"] or node["kind"])
-    args = (node.get("signature") or {}).get("args")
-    if args and node["kind"] != NodeKind.JOIN:
-        label += "(" + ", ".join(repr(a) for a in args) + ")"
-    return label
-
-
-def node_names(node: NodeRow) -> tuple[str, str]:
-    """(short label, full title) naming a node in lists: a join by its position, never by a bare UUID."""
-    if node["kind"] == NodeKind.JOIN:
-        return f"join #{node['position']}", f"join node #{node['position']} ({node['task_id']})"
-    label = shorten(call_label(node), ARGS_CHARS // 2)
-    name = node["task_name"] or str(NodeKind(node["kind"]).label)
-    return label, f"{name}{format_call(node.get('signature') or {})} ({node['task_id']})"
-
-
-def error_line(head: str | None, tail: str | None = "") -> str:
-    """The line that says what went wrong: a traceback's last line (the exception), else the first."""
-    lines = [line.strip() for line in (head or "").strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    if not lines[0].startswith("Traceback (most recent call last)"):
-        return lines[0]
-    tail_lines = [line.strip() for line in (tail or head or "").strip().splitlines() if line.strip()]
-    return tail_lines[-1] if tail_lines else lines[0]
-
-
-def counts_text(item: Item) -> str:
-    counts = item.counts
-    parts = [f"{item.done}/{len(item.nodes)} done"]
-    failed = sum(counts.get(s, 0) for s in (NodeState.FAILURE, NodeState.UPSTREAM_FAILED, NodeState.CANCELED))
-    active = sum(counts.get(s, 0) for s in NODE_ACTIVE)
-    if active:
-        parts.append(f"{active} running")
-    if failed:
-        parts.append(f"{failed} failed")
-    return ", ".join(parts)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -419,27 +301,6 @@ def tooltip(item: Item) -> str:
     elif node.get("reason") and node["state"] != NodeState.SUCCESS:
         lines.append(f"reason: {shorten(node['reason'], ARGS_CHARS)}")
     return "\n".join(lines)
-
-
-def format_call(signature: dict[str, Any]) -> str:
-    parts = [repr(a) for a in signature.get("args") or []]
-    parts += [f"{k}={v!r}" for k, v in (signature.get("kwargs") or {}).items()]
-    return "(" + ", ".join(parts) + ")"
-
-
-def format_duration(delta: timedelta | None) -> str:
-    if delta is None:
-        return ""
-    seconds = delta.total_seconds()
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
 
 
 def shape(items: list[Item], edges: list[Edge]) -> str:

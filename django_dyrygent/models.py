@@ -1,8 +1,11 @@
-"""Workflow rows: one ``Workflow``, one ``WorkflowNode`` per signature, one edge per dependency."""
+"""Workflow rows: one ``Workflow``, one ``WorkflowNode`` per signature, one edge per dependency.
+
+The event log, worker heartbeats and queued runs are defined in ``records``
+and imported here, so every model keeps the path ``django_dyrygent.models``.
+"""
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -11,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
-from django.db.models.base import ModelState
-from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import waiting
+from . import fastinit, waiting
 from .draft import GRAPH_KINDS, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
+from .records import QueuedRun, WorkerHeartbeat, WorkflowEvent
 from .serialization import from_tree
 from .signals import Handler, connect_compat_handler
 from .states import (
@@ -325,7 +327,7 @@ class WorkflowNode(models.Model):
         Workflow, on_delete=models.CASCADE, related_name="nodes", verbose_name=_("workflow"), db_index=False,
     )
     task_id = models.CharField(
-        _("task id"), max_length=255, unique=True,
+        _("task id"), max_length=255,
         help_text=_("Celery task id this node publishes with; fresh on every retry()."),
     )
     task_name = models.CharField(_("task name"), max_length=255, blank=True, default="")
@@ -400,6 +402,9 @@ class WorkflowNode(models.Model):
         # Plain indexes in Meta, not db_index=True: on PostgreSQL a db_index CharField
         # gets a second, ``varchar_pattern_ops`` index for LIKE that nothing here runs,
         # and every index is one more write per node saved and per state change.
+        # Unique through a constraint, not unique=True: on PostgreSQL the field option adds a
+        # second, ``varchar_pattern_ops`` index (LIKE), one more write per node built.
+        constraints = [models.UniqueConstraint(fields=["task_id"], name="dyrygent_node_task_id_unique")]
         indexes = [
             models.Index(fields=["workflow", "state"], name="dyrygent_node_wf_state_idx"),
             models.Index(fields=["workflow", "position"], name="dyrygent_node_wf_pos_idx"),
@@ -424,29 +429,12 @@ class WorkflowNode(models.Model):
         """``WorkflowNode(workflow=workflow, **fields)``, made without ``Model.__init__``'s per-field work.
 
         A draft makes one node per signature (10,000 for a large canvas), and
-        ``Model.__init__`` was a sixth of ``apply_async``. The instance is the
-        same: every field's default (callable ones called per node), the
-        given values, the workflow cached. When something listens to
-        ``pre_init`` / ``post_init`` for this model, or a name is not a plain
-        field, the ordinary constructor runs, so receivers see every node.
+        ``Model.__init__`` was a sixth of ``apply_async``: see ``fastinit``.
+        When something listens to ``pre_init`` / ``post_init`` for this model,
+        or a name is not a plain field, the ordinary constructor runs.
         """
-        plain = _plain_node_fields()
-        if not fields.keys() <= plain.names or pre_init.has_listeners(cls) or post_init.has_listeners(cls):
-            return cls(workflow=workflow, **fields)
-        node = cls.__new__(cls)
-        state = ModelState()
-        state.fields_cache = {"workflow": workflow}
-        fields = {**fields, "workflow_id": workflow.pk}
-        # In the constructor's order, so instances still share their attribute names
-        # (a dict in another order takes three times the memory).
-        values = vars(node)
-        values["_state"] = state
-        for attname, default, make in plain.order:
-            if attname in fields:
-                values[attname] = fields[attname]
-            else:
-                values[attname] = default if make is None else make()
-        return node
+        node = fastinit.instance(cls, "workflow", workflow, fields)
+        return node if node is not None else cls(workflow=workflow, **fields)
 
     def add_dependency(self, other: WorkflowNode) -> None:
         """Make this node wait for ``other`` (both nodes of the same unsaved workflow)."""
@@ -483,31 +471,13 @@ class WorkflowNode(models.Model):
         return None
 
 
-class _PlainFields:
-    """``WorkflowNode``'s fields as ``for_draft`` fills them: names, fixed defaults, callable defaults."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-        # (attname, fixed default, callable default or None), in the constructor's order
-        self.order: list[tuple[str, Any, Callable[[], Any] | None]] = []
-        for field in WorkflowNode._meta.concrete_fields:
-            if field.name != "workflow":
-                self.names.add(field.attname)
-            if field.has_default() and callable(field.default):
-                self.order.append((field.attname, None, field.default))
-            else:
-                self.order.append((field.attname, field.get_default(), None))
-
-
-@functools.cache
-def _plain_node_fields() -> _PlainFields:
-    return _PlainFields()
-
-
 class WorkflowEdge(models.Model):
     """``node`` waits for ``dependency``; ``position`` keeps the dependency order (header order)."""
 
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
+    # No database constraint: the edge's nodes are checked, and they belong to the workflow. A
+    # checked key here cost 20,000 deferred lookups at the commit of a 10,000-node build. The ORM
+    # still deletes a workflow's edges with it (Django collects CASCADE itself).
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     # Indexed by the unique (node, dependency) constraint and the (dependency, node) index.
     node = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+", db_index=False)
     dependency = models.ForeignKey(WorkflowNode, on_delete=models.CASCADE, related_name="+", db_index=False)
@@ -527,81 +497,4 @@ class WorkflowEdge(models.Model):
         return f"{self.dependency_id} -> {self.node_id}"
 
 
-class WorkflowEvent(models.Model):
-    """One transition of a workflow or of one of its nodes, written with the change."""
-
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="events")
-    node = models.ForeignKey(
-        WorkflowNode, on_delete=models.CASCADE, related_name="events", null=True, blank=True,
-    )
-    old_state = models.CharField(_("old state"), max_length=20, blank=True, default="")
-    new_state = models.CharField(_("new state"), max_length=20)
-    reason = models.CharField(_("reason"), max_length=255, blank=True, default="")
-    created_at = models.DateTimeField(_("at"), db_index=True)
-
-    class Meta:
-        verbose_name = _("workflow event")
-        verbose_name_plural = _("workflow events")
-        ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["workflow", "created_at"], name="dyrygent_event_wf_idx")]
-
-    def __str__(self) -> str:
-        who = f"node {self.node_id}" if self.node_id else "workflow"
-        return f"{who}: {self.old_state or '-'} -> {self.new_state}"
-
-
-class WorkerHeartbeat(models.Model):
-    """One running Celery worker (main process), kept fresh by its liveness thread.
-
-    The engine reads it to tell a running node from one whose worker died
-    (stale ``last_seen``) or lost its outcome (worker alive, task not held).
-    """
-
-    hostname = models.CharField(_("worker"), max_length=255, help_text=_("Celery node name."))
-    pid = models.PositiveIntegerField(_("pid"), help_text=_("Process id of the worker's main process."))
-    started_at = models.DateTimeField(_("started at"))
-    last_seen = models.DateTimeField(_("last seen"), db_index=True)
-    active_task_ids = models.JSONField(
-        _("active tasks"), default=list, blank=True,
-        help_text=_("Task ids the worker's pool was running at the last beat."),
-    )
-    reserved_task_ids = models.JSONField(
-        _("reserved tasks"), default=list, blank=True,
-        help_text=_("Task ids prefetched or scheduled (ETA) by the worker at the last beat."),
-    )
-
-    class Meta:
-        verbose_name = _("worker heartbeat")
-        verbose_name_plural = _("worker heartbeats")
-        ordering = ["started_at", "id"]
-        constraints = [
-            models.UniqueConstraint(fields=["hostname", "pid"], name="dyrygent_heartbeat_unique"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.hostname} (pid {self.pid})"
-
-    @property
-    def held_task_ids(self) -> set[str]:
-        return {*(self.active_task_ids or ()), *(self.reserved_task_ids or ())}
-
-
-class QueuedRun(models.Model):
-    """A scheduled start that waits for the running workflow of its definition to end.
-
-    The ``workflow_finished`` receiver of that run starts the oldest waiting
-    one (``launch.start_next_queued``); see ``launch.start_scheduled`` for why
-    a run that ends while a start is being queued cannot miss it.
-    """
-
-    definition = models.CharField(_("definition"), max_length=100, db_index=True)
-    parameters = models.JSONField(_("parameters"), default=dict, blank=True, encoder=DjangoJSONEncoder)
-    created_at = models.DateTimeField(_("queued at"), auto_now_add=True)
-
-    class Meta:
-        verbose_name = _("queued run")
-        verbose_name_plural = _("queued runs")
-        ordering = ["created_at", "id"]
-
-    def __str__(self) -> str:
-        return f"{self.definition} queued at {self.created_at:%Y-%m-%d %H:%M:%S}"
+__all__ = ["QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent", "WorkflowNode"]

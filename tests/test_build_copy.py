@@ -18,7 +18,7 @@ from django.db import connection, connections
 from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import builder
+from django_dyrygent import builder, copywriter
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import add, noop
 
@@ -78,10 +78,10 @@ def rows_of(wf, prefix):
 def saved(prefix, monkeypatch, write):
     with monkeypatch.context() as patch:
         if write == "orm":
-            patch.setattr(builder, "_copy_graph", lambda conn, wf, draft, encoded: builder._bulk_create_graph(
+            patch.setattr(copywriter, "copy_graph", lambda conn, wf, draft, encoded: builder._bulk_create_graph(
                 conn.alias, wf, draft))
         elif write == "copy-text":  # the text psycopg2's copy_expert is given
-            patch.setattr(builder, "copy_rows", partial(builder.copy_rows, as_text=True))
+            patch.setattr(copywriter, "copy_rows", partial(copywriter.copy_rows, as_text=True))
         wf = varied_workflow(prefix)
         with CaptureQueriesContext(connection) as ctx:
             wf.apply_async()
@@ -146,13 +146,13 @@ def test_apply_async__statements_do_not_grow_with_the_nodes():
 def test_apply_async__two_builders_at_once_take_different_ids(monkeypatch):
     """Both reserve their ids before either writes a row: the sequence hands out disjoint ranges."""
     barrier = threading.Barrier(2, timeout=30)
-    node_rows = builder.node_rows
+    node_rows = copywriter.node_rows
 
     def rows_after_both_reserved(nodes, encoded=None):
         barrier.wait()
         return node_rows(nodes, encoded)
 
-    monkeypatch.setattr(builder, "node_rows", rows_after_both_reserved)
+    monkeypatch.setattr(copywriter, "node_rows", rows_after_both_reserved)
     built, errors = {}, []
 
     def build(tag):
@@ -260,8 +260,8 @@ def test_apply_async__text_that_only_looks_suspect_in_json_is_accepted_and_store
 @pytest.mark.parametrize("size", [1, 7, 8192, -1])
 def test_lines_reader__gives_psycopg2_every_line_whatever_the_read_size(size):
     rows = [(i, f"text\t{i}\n\\", None, timedelta(seconds=i)) for i in range(500)]
-    expected = "".join(builder.copy_lines(rows))
-    reader = builder._LinesReader(builder.copy_lines(rows))
+    expected = "".join(copywriter.copy_lines(rows))
+    reader = copywriter._LinesReader(copywriter.copy_lines(rows))
     chunks = []
     while chunk := reader.read(size):
         assert size < 0 or len(chunk) <= size
