@@ -182,7 +182,13 @@ def main_phase(args):
         save()
     if wide:
         phase_worker(args, bench_dir, probes, "default-wide", wide_c, {}, everyone, wide, report)
-        phase_worker(args, bench_dir, probes, "reuse-wide", wide_c, reuse, [C.OURS], wide, report)
+
+        def profile_wide(worker):
+            if args.profile:
+                report.setdefault("profile", {}).update(
+                    profile_ours(worker, [c for c in wide if c.name in PROFILED], bench_dir, args, probes))
+
+        phase_worker(args, bench_dir, probes, "reuse-wide", wide_c, reuse, [C.OURS], wide, report, profile_wide)
         save()
     if args.query_times:
         report["query_times"] = read_query_times(bench_dir / "query-times")
@@ -280,7 +286,7 @@ def phase_huge_admin(args):
 
 
 #: The cases ``--profile`` runs once more under py-spy, when they are among ``--cases``.
-PROFILED = ("chain", "dag", "many")
+PROFILED = ("chain", "dag", "many", "wide")
 
 
 def profile_ours(worker, todo, bench_dir, args, probes):
@@ -361,7 +367,7 @@ def main(argv=None):
     parser.add_argument("--query-times", action="store_true",
                         help="time every SQL statement of ours on the connection-reusing worker")
     parser.add_argument("--profile", action="store_true",
-                        help="one more chain, DAG and many-workflows run of ours under py-spy (raw profiles in --dir)")
+                        help="one more chain, DAG, many and wide run of ours under py-spy (raw profiles in --dir)")
     parser.add_argument("--profile-reps", type=int, default=1,
                         help="runs of each case under py-spy (more runs: more samples per hop)")
     parser.add_argument("--profile-native", action="store_true",
