@@ -354,10 +354,18 @@ def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
             "queue_rules": _QUEUE_RULES, "callbacks": [str(k) for k in CALLBACK_KINDS],
             "join_kind": NodeKind.JOIN,
         }
+        event_log = bool(settings.EVENT_LOG)
         # Its own transaction in autocommit (a worker); a savepoint inside the caller's.
         with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
-            cursor.execute(hotsql.success_sql(bool(settings.EVENT_LOG)), params)
+            cursor.execute(hotsql.plain_success_sql(event_log), params)
             rows = cursor.fetchall()
+        node_ok, deps_ok = rows[0][:2]
+        if node_ok and not deps_ok:
+            # Nothing written: a dependent needs more than a decrement, maybe a join this
+            # completion releases (once per join, not per sibling): the statement that decides joins.
+            with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
+                cursor.execute(hotsql.success_sql(event_log), params)
+                rows = cursor.fetchall()
     node_ok, deps_ok, count_ok, locked_at = rows[0][:4]
     if hold_probe is not None and locked_at is not None:
         hold_probe(locked_at)

@@ -102,7 +102,7 @@ def effects(wf):
     return nodes, counters, events
 
 
-def test_hotpath__a_join_reaching_zero_is_succeeded_and_its_dependents_queued_in_one_statement(
+def test_hotpath__a_join_reaching_zero_is_succeeded_and_its_dependents_queued_by_the_join_statement(
     monkeypatch, django_capture_on_commit_callbacks
 ):
     published = []
@@ -116,7 +116,10 @@ def test_hotpath__a_join_reaching_zero_is_succeeded_and_its_dependents_queued_in
     with django_capture_on_commit_callbacks(execute=True), CaptureQueriesContext(connection) as ctx:
         node = hotpath._fast_success(fast.pk, "g1", 7)  # raises _Fallback if it did not decide
     statements = [q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
-    assert len(statements) == 1 and node.state == S.SUCCESS
+    # The plain statement first (it writes nothing: a dependent is a join to release), then
+    # the one that decides joins: two statements once per join, one for every other sibling.
+    assert len(statements) == 2 and node.state == S.SUCCESS
+    assert "SKIP LOCKED" not in statements[0] and "SKIP LOCKED" in statements[1]
     assert published == ["after"]
     # The locked path on a workflow of the same shape leaves exactly the same rows.
     outcomes.node_succeeded(locked.pk, "locked-g1", 7)

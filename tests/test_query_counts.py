@@ -19,7 +19,7 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_dyrygent import engine, hotpath, outcomes
+from django_dyrygent import engine, hotpath, hotsql, outcomes
 from django_dyrygent.builder import BULK_BATCH
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
 from tests.tasks import noop
@@ -166,10 +166,11 @@ def test_node_succeeded__plain_success_on_postgresql_is_two_statements_with_star
     STARTED is one UPDATE of the node row, no lock on the workflow row. The
     success is one statement whose row locks come in a fixed order: the
     workflow row FOR KEY SHARE (shared by completions, held off by the rare
-    decisions' FOR UPDATE), the node, its dependents in id order, the dependents of
-    the joins it succeeds (id order, SKIP LOCKED: never waits), and last the
+    decisions' FOR UPDATE), the node, its dependents in id order, and last the
     workflow row FOR NO KEY UPDATE for its counters (the only lock siblings
-    wait for, held until the statement's commit).
+    wait for, held until the statement's commit). The statement that also
+    decides joins (run when this one finds a join to release) adds the
+    joins' dependents between the two (id order, SKIP LOCKED: never waits).
     """
     wf = Workflow(name="chain")
     wf.add_celery_canvas(chain(*[noop.si(i).set(task_id=f"plain-{i}") for i in range(3)]))
@@ -184,10 +185,16 @@ def test_node_succeeded__plain_success_on_postgresql_is_two_statements_with_star
     assert f"{workflow_table} " not in started_sql[0] and "FOR KEY SHARE" not in started_sql[0]
     (sql,) = success_sql
     assert sql.startswith("WITH wf AS (SELECT"), sql
-    modes = ("FOR KEY SHARE", "FOR UPDATE)", "FOR UPDATE OF n)", "FOR UPDATE OF n SKIP LOCKED", "FOR NO KEY UPDATE")
+    modes = ("FOR KEY SHARE", "FOR UPDATE)", "FOR UPDATE OF n)", "FOR NO KEY UPDATE")
     locks = [sql.index(f" {mode}") for mode in modes]
     assert locks == sorted(locks), sql
-    assert sql.count("FOR UPDATE") == 3 and sql.count(f"UPDATE {workflow_table} SET nodes_done") == 1
+    assert sql.count("FOR UPDATE") == 2 and sql.count(f"UPDATE {workflow_table} SET nodes_done") == 1
+    assert "SKIP LOCKED" not in sql  # the plain statement: no join to decide
+    joins = hotsql.success_sql(True)
+    modes = ("FOR KEY SHARE", "FOR UPDATE)", "FOR UPDATE OF n)", "FOR UPDATE OF n SKIP LOCKED", "FOR NO KEY UPDATE")
+    locks = [joins.index(f" {mode}") for mode in modes]
+    assert locks == sorted(locks), joins
+    assert joins.count("FOR UPDATE") == 3 and joins.count(f"UPDATE {workflow_table} SET nodes_done") == 1
     states = dict(wf.nodes.values_list("task_id", "state"))
     assert states == {"plain-0": "SUCCESS", "plain-1": "QUEUED", "plain-2": "PENDING"}
     wf.refresh_from_db()
