@@ -42,7 +42,7 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext, setup_test_environment  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
-from django_dyrygent import graph  # noqa: E402
+from django_dyrygent.graph import layout as graph  # noqa: E402
 from django_dyrygent.models import Workflow  # noqa: E402
 from tests.tasks import noop  # noqa: E402
 

@@ -124,7 +124,7 @@ def _install(**kwargs):
     _installed["on"] = True
     _wrap(connection)
     if enabled():
-        from django_dyrygent import hotpath
+        from django_dyrygent.engine import hotpath
 
         if hasattr(hotpath, "hold_probe"):
             hotpath.hold_probe = _counters_held

@@ -12,7 +12,8 @@ class DyrygentConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import catalogue, checks, handlers, launch  # noqa: F401  (registers checks and receivers)
+        from . import catalogue, checks, launch  # noqa: F401  (registers checks and receivers)
+        from .worker import handlers
 
         handlers.connect_worker_signals()
         launch.connect_receivers()

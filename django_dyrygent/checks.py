@@ -63,7 +63,7 @@ def check_settings(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckM
 @register()
 def check_worker_hooks(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     """Without the receivers, workers never report outcomes and every step waits for a tick."""
-    from .handlers import worker_signals_connected
+    from .worker.handlers import worker_signals_connected
 
     if worker_signals_connected():
         return []

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 
-from . import builder, canvas
+from . import canvas
+from .build import save as builder
 from .states import NodeKind
 
 if TYPE_CHECKING:

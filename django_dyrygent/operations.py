@@ -24,7 +24,7 @@ from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from .states import WORKFLOW_FINAL, NodeKind
 
 if TYPE_CHECKING:
-    from .graph import Item
+    from .graph.layout import Item
     from .querysets import WorkflowQuerySet
 
 #: JSON-ready data: what the commands print and ``graph_to_*`` render.
@@ -345,7 +345,7 @@ def render_svg(workflow: Workflow) -> str:
     from django.contrib.staticfiles import finders
     from django.template.loader import render_to_string
 
-    from . import graph
+    from .graph import layout as graph
 
     items, edges = graph.collapse(graph.load(workflow))
     drawing = graph.layout(items, edges)

@@ -12,9 +12,10 @@ from uuid import UUID
 
 from celery import Celery, Task, shared_task
 
-from . import db, engine, launch
-from .messaging import TICK_TASK
-from .recovery import Sweeper
+from . import engine, launch
+from .engine import db
+from .engine.messaging import TICK_TASK
+from .worker.recovery import Sweeper
 
 #: Keeps its broker probe between two sweeps run by this process.
 _sweeper = Sweeper()

@@ -52,7 +52,7 @@ def session_worker(django_db_setup, django_db_blocker, purged_broker):
         _worker_running.clear()
     import gc
 
-    from django_dyrygent import hotpath
+    from django_dyrygent.engine import hotpath
 
     # Finished worker threads keep their database connections (Django's and the
     # hot path's own) until their thread-locals are collected; PostgreSQL will

@@ -10,8 +10,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from django_dyrygent import engine, outcomes
-from django_dyrygent.admin import WorkflowAdmin
+from django_dyrygent import engine
+from django_dyrygent.admin.workflows import WorkflowAdmin
+from django_dyrygent.engine import outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.tasks import add, record
 

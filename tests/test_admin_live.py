@@ -5,8 +5,11 @@ import json
 import pytest
 from django.urls import reverse
 
-from django_dyrygent import display, engine, graph, outcomes
-from django_dyrygent.admin import WorkflowAdmin
+from django_dyrygent import engine
+from django_dyrygent.admin import display
+from django_dyrygent.admin.workflows import WorkflowAdmin
+from django_dyrygent.engine import outcomes
+from django_dyrygent.graph import layout as graph
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.tasks import record
 from tests.test_admin import NODE_CHANGELIST, change_url, failed_workflow, make_workflow, status_url

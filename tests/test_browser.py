@@ -14,7 +14,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from django_dyrygent.admin import WorkflowAdmin
+from django_dyrygent.admin.workflows import WorkflowAdmin
 from django_dyrygent.models import Workflow
 from tests.tasks import fail, record, square
 

@@ -18,7 +18,8 @@ from django.db import connection, connections
 from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import builder, copywriter
+from django_dyrygent.build import copywriter
+from django_dyrygent.build import save as builder
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import add, noop
 

@@ -6,7 +6,7 @@ suite's real worker); skips only when the browser is not installed.
 
 from django.urls import reverse
 
-from django_dyrygent.admin import WorkflowAdmin
+from django_dyrygent.admin.workflows import WorkflowAdmin
 from django_dyrygent.models import Workflow
 from tests.test_browser import ARTIFACTS, browser, log_in, pytestmark  # noqa: F401  (fixture and skip marks)
 

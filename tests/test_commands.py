@@ -23,7 +23,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from django_dyrygent import checks, engine, hotpath, operations, outcomes
+from django_dyrygent import checks, engine, operations
+from django_dyrygent.engine import hotpath, outcomes
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import add, fail, noop, record
 
@@ -565,7 +566,7 @@ def ids(messages):
 def test_check_worker_hooks__error_when_the_receivers_are_disconnected():
     from celery import signals as celery_signals
 
-    from django_dyrygent import handlers
+    from django_dyrygent.worker import handlers
 
     assert checks.check_worker_hooks() == []
     celery_signals.task_success.disconnect(dispatch_uid="django_dyrygent.success")

@@ -21,7 +21,8 @@ from celery import chain, group
 from django.conf import settings
 from django.db import connections
 
-from django_dyrygent import db, engine, hotpath, messaging
+from django_dyrygent import engine
+from django_dyrygent.engine import db, hotpath, messaging
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
 from tests.tasks import noop
 

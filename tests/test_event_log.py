@@ -44,7 +44,8 @@ def test_event_log__says_why_a_node_did_not_run(worker):
 
 @pytest.mark.django_db(transaction=True)
 def test_event_log__is_deleted_with_its_workflow(monkeypatch):
-    from django_dyrygent import engine, messaging
+    from django_dyrygent import engine
+    from django_dyrygent.engine import messaging
 
     monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: None)
     monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from celery import chain, group
 
-from django_dyrygent import graph
-from django_dyrygent.graph import BOX_HEIGHT, BOX_WIDTH, DOT_RADIUS, GAP_X, GAP_Y, MARGIN
+from django_dyrygent.graph import layout as graph
+from django_dyrygent.graph.layout import BOX_HEIGHT, BOX_WIDTH, DOT_RADIUS, GAP_X, GAP_Y, MARGIN
 from django_dyrygent.models import Workflow
 from tests.tasks import record
 

@@ -12,7 +12,9 @@ from celery import chain, group
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, hotpath, hotsql, messaging, outcomes
+from django_dyrygent import engine
+from django_dyrygent.engine import hotpath, messaging, outcomes
+from django_dyrygent.engine import sql as hotsql
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import noop
 
@@ -261,7 +263,7 @@ def test_hotpath__without_the_event_log_no_event_row_is_written(settings):
 @pytest.fixture
 def in_worker(monkeypatch):
     """This process is a worker (worker_init ran); its hot-path connection closed after the test."""
-    from django_dyrygent import worker
+    from django_dyrygent.worker import heartbeat as worker
 
     monkeypatch.setattr(worker, "MAIN_PID", 1)
     yield
@@ -352,7 +354,7 @@ def test_hotpath__a_forked_child_opens_its_own_connection_and_keeps_the_parents_
 @pytest.mark.django_db(transaction=True)
 def test_hotpath__a_dropped_connection_is_replaced_and_the_step_retried(in_worker):
     """pg_terminate_backend (a database restart): db.run retries on a new connection."""
-    from django_dyrygent import db
+    from django_dyrygent.engine import db
 
     wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(3)])))
     first = hotpath._connection()

@@ -14,9 +14,11 @@ from celery.states import SUCCESS
 from django.db import OperationalError
 from django.utils import timezone
 
-from django_dyrygent import db, engine, handlers, hotpath, liveness, messaging, outcomes
+from django_dyrygent import engine
+from django_dyrygent.engine import db, hotpath, messaging, outcomes
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
-from django_dyrygent.recovery import Sweeper, lost_worker_runs
+from django_dyrygent.worker import handlers, liveness
+from django_dyrygent.worker.recovery import Sweeper, lost_worker_runs
 from tests.tasks import noop
 
 S = WorkflowNode.State
@@ -258,7 +260,7 @@ def test_held_task_ids__celery_5_3_has_no_scheduled_requests(monkeypatch):
     the active and reserved requests instead of failing on every beat."""
     from celery.worker import state as worker_state
 
-    from django_dyrygent import worker
+    from django_dyrygent.worker import heartbeat as worker
 
     monkeypatch.setattr(worker_state, "active_requests", [SimpleNamespace(id="running")])
     monkeypatch.setattr(worker_state, "reserved_requests", [SimpleNamespace(id="running"), SimpleNamespace(id="next")])

@@ -19,8 +19,10 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_dyrygent import engine, hotpath, hotsql, outcomes
-from django_dyrygent.builder import BULK_BATCH
+from django_dyrygent import engine
+from django_dyrygent.build.save import BULK_BATCH
+from django_dyrygent.engine import hotpath, outcomes
+from django_dyrygent.engine import sql as hotsql
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
 from tests.tasks import noop
 
@@ -221,7 +223,7 @@ def test_tick__with_nothing_due_costs_two_statements_and_no_lock(
     The locked tick ran six statements under FOR UPDATE for the same answer.
     """
     sent = []
-    monkeypatch.setattr("django_dyrygent.messaging.send_tick", lambda *args: sent.append(args))
+    monkeypatch.setattr("django_dyrygent.engine.messaging.send_tick", lambda *args: sent.append(args))
     small, large = started(*SMALL), started(*LARGE)
     Workflow.objects.filter(pk__in=[small.pk, large.pk]).update(next_tick_at=timezone.now() - timedelta(seconds=1))
     with django_capture_on_commit_callbacks(execute=True):
@@ -244,7 +246,7 @@ def test_tick__with_nothing_due_that_is_not_the_due_one_keeps_the_chain(
 ):
     """An extra tick (a duplicate, "tick now" from a task) neither moves next_tick_at nor sends a tick."""
     sent = []
-    monkeypatch.setattr("django_dyrygent.messaging.send_tick", lambda *args: sent.append(args))
+    monkeypatch.setattr("django_dyrygent.engine.messaging.send_tick", lambda *args: sent.append(args))
     wf = started(*SMALL)
     due = Workflow.objects.get(pk=wf.pk).next_tick_at
     with django_capture_on_commit_callbacks(execute=True):
@@ -296,7 +298,7 @@ def test_sweep__of_overdue_workflows_with_nothing_due_costs_one_select_and_one_u
 ):
     """The sweep reads every overdue workflow's idle check in one SELECT, not one per workflow."""
     sent = []
-    monkeypatch.setattr("django_dyrygent.messaging.send_tick", lambda *args: sent.append(args[0]))
+    monkeypatch.setattr("django_dyrygent.engine.messaging.send_tick", lambda *args: sent.append(args[0]))
     flows = [started(2, width) for width in (1, 2, 3)]  # task ids are per shape: three shapes
     on_time = started(*SMALL)
     overdue = timezone.now() - timedelta(hours=1)

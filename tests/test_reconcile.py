@@ -7,7 +7,8 @@ from django.db import OperationalError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from django_dyrygent import engine, hotpath, messaging, outcomes, repair
+from django_dyrygent import engine
+from django_dyrygent.engine import hotpath, messaging, outcomes, repair
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.models import Execution
 from tests.tasks import Boom, fail, record

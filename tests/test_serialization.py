@@ -5,7 +5,7 @@ import uuid
 import pytest
 from django.core.exceptions import ValidationError
 
-from django_dyrygent import messaging
+from django_dyrygent.engine import messaging
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.serialization import NotSerialisable, from_tree, to_tree
 from tests.tasks import identity

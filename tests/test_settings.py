@@ -6,8 +6,9 @@ import pytest
 from celery import current_app
 from django.test.utils import override_settings
 
-from django_dyrygent import conf, engine, messaging
+from django_dyrygent import conf, engine
 from django_dyrygent.conf import DEFAULTS
+from django_dyrygent.engine import messaging
 from django_dyrygent.models import Workflow
 from tests.celery_app import app as tests_app
 from tests.tasks import noop

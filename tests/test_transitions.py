@@ -16,7 +16,9 @@ from celery.canvas import Signature
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from django_dyrygent import engine, hotpath, messaging, outcomes
+from django_dyrygent import engine
+from django_dyrygent.engine import hotpath, messaging, outcomes
+from django_dyrygent.engine.steps import ConcurrentTransition, Step, TransitionNotAllowed, lock_workflow
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from django_dyrygent.states import (
     NODE_FINAL,
@@ -26,7 +28,6 @@ from django_dyrygent.states import (
     NodeState,
     WorkflowState,
 )
-from django_dyrygent.steps import ConcurrentTransition, Step, TransitionNotAllowed, lock_workflow
 from tests.celery_app import app as celery_app
 from tests.tasks import noop
 

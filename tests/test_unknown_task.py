@@ -8,8 +8,8 @@ turn that into a FAILURE of the node instead of a wait for the requeue timeout.
 import pytest
 from django.db import transaction
 
-from django_dyrygent import handlers
 from django_dyrygent.models import Workflow, WorkflowNode
+from django_dyrygent.worker import handlers
 from tests.tasks import record
 
 pytestmark = pytest.mark.worker
@@ -118,7 +118,7 @@ def test_reconcile__unknown_task_stored_by_celery_reads_as_the_same_sentence(wor
 
 
 def test_stored_exception__other_failures_read_type_and_message():
-    from django_dyrygent.outcomes import stored_exception
+    from django_dyrygent.engine.outcomes import stored_exception
 
     assert stored_exception({"exc_type": "ValueError", "exc_message": ["bad", 3]}) == "ValueError: bad, 3"
     assert stored_exception("plain") == "'plain'"

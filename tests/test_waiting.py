@@ -13,7 +13,8 @@ from celery import chain
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine, hotpath, outcomes, waiting
+from django_dyrygent import engine
+from django_dyrygent.engine import hotpath, outcomes, waiting
 from django_dyrygent.models import Workflow
 from tests.tasks import noop, record
 

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 
-from django_dyrygent.display import workflow_progress
+from django_dyrygent.admin.display import workflow_progress
 from django_dyrygent.models import Workflow, WorkflowNode
 
 from .forms import StartDemoForm

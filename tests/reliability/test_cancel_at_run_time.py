@@ -13,7 +13,8 @@ from celery import group
 from celery.worker import state as worker_state
 from django.conf import settings
 
-from django_dyrygent import engine, messaging
+from django_dyrygent import engine
+from django_dyrygent.engine import messaging
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.conftest import purge_queue, wait_worker_idle
 from tests.models import Execution

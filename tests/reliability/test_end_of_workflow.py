@@ -13,7 +13,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from django_dyrygent import engine, messaging, outcomes, repair, steps
+from django_dyrygent import engine
+from django_dyrygent.engine import messaging, outcomes, repair, steps
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.states import NodeKind
 from tests.conftest import wait_worker_idle

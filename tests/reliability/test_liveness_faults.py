@@ -15,7 +15,7 @@ from celery import chain, current_app, group
 from django.db.models import Max
 
 from django_dyrygent import conf
-from django_dyrygent.messaging import HEADER
+from django_dyrygent.engine.messaging import HEADER
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.reliability import harness
 from tests.reliability.tasks import die, run, run_late

@@ -17,7 +17,8 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from django_dyrygent import engine, messaging, outcomes
+from django_dyrygent import engine
+from django_dyrygent.engine import messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.serialization import storable_text, unstorable
 from tests.conftest import wait_worker_idle

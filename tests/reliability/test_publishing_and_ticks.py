@@ -11,7 +11,8 @@ from celery import Celery, group
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import conf, engine, messaging, outcomes, steps, tasks
+from django_dyrygent import conf, engine, tasks
+from django_dyrygent.engine import messaging, outcomes, steps
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests.conftest import purge_queue
 from tests.models import Execution

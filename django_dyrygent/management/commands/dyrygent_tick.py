@@ -9,9 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import db, engine
+from ... import engine
 from ...conf import settings
-from ...recovery import Sweeper
+from ...engine import db
+from ...worker.recovery import Sweeper
 from ._common import add_workflow_id_argument, get_workflow
 
 logger = logging.getLogger("django_dyrygent.commands")

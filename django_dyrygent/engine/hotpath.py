@@ -92,10 +92,13 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from . import db, hotsql, messaging, outcomes, signals, steps, worker
-from .conf import settings
-from .models import Workflow, WorkflowNode
-from .states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
+from .. import signals
+from ..conf import settings
+from ..models import Workflow, WorkflowNode
+from ..states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
+from ..worker import heartbeat as worker
+from . import db, messaging, outcomes, steps
+from . import sql as hotsql
 
 logger = logging.getLogger("django_dyrygent.hotpath")
 

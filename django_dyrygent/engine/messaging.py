@@ -22,11 +22,11 @@ from uuid import UUID
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
+from ..conf import get_celery_app, settings
+from ..models import Workflow, WorkflowNode
+from ..serialization import from_tree
+from ..states import CALLBACK_KINDS, NodeState
 from . import db
-from .conf import get_celery_app, settings
-from .models import Workflow, WorkflowNode
-from .serialization import from_tree
-from .states import CALLBACK_KINDS, NodeState
 
 # The engine's documented logger (docs/operations.md): failed publishes, revokes and ticks.
 logger = logging.getLogger("django_dyrygent.engine")

@@ -33,14 +33,14 @@ from django.utils import timezone
 from kombu.utils import json as kombu_json
 
 from . import copywriter
-from .conf import get_celery_app, settings
-from .serialization import NotSerialisable, to_tree
-from .states import NodeKind, NodeState, WorkflowState
+from ..conf import get_celery_app, settings
+from ..serialization import NotSerialisable, to_tree
+from ..states import NodeKind, NodeState, WorkflowState
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from .draft import Draft
+    from ..draft import Draft
 
 logger = logging.getLogger("django_dyrygent.builder")
 

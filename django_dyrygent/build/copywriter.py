@@ -25,8 +25,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.fields.json import JSONField
 
 if TYPE_CHECKING:
-    from .builder import Encoded
-    from .draft import Draft
+    from .save import Encoded
+    from ..draft import Draft
 
 #: A ``models.WorkflowNode`` / ``models.Workflow``: this module must not import models (see draft.py).
 Node = Any

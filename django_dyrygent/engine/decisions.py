@@ -20,11 +20,10 @@ from typing import Any
 from celery.utils import uuid
 from django.db.models import F, Q, QuerySet
 
-from . import db
-from .conf import settings
-from .models import WorkflowEdge, WorkflowEvent, WorkflowNode
-from .serialization import from_tree
-from .states import (
+from ..conf import settings
+from ..models import WorkflowEdge, WorkflowEvent, WorkflowNode
+from ..serialization import from_tree
+from ..states import (
     CALLBACK_KINDS,
     NODE_ACTIVE,
     NODE_FINAL,
@@ -34,6 +33,7 @@ from .states import (
     TriggerRule,
     WorkflowState,
 )
+from . import db
 from .steps import NODE_FIELDS, Step
 
 # Nodes without a Celery task of their own: they succeed when their dependencies have.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from .states import NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
+from ..states import NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
 
 #: One node as ``values()`` returns it (id, state, kind, task_name, ...).
 NodeRow = dict[str, Any]

@@ -29,7 +29,8 @@ from django.db.models.functions import Left, Right
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-from .dag_items import (
+from ..states import NodeKind, NodeState
+from .items import (
     ARGS_CHARS,
     BOX_HEIGHT,
     BOX_WIDTH,
@@ -57,12 +58,11 @@ from .dag_items import (
     short_task_name,
     shorten,
 )
-from .states import NodeKind, NodeState
 
 if TYPE_CHECKING:
     from django.utils.safestring import SafeString
 
-    from .models import Workflow
+    from ..models import Workflow
 
 #: The names of ``dag_items`` are imported from here too (their usual path).
 __all__ = [
@@ -120,7 +120,7 @@ def load(workflow: Workflow, details: bool = True) -> Graph:
     ``details`` adds what tooltips need (signature, timings, the start of the
     error); the status endpoint only needs states.
     """
-    from .models import WorkflowEdge, WorkflowNode
+    from ..models import WorkflowEdge, WorkflowNode
 
     fields = ["id", "task_name", "kind", "state", "position"]
     nodes = WorkflowNode.objects.filter(workflow_id=workflow.pk).order_by("position", "id")

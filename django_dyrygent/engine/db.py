@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .models import Workflow
+from ..models import Workflow
 
 logger = logging.getLogger("django_dyrygent.db")
 

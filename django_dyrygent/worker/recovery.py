@@ -22,13 +22,14 @@ from uuid import UUID
 
 from django.utils import timezone
 
-from . import engine, liveness
-from .conf import get_celery_app, settings
-from .decisions import maybe_finish, release_ready, settle
-from .models import Workflow, WorkflowNode
-from .repair import backend_metas, record_backend_outcome, republish, rerun_or_fail, result_backend
-from .states import CALLBACK_KINDS, NodeState, WorkflowState
-from .steps import NODE_FIELDS, Step, locked_step
+from .. import engine
+from ..conf import get_celery_app, settings
+from ..engine.decisions import maybe_finish, release_ready, settle
+from ..engine.repair import backend_metas, record_backend_outcome, republish, rerun_or_fail, result_backend
+from ..engine.steps import NODE_FIELDS, Step, locked_step
+from ..models import Workflow, WorkflowNode
+from ..states import CALLBACK_KINDS, NodeState, WorkflowState
+from . import liveness
 
 logger = logging.getLogger("django_dyrygent.recovery")
 

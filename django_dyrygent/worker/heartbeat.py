@@ -28,9 +28,9 @@ from celery.worker import state as worker_state
 from django.db import connections
 from django.utils import timezone
 
-from . import db
-from .conf import settings
-from .models import WorkerHeartbeat
+from ..conf import settings
+from ..engine import db
+from ..models import WorkerHeartbeat
 from .recovery import Sweeper
 
 logger = logging.getLogger("django_dyrygent.worker")

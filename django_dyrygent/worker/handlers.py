@@ -44,8 +44,10 @@ from celery.exceptions import Ignore
 from celery.states import FAILURE, SUCCESS
 from django.db import DatabaseError
 
-from . import db, hotpath, outcomes, recovery, worker
-from .conf import settings
+from ..conf import settings
+from ..engine import db, hotpath, outcomes
+from . import heartbeat as worker
+from . import recovery
 
 logger = logging.getLogger("django_dyrygent.handlers")
 

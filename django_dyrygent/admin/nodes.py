@@ -17,12 +17,12 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
-from . import graph
-from .admin_readonly import ReadOnlyAdmin
+from ..graph import layout as graph
+from ..graph.layout import shorten
+from ..models import WorkerHeartbeat, WorkflowNode
+from ..states import NodeKind
 from .display import short_time, state_badge
-from .graph import shorten
-from .models import WorkerHeartbeat, WorkflowNode
-from .states import NodeKind
+from .readonly import ReadOnlyAdmin
 
 
 @admin.register(WorkflowNode)

@@ -33,9 +33,9 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from .conf import settings
-from .models import WorkerHeartbeat, WorkflowNode
-from .states import NodeState
+from ..conf import settings
+from ..models import WorkerHeartbeat, WorkflowNode
+from ..states import NodeState
 
 
 def grace() -> timedelta:

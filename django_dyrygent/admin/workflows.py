@@ -26,13 +26,15 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from . import admin_views, engine, graph
-from .admin_nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
-from .admin_readonly import ReadOnlyAdmin
+from .. import engine
+from ..graph import layout as graph
+from ..graph.layout import Item
+from ..models import Workflow, WorkflowEvent, WorkflowNode
+from ..states import NODE_ACTIVE, NodeState
+from . import views as admin_views
 from .display import can_act, pretty_json, pretty_text, state_badge, workflow_progress
-from .graph import Item
-from .models import Workflow, WorkflowEvent, WorkflowNode
-from .states import NODE_ACTIVE, NodeState
+from .nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
+from .readonly import ReadOnlyAdmin
 
 __all__ = (
     "ReadOnlyAdmin", "WorkerHeartbeatAdmin", "WorkflowAdmin", "WorkflowNodeAdmin", "pretty_json", "pretty_text",

@@ -24,13 +24,13 @@ from celery.utils import uuid
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 
+from ..conf import get_celery_app, settings
+from ..models import WorkflowNode
+from ..serialization import storable_text
+from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeState
 from . import outcomes
-from .conf import get_celery_app, settings
 from .decisions import call_args, queue_nodes, settle
-from .models import WorkflowNode
 from .outcomes import VALUE_REFUSED, format_error, stored_exception
-from .serialization import storable_text
-from .states import CALLBACK_KINDS, NODE_ACTIVE, NodeState
 from .steps import NODE_FIELDS, Step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.

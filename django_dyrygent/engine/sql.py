@@ -10,8 +10,8 @@ from functools import cache
 
 from django.db.models import Model
 
+from ..models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from . import steps
-from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 
 # The columns the engine reads of a node, in model order (what Model.from_db expects).
 NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in steps.NODE_FIELDS]

@@ -31,11 +31,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import db, messaging, signals, waiting
-from .conf import settings
-from .models import Workflow, WorkflowEvent, WorkflowNode
-from .serialization import storable_text
-from .states import (
+from .. import signals
+from ..conf import settings
+from ..models import Workflow, WorkflowEvent, WorkflowNode
+from ..serialization import storable_text
+from ..states import (
     NODE_FINAL,
     NODE_TRANSITIONS,
     WORKFLOW_FINAL,
@@ -43,6 +43,7 @@ from .states import (
     NodeKind,
     NodeState,
 )
+from . import db, messaging, waiting
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")

@@ -13,10 +13,14 @@ is several modules, one concern each, lowest first:
 * ``outcomes``: the worker's reports (started, succeeded, failed, ...);
 * ``repair``: timeouts, lost messages and events, the result backend;
 * ``messaging``: publishing, revoking and the tick, after commit;
+* ``hotpath``: PostgreSQL's lock-free STARTED and success, whose
+  statements are in ``sql`` with every other raw statement;
+* ``db``: the engine's connection, usable before each step, retried after a blip;
+* ``waiting``: ``Workflow.wait()``, woken by the commit that ends a workflow;
 * this module: the entry points, each one locked step.
 
-``hotpath`` (PostgreSQL's lock-free success) and ``recovery`` (the worker's
-sweep of lost nodes) sit beside them.
+Imports the models and the public leaf modules (states, signals, conf,
+serialization); never ``admin/``, ``build/`` or ``worker/``.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
+from ..conf import settings
+from ..models import Workflow, WorkflowEdge, WorkflowNode
+from ..serialization import storable_text
+from ..states import NODE_FAILED, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
 from . import db, messaging, repair
-from .conf import settings
 from .decisions import (
     abort,
     maybe_finish,
@@ -49,9 +56,6 @@ from .decisions import (
     start,
     tick_tolerance,
 )
-from .models import Workflow, WorkflowEdge, WorkflowNode
-from .serialization import storable_text
-from .states import NODE_FAILED, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
 from .steps import NODE_FIELDS, Step, TransitionNotAllowed, lock_workflow, locked_step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.

@@ -22,12 +22,13 @@ from django.db import DataError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import db, signals
-from .conf import settings
+from .. import signals
+from ..conf import settings
+from ..models import Workflow, WorkflowEvent, WorkflowNode
+from ..serialization import NotSerialisable, size_of, storable_text, to_tree, unstorable
+from ..states import CALLBACK_KINDS, NODE_TRANSITIONS, NodeState
+from . import db
 from .decisions import maybe_finish, settle
-from .models import Workflow, WorkflowEvent, WorkflowNode
-from .serialization import NotSerialisable, size_of, storable_text, to_tree, unstorable
-from .states import CALLBACK_KINDS, NODE_TRANSITIONS, NodeState
 from .steps import NODE_FIELDS, Step, locked_step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.

@@ -23,12 +23,12 @@ from django.urls import URLPattern, path, reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from . import launch
-from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
-from .states import Trigger
+from .. import launch
+from ..catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
+from ..states import Trigger
 
 if TYPE_CHECKING:
-    from .admin import WorkflowAdmin
+    from .workflows import WorkflowAdmin
 
 #: A view of this module: ``view(model_admin, request, *url_arguments)``.
 View = Callable[..., HttpResponse]

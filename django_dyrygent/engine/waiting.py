@@ -24,10 +24,10 @@ from uuid import UUID
 from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .states import WORKFLOW_FINAL
+from ..states import WORKFLOW_FINAL
 
 if TYPE_CHECKING:
-    from .models import Workflow
+    from ..models import Workflow
 
 #: First pause of the polling waiter (seconds); each pause is 1.5 times the last, up to ``interval``.
 FIRST_POLL = 0.005

@@ -18,10 +18,10 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from .states import WORKFLOW_FINAL, WorkflowState
+from ..states import WORKFLOW_FINAL, WorkflowState
 
 if TYPE_CHECKING:
-    from .models import Workflow
+    from ..models import Workflow
 
 #: A JSON value longer than this (pretty-printed) is cut on the page, with a link to the whole value.
 JSON_SHOWN_CHARS = 3000
