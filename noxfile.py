@@ -48,8 +48,8 @@ BROKERS = ("redis", "rabbitmq")
 BACKENDS = [(db, broker) for db in DATABASES for broker in BROKERS]
 # Scale tests: the same code paths as smaller tests, a minute per cell; `make test` runs them.
 SCALE_TESTS = (
-    "tests/test_fanout.py::test_fanout__thousands_of_items",
-    "tests/test_e2e.py::test_large_workflow__ten_chained_groups_of_one_hundred_succeed",
+    "tests/worker/test_fanout.py::test_fanout__thousands_of_items",
+    "tests/worker/test_e2e.py::test_large_workflow__ten_chained_groups_of_one_hundred_succeed",
 )
 NOX_DIR = Path(os.environ.get("NOX_DIR", Path(tempfile.gettempdir()) / "dyrygent-nox"))
 VERSIONS_CODE = (

@@ -1,8 +1,14 @@
 import contextlib
+import io
+import os
+import signal
+import subprocess
 import time
 
 import pytest
+from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from django.core.management import call_command
 from django.db import connection
 
 from tests.celery_app import app as celery_app
@@ -10,6 +16,7 @@ from tests.celery_app import app as celery_app
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "worker: end-to-end test with a real Celery worker")
+    config.addinivalue_line("markers", "large: end-to-end test of a large workflow (runs on every database)")
 
 
 def purge_queue(name):
@@ -111,14 +118,6 @@ def wait_worker_idle(timeout=20.0):
     return not busy()
 
 
-_configure_base = pytest_configure
-
-
-def pytest_configure(config):  # noqa: F811 - extends the hook above, keeping what it registers
-    _configure_base(config)
-    config.addinivalue_line("markers", "large: end-to-end test of a large workflow (runs on every database)")
-
-
 @pytest.fixture
 def compat_handler():
     """Register celery-dyrygent style handlers with Workflow.connect; disconnect them after the test.
@@ -139,3 +138,62 @@ def compat_handler():
     yield connect
     for name, handler in connected:
         dy_signals.disconnect_compat_handler(name, handler)
+
+
+# -- helpers shared by the test folders (unit/, worker/, reliability/, compat/) -------------------
+
+#: Celery apps for DYRYGENT_CELERY_APP, named by dotted path in tests of checks and settings.
+no_backend_app = Celery("no-backend", set_as_current=False, broker="memory://")
+backend_app = Celery("with-backend", set_as_current=False, broker="memory://", backend="cache+memory://")
+
+
+def wait_until(predicate, timeout=30, interval=0.1):
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def wait_for(predicate, what, timeout=30):
+    """Like ``wait_until``, but a timeout fails the test naming what never happened."""
+    if not wait_until(predicate, timeout, interval=0.05):
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+def database_url():
+    """This test database as a URL a subprocess worker can open (DATABASE_URL)."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    if connection.vendor in ("postgresql", "mysql"):
+        scheme, port = ("postgres", 5432) if connection.vendor == "postgresql" else ("mysql", 3306)
+        return f"{scheme}://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or port}/{s['NAME']}"
+    pytest.skip(f"no subprocess-worker URL for {connection.vendor}")
+
+
+def stop_process(proc, sig=signal.SIGTERM):
+    """Signal a subprocess started in its own session, and its whole group; kill it if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def run_command(*args, **kwargs):
+    """Run a management command; return what it wrote to stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=kwargs.pop("stdout", out), stderr=err, **kwargs)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def demo_app(settings):
+    """The demo app installed (its templates) and the example's URLs mounted."""
+    settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, "example_project.demo"]
+    settings.ROOT_URLCONF = "example_project.urls"

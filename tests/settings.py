@@ -81,7 +81,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 DYRYGENT_TICK_INTERVAL = 30.0
 # The in-process worker of the suite shares the test database with tests that
 # flush it; a sweeping thread there would act on other tests' rows. Liveness
-# is exercised by tests/test_liveness.py (direct calls) and tests/reliability/
+# is exercised by tests/unit/test_liveness.py (direct calls) and tests/reliability/
 # (subprocess workers, which switch it on through these variables).
 DYRYGENT_LIVENESS = os.environ.get("DYRYGENT_LIVENESS", "0") == "1"
 for _name in ("HEARTBEAT_INTERVAL", "WORKER_TIMEOUT", "SWEEP_INTERVAL", "OUTCOME_RETRY_FOR"):

@@ -15,9 +15,9 @@ from celery import chain, group
 from django_dyrygent import engine, models
 from django_dyrygent.workflows import Workflow, WorkflowException, WorkflowResult
 from tests.celery_app import app as celery_app
+from tests.conftest import wait_for
 from tests.models import Execution
 from tests.tasks import fail, record, request_info, sleep
-from tests.test_signals import wait_for
 
 pytestmark = pytest.mark.worker
 

@@ -1,13 +1,11 @@
 """A Celery worker subprocess on its own queue, started and stopped by pid (rel-b's tests)."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.test_crash import _database_url as database_url
+from tests.conftest import database_url, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,18 +24,4 @@ def start_worker(log_path, queue, concurrency=1, pool="prefork"):
 
 def stop_worker(proc):
     """SIGTERM the worker's process group (warm shutdown), SIGKILL after 20 s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def wait_for(predicate, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    stop_process(proc)

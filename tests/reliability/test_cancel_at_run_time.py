@@ -16,9 +16,9 @@ from django.conf import settings
 from django_dyrygent import engine
 from django_dyrygent.engine import messaging
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.conftest import purge_queue, wait_worker_idle
+from tests.conftest import purge_queue, wait_for, wait_worker_idle
 from tests.models import Execution
-from tests.reliability.relb_worker import start_worker, stop_worker, wait_for
+from tests.reliability.relb_worker import start_worker, stop_worker
 from tests.tasks import record
 
 pytestmark = pytest.mark.worker

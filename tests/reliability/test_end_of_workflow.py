@@ -17,9 +17,8 @@ from django_dyrygent import engine
 from django_dyrygent.engine import messaging, outcomes, repair, steps
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.states import NodeKind
-from tests.conftest import wait_worker_idle
+from tests.conftest import wait_for, wait_worker_idle
 from tests.models import Execution
-from tests.reliability.relb_worker import wait_for
 from tests.tasks import add, gate, on_end, record, square
 
 S = WorkflowNode.State

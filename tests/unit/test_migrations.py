@@ -75,7 +75,7 @@ def test_migrations__host_default_auto_field_creates_no_migration(auto_field):
     )
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).parent.parent, env=env,
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

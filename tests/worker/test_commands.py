@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 from celery import chain, group, signature
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
 from django_dyrygent import checks, engine, operations
 from django_dyrygent.engine import hotpath, outcomes
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+from tests.conftest import run_command
 from tests.tasks import add, fail, noop, record
 
 S = WorkflowNode.State
@@ -64,12 +64,6 @@ def make_invalid_workflow():
 class TTY(io.StringIO):
     def isatty(self):
         return True
-
-
-def run_command(*args, **kwargs):
-    out, err = io.StringIO(), io.StringIO()
-    call_command(*args, stdout=kwargs.pop("stdout", out), stderr=err, **kwargs)
-    return out.getvalue(), err.getvalue()
 
 
 def started_workflow(canvas=None, **kwargs):
@@ -451,7 +445,7 @@ def test_prune__refuses_non_final_states():
 @pytest.mark.django_db
 def test_dyrygent_run__starts_a_canvas_with_name_payload_and_options():
     out, _ = run_command(
-        "dyrygent_run", "tests.test_commands.make_canvas", "--name", "adder", "--payload", '{"user": 7}',
+        "dyrygent_run", "tests.worker.test_commands.make_canvas", "--name", "adder", "--payload", '{"user": 7}',
         "--option", "priority=8", "--option", "queue=fast", "--tick-option", "queue=ticks", "--pass-results",
     )
     wf = Workflow.objects.get()
@@ -467,7 +461,7 @@ def test_dyrygent_run__accepts_a_task_and_a_factory_returning_a_workflow():
     out, _ = run_command("dyrygent_run", "tests.tasks.noop")
     wf = Workflow.objects.get(pk=out.strip())
     assert wf.name == "tests.tasks.noop" and wf.nodes.get().task_name == "tests.noop"
-    out, _ = run_command("dyrygent_run", "tests.test_commands.make_workflow")
+    out, _ = run_command("dyrygent_run", "tests.worker.test_commands.make_workflow")
     wf = Workflow.objects.get(pk=out.strip())
     assert (wf.name, wf.custom_payload, wf.nodes_total) == ("from-factory", {"origin": "factory"}, 2)
 
@@ -476,12 +470,12 @@ def test_dyrygent_run__accepts_a_task_and_a_factory_returning_a_workflow():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["tests.test_commands.nothing_here"], "Cannot import 'tests.test_commands.nothing_here'"),
+        (["tests.worker.test_commands.nothing_here"], "Cannot import 'tests.worker.test_commands.nothing_here'"),
         (["no_such_module.canvas"], "Cannot import 'no_such_module.canvas'"),
         (["notdotted"], "Cannot import 'notdotted'"),
-        (["tests.test_commands.NOT_A_CANVAS"], "is a int, not a Celery signature or canvas"),
-        (["tests.test_commands.needs_arguments"], "must be callable without arguments"),
-        (["tests.test_commands.make_invalid_workflow"], "is not valid: .*args are not JSON-serialisable"),
+        (["tests.worker.test_commands.NOT_A_CANVAS"], "is a int, not a Celery signature or canvas"),
+        (["tests.worker.test_commands.needs_arguments"], "must be callable without arguments"),
+        (["tests.worker.test_commands.make_invalid_workflow"], "is not valid: .*args are not JSON-serialisable"),
         (["tests.tasks.noop", "--payload", "{oops"], "--payload is not valid JSON: Expecting property name"),
         (["tests.tasks.noop", "--payload", "[1, 2]"], "--payload must be a JSON object, not list"),
         (["tests.tasks.noop", "--option", "queue"], "--option expects KEY=VALUE, got 'queue'"),
@@ -502,7 +496,7 @@ def test_dyrygent_run__wait_timeout_exits_2_and_leaves_it_running():
     stdout = TTY()
     still = r"is still INITIAL after 0.2s \(0/4 nodes done\); it keeps running"
     with pytest.raises(CommandError, match=still) as exc:
-        run_command("dyrygent_run", "tests.test_commands.SMALL_CANVAS", "--wait", "--timeout", "0.2",
+        run_command("dyrygent_run", "tests.worker.test_commands.SMALL_CANVAS", "--wait", "--timeout", "0.2",
                     "--poll-interval", "0.05", stdout=stdout)
     assert exc.value.returncode == 2
     lines = stdout.getvalue().split("\r")
@@ -520,7 +514,7 @@ def test_dyrygent_commands__exit_non_zero_without_traceback_from_the_command_lin
     for args, message in cases:
         proc = subprocess.run(
             [sys.executable, "-m", "django", *args], capture_output=True, text=True, env=env,
-            cwd=Path(__file__).resolve().parent.parent, timeout=120,
+            cwd=Path(__file__).resolve().parents[2], timeout=120,
         )
         assert proc.returncode == 1, proc.stderr
         assert message in proc.stderr
@@ -530,7 +524,7 @@ def test_dyrygent_commands__exit_non_zero_without_traceback_from_the_command_lin
 @pytest.mark.worker
 def test_dyrygent_run__wait_follows_to_success_without_warnings(worker, caplog):
     caplog.set_level(logging.INFO, logger="django_dyrygent")
-    out, _ = run_command("dyrygent_run", "tests.test_commands.SMALL_CANVAS", "--wait", "--timeout", "60",
+    out, _ = run_command("dyrygent_run", "tests.worker.test_commands.SMALL_CANVAS", "--wait", "--timeout", "60",
                          "--poll-interval", "0.05", no_color=True)
     wf = Workflow.objects.get()
     lines = out.splitlines()
@@ -550,7 +544,7 @@ def test_dyrygent_run__wait_on_a_failing_workflow_exits_1(worker):
     ended = (r"ended FAILURE in .*3/3 nodes done, 2 failed, 0 skipped\. "
              r"First failure: tests\.fail \[.*\]: tests\.tasks\.Boom: on purpose\. See dyrygent_status")
     with pytest.raises(CommandError, match=ended) as exc:
-        run_command("dyrygent_run", "tests.test_commands.FAILING_CANVAS", "--wait", "--timeout", "60",
+        run_command("dyrygent_run", "tests.worker.test_commands.FAILING_CANVAS", "--wait", "--timeout", "60",
                     "--poll-interval", "0.05")
     assert exc.value.returncode == 1
     assert Workflow.objects.get().state == W.FAILURE

@@ -12,7 +12,7 @@ from django_dyrygent.engine import outcomes
 from django_dyrygent.graph import layout as graph
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.tasks import record
-from tests.test_admin import NODE_CHANGELIST, change_url, failed_workflow, make_workflow, status_url
+from tests.unit.conftest import NODE_CHANGELIST, change_url, failed_workflow, make_workflow, status_url
 
 pytestmark = pytest.mark.django_db
 
@@ -259,7 +259,7 @@ def test_lists__do_not_read_large_json_columns(admin_client):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from tests.test_admin import CHANGELIST
+    from tests.unit.conftest import CHANGELIST
 
     make_workflow("deferred", custom_payload={"blob": "x" * 1000})
     for url, column in ((CHANGELIST, "custom_payload"), (NODE_CHANGELIST, "result")):

@@ -19,13 +19,6 @@ TASK = WorkflowNode.Kind.TASK
 JOIN = WorkflowNode.Kind.JOIN
 
 
-@pytest.fixture
-def demo_app(settings):
-    """The demo app installed (its templates) and the example's URLs mounted."""
-    settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, "example_project.demo"]
-    settings.ROOT_URLCONF = "example_project.urls"
-
-
 def run_demo(*args):
     out = StringIO()
     call_command(RunDemo(), "--delay", "0", "--interval", "0.05", "--timeout", "60", *args, stdout=out)

@@ -20,7 +20,7 @@ def test_send_tick__goes_by_name_through_the_configured_app(settings, monkeypatc
     sent = {"other": [], "current": []}
     monkeypatch.setattr(other_app, "send_task", lambda name, args, *a, **kw: sent["other"].append((name, args, kw)))
     monkeypatch.setattr(tests_app, "send_task", lambda name, *a, **kw: sent["current"].append(name))
-    settings.DYRYGENT_CELERY_APP = "tests.test_messaging.other_app"
+    settings.DYRYGENT_CELERY_APP = "tests.unit.test_messaging.other_app"
     workflow_id = uuid.uuid4()
 
     assert messaging.send_tick(workflow_id, {"queue": "ticks", "eta": "ignored"}, countdown=5.0) is None
@@ -37,7 +37,7 @@ def test_send_tick__a_refusing_broker_is_returned_not_raised(settings, monkeypat
         raise ConnectionError("broker down")
 
     monkeypatch.setattr(other_app, "send_task", refuse)
-    settings.DYRYGENT_CELERY_APP = "tests.test_messaging.other_app"
+    settings.DYRYGENT_CELERY_APP = "tests.unit.test_messaging.other_app"
     assert isinstance(messaging.send_tick(uuid.uuid4(), {}), ConnectionError)
 
 

@@ -8,7 +8,7 @@ from django.core.management import get_commands
 
 from django_dyrygent import checks, conf
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 

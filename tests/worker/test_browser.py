@@ -4,51 +4,17 @@ Headless Debian chromium + chromedriver, the live server and a real Celery
 worker on the real broker. Skips only when the browser is not installed.
 """
 
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 from django.urls import reverse
 
 from django_dyrygent.admin.workflows import WorkflowAdmin
 from django_dyrygent.models import Workflow
 from tests.tasks import fail, record, square
+from tests.worker.conftest import ARTIFACTS, BROWSER_MARKS, log_in
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-
-pytestmark = [
-    pytest.mark.worker,
-    pytest.mark.skipif(
-        not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-        reason=f"chromium ({CHROMIUM}) or chromedriver ({CHROMEDRIVER}) is not installed; "
-               "apt-get install chromium chromium-driver",
-    ),
-]
-
-
-@pytest.fixture
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,900", "--hide-scrollbars"):
-        options.add_argument(flag)
-    with tempfile.TemporaryDirectory(prefix="dy-chromium-") as profile:
-        options.add_argument(f"--user-data-dir={profile}")
-        service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-        driver = webdriver.Chrome(options=options, service=service)
-        try:
-            yield driver
-        finally:
-            driver.quit()
+pytestmark = BROWSER_MARKS
 
 
 def build_workflow():
@@ -62,18 +28,6 @@ def build_workflow():
     wf.add_signature(record.si("notify"), dependencies=[alert])
     wf.link_finalizer(record.si("cleanup"))
     return wf
-
-
-def log_in(browser, live_server):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    User.objects.create_superuser("root", "root@example.com", "pw")
-    browser.get(live_server.url + reverse("admin:login"))
-    browser.find_element(By.NAME, "username").send_keys("root")
-    browser.find_element(By.NAME, "password").send_keys("pw")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    WebDriverWait(browser, 20).until(lambda d: "/login/" not in d.current_url)
 
 
 def field_text(browser, name):

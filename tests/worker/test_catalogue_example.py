@@ -10,7 +10,6 @@ from django_dyrygent import catalogue, tasks
 from django_dyrygent.models import Workflow
 from example_project.demo import workflows as demo_workflows  # noqa: F401  (registers; worker knows the tasks)
 from example_project.schedule import BEAT_SCHEDULE
-from tests.test_example_project import demo_app  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.worker
 TIMEOUT = 60

@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import django
 import pytest
-from celery import Celery
 from django.core import checks as django_checks
 from django.db import connection
 
@@ -12,9 +11,7 @@ from django_dyrygent import checks
 from django_dyrygent.conf import DEFAULTS, SETTINGS
 
 #: A Celery app with a broker but no result backend, for W004.
-no_backend_app = Celery("no-backend", set_as_current=False, broker="memory://")
 #: The same with a result backend.
-backend_app = Celery("with-backend", set_as_current=False, broker="memory://", backend="cache+memory://")
 
 
 def ids(messages):
@@ -101,13 +98,13 @@ def test_check_database__the_test_database_is_configured_right():
 
 @pytest.mark.django_db  # run_checks(): on Django 6 SQLite's JSONField check queries the database
 def test_check_celery__no_result_backend_is_w004(settings):
-    settings.DYRYGENT_CELERY_APP = "tests.test_checks.no_backend_app"
+    settings.DYRYGENT_CELERY_APP = "tests.conftest.no_backend_app"
     assert "django_dyrygent.W004" in ids(checks.check_celery())
     assert "django_dyrygent.W004" in ids(django_checks.run_checks())
 
 
 def test_check_celery__a_result_backend_silences_w004(settings):
-    settings.DYRYGENT_CELERY_APP = "tests.test_checks.backend_app"
+    settings.DYRYGENT_CELERY_APP = "tests.conftest.backend_app"
     assert "django_dyrygent.W004" not in ids(checks.check_celery())
 
 

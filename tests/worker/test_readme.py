@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 SWEEP_ENTRY = re.compile(r'"([\w-]+)": \{"task": "django_dyrygent\.sweep", "schedule": ([\d.]+)\}')
 SQLITE_OPTIONS = re.compile(r"""["']transaction_mode["']: ["']IMMEDIATE["'],\s*["']timeout["']: (\d+)""")

@@ -2,7 +2,6 @@
 
 import logging
 import threading
-import time
 
 import pytest
 from celery import chain, group
@@ -10,6 +9,7 @@ from django.db import connection
 
 from django_dyrygent import signals
 from django_dyrygent.models import Workflow, WorkflowNode
+from tests.conftest import wait_for
 from tests.tasks import record
 
 pytestmark = pytest.mark.worker
@@ -23,14 +23,6 @@ SIGNALS = {
     "workflow_active_tick": signals.workflow_active_tick,
     "node_state_changed": signals.node_state_changed,
 }
-
-
-def wait_for(predicate, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

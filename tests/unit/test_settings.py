@@ -79,8 +79,8 @@ def test_settings__only_prefixed_names_are_read(settings):
 
 def test_get_celery_app__defaults_to_the_current_app_and_follows_the_setting(settings):
     assert conf.get_celery_app() is current_app._get_current_object() is tests_app
-    settings.DYRYGENT_CELERY_APP = "tests.test_checks.backend_app"
-    from tests.test_checks import backend_app
+    settings.DYRYGENT_CELERY_APP = "tests.conftest.backend_app"
+    from tests.conftest import backend_app
 
     assert conf.get_celery_app() is backend_app
 

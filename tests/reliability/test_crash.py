@@ -9,36 +9,26 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.utils import timezone
 
 from django_dyrygent import engine
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.conftest import purge_queue
+from tests.conftest import database_url, purge_queue, stop_process, wait_until
 from tests.models import Execution
 from tests.tasks import record, slow_first
 
 # The run's own queue name plus a suffix: runs sharing a RabbitMQ vhost must not share it.
 QUEUE = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-crash"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _database_url():
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    if connection.vendor in ("postgresql", "mysql"):
-        scheme, port = ("postgres", 5432) if connection.vendor == "postgresql" else ("mysql", 3306)
-        return f"{scheme}://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or port}/{s['NAME']}"
-    pytest.skip(f"no subprocess-worker URL for {connection.vendor}")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start_worker(tmp_path, name):
-    env = dict(os.environ, DATABASE_URL=_database_url(), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, DATABASE_URL=database_url(), PYTHONPATH=str(ROOT))
     log = open(tmp_path / f"{name}.log", "wb")
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-P", "prefork", "-c", "1",
@@ -47,31 +37,12 @@ def _start_worker(tmp_path, name):
     )
 
 
-def _stop(proc, sig=signal.SIGTERM):
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _wait_for(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_crash__a_worker_killed_mid_task_is_recovered_by_the_timeout_on_a_new_worker(tmp_path):
     purge_queue(QUEUE)  # what an aborted earlier run may have left
     wf = Workflow(name="crash", options={"queue": QUEUE})
-    slow = wf.add_signature(slow_first.si("crash", seconds=60), timeout=1, max_attempts=2)
+    slow = wf.add_signature(slow_first.si("crash", seconds=60), timeout=60, max_attempts=2)
     after = wf.add_signature(record.si("after"), dependencies=[slow])
     first = _start_worker(tmp_path, "doomed")
     second = None
@@ -80,26 +51,27 @@ def test_crash__a_worker_killed_mid_task_is_recovered_by_the_timeout_on_a_new_wo
         # Mid-task: the body has begun (its row is written), not only the node marked STARTED.
         # Killed before that row, every later run is a "first" one and sleeps 60 s; on RabbitMQ
         # the killed message comes straight back and holds the one-process replacement.
-        assert _wait_for(
+        assert wait_until(
             lambda: WorkflowNode.objects.get(pk=slow.pk).state == WorkflowNode.State.STARTED
             and Execution.objects.filter(label="start:crash").exists()
         ), (tmp_path / "doomed.log").read_text()
         doomed_task_id = WorkflowNode.objects.get(pk=slow.pk).task_id
-        _stop(first, signal.SIGKILL)  # the whole process group: main process and pool child
+        stop_process(first, signal.SIGKILL)  # the whole process group: main process and pool child
         second = _start_worker(tmp_path, "replacement")
-        time.sleep(1.2)  # past the node's timeout
+        # Past the node's timeout, as the clock would be, without waiting for it.
+        WorkflowNode.objects.filter(pk=slow.pk).update(timeout_at=timezone.now() - timedelta(seconds=1))
 
         def timed_out_and_republished():
             # A tick finding the workflow busy (a scheduled tick holds it) skips it: tick again.
             engine.tick(wf.pk, scheduled=False)
             return WorkflowNode.objects.get(pk=slow.pk).task_id != doomed_task_id
 
-        assert _wait_for(timed_out_and_republished, timeout=30)
+        assert wait_until(timed_out_and_republished, timeout=30)
         assert wf.wait(timeout=60) == Workflow.State.SUCCESS, (tmp_path / "replacement.log").read_text()
     finally:
-        _stop(first, signal.SIGKILL)
+        stop_process(first, signal.SIGKILL)
         if second is not None:
-            _stop(second)
+            stop_process(second)
     slow.refresh_from_db()
     after.refresh_from_db()
     assert slow.attempts == 2 and slow.previous_task_ids == [doomed_task_id]

@@ -8,11 +8,13 @@ from django.urls import reverse
 
 from django_dyrygent.admin.workflows import WorkflowAdmin
 from django_dyrygent.models import Workflow
-from tests.test_browser import ARTIFACTS, browser, log_in, pytestmark  # noqa: F401  (fixture and skip marks)
+from tests.worker.conftest import ARTIFACTS, BROWSER_MARKS, log_in
+
+pytestmark = BROWSER_MARKS
 
 
 def test_start_form__errors_in_place_then_a_run_on_the_live_dag_then_run_again(
-        worker, live_server, browser, monkeypatch):  # noqa: F811
+        worker, live_server, browser, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

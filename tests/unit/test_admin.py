@@ -1,7 +1,6 @@
 """The admin: read-only pages, engine-driven actions, the DAG, permissions and escaping."""
 
 import pytest
-from celery import chain, group
 from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
@@ -14,45 +13,16 @@ from django_dyrygent import engine
 from django_dyrygent.admin.workflows import WorkflowAdmin
 from django_dyrygent.engine import outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.tasks import add, record
+from tests.tasks import record
+from tests.unit.conftest import CHANGELIST, NODE_CHANGELIST, change_url, failed_workflow, make_workflow, status_url
 
 pytestmark = pytest.mark.django_db
 
 XSS = '<script>alert("xss")</script>'
 
 
-def make_workflow(name="wf", width=2, **kwargs):
-    wf = Workflow(name=name, **kwargs)
-    wf.add_celery_canvas(chain(record.si("a"), group(record.si(f"b{i}") for i in range(width)), add.si(1, 2)))
-    wf.apply_async()
-    return wf
-
-
-def change_url(wf):
-    return reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])
-
-
-def status_url(wf):
-    return reverse("admin:django_dyrygent_workflow_status", args=[wf.pk])
-
-
 def act_url(wf, action):
     return reverse("admin:django_dyrygent_workflow_act", args=[wf.pk, action])
-
-
-CHANGELIST = "/admin/django_dyrygent/workflow/"
-NODE_CHANGELIST = "/admin/django_dyrygent/workflownode/"
-
-
-def failed_workflow():
-    """A workflow whose first node failed, driven through the engine (no worker needed)."""
-    wf = make_workflow("failing")
-    engine.tick(wf.pk, scheduled=False)
-    first = wf.nodes.get(position=0)
-    outcomes.node_failed(wf.pk, first.task_id, exception=ValueError("boom"), traceback="Traceback: boom")
-    wf.refresh_from_db()
-    assert wf.state == Workflow.State.FAILURE
-    return wf
 
 
 def staff(*perms):

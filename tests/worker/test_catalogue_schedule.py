@@ -16,13 +16,12 @@ from django_celery_results.models import TaskResult
 from django_dyrygent import launch, tasks
 from django_dyrygent.models import QueuedRun, Workflow
 from tests.celery_app import app as celery_app
+from tests.conftest import database_url, stop_process, wait_until
 from tests.models import Execution
-from tests.test_crash import _database_url, _stop
-from tests.test_crash import _wait_for as wait_for
 
 pytestmark = pytest.mark.worker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30
 
 
@@ -61,14 +60,14 @@ def test_overlap_queue__the_waiting_run_starts_when_the_previous_ends(worker):
     first = launch.start_scheduled("tests.hold-queue", {"flag": "q1"})
     second = launch.start_scheduled("tests.hold-queue", {"flag": "q2"})
     assert (first.status, second.status) == ("started", "queued")
-    assert wait_for(lambda: "start:q1" in labels())
+    assert wait_until(lambda: "start:q1" in labels())
     release("q2")  # the second run may finish as soon as it starts
     time.sleep(0.3)  # not an assertion: the queued run must still be waiting while q1 holds
     assert "start:q2" not in labels() and QueuedRun.objects.count() == 1
 
     release("q1")
     assert first.workflow.wait(timeout=TIMEOUT) == Workflow.State.SUCCESS
-    assert wait_for(lambda: Workflow.objects.filter(definition="tests.hold-queue").count() == 2)
+    assert wait_until(lambda: Workflow.objects.filter(definition="tests.hold-queue").count() == 2)
     later = Workflow.objects.exclude(pk=first.workflow.pk).get()
     assert later.wait(timeout=TIMEOUT) == Workflow.State.SUCCESS
     first.workflow.refresh_from_db()
@@ -81,7 +80,7 @@ def test_overlap_queue__the_waiting_run_starts_when_the_previous_ends(worker):
 
 def test_overlap_allow__runs_side_by_side(worker):
     runs = [launch.start_scheduled("tests.hold-allow", {"flag": "a"}) for _ in range(2)]
-    assert wait_for(lambda: labels().count("start:a") == 2)  # both running before any release
+    assert wait_until(lambda: labels().count("start:a") == 2)  # both running before any release
     release("a")
     assert [r.workflow.wait(timeout=TIMEOUT) for r in runs] == [Workflow.State.SUCCESS] * 2
 
@@ -107,13 +106,13 @@ def _beat_until_skipped(tmp_path, flag, *args, env=None):
         stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        assert wait_for(lambda: _fires().count("skipped") >= 2, timeout=40), log.read_text()
+        assert wait_until(lambda: _fires().count("skipped") >= 2, timeout=40), log.read_text()
     finally:
-        _stop(beat)
+        stop_process(beat)
         with celery_app.connection_for_write() as conn:  # fires beat sent that no worker took yet
             conn.default_channel.queue_purge(celery_app.conf.task_default_queue)
         # Fires the worker already took run out; only the held run's task may stay.
-        assert wait_for(lambda: all(r.name == "tests.hold" for r in list(worker_state.reserved_requests)),
+        assert wait_until(lambda: all(r.name == "tests.hold" for r in list(worker_state.reserved_requests)),
                         timeout=20)
     wf = Workflow.objects.get(definition="tests.hold-skip")  # one run, however many fires
     assert wf.trigger == "schedule" and wf.parameters == {"flag": flag} and _fires()[0] == "started"
@@ -139,5 +138,5 @@ def test_django_celery_beat__database_schedule_starts_the_definition(worker, tmp
         kwargs=json.dumps({"name": "tests.hold-skip", "params": {"flag": "db"}}),
     )
     log = _beat_until_skipped(tmp_path, "db", "-S", "django_celery_beat.schedulers:DatabaseScheduler",
-                              env={"DATABASE_URL": _database_url()})
+                              env={"DATABASE_URL": database_url()})
     assert "DatabaseScheduler" in log and "Sending due task hold from the database" in log

@@ -4,7 +4,7 @@ import pytest
 from django.core.management.base import CommandError
 
 from django_dyrygent.models import Workflow
-from tests.test_commands import run_command
+from tests.conftest import run_command
 
 pytestmark = pytest.mark.django_db
 
