@@ -205,6 +205,11 @@ def runs(label):
     return len(glob.glob(str(runs_dir() / f"{label}.*.start")))
 
 
+def ends(label):
+    """How many bodies with this label ran to their end (``rel.run`` writes a ``.done`` file last)."""
+    return len(glob.glob(str(runs_dir() / f"{label}.*.done")))
+
+
 def run_pids(label):
     """Pids of the processes that ran bodies with this label (from their start files)."""
     return [int(Path(p).read_text() or 0) for p in glob.glob(str(runs_dir() / f"{label}.*.start"))]

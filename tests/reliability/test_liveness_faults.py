@@ -80,7 +80,7 @@ def test_database_stopped_during_a_task__outcome_recorded_when_it_is_back(rel):
     wf.apply_async()
     rel.wait_node(slow.pk, {S.STARTED})
     rel.stop_database()
-    time.sleep(12)  # the body ends (3 s) while the database is away
+    harness.wait_for(lambda: harness.ends("slow") == 1, 30, what="the body's end while the database is away")
     rel.start_database()
     assert rel.wait_final(wf, 90) == Workflow.State.SUCCESS, rel.logs()
     slow.refresh_from_db()
@@ -191,8 +191,8 @@ def test_duplicate_delivery__dependents_released_once(rel):
     current_app.send_task("rel.run", args=["dup-a"], kwargs={"seconds": 1}, task_id=first.task_id,
                           headers={HEADER: str(wf.pk)})
     assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
-    harness.wait_for(lambda: harness.runs("dup-a") == 2, 30, what="the duplicate delivered")
-    time.sleep(2)  # the duplicate's report arrives after the workflow ended
+    harness.wait_for(lambda: harness.ends("dup-a") == 2, 30, what="the duplicate's body to end")
+    time.sleep(2)  # its report, sent after the body, reaches the ended workflow
     second.refresh_from_db()
     assert second.state == S.SUCCESS and second.publish_count == 1 and harness.runs("dup-b") == 1
     assert WorkflowEvent.objects.filter(node=second, new_state=S.QUEUED).count() == 1
