@@ -4,7 +4,8 @@
 Builds workflows of 2,000 and 10,000 nodes in a throw-away test database
 (the tests' settings: SQLite by default, ``DATABASE_URL`` switches) and
 times a full GET of the workflow change page through the admin, plus the
-status JSON the page polls. Two shapes per size:
+status JSON the page polls, and the timeline (Gantt) alone, whole and
+zoomed into one task name. Two shapes per size:
 
 * ``groups``: chained groups of 500 (the importer puts a join between
   them); each group collapses into one "N × task" box;
@@ -41,8 +42,10 @@ from django.db import connection, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext, setup_test_environment  # noqa: E402
 from django.urls import reverse  # noqa: E402
+from django.utils import timezone  # noqa: E402
 
 from django_dyrygent.graph import layout as graph  # noqa: E402
+from django_dyrygent.graph import timeline  # noqa: E402
 from django_dyrygent.models import Workflow  # noqa: E402
 from tests.tasks import noop  # noqa: E402
 
@@ -80,7 +83,7 @@ def main():
     try:
         print(f"database: {connection.vendor}; median of {args.reps} runs")
         print(f"{'shape':<8} {'nodes':>6} {'boxes':>6} {'edges':>6} {'queries':>7} "
-              f"{'page ms':>8} {'layout ms':>9} {'status ms':>9} {'html KB':>8}")
+              f"{'page ms':>8} {'layout ms':>9} {'status ms':>9} {'gantt ms':>8} {'zoom ms':>7} {'html KB':>8}")
         with transaction.atomic():
             admin = User.objects.create_superuser("bench", "bench@example.com", "pw")
             client = Client()
@@ -88,6 +91,8 @@ def main():
             for size in args.sizes:
                 for shape in ("groups", "chains"):
                     wf = build(shape, size)
+                    now = timezone.now()  # every node ran: the timeline draws a bar for each
+                    wf.nodes.update(queued_at=now, started_at=now, finished_at=now, state="SUCCESS")
                     page = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])
                     status = reverse("admin:django_dyrygent_workflow_status", args=[wf.pk])
                     client.get(page)  # warm up (templates, caches)
@@ -104,9 +109,16 @@ def main():
 
                     layout_time, drawing = timed(lay_out, args.reps)
                     status_time, _ = timed(lambda status=status: client.get(status), args.reps)
+
+                    def gantt(wf=wf, group=None):
+                        return timeline.svg_markup(timeline.load(wf, group=group), lambda row: "#")
+
+                    gantt_time, _ = timed(gantt, args.reps)
+                    zoom_time, _ = timed(lambda wf=wf: gantt(wf, "tests.noop"), args.reps)
                     print(f"{shape:<8} {wf.nodes.count():>6} {len(drawing.items):>6} {len(drawing.edges):>6} "
                           f"{page_queries:>7} {page_time * 1000:>8.0f} {layout_time * 1000:>9.0f} "
-                          f"{status_time * 1000:>9.0f} {len(response.content) / 1024:>8.0f}")
+                          f"{status_time * 1000:>9.0f} {gantt_time * 1000:>8.0f} {zoom_time * 1000:>7.0f} "
+                          f"{len(response.content) / 1024:>8.0f}")
             transaction.set_rollback(True)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)

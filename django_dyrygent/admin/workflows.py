@@ -28,6 +28,7 @@ from django.views.decorators.http import require_POST
 
 from .. import engine
 from ..graph import layout as graph
+from ..graph import timeline
 from ..graph.layout import Item
 from ..models import Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState
@@ -189,6 +190,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         return admin_views.urls(self) + [
             path("<path:object_id>/status.json", view(self.status_view), name="%s_%s_status" % info),
             path("<path:object_id>/dag/", view(self.dag_view), name="%s_%s_dag" % info),
+            path("<path:object_id>/timeline/", view(self.timeline_view), name="%s_%s_timeline" % info),
             path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),
                  name="%s_%s_act" % info),
         ] + super().get_urls()
@@ -251,6 +253,13 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "django_dyrygent/dag.svg", self.dag_context(obj), request=request,
         ), content_type="image/svg+xml; charset=utf-8")
 
+    def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The timeline panel alone: its zoom and pages, and a refresh while the workflow runs."""
+        obj = self._get_viewable(request, object_id)
+        return HttpResponse(render_to_string(
+            "django_dyrygent/timeline.html", self.timeline_context(request, obj), request=request,
+        ))
+
     def act_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponseRedirect:
         """Run one of the actions on this workflow only, then come back to its page."""
         obj = self._get_viewable(request, object_id)
@@ -286,6 +295,34 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "svg_markup": graph.svg_markup(drawing, url_for),
         }
 
+    def timeline_context(self, request: HttpRequest, obj: Workflow) -> dict[str, Any]:
+        """The Gantt of ``obj``: a task name to zoom into and a page come from the query string."""
+        group = request.GET.get("timeline_group") or None
+        try:
+            page = int(request.GET.get("timeline_page", 1))
+        except ValueError:
+            page = 1
+        chart = timeline.load(obj, group=group, page=page)
+        page_url = reverse("admin:django_dyrygent_workflow_change", args=[obj.pk], current_app=self.admin_site.name)
+        node_head, node_tail = reverse(
+            "admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name,
+        ).rsplit("/0/", 1)
+
+        def url_for(row: timeline.Row) -> str:
+            if row.is_group:
+                return f"{page_url}?timeline_group={quote(str(row.key), safe='')}#dy-timeline"
+            return f"{node_head}/{row.key}/{node_tail}"
+
+        def zoom_url(page_number: int) -> str:
+            return f"{page_url}?timeline_group={quote(group or '', safe='')}&timeline_page={page_number}#dy-timeline"
+
+        return {
+            "timeline": chart, "timeline_svg": timeline.svg_markup(chart, url_for), "timeline_all_url":
+            f"{page_url}#dy-timeline", "timeline_prev_url": zoom_url(chart.page - 1) if chart.page > 1 else "",
+            "timeline_next_url": zoom_url(chart.page + 1) if chart.page < chart.pages else "",
+            "timeline_row_limit": timeline.ROW_LIMIT,
+        }
+
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -296,6 +333,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             info = self.opts.app_label, self.opts.model_name
             actions = self.get_actions(request)
             context.update(self.dag_context(obj))
+            context.update(self.timeline_context(request, obj))
             context.update({
                 "events": events,
                 "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],

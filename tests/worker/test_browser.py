@@ -196,3 +196,29 @@ def test_admin_lists__bars_in_colour_and_node_list_fits_1400_px(worker, live_ser
         "function (td) { return td.querySelector('code').getClientRects().length; });"
     )
     assert heights and set(heights) == {1}  # each id on one line
+
+
+def test_admin_timeline__two_thousand_nodes_draw_one_row_per_task_name_and_zoom(live_server, browser):
+    from celery import group
+    from django.utils import timezone
+    from selenium.webdriver.common.by import By
+
+    from django_dyrygent.graph import timeline
+    from tests.tasks import add
+
+    wf = Workflow(name="wide")
+    wf.add_celery_canvas(group(add.si(i, i) for i in range(2000)))
+    wf.apply_async()
+    now = timezone.now()
+    wf.nodes.update(queued_at=now, started_at=now, finished_at=now, state="SUCCESS")
+    log_in(browser, live_server)
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
+    panel = browser.find_element(By.ID, "dy-timeline")
+    rows = panel.find_elements(By.CSS_SELECTOR, "svg.dy-gantt .dy-row")
+    assert len(rows) == 1 and "add ×2000" in rows[0].text
+    ARTIFACTS.mkdir(exist_ok=True)
+    panel.screenshot(str(ARTIFACTS / "admin-timeline-grouped.png"))
+    rows[0].click()
+    zoomed = browser.find_element(By.ID, "dy-timeline")
+    assert len(zoomed.find_elements(By.CSS_SELECTOR, "svg.dy-gantt .dy-row")) == timeline.ROW_LIMIT
+    assert "page 1 of" in zoomed.text
