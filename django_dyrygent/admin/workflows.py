@@ -20,6 +20,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import conditional_escape, format_html
 from django.utils.translation import gettext_lazy as _
@@ -27,8 +28,8 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from .. import engine
+from ..graph import grid, timeline
 from ..graph import layout as graph
-from ..graph import timeline
 from ..graph.layout import Item
 from ..models import Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState
@@ -191,6 +192,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             path("<path:object_id>/status.json", view(self.status_view), name="%s_%s_status" % info),
             path("<path:object_id>/dag/", view(self.dag_view), name="%s_%s_dag" % info),
             path("<path:object_id>/timeline/", view(self.timeline_view), name="%s_%s_timeline" % info),
+            path("grid/<str:name>/", view(self.grid_view), name="%s_%s_grid" % info),
             path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),
                  name="%s_%s_act" % info),
         ] + super().get_urls()
@@ -259,6 +261,30 @@ class WorkflowAdmin(ReadOnlyAdmin):
         return HttpResponse(render_to_string(
             "django_dyrygent/timeline.html", self.timeline_context(request, obj), request=request,
         ))
+
+    def grid_view(self, request: HttpRequest, name: str) -> HttpResponse:
+        """The last runs of one catalogue definition, side by side (runs as columns, steps as rows)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        runs = grid.load(name)
+        change_head, change_tail = reverse(
+            "admin:django_dyrygent_workflow_change", args=[0], current_app=self.admin_site.name,
+        ).rsplit("/0/", 1)
+        node_head, node_tail = reverse(
+            "admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name,
+        ).rsplit("/0/", 1)
+        return TemplateResponse(request, "admin/django_dyrygent/workflow/grid.html", {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Past runs of %(name)s") % {"name": name},
+            "grid": runs,
+            "grid_svg": grid.svg_markup(
+                runs, lambda pk: f"{change_head}/{pk}/{change_tail}", lambda pk: f"{node_head}/{pk}/{node_tail}"
+            ),
+            "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],
+            "list_url": reverse("admin:django_dyrygent_workflow_changelist", current_app=self.admin_site.name)
+            + f"?definition={quote(name, safe='')}",
+        })
 
     def act_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponseRedirect:
         """Run one of the actions on this workflow only, then come back to its page."""
