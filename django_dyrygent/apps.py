@@ -12,10 +12,11 @@ class DyrygentConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import catalogue, checks, launch  # noqa: F401  (registers checks and receivers)
+        from . import catalogue, checks, launch, metrics  # noqa: F401  (registers checks and receivers)
         from .worker import handlers
 
         handlers.connect_worker_signals()
+        metrics.connect()
         launch.connect_receivers()
         # Like admin.autodiscover(): every app's workflows.py registers its definitions.
         catalogue.autodiscover()

@@ -15,6 +15,7 @@ tick, a lost tick is the sweeper's.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -33,6 +34,8 @@ logger = logging.getLogger("django_dyrygent.engine")
 
 #: Message header naming the workflow a published task belongs to.
 HEADER = "dyrygent_workflow"
+#: Added when DYRYGENT_METRICS is on: when the node was published (epoch seconds), for the queue-wait histogram.
+PUBLISHED_AT_HEADER = "dyrygent_published_at"
 #: Celery name of the tick task (``tasks.tick``), sent by name.
 TICK_TASK = "django_dyrygent.tick"
 
@@ -121,6 +124,8 @@ def _publish_one(
     sig_dict = node.signature or {}
     options = {**from_tree(tasks_options or {}), **from_tree(sig_dict.get("options", {}))}
     options["headers"] = {**options.get("headers", {}), HEADER: str(workflow_id)}
+    if settings.METRICS:
+        options["headers"][PUBLISHED_AT_HEADER] = time.time()
     if "ignore_result" not in options and not _store_result(app, sig_dict["task"], options):
         options["ignore_result"] = True
     if node.kind in CALLBACK_KINDS and not sig_dict.get("immutable"):
