@@ -13,7 +13,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 DEMO_ARGS ?= --superuser
 
-.PHONY: demo test lint install-demo install-test install-lint clean help
+.PHONY: demo test lint soak-resources install-demo install-test install-lint clean help
 
 help:
 	@echo "make demo   run the demo workflow on a real Celery worker (no server needed)"
@@ -51,6 +51,12 @@ test: install-test
 lint: install-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# 20,000 workflows through one worker on private servers: memory and connections stay flat
+# (CI runs the same test with 500 in the PostgreSQL pass).
+soak-resources: install-test
+	DYRYGENT_RELIABILITY=1 DYRYGENT_RESOURCE_WORKFLOWS=20000 $(PY) -m pytest -s -rs \
+	  tests/reliability/test_resources.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf var
