@@ -44,7 +44,7 @@ from ..conf import settings
 from ..models import Workflow, WorkflowEdge, WorkflowNode
 from ..serialization import storable_text
 from ..states import NODE_FAILED, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
-from . import db, messaging, repair
+from . import messaging, repair, sql
 from .decisions import (
     abort,
     maybe_finish,
@@ -56,7 +56,8 @@ from .decisions import (
     start,
     tick_tolerance,
 )
-from .steps import NODE_FIELDS, Step, TransitionNotAllowed, lock_workflow, locked_step
+from .sql import NODE_FIELDS
+from .steps import Step, TransitionNotAllowed, lock_workflow, locked_step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")
@@ -214,7 +215,7 @@ def _count_idle_tick(pk: Any, due: datetime | None, following: datetime | None) 
     (the fault suite holds one for 30 s) where the locked tick's ``SKIP
     LOCKED`` says "busy" at once; they keep the locked tick.
     """
-    conn = db.workflow_connection()
+    conn = Workflow.write_connection()
     if conn.vendor == "mysql":
         return False
     if conn.vendor != "postgresql":
@@ -222,21 +223,9 @@ def _count_idle_tick(pk: Any, due: datetime | None, following: datetime | None) 
         if following is not None:
             change["next_tick_at"] = following
         return bool(Workflow.objects.filter(pk=pk, state=WorkflowState.RUNNING, next_tick_at=due).update(**change))
-    table = conn.ops.quote_name(Workflow._meta.db_table)
-    fields = {f.attname: f for f in Workflow._meta.concrete_fields}
-    ident, state, ticks, next_at = (
-        conn.ops.quote_name(str(fields[name].column)) for name in ("id", "state", "ticks", "next_tick_at")
-    )
-    sql = (
-        f"WITH free AS (SELECT {ident} FROM {table} WHERE {ident} = %s AND {state} = %s"
-        f" AND {next_at} IS NOT DISTINCT FROM %s::timestamptz FOR KEY SHARE SKIP LOCKED)"
-        f" UPDATE {table} SET {ticks} = {table}.{ticks} + 1,"
-        f" {next_at} = COALESCE(%s::timestamptz, {table}.{next_at})"
-        f" FROM free WHERE {table}.{ident} = free.{ident}"
-    )
-    key = fields["id"].get_db_prep_value(pk, conn)
+    key = Workflow._meta.pk.get_db_prep_value(pk, conn)
     with conn.cursor() as cursor:
-        cursor.execute(sql, [key, str(WorkflowState.RUNNING), due, following])
+        cursor.execute(sql.idle_tick_sql(conn), [key, str(WorkflowState.RUNNING), due, following])
         return bool(cursor.rowcount)
 
 

@@ -179,6 +179,12 @@ def guard_before_start(before_start: BeforeStart) -> BeforeStart:
     return guarded_before_start
 
 
+def serve_worker(sender: Any = None, **kwargs: Any) -> None:
+    """worker_init: this process is a worker, so the hot path keeps connections of its own (``engine.db``)."""
+    if sender is not None:
+        db.serve_worker()
+
+
 def install_run_guard(sender: Any = None, **kwargs: Any) -> None:
     """worker_init: put the guard on the app's base Task class and on every task class.
 
@@ -343,6 +349,7 @@ def connect_worker_signals() -> None:
     celery_signals.task_unknown.connect(on_task_unknown, weak=False, dispatch_uid="django_dyrygent.unknown")
     celery_signals.task_rejected.connect(on_task_rejected, weak=False, dispatch_uid="django_dyrygent.rejected")
     celery_signals.worker_init.connect(install_run_guard, weak=False, dispatch_uid="django_dyrygent.guard")
+    celery_signals.worker_init.connect(serve_worker, weak=False, dispatch_uid="django_dyrygent.serve_worker")
     worker.connect()
 
 
