@@ -28,6 +28,7 @@ from ..states import (
     NODE_ACTIVE,
     NODE_FINAL,
     NODE_OK,
+    WORKFLOW_ACTIVE,
     NodeKind,
     NodeState,
     TriggerRule,
@@ -315,7 +316,7 @@ def schedule_tick(step: Step) -> None:
     due time leaves the chain to the pending one instead of starting another.
     """
     wf = step.wf
-    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING) and not step.watch_callbacks:
+    if wf.state not in WORKFLOW_ACTIVE and not step.watch_callbacks:
         return
     interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at

@@ -46,6 +46,7 @@ from django.db import DatabaseError
 
 from ..conf import settings
 from ..engine import db, hotpath, outcomes
+from ..engine.messaging import HEADER
 from . import heartbeat as worker
 from . import recovery
 
@@ -79,11 +80,11 @@ def _workflow_id(request: Any) -> str | None:
     if request is None:
         return None
     if isinstance(request, dict):  # task_internal_error passes the raw request dict
-        return request.get("dyrygent_workflow") or (request.get("headers") or {}).get("dyrygent_workflow")
-    value = getattr(request, "dyrygent_workflow", None)
+        return request.get(HEADER) or (request.get("headers") or {}).get(HEADER)
+    value = getattr(request, HEADER, None)
     if value is None:
         headers = getattr(request, "headers", None) or {}
-        value = headers.get("dyrygent_workflow")
+        value = headers.get(HEADER)
     return value
 
 
@@ -302,7 +303,7 @@ def on_task_revoked(
 def _message_ids(message: Any) -> tuple[str | None, str | None, str | None]:
     """(workflow id, task id, task name) from a raw message's headers; Nones when they are missing."""
     headers = getattr(message, "headers", None) or {}
-    return headers.get("dyrygent_workflow"), headers.get("id"), headers.get("task")
+    return headers.get(HEADER), headers.get("id"), headers.get("task")
 
 
 def _report_not_run(workflow_id: str, task_id: str, error: str, reason: str) -> None:
