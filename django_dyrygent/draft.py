@@ -39,9 +39,9 @@ GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while a graph is built or saved (none of it is garbage).
 
-    Each node brings a model instance and a few dicts: allocating 10,000 of
-    them set off enough full collections, each walking every object of the
-    process, to cost 40% of ``apply_async``'s own time. Cycles made
+    Each node brings a model instance and a few dicts: allocating thousands
+    of them sets off full collections, each walking every object of the
+    process, while none of them can be garbage. Cycles made
     meanwhile are collected after; a collector someone else disabled stays off.
     """
     enabled = gc.isenabled()

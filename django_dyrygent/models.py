@@ -445,8 +445,8 @@ class WorkflowNode(models.Model):
     def for_draft(cls, workflow: Workflow, fields: dict[str, Any]) -> WorkflowNode:
         """``WorkflowNode(workflow=workflow, **fields)``, made without ``Model.__init__``'s per-field work.
 
-        A draft makes one node per signature (10,000 for a large canvas), and
-        ``Model.__init__`` was a sixth of ``apply_async``: see ``fastinit``.
+        A draft makes one node per signature, thousands for a large canvas, and
+        ``Model.__init__`` does per-field work none of them needs: see ``fastinit``.
         When something listens to ``pre_init`` / ``post_init`` for this model,
         or a name is not a plain field, the ordinary constructor runs.
         """
@@ -492,7 +492,7 @@ class WorkflowEdge(models.Model):
     """``node`` waits for ``dependency``; ``position`` keeps the dependency order (header order)."""
 
     # No database constraint: the edge's nodes are checked, and they belong to the workflow. A
-    # checked key here cost 20,000 deferred lookups at the commit of a 10,000-node build. The ORM
+    # checked key here would cost two deferred lookups per edge at the commit of a build. The ORM
     # still deletes a workflow's edges with it (Django collects CASCADE itself).
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     # Indexed by the unique (node, dependency) constraint and the (dependency, node) index.

@@ -43,7 +43,16 @@ from django.utils import timezone
 from ..conf import settings
 from ..models import Workflow, WorkflowEdge, WorkflowNode
 from ..serialization import storable_text
-from ..states import NODE_FAILED, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
+from ..states import (
+    NODE_FAILED,
+    NODE_FINAL,
+    NODE_OK,
+    WORKFLOW_ACTIVE,
+    WORKFLOW_FINAL,
+    NodeKind,
+    NodeState,
+    WorkflowState,
+)
 from . import messaging, repair, sql
 from .decisions import (
     abort,
@@ -136,7 +145,7 @@ def _tick(workflow_id: UUID | str, scheduled: bool) -> str:
             logger.warning("Tick for unknown workflow %s ignored", workflow_id)
             return "missing"
         state, due = busy
-        if scheduled and (state in (WorkflowState.INITIAL, WorkflowState.RUNNING) or due is not None):
+        if scheduled and (state in WORKFLOW_ACTIVE or due is not None):
             _retry_busy_tick(workflow_id, due)
         logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
         return "busy"
@@ -146,11 +155,10 @@ def _tick(workflow_id: UUID | str, scheduled: bool) -> str:
 def _idle_tick(workflow_id: UUID | str) -> str | None:
     """A scheduled tick of a RUNNING workflow with nothing to do: two statements, no lock.
 
-    Most ticks find nothing: progress is event driven. The locked tick cost
-    six statements under ``FOR UPDATE``, which waits for the completions in
-    flight and holds off the next ones; with 200 workflows running at once
-    their ticks (and the busy ticks re-sent when ``skip_locked`` found the
-    row taken) were 6,400 statements competing with the completions. Here
+    Most ticks find nothing: progress is event driven. The locked tick takes
+    ``FOR UPDATE``, which waits for the completions in flight and holds off
+    the next ones, for several statements; a tick with nothing to do need not
+    pay that, nor make the completions pay it. Here
     one unlocked SELECT asks what the locked tick would act on (the same
     querysets: ``repair.late_nodes``, ``repair.stale_nodes``,
     ``decisions.ready_nodes``, the deadline, the counters, a failed tick to
@@ -236,8 +244,8 @@ def _retry_busy_tick(workflow_id: UUID | str, due: datetime | None) -> None:
     must survive, or the chain would break when the lock holder is not a tick
     (a completion) and never reschedules. Any other tick (an extra one from
     "tick now", a retry, a duplicate message, a burst of ticks) is dropped:
-    re-sending those made busy ticks multiply (50 threads ticking one
-    workflow produced 40,306 tick tasks). The retry comes after the
+    re-sending every busy tick would multiply them (each re-sent tick can
+    find the row busy again and be re-sent in turn). The retry comes after the
     tolerance, not a whole interval: if the holder was a tick it has moved
     ``next_tick_at`` on meanwhile and the retry dies, otherwise it runs.
     """

@@ -81,7 +81,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from functools import partial
@@ -238,9 +238,9 @@ def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | 
 def _lazy_commit(conn: BaseDatabaseWrapper) -> bool:
     """Whether STARTED may commit without waiting for its WAL flush (``synchronous_commit = off``).
 
-    A committing statement waits for PostgreSQL to flush its WAL to disk:
-    ~3 ms on the benchmark machine's disk against ~0.2 ms for the statement
-    itself, once per STARTED and once per success. STARTED need not wait:
+    A committing statement waits for PostgreSQL to flush its WAL to disk,
+    on most disks far longer than the statement itself takes, once per
+    STARTED and once per success. STARTED need not wait:
     the node's next durable commit (its outcome, always flushed) flushes the
     WAL before it, STARTED's record included, so only a database server crash
     while the task runs can lose it, and then the node is QUEUED again, which
@@ -307,12 +307,6 @@ def _node(conn: BaseDatabaseWrapper, values: Any, fields: list[Any] = _NODE_FIEL
     return WorkflowNode.from_db(conn.alias, [f.attname for f in fields], values)
 
 
-#: Called with the server's clock when the success statement locked the workflow's counters
-#: (``sql.success_sql``: ``decision.locked_at``), right after the statement returned; None: not called.
-#: The benchmark's probes set it (bench/probes.py) to measure that lock's real hold.
-hold_probe: Callable[[datetime], None] | None = None
-
-
 class _Fallback(Exception):
     """This completion needs a decision the hot path does not take: roll back, lock."""
 
@@ -365,9 +359,7 @@ def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
             with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
                 cursor.execute(sql.success_sql(conn, event_log, joins=True), params)
                 rows = cursor.fetchall()
-    node_ok, deps_ok, count_ok, locked_at = rows[0][:4]
-    if hold_probe is not None and locked_at is not None:
-        hold_probe(locked_at)
+    node_ok, deps_ok, count_ok = rows[0][:3]
     if not (node_ok and deps_ok and count_ok):
         raise _Fallback(
             "workflow not RUNNING or passing results, or node not an active task" if not node_ok

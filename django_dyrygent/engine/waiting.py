@@ -1,7 +1,7 @@
 """``Workflow.wait()``: block until a workflow ends, woken by the commit that ends it.
 
-Polling every 100 ms added up to 100 ms to every ``wait()``, which was the
-largest cost of short workflows in the benchmarks. On PostgreSQL the engine
+A fixed polling interval would add up to that interval to every ``wait()``,
+most of the time a short workflow takes. On PostgreSQL the engine
 sends ``pg_notify`` in the transaction that ends a workflow (``notify_finished``,
 called from ``steps.Step.flush``); PostgreSQL delivers it at commit and drops
 it on rollback, so a waiter that LISTENs wakes within a round trip of the
