@@ -6,7 +6,10 @@ same. ``copy_sql`` is compared column by column with ``bulk_create`` in
 ``tests/test_build_copy.py``.
 """
 
+import ast
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from celery import chain, group
@@ -189,3 +192,30 @@ def test_success_sql__without_joins_writes_nothing_when_a_join_would_be_released
         cursor.execute(sql.success_sql(connection, True, joins=False), params)
         assert cursor.fetchall()[0][:3] == (True, False, True)
     assert node_rows(wf, "state", "waiting") == before
+
+
+_STATEMENT = re.compile(r"^\s*(SELECT|UPDATE|INSERT|DELETE|WITH|COPY|LISTEN|NOTIFY|SET LOCAL)\s")
+
+
+def statement_texts(path):
+    """String literals (docstrings excepted) in ``path`` that start like an SQL statement."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value) for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            if _STATEMENT.match(node.value):
+                yield node.lineno, node.value[:40]
+
+
+def test_sql__no_statement_text_outside_engine_sql():
+    package = Path(sql.__file__).parent.parent
+    found = {
+        str(path.relative_to(package)): list(statement_texts(path))
+        for path in package.rglob("*.py") if "migrations" not in path.parts and path != Path(sql.__file__)
+    }
+    assert {name: texts for name, texts in found.items() if texts} == {}
+    assert list(statement_texts(Path(sql.__file__)))  # the scan sees statements where they are
