@@ -15,12 +15,14 @@ is several modules, one concern each, lowest first:
 * ``messaging``: publishing, revoking and the tick, after commit;
 * ``hotpath``: PostgreSQL's lock-free STARTED and success, whose
   statements are in ``sql`` with every other raw statement;
-* ``db``: the engine's connection, usable before each step, retried after a blip;
+* ``db``: connections usable before each step, retried after a blip, and
+  whether this process is a worker (the hot path's own connection);
 * ``waiting``: ``Workflow.wait()``, woken by the commit that ends a workflow;
 * this module: the entry points, each one locked step.
 
 Imports the models and the public leaf modules (states, signals, conf,
-serialization); never ``admin/``, ``build/`` or ``worker/``.
+serialization); never ``admin/``, ``build/`` or ``worker/``
+(``tests/test_layering.py``).
 """
 
 from __future__ import annotations
