@@ -16,7 +16,8 @@ the driver can read one run's figures after the workflow ends:
   node rows and for the counters), and ``bench:cntholds`` the real hold of the
   lock sibling completions contend on: the client's clock when the statement
   has returned (committed) minus the server's ``clock_timestamp()`` taken
-  right after the counters row was locked (``hotpath.hold_probe``; same
+  right after the counters row was locked (the statement's ``locked_at``
+  column, read by ``_probe`` and the cursor rewound for the hot path; same
   machine, same clock);
 * when each noop's body returned (``bench:returned``) and when a worker
   published each workflow node (``bench:published``), for the latency
@@ -83,6 +84,7 @@ def _probe(execute, sql, params, many, context):
     result = execute(sql, params, many, context)
     if hot:
         _buffer["holds"].append(time.perf_counter() - start)
+        _counters_held(context["cursor"])
     if locking:
         now = time.perf_counter()
         _buffer["lockwaits"].append(now - start)
@@ -123,16 +125,19 @@ def _install(**kwargs):
 
     _installed["on"] = True
     _wrap(connection)
-    if enabled():
-        from django_dyrygent.engine import hotpath
-
-        if hasattr(hotpath, "hold_probe"):
-            hotpath.hold_probe = _counters_held
 
 
-def _counters_held(locked_at):
-    """hotpath.hold_probe: from the counters' lock (server clock) to now (the commit returned)."""
-    _buffer["cntholds"].append(time.time() - locked_at.timestamp())
+def _counters_held(cursor):
+    """From the counters' lock (server clock) to now (the statement returned: committed).
+
+    ``locked_at`` is the success statement's fourth column (``sql.success_sql``);
+    the rows are read here, then the cursor is rewound for the hot path to read them.
+    """
+    rows = cursor.fetchall()
+    cursor.scroll(0, mode="absolute")
+    locked_at = rows[0][3] if rows else None
+    if locked_at is not None:
+        _buffer["cntholds"].append(time.time() - locked_at.timestamp())
 
 
 @receiver(connection_created, weak=False)

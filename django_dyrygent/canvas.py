@@ -14,17 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import group
 from celery.canvas import Signature, _chain, chord, maybe_signature
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
 
+from .draft import Draft, check_dependencies, gc_paused
 from .states import NodeKind, TriggerRule
-
-if TYPE_CHECKING:
-    from .draft import Draft
 
 #: A ``models.WorkflowNode`` (this module does not import models, see draft.py).
 Node = Any
@@ -90,19 +88,6 @@ def _as_signature(draft: Draft, obj: Any) -> Signature:
             code="not_a_signature",
         )
     return obj
-
-
-def check_dependencies(draft: Draft, dependencies: Iterable[Node] | None) -> list[Node]:
-    """The nodes as a list; refuses any that is not a node of this unsaved draft."""
-    deps = list(dependencies or [])
-    for dep in deps:
-        if not draft.owns(dep):
-            raise ValidationError(
-                f"Dependency {dep!r} does not belong to workflow {draft.label} "
-                "(nodes can only depend on nodes of the same unsaved workflow).",
-                code="foreign_dependency",
-            )
-    return deps
 
 
 def _as_timeout(timeout: float | timedelta | None) -> timedelta | None:
@@ -265,10 +250,11 @@ def _add_linked(draft: Draft, callbacks: list[tuple[Signature, str]], leaves: li
 
 
 def add_canvas(draft: Draft, canvas: Any, dependencies: Iterable[Node] | None = None) -> list[Node]:
-    deps = check_dependencies(draft, dependencies)
-    if len(deps) > 1:
-        deps = [add_join(draft, deps)]
-    return _add(draft, _as_signature(draft, canvas), deps)
+    with gc_paused():
+        deps = check_dependencies(draft, dependencies)
+        if len(deps) > 1:
+            deps = [add_join(draft, deps)]
+        return _add(draft, _as_signature(draft, canvas), deps)
 
 
 def _add(draft: Draft, sig: Signature, deps: list[Node]) -> list[Node]:

@@ -23,7 +23,6 @@ from celery import Celery
 from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.db import connections, router
 
 from .conf import SETTINGS
 
@@ -144,7 +143,7 @@ def check_connection_reuse(app_configs: AppConfigs = None, **kwargs: Any) -> lis
     from .conf import get_celery_app
     from .models import Workflow
 
-    vendor = connections[router.db_for_write(Workflow)].vendor
+    vendor = Workflow.write_connection().vendor
     if vendor in ("postgresql", "sqlite"):
         return []
     try:
@@ -232,7 +231,7 @@ def check_celery(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMes
 def check_database(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
     from .models import Workflow
 
-    conn = connections[router.db_for_write(Workflow)]
+    conn = Workflow.write_connection()
     if conn.vendor != "sqlite":
         return []
     mode = (conn.settings_dict.get("OPTIONS") or {}).get("transaction_mode")

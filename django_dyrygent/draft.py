@@ -1,27 +1,27 @@
 """The unsaved graph of a workflow: nodes and edges held in memory until ``apply_async`` saves them.
 
-Both doors build through one ``Draft``: the Django model ``Workflow``
+Both doors build one ``Draft``: the Django model ``Workflow``
 (``add_celery_canvas``, ``add_signature``, ...) and the celery-dyrygent
 compatible ``django_dyrygent.workflows.Workflow``. The draft owns the graph
 (which node waits for which, which nodes are skipped before start); the node
-objects it hands out only carry their own field values. ``canvas`` turns
-Celery canvas into draft nodes, ``builder`` validates a draft and saves it.
+objects it hands out only carry their own field values. It is data only:
+``canvas`` turns Celery canvas into draft nodes and ``build.save`` validates
+and saves a draft, functions both doors call with the draft.
 
-This module must not import ``models``: the model imports it, and the node
-class is handed in (``node_factory``) by whoever creates the draft.
+A leaf: it imports only ``states``. The model imports it, so the node class
+is handed in (``node_factory``) by whoever creates the draft.
 """
 
 from __future__ import annotations
 
+import gc
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 
-from . import canvas
-from .build import save as builder
 from .states import NodeKind
 
 if TYPE_CHECKING:
@@ -33,6 +33,37 @@ Node = Any
 
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
 GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a graph is built or saved (none of it is garbage).
+
+    Each node brings a model instance and a few dicts: allocating thousands
+    of them sets off full collections, each walking every object of the
+    process, while none of them can be garbage. Cycles made
+    meanwhile are collected after; a collector someone else disabled stays off.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def check_dependencies(draft: Draft, dependencies: Iterable[Node] | None) -> list[Node]:
+    """The nodes as a list; refuses any that is not a node of this unsaved draft."""
+    deps = list(dependencies or [])
+    for dep in deps:
+        if not draft.owns(dep):
+            raise ValidationError(
+                f"Dependency {dep!r} does not belong to workflow {draft.label} "
+                "(nodes can only depend on nodes of the same unsaved workflow).",
+                code="foreign_dependency",
+            )
+    return deps
 
 
 class Draft:
@@ -95,7 +126,7 @@ class Draft:
 
     def add_dependency(self, node: Node, other: Node) -> None:
         self._check_open()
-        canvas.check_dependencies(self, [node, other])
+        check_dependencies(self, [node, other])
         deps = self._dependencies[id(node)]
         if not any(d is other for d in deps):
             deps.append(other)
@@ -122,41 +153,12 @@ class Draft:
         return out
 
     def skip(self, nodes: Sequence[Node]) -> None:
-        """Mark nodes done before start; ``builder`` saves them SKIPPED."""
+        """Mark nodes done before start; ``build.save`` saves them SKIPPED."""
         self._check_open()
-        canvas.check_dependencies(self, nodes)
+        check_dependencies(self, nodes)
         for node in nodes:
             if not any(s is node for s in self.skipped):
                 self.skipped.append(node)
 
     def is_skipped(self, node: Node) -> bool:
         return any(s is node for s in self.skipped)
-
-    # -- building: one way, through canvas --------------------------------------------------
-
-    def add_signature(
-        self, signature: Any, dependencies: Iterable[Node] | None = None, **node_options: Any
-    ) -> Node:
-        return canvas.add_signature(self, signature, dependencies, **node_options)
-
-    def add_canvas(self, canvas_obj: Any, dependencies: Iterable[Node] | None = None) -> list[Node]:
-        with builder.gc_paused():
-            return canvas.add_canvas(self, canvas_obj, dependencies)
-
-    def add_fanout(
-        self, template: Any, dependency: Node, timeout: float | timedelta | None = None
-    ) -> Node:
-        return canvas.add_fanout(self, template, dependency, timeout=timeout)
-
-    def add_callback(self, signature: Any, kind: str) -> Node:
-        return canvas.add_callback(self, signature, kind)
-
-    # -- saving: one way, through builder ---------------------------------------------------
-
-    def validate(self) -> None:
-        builder.validate(self)
-
-    def apply(self, options: dict[str, Any] | None, send_tick: Callable[..., Any]) -> None:
-        """Validate and save in one transaction; ``send_tick`` sends the first tick on commit."""
-        with builder.gc_paused():
-            builder.save_and_start(self, options, send_tick)

@@ -1,9 +1,10 @@
 """Unsaved model instances made without ``Model.__init__``'s per-field work (``WorkflowNode.for_draft``).
 
-A draft makes one node per signature (10,000 for a large canvas), and
-``Model.__init__`` was a sixth of ``apply_async``. Apart from ``models``
-because it is about Django's model machinery, not about workflows: it reads a
-model's fields and fills an instance the way the constructor would.
+A draft makes one node per signature, thousands for a large canvas, and
+``Model.__init__`` repeats per-field work (signals, descriptors, defaults) for
+each of them. Apart from ``models`` because it is about Django's model
+machinery, not about workflows: it reads a model's fields once and fills an
+instance the way the constructor would.
 """
 
 from __future__ import annotations

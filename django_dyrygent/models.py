@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models
+from django.db import connections, models, router
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from . import canvas as celery_canvas
 from . import fastinit
 from .draft import GRAPH_KINDS, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
@@ -145,8 +147,8 @@ class Workflow(models.Model):
         return f"{self.name or 'workflow'} {str(self.id)[:8]}"
 
     # -- building (unsaved workflow) -------------------------------------------------
-    # Every builder method delegates to one Draft (django_dyrygent.draft), the
-    # same one django_dyrygent.workflows (the celery-dyrygent door) builds with.
+    # Every builder method adds to one Draft (django_dyrygent.draft) through the
+    # canvas functions, as django_dyrygent.workflows (the celery-dyrygent door) does.
 
     #: After apply_async: None until its transaction commits, then whether the
     #: first tick reached the broker (False: the sweeper starts it later).
@@ -162,6 +164,16 @@ class Workflow(models.Model):
             "django_dyrygent.workflows.Workflow accepts celery-dyrygent's Workflow(options).",
         )
         super().__init__(*args, **kwargs)
+
+    @classmethod
+    def write_connection(cls) -> BaseDatabaseWrapper:
+        """The connection workflows are written through: the router's database for writing them.
+
+        The one accessor: engine steps, the hot path, saving, ``wait()``'s
+        LISTEN and the system checks all ask it, so a router cannot send
+        them to different databases.
+        """
+        return connections[router.db_for_write(cls)]
 
     @property
     def draft(self) -> Draft:
@@ -196,8 +208,8 @@ class Workflow(models.Model):
         still running is given up on and its task revoked; ``max_attempts``:
         how many runs it gets in all before a timeout fails it.
         """
-        return self.draft.add_signature(
-            signature, dependencies, trigger_rule=trigger_rule, timeout=timeout, max_attempts=max_attempts,
+        return celery_canvas.add_signature(
+            self.draft, signature, dependencies, trigger_rule=trigger_rule, timeout=timeout, max_attempts=max_attempts,
         )
 
     def add_fanout(
@@ -211,13 +223,13 @@ class Workflow(models.Model):
         on it like on a chord header. Each item is prepended to the
         template's arguments.
         """
-        return self.draft.add_fanout(template, dependency, timeout=timeout)
+        return celery_canvas.add_fanout(self.draft, template, dependency, timeout=timeout)
 
     def add_celery_canvas(
         self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None
     ) -> list[WorkflowNode]:
         """Add a chain/group/chord/signature; returns the nodes a follower must depend on."""
-        return self.draft.add_canvas(canvas, dependencies)
+        return celery_canvas.add_canvas(self.draft, canvas, dependencies)
 
     def leaves(self) -> list[WorkflowNode]:
         """Nodes nobody depends on (callbacks excluded)."""
@@ -229,11 +241,11 @@ class Workflow(models.Model):
 
     def link_error(self, signature: Signature | dict[str, Any]) -> WorkflowNode:
         """Run ``signature`` once if the workflow ends FAILURE or ERROR."""
-        return self.draft.add_callback(signature, NodeKind.ERROR_CALLBACK)
+        return celery_canvas.add_callback(self.draft, signature, NodeKind.ERROR_CALLBACK)
 
     def link_finalizer(self, signature: Signature | dict[str, Any]) -> WorkflowNode:
         """Run ``signature`` once whenever the workflow ends, whatever the outcome."""
-        return self.draft.add_callback(signature, NodeKind.FINALIZER)
+        return celery_canvas.add_callback(self.draft, signature, NodeKind.FINALIZER)
 
     # -- running ---------------------------------------------------------------------
 
@@ -242,10 +254,15 @@ class Workflow(models.Model):
 
         Returns self; see ``start_sent`` for whether the start reached the broker.
         """
-        from .engine import messaging  # a run method calling the engine lazily (the accepted exception)
+        # A run method: saving (build/) and the engine are imported lazily (the accepted exception).
+        from .build import save
+        from .engine import messaging
 
         self._require_draft("apply it again")
-        self.draft.apply(options, messaging.send_tick)
+        save.save_and_start(
+            self.draft, options, messaging.send_tick,
+            save.Models(Workflow, WorkflowNode, WorkflowEdge, WorkflowEvent),
+        )
         return self
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> str:
@@ -428,8 +445,8 @@ class WorkflowNode(models.Model):
     def for_draft(cls, workflow: Workflow, fields: dict[str, Any]) -> WorkflowNode:
         """``WorkflowNode(workflow=workflow, **fields)``, made without ``Model.__init__``'s per-field work.
 
-        A draft makes one node per signature (10,000 for a large canvas), and
-        ``Model.__init__`` was a sixth of ``apply_async``: see ``fastinit``.
+        A draft makes one node per signature, thousands for a large canvas, and
+        ``Model.__init__`` does per-field work none of them needs: see ``fastinit``.
         When something listens to ``pre_init`` / ``post_init`` for this model,
         or a name is not a plain field, the ordinary constructor runs.
         """
@@ -475,7 +492,7 @@ class WorkflowEdge(models.Model):
     """``node`` waits for ``dependency``; ``position`` keeps the dependency order (header order)."""
 
     # No database constraint: the edge's nodes are checked, and they belong to the workflow. A
-    # checked key here cost 20,000 deferred lookups at the commit of a 10,000-node build. The ORM
+    # checked key here would cost two deferred lookups per edge at the commit of a build. The ORM
     # still deletes a workflow's edges with it (Django collects CASCADE itself).
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     # Indexed by the unique (node, dependency) constraint and the (dependency, node) index.

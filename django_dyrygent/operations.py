@@ -351,13 +351,7 @@ def render_svg(workflow: Workflow) -> str:
     drawing = graph.layout(items, edges)
     url = _admin_urls(workflow)
     context = {"workflow": workflow, "drawing": drawing, "shape": graph.shape(items, edges)}
-    if hasattr(graph, "svg_markup"):  # the template takes the nodes pre-rendered
-        context["svg_markup"] = graph.svg_markup(drawing, url)
-    else:  # the template loops over boxes itself
-        context["boxes"] = [
-            {"item": item, "url": url(item), "tooltip": graph.tooltip(item), **graph.box_geometry(item)}
-            for item in drawing.items
-        ]
+    context["svg_markup"] = graph.svg_markup(drawing, url)  # the template takes the nodes pre-rendered
     svg = render_to_string("django_dyrygent/dag.svg", context)
     found: str | None
     try:  # the project's override of dag.css, if it has one

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from django.db import models
 from django.utils import timezone
 
-from .states import NODE_ACTIVE, WorkflowState
+from .states import NODE_ACTIVE, WORKFLOW_ACTIVE
 
 if TYPE_CHECKING:
     from .models import Workflow, WorkflowNode  # noqa: F401 (the QuerySet["..."] parameters)
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 class WorkflowQuerySet(models.QuerySet["Workflow"]):
     def active(self) -> WorkflowQuerySet:
         """Workflows the engine still drives."""
-        return self.filter(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING])
+        return self.filter(state__in=WORKFLOW_ACTIVE)
 
     def stale(self, older_than_seconds: float) -> WorkflowQuerySet:
         """Workflows whose scheduled tick is overdue (its message was probably lost).
@@ -26,7 +26,7 @@ class WorkflowQuerySet(models.QuerySet["Workflow"]):
         cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
         return self.filter(
             models.Q(next_tick_at__lt=cutoff)
-            | models.Q(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING],
+            | models.Q(state__in=WORKFLOW_ACTIVE,
                        next_tick_at__isnull=True, created_at__lt=cutoff)
         )
 

@@ -22,6 +22,7 @@ from celery.canvas import chord as _chord  # the class itself at run time; the s
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from . import canvas as celery_canvas
 from . import models
 from .draft import Draft
 from .signals import COMPAT_HOOKS, Handler, connect_compat_handler
@@ -376,7 +377,7 @@ class Workflow:
         task_id = signature.id if isinstance(signature, Signature) else None
         if task_id is not None and task_id in self.nodes:
             raise WorkflowException(f"Looks like signature '{signature}' is already added to the workflow")
-        row = _compat(draft.add_signature, signature, self._rows(dependencies))
+        row = _compat(celery_canvas.add_signature, draft, signature, self._rows(dependencies))
         return self._as_nodes(draft, [row])[0]
 
     def add_celery_canvas(
@@ -384,7 +385,7 @@ class Workflow:
     ) -> list[WorkflowNode]:
         """Add a signature, chain, group or chord; returns the nodes a follower must depend on."""
         draft = self._require_unsaved("add a canvas")
-        return self._as_nodes(draft, _compat(draft.add_canvas, canvas, self._rows(dependencies)))
+        return self._as_nodes(draft, _compat(celery_canvas.add_canvas, draft, canvas, self._rows(dependencies)))
 
     def add_celery_signature(
         self, signature: Signature, dependencies: Iterable[WorkflowNode] | None = None

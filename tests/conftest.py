@@ -64,7 +64,7 @@ def session_worker(django_db_setup, django_db_blocker, purged_broker):
     # Finished worker threads keep their database connections (Django's and the
     # hot path's own) until their thread-locals are collected; PostgreSQL will
     # not drop the test database while one is open.
-    hotpath.close_connection()
+    hotpath.close_all_connections()
     gc.collect()
 
 

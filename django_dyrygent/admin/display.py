@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
@@ -21,7 +22,19 @@ from django.utils.translation import ngettext
 from ..states import WORKFLOW_FINAL, WorkflowState
 
 if TYPE_CHECKING:
+    from django.contrib.admin import AdminSite
+
     from ..models import Workflow
+
+def admin_url(site: AdminSite, model: str, view: str, *args: Any) -> str:
+    """The URL of one of this app's admin views on ``site``: ``view`` of ``model`` ("workflow", "workflownode").
+
+    Every link of the admin goes through here: the ``admin`` namespace,
+    resolved to ``site``'s instance (``current_app``), so a second AdminSite
+    links to its own pages.
+    """
+    return reverse(f"admin:django_dyrygent_{model}_{view}", args=args, current_app=site.name)
+
 
 #: A JSON value longer than this (pretty-printed) is cut on the page, with a link to the whole value.
 JSON_SHOWN_CHARS = 3000

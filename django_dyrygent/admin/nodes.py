@@ -13,7 +13,6 @@ import django
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
@@ -21,7 +20,7 @@ from ..graph import layout as graph
 from ..graph.layout import shorten
 from ..models import WorkerHeartbeat, WorkflowNode
 from ..states import NodeKind
-from .display import short_time, state_badge
+from .display import admin_url, short_time, state_badge
 from .readonly import ReadOnlyAdmin
 
 
@@ -94,15 +93,14 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_short(self, obj: WorkflowNode) -> str:
         """The list's column: the name alone, the id in the tooltip."""
-        url = reverse("admin:django_dyrygent_workflow_change", args=[obj.workflow_id],
-                      current_app=self.admin_site.name)
+        url = admin_url(self.admin_site, "workflow", "change", obj.workflow_id)
         return format_html('<a href="{}" title="{}">{}</a>', url, obj.workflow_id,
                            shorten(obj.workflow.name or _("workflow"), 24))
 
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_link(self, obj: WorkflowNode) -> str:
         wf = obj.workflow
-        url = reverse("admin:django_dyrygent_workflow_change", args=[wf.pk], current_app=self.admin_site.name)
+        url = admin_url(self.admin_site, "workflow", "change", wf.pk)
         name = wf.name or _("workflow")
         return format_html('<a href="{}">{} <code>{}</code></a>', url, name, str(wf.pk)[:8])
 
@@ -140,7 +138,7 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         nodes = list(queryset.values("id", "task_name", "kind", "state", "task_id").order_by("position", "id"))
         if not nodes:
             return "—"
-        url = reverse("admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name)
+        url = admin_url(self.admin_site, "workflownode", "change", 0)
         return format_html_join(
             "", '<div class="dy-link"><a href="{}">{}</a> {} <code>{}</code></div>',
             ((url.replace("/0/", f"/{n['id']}/"), n["task_name"] or n["kind"], state_badge(n["state"]),

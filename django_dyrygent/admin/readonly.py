@@ -14,9 +14,9 @@ from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 
-from .display import pretty_json
+from .display import admin_url, pretty_json
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -89,8 +89,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
                             json_dumps_params={"indent": 2, "ensure_ascii": False})
 
     def json_url(self, obj: Any, name: str) -> str:
-        info = self.opts.app_label, self.opts.model_name
-        return reverse("admin:%s_%s_json" % info, args=[obj.pk, name], current_app=self.admin_site.name)
+        return admin_url(self.admin_site, str(self.opts.model_name), "json", obj.pk, name)
 
     def pretty_value(self, obj: Any, name: str) -> str:
         return pretty_json(self.json_values[name](obj), self.json_url(obj, name))

@@ -19,16 +19,22 @@ from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from .. import launch
 from ..catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
 from ..states import Trigger
+from .display import admin_url
 
 if TYPE_CHECKING:
-    from .workflows import WorkflowAdmin
+    from django.contrib.admin import ModelAdmin
+
+    from ..models import Workflow
+
+    #: The workflows' ModelAdmin these views are hooked into (``WorkflowAdmin.get_urls``).
+    WorkflowAdmin = ModelAdmin[Workflow]
 
 #: A view of this module: ``view(model_admin, request, *url_arguments)``.
 View = Callable[..., HttpResponse]
@@ -95,7 +101,7 @@ def _render_form(
         model_admin, request, _("Start %(name)s") % {"name": definition.name},
         definition=definition, form=form, adminform=adminform,
         errors=helpers.AdminErrorList(form, []),  # type: ignore[arg-type]
-        list_url=reverse(f"{model_admin.admin_site.name}:django_dyrygent_workflow_start_list"),
+        list_url=admin_url(model_admin.admin_site, "workflow", "start_list"),
     ), status=status)
 
 
@@ -105,9 +111,7 @@ def _started(
     wf = outcome.workflow
     assert wf is not None, "launch() returns the started (or replayed) workflow"
     messages.success(request, _("Started %(name)s: workflow %(id)s.") % {"name": definition.name, "id": wf.pk})
-    return HttpResponseRedirect(reverse(
-        f"{model_admin.admin_site.name}:django_dyrygent_workflow_change", args=[wf.pk],
-    ))
+    return HttpResponseRedirect(admin_url(model_admin.admin_site, "workflow", "change", wf.pk))
 
 
 def start_view(model_admin: WorkflowAdmin, request: HttpRequest, name: str) -> HttpResponse:
@@ -134,7 +138,7 @@ def run_again_view(model_admin: WorkflowAdmin, request: HttpRequest, object_id: 
     if not model_admin.has_view_permission(request, wf) or not wf.definition:
         raise PermissionDenied
     definition = _definition_for(request, wf.definition)
-    change_url = reverse(f"{model_admin.admin_site.name}:django_dyrygent_workflow_change", args=[wf.pk])
+    change_url = admin_url(model_admin.admin_site, "workflow", "change", wf.pk)
     if not wf.is_final:
         messages.warning(request, _("Workflow %(id)s is still %(state)s: run it again once it has ended.")
                          % {"id": wf.pk, "state": wf.state})

@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 from django.utils.html import conditional_escape, format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -34,7 +34,7 @@ from ..graph.layout import Item
 from ..models import Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState
 from . import views as admin_views
-from .display import can_act, pretty_json, pretty_text, state_badge, workflow_progress
+from .display import admin_url, can_act, pretty_json, pretty_text, state_badge, workflow_progress
 from .nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
 from .readonly import ReadOnlyAdmin
 
@@ -267,12 +267,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         runs = grid.load(name)
-        change_head, change_tail = reverse(
-            "admin:django_dyrygent_workflow_change", args=[0], current_app=self.admin_site.name,
-        ).rsplit("/0/", 1)
-        node_head, node_tail = reverse(
-            "admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name,
-        ).rsplit("/0/", 1)
+        change_head, change_tail = admin_url(self.admin_site, "workflow", "change", 0).rsplit("/0/", 1)
+        node_head, node_tail = admin_url(self.admin_site, "workflownode", "change", 0).rsplit("/0/", 1)
         return TemplateResponse(request, "admin/django_dyrygent/workflow/grid.html", {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -282,8 +278,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
                 runs, lambda pk: f"{change_head}/{pk}/{change_tail}", lambda pk: f"{node_head}/{pk}/{node_tail}"
             ),
             "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],
-            "list_url": reverse("admin:django_dyrygent_workflow_changelist", current_app=self.admin_site.name)
-            + f"?definition={quote(name, safe='')}",
+            "list_url": admin_url(self.admin_site, "workflow", "changelist") + f"?definition={quote(name, safe='')}",
         })
 
     def act_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponseRedirect:
@@ -295,9 +290,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         # Django 6.1 returns an Action (indexing it is deprecated), earlier versions a tuple.
         func = getattr(entry, "func", None) or entry[0]
         func(self, request, self.get_queryset(request).filter(pk=obj.pk))
-        return HttpResponseRedirect(
-            reverse("admin:django_dyrygent_workflow_change", args=[obj.pk], current_app=self.admin_site.name)
-        )
+        return HttpResponseRedirect(admin_url(self.admin_site, "workflow", "change", obj.pk))
 
     # -- change page ------------------------------------------------------------------------
 
@@ -305,10 +298,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
         items, edges = graph.collapse(graph.load(obj), self.dag_collapse_threshold)
         drawing = graph.layout(items, edges)
         # reverse() once, not once per node.
-        node_head, node_tail = reverse(
-            "admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name,
-        ).rsplit("/0/", 1)
-        list_url = reverse("admin:django_dyrygent_workflownode_changelist", current_app=self.admin_site.name)
+        node_head, node_tail = admin_url(self.admin_site, "workflownode", "change", 0).rsplit("/0/", 1)
+        list_url = admin_url(self.admin_site, "workflownode", "changelist")
 
         def url_for(item: Item) -> str:
             if item.is_group:
@@ -329,10 +320,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
         except ValueError:
             page = 1
         chart = timeline.load(obj, group=group, page=page)
-        page_url = reverse("admin:django_dyrygent_workflow_change", args=[obj.pk], current_app=self.admin_site.name)
-        node_head, node_tail = reverse(
-            "admin:django_dyrygent_workflownode_change", args=[0], current_app=self.admin_site.name,
-        ).rsplit("/0/", 1)
+        page_url = admin_url(self.admin_site, "workflow", "change", obj.pk)
+        node_head, node_tail = admin_url(self.admin_site, "workflownode", "change", 0).rsplit("/0/", 1)
 
         def url_for(row: timeline.Row) -> str:
             if row.is_group:
@@ -356,23 +345,21 @@ class WorkflowAdmin(ReadOnlyAdmin):
         context = dict(extra_context or {})
         if obj is not None and self.has_view_permission(request, obj):
             events = self.latest_events(obj)
-            info = self.opts.app_label, self.opts.model_name
             actions = self.get_actions(request)
             context.update(self.dag_context(obj))
             context.update(self.timeline_context(request, obj))
             context.update({
                 "events": events,
                 "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],
-                "status_url": reverse("admin:%s_%s_status" % info, args=[obj.pk]),
-                "dag_url": reverse("admin:%s_%s_dag" % info, args=[obj.pk]),
-                "nodes_url": reverse("admin:django_dyrygent_workflownode_changelist")
-                + f"?workflow={obj.pk}",
+                "status_url": admin_url(self.admin_site, "workflow", "status", obj.pk),
+                "dag_url": admin_url(self.admin_site, "workflow", "dag", obj.pk),
+                "nodes_url": admin_url(self.admin_site, "workflownode", "changelist") + f"?workflow={obj.pk}",
                 # Bigger workflows are polled less often: a status costs O(nodes) to build.
                 "poll_interval": max(self.dag_poll_interval, obj.nodes_total // 5),
                 # Every permitted action is on the page; the ones that cannot act now are hidden,
                 # and dag.js shows them when the workflow gets there.
                 "object_actions": [
-                    {"name": name, "url": reverse("admin:%s_%s_act" % info, args=[obj.pk, name]),
+                    {"name": name, "url": admin_url(self.admin_site, "workflow", "act", obj.pk, name),
                      "label": label, "hidden": not can_act(obj, name),
                      "confirm": self.object_action_confirm.get(name, "")}
                     for name, label in self.object_action_labels.items() if name in actions

@@ -1,11 +1,12 @@
 """Write a draft's nodes and edges on PostgreSQL: ids from the nodes' sequence, rows through COPY.
 
-Apart from ``builder`` because it is one concern (the fast writer of one
-backend) and the rest of saving does not depend on how rows reach the table:
-the other backends take ``builder``'s ``bulk_create`` path. Statements do not
-grow with the graph: ``nextval`` once, then one ``COPY … FROM STDIN`` per
-table, values handed over as they are (the JSON columns as the text
-validation already encoded).
+One concern (the fast writer of one backend); the rest of saving does not
+depend on how rows reach the table: the other backends take ``save``'s
+``bulk_create`` path. Statements do not grow with the graph: ``nextval``
+once, then one ``COPY … FROM STDIN`` per table, values handed over as they
+are (the JSON columns as the text validation already encoded). The
+statements' text is in ``engine.sql``, the one engine module ``build/`` may
+import.
 """
 
 from __future__ import annotations
@@ -20,67 +21,64 @@ from functools import partial
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from django.apps import apps
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.fields.json import JSONField
 
+from ..draft import Draft
+from ..engine import sql
+
 if TYPE_CHECKING:
+    from ..models import Workflow, WorkflowEdge, WorkflowNode
+    from ..models import WorkflowNode as Node
     from .save import Encoded
-    from ..draft import Draft
-
-#: A ``models.WorkflowNode`` / ``models.Workflow``: this module must not import models (see draft.py).
-Node = Any
-WorkflowModel = Any
 
 
-def _model(name: str) -> Any:
-    # models imports draft, which imports builder, which imports this module: look them up at call time.
-    return apps.get_model("django_dyrygent", name)
-
-
-def copy_graph(connection: BaseDatabaseWrapper, workflow: WorkflowModel, draft: Draft, encoded: Encoded) -> None:
+def copy_graph(
+    connection: BaseDatabaseWrapper, workflow: Workflow, draft: Draft, encoded: Encoded,
+    node_model: type[WorkflowNode], edge_model: type[WorkflowEdge],
+) -> None:
     """Nodes and edges in three statements, whatever their number.
 
     The ids come from the nodes' own sequence (``nextval``: other builders
     running at the same time get other ids), so the edges can name their
     nodes without reading anything back.
     """
-    WorkflowNode, WorkflowEdge = _model("WorkflowNode"), _model("WorkflowEdge")
     nodes = draft.nodes
     if not nodes:
         return
-    node_table = WorkflowNode._meta.db_table
+    node_table = node_model._meta.db_table
+    reserve, params = sql.reserve_ids_sql(connection, node_model)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
-            [connection.ops.quote_name(node_table), WorkflowNode._meta.pk.column, len(nodes)],
-        )
+        cursor.execute(reserve, [*params, len(nodes)])
         ids = sorted(row[0] for row in cursor.fetchall())
     for node, pk in zip(nodes, ids, strict=True):
         node.pk = pk
-    columns, rows = node_rows(nodes, encoded)
+    columns, rows = node_rows(node_model, nodes, encoded)
     copy_rows(connection, node_table, columns, rows)
     workflow_id = workflow.pk
-    pk = attrgetter(WorkflowNode._meta.pk.attname)
+    pk = attrgetter(node_model._meta.pk.attname)
     edge_rows = (
         (workflow_id, pk(node), pk(dep), i)
         for node in nodes
         for i, dep in enumerate(draft.dependencies_of(node))
     )
     edge_fields = ("workflow", "node", "dependency", "position")
-    edge_columns = [WorkflowEdge._meta.get_field(name).column for name in edge_fields]
-    copy_rows(connection, WorkflowEdge._meta.db_table, edge_columns, edge_rows)
+    by_name = {f.name: f for f in edge_model._meta.concrete_fields}
+    edge_columns = [str(by_name[name].column) for name in edge_fields]
+    copy_rows(connection, edge_model._meta.db_table, edge_columns, edge_rows)
 
 
-def node_rows(nodes: Sequence[Node], encoded: Encoded | None = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+def node_rows(
+    model: type[WorkflowNode], nodes: Sequence[Node], encoded: Encoded | None = None
+) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """The columns of ``WorkflowNode`` and one tuple of values per node, JSON columns as JSON text.
 
     Values are the instances' own (no per-field preparation): the model's
     columns hold nothing a field converts on the way in but JSON. The rows
     are made as COPY sends them, never all held at once.
     """
-    fields = _model("WorkflowNode")._meta.concrete_fields
-    columns = [f.column for f in fields]
+    fields = model._meta.concrete_fields
+    columns = [str(f.column) for f in fields]
     values = attrgetter(*(f.attname for f in fields))
     encoders: list[tuple[int, Callable[[Node, Any], Any]]] = []
     for i, field in enumerate(fields):
@@ -119,14 +117,13 @@ def copy_rows(
     Django's (a duplicate task id is an IntegrityError). ``as_text`` makes
     psycopg 3 take the text psycopg2 is given (tests compare both).
     """
-    quote = connection.ops.quote_name
-    sql = f"COPY {quote(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    statement = sql.copy_sql(connection, table, columns)
     with connection.cursor() as cursor:
         raw = cursor.cursor
         if hasattr(raw, "copy"):  # psycopg 3
 
             def run() -> None:
-                with raw.copy(sql) as copy:
+                with raw.copy(statement) as copy:
                     if as_text:
                         for line in copy_lines(rows):
                             copy.write(line)
@@ -137,9 +134,9 @@ def copy_rows(
         else:  # psycopg2
 
             def run() -> None:
-                raw.copy_expert(sql, _LinesReader(copy_lines(rows)))
+                raw.copy_expert(statement, _LinesReader(copy_lines(rows)))
 
-        _execute(connection, cursor, sql, run)
+        _execute(connection, cursor, statement, run)
 
 
 def _execute(connection: BaseDatabaseWrapper, cursor: Any, sql: str, run: Callable[[], None]) -> None:

@@ -14,41 +14,53 @@ writer is ``copywriter``.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from kombu.utils import json as kombu_json
 
-from . import copywriter
 from ..conf import get_celery_app, settings
+from ..draft import Draft, gc_paused
 from ..serialization import NotSerialisable, to_tree
 from ..states import NodeKind, NodeState, WorkflowState
+from . import copywriter
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from ..draft import Draft
+    from ..models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
+    from ..models import Workflow as WorkflowModel
+    from ..models import WorkflowNode as Node
 
 logger = logging.getLogger("django_dyrygent.builder")
 
 BULK_BATCH = 1000
 
-#: A ``models.WorkflowNode`` / ``models.Workflow``: this module must not import models (see draft.py).
-Node = Any
-WorkflowModel = Any
+
+
+class Models(NamedTuple):
+    """The model classes a save writes, handed in by the caller (``models.Workflow.apply_async``).
+
+    Saving is called from a model's run method, so this package never imports
+    ``models`` at run time: the classes come in, which keeps the import graph
+    one way (models imports build lazily, build names models for types only).
+    """
+
+    workflow: type[Workflow]
+    node: type[WorkflowNode]
+    edge: type[WorkflowEdge]
+    event: type[WorkflowEvent]
+
 #: ``send_tick(workflow_id, options)``: None, or the broker's exception.
 SendTick = Callable[[Any, dict[str, Any]], BaseException | None]
 #: The signature's parts that become Celery's JSON tree (``serialization.to_tree``).
@@ -58,29 +70,6 @@ SIGNATURE_KEYS = frozenset({"task", *CALL_PARTS, "immutable"})
 #: In ASCII JSON text: an escaped NUL, or an escaped surrogate (lone or in a pair). Text without
 #: one holds neither poison; text with one is checked value by value for the exact message.
 _SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a graph is built or saved (none of it is garbage).
-
-    Each node brings a model instance and a few dicts: allocating 10,000 of
-    them set off enough full collections, each walking every object of the
-    process, to cost 40% of ``apply_async``'s own time. Cycles made
-    meanwhile are collected after; a collector someone else disabled stays off.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _model(name: str) -> Any:
-    # models imports draft, which imports this module: look the models up at call time.
-    return apps.get_model("django_dyrygent", name)
 
 
 def _json_error(value: Any) -> str | None:
@@ -350,7 +339,7 @@ def _find_cycle(draft: Draft) -> list[Node] | None:
     return list(reversed(cycle + [node]))
 
 
-def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: SendTick) -> None:
+def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: SendTick, models: Models) -> None:
     """Validate, save workflow, nodes and edges in one transaction, send the first tick on commit.
 
     ``send_tick(workflow_id, options)`` sends the first tick (the engine's,
@@ -360,24 +349,29 @@ def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: Send
     ``start_error`` holds the exception when the broker refused it; the
     sweeper starts such a workflow later.
     """
+    with gc_paused():
+        _save_and_start(draft, options, send_tick, models)
+
+
+def _save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: SendTick, models: Models) -> None:
     workflow = draft.workflow
     if options is not None:
         workflow.tasks_options = dict(options)
     encoded = validate(draft)
     nodes = draft.nodes
-    WorkflowNode = _model("WorkflowNode")
+    node_model = models.node
     skipped = {id(n) for n in draft.skipped}
     workflow.nodes_total = sum(1 for n in nodes if n.kind == NodeKind.TASK)
     workflow.nodes_skipped = sum(1 for n in draft.skipped if n.kind == NodeKind.TASK)
     workflow.nodes_done = workflow.nodes_skipped
     workflow.start_sent = workflow.start_error = None
     now = timezone.now()
-    using = router.db_for_write(WorkflowNode)
-    connection = connections[using]
+    connection = models.workflow.write_connection()
+    using = connection.alias
     try:
         with transaction.atomic(using=using):
             workflow.save(force_insert=True, using=using)
-            cached = WorkflowNode.workflow.is_cached
+            cached = node_model.workflow.is_cached
             for node in nodes:
                 if not cached(node):  # the model's draft sets it when it makes the node
                     node.workflow = workflow
@@ -388,15 +382,15 @@ def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: Send
                     node.state, node.finished_at = NodeState.SKIPPED, now
                     node.reason = "skipped before start"
             if connection.vendor == "postgresql":
-                copywriter.copy_graph(connection, workflow, draft, encoded)
+                copywriter.copy_graph(connection, workflow, draft, encoded, models.node, models.edge)
             else:
-                _bulk_create_graph(using, workflow, draft)
-            _log_skipped(workflow, draft.skipped, now, using)
-            transaction.on_commit(partial(send_start, workflow, send_tick), using=using)
+                _bulk_create_graph(using, workflow, draft, models)
+            _log_skipped(workflow, draft.skipped, now, using, models.event)
+            transaction.on_commit(partial(send_start, workflow, send_tick, models.workflow), using=using)
     except IntegrityError as exc:
         _back_to_draft(workflow, nodes)
         taken = set(
-            WorkflowNode.objects.using(using)
+            node_model.objects.using(using)
             .filter(task_id__in=[n.task_id for n in nodes[:10000]])
             .values_list("task_id", flat=True)
         )
@@ -416,22 +410,21 @@ def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: Send
         node._state.db = using
 
 
-def _bulk_create_graph(using: str, workflow: WorkflowModel, draft: Draft) -> None:
+def _bulk_create_graph(using: str, workflow: WorkflowModel, draft: Draft, models: Models) -> None:
     """Nodes, then edges, with ``bulk_create``: SQLite, MariaDB/MySQL and any other backend."""
-    WorkflowNode, WorkflowEdge = _model("WorkflowNode"), _model("WorkflowEdge")
     nodes = draft.nodes
-    WorkflowNode.objects.using(using).bulk_create(nodes, batch_size=BULK_BATCH)
+    models.node.objects.using(using).bulk_create(nodes, batch_size=BULK_BATCH)
     if any(n.pk is None for n in nodes):
         # Backends that cannot return ids from a bulk insert (MySQL).
-        ids = dict(WorkflowNode.objects.using(using).filter(workflow=workflow).values_list("task_id", "pk"))
+        ids = dict(models.node.objects.using(using).filter(workflow=workflow).values_list("task_id", "pk"))
         for node in nodes:
             node.pk = ids[node.task_id]
     edges = [
-        WorkflowEdge(workflow=workflow, node=node, dependency=dep, position=i)
+        models.edge(workflow=workflow, node=node, dependency=dep, position=i)
         for node in nodes
         for i, dep in enumerate(draft.dependencies_of(node))
     ]
-    WorkflowEdge.objects.using(using).bulk_create(edges, batch_size=BULK_BATCH)
+    models.edge.objects.using(using).bulk_create(edges, batch_size=BULK_BATCH)
 
 
 def _back_to_draft(workflow: WorkflowModel, nodes: Sequence[Node]) -> None:
@@ -442,13 +435,14 @@ def _back_to_draft(workflow: WorkflowModel, nodes: Sequence[Node]) -> None:
         node.pk = None
 
 
-def _log_skipped(workflow: WorkflowModel, skipped: Sequence[Node], now: datetime, using: str) -> None:
+def _log_skipped(
+    workflow: WorkflowModel, skipped: Sequence[Node], now: datetime, using: str, event_model: type[WorkflowEvent]
+) -> None:
     if not skipped or not settings.EVENT_LOG:
         return
-    WorkflowEvent = _model("WorkflowEvent")
-    WorkflowEvent.objects.using(using).bulk_create(
+    event_model.objects.using(using).bulk_create(
         [
-            WorkflowEvent(
+            event_model(
                 workflow=workflow, node=node, old_state=NodeState.PENDING, new_state=NodeState.SKIPPED,
                 reason="skipped before start", created_at=now,
             )
@@ -458,7 +452,7 @@ def _log_skipped(workflow: WorkflowModel, skipped: Sequence[Node], now: datetime
     )
 
 
-def send_start(workflow: WorkflowModel, send_tick: SendTick) -> None:
+def send_start(workflow: WorkflowModel, send_tick: SendTick, model: type[Workflow]) -> None:
     """Send the first tick; record on ``workflow`` whether the broker took it.
 
     A broker that is down does not lose the workflow (its rows are committed
@@ -472,10 +466,10 @@ def send_start(workflow: WorkflowModel, send_tick: SendTick) -> None:
             "Could not send the start of workflow %s (%s); its rows are saved and the sweeper "
             "will start it once the broker is back.", workflow.pk, error,
         )
-        _mark_start_lost(workflow)
+        _mark_start_lost(workflow, model)
 
 
-def _mark_start_lost(workflow: WorkflowModel) -> None:
+def _mark_start_lost(workflow: WorkflowModel, model: type[Workflow]) -> None:
     """Make the unsent first tick overdue now, so the next sweep starts the workflow.
 
     ``next_tick_at`` is when the scheduled tick is due, and a tick overdue by
@@ -484,7 +478,7 @@ def _mark_start_lost(workflow: WorkflowModel) -> None:
     """
     overdue = timezone.now() - timedelta(seconds=float(settings.STALE_AFTER) + 1)
     try:
-        _model("Workflow").objects.filter(pk=workflow.pk, state=WorkflowState.INITIAL).update(
+        model.objects.filter(pk=workflow.pk, state=WorkflowState.INITIAL).update(
             next_tick_at=overdue
         )
     except Exception:  # the sweeper still finds it after DYRYGENT_STALE_AFTER

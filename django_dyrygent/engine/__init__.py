@@ -15,12 +15,14 @@ is several modules, one concern each, lowest first:
 * ``messaging``: publishing, revoking and the tick, after commit;
 * ``hotpath``: PostgreSQL's lock-free STARTED and success, whose
   statements are in ``sql`` with every other raw statement;
-* ``db``: the engine's connection, usable before each step, retried after a blip;
+* ``db``: connections usable before each step, retried after a blip, and
+  whether this process is a worker (the hot path's own connection);
 * ``waiting``: ``Workflow.wait()``, woken by the commit that ends a workflow;
 * this module: the entry points, each one locked step.
 
 Imports the models and the public leaf modules (states, signals, conf,
-serialization); never ``admin/``, ``build/`` or ``worker/``.
+serialization); never ``admin/``, ``build/`` or ``worker/``
+(``tests/unit/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,17 @@ from django.utils import timezone
 from ..conf import settings
 from ..models import Workflow, WorkflowEdge, WorkflowNode
 from ..serialization import storable_text
-from ..states import NODE_FAILED, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
-from . import db, messaging, repair
+from ..states import (
+    NODE_FAILED,
+    NODE_FINAL,
+    NODE_OK,
+    WORKFLOW_ACTIVE,
+    WORKFLOW_FINAL,
+    NodeKind,
+    NodeState,
+    WorkflowState,
+)
+from . import messaging, repair, sql
 from .decisions import (
     abort,
     maybe_finish,
@@ -56,7 +67,8 @@ from .decisions import (
     start,
     tick_tolerance,
 )
-from .steps import NODE_FIELDS, Step, TransitionNotAllowed, lock_workflow, locked_step
+from .sql import NODE_FIELDS
+from .steps import Step, TransitionNotAllowed, lock_workflow, locked_step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")
@@ -135,7 +147,7 @@ def _tick(workflow_id: UUID | str, scheduled: bool) -> str:
             logger.warning("Tick for unknown workflow %s ignored", workflow_id)
             return "missing"
         state, due = busy
-        if scheduled and (state in (WorkflowState.INITIAL, WorkflowState.RUNNING) or due is not None):
+        if scheduled and (state in WORKFLOW_ACTIVE or due is not None):
             _retry_busy_tick(workflow_id, due)
         logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
         return "busy"
@@ -145,11 +157,10 @@ def _tick(workflow_id: UUID | str, scheduled: bool) -> str:
 def _idle_tick(workflow_id: UUID | str) -> str | None:
     """A scheduled tick of a RUNNING workflow with nothing to do: two statements, no lock.
 
-    Most ticks find nothing: progress is event driven. The locked tick cost
-    six statements under ``FOR UPDATE``, which waits for the completions in
-    flight and holds off the next ones; with 200 workflows running at once
-    their ticks (and the busy ticks re-sent when ``skip_locked`` found the
-    row taken) were 6,400 statements competing with the completions. Here
+    Most ticks find nothing: progress is event driven. The locked tick takes
+    ``FOR UPDATE``, which waits for the completions in flight and holds off
+    the next ones, for several statements; a tick with nothing to do need not
+    pay that, nor make the completions pay it. Here
     one unlocked SELECT asks what the locked tick would act on (the same
     querysets: ``repair.late_nodes``, ``repair.stale_nodes``,
     ``decisions.ready_nodes``, the deadline, the counters, a failed tick to
@@ -214,7 +225,7 @@ def _count_idle_tick(pk: Any, due: datetime | None, following: datetime | None) 
     (the fault suite holds one for 30 s) where the locked tick's ``SKIP
     LOCKED`` says "busy" at once; they keep the locked tick.
     """
-    conn = db.workflow_connection()
+    conn = Workflow.write_connection()
     if conn.vendor == "mysql":
         return False
     if conn.vendor != "postgresql":
@@ -222,21 +233,9 @@ def _count_idle_tick(pk: Any, due: datetime | None, following: datetime | None) 
         if following is not None:
             change["next_tick_at"] = following
         return bool(Workflow.objects.filter(pk=pk, state=WorkflowState.RUNNING, next_tick_at=due).update(**change))
-    table = conn.ops.quote_name(Workflow._meta.db_table)
-    fields = {f.attname: f for f in Workflow._meta.concrete_fields}
-    ident, state, ticks, next_at = (
-        conn.ops.quote_name(str(fields[name].column)) for name in ("id", "state", "ticks", "next_tick_at")
-    )
-    sql = (
-        f"WITH free AS (SELECT {ident} FROM {table} WHERE {ident} = %s AND {state} = %s"
-        f" AND {next_at} IS NOT DISTINCT FROM %s::timestamptz FOR KEY SHARE SKIP LOCKED)"
-        f" UPDATE {table} SET {ticks} = {table}.{ticks} + 1,"
-        f" {next_at} = COALESCE(%s::timestamptz, {table}.{next_at})"
-        f" FROM free WHERE {table}.{ident} = free.{ident}"
-    )
-    key = fields["id"].get_db_prep_value(pk, conn)
+    key = Workflow._meta.pk.get_db_prep_value(pk, conn)
     with conn.cursor() as cursor:
-        cursor.execute(sql, [key, str(WorkflowState.RUNNING), due, following])
+        cursor.execute(sql.idle_tick_sql(conn), [key, str(WorkflowState.RUNNING), due, following])
         return bool(cursor.rowcount)
 
 
@@ -247,8 +246,8 @@ def _retry_busy_tick(workflow_id: UUID | str, due: datetime | None) -> None:
     must survive, or the chain would break when the lock holder is not a tick
     (a completion) and never reschedules. Any other tick (an extra one from
     "tick now", a retry, a duplicate message, a burst of ticks) is dropped:
-    re-sending those made busy ticks multiply (50 threads ticking one
-    workflow produced 40,306 tick tasks). The retry comes after the
+    re-sending every busy tick would multiply them (each re-sent tick can
+    find the row busy again and be re-sent in turn). The retry comes after the
     tolerance, not a whole interval: if the holder was a tick it has moved
     ``next_tick_at`` on meanwhile and the retry dies, otherwise it runs.
     """

@@ -9,21 +9,25 @@ longer answers is closed first, and a step that fails with
 OperationalError / InterfaceError is retried on a fresh connection, with
 backoff, for a bounded time.
 
-It also names the connection engine steps write through (``workflow_connection``)
-and cuts long id lists into batches that connection accepts (``chunks``).
+It also cuts long id lists into batches a connection accepts (``chunks``),
+and says whether this process is a worker (``serve_worker``, ``in_worker``).
+It imports nothing of the package: the connection engine steps write
+through is ``models.Workflow.write_connection()``.
 """
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ..models import Workflow
-
 logger = logging.getLogger("django_dyrygent.db")
+
+# The pid of the Celery worker that called ``serve_worker``; its forked pool children inherit it.
+_worker_pid: int | None = None
 
 T = TypeVar("T")
 
@@ -88,16 +92,29 @@ def run(func: Callable[..., T], *args: Any, retry_for: float = 10.0, what: str =
             pause = min(pause * 2, MAX_PAUSE)
 
 
-def workflow_connection() -> BaseDatabaseWrapper:
-    """The connection engine steps use: the router's database for writing workflows."""
-    return connections[router.db_for_write(Workflow)]
-
-
-def chunks(items: Iterable[T], size: int | None = None) -> Iterator[list[T]]:
-    """``items`` in lists short enough for one IN (...) on ``workflow_connection()``."""
+def chunks(items: Iterable[T], connection: BaseDatabaseWrapper, size: int | None = None) -> Iterator[list[T]]:
+    """``items`` in lists short enough for one IN (...) on ``connection``."""
     if size is None:
-        limit = workflow_connection().features.max_query_params
+        limit = connection.features.max_query_params
         size = max(100, (limit or 20000) - 50)
     listed = list(items)
     for i in range(0, len(listed), size):
         yield listed[i:i + size]
+
+
+def serve_worker() -> None:
+    """Note that this process is a Celery worker (``worker_init``, before the pool forks).
+
+    The hot path then runs its statements on connections of its own
+    (``hotpath._connection``), which outlive Celery closing Django's around
+    every task. Whatever the worker's other settings: only being a worker
+    matters. Forked pool children inherit the mark; each opens its own
+    connections (``hotpath`` compares the pid that opened one with its own).
+    """
+    global _worker_pid
+    _worker_pid = os.getpid()
+
+
+def in_worker() -> bool:
+    """Whether this process is a Celery worker or one of its pool children (``serve_worker``)."""
+    return _worker_pid is not None

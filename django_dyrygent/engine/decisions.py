@@ -21,20 +21,22 @@ from celery.utils import uuid
 from django.db.models import F, Q, QuerySet
 
 from ..conf import settings
-from ..models import WorkflowEdge, WorkflowEvent, WorkflowNode
+from ..models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from ..serialization import from_tree
 from ..states import (
     CALLBACK_KINDS,
     NODE_ACTIVE,
     NODE_FINAL,
     NODE_OK,
+    WORKFLOW_ACTIVE,
     NodeKind,
     NodeState,
     TriggerRule,
     WorkflowState,
 )
 from . import db
-from .steps import NODE_FIELDS, Step
+from .sql import NODE_FIELDS
+from .steps import Step
 
 # Nodes without a Celery task of their own: they succeed when their dependencies have.
 JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
@@ -203,7 +205,7 @@ def _dependency_results(step: Step, nodes: Sequence[WorkflowNode]) -> defaultdic
     )
     missing = {dep for _node, dep in edges if dep not in step.results}
     if missing:
-        for chunk in db.chunks(missing):
+        for chunk in db.chunks(missing, Workflow.write_connection()):
             step.results.update(
                 WorkflowNode.objects.filter(pk__in=chunk).values_list("pk", "result")
             )
@@ -246,7 +248,7 @@ def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
             change: dict[str, Any] = {"waiting": F("waiting") - done}
             if failed:
                 change["failed_dependencies"] = F("failed_dependencies") + failed
-            for chunk in db.chunks(pks):
+            for chunk in db.chunks(pks, Workflow.write_connection()):
                 WorkflowNode.objects.filter(pk__in=chunk).update(**change)
         frontier = _apply_readiness(step, dependents.values())
 
@@ -314,7 +316,7 @@ def schedule_tick(step: Step) -> None:
     due time leaves the chain to the pending one instead of starting another.
     """
     wf = step.wf
-    if wf.state not in (WorkflowState.INITIAL, WorkflowState.RUNNING) and not step.watch_callbacks:
+    if wf.state not in WORKFLOW_ACTIVE and not step.watch_callbacks:
         return
     interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at

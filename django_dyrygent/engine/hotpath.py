@@ -12,7 +12,7 @@ run in autocommit (no ``BEGIN``/``COMMIT`` round trips), all through
   ``timeout_at``, the worker), no event row, no lock on the workflow row
   (MySQL/MariaDB: the workflow row in share mode first, see ``_started_orm``).
 * **Success of a plain task node** (``node_succeeded``, PostgreSQL): one
-  CTE (``hotsql.success_sql``) that
+  CTE (``sql.success_sql``) that
 
   1. takes ``FOR KEY SHARE`` on the workflow row, RUNNING and not passing
      results: shared with every other completion, but it conflicts with the
@@ -80,10 +80,11 @@ take the locked path for outcomes.
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from functools import cache, partial
+from functools import partial
 from typing import Any
 
 from django.db import connections, transaction
@@ -96,9 +97,7 @@ from .. import signals
 from ..conf import settings
 from ..models import Workflow, WorkflowNode
 from ..states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
-from ..worker import heartbeat as worker
-from . import db, messaging, outcomes, steps
-from . import sql as hotsql
+from . import db, messaging, outcomes, sql, steps
 
 logger = logging.getLogger("django_dyrygent.hotpath")
 
@@ -108,11 +107,8 @@ _SUCCEEDS_FROM = sorted(str(s) for s in NODE_ACTIVE if NodeState.SUCCESS in NODE
 _QUEUE_RULES = [str(TriggerRule.ALL_SUCCESS), str(TriggerRule.ALL_DONE)]
 
 
-_NODE_FIELD_OBJECTS = hotsql.NODE_FIELD_OBJECTS
-# What node_started returns when nobody listens to node_state_changed.
-_STARTED_FIELD_OBJECTS = [
-    f for f in WorkflowNode._meta.concrete_fields if f.attname in ("id", "workflow_id", "task_id", "state")
-]
+_NODE_FIELD_OBJECTS = sql.NODE_FIELD_OBJECTS
+_STARTED_FIELD_OBJECTS = sql.STARTED_FIELD_OBJECTS
 # The states a worker's STARTED is written from, most likely first.
 _STARTS_FROM = [str(s) for s in outcomes.WORKER_SOURCES[NodeState.STARTED]]
 
@@ -125,6 +121,8 @@ _own = threading.local()
 # Connections a forked child inherited: never closed nor collected there (their socket is
 # the parent's: closing one would end the parent's session), only kept from the collector.
 _inherited: list[BaseDatabaseWrapper] = []
+# Every own connection this process opened, with the pid that opened it (``close_all_connections``).
+_opened: weakref.WeakKeyDictionary[BaseDatabaseWrapper, int] = weakref.WeakKeyDictionary()
 
 
 def _connection() -> BaseDatabaseWrapper:
@@ -139,8 +137,8 @@ def _connection() -> BaseDatabaseWrapper:
     block (a caller's transaction, a test), or outside a worker, Django's own
     connection, so the caller sees and rolls back what the hot path wrote.
     """
-    default = db.workflow_connection()
-    if default.vendor != "postgresql" or worker.MAIN_PID is None or default.in_atomic_block:
+    default = Workflow.write_connection()
+    if default.vendor != "postgresql" or not db.in_worker() or default.in_atomic_block:
         return default
     conn = getattr(_own, "conn", None)
     if conn is None or _own.pid != os.getpid():
@@ -148,6 +146,7 @@ def _connection() -> BaseDatabaseWrapper:
             _inherited.append(conn)
         conn = connections.create_connection(default.alias)
         _own.conn, _own.pid = conn, os.getpid()
+        _opened[conn] = _own.pid
     return conn
 
 
@@ -160,6 +159,20 @@ def close_connection() -> None:
         else:
             _inherited.append(conn)  # the parent's: never closed here
     _own.conn = None
+
+
+def close_all_connections() -> None:
+    """Close the own connections every thread of this process opened (a test session's end).
+
+    Only once the threads that opened them are done with them: a thread's
+    connection is otherwise its own. Connections a forked child inherited are
+    left alone (their socket is the parent's).
+    """
+    close_connection()
+    for conn, pid in list(_opened.items()):
+        if pid == os.getpid() and conn.connection is not None:
+            conn.inc_thread_sharing()
+            db._close(conn)
 
 
 @contextmanager
@@ -207,7 +220,7 @@ def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | 
     fields = _NODE_FIELD_OBJECTS if listened else _STARTED_FIELD_OBJECTS
     with _cursor() as (conn, cursor):
         lazy = _lazy_commit(conn)
-        cursor.execute(_started_sql(listened, lazy),
+        cursor.execute(sql.started_sql(conn, listened, lazy),
                        [NodeState.STARTED, now, now, hostname, pid, workflow_id, task_id, _STARTS_FROM])
         while lazy and cursor.description is None and cursor.nextset():
             pass  # psycopg 3 stands on the SET's result first; psycopg2 on the last one
@@ -225,9 +238,9 @@ def node_started(workflow_id: Any, task_id: str, hostname: str = "", pid: int | 
 def _lazy_commit(conn: BaseDatabaseWrapper) -> bool:
     """Whether STARTED may commit without waiting for its WAL flush (``synchronous_commit = off``).
 
-    A committing statement waits for PostgreSQL to flush its WAL to disk:
-    ~3 ms on the benchmark machine's disk against ~0.2 ms for the statement
-    itself, once per STARTED and once per success. STARTED need not wait:
+    A committing statement waits for PostgreSQL to flush its WAL to disk,
+    on most disks far longer than the statement itself takes, once per
+    STARTED and once per success. STARTED need not wait:
     the node's next durable commit (its outcome, always flushed) flushes the
     WAL before it, STARTED's record included, so only a database server crash
     while the task runs can lose it, and then the node is QUEUED again, which
@@ -238,25 +251,6 @@ def _lazy_commit(conn: BaseDatabaseWrapper) -> bool:
     query string, one round trip and one implicit transaction.
     """
     return not conn.in_atomic_block and not (conn.settings_dict.get("OPTIONS") or {}).get("server_side_binding")
-
-
-@cache
-def _started_sql(listened: bool, lazy: bool = False) -> str:
-    """STARTED's one statement (PostgreSQL), built once: tables and columns are fixed.
-
-    The subquery locks the node row and reads its state before the change.
-    ``lazy``: the commit does not wait for the WAL flush (``_lazy_commit``).
-    """
-    node_t = _table(WorkflowNode)
-    fields = _NODE_FIELD_OBJECTS if listened else _STARTED_FIELD_OBJECTS
-    returned = ", ".join(f"d.{f.column}" for f in fields)
-    return ("SET LOCAL synchronous_commit = off; " if lazy else "") + (
-        f"UPDATE {node_t} d SET state = %s, started_at = %s, timeout_at = %s + d.timeout, "
-        f"  worker_hostname = %s, worker_pid = %s "
-        f"FROM (SELECT id, state FROM {node_t} WHERE workflow_id = %s AND task_id = %s "
-        f"      AND state = ANY(%s) FOR UPDATE) o "
-        f"WHERE d.id = o.id RETURNING o.state, {returned}"
-    )
 
 
 def _started_orm(
@@ -273,9 +267,9 @@ def _started_orm(
         # waiting for another that a cancel (workflow row, then nodes) holds: deadlock. Take the
         # workflow row shared first (waits for the decisions, shared with other starts).
         with transaction.atomic():
-            with _connection().cursor() as cursor:
-                cursor.execute(f"SELECT 1 FROM {_table(Workflow)} WHERE id = %s LOCK IN SHARE MODE",
-                               [Workflow._meta.pk.get_db_prep_value(workflow_id, _connection())])
+            conn = _connection()
+            with conn.cursor() as cursor:
+                cursor.execute(sql.share_workflow_sql(conn), [Workflow._meta.pk.get_db_prep_value(workflow_id, conn)])
             return _started_update(workflow_id, task_id, values, listened)
     return _started_update(workflow_id, task_id, values, listened)
 
@@ -290,7 +284,7 @@ def _started_update(workflow_id: Any, task_id: str, values: dict[str, Any], list
         return node
     for old in _STARTS_FROM:  # the old state is the signal's
         if nodes.filter(state=old).update(**values):
-            found = nodes.only(*steps.NODE_FIELDS).first()
+            found = nodes.only(*sql.NODE_FIELDS).first()
             transaction.on_commit(partial(signals.send, signals.node_state_changed, node=found,
                                           old_state=old, new_state=NodeState.STARTED))
             return found
@@ -313,17 +307,9 @@ def _node(conn: BaseDatabaseWrapper, values: Any, fields: list[Any] = _NODE_FIEL
     return WorkflowNode.from_db(conn.alias, [f.attname for f in fields], values)
 
 
-#: Called with the server's clock when the success statement locked the workflow's counters
-#: (``hotsql``: ``decision.locked_at``), right after the statement returned; None: not called.
-#: The benchmark's probes set it (bench/probes.py) to measure that lock's real hold.
-hold_probe: Callable[[datetime], None] | None = None
-
-
 class _Fallback(Exception):
     """This completion needs a decision the hot path does not take: roll back, lock."""
 
-
-_table = hotsql.table
 
 def node_succeeded(workflow_id: Any, task_id: str, result: Any) -> WorkflowNode | None:
     """A worker reports that the node's task returned ``result``; see the module docstring.
@@ -345,33 +331,35 @@ def node_succeeded(workflow_id: Any, task_id: str, result: Any) -> WorkflowNode 
     return outcomes.node_succeeded(workflow_id, task_id, result)
 
 
+def success_params(conn: BaseDatabaseWrapper, workflow_id: Any, task_id: str, value: Any) -> dict[str, Any]:
+    """The parameters of ``sql.success_sql``: this completion's, and the state table's."""
+    return {
+        "wf": workflow_id, "task": task_id, "now": timezone.now(),
+        "result": WorkflowNode._meta.get_field("result").get_db_prep_save(value, conn),
+        "running": WorkflowState.RUNNING, "task_kind": NodeKind.TASK, "active": _SUCCEEDS_FROM,
+        "pending": NodeState.PENDING, "queued": NodeState.QUEUED, "success": NodeState.SUCCESS,
+        "queue_rules": _QUEUE_RULES, "callbacks": [str(k) for k in CALLBACK_KINDS],
+        "join_kind": NodeKind.JOIN,
+    }
+
+
 def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
     """Record a plain success in one statement; raise ``_Fallback`` (nothing written) otherwise."""
-    now = timezone.now()
     with _cursor() as (conn, cursor):
-        params = {
-            "wf": workflow_id, "task": task_id, "now": now,
-            "result": WorkflowNode._meta.get_field("result").get_db_prep_save(value, conn),
-            "running": WorkflowState.RUNNING, "task_kind": NodeKind.TASK, "active": _SUCCEEDS_FROM,
-            "pending": NodeState.PENDING, "queued": NodeState.QUEUED, "success": NodeState.SUCCESS,
-            "queue_rules": _QUEUE_RULES, "callbacks": [str(k) for k in CALLBACK_KINDS],
-            "join_kind": NodeKind.JOIN,
-        }
+        params = success_params(conn, workflow_id, task_id, value)
         event_log = bool(settings.EVENT_LOG)
         # Its own transaction in autocommit (a worker); a savepoint inside the caller's.
         with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
-            cursor.execute(hotsql.plain_success_sql(event_log), params)
+            cursor.execute(sql.success_sql(conn, event_log, joins=False), params)
             rows = cursor.fetchall()
         node_ok, deps_ok = rows[0][:2]
         if node_ok and not deps_ok:
             # Nothing written: a dependent needs more than a decrement, maybe a join this
             # completion releases (once per join, not per sibling): the statement that decides joins.
             with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
-                cursor.execute(hotsql.success_sql(event_log), params)
+                cursor.execute(sql.success_sql(conn, event_log, joins=True), params)
                 rows = cursor.fetchall()
-    node_ok, deps_ok, count_ok, locked_at = rows[0][:4]
-    if hold_probe is not None and locked_at is not None:
-        hold_probe(locked_at)
+    node_ok, deps_ok, count_ok = rows[0][:3]
     if not (node_ok and deps_ok and count_ok):
         raise _Fallback(
             "workflow not RUNNING or passing results, or node not an active task" if not node_ok

@@ -167,7 +167,7 @@ def mark_unpublished(workflow_id: UUID | str, task_ids: Sequence[str]) -> None:
     alone). ``reconcile`` treats a QUEUED node without ``queued_at`` as due.
     """
     try:
-        for chunk in db.chunks(task_ids):
+        for chunk in db.chunks(task_ids, Workflow.write_connection()):
             WorkflowNode.objects.filter(
                 workflow_id=workflow_id, task_id__in=chunk, state=NodeState.QUEUED
             ).update(queued_at=None)

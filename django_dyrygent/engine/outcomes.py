@@ -27,9 +27,10 @@ from ..conf import settings
 from ..models import Workflow, WorkflowEvent, WorkflowNode
 from ..serialization import NotSerialisable, size_of, storable_text, to_tree, unstorable
 from ..states import CALLBACK_KINDS, NODE_TRANSITIONS, NodeState
-from . import db
+from . import sql
 from .decisions import maybe_finish, settle
-from .steps import NODE_FIELDS, Step, locked_step
+from .sql import NODE_FIELDS
+from .steps import Step, locked_step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")
@@ -234,7 +235,7 @@ def _simple_transition(workflow_id: UUID | str, task_id: str, target: str, **fie
     for the engine's FOR UPDATE); on SQLite the UPDATE comes first and takes
     the write lock. Other databases take the workflow lock.
     """
-    conn = db.workflow_connection()
+    conn = Workflow.write_connection()
     if conn.vendor not in ("postgresql", "sqlite"):
         return _locked_simple_transition(workflow_id, task_id, target, **fields)
     with transaction.atomic():
@@ -244,9 +245,7 @@ def _simple_transition(workflow_id: UUID | str, task_id: str, target: str, **fie
             # the node row, in the engine's lock order, or a cancel waiting for this
             # node while this waits for the cancel would deadlock.
             with conn.cursor() as cursor:
-                cursor.execute(
-                    f"SELECT 1 FROM {Workflow._meta.db_table} WHERE id = %s FOR KEY SHARE", [workflow_id]
-                )
+                cursor.execute(sql.share_workflow_sql(conn), [workflow_id])
         old = None
         for source in WORKER_SOURCES[target]:
             if WorkflowNode.objects.filter(

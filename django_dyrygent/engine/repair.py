@@ -31,7 +31,8 @@ from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeState
 from . import outcomes
 from .decisions import call_args, queue_nodes, settle
 from .outcomes import VALUE_REFUSED, format_error, stored_exception
-from .steps import NODE_FIELDS, Step
+from .sql import NODE_FIELDS
+from .steps import Step
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")

@@ -52,11 +52,6 @@ T = TypeVar("T")
 
 # States workers write without the workflow lock (task_prerun, task_retry).
 WORKER_STATES = frozenset({NodeState.STARTED, NodeState.RETRY})
-# Fields loaded whenever the engine reasons about a node.
-NODE_FIELDS = (
-    "id", "workflow_id", "task_id", "task_name", "kind", "state", "trigger_rule",
-    "waiting", "failed_dependencies", "signature", "publish_count", "fanout_size", "timeout",
-)
 
 
 # The workflow counter each final node state adds to (all other final states: nodes_failed).
@@ -89,7 +84,7 @@ def lock_workflow(pk: UUID | str, skip_locked: bool = False) -> Workflow | None:
     busy timeout applies and the transaction never deadlocks on a lock upgrade.
     The large columns (``LOCK_DEFERRED``) are not loaded.
     """
-    conn = db.workflow_connection()
+    conn = Workflow.write_connection()
     if conn.vendor == "sqlite" or not conn.features.has_select_for_update:
         if not Workflow.objects.filter(pk=pk).update(lock_version=F("lock_version") + 1):
             return None
@@ -158,7 +153,7 @@ class Step:
         moved: list[WorkflowNode] = []
         stragglers: list[WorkflowNode] = []
         for old, group in by_old.items():
-            for chunk in db.chunks(group):
+            for chunk in db.chunks(group, Workflow.write_connection()):
                 updated = WorkflowNode.objects.filter(
                     pk__in=[n.pk for n in chunk], state=old
                 ).update(**values)
@@ -269,7 +264,7 @@ class Step:
             if self.wf.state in WORKFLOW_FINAL and self.old_state not in WORKFLOW_FINAL:
                 # Wakes Workflow.wait() (waiting.py) at commit; dropped on rollback. PostgreSQL
                 # only: elsewhere wait() polls.
-                conn = db.workflow_connection()
+                conn = Workflow.write_connection()
                 if conn.vendor == "postgresql":
                     waiting.notify_finished(conn, self.wf.pk, self.wf.state)
         if self.events and settings.EVENT_LOG:

@@ -1,7 +1,7 @@
 """``Workflow.wait()``: block until a workflow ends, woken by the commit that ends it.
 
-Polling every 100 ms added up to 100 ms to every ``wait()``, which was the
-largest cost of short workflows in the benchmarks. On PostgreSQL the engine
+A fixed polling interval would add up to that interval to every ``wait()``,
+most of the time a short workflow takes. On PostgreSQL the engine
 sends ``pg_notify`` in the transaction that ends a workflow (``notify_finished``,
 called from ``steps.Step.flush``); PostgreSQL delivers it at commit and drops
 it on rollback, so a waiter that LISTENs wakes within a round trip of the
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..states import WORKFLOW_FINAL
+from . import sql
 
 if TYPE_CHECKING:
     from ..models import Workflow
@@ -50,7 +50,7 @@ def channel(workflow_id: UUID | str) -> str:
 def notify_finished(connection: BaseDatabaseWrapper, workflow_id: UUID | str, state: str) -> None:
     """Queue the "workflow ended" notification in the current transaction (PostgreSQL only)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [channel(workflow_id), str(state)])
+        cursor.execute(sql.NOTIFY_SQL, [channel(workflow_id), str(state)])
 
 
 def wait(workflow: Workflow, timeout: float | None = None, interval: float = 0.1) -> str:
@@ -72,7 +72,7 @@ def wait_for(workflow: Workflow, timeout: float | None = None, interval: float =
     state = _read_state(workflow)
     if state in WORKFLOW_FINAL:
         return Outcome(state, "final")
-    connection = connections[router.db_for_read(type(workflow))]
+    connection = type(workflow).write_connection()
     if connection.vendor == "postgresql":
         outcome = _listen(connection, workflow, deadline, timeout, interval)
         if outcome is not None:
@@ -122,8 +122,7 @@ def _listen(
     try:
         listener.autocommit = True
         cursor = listener.cursor()
-        # The channel is "dyrygent_" + hex digits: nothing to escape.
-        cursor.execute(f'LISTEN "{channel(workflow.pk)}"')
+        cursor.execute(sql.listen_sql(connection, channel(workflow.pk)))
         cursor.close()
         # Read again now that we listen: an end committed before LISTEN sent nothing we can hear.
         state = _read_state(workflow)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from ..states import NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
+from ..states import CALLBACK_KINDS, NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
 
 #: One node as ``values()`` returns it (id, state, kind, task_name, ...).
 NodeRow = dict[str, Any]
@@ -31,8 +31,6 @@ LABEL_CHARS = 23
 FIT_WIDTH = 2400
 ARGS_CHARS = 120
 ERROR_CHARS = 300
-
-CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 
 #: Aggregate state of a box: the first of these its members are in.
 #: Problems first, then what is moving, then what waits, then what is done.

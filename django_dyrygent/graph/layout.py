@@ -29,12 +29,11 @@ from django.db.models.functions import Left, Right
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-from ..states import NodeKind, NodeState
+from ..states import CALLBACK_KINDS, NodeKind, NodeState
 from .items import (
     ARGS_CHARS,
     BOX_HEIGHT,
     BOX_WIDTH,
-    CALLBACK_KINDS,
     DOT_RADIUS,
     ERROR_CHARS,
     FIT_WIDTH,

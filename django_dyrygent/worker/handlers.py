@@ -46,6 +46,7 @@ from django.db import DatabaseError
 
 from ..conf import settings
 from ..engine import db, hotpath, outcomes
+from ..engine.messaging import HEADER
 from . import heartbeat as worker
 from . import recovery
 
@@ -79,11 +80,11 @@ def _workflow_id(request: Any) -> str | None:
     if request is None:
         return None
     if isinstance(request, dict):  # task_internal_error passes the raw request dict
-        return request.get("dyrygent_workflow") or (request.get("headers") or {}).get("dyrygent_workflow")
-    value = getattr(request, "dyrygent_workflow", None)
+        return request.get(HEADER) or (request.get("headers") or {}).get(HEADER)
+    value = getattr(request, HEADER, None)
     if value is None:
         headers = getattr(request, "headers", None) or {}
-        value = headers.get("dyrygent_workflow")
+        value = headers.get(HEADER)
     return value
 
 
@@ -177,6 +178,12 @@ def guard_before_start(before_start: BeforeStart) -> BeforeStart:
     # A marker on the function object (install_run_guard reads it); mypy allows no attribute on a function.
     guarded_before_start.dyrygent_guard = True  # type: ignore[attr-defined]
     return guarded_before_start
+
+
+def serve_worker(sender: Any = None, **kwargs: Any) -> None:
+    """worker_init: this process is a worker, so the hot path keeps connections of its own (``engine.db``)."""
+    if sender is not None:
+        db.serve_worker()
 
 
 def install_run_guard(sender: Any = None, **kwargs: Any) -> None:
@@ -296,7 +303,7 @@ def on_task_revoked(
 def _message_ids(message: Any) -> tuple[str | None, str | None, str | None]:
     """(workflow id, task id, task name) from a raw message's headers; Nones when they are missing."""
     headers = getattr(message, "headers", None) or {}
-    return headers.get("dyrygent_workflow"), headers.get("id"), headers.get("task")
+    return headers.get(HEADER), headers.get("id"), headers.get("task")
 
 
 def _report_not_run(workflow_id: str, task_id: str, error: str, reason: str) -> None:
@@ -343,6 +350,7 @@ def connect_worker_signals() -> None:
     celery_signals.task_unknown.connect(on_task_unknown, weak=False, dispatch_uid="django_dyrygent.unknown")
     celery_signals.task_rejected.connect(on_task_rejected, weak=False, dispatch_uid="django_dyrygent.rejected")
     celery_signals.worker_init.connect(install_run_guard, weak=False, dispatch_uid="django_dyrygent.guard")
+    celery_signals.worker_init.connect(serve_worker, weak=False, dispatch_uid="django_dyrygent.serve_worker")
     worker.connect()
 
 

@@ -31,6 +31,7 @@ from django.utils import timezone
 from ..conf import settings
 from ..engine import db
 from ..models import WorkerHeartbeat
+from . import liveness
 from .recovery import Sweeper
 
 logger = logging.getLogger("django_dyrygent.worker")
@@ -103,9 +104,7 @@ class LivenessThread(threading.Thread):
 
     def is_leader(self) -> bool:
         now = timezone.now()
-        live = WorkerHeartbeat.objects.filter(last_seen__gte=now - timedelta(seconds=float(settings.WORKER_TIMEOUT)))
-        oldest = live.order_by("started_at", "id").values_list("hostname", "pid").first()
-        if oldest == (self.hostname, self.pid):
+        if liveness.leader(now) == (self.hostname, self.pid):
             WorkerHeartbeat.objects.filter(last_seen__lt=now - FORGET_AFTER).delete()
             return True
         return False

@@ -79,10 +79,16 @@ class Snapshot:
             ids |= beat.held_task_ids
         return ids
 
-    def leader(self) -> WorkerHeartbeat | None:
-        """The live worker that sweeps: the oldest one (ties: lowest id)."""
-        live = self.live()
-        return min(live, key=lambda b: (b.started_at, b.pk)) if live else None
+
+
+def leader(now: datetime) -> tuple[str, int] | None:
+    """The worker that sweeps, as ``(hostname, pid)``: the oldest live one (ties: lowest id).
+
+    Live: it beat within DYRYGENT_WORKER_TIMEOUT. One query for one row, run
+    by every worker before each sweep (``heartbeat.LivenessThread``).
+    """
+    live = WorkerHeartbeat.objects.filter(last_seen__gte=now - timedelta(seconds=float(settings.WORKER_TIMEOUT)))
+    return live.order_by("started_at", "id").values_list("hostname", "pid").first()
 
 
 def started_verdict(node: WorkflowNode, snapshot: Snapshot, held: set[str]) -> str | None:

@@ -26,7 +26,8 @@ from .. import engine
 from ..conf import get_celery_app, settings
 from ..engine.decisions import maybe_finish, release_ready, settle
 from ..engine.repair import backend_metas, record_backend_outcome, republish, rerun_or_fail, result_backend
-from ..engine.steps import NODE_FIELDS, Step, locked_step
+from ..engine.sql import NODE_FIELDS
+from ..engine.steps import Step, locked_step
 from ..models import Workflow, WorkflowNode
 from ..states import CALLBACK_KINDS, NodeState, WorkflowState
 from . import liveness

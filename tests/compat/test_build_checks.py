@@ -5,7 +5,6 @@ start that could not reach the broker. Every refusal names the node and the
 field, and leaves the four tables as they were.
 """
 
-import ast
 import logging
 import socket
 import sys
@@ -43,31 +42,7 @@ def text(excinfo):
     return " | ".join(excinfo.value.messages)
 
 
-# -- the draft owns the graph; models import neither canvas nor builder -------------------------------
-
-
-def imported_modules(path):
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            found.add(node.module or "")
-            found.update(f"{node.module or ''}.{a.name}".lstrip(".") for a in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-    return found
-
-
-def test_models__import_neither_canvas_nor_builder_anywhere_in_the_module():
-    found = imported_modules(PACKAGE / "models.py")
-    assert not {m for m in found if m.split(".")[-1] in ("canvas", "build", "save")}, found
-    assert "draft" in found
-
-
-@pytest.mark.parametrize("module", ["draft.py", "canvas.py", "build/save.py", "build/copywriter.py"])
-def test_draft_canvas_builder__do_not_import_models(module):
-    found = imported_modules(PACKAGE / module)
-    assert not {m for m in found if m.split(".")[-1] == "models" or m.startswith("models")}, found
+# -- the draft owns the graph (the import rules: tests/unit/test_layering.py) -----------------------------
 
 
 def test_models__stash_no_draft_state_in_instance_dicts():

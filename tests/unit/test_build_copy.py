@@ -79,8 +79,8 @@ def rows_of(wf, prefix):
 def saved(prefix, monkeypatch, write):
     with monkeypatch.context() as patch:
         if write == "orm":
-            patch.setattr(copywriter, "copy_graph", lambda conn, wf, draft, encoded: builder._bulk_create_graph(
-                conn.alias, wf, draft))
+            patch.setattr(copywriter, "copy_graph", lambda conn, wf, draft, encoded, *_: builder._bulk_create_graph(
+                conn.alias, wf, draft, builder.Models(Workflow, WorkflowNode, WorkflowEdge, WorkflowEvent)))
         elif write == "copy-text":  # the text psycopg2's copy_expert is given
             patch.setattr(copywriter, "copy_rows", partial(copywriter.copy_rows, as_text=True))
         wf = varied_workflow(prefix)
@@ -149,9 +149,9 @@ def test_apply_async__two_builders_at_once_take_different_ids(monkeypatch):
     barrier = threading.Barrier(2, timeout=30)
     node_rows = copywriter.node_rows
 
-    def rows_after_both_reserved(nodes, encoded=None):
+    def rows_after_both_reserved(model, nodes, encoded=None):
         barrier.wait()
-        return node_rows(nodes, encoded)
+        return node_rows(model, nodes, encoded)
 
     monkeypatch.setattr(copywriter, "node_rows", rows_after_both_reserved)
     built, errors = {}, []

@@ -63,8 +63,10 @@ def test_check_settings__errors_reach_manage_py_check(settings):
 
 
 def fake_connection(monkeypatch, vendor, options):
+    from django_dyrygent.models import Workflow
+
     conn = SimpleNamespace(vendor=vendor, settings_dict={"OPTIONS": options})
-    monkeypatch.setattr(checks, "connections", {"default": conn})
+    monkeypatch.setattr(Workflow, "write_connection", classmethod(lambda cls: conn))
 
 
 @pytest.mark.parametrize("options", [{}, None, {"timeout": 20}, {"transaction_mode": "DEFERRED"}])
@@ -125,8 +127,9 @@ def test_check_connection_reuse__warns_when_workers_reconnect_for_every_task(mon
     from types import SimpleNamespace
 
     from django_dyrygent import checks as dy_checks
+    from django_dyrygent.models import Workflow
 
-    monkeypatch.setattr(dy_checks, "connections", {"default": SimpleNamespace(vendor=vendor)})
+    monkeypatch.setattr(Workflow, "write_connection", classmethod(lambda cls: SimpleNamespace(vendor=vendor)))
     monkeypatch.setattr("django_dyrygent.conf.get_celery_app", lambda: SimpleNamespace(conf={}))
     found = dy_checks.check_connection_reuse()
     if warned:

@@ -263,9 +263,9 @@ def test_hotpath__without_the_event_log_no_event_row_is_written(settings):
 @pytest.fixture
 def in_worker(monkeypatch):
     """This process is a worker (worker_init ran); its hot-path connection closed after the test."""
-    from django_dyrygent.worker import heartbeat as worker
+    from django_dyrygent.engine import db
 
-    monkeypatch.setattr(worker, "MAIN_PID", 1)
+    monkeypatch.setattr(db, "_worker_pid", 1)
     yield
     hotpath.close_connection()
 
@@ -316,7 +316,7 @@ def test_hotpath__a_worker_s_started_commits_without_waiting_for_the_wal_flush(i
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone() == ("on",)
     assert hotpath.node_succeeded(wf.pk, "n0", 1) is not None
-    assert "SET LOCAL" not in hotsql.success_sql(True)
+    assert "SET LOCAL" not in hotsql.success_sql(own, event_log=True, joins=True)
     # Inside a caller's transaction the SET would outlive the statement: a plain UPDATE there.
     from django.db import transaction
 

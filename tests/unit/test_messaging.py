@@ -1,8 +1,6 @@
 """messaging.py: what the engine sends to Celery after commit, and through which app."""
 
-import ast
 import uuid
-from pathlib import Path
 
 from celery import Celery
 
@@ -12,7 +10,6 @@ from tests.celery_app import app as tests_app
 #: An app that is not Celery's current one, as DYRYGENT_CELERY_APP may name.
 other_app = Celery("dyrygent-other", set_as_current=False, broker="memory://")
 
-PACKAGE = Path(messaging.__file__).parent.parent
 #: The modules that make up the engine: none of them may import the tasks that wrap it.
 
 
@@ -39,20 +36,3 @@ def test_send_tick__a_refusing_broker_is_returned_not_raised(settings, monkeypat
     monkeypatch.setattr(other_app, "send_task", refuse)
     settings.DYRYGENT_CELERY_APP = "tests.unit.test_messaging.other_app"
     assert isinstance(messaging.send_tick(uuid.uuid4(), {}), ConnectionError)
-
-
-def _imported_names(path):
-    """Every module and name the import statements of ``path`` mention, nested ones too."""
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield from (alias.name for alias in node.names)
-            if isinstance(node, ast.ImportFrom) and node.module:
-                yield node.module
-
-
-def test_engine_modules__never_import_tasks():
-    """tasks.py wraps the engine; the engine sends the tick by name instead of importing it."""
-    for path in sorted((PACKAGE / "engine").glob("*.py")):
-        name = path.name
-        imported = set(_imported_names(path))
-        assert not {m for m in imported if m.split(".")[-1] == "tasks"}, (name, sorted(imported))

@@ -180,7 +180,7 @@ def test_node_succeeded__plain_success_on_postgresql_is_two_statements_with_star
     engine.tick(wf.pk)
     started_sql = statements(queries(hotpath.node_started, wf.pk, "plain-0"))
     success_sql = statements(queries(hotpath.node_succeeded, wf.pk, "plain-0", 1))
-    workflow_table, node_table = Workflow._meta.db_table, WorkflowNode._meta.db_table
+    workflow_table, node_table = (connection.ops.quote_name(m._meta.db_table) for m in (Workflow, WorkflowNode))
     # STARTED: one UPDATE, no event row, no lock on the workflow row.
     assert len(started_sql) == 1, started_sql
     assert started_sql[0].startswith(f"UPDATE {node_table} ")
@@ -192,7 +192,7 @@ def test_node_succeeded__plain_success_on_postgresql_is_two_statements_with_star
     assert locks == sorted(locks), sql
     assert sql.count("FOR UPDATE") == 2 and sql.count(f"UPDATE {workflow_table} SET nodes_done") == 1
     assert "SKIP LOCKED" not in sql  # the plain statement: no join to decide
-    joins = hotsql.success_sql(True)
+    joins = hotsql.success_sql(connection, event_log=True, joins=True)
     modes = ("FOR KEY SHARE", "FOR UPDATE)", "FOR UPDATE OF n)", "FOR UPDATE OF n SKIP LOCKED", "FOR NO KEY UPDATE")
     locks = [joins.index(f" {mode}") for mode in modes]
     assert locks == sorted(locks), joins
