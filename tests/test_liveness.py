@@ -106,6 +106,68 @@ def test_started_verdict__alive_worker_no_longer_holding_the_task_lost_its_outco
     assert _verdict(a).startswith("outcome lost")
 
 
+def test_started_verdict__a_worker_that_marked_itself_stopped_is_judged_at_once(running):
+    _wf, a, _b = running
+    _age(a, 60)
+    beat = _beat(age=1, held=[a.task_id])
+    WorkerHeartbeat.objects.filter(pk=beat.pk).update(stopped_at=beat.last_seen)
+    snapshot = liveness.Snapshot.load(timezone.now())
+    assert snapshot.live() == [] and snapshot.held() == set()
+    # Its real last beat, one second old: neither back-dated nor waited for.
+    stopped = beat.last_seen.isoformat()
+    assert _verdict(a) == f"worker lost: w1@host (pid 100) stopped at {stopped} without reporting it"
+
+
+def _thread(monkeypatch, held):
+    from django_dyrygent.worker import heartbeat
+
+    monkeypatch.setattr(heartbeat, "held_task_ids", lambda: (list(held), []))
+    thread = heartbeat.LivenessThread(HOST, 100)
+    thread.next_sweep = float("inf")  # beats only
+    monkeypatch.setattr(heartbeat, "_thread", thread)
+    return thread
+
+
+def test_liveness_step__a_warm_stop_keeps_beating_until_worker_shutdown(db, monkeypatch):
+    """Celery stops this step before the pool: the worker must stay alive to its peers while the pool drains."""
+    from django_dyrygent.worker import heartbeat
+
+    thread = _thread(monkeypatch, ["draining-task"])
+    step = heartbeat.LivenessStep(SimpleNamespace())
+    step.obj = thread
+    step.stop(SimpleNamespace())
+    assert thread.draining and not thread.stopping.is_set()
+    thread.step()
+    row = WorkerHeartbeat.objects.get(hostname=HOST, pid=100)
+    assert (row.active_task_ids, row.stopped_at) == (["draining-task"], None)
+    assert thread.is_leader()  # it still sweeps while it drains: its peers defer to the oldest live worker
+    heartbeat.on_worker_shutdown(sender=None)  # every step stopped, the pool drained
+    row.refresh_from_db()
+    assert row.stopped_at is not None and row.last_seen == row.stopped_at and row.active_task_ids == []
+    assert not liveness.Snapshot.load(timezone.now()).live() and not thread.is_leader()
+
+
+def test_liveness_thread__a_beat_takes_the_row_back_from_an_earlier_worker_with_the_same_name_and_pid(
+    db, monkeypatch,
+):
+    old = _beat(started_age=3600, age=100)
+    WorkerHeartbeat.objects.filter(pk=old.pk).update(stopped_at=old.last_seen)
+    thread = _thread(monkeypatch, [])
+    thread.beat()
+    row = WorkerHeartbeat.objects.get(pk=old.pk)
+    assert (row.started_at, row.stopped_at) == (thread.started_at, None)
+
+
+def test_liveness_step__a_cold_stop_marks_the_worker_stopped_at_once(db, monkeypatch):
+    from django_dyrygent.worker import heartbeat
+
+    thread = _thread(monkeypatch, ["cancelled"])
+    step = heartbeat.LivenessStep(SimpleNamespace())
+    step.obj = thread
+    step.terminate(SimpleNamespace())
+    assert WorkerHeartbeat.objects.get(hostname=HOST, pid=100).stopped_at is not None
+
+
 def test_started_verdict__a_node_of_a_worker_without_liveness_is_never_judged(running):
     _wf, a, _b = running
     WorkflowNode.objects.filter(pk=a.pk).update(worker_hostname="", worker_pid=None)

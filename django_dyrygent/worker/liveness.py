@@ -10,6 +10,9 @@ The rules, and why:
   DYRYGENT_WORKER_TIMEOUT, when it restarted after the node started (same
   name and pid, later ``started_at``: a container restart), or, when no beat
   of it was ever seen, when the node started longer ago than the timeout.
+  It is **gone** once it marked itself stopped (``stopped_at``): it does so
+  only after its pool drained, so a body still running in a warm shutdown
+  keeps its worker alive and listed.
 * A worker that is alive but has not listed the task (active, prefetched or
   scheduled) in a beat taken well after the node started **lost its
   outcome** (the report could not be written, or the pool child vanished
@@ -70,7 +73,8 @@ class Snapshot:
         return timedelta(seconds=float(settings.WORKER_TIMEOUT))
 
     def live(self) -> list[WorkerHeartbeat]:
-        return [b for b in self.beats.values() if self.silent_since(b.last_seen) >= self.now - self.timeout]
+        return [b for b in self.beats.values()
+                if b.stopped_at is None and self.silent_since(b.last_seen) >= self.now - self.timeout]
 
     def held(self) -> set[str]:
         """Task ids some live worker runs, prefetched or scheduled at its last beat."""
@@ -99,6 +103,8 @@ def started_verdict(node: WorkflowNode, snapshot: Snapshot, held: set[str]) -> s
         return None
     if beat.started_at > node.started_at:
         return f"worker lost: {who} restarted after the node started"
+    if beat.stopped_at is not None:
+        return f"worker lost: {who} stopped at {beat.stopped_at.isoformat()} without reporting it"
     if beat.last_seen < snapshot.now - snapshot.timeout:
         if snapshot.silent_since(beat.last_seen) < snapshot.now - snapshot.timeout:
             return f"worker lost: no heartbeat from {who} since {beat.last_seen.isoformat()}"

@@ -1,0 +1,74 @@
+"""A rolling restart and a paused worker, with real processes: no body runs twice, no report is taken twice.
+
+A rolling restart starts a new worker, then sends SIGTERM to the old one's
+main process while it runs a body: the old worker must stay alive to its
+peers until its pool has drained. A worker paused (SIGSTOP) past the
+liveness window is declared dead and its node re-run elsewhere; when it
+wakes (SIGCONT) and reports the replaced task, the report is ignored and the
+event log says so.
+"""
+
+import os
+import signal
+import time
+
+from django.utils import timezone
+
+from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
+from tests.reliability import harness
+from tests.reliability.tasks import hold, run
+
+S = WorkflowNode.State
+#: The suite's workers' liveness timeout (harness.FAST), in seconds.
+TIMEOUT = float(harness.FAST["DYRYGENT_WORKER_TIMEOUT"])
+
+
+def _release(label):
+    (harness.runs_dir() / f"{label}.release").write_text("")
+
+
+def _observing(rel, worker):
+    """Start ``worker`` and wait until it has watched its peers for longer than the liveness timeout.
+
+    Before that a judge finds no peer dead (it only counts silence it saw),
+    so a fault injected earlier would not be judged at all.
+    """
+    rel.wait_ready(worker)
+    first = WorkerHeartbeat.objects.get(hostname=worker.hostname).started_at
+    harness.wait_for(lambda: (timezone.now() - first).total_seconds() > TIMEOUT + 1, TIMEOUT + 30,
+                     what=f"{worker.hostname} watching for {TIMEOUT + 1:g}s")
+    return worker
+
+
+def _lost_worker_events(wf):
+    return list(WorkflowEvent.objects.filter(workflow=wf, reason__startswith="worker lost")
+                .values_list("reason", flat=True))
+
+
+def test_rolling_restart__sigterm_to_the_old_worker_mid_body_runs_no_body_twice(rel):
+    old = rel.ready_worker("old")
+    wf, (body, after) = harness.chain_workflow("rolling", hold.si("roll-body", seconds=90), run.si("roll-after"))
+    wf.apply_async()
+    started = rel.wait_node(body.pk, {S.STARTED})
+    assert started.worker_hostname == old.hostname
+    _observing(rel, rel.worker("new"))
+    os.kill(old.pid, signal.SIGTERM)  # the main process only: a warm shutdown that drains the pool
+    sigterm = timezone.now()
+    # Long enough for a peer to judge the old worker dead several times over, had it looked dead.
+    time.sleep(TIMEOUT + 3)
+    assert WorkflowNode.objects.get(pk=body.pk).task_id == started.task_id, _lost_worker_events(wf)
+    assert old.alive(), old.log()[-3000:]  # still draining: the body holds a pool process
+    beat = WorkerHeartbeat.objects.get(hostname=old.hostname)
+    assert beat.stopped_at is None and beat.last_seen > sigterm
+    assert started.task_id in beat.active_task_ids
+    _release("roll-body")
+    old.proc.wait(timeout=60)
+    assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
+    body.refresh_from_db()
+    assert (body.state, body.attempts, body.previous_task_ids) == (S.SUCCESS, 1, [])
+    assert harness.runs("roll-body") == 1 and harness.runs("roll-after") == 1
+    assert _lost_worker_events(wf) == []
+    beat.refresh_from_db()
+    # Marked stopped once its pool was empty; last_seen is a real beat, not a back-dated mark.
+    assert beat.stopped_at is not None and beat.stopped_at >= beat.last_seen > sigterm
+    assert beat.active_task_ids == []
