@@ -17,7 +17,7 @@ from django.utils import timezone
 from django_dyrygent import engine
 from django_dyrygent.engine import db, hotpath, messaging, outcomes
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
-from django_dyrygent.worker import handlers, liveness
+from django_dyrygent.worker import handlers, liveness, recovery
 from django_dyrygent.worker.recovery import Sweeper, lost_worker_runs
 from tests.tasks import noop
 
@@ -229,6 +229,56 @@ def test_recover__a_node_of_a_dead_worker_runs_again_then_fails_with_a_clear_mes
     wf.refresh_from_db()
     assert a.state == S.FAILURE and a.error.startswith("Worker lost 2 time(s); giving up")
     assert wf.state == Workflow.State.FAILURE
+
+
+def _rerun(node):
+    """Have the sweep judge ``node``'s worker dead and re-run it; returns the task id it ran under."""
+    old = node.task_id
+    _age(node, 120)
+    _beat(age=100)
+    assert Sweeper().recover() == 1
+    node.refresh_from_db()
+    assert node.task_id != old and node.previous_task_ids == [old]
+    return old
+
+
+def _rows(wf):
+    nodes = WorkflowNode.objects.filter(workflow=wf).order_by("pk")
+    counters = Workflow.objects.filter(pk=wf.pk).values_list("state", "nodes_done", "nodes_succeeded", "nodes_failed")
+    return [(n.state, n.task_id, n.waiting, n.publish_count, n.result) for n in nodes], list(counters)
+
+
+def test_stale_report__a_woken_workers_reports_of_a_replaced_task_change_nothing_and_are_logged(running):
+    """A worker paused past the liveness window wakes up and reports the task its node was re-run without."""
+    wf, a, b = running
+    old = _rerun(a)
+    hotpath.node_started(wf.pk, a.task_id, "w2@host", 200)
+    hotpath.node_succeeded(wf.pk, a.task_id, "re-run")
+    b.refresh_from_db()
+    assert b.state == S.QUEUED  # released by the re-run
+    before = _rows(wf)
+    assert hotpath.node_succeeded(wf.pk, old, "zombie") is None
+    assert outcomes.node_failed(wf.pk, old, ValueError("zombie")) is None
+    assert outcomes.node_retrying(wf.pk, old, "zombie") is None
+    assert outcomes.node_revoked(wf.pk, old) is None
+    assert recovery.worker_lost(wf.pk, old, "signal 9 (SIGKILL)") is None
+    assert hotpath.node_started(wf.pk, old, HOST, 100) is None  # a message it had prefetched
+    assert _rows(wf) == before  # nothing released twice, no state moved back
+    events = list(WorkflowEvent.objects.filter(node=a, reason__startswith=outcomes.STALE_REPORT).order_by("id")
+                  .values_list("old_state", "new_state", "reason"))
+    assert {(o, n) for o, n, _ in events} == {(S.SUCCESS, S.SUCCESS)}
+    assert [r for _, _, r in events] == [
+        f"stale report ignored: {report} of task {old}, replaced by {a.task_id}{note}"
+        for report, note in [("SUCCESS", ""), ("FAILURE", ""), ("RETRY", ""), ("CANCELED", ""), ("worker lost", ""),
+                             ("STARTED", "; its body was not run")]
+    ]
+
+
+def test_stale_report__a_task_id_no_node_ever_had_writes_no_event(running):
+    wf, a, _b = running
+    assert outcomes.node_succeeded(wf.pk, "never-a-node", 1) is None
+    assert hotpath.node_started(wf.pk, "never-a-node", HOST, 100) is None
+    assert not WorkflowEvent.objects.filter(reason__startswith=outcomes.STALE_REPORT).exists()
 
 
 def test_lost_worker_runs__max_attempts_wins_when_larger(settings):

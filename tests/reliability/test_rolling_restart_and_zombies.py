@@ -14,6 +14,7 @@ import time
 
 from django.utils import timezone
 
+from django_dyrygent.engine import outcomes
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from tests.reliability import harness
 from tests.reliability.tasks import hold, run
@@ -72,3 +73,42 @@ def test_rolling_restart__sigterm_to_the_old_worker_mid_body_runs_no_body_twice(
     # Marked stopped once its pool was empty; last_seen is a real beat, not a back-dated mark.
     assert beat.stopped_at is not None and beat.stopped_at >= beat.last_seen > sigterm
     assert beat.active_task_ids == []
+
+
+def test_zombie_worker__woken_after_its_node_was_rerun_its_stale_report_is_ignored_and_logged(rel):
+    zombie = rel.ready_worker("zombie")
+    wf, (first, second) = harness.chain_workflow(
+        "zombie", hold.si("z-first", seconds=90), hold.si("z-second", seconds=90),
+    )
+    wf.apply_async()
+    started = rel.wait_node(first.pk, {S.STARTED})
+    assert started.worker_hostname == zombie.hostname
+    _observing(rel, rel.worker("peer"))
+    os.killpg(zombie.pid, signal.SIGSTOP)  # main process and pool children, as a frozen VM or container
+    try:
+        # Declared dead past the liveness window: re-run on the peer, whose success releases the next node.
+        rerun = rel.wait_node(first.pk, {S.SUCCESS}, timeout=60)
+        assert (rerun.attempts, rerun.previous_task_ids) == (2, [started.task_id])
+        rel.wait_node(second.pk, {S.STARTED}, timeout=60)
+        _release("z-first")  # on waking, the first body returns and its worker reports the replaced task
+    finally:
+        os.killpg(zombie.pid, signal.SIGCONT)
+    stale = harness.wait_for(
+        lambda: WorkflowEvent.objects.filter(node=first, reason__startswith=outcomes.STALE_REPORT).first(), 30,
+        what="the woken worker's report, ignored",
+    )
+    assert stale.reason == (f"{outcomes.STALE_REPORT}: SUCCESS of task {started.task_id}, "
+                            f"replaced by {rerun.task_id}")
+    assert (stale.old_state, stale.new_state) == (S.SUCCESS, S.SUCCESS)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.state, first.task_id, first.attempts) == (S.SUCCESS, rerun.task_id, 2)
+    assert second.state == S.STARTED and Workflow.objects.get(pk=wf.pk).state == Workflow.State.RUNNING
+    _release("z-second")
+    assert rel.wait_final(wf, 60) == Workflow.State.SUCCESS, rel.logs()
+    assert (wf.nodes_done, wf.nodes_succeeded, wf.nodes_failed) == (2, 2, 0)
+    assert harness.runs("z-first") == 2 and harness.runs("z-second") == 1
+    # Released once, by the re-run (a message the paused worker's connection swallowed may be republished).
+    assert WorkflowEvent.objects.filter(node=second, old_state=S.PENDING, new_state=S.QUEUED).count() == 1
+    assert WorkflowEvent.objects.filter(node=first, new_state=S.SUCCESS).exclude(old_state=S.SUCCESS).count() == 1
+    assert zombie.alive()
