@@ -35,7 +35,7 @@ from .steps import NODE_FIELDS, Step, locked_step
 logger = logging.getLogger("django_dyrygent.engine")
 
 
-#: How the event log names a report of a task id that a re-run replaced (a worker declared dead woke up).
+#: How the event log names a report of a task id a re-run or retry() replaced (say, a worker declared dead woke up).
 STALE_REPORT = "stale report ignored"
 
 
