@@ -544,13 +544,18 @@ class WorkerHeartbeat(models.Model):
     """One running Celery worker (main process), kept fresh by its liveness thread.
 
     The engine reads it to tell a running node from one whose worker died
-    (stale ``last_seen``) or lost its outcome (worker alive, task not held).
+    (stale ``last_seen``), stopped (``stopped_at``) or lost its outcome
+    (worker alive, task not held).
     """
 
     hostname = models.CharField(_("worker"), max_length=255, help_text=_("Celery node name."))
     pid = models.PositiveIntegerField(_("pid"), help_text=_("Process id of the worker's main process."))
     started_at = models.DateTimeField(_("started at"))
     last_seen = models.DateTimeField(_("last seen"), db_index=True)
+    stopped_at = models.DateTimeField(
+        _("stopped at"), null=True, blank=True,
+        help_text=_("When the worker shut down, after its pool had drained; empty while it runs."),
+    )
     active_task_ids = models.JSONField(
         _("active tasks"), default=list, blank=True,
         help_text=_("Task ids the worker's pool was running at the last beat."),

@@ -158,7 +158,7 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 class WorkerHeartbeatAdmin(ReadOnlyAdmin):
     """Which workers are alive and what they hold: the rows the liveness sweep judges by."""
 
-    list_display = ("hostname", "pid", "started_at", "last_seen", "active_count", "reserved_count")
+    list_display = ("hostname", "pid", "started_at", "last_seen", "stopped_at", "active_count", "reserved_count")
     search_fields = ("hostname",)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -292,9 +292,17 @@ def _started_update(workflow_id: Any, task_id: str, values: dict[str, Any], list
 
 
 def _not_runnable(workflow_id: Any, task_id: str) -> WorkflowNode | None:
-    """Log that the STARTED report matched no row; None (the caller's answer)."""
-    logger.info("Workflow %s: STARTED report for task %s ignored (node gone, final or moved on)",
-                workflow_id, task_id)
+    """Log that the STARTED report matched no row (in the event log when a re-run replaced the task); None.
+
+    A node that still has the task id is canceled, skipped or final: that
+    is the logger's. Without one, the id may have been replaced (a worker
+    declared dead woke up with the message in hand).
+    """
+    if WorkflowNode.objects.filter(task_id=task_id).exists() or not outcomes.note_stale_report(
+        workflow_id, task_id, NodeState.STARTED, note="; its body was not run",
+    ):
+        logger.info("Workflow %s: STARTED report for task %s ignored (node gone, final or moved on)",
+                    workflow_id, task_id)
     return None
 
 

@@ -36,12 +36,51 @@ from .steps import Step, locked_step
 logger = logging.getLogger("django_dyrygent.engine")
 
 
-def _node_for_event(step: Step, task_id: str) -> WorkflowNode | None:
+#: How the event log names a report of a task id a re-run or retry() replaced (say, a worker declared dead woke up).
+STALE_REPORT = "stale report ignored"
+
+
+def _node_for_event(step: Step, task_id: str, report: str) -> WorkflowNode | None:
     node = (
         WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*NODE_FIELDS).first()
     )
+    if node is None and note_stale_report(step.wf.pk, task_id, report, step) is None:
+        logger.info("Task %s is not a node of workflow %s; its %s report is ignored", task_id, step.wf.pk, report)
+    return node
+
+
+def note_stale_report(
+    workflow_id: UUID | str, task_id: str, report: str, step: Step | None = None, note: str = "",
+) -> WorkflowNode | None:
+    """A report came for a task id no node has: if a re-run replaced it, say so in the event log.
+
+    The report itself changes nothing: the node runs (or ran) under its new
+    task id, and only that run's reports count. This is what a worker that
+    was paused past the liveness window reports when it wakes up. The event
+    keeps the node's state (old and new alike) and goes into ``step``'s
+    events, or is written at once outside a step. Returns the node, or None
+    when no node of the workflow ever had that task id.
+
+    Called only once no node has ``task_id``; re-runs are rare, so reading
+    the workflow's ``previous_task_ids`` as text costs nothing on any path
+    that matters.
+    """
+    candidates = WorkflowNode.objects.filter(
+        workflow_id=workflow_id, previous_task_ids__icontains=task_id,
+    ).only(*NODE_FIELDS, "previous_task_ids")
+    node = next((n for n in candidates if task_id in (n.previous_task_ids or ())), None)
     if node is None:
-        logger.info("Task %s is not a node of workflow %s (retried node?); ignored", task_id, step.wf.pk)
+        return None
+    reason = f"{STALE_REPORT}: {report} of task {task_id}, replaced by {node.task_id}{note}"
+    logger.warning("Workflow %s: %s", workflow_id, reason)
+    event = WorkflowEvent(
+        workflow_id=node.workflow_id, node_id=node.pk, old_state=node.state, new_state=node.state,
+        reason=reason[:255], created_at=step.now if step is not None else timezone.now(),
+    )
+    if step is not None:
+        step.events.append(event)
+    elif settings.EVENT_LOG:
+        event.save()
     return node
 
 
@@ -86,7 +125,7 @@ def _fail_unstorable(workflow_id: UUID | str, task_id: str, exc: Exception, what
     logger.error("Workflow %s: %s", workflow_id, error)
 
     def refused(step: Step) -> WorkflowNode | None:
-        node = _node_for_event(step, task_id)
+        node = _node_for_event(step, task_id, NodeState.FAILURE)
         if node is None or _ignore(node, NodeState.FAILURE):
             return None
         _finish_node(step, node, NodeState.FAILURE, error=error, reason=f"{what} not storable")
@@ -109,7 +148,7 @@ def node_succeeded(workflow_id: UUID | str, task_id: str, result: Any) -> Workfl
     """
 
     def succeeded(step: Step) -> WorkflowNode | None:
-        node = _node_for_event(step, task_id)
+        node = _node_for_event(step, task_id, NodeState.SUCCESS)
         if node is None or _ignore(node, NodeState.SUCCESS):
             return None
         value, problem = encode_result(result)
@@ -134,7 +173,7 @@ def node_failed(
     error = format_error(exception, traceback)
 
     def failed(step: Step) -> WorkflowNode | None:
-        node = _node_for_event(step, task_id)
+        node = _node_for_event(step, task_id, NodeState.FAILURE)
         if node is None or _ignore(node, NodeState.FAILURE):
             return None
         _finish_node(step, node, NodeState.FAILURE, error=error, reason=reason)
@@ -181,7 +220,7 @@ def node_not_run(
 
 def node_revoked(workflow_id: UUID | str, task_id: str, reason: str = "revoked") -> WorkflowNode | None:
     def revoked(step: Step) -> WorkflowNode | None:
-        node = _node_for_event(step, task_id)
+        node = _node_for_event(step, task_id, NodeState.CANCELED)
         if node is None or _ignore(node, NodeState.CANCELED):
             return None
         _finish_node(step, node, NodeState.CANCELED, reason=reason)
@@ -254,8 +293,11 @@ def _simple_transition(workflow_id: UUID | str, task_id: str, target: str, **fie
                 old = source
                 break
         if old is None:
-            logger.info("Workflow %s: %s report for task %s ignored (node gone, final or "
-                        "moved on)", workflow_id, target, task_id)
+            if WorkflowNode.objects.filter(task_id=task_id).exists() or not note_stale_report(
+                workflow_id, task_id, target
+            ):
+                logger.info("Workflow %s: %s report for task %s ignored (node gone, final or "
+                            "moved on)", workflow_id, target, task_id)
             return None
         node = WorkflowNode.objects.filter(task_id=task_id).only(*NODE_FIELDS).first()
         if settings.EVENT_LOG:
@@ -273,7 +315,7 @@ def _locked_simple_transition(
     workflow_id: UUID | str, task_id: str, target: str, **fields: Any,
 ) -> WorkflowNode | None:
     def change(step: Step) -> WorkflowNode | None:
-        node = _node_for_event(step, task_id)
+        node = _node_for_event(step, task_id, target)
         if node is None or _ignore(node, target):
             return None
         step.transition_nodes([node], target, **fields)

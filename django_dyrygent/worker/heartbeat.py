@@ -10,6 +10,17 @@ DYRYGENT_HEARTBEAT_INTERVAL seconds the thread writes the worker's
 prefetched, scheduled); the oldest live worker also runs ``Sweeper.sweep_once``
 every DYRYGENT_SWEEP_INTERVAL seconds. So recovery needs neither beat nor a
 countdown tick message (which would die with the worker that held it).
+
+Shutdown. Celery stops a worker's steps in the reverse of their start order:
+the consumer, then this step, then the pool, which waits for the running
+bodies in a warm shutdown (SIGTERM to the main process). Were the worker
+marked gone when its step stops, a peer would re-run the bodies still
+draining. So a warm stop only notes the drain and the thread keeps beating,
+listing the running tasks, until ``worker_shutdown`` (sent once every step,
+the pool included, has stopped): then the row gets ``stopped_at``, and
+peers judge whatever of this worker is left at once. ``last_seen`` stays a
+real beat. A worker killed while it drains simply stops beating. A cold
+shutdown (the pool's bodies are cancelled) marks the worker stopped at once.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from celery import bootsteps
@@ -40,6 +51,8 @@ logger = logging.getLogger("django_dyrygent.worker")
 MAIN_PID: int | None = None
 #: Heartbeat rows of workers gone this long are deleted by the sweeper.
 FORGET_AFTER = timedelta(days=1)
+#: The liveness thread of this process's worker (marked stopped on ``worker_shutdown``).
+_thread: LivenessThread | None = None
 
 def held_task_ids() -> tuple[list[str], list[str]]:
     """(active, reserved) task ids of this worker, read from Celery's bookkeeping in the main process."""
@@ -66,6 +79,8 @@ class LivenessThread(threading.Thread):
         self.pid = pid
         self.started_at = timezone.now()
         self.stopping = threading.Event()
+        #: The worker stopped consuming and waits for its pool: beats go on, it is not gone yet.
+        self.draining = False
         self.sweeper = Sweeper()
         self.next_sweep = 0.0
 
@@ -96,11 +111,18 @@ class LivenessThread(threading.Thread):
         except Exception:
             logger.exception("Sweep from worker %s failed; next one in %ss", self.hostname, settings.SWEEP_INTERVAL)
 
-    def beat(self, last_seen: datetime | None = None) -> None:
-        active, reserved = held_task_ids()
-        values = dict(last_seen=last_seen or timezone.now(), active_task_ids=active, reserved_task_ids=reserved)
+    def beat(self, stopped: bool = False) -> None:
+        """Write the row: alive now, holding these tasks; ``stopped``: the last write, holding nothing.
+
+        ``started_at`` is written every time: a restarted worker with the same
+        name and pid (a container restart) must not pass for the old one.
+        """
+        now = timezone.now()
+        active, reserved = ([], []) if stopped else held_task_ids()
+        values = dict(last_seen=now, started_at=self.started_at, active_task_ids=active,
+                      reserved_task_ids=reserved, stopped_at=now if stopped else None)
         if not WorkerHeartbeat.objects.filter(hostname=self.hostname, pid=self.pid).update(**values):
-            WorkerHeartbeat.objects.create(hostname=self.hostname, pid=self.pid, started_at=self.started_at, **values)
+            WorkerHeartbeat.objects.create(hostname=self.hostname, pid=self.pid, **values)
 
     def is_leader(self) -> bool:
         now = timezone.now()
@@ -109,16 +131,21 @@ class LivenessThread(threading.Thread):
             return True
         return False
 
+    def drain(self) -> None:
+        """The worker stopped consuming; keep beating (its pool still runs bodies) until ``stop``."""
+        if not self.stopping.is_set():
+            self.draining = True
+            logger.info("Worker %s is draining: it keeps its heartbeat until its pool is empty", self.hostname)
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop beating and mark this worker gone, so its nodes are judged at once."""
+        """Stop beating and mark this worker stopped, so peers judge what it left at once."""
         if self.stopping.is_set():
             return
         self.stopping.set()
         if self.is_alive():
             self.join(timeout)
-        gone = timezone.now() - timedelta(seconds=float(settings.WORKER_TIMEOUT) + 1)
         try:
-            db.run(self.beat, gone, retry_for=0, what="the last heartbeat")
+            db.run(self.beat, True, retry_for=0, what="the last heartbeat")
         except Exception:
             logger.exception("Could not mark worker %s as stopped", self.hostname)
 
@@ -127,7 +154,8 @@ class LivenessStep(bootsteps.StartStopStep):
     """Worker bootstep: runs the liveness thread while the worker runs (CLI and embedded workers alike).
 
     Started after the pool, so the thread is not running when the pool forks
-    its first children; stopped (and the worker marked gone) on shutdown.
+    its first children; so also stopped before the pool: a warm stop only
+    starts the drain, ``on_worker_shutdown`` ends it (module docstring).
     """
 
     label = "dyrygent-liveness"
@@ -138,8 +166,24 @@ class LivenessStep(bootsteps.StartStopStep):
 
     # The stubs say create() returns None; Celery keeps what it returns as the object it starts and stops.
     def create(self, w: WorkController) -> LivenessThread:  # type: ignore[override]
+        global _thread
         assert MAIN_PID is not None, "include_if() only lets the step in once on_worker_init set MAIN_PID"
-        return LivenessThread(w.hostname, MAIN_PID)  # type: ignore[attr-defined]  # hostname: not in the stubs
+        _thread = LivenessThread(w.hostname, MAIN_PID)  # type: ignore[attr-defined]  # hostname: not in the stubs
+        return _thread
+
+    def stop(self, w: WorkController) -> None:
+        if self.obj is not None:
+            self.obj.drain()
+
+    def terminate(self, w: WorkController) -> None:
+        if self.obj is not None:
+            self.obj.stop()
+
+
+def on_worker_shutdown(sender: WorkController | None = None, **kwargs: Any) -> None:
+    """Every step has stopped, the pool's last body included: the worker is gone now."""
+    if _thread is not None:
+        _thread.stop()
 
 
 def on_worker_init(sender: WorkController | None = None, **kwargs: Any) -> None:
@@ -153,3 +197,6 @@ def on_worker_init(sender: WorkController | None = None, **kwargs: Any) -> None:
 def connect() -> None:
     """Idempotent: dispatch_uid keeps one connection per receiver."""
     celery_signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="django_dyrygent.worker_init")
+    celery_signals.worker_shutdown.connect(
+        on_worker_shutdown, weak=False, dispatch_uid="django_dyrygent.worker_shutdown"
+    )

@@ -10,6 +10,9 @@ The rules, and why:
   DYRYGENT_WORKER_TIMEOUT, when it restarted after the node started (same
   name and pid, later ``started_at``: a container restart), or, when no beat
   of it was ever seen, when the node started longer ago than the timeout.
+  It is **gone** once it marked itself stopped (``stopped_at``): it does so
+  only after its pool drained, so a body still running in a warm shutdown
+  keeps its worker alive and listed.
 * A worker that is alive but has not listed the task (active, prefetched or
   scheduled) in a beat taken well after the node started **lost its
   outcome** (the report could not be written, or the pool child vanished
@@ -70,7 +73,8 @@ class Snapshot:
         return timedelta(seconds=float(settings.WORKER_TIMEOUT))
 
     def live(self) -> list[WorkerHeartbeat]:
-        return [b for b in self.beats.values() if self.silent_since(b.last_seen) >= self.now - self.timeout]
+        return [b for b in self.beats.values()
+                if b.stopped_at is None and self.silent_since(b.last_seen) >= self.now - self.timeout]
 
     def held(self) -> set[str]:
         """Task ids some live worker runs, prefetched or scheduled at its last beat."""
@@ -84,10 +88,13 @@ class Snapshot:
 def leader(now: datetime) -> tuple[str, int] | None:
     """The worker that sweeps, as ``(hostname, pid)``: the oldest live one (ties: lowest id).
 
-    Live: it beat within DYRYGENT_WORKER_TIMEOUT. One query for one row, run
-    by every worker before each sweep (``heartbeat.LivenessThread``).
+    Live: it beat within DYRYGENT_WORKER_TIMEOUT and has not marked itself
+    stopped (a draining worker does not sweep). One query for one row, run by
+    every worker before each sweep (``heartbeat.LivenessThread``).
     """
-    live = WorkerHeartbeat.objects.filter(last_seen__gte=now - timedelta(seconds=float(settings.WORKER_TIMEOUT)))
+    live = WorkerHeartbeat.objects.filter(
+        last_seen__gte=now - timedelta(seconds=float(settings.WORKER_TIMEOUT)), stopped_at__isnull=True,
+    )
     return live.order_by("started_at", "id").values_list("hostname", "pid").first()
 
 
@@ -105,6 +112,8 @@ def started_verdict(node: WorkflowNode, snapshot: Snapshot, held: set[str]) -> s
         return None
     if beat.started_at > node.started_at:
         return f"worker lost: {who} restarted after the node started"
+    if beat.stopped_at is not None:
+        return f"worker lost: {who} stopped at {beat.stopped_at.isoformat()} without reporting it"
     if beat.last_seen < snapshot.now - snapshot.timeout:
         if snapshot.silent_since(beat.last_seen) < snapshot.now - snapshot.timeout:
             return f"worker lost: no heartbeat from {who} since {beat.last_seen.isoformat()}"

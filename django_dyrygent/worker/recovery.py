@@ -25,6 +25,7 @@ from django.utils import timezone
 from .. import engine
 from ..conf import get_celery_app, settings
 from ..engine.decisions import maybe_finish, release_ready, settle
+from ..engine.outcomes import note_stale_report
 from ..engine.repair import backend_metas, record_backend_outcome, republish, rerun_or_fail, result_backend
 from ..engine.sql import NODE_FIELDS
 from ..engine.steps import Step, locked_step
@@ -151,7 +152,10 @@ def worker_lost(workflow_id: UUID | str, task_id: str, detail: str) -> WorkflowN
 
     def lost(step: Step) -> WorkflowNode | None:
         node = WorkflowNode.objects.filter(task_id=task_id, workflow_id=step.wf.pk).only(*FIELDS).first()
-        if node is None or node.state not in (NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY):
+        if node is None:
+            note_stale_report(step.wf.pk, task_id, "worker lost", step)
+            return None
+        if node.state not in (NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY):
             return None
         if step.wf.state != WorkflowState.RUNNING:
             return None

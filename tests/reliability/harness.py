@@ -196,6 +196,18 @@ class Redis:
         stop_process(self.proc)
 
 
+def chain_workflow(name, *sigs):
+    """An unsaved workflow running ``sigs`` one after another, and its nodes in that order."""
+    from django_dyrygent.models import Workflow
+
+    wf = Workflow(name=name)
+    nodes, previous = [], None
+    for sig in sigs:
+        previous = wf.add_signature(sig, dependencies=[previous] if previous else None)
+        nodes.append(previous)
+    return wf, nodes
+
+
 def runs_dir():
     return Path(os.environ["DYRYGENT_RELIABILITY_RUNS"])
 

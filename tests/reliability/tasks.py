@@ -52,3 +52,18 @@ def die(self, label, times=1000, seconds=0.2):
 def noop(*args):
     """Nothing at all: the resource test runs thousands of these and counts nothing per run."""
     return None
+
+
+@shared_task(bind=True, name="rel.hold")
+def hold(self, label, seconds=60.0):
+    """The first execution of ``label`` waits for its release file (at most ``seconds``); later ones return at once.
+
+    So a test decides when the body it interrupts ends, and a re-run does not wait.
+    """
+    execution = _start(label, self.request.id)
+    if len(list(_runs_dir().glob(f"{label}.*.start"))) == 1:
+        deadline = time.monotonic() + seconds
+        while not (_runs_dir() / f"{label}.release").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    execution.with_suffix(".done").write_text("")
+    return label

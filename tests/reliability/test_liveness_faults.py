@@ -23,18 +23,9 @@ from tests.reliability.tasks import die, run, run_late
 S = WorkflowNode.State
 
 
-def _chain(name, *sigs):
-    wf = Workflow(name=name)
-    nodes, previous = [], None
-    for sig in sigs:
-        previous = wf.add_signature(sig, dependencies=[previous] if previous else None)
-        nodes.append(previous)
-    return wf, nodes
-
-
 def test_pg_terminate_backend__during_a_task_records_success_not_failure(rel):
     rel.ready_worker("term")
-    wf, (slow, after) = _chain("terminate", run.si("slow", seconds=3), run.si("after"))
+    wf, (slow, after) = harness.chain_workflow("terminate", run.si("slow", seconds=3), run.si("after"))
     wf.apply_async()
     rel.wait_node(slow.pk, {S.STARTED})
     assert rel.pg.terminate_backends("dyrygent_rel") >= 1
@@ -76,7 +67,7 @@ def test_database_restart__a_new_workflow_succeeds_with_db_reuse_max(rel):
 
 def test_database_stopped_during_a_task__outcome_recorded_when_it_is_back(rel):
     rel.ready_worker("pgstop")
-    wf, (slow, after) = _chain("pg-stop", run.si("slow", seconds=3), run.si("after"))
+    wf, (slow, after) = harness.chain_workflow("pg-stop", run.si("slow", seconds=3), run.si("after"))
     wf.apply_async()
     rel.wait_node(slow.pk, {S.STARTED})
     rel.stop_database()
@@ -95,7 +86,7 @@ def test_database_stopped_during_a_task__outcome_recorded_when_it_is_back(rel):
 def test_worker_killed__whole_group_recovered_within_60s_of_a_replacement_with_default_settings(rel, body):
     """With acks_late too: recovery does not wait for the broker's visibility timeout (1 h on Redis)."""
     doomed = rel.ready_worker("doomed", env={})
-    wf, (long, nxt) = _chain("kill-9", body.si("long", seconds=4), run.si("next"))
+    wf, (long, nxt) = harness.chain_workflow("kill-9", body.si("long", seconds=4), run.si("next"))
     wf.apply_async()
     first_id = rel.wait_node(long.pk, {S.STARTED}).task_id
     doomed.kill(signal.SIGKILL)
@@ -185,7 +176,7 @@ def test_healthy_backlog__no_message_republished_and_every_body_ran_once(rel):
 
 def test_duplicate_delivery__dependents_released_once(rel):
     rel.ready_worker("dup")
-    wf, (first, second) = _chain("duplicate", run.si("dup-a", seconds=1), run.si("dup-b"))
+    wf, (first, second) = harness.chain_workflow("duplicate", run.si("dup-a", seconds=1), run.si("dup-b"))
     wf.apply_async()
     rel.wait_node(first.pk, {S.STARTED})
     current_app.send_task("rel.run", args=["dup-a"], kwargs={"seconds": 1}, task_id=first.task_id,
@@ -202,7 +193,7 @@ def test_broker_down_at_apply_async__the_workers_sweep_starts_it_within_60s_with
     """The caller is told the start was not sent; a worker with default settings starts it by itself."""
     rel.redis.stop()
     try:
-        wf, (first, second) = _chain("broker-down", run.si("bd-first"), run.si("bd-second"))
+        wf, (first, second) = harness.chain_workflow("broker-down", run.si("bd-first"), run.si("bd-second"))
         wf.apply_async()
         assert wf.start_sent is False and wf.start_error is not None
         wf.refresh_from_db()

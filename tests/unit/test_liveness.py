@@ -17,7 +17,7 @@ from django.utils import timezone
 from django_dyrygent import engine
 from django_dyrygent.engine import db, hotpath, messaging, outcomes
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
-from django_dyrygent.worker import handlers, liveness
+from django_dyrygent.worker import handlers, liveness, recovery
 from django_dyrygent.worker.recovery import Sweeper, lost_worker_runs
 from tests.tasks import noop
 
@@ -106,6 +106,68 @@ def test_started_verdict__alive_worker_no_longer_holding_the_task_lost_its_outco
     assert _verdict(a).startswith("outcome lost")
 
 
+def test_started_verdict__a_worker_that_marked_itself_stopped_is_judged_at_once(running):
+    _wf, a, _b = running
+    _age(a, 60)
+    beat = _beat(age=1, held=[a.task_id])
+    WorkerHeartbeat.objects.filter(pk=beat.pk).update(stopped_at=beat.last_seen)
+    snapshot = liveness.Snapshot.load(timezone.now())
+    assert snapshot.live() == [] and snapshot.held() == set()
+    # Its real last beat, one second old: neither back-dated nor waited for.
+    stopped = beat.last_seen.isoformat()
+    assert _verdict(a) == f"worker lost: w1@host (pid 100) stopped at {stopped} without reporting it"
+
+
+def _thread(monkeypatch, held):
+    from django_dyrygent.worker import heartbeat
+
+    monkeypatch.setattr(heartbeat, "held_task_ids", lambda: (list(held), []))
+    thread = heartbeat.LivenessThread(HOST, 100)
+    thread.next_sweep = float("inf")  # beats only
+    monkeypatch.setattr(heartbeat, "_thread", thread)
+    return thread
+
+
+def test_liveness_step__a_warm_stop_keeps_beating_until_worker_shutdown(db, monkeypatch):
+    """Celery stops this step before the pool: the worker must stay alive to its peers while the pool drains."""
+    from django_dyrygent.worker import heartbeat
+
+    thread = _thread(monkeypatch, ["draining-task"])
+    step = heartbeat.LivenessStep(SimpleNamespace())
+    step.obj = thread
+    step.stop(SimpleNamespace())
+    assert thread.draining and not thread.stopping.is_set()
+    thread.step()
+    row = WorkerHeartbeat.objects.get(hostname=HOST, pid=100)
+    assert (row.active_task_ids, row.stopped_at) == (["draining-task"], None)
+    assert thread.is_leader()  # it still sweeps while it drains: its peers defer to the oldest live worker
+    heartbeat.on_worker_shutdown(sender=None)  # every step stopped, the pool drained
+    row.refresh_from_db()
+    assert row.stopped_at is not None and row.last_seen == row.stopped_at and row.active_task_ids == []
+    assert not liveness.Snapshot.load(timezone.now()).live() and not thread.is_leader()
+
+
+def test_liveness_thread__a_beat_takes_the_row_back_from_an_earlier_worker_with_the_same_name_and_pid(
+    db, monkeypatch,
+):
+    old = _beat(started_age=3600, age=100)
+    WorkerHeartbeat.objects.filter(pk=old.pk).update(stopped_at=old.last_seen)
+    thread = _thread(monkeypatch, [])
+    thread.beat()
+    row = WorkerHeartbeat.objects.get(pk=old.pk)
+    assert (row.started_at, row.stopped_at) == (thread.started_at, None)
+
+
+def test_liveness_step__a_cold_stop_marks_the_worker_stopped_at_once(db, monkeypatch):
+    from django_dyrygent.worker import heartbeat
+
+    thread = _thread(monkeypatch, ["cancelled"])
+    step = heartbeat.LivenessStep(SimpleNamespace())
+    step.obj = thread
+    step.terminate(SimpleNamespace())
+    assert WorkerHeartbeat.objects.get(hostname=HOST, pid=100).stopped_at is not None
+
+
 def test_started_verdict__a_node_of_a_worker_without_liveness_is_never_judged(running):
     _wf, a, _b = running
     WorkflowNode.objects.filter(pk=a.pk).update(worker_hostname="", worker_pid=None)
@@ -167,6 +229,56 @@ def test_recover__a_node_of_a_dead_worker_runs_again_then_fails_with_a_clear_mes
     wf.refresh_from_db()
     assert a.state == S.FAILURE and a.error.startswith("Worker lost 2 time(s); giving up")
     assert wf.state == Workflow.State.FAILURE
+
+
+def _rerun(node):
+    """Have the sweep judge ``node``'s worker dead and re-run it; returns the task id it ran under."""
+    old = node.task_id
+    _age(node, 120)
+    _beat(age=100)
+    assert Sweeper().recover() == 1
+    node.refresh_from_db()
+    assert node.task_id != old and node.previous_task_ids == [old]
+    return old
+
+
+def _rows(wf):
+    nodes = WorkflowNode.objects.filter(workflow=wf).order_by("pk")
+    counters = Workflow.objects.filter(pk=wf.pk).values_list("state", "nodes_done", "nodes_succeeded", "nodes_failed")
+    return [(n.state, n.task_id, n.waiting, n.publish_count, n.result) for n in nodes], list(counters)
+
+
+def test_stale_report__a_woken_workers_reports_of_a_replaced_task_change_nothing_and_are_logged(running):
+    """A worker paused past the liveness window wakes up and reports the task its node was re-run without."""
+    wf, a, b = running
+    old = _rerun(a)
+    hotpath.node_started(wf.pk, a.task_id, "w2@host", 200)
+    hotpath.node_succeeded(wf.pk, a.task_id, "re-run")
+    b.refresh_from_db()
+    assert b.state == S.QUEUED  # released by the re-run
+    before = _rows(wf)
+    assert hotpath.node_succeeded(wf.pk, old, "zombie") is None
+    assert outcomes.node_failed(wf.pk, old, ValueError("zombie")) is None
+    assert outcomes.node_retrying(wf.pk, old, "zombie") is None
+    assert outcomes.node_revoked(wf.pk, old) is None
+    assert recovery.worker_lost(wf.pk, old, "signal 9 (SIGKILL)") is None
+    assert hotpath.node_started(wf.pk, old, HOST, 100) is None  # a message it had prefetched
+    assert _rows(wf) == before  # nothing released twice, no state moved back
+    events = list(WorkflowEvent.objects.filter(node=a, reason__startswith=outcomes.STALE_REPORT).order_by("id")
+                  .values_list("old_state", "new_state", "reason"))
+    assert {(o, n) for o, n, _ in events} == {(S.SUCCESS, S.SUCCESS)}
+    assert [r for _, _, r in events] == [
+        f"stale report ignored: {report} of task {old}, replaced by {a.task_id}{note}"
+        for report, note in [("SUCCESS", ""), ("FAILURE", ""), ("RETRY", ""), ("CANCELED", ""), ("worker lost", ""),
+                             ("STARTED", "; its body was not run")]
+    ]
+
+
+def test_stale_report__a_task_id_no_node_ever_had_writes_no_event(running):
+    wf, a, _b = running
+    assert outcomes.node_succeeded(wf.pk, "never-a-node", 1) is None
+    assert hotpath.node_started(wf.pk, "never-a-node", HOST, 100) is None
+    assert not WorkflowEvent.objects.filter(reason__startswith=outcomes.STALE_REPORT).exists()
 
 
 def test_lost_worker_runs__max_attempts_wins_when_larger(settings):
