@@ -4,8 +4,9 @@ Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``).
 Authentication is the project's own: whatever its middleware and backends put
 on ``request.user`` (a session, a remote user, ...). Answers are JSON, errors
 included: 401 anonymous, 403 missing permission or failed CSRF check, 404
-unknown name or id, 405 wrong method, 400 bad input (with the form's errors),
-409 a conflicting idempotency key or an impossible cancel/retry.
+unknown name, id or path, 405 wrong method, 400 bad input (with the form's errors),
+409 a conflicting idempotency key or an impossible cancel/retry, 413 a body over
+``DYRYGENT_API_MAX_BODY_BYTES`` (refused from its Content-Length, before it is read).
 
 CSRF: a session cookie is sent by the browser on its own, so unsafe requests
 are checked exactly as Django checks a form post (``X-CSRFToken`` header with
@@ -22,14 +23,15 @@ from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, Concatenate, ParamSpec, TypeAlias, cast
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import engine, launch
 from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
+from .conf import settings
 from .models import Workflow
 
 P = ParamSpec("P")
@@ -38,7 +40,6 @@ ApiView: TypeAlias = Callable[Concatenate[HttpRequest, P], HttpResponse]
 
 #: Request header carrying the client's idempotency key (``idempotency_key`` in the body works too).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_BODY = 64 * 1024
 
 
 def _no_view(request: HttpRequest) -> HttpResponse:
@@ -76,6 +77,10 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
                 return response
             if not request.user.is_authenticated:
                 return error(401, "Authentication required: log in first.")
+            # Before the CSRF check, which may read a form-encoded body.
+            size = _content_length(request)
+            if size > settings.API_MAX_BODY_BYTES:
+                return _too_big(size)
             if request.method not in ("GET", "HEAD", "OPTIONS"):
                 reason = _CsrfCheck(_no_view).failure(request)
                 if reason:
@@ -90,14 +95,32 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
     return decorator
 
 
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _too_big(size: int | None) -> JsonResponse:
+    """The 413 for a body of ``size`` bytes (None: over Django's own cap, size unknown)."""
+    what = "Request body" if size is None else f"Request body of {size} bytes"
+    return error(413, f"{what} is over DYRYGENT_API_MAX_BODY_BYTES={settings.API_MAX_BODY_BYTES} "
+                      "(or Django's DATA_UPLOAD_MAX_MEMORY_SIZE, whichever is smaller).")
+
+
 def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
-    """The request's JSON object ({} when empty), or a 400 response."""
-    if len(request.body) > MAX_BODY:
-        return error(400, f"Request body over {MAX_BODY} bytes.")
-    if not request.body.strip():
+    """The request's JSON object ({} when empty), or a 400/413 response."""
+    try:
+        raw = request.body
+    except RequestDataTooBig:  # Django's cap is the smaller one
+        return _too_big(None)
+    if len(raw) > settings.API_MAX_BODY_BYTES:  # a body sent without Content-Length
+        return _too_big(len(raw))
+    if not raw.strip():
         return {}
     try:
-        body = json.loads(request.body)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, f"Request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -241,3 +264,18 @@ def retry(request: HttpRequest, workflow_id: str) -> HttpResponse:
     if not reset:
         return error(409, f"Workflow {wf.pk} is {wf.state} with no failed or canceled node to retry.")
     return JsonResponse({**describe_workflow(wf), "nodes_reset": reset})
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other path under the API: a JSON 404, never the project's HTML page."""
+    message = f"No API endpoint at {request.path}."
+    if not request.path.endswith("/"):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            pass
+        else:
+            if match.func is not not_found:
+                message += f" Did you mean {request.path}/ (with the trailing slash)?"
+    return error(404, message)

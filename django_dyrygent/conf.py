@@ -113,6 +113,8 @@ SETTINGS: tuple[Setting, ...] = (
     # are published with ignore_result=True (the node row holds the outcome) and a worker
     # stores an outcome there itself only when it cannot write it to the database.
     Setting("STORE_NODE_RESULTS", False, (bool,)),
+    # Largest request body the JSON API reads, in bytes; a larger one is answered 413.
+    Setting("API_MAX_BODY_BYTES", 64 * 1024, (int,), "positive"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -148,6 +150,7 @@ class Settings:
     UNKNOWN_TASKS: str
     CATALOGUE_MODULE: str | None
     STORE_NODE_RESULTS: bool
+    API_MAX_BODY_BYTES: int
 
     def __getattr__(self, name: str) -> Any:
         setting = BY_NAME.get(name)

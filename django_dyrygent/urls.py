@@ -1,6 +1,6 @@
 """The catalogue's JSON API; mount it with ``path("dyrygent/", include("django_dyrygent.urls"))``."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import api
 
@@ -12,4 +12,6 @@ urlpatterns = [
     path("workflows/<str:workflow_id>/", api.status, name="api-workflow"),
     path("workflows/<str:workflow_id>/cancel/", api.cancel, name="api-cancel"),
     path("workflows/<str:workflow_id>/retry/", api.retry, name="api-retry"),
+    # Last: every other path under the API answers a JSON 404.
+    re_path(r"^(?P<path>.*)$", api.not_found, name="api-not-found"),
 ]
