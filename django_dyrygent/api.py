@@ -178,6 +178,7 @@ def describe_workflow(wf: Workflow) -> dict[str, Any]:
         "nodes_done": wf.nodes_done,
         "nodes_succeeded": wf.nodes_succeeded,
         "nodes_failed": wf.nodes_failed,
+        "nodes_upstream_failed": wf.nodes_upstream_failed,
         "created_at": wf.created_at.isoformat() if wf.created_at else None,
         "started_at": wf.started_at.isoformat() if wf.started_at else None,
         "finished_at": wf.finished_at.isoformat() if wf.finished_at else None,

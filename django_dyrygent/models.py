@@ -92,7 +92,11 @@ class Workflow(models.Model):
         _("next tick at"), null=True, blank=True, db_index=True,
         help_text=_("When the scheduled safety-net tick is due; overdue means it was lost."),
     )
-    error = models.TextField(_("error"), blank=True, default="")
+    error = models.TextField(
+        _("error"), blank=True, default="",
+        help_text=_("Why it did not succeed: its first failed node and that node's exception, or why "
+                    "the engine ended it."),
+    )
     nodes_total = models.PositiveIntegerField(_("nodes"), default=0)
     nodes_done = models.PositiveIntegerField(
         _("nodes done"), default=0, help_text=_("Nodes in a final state (any outcome)."),
@@ -100,6 +104,10 @@ class Workflow(models.Model):
     nodes_succeeded = models.PositiveIntegerField(_("nodes succeeded"), default=0)
     nodes_failed = models.PositiveIntegerField(
         _("nodes failed"), default=0, help_text=_("FAILURE, UPSTREAM_FAILED and CANCELED nodes."),
+    )
+    nodes_upstream_failed = models.PositiveIntegerField(
+        _("nodes upstream failed"), default=0,
+        help_text=_("The UPSTREAM_FAILED part of nodes failed: nodes that never ran because a dependency failed."),
     )
     nodes_skipped = models.PositiveIntegerField(_("nodes skipped"), default=0)
     ticks = models.PositiveIntegerField(_("ticks"), default=0)
@@ -497,7 +505,7 @@ class WorkflowEdge(models.Model):
         return f"{self.dependency_id} -> {self.node_id}"
 
 
-__all__ = ["QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent", "WorkflowNode"]
+__all__ = ["FailedStart", "QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent", "WorkflowNode"]
 
 
 class WorkflowEvent(models.Model):
@@ -578,3 +586,29 @@ class QueuedRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.definition} queued at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class FailedStart(models.Model):
+    """A start of a catalogue definition that a schedule asked for and that could not happen.
+
+    A Celery task has no one to answer: without this row a failed scheduled
+    start would only be a line in a worker's log.
+    """
+
+    definition = models.CharField(_("definition"), max_length=100, db_index=True)
+    parameters = models.JSONField(_("parameters"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    trigger = models.CharField(_("started from"), max_length=20, choices=Trigger.choices, blank=True, default="")
+    error = models.TextField(_("error"), help_text=_("Why it could not start, and what to do."))
+    hostname = models.CharField(
+        _("worker"), max_length=255, blank=True, default="",
+        help_text=_("Celery node name of the worker that tried to start it."),
+    )
+    created_at = models.DateTimeField(_("failed at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("failed start")
+        verbose_name_plural = _("failed starts")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.definition} failed at {self.created_at:%Y-%m-%d %H:%M:%S}"

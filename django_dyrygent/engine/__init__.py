@@ -273,7 +273,8 @@ def cancel(workflow_id: UUID | str, reason: str | None = "") -> bool:
 def retry(workflow_id: UUID | str) -> int:
     """Re-run FAILURE / UPSTREAM_FAILED / CANCELED nodes with fresh task ids; resume.
 
-    Successful nodes keep their results. Returns the number of nodes reset.
+    Successful nodes keep their results. Returns the number of nodes reset,
+    internal joins not counted (they are not the user's nodes).
     """
 
     def do_retry(step: Step) -> int:
@@ -288,6 +289,7 @@ def retry(workflow_id: UUID | str) -> int:
         reset = [n for n in nodes.values() if n.state in NODE_FAILED]
         if not reset:
             return 0
+        counted = sum(1 for n in reset if n.kind != NodeKind.JOIN)
         # The engine's give-up count starts again, or one failed tick would end it ERROR at once.
         step.wf_fields["engine_errors"] = wf.engine_errors = 0
         step.transition_nodes(reset, NodeState.PENDING, reason="retry")
@@ -325,7 +327,7 @@ def retry(workflow_id: UUID | str) -> int:
             queue_nodes(step, reset, reason="retry")
             step.watch_callbacks = True
             schedule_tick(step)
-            return len(reset)
+            return counted
         if wf.state != WorkflowState.RUNNING:
             step.transition_workflow(
                 WorkflowState.RUNNING, reason="retry", finished_at=None, error="",
@@ -334,7 +336,7 @@ def retry(workflow_id: UUID | str) -> int:
         release_ready(step)
         maybe_finish(step)
         schedule_tick(step)
-        return len(reset)
+        return counted
 
     return locked_step(workflow_id, do_retry) or 0
 
