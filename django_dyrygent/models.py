@@ -407,6 +407,12 @@ class WorkflowNode(models.Model):
         verbose_name = _("workflow node")
         verbose_name_plural = _("workflow nodes")
         ordering = ["workflow", "position"]
+        # One per action on a single node (admin, API): each can be given on its own.
+        permissions = [
+            ("retry_node", _("Can retry a node and the failed nodes after it")),
+            ("mark_node", _("Can mark a node succeeded or skipped")),
+            ("cancel_node", _("Can cancel a node")),
+        ]
         # Plain indexes in Meta, not db_index=True: on PostgreSQL a db_index CharField
         # gets a second, ``varchar_pattern_ops`` index for LIKE that nothing here runs,
         # and every index is one more write per node saved and per state change.
