@@ -5,11 +5,14 @@ Beside the graph: the event log, the workers' heartbeats and queued runs.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
@@ -511,7 +514,10 @@ class WorkflowEdge(models.Model):
         return f"{self.dependency_id} -> {self.node_id}"
 
 
-__all__ = ["FailedStart", "QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent", "WorkflowNode"]
+__all__ = [
+    "ApiToken", "FailedStart", "QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent",
+    "WorkflowNode",
+]
 
 
 class WorkflowEvent(models.Model):
@@ -618,3 +624,73 @@ class FailedStart(models.Model):
 
     def __str__(self) -> str:
         return f"{self.definition} failed at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ApiToken(models.Model):
+    """A user's key for the JSON API, sent as ``Authorization: Bearer <key>``; only its hash is stored.
+
+    The key is shown once, when it is made (``ApiToken.issue``, or the
+    admin's add page); a lost key is revoked and a new one made. The key
+    acts as its user, with that user's permissions.
+    """
+
+    #: Every key starts with it: a secret scanner, or a person, tells it apart.
+    KEY_PREFIX = "dyr_"
+
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dyrygent_api_tokens",
+        verbose_name=_("user"), help_text=_("Whose permissions the token carries."),
+    )
+    name = models.CharField(_("name"), max_length=100, help_text=_("What it is for (a script, a service)."))
+    key_hash = models.CharField(_("key hash"), max_length=64, unique=True, editable=False,
+                                help_text=_("SHA-256 of the key; the key itself is not kept."))
+    prefix = models.CharField(_("key starts with"), max_length=12, editable=False,
+                              help_text=_("The key's first characters, to tell tokens apart."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True,
+                                      help_text=_("A revoked token authenticates nobody."))
+
+    class Meta:
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        # The key is 256 random bits: a fast hash cannot be brute-forced, and a lookup by it is one index probe.
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def new_key(cls) -> str:
+        return cls.KEY_PREFIX + secrets.token_urlsafe(32)
+
+    def set_key(self) -> str:
+        """Give this token a fresh key (not saved); returns the key, the only time it can be read."""
+        key = self.new_key()
+        self.key_hash = self.hash_key(key)
+        self.prefix = key[: len(self.KEY_PREFIX) + 6]
+        return key
+
+    @classmethod
+    def issue(cls, user: Any, name: str) -> tuple[ApiToken, str]:
+        """A new saved token for ``user`` and its key."""
+        token = cls(user=user, name=name)
+        key = token.set_key()
+        token.save()
+        return token, key
+
+    @classmethod
+    def user_for(cls, key: str) -> Any:
+        """The active user the key belongs to, or None (unknown, revoked, or the user is inactive)."""
+        token = cls.objects.select_related("user").filter(key_hash=cls.hash_key(key), revoked_at=None).first()
+        if token is None or not token.user.is_active:
+            return None
+        now = timezone.now()
+        if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+            # At most one write a minute per token: a busy client does not write on every call.
+            cls.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user

@@ -9,9 +9,12 @@ urlpatterns = [
     path("definitions/", api.definitions, name="api-definitions"),
     path("definitions/<str:name>/", api.definition, name="api-definition"),
     path("definitions/<str:name>/start/", api.start, name="api-start"),
+    path("workflows/", api.workflows, name="api-workflows"),
     path("workflows/<str:workflow_id>/", api.status, name="api-workflow"),
+    path("workflows/<str:workflow_id>/nodes/", api.nodes, name="api-nodes"),
     path("workflows/<str:workflow_id>/cancel/", api.cancel, name="api-cancel"),
     path("workflows/<str:workflow_id>/retry/", api.retry, name="api-retry"),
+    path("openapi.json", api.openapi_document, name="api-openapi"),
     # Last: every other path under the API answers a JSON 404.
     re_path(r"^(?P<path>.*)$", api.not_found, name="api-not-found"),
 ]

@@ -68,7 +68,7 @@ def test_api_start__cap_over_django_limit_answers_413_naming_both(starter, setti
     assert "DATA_UPLOAD_MAX_MEMORY_SIZE" in response.json()["error"]
 
 
-@pytest.mark.parametrize("path", ["nope/", "definitions/tests.add/start/extra/", "workflows/"])
+@pytest.mark.parametrize("path", ["nope/", "definitions/tests.add/start/extra/", "workflows/a/b/c/"])
 def test_api__unknown_path_is_404_json(starter, client, path):
     for who in (starter, client):
         response = who.get("/dyrygent/" + path)
