@@ -562,6 +562,10 @@ class WorkerHeartbeat(models.Model):
         _("reserved tasks"), default=list, blank=True,
         help_text=_("Task ids prefetched or scheduled (ETA) by the worker at the last beat."),
     )
+    queues = models.JSONField(
+        _("queues"), default=list, blank=True,
+        help_text=_("Names of the queues the worker consumed from at the last beat."),
+    )
 
     class Meta:
         verbose_name = _("worker heartbeat")

@@ -11,6 +11,7 @@ Heartbeats are only read. ``django_dyrygent.admin`` re-exports both admins.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -30,6 +32,7 @@ from ..graph import layout as graph
 from ..graph.layout import shorten
 from ..models import WorkerHeartbeat, WorkflowNode
 from ..states import NODE_FAILED, NodeKind, NodeState, WorkflowState
+from ..worker.liveness import Snapshot
 from .display import short_time, state_badge
 from .readonly import ReadOnlyAdmin
 
@@ -339,11 +342,57 @@ def _posted_result(request: HttpRequest) -> Any:
 class WorkerHeartbeatAdmin(ReadOnlyAdmin):
     """Which workers are alive and what they hold: the rows the liveness sweep judges by."""
 
-    list_display = ("hostname", "pid", "started_at", "last_seen", "active_count", "reserved_count")
+    list_display = ("hostname", "pid", "status", "sweeps", "last_seen", "started_at", "active_count",
+                    "reserved_count", "queue_list")
     search_fields = ("hostname",)
+    ordering = ("-last_seen", "id")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The request's snapshot of every beat (judged as the sweep judges them), per thread.
+        self._seen = threading.local()
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        self._seen.snapshot = Snapshot.load(timezone.now())
+        try:
+            return super().changelist_view(request, extra_context)
+        finally:
+            self._seen.snapshot = None
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        self._seen.snapshot = Snapshot.load(timezone.now())
+        try:
+            return super().change_view(request, object_id, form_url, extra_context)
+        finally:
+            self._seen.snapshot = None
+
+    def _snapshot(self) -> Snapshot:
+        snapshot = getattr(self._seen, "snapshot", None)
+        return snapshot if snapshot is not None else Snapshot.load(timezone.now())
+
+    @admin.display(description=_("status"))
+    def status(self, obj: WorkerHeartbeat) -> str:
+        snapshot = self._snapshot()
+        if any(beat.pk == obj.pk for beat in snapshot.live()):
+            return format_html('<span class="dy-badge dy-s-SUCCESS">{}</span>', _("alive"))
+        silent = graph.format_duration(snapshot.now - obj.last_seen)
+        return format_html('<span class="dy-badge dy-s-FAILURE" title="{}">{}</span>',
+                           _("no heartbeat for %(silent)s") % {"silent": silent}, _("stale"))
+
+    @admin.display(description=_("sweeps"), boolean=True)
+    def sweeps(self, obj: WorkerHeartbeat) -> bool:
+        """The oldest live worker runs the sweep (lost ticks, dead workers' nodes, lost messages)."""
+        leader = self._snapshot().leader()
+        return leader is not None and leader.pk == obj.pk
+
+    @admin.display(description=_("queues"))
+    def queue_list(self, obj: WorkerHeartbeat) -> str:
+        return ", ".join(obj.queues or ()) or "—"
 
     @admin.display(description=_("running"))
     def active_count(self, obj: WorkerHeartbeat) -> int:

@@ -32,6 +32,7 @@ from ..graph import layout as graph
 from ..graph.layout import Item
 from ..models import FailedStart, Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState
+from . import health
 from . import views as admin_views
 from .display import can_act, error_summary, pretty_json, pretty_text, state_badge, workflow_progress
 from .nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
@@ -131,6 +132,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         context = dict(extra_context or {})
+        context["worker_warning"] = health.warning()
         if self.admin_site.is_registered(FailedStart) and request.user.has_perm("django_dyrygent.view_failedstart"):
             context["failed_starts"] = recent_failures()
             context["failed_starts_url"] = reverse(
@@ -324,6 +326,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             actions = self.get_actions(request)
             context.update(self.dag_context(obj))
             context.update({
+                "worker_warning": health.warning(obj),
                 "events": events,
                 "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],
                 "status_url": reverse("admin:%s_%s_status" % info, args=[obj.pk]),
