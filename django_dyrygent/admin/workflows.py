@@ -85,6 +85,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
     dag_collapse_threshold = graph.COLLAPSE_THRESHOLD
     #: Milliseconds between two refreshes of a running workflow's page.
     dag_poll_interval = 2000
+    #: Seconds offered by the page's refresh menu (the person watching picks; the browser remembers).
+    refresh_choices = (1, 2, 5, 10, 30, 60)
     #: Buttons of the change page: the list actions, applied to this workflow only.
     object_action_labels = {
         "cancel_workflows": _("Cancel"),
@@ -325,6 +327,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
             info = self.opts.app_label, self.opts.model_name
             actions = self.get_actions(request)
             context.update(self.dag_context(obj))
+            # Bigger workflows are polled less often: a status costs O(nodes) to build.
+            poll_interval = max(self.dag_poll_interval, obj.nodes_total // 5)
             context.update({
                 "worker_warning": health.warning(obj),
                 "events": events,
@@ -333,8 +337,10 @@ class WorkflowAdmin(ReadOnlyAdmin):
                 "dag_url": reverse("admin:%s_%s_dag" % info, args=[obj.pk]),
                 "nodes_url": reverse("admin:django_dyrygent_workflownode_changelist")
                 + f"?workflow={obj.pk}",
-                # Bigger workflows are polled less often: a status costs O(nodes) to build.
-                "poll_interval": max(self.dag_poll_interval, obj.nodes_total // 5),
+                "poll_interval": poll_interval,
+                "refresh_choices": self.refresh_choices,
+                # The menu shows the choice nearest the page's own interval until the person picks one.
+                "refresh_default": min(self.refresh_choices, key=lambda s: abs(s * 1000 - poll_interval)),
                 # Every permitted action is on the page; the ones that cannot act now are hidden,
                 # and dag.js shows them when the workflow gets there.
                 "object_actions": [
