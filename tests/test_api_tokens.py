@@ -124,6 +124,9 @@ def test_docs_curl__works_from_a_clean_shell(live_server):
     lines = [line[2:] for line in page.splitlines() if line.startswith("$ curl") and "Bearer $DYRYGENT_TOKEN" in line]
     assert len(lines) == 2, lines
 
+    # The example project's definition of that name, when a test loaded it, steps aside meanwhile.
+    example = catalogue.registry._definitions.pop("nightly-audit", None)
+
     @catalogue.register("nightly-audit")
     def nightly_audit(channel: str = "ops"):
         return record.si(channel)
@@ -141,3 +144,5 @@ def test_docs_curl__works_from_a_clean_shell(live_server):
         assert answers[1].startswith('{"count": 0, "limit": 10, "offset": 0, "next": null')
     finally:
         catalogue.registry.unregister("nightly-audit")
+        if example is not None:
+            catalogue.registry.register(example)
