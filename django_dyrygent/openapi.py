@@ -132,6 +132,13 @@ SCHEMAS: dict[str, Schema] = {
     "WorkflowPage": _page("Workflow"),
     "Node": NODE,
     "NodePage": _page("Node", workflow={"type": "string", "format": "uuid"}),
+    "RetriedNode": _with(NODE, nodes_reset={**COUNT, "description": "Task nodes put back to run, it included."}),
+    "MarkedNode": _with(NODE, nodes_released={
+        **COUNT, "description": "UPSTREAM_FAILED nodes after it put back to PENDING."}),
+    "MarkRequest": _object({
+        "state": {"type": "string", "enum": ["SUCCESS", "SKIPPED"]},
+        "result": {"description": "The node's result (SUCCESS only): what a pass-results follower receives."},
+    }, optional=("result",)),
 }
 
 
@@ -167,6 +174,7 @@ PAGING = [
 ]
 NAME = _path("name", "A catalogue definition's name.")
 WORKFLOW_ID = _path("workflow_id", "The workflow's id (a UUID).")
+NODE_ID = _path("node_id", "The node's id (an integer, the id in the nodes list).")
 
 PATHS: dict[str, Schema] = {
     "/definitions/": {"get": {
@@ -225,6 +233,23 @@ PATHS: dict[str, Schema] = {
         "operationId": "retryWorkflow", "summary": "Re-run the failed, upstream-failed and canceled nodes.",
         "parameters": [WORKFLOW_ID],
         "responses": {"200": _json("RetriedWorkflow", "Running again."), **_errors("401", "403", "404", "409")},
+    }},
+    "/workflows/{workflow_id}/nodes/{node_id}/retry/": {"post": {
+        "operationId": "retryNode", "summary": "Run a failed node again, and what did not succeed after it.",
+        "parameters": [WORKFLOW_ID, NODE_ID],
+        "responses": {"200": _json("RetriedNode", "The node, back to run."), **_errors("401", "403", "404", "409")},
+    }},
+    "/workflows/{workflow_id}/nodes/{node_id}/mark/": {"post": {
+        "operationId": "markNode", "summary": "End a node SUCCESS (with a result) or SKIPPED without running it.",
+        "parameters": [WORKFLOW_ID, NODE_ID],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("MarkRequest")}}},
+        "responses": {"200": _json("MarkedNode", "The node, marked."),
+                      **_errors("400", "401", "403", "404", "409", "413")},
+    }},
+    "/workflows/{workflow_id}/nodes/{node_id}/cancel/": {"post": {
+        "operationId": "cancelNode", "summary": "Cancel a node that has not ended (its task is revoked).",
+        "parameters": [WORKFLOW_ID, NODE_ID],
+        "responses": {"200": _json("Node", "The node, canceled."), **_errors("401", "403", "404", "409")},
     }},
     "/openapi.json": {"get": {
         "operationId": "openapi", "summary": "This document.", "security": [],

@@ -68,7 +68,8 @@ def user_with(*codenames, username="api"):
 @pytest.fixture
 def machine():
     """A client that authenticates with an API token only (no session, no CSRF)."""
-    _token, key = ApiToken.issue(user_with("start_workflow", "view_workflow", "change_workflow"), "ci")
+    _token, key = ApiToken.issue(user_with("start_workflow", "view_workflow", "change_workflow", "retry_node",
+                                           "mark_node", "cancel_node"), "ci")
     return Client(enforce_csrf_checks=True, HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
@@ -133,6 +134,26 @@ def test_openapi__workflow_reads_lists_and_actions_match(machine, call):
     assert call(machine, "post", "/workflows/00000000-0000-0000-0000-000000000000/retry/").status_code == 404
 
 
+def test_openapi__node_actions_match(machine, call):
+    wf = failed_workflow()
+    failing, after = wf.nodes.get(position=0), wf.nodes.get(position=1)
+    nodes = f"/workflows/{wf.pk}/nodes"
+    refused = call(machine, "post", f"{nodes}/{after.pk}/retry/").json()["error"]
+    assert refused == f"Node {after.task_id} did not run because {failing.task_id} is FAILURE; retry that node."
+    assert call(machine, "post", f"{nodes}/{failing.pk}/mark/", {"state": "FAILURE"}).status_code == 400
+    assert call(machine, "post", f"{nodes}/{failing.pk}/mark/", {"state": "SKIPPED", "result": 1}).status_code == 400
+    marked = call(machine, "post", f"{nodes}/{failing.pk}/mark/", {"state": "SUCCESS", "result": {"rows": 3}}).json()
+    assert (marked["state"], marked["result"], marked["nodes_released"]) == ("SUCCESS", {"rows": 3}, 1)
+    assert call(machine, "post", f"{nodes}/{failing.pk}/mark/", {"state": "SKIPPED"}).status_code == 409
+    assert call(machine, "post", f"{nodes}/{after.pk}/cancel/").json()["state"] == "CANCELED"
+    assert call(machine, "post", f"{nodes}/{after.pk}/cancel/").status_code == 409
+    retried = call(machine, "post", f"{nodes}/{after.pk}/retry/").json()
+    assert (retried["state"], retried["nodes_reset"]) == ("QUEUED", 1)
+    for action in ("retry", "mark", "cancel"):
+        assert call(machine, "post", f"{nodes}/999999/{action}/", {"state": "SUCCESS"}).status_code == 404
+    assert call(machine, "post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/cancel/").status_code == 404
+
+
 def test_openapi__refusals_match(call, client):
     assert call(client, "get", "/workflows/").status_code == 401
     assert call(client, "get", "/definitions/").status_code == 401
@@ -144,7 +165,10 @@ def test_openapi__refusals_match(call, client):
                         ("get", "/workflows/00000000-0000-0000-0000-000000000000/"),
                         ("get", "/workflows/00000000-0000-0000-0000-000000000000/nodes/"),
                         ("post", "/workflows/00000000-0000-0000-0000-000000000000/cancel/"),
-                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/retry/")]:
+                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/retry/"),
+                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/retry/"),
+                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/mark/"),
+                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/cancel/")]:
         assert call(weak, method, url).status_code == 403
     call(client, "get", "/openapi.json")
 
