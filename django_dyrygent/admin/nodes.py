@@ -347,6 +347,9 @@ class WorkerHeartbeatAdmin(ReadOnlyAdmin):
     search_fields = ("hostname",)
     ordering = ("-last_seen", "id")
 
+    class Media:
+        css = {"all": ("django_dyrygent/dag.css",)}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The request's snapshot of every beat (judged as the sweep judges them), per thread.
