@@ -250,3 +250,20 @@ def test_mark_node__a_failed_workflow_runs_on_to_success_on_a_worker(worker):
     assert after.state == "SUCCESS" and after.attempts == 2
     wf.refresh_from_db()
     assert (wf.nodes_failed, wf.nodes_upstream_failed, wf.nodes_succeeded, wf.error) == (0, 0, 2, "")
+
+
+@pytest.mark.django_db
+def test_mark_node__counts_only_what_no_other_failure_still_holds_back():
+    """``f1 -> join <- f2 -> ...``: marking f1 lets nothing go while f2 still failed."""
+    wf = Workflow(name="two failures, one follower")
+    first, second = wf.add_signature(fail.si("f1")), wf.add_signature(fail.si("f2"))
+    wf.add_signature(record.si("after"), dependencies=[first, second])
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    for label in ("f1", "f2"):
+        outcomes.node_failed(wf.pk, node(wf, label).task_id, exception=Boom(label))
+    assert node_actions.mark_node(wf.pk, node(wf, "f1").pk, "SKIPPED") == 0
+    assert states(wf) == {"f1": "SKIPPED", "f2": "FAILURE", "after": "UPSTREAM_FAILED"}
+    assert node_actions.mark_node(wf.pk, node(wf, "f2").pk, "SKIPPED") == 1
+    assert states(wf)["after"] == "QUEUED"
+    assert counters(wf) == (2, 0, 0, 0, 2)

@@ -167,7 +167,7 @@ def mark_node(
     UPSTREAM_FAILED and CANCELED, and from PENDING once every dependency has
     ended; a running node is refused (cancel it first). The nodes after it
     that were UPSTREAM_FAILED are put back to PENDING, so they run if
-    nothing else failed before them. Returns the number of those nodes.
+    nothing else failed before them. Returns how many task nodes that let go.
     """
     if target not in MARKS:
         raise ValueError(f"A node can be marked {' or '.join(MARKS)}, not {target!r}.")
@@ -204,7 +204,11 @@ def mark_node(
         held_back = [n for n in downstream(node, nodes) if n.state == NodeState.UPSTREAM_FAILED]
         reset_nodes(step, held_back, nodes, reason=f"a dependency was {reason}")
         resume(step, reason)
-        return sum(1 for n in held_back if n.kind != NodeKind.JOIN)
+        # Those that another failed dependency holds back still are UPSTREAM_FAILED again by now.
+        return (
+            WorkflowNode.objects.filter(pk__in=[n.pk for n in held_back], kind=NodeKind.TASK)
+            .exclude(state=NodeState.UPSTREAM_FAILED).count()
+        ) if held_back else 0
 
     return locked_step(workflow_id, do_mark) or 0
 
