@@ -1,18 +1,20 @@
-"""A small JSON API over the catalogue: list definitions, start one, read, cancel or retry a workflow.
+"""The JSON API: catalogue definitions and starts; workflows listed, read, canceled and retried; single nodes.
 
-Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``).
-Authentication is the project's own: whatever its middleware and backends put
-on ``request.user`` (a session, a remote user, ...). Answers are JSON, errors
-included: 401 anonymous, 403 missing permission or failed CSRF check, 404
-unknown name, id or path, 405 wrong method, 400 bad input (with the form's errors),
-409 a conflicting idempotency key or an impossible cancel/retry, 413 a body over
-``DYRYGENT_API_MAX_BODY_BYTES`` (refused from its Content-Length, before it is read).
+Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``);
+``openapi.py`` describes every view here and is served beside them. A machine
+authenticates with an ``ApiToken`` (``Authorization: Bearer <key>``), a browser
+with whatever the project's middleware puts on ``request.user``. Answers are
+JSON, errors included: 401 unauthenticated (saying how), 403 missing permission
+or failed CSRF check, 404 unknown name, id or path, 405 wrong method, 400 bad
+input (with the form's errors), 409 a conflicting idempotency key or an
+impossible cancel/retry, 413 a body over ``DYRYGENT_API_MAX_BODY_BYTES``
+(refused from its Content-Length, before it is read).
 
 CSRF: a session cookie is sent by the browser on its own, so unsafe requests
-are checked exactly as Django checks a form post (``X-CSRFToken`` header with
-the ``csrftoken`` cookie's value), but a failure is answered in JSON rather
-than with Django's HTML page. A project that authenticates API clients by a
-header token, not by a cookie, can wrap these views in ``csrf_exempt``.
+made with a session are checked exactly as Django checks a form post
+(``X-CSRFToken`` header with the ``csrftoken`` cookie's value), but a failure
+is answered in JSON rather than with Django's HTML page. A token is never sent
+by a browser on its own, so a request carrying one is not checked.
 """
 
 from __future__ import annotations
