@@ -116,3 +116,17 @@ def test_heartbeat__records_the_queues_the_real_worker_consumes(worker):
     thread.beat()
     row = WorkerHeartbeat.objects.get(hostname="queues@test")
     assert row.queues == consumed_queues(worker) == [settings.CELERY_TASK_DEFAULT_QUEUE]
+
+
+@pytest.mark.django_db
+def test_warning__a_routing_error_never_breaks_the_page(admin_client, no_workers, monkeypatch, caplog):
+    wf = waiting_workflow()
+    beat("w1@host")
+
+    def broken(workflow):
+        raise RuntimeError("router exploded")
+
+    monkeypatch.setattr(health, "node_queues", broken)
+    response = admin_client.get(reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
+    assert response.status_code == 200
+    assert "Could not tell which queues the nodes of workflow" in caplog.text

@@ -8,6 +8,7 @@ heartbeats there is nothing to tell from.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.utils import timezone
@@ -18,6 +19,8 @@ from ..conf import get_celery_app, settings
 from ..models import Workflow, WorkflowNode
 from ..states import NodeKind, NodeState
 from ..worker.liveness import Snapshot
+
+logger = logging.getLogger("django_dyrygent.admin")
 
 #: Node states whose task still has to reach a worker.
 WAITING = (NodeState.PENDING, NodeState.QUEUED, NodeState.RETRY)
@@ -69,7 +72,12 @@ def warning(workflow: Workflow | None = None) -> str:
     read = {queue for beat in live for queue in (beat.queues or ())}
     if not read:  # beats written before workers recorded their queues: nothing to compare
         return ""
-    missing = sorted(node_queues(workflow) - read)
+    try:
+        needed = node_queues(workflow)
+    except Exception:  # a routing function of the project that raises: the page still shows
+        logger.exception("Could not tell which queues the nodes of workflow %s need", workflow.pk)
+        return ""
+    missing = sorted(needed - read)
     if not missing:
         return ""
     return ngettext(
