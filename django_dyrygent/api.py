@@ -468,49 +468,63 @@ def nodes(request: HttpRequest, workflow_id: str) -> HttpResponse:
 # -- one node --------------------------------------------------------------------------------------------
 
 
-def _node(workflow_id: str, node_id: str) -> tuple[Workflow, WorkflowNode] | JsonResponse:
-    """The workflow and its node, or the 404 response."""
+def _node(workflow_id: str, node_id: str) -> WorkflowNode | JsonResponse:
+    """The workflow's node, or the 404 response."""
     wf = _workflow(workflow_id)
     if isinstance(wf, JsonResponse):
         return wf
     node = WorkflowNode.objects.filter(workflow_id=wf.pk, pk=int(node_id)).first() if node_id.isdigit() else None
     if node is None:
         return error(404, f"Workflow {wf.pk} has no node {node_id!r}.")
-    return wf, node
-
-
-def _node_answer(node: WorkflowNode, **extra: Any) -> JsonResponse:
-    node.refresh_from_db()
-    dependencies = list(WorkflowEdge.objects.filter(node_id=node.pk).order_by("position", "id")
-                        .values_list("dependency_id", flat=True))
-    return JsonResponse({**describe_node(node, dependencies), **extra})
+    return node
 
 
 def _by(request: HttpRequest, verb: str) -> str:
     return f"{verb} by {request.user.get_username()} through the API"
 
 
-@endpoint(["POST"], "django_dyrygent.retry_node")
-def retry_node(request: HttpRequest, workflow_id: str, node_id: str) -> HttpResponse:
+#: An action on one node: ``act(request, node)`` returns the extra fields of the answer, or a response.
+NodeAction: TypeAlias = Callable[[HttpRequest, WorkflowNode], "dict[str, Any] | HttpResponse"]
+
+
+def node_action(permission: str) -> Callable[[NodeAction], ApiView[[str, str]]]:
+    """A POST on ``workflows/<id>/nodes/<node id>/...``: the node found (404), a refusal answered 409.
+
+    The answer is the node as it is after the action, with the fields ``act`` returns.
+    """
+
+    def decorator(act: NodeAction) -> ApiView[[str, str]]:
+        @endpoint(["POST"], permission)
+        @wraps(act)
+        def view(request: HttpRequest, workflow_id: str, node_id: str) -> HttpResponse:
+            node = _node(workflow_id, node_id)
+            if isinstance(node, JsonResponse):
+                return node
+            try:
+                answer = act(request, node)
+            except ValidationError as exc:  # the engine's refusal: the node's state does not allow it
+                return error(400 if exc.code == "result" else 409, " ".join(exc.messages))
+            if isinstance(answer, HttpResponse):
+                return answer
+            node.refresh_from_db()
+            dependencies = list(WorkflowEdge.objects.filter(node_id=node.pk).order_by("position", "id")
+                                .values_list("dependency_id", flat=True))
+            return JsonResponse({**describe_node(node, dependencies), **answer})
+
+        return view
+
+    return decorator
+
+
+@node_action("django_dyrygent.retry_node")
+def retry_node(request: HttpRequest, node: WorkflowNode) -> dict[str, Any] | HttpResponse:
     """Run a failed node again with the nodes after it that did not succeed (``engine.nodes.retry_node``)."""
-    found = _node(workflow_id, node_id)
-    if isinstance(found, JsonResponse):
-        return found
-    wf, node = found
-    try:
-        reset = node_actions.retry_node(wf.pk, node.pk, reason=_by(request, "retried"))
-    except ValidationError as exc:
-        return error(409, " ".join(exc.messages))
-    return _node_answer(node, nodes_reset=reset)
+    return {"nodes_reset": node_actions.retry_node(node.workflow_id, node.pk, reason=_by(request, "retried"))}
 
 
-@endpoint(["POST"], "django_dyrygent.mark_node")
-def mark_node(request: HttpRequest, workflow_id: str, node_id: str) -> HttpResponse:
+@node_action("django_dyrygent.mark_node")
+def mark_node(request: HttpRequest, node: WorkflowNode) -> dict[str, Any] | HttpResponse:
     """Body ``{"state": "SUCCESS" | "SKIPPED", "result": ...}``: end the node without running it."""
-    found = _node(workflow_id, node_id)
-    if isinstance(found, JsonResponse):
-        return found
-    wf, node = found
     body = _json_body(request)
     if isinstance(body, JsonResponse):
         return body
@@ -522,30 +536,18 @@ def mark_node(request: HttpRequest, workflow_id: str, node_id: str) -> HttpRespo
         return error(400, f"state must be {' or '.join(node_actions.MARKS)}, not {target!r}.")
     if "result" in body and target != NodeState.SUCCESS:
         return error(400, "Only a node marked SUCCESS has a result.")
-    try:
-        released = node_actions.mark_node(wf.pk, node.pk, target, result=body.get("result"),
-                                          reason=_by(request, f"marked {target.lower()}"))
-    except ValidationError as exc:
-        status = 400 if exc.code == "result" else 409
-        return error(status, " ".join(exc.messages))
-    return _node_answer(node, nodes_released=released)
+    released = node_actions.mark_node(node.workflow_id, node.pk, target, result=body.get("result"),
+                                      reason=_by(request, f"marked {target.lower()}"))
+    return {"nodes_released": released}
 
 
-@endpoint(["POST"], "django_dyrygent.cancel_node")
-def cancel_node(request: HttpRequest, workflow_id: str, node_id: str) -> HttpResponse:
+@node_action("django_dyrygent.cancel_node")
+def cancel_node(request: HttpRequest, node: WorkflowNode) -> dict[str, Any] | HttpResponse:
     """Cancel one node that has not ended; 409 when it had."""
-    found = _node(workflow_id, node_id)
-    if isinstance(found, JsonResponse):
-        return found
-    wf, node = found
-    try:
-        canceled = node_actions.cancel_node(wf.pk, node.pk, reason=_by(request, "canceled"))
-    except ValidationError as exc:
-        return error(409, " ".join(exc.messages))
-    if not canceled:
+    if not node_actions.cancel_node(node.workflow_id, node.pk, reason=_by(request, "canceled")):
         node.refresh_from_db()
         return error(409, f"Node {node.task_id} already ended {node.state}; nothing to cancel.")
-    return _node_answer(node)
+    return {}
 
 
 def openapi_document(request: HttpRequest) -> HttpResponse:
