@@ -1,36 +1,46 @@
-"""A small JSON API over the catalogue: list definitions, start one, read, cancel or retry a workflow.
+"""The JSON API: catalogue definitions and starts; workflows listed, read, canceled and retried; single nodes.
 
-Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``).
-Authentication is the project's own: whatever its middleware and backends put
-on ``request.user`` (a session, a remote user, ...). Answers are JSON, errors
-included: 401 anonymous, 403 missing permission or failed CSRF check, 404
-unknown name or id, 405 wrong method, 400 bad input (with the form's errors),
-409 a conflicting idempotency key or an impossible cancel/retry.
+Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``);
+``openapi.py`` describes every view here and is served beside them. A machine
+authenticates with an ``ApiToken`` (``Authorization: Bearer <key>``), a browser
+with whatever the project's middleware puts on ``request.user``. Answers are
+JSON, errors included: 401 unauthenticated (saying how), 403 missing permission
+or failed CSRF check, 404 unknown name, id or path, 405 wrong method, 400 bad
+input (with the form's errors), 409 a conflicting idempotency key or an
+impossible cancel/retry, 413 a body over ``DYRYGENT_API_MAX_BODY_BYTES``
+(refused from its Content-Length, before it is read).
 
 CSRF: a session cookie is sent by the browser on its own, so unsafe requests
-are checked exactly as Django checks a form post (``X-CSRFToken`` header with
-the ``csrftoken`` cookie's value), but a failure is answered in JSON rather
-than with Django's HTML page. A project that authenticates API clients by a
-header token, not by a cookie, can wrap these views in ``csrf_exempt``.
+made with a session are checked exactly as Django checks a form post
+(``X-CSRFToken`` header with the ``csrftoken`` cookie's value), but a failure
+is answered in JSON rather than with Django's HTML page. A token is never sent
+by a browser on its own, so a request carrying one is not checked.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, Concatenate, ParamSpec, TypeAlias, cast
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 
-from . import engine, launch
+from . import engine, launch, openapi
 from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
-from .models import Workflow
+from .conf import settings
+from .engine import nodes as node_actions
+from .models import ApiToken, Workflow, WorkflowEdge, WorkflowNode
+from .states import NodeKind, NodeState, Trigger, WorkflowState
 
 P = ParamSpec("P")
 #: A view of this API: ``view(request, *url_arguments)``.
@@ -38,7 +48,6 @@ ApiView: TypeAlias = Callable[Concatenate[HttpRequest, P], HttpResponse]
 
 #: Request header carrying the client's idempotency key (``idempotency_key`` in the body works too).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_BODY = 64 * 1024
 
 
 def _no_view(request: HttpRequest) -> HttpResponse:
@@ -63,6 +72,31 @@ def error(status: int, message: str, **extra: Any) -> JsonResponse:
     return JsonResponse({"error": message, **extra}, status=status)
 
 
+#: What a 401 says: how to authenticate.
+AUTH_HELP = (
+    "Authentication required: send an API token as 'Authorization: Bearer <token>' (API tokens are made "
+    "in the admin, under API tokens), or call from a logged-in browser session with the X-CSRFToken header."
+)
+
+
+def unauthorized(message: str) -> JsonResponse:
+    response = error(401, message)
+    response["WWW-Authenticate"] = 'Bearer realm="django_dyrygent"'
+    return response
+
+
+def _authenticate_token(request: HttpRequest) -> JsonResponse | None:
+    """Put the token's user on ``request``, or the 401 saying what is wrong with the header."""
+    scheme, _, key = request.headers["Authorization"].partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return unauthorized("The Authorization header must be 'Bearer <token>'. " + AUTH_HELP)
+    user = ApiToken.user_for(key.strip())
+    if user is None:
+        return unauthorized("Invalid or revoked API token (or its user is inactive).")
+    request.user = user
+    return None
+
+
 def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[[ApiView[P]], ApiView[P]]:
     """Method, authentication, CSRF and model permission checks shared by every view."""
 
@@ -74,9 +108,19 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
                 response = error(405, f"Method {request.method} not allowed; use {', '.join(methods)}.")
                 response["Allow"] = ", ".join(methods)
                 return response
-            if not request.user.is_authenticated:
-                return error(401, "Authentication required: log in first.")
-            if request.method not in ("GET", "HEAD", "OPTIONS"):
+            by_token = "Authorization" in request.headers
+            if by_token:
+                refused = _authenticate_token(request)
+                if refused is not None:
+                    return refused
+            elif not request.user.is_authenticated:
+                return unauthorized(AUTH_HELP)
+            # Before the CSRF check, which may read a form-encoded body.
+            size = _content_length(request)
+            if size > settings.API_MAX_BODY_BYTES:
+                return _too_big(size)
+            # A token is sent on purpose, never by the browser on its own: no CSRF check for it.
+            if not by_token and request.method not in ("GET", "HEAD", "OPTIONS"):
                 reason = _CsrfCheck(_no_view).failure(request)
                 if reason:
                     return error(403, f"CSRF check failed: {reason}. Send the csrftoken cookie's value "
@@ -90,14 +134,32 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
     return decorator
 
 
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _too_big(size: int | None) -> JsonResponse:
+    """The 413 for a body of ``size`` bytes (None: over Django's own cap, size unknown)."""
+    what = "Request body" if size is None else f"Request body of {size} bytes"
+    return error(413, f"{what} is over DYRYGENT_API_MAX_BODY_BYTES={settings.API_MAX_BODY_BYTES} "
+                      "(or Django's DATA_UPLOAD_MAX_MEMORY_SIZE, whichever is smaller).")
+
+
 def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
-    """The request's JSON object ({} when empty), or a 400 response."""
-    if len(request.body) > MAX_BODY:
-        return error(400, f"Request body over {MAX_BODY} bytes.")
-    if not request.body.strip():
+    """The request's JSON object ({} when empty), or a 400/413 response."""
+    try:
+        raw = request.body
+    except RequestDataTooBig:  # Django's cap is the smaller one
+        return _too_big(None)
+    if len(raw) > settings.API_MAX_BODY_BYTES:  # a body sent without Content-Length
+        return _too_big(len(raw))
+    if not raw.strip():
         return {}
     try:
-        body = json.loads(request.body)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, f"Request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -155,9 +217,10 @@ def describe_workflow(wf: Workflow) -> dict[str, Any]:
         "nodes_done": wf.nodes_done,
         "nodes_succeeded": wf.nodes_succeeded,
         "nodes_failed": wf.nodes_failed,
-        "created_at": wf.created_at.isoformat() if wf.created_at else None,
-        "started_at": wf.started_at.isoformat() if wf.started_at else None,
-        "finished_at": wf.finished_at.isoformat() if wf.finished_at else None,
+        "nodes_upstream_failed": wf.nodes_upstream_failed,
+        "created_at": _iso(wf.created_at),
+        "started_at": _iso(wf.started_at),
+        "finished_at": _iso(wf.finished_at),
         "error": wf.error,
         "admin_url": admin_url,
     }
@@ -241,3 +304,272 @@ def retry(request: HttpRequest, workflow_id: str) -> HttpResponse:
     if not reset:
         return error(409, f"Workflow {wf.pk} is {wf.state} with no failed or canceled node to retry.")
     return JsonResponse({**describe_workflow(wf), "nodes_reset": reset})
+
+
+# -- lists ---------------------------------------------------------------------------------------------
+
+#: Page sizes of the lists: (default, largest).
+WORKFLOW_PAGE = (50, 500)
+NODE_PAGE = (100, 1000)
+
+
+class BadQuery(ValueError):
+    """A query parameter that cannot be used as given (a 400 naming it)."""
+
+
+def _int_param(request: HttpRequest, name: str, default: int, lowest: int, highest: int | None = None) -> int:
+    raw = request.GET.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadQuery(f"{name} must be a whole number, not {raw!r}.") from None
+    if value < lowest or (highest is not None and value > highest):
+        top = f" and at most {highest}" if highest is not None else ""
+        raise BadQuery(f"{name} must be at least {lowest}{top}, not {value}.")
+    return value
+
+
+def _choices_param(request: HttpRequest, name: str, choices: Sequence[str]) -> list[str]:
+    """A comma-separated list of allowed values ([] when absent)."""
+    values = [v.strip() for v in request.GET.get(name, "").split(",") if v.strip()]
+    wrong = [v for v in values if v not in choices]
+    if wrong:
+        raise BadQuery(f"{name}: unknown value(s) {', '.join(wrong)}; use {', '.join(choices)}.")
+    return values
+
+
+def _time_param(request: HttpRequest, name: str) -> datetime.datetime | None:
+    raw = request.GET.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = parse_datetime(raw)
+        if value is None:
+            day = parse_date(raw)
+            value = datetime.datetime.combine(day, datetime.time()) if day is not None else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise BadQuery(f"{name} must be an ISO 8601 date or date-time (2026-11-27 or 2026-11-27T03:00:00Z), "
+                       f"not {raw!r}.")
+    return timezone.make_aware(value) if timezone.is_naive(value) else value
+
+
+def _check_known(request: HttpRequest, known: Sequence[str]) -> None:
+    unknown = sorted(set(request.GET) - set(known))
+    if unknown:
+        raise BadQuery(f"Unknown query parameter(s) {', '.join(unknown)}; this list takes {', '.join(known)}.")
+
+
+def _page(request: HttpRequest, queryset: QuerySet[Any], sizes: tuple[int, int]) -> tuple[dict[str, Any], list[Any]]:
+    """The paging part of a list answer (count, limit, offset, next, previous) and the page's rows."""
+    limit = _int_param(request, "limit", sizes[0], 1, sizes[1])
+    offset = _int_param(request, "offset", 0, 0)
+    count = queryset.count()
+    rows = list(queryset[offset:offset + limit])
+
+    def link(at: int | None) -> str | None:
+        if at is None:
+            return None
+        query = request.GET.copy()
+        query["limit"], query["offset"] = str(limit), str(at)
+        return request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+
+    return {
+        "count": count, "limit": limit, "offset": offset,
+        "next": link(offset + limit if offset + limit < count else None),
+        "previous": link(max(offset - limit, 0) if offset > 0 else None),
+    }, rows
+
+
+WORKFLOW_FILTERS = ("definition", "state", "started_by", "trigger", "created_after", "created_before",
+                    "limit", "offset")
+
+
+@endpoint(["GET"], "django_dyrygent.view_workflow")
+def workflows(request: HttpRequest) -> HttpResponse:
+    """Workflows, newest first: filtered by definition, state(s), started_by, trigger and creation time; paged."""
+    try:
+        _check_known(request, WORKFLOW_FILTERS)
+        queryset = Workflow.objects.defer("custom_payload", "options", "tasks_options").order_by("-created_at", "-id")
+        for name in ("definition", "started_by"):
+            if name in request.GET:
+                queryset = queryset.filter(**{name: request.GET[name]})
+        states = _choices_param(request, "state", WorkflowState.values)
+        if states:
+            queryset = queryset.filter(state__in=states)
+        triggers = _choices_param(request, "trigger", Trigger.values)
+        if triggers:
+            queryset = queryset.filter(trigger__in=triggers)
+        after, before = _time_param(request, "created_after"), _time_param(request, "created_before")
+        if after is not None:
+            queryset = queryset.filter(created_at__gte=after)
+        if before is not None:
+            queryset = queryset.filter(created_at__lt=before)
+        paging, rows = _page(request, queryset, WORKFLOW_PAGE)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    return JsonResponse({**paging, "results": [describe_workflow(wf) for wf in rows]})
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def describe_node(node: WorkflowNode, dependencies: list[int]) -> dict[str, Any]:
+    return {
+        "id": node.pk,
+        "task_id": node.task_id,
+        "task_name": node.task_name,
+        "kind": node.kind,
+        "state": node.state,
+        "trigger_rule": node.trigger_rule,
+        "dependencies": dependencies,
+        "result": node.result,
+        "error": node.error,
+        "reason": node.reason,
+        "attempts": node.attempts,
+        "queued_at": _iso(node.queued_at),
+        "started_at": _iso(node.started_at),
+        "finished_at": _iso(node.finished_at),
+        "duration_seconds": node.duration.total_seconds() if node.duration is not None else None,
+    }
+
+
+@endpoint(["GET"], "django_dyrygent.view_workflow")
+def nodes(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    """A workflow's nodes in order, with their results and dependencies; filtered by state(s) and kind; paged."""
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
+    try:
+        _check_known(request, ("state", "kind", "limit", "offset"))
+        queryset = WorkflowNode.objects.filter(workflow_id=wf.pk).defer("signature", "custom_payload").order_by(
+            "position", "id")
+        states = _choices_param(request, "state", NodeState.values)
+        if states:
+            queryset = queryset.filter(state__in=states)
+        kinds = _choices_param(request, "kind", NodeKind.values)
+        if kinds:
+            queryset = queryset.filter(kind__in=kinds)
+        paging, rows = _page(request, queryset, NODE_PAGE)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    dependencies: dict[int, list[int]] = {node.pk: [] for node in rows}
+    edges = WorkflowEdge.objects.filter(node_id__in=list(dependencies)).order_by("position", "id")
+    for node_id, dependency_id in edges.values_list("node_id", "dependency_id"):
+        dependencies[node_id].append(dependency_id)
+    return JsonResponse({"workflow": str(wf.pk), **paging,
+                         "results": [describe_node(node, dependencies[node.pk]) for node in rows]})
+
+
+# -- one node --------------------------------------------------------------------------------------------
+
+
+def _node(workflow_id: str, node_id: str) -> WorkflowNode | JsonResponse:
+    """The workflow's node, or the 404 response."""
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
+    node = WorkflowNode.objects.filter(workflow_id=wf.pk, pk=int(node_id)).first() if node_id.isdigit() else None
+    if node is None:
+        return error(404, f"Workflow {wf.pk} has no node {node_id!r}.")
+    return node
+
+
+def _by(request: HttpRequest, verb: str) -> str:
+    return f"{verb} by {request.user.get_username()} through the API"
+
+
+#: An action on one node: ``act(request, node)`` returns the extra fields of the answer, or a response.
+NodeAction: TypeAlias = Callable[[HttpRequest, WorkflowNode], "dict[str, Any] | HttpResponse"]
+
+
+def node_action(permission: str) -> Callable[[NodeAction], ApiView[[str, str]]]:
+    """A POST on ``workflows/<id>/nodes/<node id>/...``: the node found (404), a refusal answered 409.
+
+    The answer is the node as it is after the action, with the fields ``act`` returns.
+    """
+
+    def decorator(act: NodeAction) -> ApiView[[str, str]]:
+        @endpoint(["POST"], permission)
+        @wraps(act)
+        def view(request: HttpRequest, workflow_id: str, node_id: str) -> HttpResponse:
+            node = _node(workflow_id, node_id)
+            if isinstance(node, JsonResponse):
+                return node
+            try:
+                answer = act(request, node)
+            except ValidationError as exc:  # the engine's refusal: the node's state does not allow it
+                return error(400 if exc.code == "result" else 409, " ".join(exc.messages))
+            if isinstance(answer, HttpResponse):
+                return answer
+            node.refresh_from_db()
+            dependencies = list(WorkflowEdge.objects.filter(node_id=node.pk).order_by("position", "id")
+                                .values_list("dependency_id", flat=True))
+            return JsonResponse({**describe_node(node, dependencies), **answer})
+
+        return view
+
+    return decorator
+
+
+@node_action("django_dyrygent.retry_node")
+def retry_node(request: HttpRequest, node: WorkflowNode) -> dict[str, Any] | HttpResponse:
+    """Run a failed node again with the nodes after it that did not succeed (``engine.nodes.retry_node``)."""
+    return {"nodes_reset": node_actions.retry_node(node.workflow_id, node.pk, reason=_by(request, "retried"))}
+
+
+@node_action("django_dyrygent.mark_node")
+def mark_node(request: HttpRequest, node: WorkflowNode) -> dict[str, Any] | HttpResponse:
+    """Body ``{"state": "SUCCESS" | "SKIPPED", "result": ...}``: end the node without running it."""
+    body = _json_body(request)
+    if isinstance(body, JsonResponse):
+        return body
+    unknown = sorted(set(body) - {"state", "result"})
+    if unknown:
+        return error(400, f"Unknown field(s) {', '.join(unknown)}; the body takes state and result.")
+    target = body.get("state")
+    if target not in node_actions.MARKS:
+        return error(400, f"state must be {' or '.join(node_actions.MARKS)}, not {target!r}.")
+    if "result" in body and target != NodeState.SUCCESS:
+        return error(400, "Only a node marked SUCCESS has a result.")
+    released = node_actions.mark_node(node.workflow_id, node.pk, target, result=body.get("result"),
+                                      reason=_by(request, f"marked {target.lower()}"))
+    return {"nodes_released": released}
+
+
+@node_action("django_dyrygent.cancel_node")
+def cancel_node(request: HttpRequest, node: WorkflowNode) -> dict[str, Any] | HttpResponse:
+    """Cancel one node that has not ended; 409 when it had."""
+    if not node_actions.cancel_node(node.workflow_id, node.pk, reason=_by(request, "canceled")):
+        node.refresh_from_db()
+        return error(409, f"Node {node.task_id} already ended {node.state}; nothing to cancel.")
+    return {}
+
+
+def openapi_document(request: HttpRequest) -> HttpResponse:
+    """The OpenAPI document of this API (no authentication: it describes, it grants nothing)."""
+    if request.method not in ("GET", "HEAD"):
+        response = error(405, f"Method {request.method} not allowed; use GET.")
+        response["Allow"] = "GET"
+        return response
+    base = request.build_absolute_uri(reverse("django_dyrygent:api-definitions")).removesuffix("definitions/")
+    return JsonResponse(openapi.document(base.rstrip("/")))
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other path under the API: a JSON 404, never the project's HTML page."""
+    message = f"No API endpoint at {request.path}."
+    if not request.path.endswith("/"):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            pass
+        else:
+            if match.func is not not_found:
+                message += f" Did you mean {request.path}/ (with the trailing slash)?"
+    return error(404, message)

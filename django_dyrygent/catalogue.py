@@ -40,6 +40,7 @@ from django import forms
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Model, QuerySet
+from django.http import QueryDict
 from django.utils.module_loading import module_has_submodule
 
 from .conf import settings
@@ -173,6 +174,30 @@ def _jsonable(value: typing.Any) -> typing.Any:
     return value
 
 
+def _is_blank(value: typing.Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _blanks_filled(form: forms.BaseForm) -> typing.Any:
+    """``form.data`` with each blank value of a field that has an initial value set to that value."""
+    data = form.data
+    filled = None
+    for name, form_field in form.fields.items():
+        if name not in data or not _is_blank(data[name]):
+            continue
+        initial = form.get_initial_for_field(form_field, name)
+        if initial is None:
+            continue
+        if filled is None:
+            # A QueryDict's copy is mutable and keeps its lists; any other mapping becomes a dict.
+            filled = data.copy() if isinstance(data, QueryDict) else dict(data)
+        if isinstance(filled, QueryDict) and isinstance(initial, (list, tuple)):
+            filled.setlist(name, list(initial))
+        else:
+            filled[name] = initial
+    return data if filled is None else filled
+
+
 @dataclass
 class Definition:
     """A named way to build a workflow; see ``register``."""
@@ -195,9 +220,19 @@ class Definition:
         return self.description.strip().splitlines()[0] if self.description.strip() else self.name
 
     def new_form(self, **kwargs: typing.Any) -> forms.BaseForm:
-        """An instance of the definition's form (``kwargs``: data, files...)."""
+        """An instance of the definition's form (``kwargs``: data, files...).
+
+        A bound form gets each blank value (empty text, ``None``) replaced by
+        the field's initial value before validation: blank means "the default"
+        at every door, while a field without a default stays blank and so is
+        refused when it is required. An absent key is left alone: an unticked
+        checkbox is absent and means False.
+        """
         assert self.form_class is not None, "a Definition is made by register(), which sets form_class"
-        return self.form_class(**kwargs)
+        form = self.form_class(**kwargs)
+        if form.is_bound:
+            form.data = _blanks_filled(form)
+        return form
 
     def initial(self) -> dict[str, typing.Any]:
         """The form's initial values: what a start without that parameter gets."""

@@ -115,6 +115,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STORE_NODE_RESULTS", False, (bool,)),
     # Prometheus metrics (the [prometheus] extra): django_dyrygent.metrics.
     Setting("METRICS", False, (bool,)),
+    # Largest request body the JSON API reads, in bytes; a larger one is answered 413.
+    Setting("API_MAX_BODY_BYTES", 64 * 1024, (int,), "positive"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -151,6 +153,7 @@ class Settings:
     CATALOGUE_MODULE: str | None
     STORE_NODE_RESULTS: bool
     METRICS: bool
+    API_MAX_BODY_BYTES: int
 
     def __getattr__(self, name: str) -> Any:
         setting = BY_NAME.get(name)

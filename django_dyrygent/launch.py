@@ -28,8 +28,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .catalogue import Definition, registry
-from .models import QueuedRun, Workflow
+from .catalogue import Definition, UnknownDefinition, registry
+from .models import FailedStart, QueuedRun, Workflow
 from .signals import workflow_finished
 from .states import WORKFLOW_ACTIVE, Overlap, Trigger
 
@@ -272,10 +272,37 @@ def start_next_queued(name: str) -> Outcome | None:
             definition = registry.get(name)
             return launch(definition, valid_form(definition, queued.parameters), trigger=Trigger.QUEUE)
         except (LookupError, StartError) as exc:
-            # The definition changed since the run was queued; dropping it is
-            # the only way forward, and the log says why.
-            logger.error("Queued run of %s dropped: %s", name, exc)
+            # The definition changed since the run was queued: dropping it is
+            # the only way forward, and the failed start says why.
+            record_failed_start(name, queued.parameters, exc, trigger=Trigger.QUEUE)
             return None
+
+
+def record_failed_start(
+    name: str, params: Any, exc: Exception, *, trigger: str = Trigger.SCHEDULE, hostname: str = "",
+) -> FailedStart:
+    """Keep a start nobody waits for (a schedule's) that could not happen, saying what to do.
+
+    A scheduled start has no caller to answer: the row is what the admin
+    shows (and the workflow list warns about). An unknown name in a worker
+    almost always means the definition was added or renamed after the
+    worker started: definitions are imported once, at start-up.
+    """
+    where = f"the worker {hostname}" if hostname else "this process"
+    if isinstance(exc, UnknownDefinition):
+        advice = (
+            f"{where.capitalize()} imports the catalogue when it starts, so a definition added or renamed "
+            "since is unknown to it: restart the Celery workers. If the name is a typo, correct the schedule."
+        )
+    else:
+        advice = "Correct the schedule's parameters (dyrygent_run --list shows what the definition takes)."
+    row = FailedStart.objects.create(
+        definition=str(name)[:100], parameters=params if isinstance(params, dict) else {"params": params},
+        trigger=trigger, error=f"{exc} {advice}", hostname=hostname[:255],
+    )
+    what = "Queued run of %s dropped" if trigger == Trigger.QUEUE else "Scheduled start of %s failed"
+    logger.error(what + " (see Failed starts in the admin): %s", name, row.error)
+    return row
 
 
 def on_workflow_finished(sender: type, workflow: Workflow, **kwargs: Any) -> None:

@@ -5,11 +5,14 @@ Beside the graph: the event log, the workers' heartbeats and queued runs.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models, router
@@ -94,7 +97,11 @@ class Workflow(models.Model):
         _("next tick at"), null=True, blank=True, db_index=True,
         help_text=_("When the scheduled safety-net tick is due; overdue means it was lost."),
     )
-    error = models.TextField(_("error"), blank=True, default="")
+    error = models.TextField(
+        _("error"), blank=True, default="",
+        help_text=_("Why it did not succeed: its first failed node and that node's exception, or why "
+                    "the engine ended it."),
+    )
     nodes_total = models.PositiveIntegerField(_("nodes"), default=0)
     nodes_done = models.PositiveIntegerField(
         _("nodes done"), default=0, help_text=_("Nodes in a final state (any outcome)."),
@@ -102,6 +109,10 @@ class Workflow(models.Model):
     nodes_succeeded = models.PositiveIntegerField(_("nodes succeeded"), default=0)
     nodes_failed = models.PositiveIntegerField(
         _("nodes failed"), default=0, help_text=_("FAILURE, UPSTREAM_FAILED and CANCELED nodes."),
+    )
+    nodes_upstream_failed = models.PositiveIntegerField(
+        _("nodes upstream failed"), default=0,
+        help_text=_("The UPSTREAM_FAILED part of nodes failed: nodes that never ran because a dependency failed."),
     )
     nodes_skipped = models.PositiveIntegerField(_("nodes skipped"), default=0)
     ticks = models.PositiveIntegerField(_("ticks"), default=0)
@@ -416,6 +427,12 @@ class WorkflowNode(models.Model):
         verbose_name = _("workflow node")
         verbose_name_plural = _("workflow nodes")
         ordering = ["workflow", "position"]
+        # One per action on a single node (admin, API): each can be given on its own.
+        permissions = [
+            ("retry_node", _("Can retry a node and the failed nodes after it")),
+            ("mark_node", _("Can mark a node succeeded or skipped")),
+            ("cancel_node", _("Can cancel a node")),
+        ]
         # Plain indexes in Meta, not db_index=True: on PostgreSQL a db_index CharField
         # gets a second, ``varchar_pattern_ops`` index for LIKE that nothing here runs,
         # and every index is one more write per node saved and per state change.
@@ -514,7 +531,10 @@ class WorkflowEdge(models.Model):
         return f"{self.dependency_id} -> {self.node_id}"
 
 
-__all__ = ["QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent", "WorkflowNode"]
+__all__ = [
+    "ApiToken", "FailedStart", "QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent",
+    "WorkflowNode",
+]
 
 
 class WorkflowEvent(models.Model):
@@ -564,6 +584,10 @@ class WorkerHeartbeat(models.Model):
         _("reserved tasks"), default=list, blank=True,
         help_text=_("Task ids prefetched or scheduled (ETA) by the worker at the last beat."),
     )
+    queues = models.JSONField(
+        _("queues"), default=list, blank=True,
+        help_text=_("Names of the queues the worker consumed from at the last beat."),
+    )
 
     class Meta:
         verbose_name = _("worker heartbeat")
@@ -600,3 +624,99 @@ class QueuedRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.definition} queued at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class FailedStart(models.Model):
+    """A start of a catalogue definition that a schedule asked for and that could not happen.
+
+    A Celery task has no one to answer: without this row a failed scheduled
+    start would only be a line in a worker's log.
+    """
+
+    definition = models.CharField(_("definition"), max_length=100, db_index=True)
+    parameters = models.JSONField(_("parameters"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    trigger = models.CharField(_("started from"), max_length=20, choices=Trigger.choices, blank=True, default="")
+    error = models.TextField(_("error"), help_text=_("Why it could not start, and what to do."))
+    hostname = models.CharField(
+        _("worker"), max_length=255, blank=True, default="",
+        help_text=_("Celery node name of the worker that tried to start it."),
+    )
+    created_at = models.DateTimeField(_("failed at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("failed start")
+        verbose_name_plural = _("failed starts")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.definition} failed at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ApiToken(models.Model):
+    """A user's key for the JSON API, sent as ``Authorization: Bearer <key>``; only its hash is stored.
+
+    The key is shown once, when it is made (``ApiToken.issue``, or the
+    admin's add page); a lost key is revoked and a new one made. The key
+    acts as its user, with that user's permissions.
+    """
+
+    #: Every key starts with it: a secret scanner, or a person, tells it apart.
+    KEY_PREFIX = "dyr_"
+
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dyrygent_api_tokens",
+        verbose_name=_("user"), help_text=_("Whose permissions the token carries."),
+    )
+    name = models.CharField(_("name"), max_length=100, help_text=_("What it is for (a script, a service)."))
+    key_hash = models.CharField(_("key hash"), max_length=64, unique=True, editable=False,
+                                help_text=_("SHA-256 of the key; the key itself is not kept."))
+    prefix = models.CharField(_("key starts with"), max_length=12, editable=False,
+                              help_text=_("The key's first characters, to tell tokens apart."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True,
+                                      help_text=_("A revoked token authenticates nobody."))
+
+    class Meta:
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        # The key is 256 random bits: a fast hash cannot be brute-forced, and a lookup by it is one index probe.
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def new_key(cls) -> str:
+        return cls.KEY_PREFIX + secrets.token_urlsafe(32)
+
+    def set_key(self) -> str:
+        """Give this token a fresh key (not saved); returns the key, the only time it can be read."""
+        key = self.new_key()
+        self.key_hash = self.hash_key(key)
+        self.prefix = key[: len(self.KEY_PREFIX) + 6]
+        return key
+
+    @classmethod
+    def issue(cls, user: Any, name: str) -> tuple[ApiToken, str]:
+        """A new saved token for ``user`` and its key."""
+        token = cls(user=user, name=name)
+        key = token.set_key()
+        token.save()
+        return token, key
+
+    @classmethod
+    def user_for(cls, key: str) -> Any:
+        """The active user the key belongs to, or None (unknown, revoked, or the user is inactive)."""
+        token = cls.objects.select_related("user").filter(key_hash=cls.hash_key(key), revoked_at=None).first()
+        if token is None or not token.user.is_active:
+            return None
+        now = timezone.now()
+        if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+            # At most one write a minute per token: a busy client does not write on every call.
+            cls.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user

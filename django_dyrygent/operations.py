@@ -124,6 +124,12 @@ def _seconds(delta: timedelta | None) -> float | None:
     return round(delta.total_seconds(), 3) if delta is not None else None
 
 
+def failed_text(failed: int, upstream_failed: int) -> str:
+    """``1 failed, 6 upstream failed``: ``failed`` counts both, shown apart so one failure reads as one."""
+    text = f"{failed - upstream_failed} failed"
+    return text + (f", {upstream_failed} upstream failed" if upstream_failed else "")
+
+
 def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> Data:
     """Everything ``dyrygent_status`` shows, as JSON-ready data.
 
@@ -143,6 +149,7 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
             "done": wf.nodes_done,
             "succeeded": wf.nodes_succeeded,
             "failed": wf.nodes_failed,
+            "upstream_failed": wf.nodes_upstream_failed,
             "skipped": wf.nodes_skipped,
             "ticks": wf.ticks,
         },

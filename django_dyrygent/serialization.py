@@ -101,3 +101,14 @@ def storable_text(text: str | None) -> str | None:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def error_line(head: str | None, tail: str | None = "") -> str:
+    """The line that says what went wrong: a traceback's last line (the exception), else the first."""
+    lines = [line.strip() for line in (head or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if not lines[0].startswith("Traceback (most recent call last)"):
+        return lines[0]
+    tail_lines = [line.strip() for line in (tail or head or "").strip().splitlines() if line.strip()]
+    return tail_lines[-1] if tail_lines else lines[0]

@@ -45,7 +45,8 @@ def send(signal: Signal, **kwargs: Any) -> None:
 # first, then ``on_state_change`` with the final state. ``on_finish`` is not
 # called for ERROR (celery-dyrygent's ERROR is "the processor crashed", which
 # never reaches on_finish; here it is the deadline or the engine giving up),
-# and is called for CANCELED (the workflow did finish, by request).
+# and is called for CANCELED (the workflow did finish, by request). Its
+# payload is None, except for FAILURE: the workflow's ``error``, its first failure.
 
 COMPAT_HOOKS = ("after_active_tick", "on_finish", "on_state_change")
 #: ``handler(workflow, payload)``, and ``view(row)`` that turns the model into what it receives (or None).
@@ -82,7 +83,9 @@ def _call(name: str, workflow: Any, payload: Any) -> None:
 
 def _state_changed(sender: type, workflow: Any, old_state: str, new_state: str, **kwargs: Any) -> None:
     if new_state in WORKFLOW_FINAL and new_state != WorkflowState.ERROR:
-        _call("on_finish", workflow, None)
+        # celery-dyrygent's payload is None; a FAILURE also says which node failed first and why.
+        # Read only for a FAILURE: the engine set it on the row it announces, so no query.
+        _call("on_finish", workflow, (workflow.error or None) if new_state == WorkflowState.FAILURE else None)
     _call("on_state_change", workflow, new_state)
 
 

@@ -13,6 +13,7 @@ from uuid import UUID
 from celery import Celery, Task, shared_task
 
 from . import engine, launch
+from .catalogue import UnknownDefinition
 from .engine import db
 from .engine.messaging import TICK_TASK
 from .worker.recovery import Sweeper
@@ -43,15 +44,23 @@ def sweep(stale_after: float | None = None, batch_size: int = 100) -> int:
     return ticked
 
 
-@shared_task(name="django_dyrygent.start_definition")
+# Expected failures: Celery logs them in one line, without a traceback.
+@shared_task(name="django_dyrygent.start_definition", throws=(UnknownDefinition, launch.StartError))
 def start_definition(name: str, params: dict[str, Any] | None = None) -> dict[str, str | None]:
     """Start a catalogue definition from a schedule, under its overlap policy.
 
     Beat entry: ``{"task": "django_dyrygent.start_definition", "schedule": ...,
     "kwargs": {"name": "nightly-report", "params": {"limit": 10}}}``. An unknown
-    name or bad parameters fail the task with the form's message.
+    name or bad parameters fail the task with the form's message and what to
+    do, and leave a ``FailedStart`` row that the admin shows.
     """
-    outcome = launch.start_scheduled(name, params)
+    try:
+        outcome = launch.start_scheduled(name, params)
+    except (UnknownDefinition, launch.StartError) as exc:
+        failed = launch.record_failed_start(name, params, exc, hostname=start_definition.request.hostname or "")
+        # The task's result says what to do too (ParameterError's own constructor wants a form).
+        error_class = UnknownDefinition if isinstance(exc, UnknownDefinition) else launch.StartError
+        raise error_class(failed.error) from None
     return {"status": outcome.status, "workflow": str(outcome.workflow.pk) if outcome.workflow else None}
 
 

@@ -1,9 +1,11 @@
 import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -183,6 +185,15 @@ def stop_process(proc, sig=signal.SIGTERM):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def python_block_after(marker):
+    """The fenced python block of README.md whose first line is ``marker``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", readme, re.S):
+        if block.startswith(marker):
+            return block
+    raise AssertionError(f"No python block starting with {marker!r} in README.md")
 
 
 def run_command(*args, **kwargs):

@@ -76,22 +76,43 @@ def progress_parts(total: int, succeeded: int, failed: int, done: int) -> dict[s
     return {"ok": ok, "failed": bad, "other": rest, "rest": max(round(BAR_UNITS - ok - bad - rest, 2), 0)}
 
 
-def progress_text(total: int, done: int, failed: int) -> str:
+def progress_text(total: int, done: int, failed: int, upstream_failed: int = 0) -> str:
+    """``9 / 12 done, 1 failed, 6 upstream failed``: ``failed`` counts all three, ``upstream_failed`` its part
+    that never ran, shown apart so that one failing task does not read as seven."""
     text = _("%(done)d / %(total)d done") % {"done": done, "total": total}
-    if failed:
-        text += ", " + ngettext("%(count)d failed", "%(count)d failed", failed) % {"count": failed}
+    own = failed - upstream_failed
+    if own:
+        text += ", " + ngettext("%(count)d failed", "%(count)d failed", own) % {"count": own}
+    if upstream_failed:
+        text += ", " + ngettext("%(count)d upstream failed", "%(count)d upstream failed", upstream_failed) % {
+            "count": upstream_failed,
+        }
     return text
 
 
 def workflow_progress(wf: Workflow, element_id: str = "") -> str:
     """The bar and its count for a workflow row, from its counters (no query)."""
     parts = progress_parts(wf.nodes_total, wf.nodes_succeeded, wf.nodes_failed, wf.nodes_done)
+    text = progress_text(wf.nodes_total, wf.nodes_done, wf.nodes_failed, wf.nodes_upstream_failed)
     return format_html(
         '{} <span class="dy-count"{}>{}</span>',
-        progress_bar(parts, progress_text(wf.nodes_total, wf.nodes_done, wf.nodes_failed), element_id),
+        progress_bar(parts, text, element_id),
         format_html(' id="{}-text"', element_id) if element_id else "",
-        progress_text(wf.nodes_total, wf.nodes_done, wf.nodes_failed),
+        text,
     )
+
+
+#: Characters of a workflow's error shown in the list (the whole of it is on its page and in the tooltip).
+ERROR_SHOWN_CHARS = 120
+
+
+def error_summary(error: str) -> str:
+    """A workflow's error in a list cell: its first line, cut, the whole text in the tooltip."""
+    if not error:
+        return "—"
+    line = error.strip().splitlines()[0]
+    shown = line if len(line) <= ERROR_SHOWN_CHARS else line[: ERROR_SHOWN_CHARS - 1] + "…"
+    return format_html('<span class="dy-error" title="{}">{}</span>', error, shown)
 
 
 def progress_bar(parts: dict[str, float], title: str, element_id: str = "") -> str:

@@ -1,27 +1,58 @@
 """The admin pages of nodes and worker heartbeats; registered when ``admin`` imports this module.
 
-Apart from the workflow page (``admin``), which links here, because nothing
-on these pages acts: a node is operated through its workflow, a heartbeat is
-only read. ``django_dyrygent.admin`` re-exports ``WorkflowNodeAdmin``.
+A node's fields are the engine's, so none is edited; what an operator does
+to one node (retry it and what failed after it, mark it succeeded or
+skipped, cancel it) are actions, on the node list and as buttons on the
+node's page, each behind a permission of its own (``WorkflowNode.Meta``)
+and each one engine step (``engine.nodes``), so the event log records it.
+Heartbeats are only read. ``django_dyrygent.admin`` re-exports both admins.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import django
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
 
+from ..engine import nodes as node_actions
 from ..graph import layout as graph
 from ..graph.layout import shorten
 from ..models import WorkerHeartbeat, WorkflowNode
-from ..states import NodeKind
+from ..states import NODE_FAILED, NodeKind, NodeState, WorkflowState
+from ..worker import liveness
+from ..worker.liveness import Snapshot
 from .display import admin_url, short_time, state_badge
 from .readonly import ReadOnlyAdmin
+
+#: Node page action -> (permission codename, the states it applies to, label, what it does).
+NODE_ACTIONS: dict[str, tuple[str, frozenset[str], Any, Any]] = {
+    "retry": ("retry_node", frozenset(NODE_FAILED), _("Retry this node and what failed after it"),
+              _("Runs it again with a fresh task id, and every node after it that did not succeed.")),
+    "mark_succeeded": ("mark_node", frozenset({NodeState.QUEUED, NodeState.PENDING, *NODE_FAILED}),
+                       _("Mark succeeded"),
+                       _("Ends it SUCCESS with the result given, without running it; what it held back runs.")),
+    "mark_skipped": ("mark_node", frozenset({NodeState.QUEUED, NodeState.PENDING, *NODE_FAILED}),
+                     _("Mark skipped"), _("Ends it SKIPPED without running it; what it held back runs.")),
+    "cancel": ("cancel_node", frozenset({NodeState.PENDING, NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY}),
+               _("Cancel this node"), _("Revokes its task; the nodes after it follow their trigger rules.")),
+}
+
+
+def _by(request: HttpRequest, verb: str) -> str:
+    return f"{verb} by {request.user.get_username()} in the admin"
 
 
 @admin.register(WorkflowNode)
@@ -49,6 +80,8 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     )
 
     list_defer = ("result", "custom_payload", "error", "previous_task_ids")
+    change_form_template = "admin/django_dyrygent/workflownode/change_form.html"
+    actions = ("retry_nodes", "mark_nodes_succeeded", "mark_nodes_skipped", "cancel_nodes")
     json_values = {
         "arguments": lambda node: {"args": node.args, "kwargs": node.kwargs},
         "options": lambda node: (node.signature or {}).get("options"),
@@ -60,8 +93,146 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         css = {"all": ("django_dyrygent/dag.css",)}
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # No action on nodes: they are operated through their workflow.
+        # Nothing is edited; each action has a permission of its own (below).
         return False
+
+    def has_retry_node_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("django_dyrygent.retry_node")
+
+    def has_mark_node_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("django_dyrygent.mark_node")
+
+    def has_cancel_node_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("django_dyrygent.cancel_node")
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def _act_on_each(
+        self, request: HttpRequest, queryset: QuerySet[WorkflowNode], act: Callable[[WorkflowNode], Any],
+    ) -> tuple[int, int]:
+        """Run ``act`` on each selected node, one engine step each; (acted on, nodes it put back to run)."""
+        done = reset = 0
+        refused: list[str] = []
+        for node in queryset.only("pk", "workflow_id", "task_id").order_by("workflow_id", "position"):
+            try:
+                outcome = act(node)
+            except ValidationError as exc:
+                refused.append(" ".join(exc.messages))
+                continue
+            if outcome is False:
+                refused.append(_("Node %(id)s had already ended.") % {"id": node.task_id})
+                continue
+            done += 1
+            reset += outcome if isinstance(outcome, int) and not isinstance(outcome, bool) else 0
+        for message in refused[:5]:
+            self.message_user(request, message, messages.WARNING)
+        if len(refused) > 5:
+            self.message_user(request, _("%(count)d more nodes were refused.") % {"count": len(refused) - 5},
+                              messages.WARNING)
+        return done, reset
+
+    @admin.action(description=_("Retry selected nodes and what failed after them"), permissions=("retry_node",))
+    def retry_nodes(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        reason = _by(request, "retried")
+        done, reset = self._act_on_each(
+            request, queryset, lambda n: node_actions.retry_node(n.workflow_id, n.pk, reason=reason),
+        )
+        if done:
+            self.message_user(request, ngettext(
+                "%(count)d node retried", "%(count)d nodes retried", done) % {"count": done} + ngettext(
+                " (%(nodes)d node reset).", " (%(nodes)d nodes reset).", reset) % {"nodes": reset},
+                messages.SUCCESS)
+
+    def _mark(self, request: HttpRequest, queryset: QuerySet[WorkflowNode], target: str, result: Any = None) -> None:
+        reason = _by(request, f"marked {target.lower()}")
+        done, reset = self._act_on_each(
+            request, queryset,
+            lambda n: node_actions.mark_node(n.workflow_id, n.pk, target, result=result, reason=reason),
+        )
+        if done:
+            self.message_user(request, ngettext(
+                "%(count)d node marked %(state)s", "%(count)d nodes marked %(state)s", done,
+            ) % {"count": done, "state": target} + ngettext(
+                " (%(nodes)d node after them may run again).", " (%(nodes)d nodes after them may run again).",
+                reset,
+            ) % {"nodes": reset}, messages.SUCCESS)
+
+    @admin.action(description=_("Mark selected nodes succeeded (result: null)"), permissions=("mark_node",))
+    def mark_nodes_succeeded(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        self._mark(request, queryset, NodeState.SUCCESS)
+
+    @admin.action(description=_("Mark selected nodes skipped"), permissions=("mark_node",))
+    def mark_nodes_skipped(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        self._mark(request, queryset, NodeState.SKIPPED)
+
+    @admin.action(description=_("Cancel selected nodes"), permissions=("cancel_node",))
+    def cancel_nodes(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        reason = _by(request, "canceled")
+        done, _reset = self._act_on_each(
+            request, queryset, lambda n: node_actions.cancel_node(n.workflow_id, n.pk, reason=reason),
+        )
+        if done:
+            self.message_user(request, ngettext(
+                "%(count)d node canceled.", "%(count)d nodes canceled.", done) % {"count": done}, messages.SUCCESS)
+
+    # -- the node page's buttons ----------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("<path:object_id>/act/<str:action>/", self.admin_site.admin_view(require_POST(self.act_view)),
+                 name="%s_%s_act" % info),
+        ] + super().get_urls()
+
+    def page_actions(self, request: HttpRequest, node: WorkflowNode) -> list[dict[str, Any]]:
+        """The node page's buttons: permitted, and able to change something in the node's state now."""
+        if node.kind != NodeKind.TASK or node.workflow.state == WorkflowState.INITIAL:
+            return []
+        return [
+            {"name": name, "label": label, "help": help_text,
+             "url": admin_url(self.admin_site, "workflownode", "act", node.pk, name)}
+            for name, (codename, states, label, help_text) in NODE_ACTIONS.items()
+            if node.state in states and request.user.has_perm(f"django_dyrygent.{codename}")
+            and not (name == "cancel" and node.workflow.state != WorkflowState.RUNNING)
+        ]
+
+    def act_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
+        """One action on this node, then back to its page with what happened."""
+        node: WorkflowNode = self._get_viewable(request, object_id)
+        if action not in NODE_ACTIONS or not request.user.has_perm(f"django_dyrygent.{NODE_ACTIONS[action][0]}"):
+            raise PermissionDenied
+        back = HttpResponseRedirect(admin_url(self.admin_site, "workflownode", "change", node.pk))
+        message: str
+        try:
+            if action == "retry":
+                reset = node_actions.retry_node(node.workflow_id, node.pk, reason=_by(request, "retried"))
+                message = ngettext("Retried: %(count)d node reset.", "Retried: %(count)d nodes reset.", reset) % {
+                    "count": reset}
+            elif action == "cancel":
+                if not node_actions.cancel_node(node.workflow_id, node.pk, reason=_by(request, "canceled")):
+                    messages.warning(request, _("The node had already ended."))
+                    return back
+                message = str(_("Node canceled."))
+            else:
+                target = NodeState.SUCCESS if action == "mark_succeeded" else NodeState.SKIPPED
+                result = _posted_result(request) if target == NodeState.SUCCESS else None
+                node_actions.mark_node(node.workflow_id, node.pk, target, result=result,
+                                       reason=_by(request, f"marked {target.lower()}"))
+                message = str(_("Node marked %(state)s.")) % {"state": target}
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return back
+        messages.success(request, message)
+        return back
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = dict(extra_context or {})
+        node = self.get_object(request, object_id) if request.method == "GET" else None
+        if node is not None and self.has_view_permission(request, node):
+            context["node_actions"] = self.page_actions(request, node)
+        return super().change_view(request, object_id, form_url, context)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # The DAG links collapsed boxes to ?workflow=<id>&task_name=<name>.
@@ -154,15 +325,78 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         return self._node_links(obj.dependents.all())
 
 
+def _posted_result(request: HttpRequest) -> Any:
+    """The result typed on the node page: JSON, blank for null; a ValidationError otherwise."""
+    text = request.POST.get("result", "").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"The result is not valid JSON: {exc}") from None
+
+
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(ReadOnlyAdmin):
     """Which workers are alive and what they hold: the rows the liveness sweep judges by."""
 
-    list_display = ("hostname", "pid", "started_at", "last_seen", "stopped_at", "active_count", "reserved_count")
+    list_display = ("hostname", "pid", "status", "sweeps", "last_seen", "started_at", "stopped_at", "active_count",
+                    "reserved_count", "queue_list")
     search_fields = ("hostname",)
+    ordering = ("-last_seen", "id")
+
+    class Media:
+        css = {"all": ("django_dyrygent/dag.css",)}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The request's snapshot of every beat (judged as the sweep judges them), per thread.
+        self._seen = threading.local()
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        self._seen.snapshot = Snapshot.load(timezone.now())
+        try:
+            return super().changelist_view(request, extra_context)
+        finally:
+            self._seen.snapshot = None
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        self._seen.snapshot = Snapshot.load(timezone.now())
+        try:
+            return super().change_view(request, object_id, form_url, extra_context)
+        finally:
+            self._seen.snapshot = None
+
+    def _snapshot(self) -> Snapshot:
+        snapshot = getattr(self._seen, "snapshot", None)
+        return snapshot if snapshot is not None else Snapshot.load(timezone.now())
+
+    @admin.display(description=_("status"))
+    def status(self, obj: WorkerHeartbeat) -> str:
+        snapshot = self._snapshot()
+        if any(beat.pk == obj.pk for beat in snapshot.live()):
+            return format_html('<span class="dy-badge dy-s-SUCCESS">{}</span>', _("alive"))
+        silent = graph.format_duration(snapshot.now - obj.last_seen)
+        return format_html('<span class="dy-badge dy-s-FAILURE" title="{}">{}</span>',
+                           _("no heartbeat for %(silent)s") % {"silent": silent}, _("stale"))
+
+    @admin.display(description=_("sweeps"), boolean=True)
+    def sweeps(self, obj: WorkerHeartbeat) -> bool:
+        """The oldest live worker runs the sweep (lost ticks, dead workers' nodes, lost messages)."""
+        snapshot = self._snapshot()
+        cached = getattr(self._seen, "sweeper", None)
+        if cached is None or cached[0] is not snapshot:  # once per page: liveness.leader is one query
+            cached = self._seen.sweeper = (snapshot, liveness.leader(snapshot.now))
+        return bool(cached[1] == (obj.hostname, obj.pid))
+
+    @admin.display(description=_("queues"))
+    def queue_list(self, obj: WorkerHeartbeat) -> str:
+        return ", ".join(obj.queues or ()) or "—"
 
     @admin.display(description=_("running"))
     def active_count(self, obj: WorkerHeartbeat) -> int:

@@ -17,6 +17,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import display_for_field, lookup_field
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
+from django.db.models.functions import Left
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
@@ -31,12 +32,14 @@ from .. import engine
 from ..graph import grid, timeline
 from ..graph import layout as graph
 from ..graph.layout import Item
-from ..models import Workflow, WorkflowEvent, WorkflowNode
+from ..models import FailedStart, Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState
+from . import health
 from . import views as admin_views
-from .display import admin_url, can_act, pretty_json, pretty_text, state_badge, workflow_progress
+from .display import admin_url, can_act, error_summary, pretty_json, pretty_text, state_badge, workflow_progress
 from .nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
 from .readonly import ReadOnlyAdmin
+from .starts import recent_failures
 
 __all__ = (
     "ReadOnlyAdmin", "WorkerHeartbeatAdmin", "WorkflowAdmin", "WorkflowNodeAdmin", "pretty_json", "pretty_text",
@@ -44,11 +47,15 @@ __all__ = (
 )
 
 
+#: Characters of the error column the list reads: its tooltip's length.
+ERROR_HEAD_CHARS = 1000
+
+
 @admin.register(Workflow)
 class WorkflowAdmin(ReadOnlyAdmin):
     change_form_template = "admin/django_dyrygent/workflow/change_form.html"
     list_display = (
-        "display_name", "short_id", "state_badge", "progress", "nodes_failed", "created_at", "duration",
+        "display_name", "short_id", "state_badge", "progress", "why", "created_at", "duration",
     )
     list_display_links = ("display_name", "short_id")
     list_filter = ("state", "created_at")
@@ -69,7 +76,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         (_("Timing"), {"fields": ("created_at", "started_at", "finished_at", "duration", "deadline",
                                   "next_tick_at")}),
         (_("Counters"), {"fields": ("nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed",
-                                    "nodes_skipped", "ticks")}),
+                                    "nodes_upstream_failed", "nodes_skipped", "ticks")}),
         (_("Data"), {"fields": ("pretty_payload", "pass_results", "pretty_options",
                                 "pretty_tasks_options")}),
         # Which catalogue definition and parameters made it (see catalogue.py).
@@ -80,6 +87,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
     dag_collapse_threshold = graph.COLLAPSE_THRESHOLD
     #: Milliseconds between two refreshes of a running workflow's page.
     dag_poll_interval = 2000
+    #: Seconds offered by the page's refresh menu (the person watching picks; the browser remembers).
+    refresh_choices = (1, 2, 5, 10, 30, 60)
     #: Buttons of the change page: the list actions, applied to this workflow only.
     object_action_labels = {
         "cancel_workflows": _("Cancel"),
@@ -90,7 +99,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
     events_shown = 50
     #: Fields of the change page that change while the workflow runs: status.json sends them again.
     live_fields = ("error", "started_at", "finished_at", "duration", "deadline", "next_tick_at",
-                   "nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed", "nodes_skipped", "ticks")
+                   "nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed", "nodes_upstream_failed",
+                   "nodes_skipped", "ticks")
     #: Shown before an action that cannot be undone (dag.js asks; without JavaScript it just runs).
     object_action_confirm = {
         "cancel_workflows": _("Cancel this workflow? Running tasks are revoked and waiting nodes canceled."),
@@ -117,6 +127,24 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def progress(self, obj: Workflow) -> str:
         """Succeeded, failed and remaining parts, from the row counters: no COUNT query per row."""
         return workflow_progress(obj)
+
+    @admin.display(description=_("why it failed"))
+    def why(self, obj: Workflow) -> str:
+        """The first failure (or why the engine ended it), recorded on the row when it ended."""
+        head = getattr(obj, "error_head", None)  # annotated by get_queryset; the column is deferred in the list
+        return error_summary(obj.error if head is None else head)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = dict(extra_context or {})
+        context["worker_warning"] = health.warning()
+        if self.admin_site.is_registered(FailedStart) and request.user.has_perm("django_dyrygent.view_failedstart"):
+            context["failed_starts"] = recent_failures()
+            context["failed_starts_url"] = admin_url(self.admin_site, "failedstart", "changelist")
+        return super().changelist_view(request, context)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Workflow]:
+        # The list reads the head of the error only (list_defer keeps the column itself unread).
+        return super().get_queryset(request).annotate(error_head=Left("error", ERROR_HEAD_CHARS))
 
     @admin.display(description=_("duration"))
     def duration(self, obj: Workflow) -> str:
@@ -213,6 +241,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "nodes_total": obj.nodes_total,
             "nodes_done": obj.nodes_done,
             "nodes_failed": obj.nodes_failed,
+            "nodes_upstream_failed": obj.nodes_upstream_failed,
             "nodes_succeeded": obj.nodes_succeeded,
             "duration": graph.format_duration(obj.duration),
             "progress": str(workflow_progress(obj, "dy-progress")),
@@ -348,14 +377,19 @@ class WorkflowAdmin(ReadOnlyAdmin):
             actions = self.get_actions(request)
             context.update(self.dag_context(obj))
             context.update(self.timeline_context(request, obj))
+            # Bigger workflows are polled less often: a status costs O(nodes) to build.
+            poll_interval = max(self.dag_poll_interval, obj.nodes_total // 5)
             context.update({
+                "worker_warning": health.warning(obj),
                 "events": events,
                 "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],
                 "status_url": admin_url(self.admin_site, "workflow", "status", obj.pk),
                 "dag_url": admin_url(self.admin_site, "workflow", "dag", obj.pk),
                 "nodes_url": admin_url(self.admin_site, "workflownode", "changelist") + f"?workflow={obj.pk}",
-                # Bigger workflows are polled less often: a status costs O(nodes) to build.
-                "poll_interval": max(self.dag_poll_interval, obj.nodes_total // 5),
+                "poll_interval": poll_interval,
+                "refresh_choices": self.refresh_choices,
+                # The menu shows the choice nearest the page's own interval until the person picks one.
+                "refresh_default": min(self.refresh_choices, key=lambda s: abs(s * 1000 - poll_interval)),
                 # Every permitted action is on the page; the ones that cannot act now are hidden,
                 # and dag.js shows them when the workflow gets there.
                 "object_actions": [

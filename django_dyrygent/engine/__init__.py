@@ -18,6 +18,7 @@ is several modules, one concern each, lowest first:
 * ``db``: connections usable before each step, retried after a blip, and
   whether this process is a worker (the hot path's own connection);
 * ``waiting``: ``Workflow.wait()``, woken by the commit that ends a workflow;
+* ``nodes``: the operator's actions on one node, and the reset ``retry`` shares with them;
 * this module: the entry points, each one locked step.
 
 Imports the models and the public leaf modules (states, signals, conf,
@@ -29,14 +30,12 @@ from __future__ import annotations
 
 import logging
 import traceback as tb_module
-from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from uuid import UUID
 
-from celery.utils import uuid
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
@@ -47,7 +46,6 @@ from ..models import Workflow, WorkflowEdge, WorkflowNode
 from ..serialization import storable_text
 from ..states import (
     NODE_FAILED,
-    NODE_FINAL,
     NODE_OK,
     WORKFLOW_ACTIVE,
     WORKFLOW_FINAL,
@@ -67,6 +65,7 @@ from .decisions import (
     start,
     tick_tolerance,
 )
+from .nodes import load_nodes, reset_nodes, resume
 from .sql import NODE_FIELDS
 from .steps import Step, TransitionNotAllowed, lock_workflow, locked_step
 
@@ -272,68 +271,31 @@ def cancel(workflow_id: UUID | str, reason: str | None = "") -> bool:
 def retry(workflow_id: UUID | str) -> int:
     """Re-run FAILURE / UPSTREAM_FAILED / CANCELED nodes with fresh task ids; resume.
 
-    Successful nodes keep their results. Returns the number of nodes reset.
+    Successful nodes keep their results. Returns the number of nodes reset,
+    internal joins not counted (they are not the user's nodes).
     """
 
     def do_retry(step: Step) -> int:
         wf = step.wf
         if wf.state == WorkflowState.INITIAL:
             return 0
-        nodes = {
-            n.pk: n for n in WorkflowNode.objects.filter(workflow_id=wf.pk)
-            .only(*NODE_FIELDS, "previous_task_ids", "attempts")
-        }
+        nodes = load_nodes(wf.pk)
         # Failed callbacks are re-armed too: they run again when the workflow ends again.
         reset = [n for n in nodes.values() if n.state in NODE_FAILED]
         if not reset:
             return 0
-        # The engine's give-up count starts again, or one failed tick would end it ERROR at once.
-        step.wf_fields["engine_errors"] = wf.engine_errors = 0
-        step.transition_nodes(reset, NodeState.PENDING, reason="retry")
-        for node in reset:
-            if node.kind != NodeKind.JOIN:
-                node.previous_task_ids = list(node.previous_task_ids or []) + [node.task_id]
-                node.task_id = uuid()
-                node.attempts += 1
-        waiting: defaultdict[int, int] = defaultdict(int)
-        failed: defaultdict[int, int] = defaultdict(int)
-        for node_id, dep_id in WorkflowEdge.objects.filter(workflow_id=wf.pk).values_list(
-            "node_id", "dependency_id"
-        ):
-            dep = nodes[dep_id]
-            if dep.state not in NODE_FINAL:
-                waiting[node_id] += 1
-            elif dep.state in NODE_FAILED:
-                failed[node_id] += 1
-        for node in reset:
-            node.waiting = waiting[node.pk]
-            node.failed_dependencies = failed[node.pk]
-            node.result = None
-            node.error = ""
-            for stamp in ("queued_at", "started_at", "finished_at"):
-                setattr(node, stamp, None)
-        WorkflowNode.objects.bulk_update(
-            reset,
-            ["task_id", "previous_task_ids", "attempts", "waiting", "failed_dependencies",
-             "result", "error", "queued_at", "started_at", "finished_at"],
-            batch_size=500,
-        )
+        reset_nodes(step, reset, nodes, reason="retry")
+        counted = sum(1 for n in reset if n.kind != NodeKind.JOIN)
         if wf.state == WorkflowState.SUCCESS:
             # Only its callbacks can have failed (a finalizer): SUCCESS -> RUNNING is not a
             # transition, the outcome stands. The callbacks run again now, watched by ticks.
+            step.wf_fields["engine_errors"] = wf.engine_errors = 0
             queue_nodes(step, reset, reason="retry")
             step.watch_callbacks = True
             schedule_tick(step)
-            return len(reset)
-        if wf.state != WorkflowState.RUNNING:
-            step.transition_workflow(
-                WorkflowState.RUNNING, reason="retry", finished_at=None, error="",
-                deadline=step.now + timedelta(seconds=float(settings.MAX_PROCESSING_TIME)),
-            )
-        release_ready(step)
-        maybe_finish(step)
-        schedule_tick(step)
-        return len(reset)
+            return counted
+        resume(step, reason="retry")
+        return counted
 
     return locked_step(workflow_id, do_retry) or 0
 

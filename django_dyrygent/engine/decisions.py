@@ -22,7 +22,7 @@ from django.db.models import F, Q, QuerySet
 
 from ..conf import settings
 from ..models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from ..serialization import from_tree
+from ..serialization import error_line, from_tree
 from ..states import (
     CALLBACK_KINDS,
     NODE_ACTIVE,
@@ -279,9 +279,29 @@ def maybe_finish(step: Step) -> None:
     if wf.state != WorkflowState.RUNNING or step.count("nodes_done") < step.count("nodes_total"):
         return
     if step.count("nodes_failed"):
-        finish(step, WorkflowState.FAILURE, "some nodes did not succeed")
+        finish(step, WorkflowState.FAILURE, "some nodes did not succeed", error=first_failure(wf.pk))
     else:
         finish(step, WorkflowState.SUCCESS)
+
+
+def first_failure(workflow_id: Any) -> str:
+    """Which node failed first and why, in one line: the ``error`` of a workflow that ends FAILURE.
+
+    One query, made only when a workflow ends FAILURE: recorded then, the
+    reason costs nothing to read in a list, and nothing on the success path.
+    """
+    node = (
+        WorkflowNode.objects.filter(workflow_id=workflow_id, state__in=(NodeState.FAILURE, NodeState.CANCELED))
+        .exclude(kind__in=CALLBACK_KINDS)
+        .order_by(F("finished_at").asc(nulls_last=True), "position")
+        .only("task_name", "task_id", "kind", "state", "error", "reason").first()
+    )
+    if node is None:
+        return ""
+    why = error_line(node.error) or node.reason or node.state
+    if node.state == NodeState.CANCELED:
+        why = f"canceled ({why})"
+    return f"First failure: {node.task_name or node.kind} [{node.task_id}]: {why}"[:2000]
 
 
 def finish(step: Step, target: str, reason: str = "", error: str = "") -> None:

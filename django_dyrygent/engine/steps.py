@@ -207,6 +207,8 @@ class Step:
             final, step = (new, 1) if new in NODE_FINAL else (old, -1)
             self.counters["nodes_done"] += step
             self.counters[_OUTCOME_COUNTER.get(final, "nodes_failed")] += step
+            if final == NodeState.UPSTREAM_FAILED:  # the part of nodes_failed that never ran
+                self.counters["nodes_upstream_failed"] += step
         elif node.kind == NodeKind.MAP and NodeState.FAILURE in (old, new) and old != new:
             # A fan-out whose source returned no list fails by itself: it counts as one
             # failed node (total, done, failed), or a fan-out without followers would let

@@ -178,17 +178,6 @@ def node_names(node: NodeRow) -> tuple[str, str]:
     return label, f"{name}{format_call(node.get('signature') or {})} ({node['task_id']})"
 
 
-def error_line(head: str | None, tail: str | None = "") -> str:
-    """The line that says what went wrong: a traceback's last line (the exception), else the first."""
-    lines = [line.strip() for line in (head or "").strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    if not lines[0].startswith("Traceback (most recent call last)"):
-        return lines[0]
-    tail_lines = [line.strip() for line in (tail or head or "").strip().splitlines() if line.strip()]
-    return tail_lines[-1] if tail_lines else lines[0]
-
-
 def counts_text(item: Item) -> str:
     counts = item.counts
     parts = [f"{item.done}/{len(item.nodes)} done"]

@@ -29,6 +29,7 @@ from django.db.models.functions import Left, Right
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from ..serialization import error_line
 from ..states import CALLBACK_KINDS, NodeKind, NodeState
 from .items import (
     ARGS_CHARS,
@@ -50,7 +51,6 @@ from .items import (
     NodeRow,
     call_label,
     counts_text,
-    error_line,
     format_call,
     format_duration,
     node_names,

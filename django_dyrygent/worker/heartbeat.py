@@ -70,13 +70,29 @@ def held_task_ids() -> tuple[list[str], list[str]]:
     return [], []
 
 
+def consumed_queues(worker: WorkController | None) -> list[str]:
+    """The queues ``worker`` consumes now (``-Q``, and any added since with add_consumer), for the admin to show.
+
+    The consumer's own list when it is up, else the app's ``consume_from``
+    (what ``-Q`` asked for, or every declared queue).
+    """
+    if worker is None:
+        return []
+    task_consumer = getattr(getattr(worker, "consumer", None), "task_consumer", None)
+    queues = getattr(task_consumer, "queues", None)
+    if queues:
+        return sorted({queue.name for queue in queues})
+    return sorted(worker.app.amqp.queues.consume_from or ())
+
+
 class LivenessThread(threading.Thread):
     """Beats for one worker, and sweeps while that worker is the oldest live one."""
 
-    def __init__(self, hostname: str, pid: int) -> None:
+    def __init__(self, hostname: str, pid: int, worker: WorkController | None = None) -> None:
         super().__init__(name="dyrygent-liveness", daemon=True)
         self.hostname = hostname
         self.pid = pid
+        self.worker = worker
         self.started_at = timezone.now()
         self.stopping = threading.Event()
         #: The worker stopped consuming and waits for its pool: beats go on, it is not gone yet.
@@ -120,7 +136,8 @@ class LivenessThread(threading.Thread):
         now = timezone.now()
         active, reserved = ([], []) if stopped else held_task_ids()
         values = dict(last_seen=now, started_at=self.started_at, active_task_ids=active,
-                      reserved_task_ids=reserved, stopped_at=now if stopped else None)
+                      reserved_task_ids=reserved, stopped_at=now if stopped else None,
+                      queues=consumed_queues(self.worker))
         if not WorkerHeartbeat.objects.filter(hostname=self.hostname, pid=self.pid).update(**values):
             WorkerHeartbeat.objects.create(hostname=self.hostname, pid=self.pid, **values)
 
@@ -168,7 +185,7 @@ class LivenessStep(bootsteps.StartStopStep):
     def create(self, w: WorkController) -> LivenessThread:  # type: ignore[override]
         global _thread
         assert MAIN_PID is not None, "include_if() only lets the step in once on_worker_init set MAIN_PID"
-        _thread = LivenessThread(w.hostname, MAIN_PID)  # type: ignore[attr-defined]  # hostname: not in the stubs
+        _thread = LivenessThread(w.hostname, MAIN_PID, w)  # type: ignore[attr-defined]  # hostname: not in the stubs
         return _thread
 
     def stop(self, w: WorkController) -> None:

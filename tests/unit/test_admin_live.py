@@ -168,7 +168,7 @@ def test_progress__running_workflow_shows_succeeded_failed_and_remaining(admin_c
     assert '<rect class="dy-part-ok" x="0" y="0" width="25"' in bar  # a
     assert '<rect class="dy-part-failed" x="25" y="0" width="50"' in bar  # b0, and add upstream of it
     assert '<rect class="dy-part-rest" x="75" y="0" width="25"' in bar  # b1 still queued
-    assert "<title>3 / 4 done, 2 failed</title>" in bar
+    assert "<title>3 / 4 done, 1 failed, 1 upstream failed</title>" in bar
 
 
 # -- large JSON ----------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The paths come from two places: the ones DESIGN pins (listed here) and every
 ``django_dyrygent....`` name the documentation mentions. A dotted name whose
 first part after the package is not a module is a Celery task name, a
-permission or a logger, and must be one of those.
+permission, a model label or a logger, and must be one of those.
 """
 
 import importlib
@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from django.apps import apps
 from django.contrib.auth.models import Permission
 
 import django_dyrygent
@@ -86,6 +87,7 @@ def test_documented_paths__each_imports_or_names_a_task_permission_or_logger():
     tasks = set(app.tasks)
     codenames = Permission.objects.filter(content_type__app_label="django_dyrygent").values_list("codename", flat=True)
     permissions = {f"django_dyrygent.{codename}" for codename in codenames}
+    model_labels = {model._meta.label for model in apps.get_app_config("django_dyrygent").get_models()}
     unresolved = []
     for dotted in sorted(documented_names()):
         head = dotted.split(".")[1]
@@ -94,9 +96,9 @@ def test_documented_paths__each_imports_or_names_a_task_permission_or_logger():
                 resolve(dotted)
             except (ImportError, AttributeError) as exc:
                 unresolved.append(f"{dotted}: {exc}")
-        elif not (dotted in tasks or dotted in permissions or head in LOGGERS
+        elif not (dotted in tasks or dotted in permissions or dotted in model_labels or head in LOGGERS
                   or re.fullmatch(r"django_dyrygent\.[EW]\d{3}", dotted)):
-            unresolved.append(f"{dotted}: neither a module path, a task, a permission, a logger nor a check id")
+            unresolved.append(f"{dotted}: not a module path, task, permission, model label, logger or check id")
     assert not unresolved, "\n".join(unresolved)
 
 

@@ -53,7 +53,7 @@ def start_url(name):
 def test_api__anonymous_is_401_in_json(client, method, url):
     response = getattr(client, method)(API + url)
     assert response.status_code == 401
-    assert response.json() == {"error": "Authentication required: log in first."}
+    assert response.json()["error"].startswith("Authentication required: send an API token")
 
 
 @pytest.mark.parametrize("method, url, perm", [
@@ -120,7 +120,6 @@ def test_api__session_post_with_csrf_token_starts():
     ({"parms": {"x": 1}}, None, 400, "Unknown field(s) parms; the body takes params and idempotency_key."),
     ({"params": {"x": 1}, "idempotency_key": ""}, None, 400, "idempotency key must be a non-empty string"),
     ({"params": {"x": 1}, "idempotency_key": 7}, None, 400, "idempotency key must be a non-empty string"),
-    (None, "x" * (64 * 1024 + 1), 400, "Request body over 65536 bytes."),
 ])
 def test_api_start__bad_input_is_400_and_saves_nothing(starter, body, raw, status, expected):
     response = post(starter, start_url("tests.add"), body, raw=raw)

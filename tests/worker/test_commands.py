@@ -185,7 +185,8 @@ def test_dyrygent_status__json_is_machine_readable():
     out, _ = run_command("dyrygent_status", str(wf.pk), json=True)
     data = json.loads(out)
     assert data["id"] == str(wf.pk) and data["state"] == "RUNNING"
-    assert data["counters"] == {"total": 3, "done": 0, "succeeded": 0, "failed": 0, "skipped": 0, "ticks": 1}
+    assert data["counters"] == {"total": 3, "done": 0, "succeeded": 0, "failed": 0, "upstream_failed": 0,
+                                "skipped": 0, "ticks": 1}
     assert data["custom_payload"] == {"k": "v"}
     assert [n["state"] for n in data["nodes"]] == ["QUEUED", "PENDING", "PENDING"]
 
@@ -541,7 +542,7 @@ def test_dyrygent_run__wait_follows_to_success_without_warnings(worker, caplog):
 
 @pytest.mark.worker
 def test_dyrygent_run__wait_on_a_failing_workflow_exits_1(worker):
-    ended = (r"ended FAILURE in .*3/3 nodes done, 2 failed, 0 skipped\. "
+    ended = (r"ended FAILURE in .*3/3 nodes done, 1 failed, 1 upstream failed, 0 skipped\. "
              r"First failure: tests\.fail \[.*\]: tests\.tasks\.Boom: on purpose\. See dyrygent_status")
     with pytest.raises(CommandError, match=ended) as exc:
         run_command("dyrygent_run", "tests.worker.test_commands.FAILING_CANVAS", "--wait", "--timeout", "60",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import python_block_after
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 SWEEP_ENTRY = re.compile(r'"([\w-]+)": \{"task": "django_dyrygent\.sweep", "schedule": ([\d.]+)\}')
@@ -26,14 +28,6 @@ def texts():
              ROOT / "django_dyrygent" / "checks.py"]
     # Adjacent string literals over two lines (the checks' hints) read as one string.
     return {path.relative_to(ROOT).as_posix(): re.sub(r'"\s*\n\s*"', "", path.read_text()) for path in paths}
-
-
-def python_block_after(marker):
-    """The fenced python block of the README whose first line is ``marker``."""
-    for block in re.findall(r"```python\n(.*?)```", README, re.S):
-        if block.startswith(marker):
-            return block
-    raise AssertionError(f"No python block starting with {marker!r} in README.md")
 
 
 def test_readme_and_docs__one_sweep_entry_name_and_interval():

@@ -12,8 +12,9 @@ from django.utils.module_loading import import_string
 
 from ... import launch
 from ...catalogue import registry
-from ...models import Workflow, WorkflowNode
-from ...states import NodeState, Trigger, WorkflowState
+from ...models import Workflow
+from ...operations import failed_text
+from ...states import Trigger, WorkflowState
 
 #: Exit status when --wait gives up before the workflow ends (it keeps running).
 EXIT_TIMEOUT = 2
@@ -250,7 +251,8 @@ class Command(BaseCommand):
         row = wf
         while True:
             fresh = Workflow.objects.filter(pk=wf.pk).only(
-                "state", "nodes_total", "nodes_done", "nodes_failed", "nodes_skipped", "error",
+                "state", "nodes_total", "nodes_done", "nodes_failed", "nodes_upstream_failed", "nodes_skipped",
+                "error",
                 "started_at", "finished_at",
             ).first()
             if fresh is None:
@@ -264,7 +266,7 @@ class Command(BaseCommand):
             elif snapshot != last:
                 self.stdout.write(
                     f"{row.state}: {row.nodes_done}/{row.nodes_total} nodes done, "
-                    f"{row.nodes_failed} failed, {elapsed:.1f}s"
+                    f"{failed_text(row.nodes_failed, row.nodes_upstream_failed)}, {elapsed:.1f}s"
                 )
             last = snapshot
             if row.state in (WorkflowState.SUCCESS, WorkflowState.FAILURE, WorkflowState.ERROR,
@@ -284,21 +286,15 @@ class Command(BaseCommand):
             self.stdout.write("")
         summary = (
             f"Workflow {wf.pk} ended {row.state} in {time.monotonic() - began:.1f}s: "
-            f"{row.nodes_done}/{row.nodes_total} nodes done, {row.nodes_failed} failed, "
+            f"{row.nodes_done}/{row.nodes_total} nodes done, "
+            f"{failed_text(row.nodes_failed, row.nodes_upstream_failed)}, "
             f"{row.nodes_skipped} skipped."
         )
         if row.state == WorkflowState.SUCCESS:
             self.stdout.write(self.style.SUCCESS(summary))
             return
-        detail = f" {row.error}" if row.error else ""
-        first = (
-            WorkflowNode.objects.filter(workflow_id=wf.pk, state=NodeState.FAILURE)
-            .order_by("finished_at", "position").only("task_name", "task_id", "error").first()
-        )
-        if first is not None:
-            lines = [line for line in (first.error or "").strip().splitlines() if line.strip()]
-            why = lines[-1].strip() if lines else "no error recorded"
-            detail += f" First failure: {first.task_name} [{first.task_id}]: {why}."
+        # For FAILURE the engine recorded the first failure (node, exception line) there.
+        detail = f" {row.error.rstrip('.')}." if row.error else ""
         raise CommandError(
             f"{summary}{detail} See dyrygent_status {wf.pk}.", returncode=EXIT_FAILED
         )
@@ -309,5 +305,5 @@ class Command(BaseCommand):
         fraction = 1.0 if not total else row.nodes_done / total
         filled = int(round(width * fraction))
         bar = "#" * filled + "-" * (width - filled)
-        failed = f", {row.nodes_failed} failed" if row.nodes_failed else ""
+        failed = f", {failed_text(row.nodes_failed, row.nodes_upstream_failed)}" if row.nodes_failed else ""
         return f"[{bar}] {row.nodes_done}/{total} done{failed}  {elapsed:6.1f}s  {row.state:<8}"

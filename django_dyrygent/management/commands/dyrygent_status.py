@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from ...operations import NODE_TABLE_LIMIT, node_label, workflow_summary
+from ...operations import NODE_TABLE_LIMIT, failed_text, node_label, workflow_summary
 from ._common import add_workflow_id_argument, get_workflow
 
 
@@ -60,7 +60,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  state      {state_style(data['state'])}")
         self.stdout.write(
             f"  nodes      {c['done']}/{c['total']} done: {c['succeeded']} succeeded, "
-            f"{c['failed']} failed, {c['skipped']} skipped"
+            f"{failed_text(c['failed'], c['upstream_failed'])}, {c['skipped']} skipped"
         )
         self.stdout.write(f"  created    {t['created_at']}")
         self.stdout.write(f"  started    {t['started_at'] or '-'}")

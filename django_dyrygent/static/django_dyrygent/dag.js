@@ -28,6 +28,50 @@
     var dagUrl = panel.dataset.dagUrl;
     var interval = parseInt(panel.dataset.pollInterval, 10) || 2000;
     var failures = 0;
+    var paused = false;
+    var timer = null;
+    var live = document.getElementById("dy-live");
+    var pause = document.getElementById("dy-pause");
+    var every = document.getElementById("dy-interval");
+    var STORED = "django_dyrygent.refresh";  /* the chosen interval, kept for the next pages */
+
+    function schedule(ms) {
+      window.clearTimeout(timer);
+      timer = paused ? null : window.setTimeout(poll, ms);
+    }
+
+    function stopped() {
+      live.hidden = true;
+      var controls = document.getElementById("dy-refresh");
+      if (controls) {
+        controls.hidden = true;
+      }
+    }
+
+    if (every) {
+      var kept = window.localStorage ? window.localStorage.getItem(STORED) : null;
+      /* The page's own interval until the person picks one; then theirs, on every page. */
+      if (kept && every.querySelector('option[value="' + kept + '"]')) {
+        every.value = kept;
+        interval = parseInt(kept, 10) || interval;
+      }
+      every.addEventListener("change", function () {
+        interval = parseInt(every.value, 10) || interval;
+        if (window.localStorage) {
+          window.localStorage.setItem(STORED, every.value);
+        }
+        schedule(interval);
+      });
+    }
+    if (pause) {
+      pause.addEventListener("click", function () {
+        paused = !paused;
+        panel.dataset.refresh = paused ? "paused" : "live";
+        pause.textContent = paused ? pause.dataset.resume : pause.dataset.pause;
+        live.classList.toggle("dy-paused", paused);
+        schedule(0);
+      });
+    }
 
     function setState(el, state) {
       var keep = Array.prototype.filter.call(el.classList, function (c) {
@@ -130,9 +174,9 @@
           return Promise.resolve(apply(status)).then(function () {
             if (status.final) {
               panel.dataset.final = "true";
-              document.getElementById("dy-live").hidden = true;
+              stopped();
             } else {
-              window.setTimeout(poll, interval);
+              schedule(interval);
             }
           });
         })
@@ -140,14 +184,14 @@
           /* Keep trying for a while (server restart, network), then give up quietly. */
           failures += 1;
           if (failures < 10) {
-            window.setTimeout(poll, interval * failures);
+            schedule(interval * failures);
           } else {
-            document.getElementById("dy-live").hidden = true;
+            stopped();
           }
         });
     }
 
-    window.setTimeout(poll, interval);
+    schedule(interval);
   }
 
   if (document.readyState === "loading") {

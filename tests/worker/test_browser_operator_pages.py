@@ -1,0 +1,126 @@
+"""The operator's pages in a real browser (Chromium): why it failed, acting on one node, who is working.
+
+Driven through the engine (no worker needed): what is checked is what the
+page shows. Each test also leaves a screenshot in artifacts/ (the pictures in
+docs/img come from there).
+"""
+
+from datetime import timedelta
+
+import pytest
+from celery import chain
+from django.contrib.auth.models import User
+from django.urls import reverse
+from django.utils import timezone
+
+from django_dyrygent import engine, tasks
+from django_dyrygent.engine import outcomes
+from django_dyrygent.models import WorkerHeartbeat, Workflow
+from tests.tasks import Boom, fail, record
+from tests.worker.conftest import ARTIFACTS, BROWSER_MARKS
+
+pytestmark = BROWSER_MARKS
+
+pytestmark = [*pytestmark, pytest.mark.django_db(transaction=True)]  # noqa: F811
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    """Committed here (the live server reads the rows): nothing may reach a worker of another test."""
+    for name in ("publish", "send_tick", "revoke"):
+        monkeypatch.setattr(f"django_dyrygent.engine.messaging.{name}", lambda *args, **kwargs: None)
+
+
+def log_in(browser, live_server):  # noqa: F811
+    """As a superuser, without the login form (the session cookie of a logged-in client)."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.get_or_create(username="root", is_staff=True, is_superuser=True)[0])
+    browser.get(live_server.url + "/admin/login/")
+    browser.add_cookie({"name": "sessionid", "value": client.cookies["sessionid"].value, "path": "/"})
+
+
+def failed_workflow():
+    wf = Workflow(name="nightly import")
+    wf.add_celery_canvas(chain(record.si("download"), fail.si("bad row 42"), record.si("load"), record.si("index")))
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    outcomes.node_succeeded(wf.pk, wf.nodes.get(position=0).task_id, "ok")
+    engine.tick(wf.pk, scheduled=False)
+    outcomes.node_failed(wf.pk, wf.nodes.get(position=1).task_id, exception=Boom("bad row 42"))
+    wf.refresh_from_db()
+    assert wf.state == Workflow.State.FAILURE
+    return wf
+
+
+def shoot(driver, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / name))
+
+
+def test_browser_workflow_list__says_why_it_failed_and_counts_apart(live_server, browser, settings):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    settings.DYRYGENT_LIVENESS = True  # no worker beats here: the list warns
+    wf = failed_workflow()
+    Workflow.objects.create(name="waiting for a worker", state="RUNNING")
+    with pytest.raises(LookupError):
+        tasks.start_definition("reports.added-after-the-workers-started")
+    log_in(browser, live_server)
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_changelist"))
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+               if "nightly import" in r.text)
+    assert "4 / 4 done, 1 failed, 2 upstream failed" in row.text
+    failing = wf.nodes.get(position=1)
+    assert f"First failure: tests.fail [{failing.task_id}]: tests.tasks.Boom: bad row 42" in row.text
+    messages = " ".join(ul.text for ul in browser.find_elements(By.CSS_SELECTOR, "ul.messagelist"))
+    assert "No Celery worker is alive" in messages
+    assert "1 scheduled start failed in the last 24 hours" in messages
+    shoot(browser, "admin-workflow-list-why.png")
+
+
+def test_browser_node_page__mark_succeeded_with_a_result_and_the_workflow_runs_on(
+    live_server, browser,  # noqa: F811
+):
+    from selenium.webdriver.common.by import By
+
+    wf = failed_workflow()
+    failing = wf.nodes.get(position=1)
+    log_in(browser, live_server)
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflownode_change", args=[failing.pk]))
+    panel = browser.find_element(By.ID, "dy-node-actions")
+    labels = [b.text for b in panel.find_elements(By.TAG_NAME, "button")]
+    assert labels == ["Retry this node and what failed after it", "Mark succeeded", "Mark skipped"]
+    browser.find_element(By.ID, "dy-result").send_keys('{"rows": 41}')
+    browser.execute_script("arguments[0].scrollIntoView(false);", panel)
+    shoot(browser, "admin-node-actions.png")
+    panel.find_element(By.CSS_SELECTOR, 'button[name="mark_succeeded"]').click()
+    assert "Node marked SUCCESS." in browser.find_element(By.CSS_SELECTOR, "ul.messagelist").text
+    failing.refresh_from_db()
+    assert (failing.state, failing.result) == ("SUCCESS", {"rows": 41})
+    wf.refresh_from_db()
+    assert wf.state == Workflow.State.RUNNING and wf.nodes.get(position=2).state == "QUEUED"
+
+
+def test_browser_heartbeats__alive_stale_and_who_sweeps(live_server, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    now = timezone.now()
+    WorkerHeartbeat.objects.create(hostname="celery@web-1", pid=11, started_at=now - timedelta(hours=2),
+                                   last_seen=now, queues=["celery", "reports"], active_task_ids=["a", "b"])
+    WorkerHeartbeat.objects.create(hostname="celery@web-2", pid=12, started_at=now - timedelta(minutes=5),
+                                   last_seen=now, queues=["celery"], reserved_task_ids=["c"])
+    WorkerHeartbeat.objects.create(hostname="celery@web-3", pid=13, started_at=now - timedelta(days=1),
+                                   last_seen=now - timedelta(minutes=20), queues=["celery"])
+    log_in(browser, live_server)
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workerheartbeat_changelist"))
+    rows = {r.find_element(By.CSS_SELECTOR, "th").text: r for r in
+            browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")}
+    assert rows["celery@web-1"].find_element(By.CSS_SELECTOR, ".field-status").text == "alive"
+    assert rows["celery@web-3"].find_element(By.CSS_SELECTOR, ".field-status").text == "stale"
+    sweeps = {name: r.find_element(By.CSS_SELECTOR, ".field-sweeps img").get_attribute("alt")
+              for name, r in rows.items()}
+    assert sweeps == {"celery@web-1": "True", "celery@web-2": "False", "celery@web-3": "False"}
+    assert rows["celery@web-1"].find_element(By.CSS_SELECTOR, ".field-queue_list").text == "celery, reports"
+    shoot(browser, "admin-worker-heartbeats.png")
