@@ -1,11 +1,11 @@
-"""A small JSON API over the catalogue: list definitions, start one, read, cancel or retry a workflow.
+"""A small JSON API over the catalogue: list definitions, start one, read, cancel, retry, pause or resume a workflow.
 
 Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``).
 Authentication is the project's own: whatever its middleware and backends put
 on ``request.user`` (a session, a remote user, ...). Answers are JSON, errors
 included: 401 anonymous, 403 missing permission or failed CSRF check, 404
 unknown name or id, 405 wrong method, 400 bad input (with the form's errors),
-409 a conflicting idempotency key or an impossible cancel/retry.
+409 a conflicting idempotency key or an impossible cancel/retry/pause/resume.
 
 CSRF: a session cookie is sent by the browser on its own, so unsafe requests
 are checked exactly as Django checks a form post (``X-CSRFToken`` header with
@@ -158,6 +158,8 @@ def describe_workflow(wf: Workflow) -> dict[str, Any]:
         "created_at": wf.created_at.isoformat() if wf.created_at else None,
         "started_at": wf.started_at.isoformat() if wf.started_at else None,
         "finished_at": wf.finished_at.isoformat() if wf.finished_at else None,
+        "paused_at": wf.paused_at.isoformat() if wf.paused_at else None,
+        "deadline": wf.deadline.isoformat() if wf.deadline else None,
         "error": wf.error,
         "admin_url": admin_url,
     }
@@ -241,3 +243,28 @@ def retry(request: HttpRequest, workflow_id: str) -> HttpResponse:
     if not reset:
         return error(409, f"Workflow {wf.pk} is {wf.state} with no failed or canceled node to retry.")
     return JsonResponse({**describe_workflow(wf), "nodes_reset": reset})
+
+
+def _change(request: HttpRequest, workflow_id: str, change: Callable[..., bool], verb: str,
+            expected: str) -> HttpResponse:
+    """Apply an engine change that answers whether the state changed; 409 when it did not."""
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
+    changed = change(wf.pk, reason=f"{verb}d by {request.user.get_username()} through the API")
+    wf.refresh_from_db()
+    if not changed:
+        return error(409, f"Workflow {wf.pk} is {wf.state}, not {expected}; nothing to {verb}.")
+    return JsonResponse(describe_workflow(wf))
+
+
+@endpoint(["POST"], "django_dyrygent.change_workflow")
+def pause(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    """409 unless the workflow was RUNNING."""
+    return _change(request, workflow_id, engine.pause, "pause", "RUNNING")
+
+
+@endpoint(["POST"], "django_dyrygent.change_workflow")
+def resume(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    """409 unless the workflow was PAUSED."""
+    return _change(request, workflow_id, engine.resume, "resume", "PAUSED")

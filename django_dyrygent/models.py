@@ -88,6 +88,10 @@ class Workflow(models.Model):
         _("deadline"), null=True, blank=True,
         help_text=_("The engine ends the workflow ERROR if it still runs at this time."),
     )
+    paused_at = models.DateTimeField(
+        _("paused at"), null=True, blank=True,
+        help_text=_("When the workflow was paused; resume() moves the deadline on by the time paused."),
+    )
     next_tick_at = models.DateTimeField(
         _("next tick at"), null=True, blank=True, db_index=True,
         help_text=_("When the scheduled safety-net tick is due; overdue means it was lost."),
@@ -265,6 +269,29 @@ class Workflow(models.Model):
         from . import engine
 
         result = engine.cancel(self.pk, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    def pause(self, reason: str = "") -> bool:
+        """Stop publishing: running tasks finish and are recorded, nothing new starts until ``resume()``.
+
+        Returns whether the workflow was RUNNING and is now PAUSED.
+        """
+        from . import engine
+
+        result = engine.pause(self.pk, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    def resume(self, reason: str = "") -> bool:
+        """Publish what became ready while paused and run on; the deadline moves on by the pause.
+
+        Returns whether the workflow was PAUSED and is now RUNNING (or ended, if
+        everything finished while it was paused).
+        """
+        from . import engine
+
+        result = engine.resume(self.pk, reason=reason)
         self.refresh_from_db()
         return result
 

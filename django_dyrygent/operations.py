@@ -151,6 +151,7 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
             "started_at": _iso(wf.started_at),
             "finished_at": _iso(wf.finished_at),
             "deadline": _iso(wf.deadline),
+            "paused_at": _iso(wf.paused_at),
             "next_tick_at": _iso(wf.next_tick_at),
             "duration_seconds": _seconds(wf.duration),
         },

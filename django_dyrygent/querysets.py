@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from django.db import models
 from django.utils import timezone
 
-from .states import NODE_ACTIVE, WorkflowState
+from .states import NODE_ACTIVE, WORKFLOW_ACTIVE, WorkflowState
 
 if TYPE_CHECKING:
     from .models import Workflow, WorkflowNode  # noqa: F401 (the QuerySet["..."] parameters)
@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 class WorkflowQuerySet(models.QuerySet["Workflow"]):
     def active(self) -> WorkflowQuerySet:
-        """Workflows the engine still drives."""
-        return self.filter(state__in=[WorkflowState.INITIAL, WorkflowState.RUNNING])
+        """Workflows that are not over (paused ones included)."""
+        return self.filter(state__in=WORKFLOW_ACTIVE)
 
     def stale(self, older_than_seconds: float) -> WorkflowQuerySet:
         """Workflows whose scheduled tick is overdue (its message was probably lost).

@@ -5,6 +5,8 @@ from django.utils.translation import gettext_lazy as _
 class WorkflowState(models.TextChoices):
     INITIAL = "INITIAL", _("Initial")
     RUNNING = "RUNNING", _("Running")
+    # Running tasks finish and are recorded, nothing new is published until resume().
+    PAUSED = "PAUSED", _("Paused")
     SUCCESS = "SUCCESS", _("Success")
     FAILURE = "FAILURE", _("Failure")
     ERROR = "ERROR", _("Error")
@@ -76,7 +78,8 @@ NODE_FINAL = frozenset(
 NODE_OK = frozenset({NodeState.SUCCESS, NodeState.SKIPPED})
 NODE_FAILED = NODE_FINAL - NODE_OK
 NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
-WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
+# Runs that are not over: a paused run still counts (overlap policies, the active() queryset).
+WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING, WorkflowState.PAUSED})
 # Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 
@@ -130,7 +133,11 @@ WORKFLOW_TRANSITIONS: dict[str, set[str]] = {
         WorkflowState.FAILURE,
         WorkflowState.ERROR,
         WorkflowState.CANCELED,
+        WorkflowState.PAUSED,  # pause()
     },
+    # Not SUCCESS/FAILURE: a paused workflow whose nodes all ended is finished by resume().
+    # Not ERROR: its deadline is suspended while it is paused (resume() moves it on).
+    WorkflowState.PAUSED: {WorkflowState.RUNNING, WorkflowState.CANCELED},
     WorkflowState.SUCCESS: set(),
     WorkflowState.FAILURE: {WorkflowState.RUNNING},  # retry()
     WorkflowState.ERROR: {WorkflowState.RUNNING},

@@ -12,4 +12,6 @@ urlpatterns = [
     path("workflows/<str:workflow_id>/", api.status, name="api-workflow"),
     path("workflows/<str:workflow_id>/cancel/", api.cancel, name="api-cancel"),
     path("workflows/<str:workflow_id>/retry/", api.retry, name="api-retry"),
+    path("workflows/<str:workflow_id>/pause/", api.pause, name="api-pause"),
+    path("workflows/<str:workflow_id>/resume/", api.resume, name="api-resume"),
 ]

@@ -270,10 +270,57 @@ def cancel(workflow_id: UUID | str, reason: str | None = "") -> bool:
     return bool(locked_step(workflow_id, do_cancel))
 
 
+def pause(workflow_id: UUID | str, reason: str = "") -> bool:
+    """Pause a RUNNING workflow; returns False when it was not running.
+
+    Only publishing stops: a completion while paused is recorded and settles
+    its dependents' counters (``decisions.holds`` keeps them PENDING), so
+    resume releases them in one step. The tick chain stops too
+    (``next_tick_at`` cleared): a paused workflow costs no tick, no sweep
+    and no broker message, whatever its size. Repairs (node timeouts, lost
+    events, dead workers) wait for resume; the deadline is suspended.
+    """
+
+    def do_pause(step: Step) -> bool:
+        if step.wf.state != WorkflowState.RUNNING:
+            return False
+        step.transition_workflow(WorkflowState.PAUSED, reason=reason or "paused",
+                                 paused_at=step.now, next_tick_at=None)
+        return True
+
+    return bool(locked_step(workflow_id, do_pause))
+
+
+def resume(workflow_id: UUID | str, reason: str = "") -> bool:
+    """Resume a PAUSED workflow; returns False when it was not paused.
+
+    One locked step: the deadline moves on by the time spent paused (users
+    expect a pause not to eat their deadline), the nodes that became ready
+    meanwhile are queued, the workflow ends if everything finished while it
+    was paused, and the tick chain starts again.
+    """
+
+    def do_resume(step: Step) -> bool:
+        wf = step.wf
+        if wf.state != WorkflowState.PAUSED:
+            return False
+        fields: dict[str, Any] = {"paused_at": None}
+        if wf.deadline and wf.paused_at:
+            fields["deadline"] = wf.deadline + (step.now - wf.paused_at)
+        step.transition_workflow(WorkflowState.RUNNING, reason=reason or "resumed", **fields)
+        release_ready(step)
+        maybe_finish(step)
+        schedule_tick(step)
+        return True
+
+    return bool(locked_step(workflow_id, do_resume))
+
+
 def retry(workflow_id: UUID | str) -> int:
     """Re-run FAILURE / UPSTREAM_FAILED / CANCELED nodes with fresh task ids; resume.
 
     Successful nodes keep their results. Returns the number of nodes reset.
+    A PAUSED workflow stays paused: its reset nodes run once it is resumed.
     """
 
     def do_retry(step: Step) -> int:
@@ -325,6 +372,9 @@ def retry(workflow_id: UUID | str) -> int:
             queue_nodes(step, reset, reason="retry")
             step.watch_callbacks = True
             schedule_tick(step)
+            return len(reset)
+        if wf.state == WorkflowState.PAUSED:
+            release_ready(step)  # settles joins and skips; the queueing waits for resume
             return len(reset)
         if wf.state != WorkflowState.RUNNING:
             step.transition_workflow(

@@ -63,13 +63,28 @@ def readiness(node: WorkflowNode) -> str | None:
     return None
 
 
+#: Readiness targets a PAUSED workflow holds back: they would publish (or start waiting).
+HELD_WHILE_PAUSED = frozenset({NodeState.QUEUED, EXPAND})
+
+
+def holds(step: Step, target: str) -> bool:
+    """Whether a node ready for ``target`` stays PENDING for now: its workflow is paused.
+
+    Its counters are already settled, so ``ready_nodes`` finds it and resume
+    releases it. Joins, skips and upstream failures still settle: they
+    publish nothing, and leaving them would leave their dependents' counters
+    behind.
+    """
+    return step.wf.state == WorkflowState.PAUSED and target in HELD_WHILE_PAUSED
+
+
 def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[WorkflowNode]:
     """Move every ready PENDING node on; return the nodes that became final (joins, skips, ...)."""
     decided: defaultdict[str, list[WorkflowNode]] = defaultdict(list)
     for node in candidates:
         if node.state == NodeState.PENDING:
             target = readiness(node)
-            if target is not None:
+            if target is not None and not holds(step, target):
                 decided[target].append(node)
     finals = []
     for fanout in decided.pop(EXPAND, []):
