@@ -1,4 +1,4 @@
-"""A small JSON API over the catalogue: list definitions, start one, read, cancel, retry, pause or resume a workflow.
+"""A small JSON API: list and start catalogue definitions; read, cancel, retry, pause, resume or signal a workflow.
 
 Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``).
 Authentication is the project's own: whatever its middleware and backends put
@@ -268,3 +268,27 @@ def pause(request: HttpRequest, workflow_id: str) -> HttpResponse:
 def resume(request: HttpRequest, workflow_id: str) -> HttpResponse:
     """409 unless the workflow was PAUSED."""
     return _change(request, workflow_id, engine.resume, "resume", "PAUSED")
+
+
+@endpoint(["POST"], "django_dyrygent.signal_workflow")
+def signal(request: HttpRequest, workflow_id: str, name: str) -> HttpResponse:
+    """Body ``{"payload": ...}`` (optional): ``wf.signal(name, payload)``; 200 with ``completed``.
+
+    ``completed`` is 0 when no node of that name is waiting (not reached yet,
+    already signalled, or the workflow ended): a repeated request is harmless.
+    """
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
+    body = _json_body(request)
+    if isinstance(body, JsonResponse):
+        return body
+    unknown = sorted(set(body) - {"payload"})
+    if unknown:
+        return error(400, f"Unknown field(s) {', '.join(unknown)}; the body takes payload.")
+    try:
+        completed = engine.signal(wf.pk, name, body.get("payload"))
+    except ValidationError as exc:
+        return error(400, "; ".join(exc.messages))
+    wf.refresh_from_db()
+    return JsonResponse({**describe_workflow(wf), "completed": completed})

@@ -21,6 +21,7 @@ from celery.canvas import Signature, _chain, chord, maybe_signature
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
 
+from .serialization import NotSerialisable, to_tree
 from .states import NodeKind, TriggerRule
 
 if TYPE_CHECKING:
@@ -192,6 +193,36 @@ def add_signature(
 
 def add_join(draft: Draft, dependencies: Iterable[Node]) -> Node:
     return draft.new_node(dependencies, task_id=uuid(), kind=NodeKind.JOIN)
+
+
+#: ``add_wait``'s default for ``default``: a timed-out wait fails instead of succeeding.
+NO_DEFAULT: Any = object()
+
+
+def add_wait(
+    draft: Draft, name: str, dependencies: Iterable[Node] | None = None,
+    timeout: float | timedelta | None = None, default: Any = NO_DEFAULT,
+) -> Node:
+    """A node with no task: WAITING once its dependencies succeed, succeeded by a signal ``name``.
+
+    The name is stored as the node's ``task_name`` (what ``wf.signal`` looks
+    for). ``default``, when given, is the result a timed-out wait succeeds
+    with; it is stored in the node's ``signature`` as the JSON tree a task
+    result would be.
+    """
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise ValidationError(f"A wait needs a name of 1 to 255 characters, got {name!r}", code="bad_wait_name")
+    signature: dict[str, Any] = {}
+    if default is not NO_DEFAULT:
+        try:
+            signature["default"] = to_tree(default)
+        except NotSerialisable as exc:
+            raise ValidationError(f"The default of wait {name!r} is not JSON-serialisable: {exc}",
+                                  code="bad_default") from None
+    return draft.new_node(
+        check_dependencies(draft, dependencies), task_id=uuid(), task_name=name, kind=NodeKind.WAIT,
+        signature=signature, timeout=_as_timeout(timeout),
+    )
 
 
 def add_callback(draft: Draft, signature: Any, kind: str) -> Node:

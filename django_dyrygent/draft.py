@@ -32,7 +32,7 @@ WorkflowModel = Any
 Node = Any
 
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
-GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
+GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT)
 
 
 class Draft:
@@ -147,6 +147,12 @@ class Draft:
         self, template: Any, dependency: Node, timeout: float | timedelta | None = None
     ) -> Node:
         return canvas.add_fanout(self, template, dependency, timeout=timeout)
+
+    def add_wait(
+        self, name: str, dependencies: Iterable[Node] | None = None,
+        timeout: float | timedelta | None = None, default: Any = canvas.NO_DEFAULT,
+    ) -> Node:
+        return canvas.add_wait(self, name, dependencies, timeout=timeout, default=default)
 
     def add_callback(self, signature: Any, kind: str) -> Node:
         return canvas.add_callback(self, signature, kind)

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import fastinit
+from .canvas import NO_DEFAULT
 from .draft import GRAPH_KINDS, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
 from .serialization import from_tree
@@ -139,7 +140,10 @@ class Workflow(models.Model):
         verbose_name = _("workflow")
         verbose_name_plural = _("workflows")
         ordering = ["-created_at"]
-        permissions = [("start_workflow", _("Can start workflows from the catalogue"))]
+        permissions = [
+            ("start_workflow", _("Can start workflows from the catalogue")),
+            ("signal_workflow", _("Can complete waiting nodes (signals, approvals)")),
+        ]
         indexes = [
             models.Index(fields=["state", "next_tick_at"], name="dyrygent_wf_state_tick_idx"),
         ]
@@ -217,6 +221,21 @@ class Workflow(models.Model):
         """
         return self.draft.add_fanout(template, dependency, timeout=timeout)
 
+    def add_wait(
+        self, name: str, dependencies: Iterable[WorkflowNode] | None = None,
+        timeout: float | timedelta | None = None, default: Any = NO_DEFAULT,
+    ) -> WorkflowNode:
+        """Wait for an outside event: a node with no task, completed by ``wf.signal(name, payload)``.
+
+        It becomes WAITING when its dependencies have succeeded and holds no
+        worker and no broker message while it waits. ``signal`` (or
+        ``node.complete``) succeeds it with the payload as its result, passed
+        on like a task's under ``pass_results``. ``timeout`` (seconds or a
+        timedelta, counted from when it starts waiting): the tick then fails
+        it, or succeeds it with ``default`` when one is given.
+        """
+        return self.draft.add_wait(name, dependencies, timeout=timeout, default=default)
+
     def add_celery_canvas(
         self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None
     ) -> list[WorkflowNode]:
@@ -292,6 +311,19 @@ class Workflow(models.Model):
         from . import engine
 
         result = engine.resume(self.pk, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    def signal(self, name: str, payload: Any = None) -> int:
+        """Complete the WAITING wait nodes named ``name`` with ``payload``; returns how many.
+
+        0 when no node of that name is waiting: not reached yet (nothing is
+        stored for later), already signalled, timed out, or the workflow has
+        ended. A payload that cannot be stored raises ValidationError.
+        """
+        from . import engine
+
+        result = engine.signal(self.pk, name, payload)
         self.refresh_from_db()
         return result
 
@@ -477,6 +509,14 @@ class WorkflowNode(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in NODE_FINAL
+
+    def complete(self, result: Any = None) -> bool:
+        """Succeed this WAITING wait node with ``result``; False when it is not waiting (any more)."""
+        from . import engine
+
+        done = engine.complete(self.workflow_id, self.pk, result)
+        self.refresh_from_db()
+        return done
 
     def get_result(self) -> Any:
         """The result as the task returned it (``result`` holds its JSON form:

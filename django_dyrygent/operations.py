@@ -251,7 +251,7 @@ def _dot_string(text: object) -> str:
 
 
 DOT_COLOURS = {
-    "PENDING": "#eeeeee", "QUEUED": "#cfe2ff", "STARTED": "#9ec5fe", "RETRY": "#ffe69c",
+    "PENDING": "#eeeeee", "WAITING": "#9fd8d9", "QUEUED": "#cfe2ff", "STARTED": "#9ec5fe", "RETRY": "#ffe69c",
     "SUCCESS": "#a3cfbb", "FAILURE": "#f1aeb5", "UPSTREAM_FAILED": "#f8d7da",
     "SKIPPED": "#e2e3e5", "CANCELED": "#adb5bd",
 }

@@ -15,6 +15,8 @@ class WorkflowState(models.TextChoices):
 
 class NodeState(models.TextChoices):
     PENDING = "PENDING", _("Pending")
+    # A wait node whose dependencies succeeded: waiting for its signal (or its timeout).
+    WAITING = "WAITING", _("Waiting")
     QUEUED = "QUEUED", _("Queued")
     STARTED = "STARTED", _("Started")
     RETRY = "RETRY", _("Retry")
@@ -35,6 +37,9 @@ class NodeKind(models.TextChoices):
     # link_error / link_finalizer signatures: run once the workflow has ended.
     ERROR_CALLBACK = "error_callback", _("Error callback")
     FINALIZER = "finalizer", _("Finalizer")
+    # No Celery task: WAITING once its dependencies succeeded, succeeded by wf.signal(name)
+    # or node.complete(); its name is in task_name.
+    WAIT = "wait", _("Wait for a signal")
 
 
 class TriggerRule(models.TextChoices):
@@ -82,12 +87,19 @@ NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
 WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING, WorkflowState.PAUSED})
 # Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
+# Steps of the workflow the counters count (nodes_total, nodes_done, ...): the user's, not joins.
+COUNTED_KINDS = (NodeKind.TASK, NodeKind.WAIT)
+# Nodes that wait in WAITING instead of being published.
+WAITING_KINDS = (NodeKind.WAIT,)
+# Nodes without a Celery task of their own: no call to check, no task name to look up.
+TASKLESS_KINDS = (NodeKind.JOIN, NodeKind.WAIT)
 
 # The node state machine. Every node state change goes through
 # ``steps.Step.transition_nodes`` which refuses anything not listed here.
 NODE_TRANSITIONS: dict[str, set[str]] = {
     NodeState.PENDING: {
         NodeState.QUEUED,
+        NodeState.WAITING,  # a wait node reached
         NodeState.SUCCESS,  # join nodes complete in place
         NodeState.UPSTREAM_FAILED,
         NodeState.SKIPPED,
@@ -117,6 +129,11 @@ NODE_TRANSITIONS: dict[str, set[str]] = {
         NodeState.RETRY,  # a late task_retry of the previous run (outcomes.WORKER_SOURCES)
         NodeState.SUCCESS,
         NodeState.FAILURE,
+        NodeState.CANCELED,
+    },
+    NodeState.WAITING: {
+        NodeState.SUCCESS,  # signalled, or timed out with a default
+        NodeState.FAILURE,  # timed out
         NodeState.CANCELED,
     },
     NodeState.SUCCESS: set(),

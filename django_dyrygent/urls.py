@@ -14,4 +14,5 @@ urlpatterns = [
     path("workflows/<str:workflow_id>/retry/", api.retry, name="api-retry"),
     path("workflows/<str:workflow_id>/pause/", api.pause, name="api-pause"),
     path("workflows/<str:workflow_id>/resume/", api.resume, name="api-resume"),
+    path("workflows/<str:workflow_id>/signal/<str:name>/", api.signal, name="api-signal"),
 ]

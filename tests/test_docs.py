@@ -51,6 +51,7 @@ def test_docs__every_dyrygent_command_exists_and_is_documented():
     assert commands == {
         "dyrygent_run", "dyrygent_status", "dyrygent_cancel", "dyrygent_retry",
         "dyrygent_tick", "dyrygent_graph", "dyrygent_prune", "dyrygent_pause", "dyrygent_resume",
+        "dyrygent_signal",
     }
     mentioned = set()
     for page in PAGES:

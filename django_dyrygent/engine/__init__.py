@@ -43,8 +43,17 @@ from django.utils import timezone
 from ..conf import settings
 from ..models import Workflow, WorkflowEdge, WorkflowNode
 from ..serialization import storable_text
-from ..states import NODE_FAILED, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind, NodeState, WorkflowState
-from . import db, messaging, repair
+from ..states import (
+    NODE_FAILED,
+    NODE_FINAL,
+    NODE_OK,
+    WAITING_KINDS,
+    WORKFLOW_FINAL,
+    NodeKind,
+    NodeState,
+    WorkflowState,
+)
+from . import db, messaging, outcomes, repair
 from .decisions import (
     abort,
     maybe_finish,
@@ -314,6 +323,53 @@ def resume(workflow_id: UUID | str, reason: str = "") -> bool:
         return True
 
     return bool(locked_step(workflow_id, do_resume))
+
+
+def signal(workflow_id: UUID | str, name: str, payload: Any = None) -> int:
+    """Succeed the WAITING wait nodes named ``name`` with ``payload``; returns how many.
+
+    One locked step: the nodes move WAITING -> SUCCESS with the payload as
+    their result and their dependents are released, as after a task's
+    success. A second signal finds nothing WAITING and returns 0, as does a
+    signal for a node not reached yet (nothing is kept for later: a mailbox
+    would have to be drained, bounded and cleaned, and waits here are
+    approvals and callbacks that cannot come before their question was
+    asked) or for a workflow that is not RUNNING or PAUSED. A payload the
+    database cannot hold raises ValidationError and changes nothing.
+    """
+    return _complete_waits(workflow_id, {"task_name": name}, payload, f"signal {name!r}")
+
+
+def complete(workflow_id: UUID | str, node_id: int, result: Any = None) -> bool:
+    """Succeed one WAITING wait node with ``result`` (``WorkflowNode.complete``); False if not waiting."""
+    return bool(_complete_waits(workflow_id, {"pk": node_id}, result, "completed"))
+
+
+def _complete_waits(workflow_id: UUID | str, which: dict[str, Any], payload: Any, reason: str) -> int:
+    """Succeed the WAITING wait nodes ``which`` selects with ``payload``, settle them; how many."""
+    value = _storable_payload(payload)
+
+    def do_complete(step: Step) -> int:
+        if step.wf.state not in (WorkflowState.RUNNING, WorkflowState.PAUSED):
+            return 0
+        nodes = list(WorkflowNode.objects.filter(
+            workflow_id=step.wf.pk, kind__in=WAITING_KINDS, state=NodeState.WAITING, **which,
+        ).only(*NODE_FIELDS))
+        moved = step.transition_nodes(nodes, NodeState.SUCCESS, reason=reason, result=value, error="")
+        for node in moved:
+            step.results[node.pk] = value
+        settle(step, moved)
+        maybe_finish(step)
+        return len(moved)
+
+    return locked_step(workflow_id, do_complete) or 0
+
+
+def _storable_payload(payload: Any) -> Any:
+    value, problem = outcomes.encode_result(payload)
+    if problem:
+        raise ValidationError(problem.replace("Result", "Payload", 1), code="bad_payload")
+    return value
 
 
 def retry(workflow_id: UUID | str) -> int:

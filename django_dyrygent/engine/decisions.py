@@ -28,6 +28,7 @@ from ..states import (
     NODE_ACTIVE,
     NODE_FINAL,
     NODE_OK,
+    WAITING_KINDS,
     NodeKind,
     NodeState,
     TriggerRule,
@@ -51,6 +52,8 @@ def readiness(node: WorkflowNode) -> str | None:
         if not node.waiting:
             if node.kind == NodeKind.MAP and node.fanout_size is None:
                 return EXPAND
+            if node.kind in WAITING_KINDS:
+                return NodeState.WAITING
             return NodeState.SUCCESS if node.kind in JOIN_KINDS else NodeState.QUEUED
     elif rule == TriggerRule.ALL_DONE:
         if not node.waiting:
@@ -107,7 +110,18 @@ def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[Wor
     finals.extend(skipped)
     queued = decided.pop(NodeState.QUEUED, [])
     queue_nodes(step, queued)
+    start_waiting(step, decided.pop(NodeState.WAITING, []))
     return finals
+
+
+def start_waiting(step: Step, nodes: Sequence[WorkflowNode]) -> None:
+    """WAITING from now: no message, no worker; a timeout becomes ``timeout_at``, which the tick watches."""
+    by_timeout: defaultdict[timedelta | None, list[WorkflowNode]] = defaultdict(list)
+    for node in nodes:
+        by_timeout[node.timeout].append(node)
+    for timeout, group in by_timeout.items():
+        step.transition_nodes(group, NodeState.WAITING, started_at=step.now,
+                              timeout_at=step.now + timeout if timeout else None)
 
 
 def expand_fanout(step: Step, fanout: WorkflowNode) -> list[WorkflowNode]:

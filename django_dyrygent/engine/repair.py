@@ -38,13 +38,16 @@ logger = logging.getLogger("django_dyrygent.engine")
 
 
 def late_nodes(workflow: Any, now: datetime) -> QuerySet[WorkflowNode]:
-    """STARTED/RETRY nodes of ``workflow`` (an id or an ``OuterRef``) past their ``timeout_at``.
+    """STARTED/RETRY/WAITING nodes of ``workflow`` (an id or an ``OuterRef``) past their ``timeout_at``.
 
     What ``enforce_timeouts`` acts on, and what the idle tick (``engine``)
     asks about without the lock: one definition, so the two cannot drift.
+    A waiting node's due time is therefore checked by the workflow's tick
+    with the rest, in the same statement: no query per waiting node.
     """
     return WorkflowNode.objects.filter(
-        workflow_id=workflow, state__in=[NodeState.STARTED, NodeState.RETRY], timeout_at__lt=now,
+        workflow_id=workflow, state__in=[NodeState.STARTED, NodeState.RETRY, NodeState.WAITING],
+        timeout_at__lt=now,
     )
 
 
@@ -65,6 +68,10 @@ def enforce_timeouts(step: Step) -> None:
     fail with "timed out".
     """
     late = list(late_nodes(step.wf.pk, step.now).only(*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids"))
+    waits = [n for n in late if n.state == NodeState.WAITING]
+    late = [n for n in late if n.state != NodeState.WAITING]
+    if waits:
+        _time_out_waits(step, waits)
     if not late:
         return
     step.to_terminate.extend(n.task_id for n in late)
@@ -74,6 +81,23 @@ def enforce_timeouts(step: Step) -> None:
         lambda n, runs: f"Timed out: no outcome {n.timeout.total_seconds():g}s after the task started"  # type: ignore[union-attr]
                         + (f" (attempt {n.attempts} of {runs})" if runs > 1 else ""),
     )
+
+
+def _time_out_waits(step: Step, nodes: Sequence[WorkflowNode]) -> None:
+    """Waits past their timeout: succeed with their default when they have one, else fail."""
+    defaulted = [n for n in nodes if "default" in (n.signature or {})]
+    for node in defaulted:
+        value = node.signature["default"]
+        step.results[node.pk] = value
+        step.transition_nodes([node], NodeState.SUCCESS, reason="timed out: default taken", result=value)
+    failed = [n for n in nodes if "default" not in (n.signature or {})]
+    for node in failed:
+        step.transition_nodes(
+            [node], NodeState.FAILURE, reason="timed out",
+            error=f"Timed out: no signal {node.task_name!r} {node.timeout.total_seconds():g}s after "  # type: ignore[union-attr]
+                  "the node started waiting",
+        )
+    settle(step, nodes)
 
 
 def _fresh_run(step: Step, node: WorkflowNode, **fields: Any) -> dict[str, Any]:

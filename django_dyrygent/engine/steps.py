@@ -36,6 +36,7 @@ from ..conf import settings
 from ..models import Workflow, WorkflowEvent, WorkflowNode
 from ..serialization import storable_text
 from ..states import (
+    COUNTED_KINDS,
     NODE_FINAL,
     NODE_TRANSITIONS,
     WORKFLOW_FINAL,
@@ -207,7 +208,7 @@ class Step:
 
     def _record_node(self, node: WorkflowNode, old: str, new: str, reason: str) -> None:
         node.state = new
-        if node.kind == NodeKind.TASK and (old in NODE_FINAL) != (new in NODE_FINAL):
+        if node.kind in COUNTED_KINDS and (old in NODE_FINAL) != (new in NODE_FINAL):
             # Into a final state counts up; out of one (retry()) counts back down.
             final, step = (new, 1) if new in NODE_FINAL else (old, -1)
             self.counters["nodes_done"] += step

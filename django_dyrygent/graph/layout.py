@@ -29,7 +29,7 @@ from django.db.models.functions import Left, Right
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-from ..states import NodeKind, NodeState
+from ..states import WAITING_KINDS, NodeKind, NodeState
 from .items import (
     ARGS_CHARS,
     BOX_HEIGHT,
@@ -340,6 +340,8 @@ def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
             classes += " dy-dot"
         if item.is_group:
             classes += " dy-group"
+        elif item.kind in WAITING_KINDS:
+            classes += " dy-wait"
         parts.append(
             f'<a href="{escape(url_for(item))}" id="dy-{item.id}" class="{classes}">'
             f"<title>{escape(tooltip(item))}</title>"
