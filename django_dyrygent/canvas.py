@@ -13,7 +13,7 @@ in pass-results mode the join carries the list of results in header order.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery import group
@@ -222,6 +222,32 @@ def add_wait(
     return draft.new_node(
         check_dependencies(draft, dependencies), task_id=uuid(), task_name=name, kind=NodeKind.WAIT,
         signature=signature, timeout=_as_timeout(timeout),
+    )
+
+
+def add_timer(
+    draft: Draft, dependencies: Iterable[Node] | None = None, delay: float | timedelta | None = None,
+    at: datetime | None = None, name: str = "",
+) -> Node:
+    """A node with no task that succeeds ``delay`` after it is reached, or at ``at``.
+
+    The delay is the node's ``timeout``; ``at`` (an aware datetime) is kept in
+    its ``signature`` until the node is reached, when either becomes its due
+    time, ``timeout_at``.
+    """
+    if (delay is None) == (at is None):
+        raise ValidationError("A timer needs a delay or a time (at=), not both", code="bad_timer")
+    signature: dict[str, Any] = {}
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise ValidationError(f"at must be an aware datetime, got {at!r}", code="bad_timer")
+        signature["at"] = at.isoformat()
+    if not isinstance(name, str) or len(name) > 255:
+        raise ValidationError(f"A timer's name is a string of at most 255 characters, got {name!r}",
+                              code="bad_timer")
+    return draft.new_node(
+        check_dependencies(draft, dependencies), task_id=uuid(), task_name=name, kind=NodeKind.TIMER,
+        signature=signature, timeout=_as_timeout(delay),
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
@@ -32,7 +32,7 @@ WorkflowModel = Any
 Node = Any
 
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
-GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT)
+GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT, NodeKind.TIMER)
 
 
 class Draft:
@@ -153,6 +153,12 @@ class Draft:
         timeout: float | timedelta | None = None, default: Any = canvas.NO_DEFAULT,
     ) -> Node:
         return canvas.add_wait(self, name, dependencies, timeout=timeout, default=default)
+
+    def add_timer(
+        self, dependencies: Iterable[Node] | None = None, delay: float | timedelta | None = None,
+        at: datetime | None = None, name: str = "",
+    ) -> Node:
+        return canvas.add_timer(self, dependencies, delay=delay, at=at, name=name)
 
     def add_callback(self, signature: Any, kind: str) -> Node:
         return canvas.add_callback(self, signature, kind)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
@@ -235,6 +235,18 @@ class Workflow(models.Model):
         it, or succeeds it with ``default`` when one is given.
         """
         return self.draft.add_wait(name, dependencies, timeout=timeout, default=default)
+
+    def add_timer(
+        self, dependencies: Iterable[WorkflowNode] | None = None, delay: float | timedelta | None = None,
+        at: datetime | None = None, name: str = "",
+    ) -> WorkflowNode:
+        """Wait for a time: a node with no task that succeeds ``delay`` after it is reached, or at ``at``.
+
+        The due time is a column of the node's row, fired by the workflow's
+        tick (or the workers' sweep): no worker and no broker message holds
+        it, so it survives worker and broker restarts. ``name`` labels it.
+        """
+        return self.draft.add_timer(dependencies, delay=delay, at=at, name=name)
 
     def add_celery_canvas(
         self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None

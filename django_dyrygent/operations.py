@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Count, Max, Min, Q
 
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from .states import WORKFLOW_FINAL, NodeKind
+from .states import WAITING_KINDS, WORKFLOW_FINAL, NodeKind
 
 if TYPE_CHECKING:
     from .graph.layout import Item
@@ -274,8 +274,10 @@ def graph_to_dot(data: Data) -> str:
             )
             continue
         label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
+        # No task (a wait, a timer): dashed, as in the admin's picture.
+        style = ', style="rounded,filled,dashed"' if n["kind"] in WAITING_KINDS else ""
         lines.append(
-            f'  n{n["id"]} [label={_dot_string(label)}, fillcolor="{colour}", '
+            f'  n{n["id"]} [label={_dot_string(label)}, fillcolor="{colour}"{style}, '
             f'tooltip={_dot_string(n["task_id"])}];'
         )
     for e in data["edges"]:

@@ -15,7 +15,7 @@ class WorkflowState(models.TextChoices):
 
 class NodeState(models.TextChoices):
     PENDING = "PENDING", _("Pending")
-    # A wait node whose dependencies succeeded: waiting for its signal (or its timeout).
+    # A wait or timer node whose dependencies succeeded: waiting for its signal or its time.
     WAITING = "WAITING", _("Waiting")
     QUEUED = "QUEUED", _("Queued")
     STARTED = "STARTED", _("Started")
@@ -40,6 +40,9 @@ class NodeKind(models.TextChoices):
     # No Celery task: WAITING once its dependencies succeeded, succeeded by wf.signal(name)
     # or node.complete(); its name is in task_name.
     WAIT = "wait", _("Wait for a signal")
+    # No Celery task: WAITING once its dependencies succeeded, succeeds by itself at its due
+    # time (timeout_at), fired by the tick; nothing waits in a broker message.
+    TIMER = "timer", _("Timer")
 
 
 class TriggerRule(models.TextChoices):
@@ -88,11 +91,11 @@ WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING, Workf
 # Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 # Steps of the workflow the counters count (nodes_total, nodes_done, ...): the user's, not joins.
-COUNTED_KINDS = (NodeKind.TASK, NodeKind.WAIT)
+COUNTED_KINDS = (NodeKind.TASK, NodeKind.WAIT, NodeKind.TIMER)
 # Nodes that wait in WAITING instead of being published.
-WAITING_KINDS = (NodeKind.WAIT,)
+WAITING_KINDS = (NodeKind.WAIT, NodeKind.TIMER)
 # Nodes without a Celery task of their own: no call to check, no task name to look up.
-TASKLESS_KINDS = (NodeKind.JOIN, NodeKind.WAIT)
+TASKLESS_KINDS = (NodeKind.JOIN, NodeKind.WAIT, NodeKind.TIMER)
 
 # The node state machine. Every node state change goes through
 # ``steps.Step.transition_nodes`` which refuses anything not listed here.
@@ -132,7 +135,7 @@ NODE_TRANSITIONS: dict[str, set[str]] = {
         NodeState.CANCELED,
     },
     NodeState.WAITING: {
-        NodeState.SUCCESS,  # signalled, or timed out with a default
+        NodeState.SUCCESS,  # signalled, a timer due, or a wait timed out with a default
         NodeState.FAILURE,  # timed out
         NodeState.CANCELED,
     },

@@ -337,11 +337,11 @@ def signal(workflow_id: UUID | str, name: str, payload: Any = None) -> int:
     asked) or for a workflow that is not RUNNING or PAUSED. A payload the
     database cannot hold raises ValidationError and changes nothing.
     """
-    return _complete_waits(workflow_id, {"task_name": name}, payload, f"signal {name!r}")
+    return _complete_waits(workflow_id, {"task_name": name, "kind": NodeKind.WAIT}, payload, f"signal {name!r}")
 
 
 def complete(workflow_id: UUID | str, node_id: int, result: Any = None) -> bool:
-    """Succeed one WAITING wait node with ``result`` (``WorkflowNode.complete``); False if not waiting."""
+    """Succeed one WAITING wait (or timer: fired early) node with ``result``; False if not waiting."""
     return bool(_complete_waits(workflow_id, {"pk": node_id}, result, "completed"))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.utils import uuid
@@ -115,13 +115,20 @@ def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[Wor
 
 
 def start_waiting(step: Step, nodes: Sequence[WorkflowNode]) -> None:
-    """WAITING from now: no message, no worker; a timeout becomes ``timeout_at``, which the tick watches."""
-    by_timeout: defaultdict[timedelta | None, list[WorkflowNode]] = defaultdict(list)
+    """WAITING from now: no message, no worker; a due time becomes ``timeout_at``, which the tick watches.
+
+    A wait's timeout and a timer's delay count from now; a timer's ``at`` is
+    its due time as given.
+    """
+    by_due: defaultdict[datetime | None, list[WorkflowNode]] = defaultdict(list)
     for node in nodes:
-        by_timeout[node.timeout].append(node)
-    for timeout, group in by_timeout.items():
-        step.transition_nodes(group, NodeState.WAITING, started_at=step.now,
-                              timeout_at=step.now + timeout if timeout else None)
+        at = (node.signature or {}).get("at") if node.kind == NodeKind.TIMER else None
+        if at:
+            by_due[datetime.fromisoformat(at)].append(node)
+        else:
+            by_due[step.now + node.timeout if node.timeout else None].append(node)
+    for due, group in by_due.items():
+        step.transition_nodes(group, NodeState.WAITING, started_at=step.now, timeout_at=due)
 
 
 def expand_fanout(step: Step, fanout: WorkflowNode) -> list[WorkflowNode]:

@@ -27,7 +27,7 @@ from django.db.models import F, Q, QuerySet
 from ..conf import get_celery_app, settings
 from ..models import WorkflowNode
 from ..serialization import storable_text
-from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeState
+from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeKind, NodeState
 from . import outcomes
 from .decisions import call_args, queue_nodes, settle
 from .outcomes import VALUE_REFUSED, format_error, stored_exception
@@ -84,7 +84,10 @@ def enforce_timeouts(step: Step) -> None:
 
 
 def _time_out_waits(step: Step, nodes: Sequence[WorkflowNode]) -> None:
-    """Waits past their timeout: succeed with their default when they have one, else fail."""
+    """Due timers succeed; waits past their timeout succeed with their default if any, else fail."""
+    timers = [n for n in nodes if n.kind == NodeKind.TIMER]
+    step.transition_nodes(timers, NodeState.SUCCESS, reason="timer fired")
+    nodes = [n for n in nodes if n.kind != NodeKind.TIMER]
     defaulted = [n for n in nodes if "default" in (n.signature or {})]
     for node in defaulted:
         value = node.signature["default"]
@@ -97,7 +100,7 @@ def _time_out_waits(step: Step, nodes: Sequence[WorkflowNode]) -> None:
             error=f"Timed out: no signal {node.task_name!r} {node.timeout.total_seconds():g}s after "  # type: ignore[union-attr]
                   "the node started waiting",
         )
-    settle(step, nodes)
+    settle(step, [*timers, *nodes])
 
 
 def _fresh_run(step: Step, node: WorkflowNode, **fields: Any) -> dict[str, Any]:

@@ -341,7 +341,7 @@ def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
         if item.is_group:
             classes += " dy-group"
         elif item.kind in WAITING_KINDS:
-            classes += " dy-wait"
+            classes += f" dy-{item.kind}"
         parts.append(
             f'<a href="{escape(url_for(item))}" id="dy-{item.id}" class="{classes}">'
             f"<title>{escape(tooltip(item))}</title>"
