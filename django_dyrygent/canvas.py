@@ -22,7 +22,7 @@ from celery.utils import uuid
 from django.core.exceptions import ValidationError
 
 from .serialization import NotSerialisable, to_tree
-from .states import NodeKind, TriggerRule
+from .states import TASK_KINDS, WAITING_KINDS, NodeKind, TriggerRule
 
 if TYPE_CHECKING:
     from .draft import Draft
@@ -249,6 +249,40 @@ def add_timer(
         check_dependencies(draft, dependencies), task_id=uuid(), task_name=name, kind=NodeKind.TIMER,
         signature=signature, timeout=_as_timeout(delay),
     )
+
+
+def add_branch(
+    draft: Draft, signature: Any, paths: dict[str, Any], dependencies: Iterable[Node] | None = None,
+) -> Node:
+    """A task whose result chooses its paths: ``paths`` maps each key to a node or a list of nodes.
+
+    Every node of a path is made a dependent of the branch (an edge is added
+    to a node built before it). The keys and the nodes' positions are kept in
+    the branch's ``signature`` under ``paths``: positions, not task ids,
+    because ``retry()`` gives failed nodes fresh task ids.
+    """
+    sig = _as_signature(draft, signature)
+    _single_task(sig, "add_branch")
+    _no_links(sig, "a branch")
+    if not isinstance(paths, dict) or not paths:
+        raise ValidationError("A branch needs its paths: a dict of key -> node(s)", code="bad_branch")
+    node = draft.new_node(
+        check_dependencies(draft, dependencies), source=sig, task_id=_task_id(sig), task_name=sig.get("task") or "",
+        kind=NodeKind.BRANCH, signature=signature_to_dict(sig),
+    )
+    positions: dict[str, list[int]] = {}
+    for key, members in paths.items():
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"A branch's keys are non-empty strings, got {key!r}", code="bad_branch")
+        members = list(members) if isinstance(members, (list, tuple)) else [members]
+        for member in check_dependencies(draft, members):
+            if member is node or member.kind not in (*TASK_KINDS, NodeKind.JOIN, NodeKind.MAP, *WAITING_KINDS):
+                raise ValidationError(f"Path {key!r} of a branch holds {member!r}, which cannot follow it",
+                                      code="bad_branch")
+            draft.add_dependency(member, node)
+        positions[key] = [m.position for m in members]
+    node.signature["paths"] = positions
+    return node
 
 
 def add_callback(draft: Draft, signature: Any, kind: str) -> Node:

@@ -32,7 +32,7 @@ WorkflowModel = Any
 Node = Any
 
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
-GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT, NodeKind.TIMER)
+GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT, NodeKind.TIMER, NodeKind.BRANCH)
 
 
 class Draft:
@@ -159,6 +159,11 @@ class Draft:
         at: datetime | None = None, name: str = "",
     ) -> Node:
         return canvas.add_timer(self, dependencies, delay=delay, at=at, name=name)
+
+    def add_branch(
+        self, signature: Any, paths: dict[str, Any], dependencies: Iterable[Node] | None = None,
+    ) -> Node:
+        return canvas.add_branch(self, signature, paths, dependencies)
 
     def add_callback(self, signature: Any, kind: str) -> Node:
         return canvas.add_callback(self, signature, kind)

@@ -236,6 +236,21 @@ class Workflow(models.Model):
         """
         return self.draft.add_wait(name, dependencies, timeout=timeout, default=default)
 
+    def add_branch(
+        self, signature: Signature | dict[str, Any], paths: dict[str, WorkflowNode | list[WorkflowNode]],
+        dependencies: Iterable[WorkflowNode] | None = None,
+    ) -> WorkflowNode:
+        """A task that chooses which of its dependents run: it returns a key of ``paths`` (or a list).
+
+        ``paths`` maps each key to the node(s) that run when the task returns
+        it; they are made dependents of the branch. The nodes of the other
+        paths are SKIPPED (with the reason), and so is every node after them
+        whose dependencies were all skipped; a node that also follows a chosen
+        path or anything else runs. A result that names no key of ``paths``
+        fails the branch with a message listing them.
+        """
+        return self.draft.add_branch(signature, paths, dependencies)
+
     def add_timer(
         self, dependencies: Iterable[WorkflowNode] | None = None, delay: float | timedelta | None = None,
         at: datetime | None = None, name: str = "",

@@ -43,6 +43,9 @@ class NodeKind(models.TextChoices):
     # No Celery task: WAITING once its dependencies succeeded, succeeds by itself at its due
     # time (timeout_at), fired by the tick; nothing waits in a broker message.
     TIMER = "timer", _("Timer")
+    # A task whose result (a key, or a list of keys) chooses which of its dependents run;
+    # the others are SKIPPED. Its signature keeps the paths (key -> node positions).
+    BRANCH = "branch", _("Branch")
 
 
 class TriggerRule(models.TextChoices):
@@ -91,7 +94,9 @@ WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING, Workf
 # Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 # Steps of the workflow the counters count (nodes_total, nodes_done, ...): the user's, not joins.
-COUNTED_KINDS = (NodeKind.TASK, NodeKind.WAIT, NodeKind.TIMER)
+COUNTED_KINDS = (NodeKind.TASK, NodeKind.BRANCH, NodeKind.WAIT, NodeKind.TIMER)
+# Steps of the workflow published to Celery as tasks (callbacks run after it).
+TASK_KINDS = (NodeKind.TASK, NodeKind.BRANCH)
 # Nodes that wait in WAITING instead of being published.
 WAITING_KINDS = (NodeKind.WAIT, NodeKind.TIMER)
 # Nodes without a Celery task of their own: no call to check, no task name to look up.

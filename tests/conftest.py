@@ -111,6 +111,15 @@ def wait_worker_idle(timeout=20.0):
     return not busy()
 
 
+def wait_for(predicate, what, timeout=30.0):
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 _configure_base = pytest_configure
 
 

@@ -2,7 +2,6 @@
 resume releases what became ready meanwhile in one step and moves the deadline on.
 """
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -16,20 +15,13 @@ from django_dyrygent import engine, signals
 from django_dyrygent.admin.workflows import WorkflowAdmin
 from django_dyrygent.engine import outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
+from tests.conftest import wait_for
 from tests.models import Execution
 from tests.tasks import hold, record
 
 TIMEOUT = 30
 S = WorkflowNode.State
 W = Workflow.State
-
-
-def wait_for(predicate, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def started_chain(*labels):

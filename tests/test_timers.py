@@ -2,7 +2,6 @@
 workers' sweep; nothing waits in a broker message, so losing the tick message loses nothing.
 """
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from django_dyrygent.engine import outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
 from django_dyrygent.operations import graph_data, graph_to_dot
 from django_dyrygent.worker.recovery import Sweeper
+from tests.conftest import wait_for
 from tests.models import Execution
 from tests.tasks import record
 
@@ -122,14 +122,6 @@ def test_timer__shown_in_status_and_graph_export(capsys):
     out = capsys.readouterr().out
     assert "cool-down (timer)" in out and "WAITING" in out
     assert 'style="rounded,filled,dashed"' in graph_to_dot(graph_data(wf))
-
-
-def wait_for(predicate, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.worker

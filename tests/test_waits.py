@@ -4,7 +4,6 @@ or node.complete(); a duplicate or early signal, or one for an ended workflow, c
 
 import json
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -18,6 +17,7 @@ from django.utils import timezone
 from django_dyrygent import engine
 from django_dyrygent.engine import outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
+from tests.conftest import wait_for
 from tests.models import Execution
 from tests.tasks import identity, record
 
@@ -273,15 +273,31 @@ def test_api_signal__needs_its_permission_and_answers_the_count(django_user_mode
     assert bad.status_code == 400
 
 
+@pytest.mark.django_db
+def test_approve_waits__admin_action_needs_the_signal_permission(django_user_model):
+    wf = approval()
+    wait = reach_wait(wf)
+    user = django_user_model.objects.create_user("reviewer", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_workflownode", "change_workflow"]))
+    client = Client()
+    client.force_login(user)
+    changelist = "/admin/django_dyrygent/workflownode/"
+    assert "approve_waits" not in client.get(changelist).content.decode()
+    client.post(changelist, {"action": "approve_waits", "_selected_action": [wait.pk], "index": 0})
+    wait.refresh_from_db()
+    assert wait.state == S.WAITING
+    user.user_permissions.add(Permission.objects.get(codename="signal_workflow"))
+    client.force_login(django_user_model.objects.get(pk=user.pk))
+    assert "reject_waits" in client.get(changelist).content.decode()
+    response = client.post(changelist, {"action": "reject_waits", "_selected_action": [wait.pk], "index": 0},
+                           follow=True)
+    assert "1 waiting node answered." in response.content.decode()
+    wait.refresh_from_db()
+    assert (wait.state, wait.result) == (S.SUCCESS, {"approved": False, "by": "reviewer"})
+    assert after(wf).state == S.QUEUED
+
+
 # -- end to end on a real worker -------------------------------------------------------------------
-
-
-def wait_for(predicate, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.worker

@@ -1,8 +1,10 @@
 """The admin pages of nodes and worker heartbeats; registered when ``admin`` imports this module.
 
-Apart from the workflow page (``admin``), which links here, because nothing
-on these pages acts: a node is operated through its workflow, a heartbeat is
-only read. ``django_dyrygent.admin`` re-exports ``WorkflowNodeAdmin``.
+Apart from the workflow page (``admin``), which links here. A node is
+operated through its workflow, except a waiting one, which people answer:
+the node list's *Approve* / *Reject* actions complete wait nodes and need
+the ``signal_workflow`` permission, not the change permission. A heartbeat
+is only read. ``django_dyrygent.admin`` re-exports ``WorkflowNodeAdmin``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import django
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
+from .. import engine
 from ..graph import layout as graph
 from ..graph.layout import shorten
 from ..models import WorkerHeartbeat, WorkflowNode
@@ -50,6 +54,7 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     )
 
     list_defer = ("result", "custom_payload", "error", "previous_task_ids")
+    actions = ("approve_waits", "reject_waits")
     json_values = {
         "arguments": lambda node: {"args": node.args, "kwargs": node.kwargs},
         "options": lambda node: (node.signature or {}).get("options"),
@@ -63,6 +68,37 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # No action on nodes: they are operated through their workflow.
         return False
+
+    def has_signal_permission(self, request: HttpRequest) -> bool:
+        """Who may answer waits (the actions below): ``django_dyrygent.signal_workflow``."""
+        return request.user.has_perm("django_dyrygent.signal_workflow")
+
+    @admin.action(description=_("Approve selected waiting nodes"), permissions=("signal",))
+    def approve_waits(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        self._answer(request, queryset, approved=True)
+
+    @admin.action(description=_("Reject selected waiting nodes"), permissions=("signal",))
+    def reject_waits(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        self._answer(request, queryset, approved=False)
+
+    def _answer(self, request: HttpRequest, queryset: QuerySet[WorkflowNode], approved: bool) -> None:
+        """Complete each selected WAITING wait node; its result says who answered and how.
+
+        A rejection is a result, not a failure: a branch after the wait reads
+        ``approved`` and chooses its path.
+        """
+        result = {"approved": approved, "by": request.user.get_username()}
+        nodes = list(queryset.filter(kind=NodeKind.WAIT).values_list("workflow_id", "pk"))
+        done = sum(1 for workflow_id, pk in nodes if engine.complete(workflow_id, pk, result))
+        skipped = queryset.count() - done
+        self.message_user(request, ngettext(
+            "%(count)d waiting node answered.", "%(count)d waiting nodes answered.", done,
+        ) % {"count": done}, messages.SUCCESS if done else messages.WARNING)
+        if skipped:
+            self.message_user(request, ngettext(
+                "%(count)d node was not waiting for a signal.", "%(count)d nodes were not waiting for a signal.",
+                skipped,
+            ) % {"count": skipped}, messages.WARNING)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # The DAG links collapsed boxes to ?workflow=<id>&task_name=<name>.

@@ -22,12 +22,13 @@ from django.db.models import F, Q, QuerySet
 
 from ..conf import settings
 from ..models import WorkflowEdge, WorkflowEvent, WorkflowNode
-from ..serialization import from_tree
+from ..serialization import from_tree, storable_text
 from ..states import (
     CALLBACK_KINDS,
     NODE_ACTIVE,
     NODE_FINAL,
     NODE_OK,
+    TASK_KINDS,
     WAITING_KINDS,
     NodeKind,
     NodeState,
@@ -217,7 +218,7 @@ def call_args(step: Step, nodes: Sequence[WorkflowNode]) -> dict[int, tuple[Any,
     """Arguments prepended to mutable signatures in pass-results mode (Celery canvas rules)."""
     if not step.wf.pass_results:
         return {}
-    mutable = [n for n in nodes if n.kind == NodeKind.TASK and not n.signature.get("immutable")]
+    mutable = [n for n in nodes if n.kind in TASK_KINDS and not n.signature.get("immutable")]
     if not mutable:
         return {}
     per_node = _dependency_results(step, mutable)
@@ -258,6 +259,8 @@ def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
     upstream failures, so a normal completion takes one or two levels.
     """
     frontier = [n for n in finished if n.state in NODE_FINAL]
+    for branch in [n for n in frontier if n.kind == NodeKind.BRANCH and n.state == NodeState.SUCCESS]:
+        frontier.extend(take_branch(step, branch))
     while frontier:
         ok = {n.pk for n in frontier if n.state in NODE_OK}
         rows = (
@@ -285,6 +288,55 @@ def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
             for chunk in db.chunks(pks):
                 WorkflowNode.objects.filter(pk__in=chunk).update(**change)
         frontier = _apply_readiness(step, dependents.values())
+
+
+def branch_keys(node: WorkflowNode, result: Any) -> tuple[list[str], str | None]:
+    """The keys a branch's result chooses, or the error that fails the branch instead."""
+    paths = (node.signature or {}).get("paths") or {}
+    keys = [result] if isinstance(result, str) else list(result) if isinstance(result, (list, tuple)) else []
+    if keys and all(isinstance(k, str) and k in paths for k in keys):
+        return keys, None
+    known = ", ".join(repr(k) for k in sorted(paths))
+    return [], storable_text(
+        f"The branch task returned {result!r:.200}, which names none of its paths, or not only them: "
+        f"it must return one of {known}, or a non-empty list of them."
+    )
+
+
+def take_branch(step: Step, branch: WorkflowNode) -> list[WorkflowNode]:
+    """Skip what the succeeded ``branch`` did not choose; returns the nodes skipped.
+
+    The heads of the other paths (unless a chosen path holds them too), then
+    level by level every PENDING node all of whose dependencies were skipped
+    here: a node that also waits for anything else (a chosen path, another
+    branch of the graph) runs, with the skipped ones counting as done. One
+    query per level, only for a branch's decision.
+    """
+    result = step.results[branch.pk] if branch.pk in step.results else branch.result
+    keys, _problem = branch_keys(branch, result)
+    paths: dict[str, list[int]] = branch.signature["paths"]
+    kept = {pos for key in keys for pos in paths[key]}
+    dropped = {pos for key, positions in paths.items() if key not in keys for pos in positions} - kept
+    if not dropped:
+        return []
+    pending = WorkflowNode.objects.filter(workflow_id=step.wf.pk, state=NodeState.PENDING).only(*NODE_FIELDS)
+    skipped = {n.pk: n for chunk in db.chunks(dropped) for n in pending.filter(position__in=chunk)}
+    frontier = list(skipped)
+    edges = WorkflowEdge.objects.values_list("node_id", "dependency_id")
+    while frontier:
+        after = {node for chunk in db.chunks(frontier) for node, _dep in edges.filter(dependency_id__in=chunk)}
+        after -= skipped.keys()
+        needs: defaultdict[int, set[int]] = defaultdict(set)
+        for chunk in db.chunks(list(after)):
+            for node_id, dep_id in edges.filter(node_id__in=chunk):
+                needs[node_id].add(dep_id)
+        alone = [pk for pk in after if needs[pk] <= skipped.keys()]
+        level = {n.pk: n for chunk in db.chunks(alone)
+                 for n in pending.filter(pk__in=chunk).exclude(kind__in=CALLBACK_KINDS)}
+        skipped.update(level)
+        frontier = list(level)
+    chosen = ", ".join(repr(k) for k in keys)
+    return step.transition_nodes(list(skipped.values()), NodeState.SKIPPED, reason=f"branch chose {chosen}")
 
 
 def ready_nodes(workflow: Any) -> QuerySet[WorkflowNode]:

@@ -29,7 +29,7 @@ from ..models import WorkflowNode
 from ..serialization import storable_text
 from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeKind, NodeState
 from . import outcomes
-from .decisions import call_args, queue_nodes, settle
+from .decisions import branch_keys, call_args, queue_nodes, settle
 from .outcomes import VALUE_REFUSED, format_error, stored_exception
 from .steps import NODE_FIELDS, Step
 
@@ -205,6 +205,8 @@ def record_backend_outcome(step: Step, node: WorkflowNode, meta: dict[str, Any],
     status = meta.get("status")
     if status == "SUCCESS":
         value, problem = outcomes.encode_result(meta.get("result"))
+        if not problem and node.kind == NodeKind.BRANCH:
+            _keys, problem = branch_keys(node, value)
         if not problem:
             problem = _store_backend_success(step, node, value, reason)
         if problem:

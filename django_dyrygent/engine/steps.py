@@ -39,6 +39,7 @@ from ..states import (
     COUNTED_KINDS,
     NODE_FINAL,
     NODE_TRANSITIONS,
+    TASK_KINDS,
     WORKFLOW_FINAL,
     WORKFLOW_TRANSITIONS,
     NodeKind,
@@ -292,7 +293,7 @@ class Step:
             signals.send(signals.node_state_changed, node=node, old_state=old, new_state=new)
         for old, new in self.wf_changes:
             signals.send(signals.workflow_state_changed, workflow=wf, old_state=old, new_state=new)
-        published = [node for node, _args in self.to_publish if node.kind == NodeKind.TASK]
+        published = [node for node, _args in self.to_publish if node.kind in TASK_KINDS]
         if published:
             signals.send(signals.workflow_active_tick, workflow=wf, nodes=published)
         if self.finished:

@@ -340,7 +340,7 @@ def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
             classes += " dy-dot"
         if item.is_group:
             classes += " dy-group"
-        elif item.kind in WAITING_KINDS:
+        elif item.kind in (*WAITING_KINDS, NodeKind.BRANCH):
             classes += f" dy-{item.kind}"
         parts.append(
             f'<a href="{escape(url_for(item))}" id="dy-{item.id}" class="{classes}">'
