@@ -30,7 +30,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import engine, launch
 from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
-from .models import Workflow
+from .models import Workflow, WorkflowNode
 
 P = ParamSpec("P")
 #: A view of this API: ``view(request, *url_arguments)``.
@@ -161,6 +161,11 @@ def describe_workflow(wf: Workflow) -> dict[str, Any]:
         "paused_at": wf.paused_at.isoformat() if wf.paused_at else None,
         "deadline": wf.deadline.isoformat() if wf.deadline else None,
         "error": wf.error,
+        # The signals it waits for now: what a client may send to /signal/<name>/.
+        "waiting_for": sorted(set(
+            wf.nodes.filter(state=WorkflowNode.State.WAITING, kind=WorkflowNode.Kind.WAIT)
+            .values_list("task_name", flat=True)[:100]
+        )) if wf.state in (Workflow.State.RUNNING, Workflow.State.PAUSED) else [],
         "admin_url": admin_url,
     }
 

@@ -274,8 +274,10 @@ def graph_to_dot(data: Data) -> str:
             )
             continue
         label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
-        # No task (a wait, a timer): dashed, as in the admin's picture.
+        # No task (a wait, a timer): dashed; a branch: heavy. As in the admin's picture.
         style = ', style="rounded,filled,dashed"' if n["kind"] in WAITING_KINDS else ""
+        if n["kind"] == NodeKind.BRANCH:
+            style = ", penwidth=3"
         lines.append(
             f'  n{n["id"]} [label={_dot_string(label)}, fillcolor="{colour}"{style}, '
             f'tooltip={_dot_string(n["task_id"])}];'
@@ -296,6 +298,10 @@ def _mermaid_text(text: object) -> str:
     return '"' + text.replace("\r", "").replace("\n", "<br/>") + '"'
 
 
+#: Node kinds drawn in their own shape: a branch as a rhombus, a wait as a stadium, a timer as a hexagon.
+MERMAID_SHAPES = {NodeKind.BRANCH: ("{", "}"), NodeKind.WAIT: ("([", "])"), NodeKind.TIMER: ("{{", "}}")}
+
+
 def graph_to_mermaid(data: Data) -> str:
     lines = ["flowchart LR"]
     for n in data["nodes"]:
@@ -303,7 +309,8 @@ def graph_to_mermaid(data: Data) -> str:
             lines.append(f'  n{n["id"]}(({_mermaid_text(" ")}))')
         else:
             label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
-            lines.append(f'  n{n["id"]}[{_mermaid_text(label)}]')
+            opening, closing = MERMAID_SHAPES.get(n["kind"], ("[", "]"))
+            lines.append(f'  n{n["id"]}{opening}{_mermaid_text(label)}{closing}')
         lines.append(f'  class n{n["id"]} {n["state"].lower()}')
     for e in data["edges"]:
         lines.append(f'  n{e["from"]} --> n{e["to"]}')

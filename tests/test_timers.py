@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_dyrygent import engine
 from django_dyrygent.engine import outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
-from django_dyrygent.operations import graph_data, graph_to_dot
+from django_dyrygent.operations import graph_data, graph_to_dot, graph_to_mermaid
 from django_dyrygent.worker.recovery import Sweeper
 from tests.conftest import wait_for
 from tests.models import Execution
@@ -122,6 +122,7 @@ def test_timer__shown_in_status_and_graph_export(capsys):
     out = capsys.readouterr().out
     assert "cool-down (timer)" in out and "WAITING" in out
     assert 'style="rounded,filled,dashed"' in graph_to_dot(graph_data(wf))
+    assert '{{"cool-down (timer)' in graph_to_mermaid(graph_data(wf))
 
 
 @pytest.mark.worker

@@ -266,8 +266,13 @@ def test_api_signal__needs_its_permission_and_answers_the_count(django_user_mode
     user.user_permissions.add(Permission.objects.get(codename="signal_workflow"))
     client.force_login(user)
     body = json.dumps({"payload": {"by": "api"}})
+    assert client.get(f"/dyrygent/workflows/{wf.pk}/").status_code == 403  # no view permission
+    user.user_permissions.add(Permission.objects.get(codename="view_workflow"))
+    client.force_login(user)
+    assert client.get(f"/dyrygent/workflows/{wf.pk}/").json()["waiting_for"] == ["approved"]
     answer = client.post(url, data=body, content_type="application/json")
     assert answer.status_code == 200 and answer.json()["completed"] == 1
+    assert answer.json()["waiting_for"] == []
     assert client.post(url, data=body, content_type="application/json").json()["completed"] == 0
     bad = client.post(url, data=json.dumps({"payload": 1, "extra": 2}), content_type="application/json")
     assert bad.status_code == 400
