@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 WorkflowModel = Any
 Node = Any
 
+#: ``add_wait``'s "no default given" (a timed-out wait then fails).
+NO_DEFAULT = canvas.NO_DEFAULT
+
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
 GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT, NodeKind.TIMER, NodeKind.BRANCH)
 
@@ -150,7 +153,7 @@ class Draft:
 
     def add_wait(
         self, name: str, dependencies: Iterable[Node] | None = None,
-        timeout: float | timedelta | None = None, default: Any = canvas.NO_DEFAULT,
+        timeout: float | timedelta | None = None, default: Any = NO_DEFAULT,
     ) -> Node:
         return canvas.add_wait(self, name, dependencies, timeout=timeout, default=default)
 

@@ -17,8 +17,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import fastinit
-from .canvas import NO_DEFAULT
-from .draft import GRAPH_KINDS, Draft
+from .draft import GRAPH_KINDS, NO_DEFAULT, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
 from .serialization import from_tree
 from .signals import Handler, connect_compat_handler
