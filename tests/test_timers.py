@@ -120,7 +120,7 @@ def test_timer__shown_in_status_and_graph_export(capsys):
     wf, _timer, _after = delayed(delay=60)
     call_command("dyrygent_status", str(wf.pk))
     out = capsys.readouterr().out
-    assert "cool-down (timer)" in out and "WAITING" in out
+    assert "cool-down (timer)" in out and "WAITING" in out and "timer due at 20" in out
     assert 'style="rounded,filled,dashed"' in graph_to_dot(graph_data(wf))
     assert '{{"cool-down (timer)' in graph_to_mermaid(graph_data(wf))
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_dyrygent import engine
 from django_dyrygent.engine import outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
+from django_dyrygent.worker.recovery import Sweeper
 from tests.conftest import wait_for
 from tests.models import Execution
 from tests.tasks import identity, record
@@ -132,6 +133,7 @@ def test_signal__waiting_node_survives_tick_and_sweep():
     assert engine.sweep(stale_after=0) == 1
     wait = wf.nodes.get(kind="wait")
     assert wait.state == S.WAITING and wait.timeout_at > timezone.now()
+    assert wait.reason.startswith("waiting for signal 'approved' until 20")
     assert after(wf).state == S.PENDING
     assert wf.signal("approved") == 1
 
@@ -313,9 +315,9 @@ def test_signal__end_to_end_payload_is_passed_on_as_a_result(worker):
     last = wf.add_signature(identity.s(), dependencies=[wait])
     wf.apply_async()
     wait_for(lambda: WorkflowNode.objects.get(pk=wait.pk).state == S.WAITING, "the wait to be reached")
-    # The safety nets while it waits: it keeps waiting.
+    # The safety nets while it waits (the tick, the workers' sweep and recovery): it keeps waiting.
     engine.tick(wf.pk, scheduled=False)
-    engine.sweep(stale_after=0)
+    Sweeper().sweep_once(stale_after=0)
     assert WorkflowNode.objects.get(pk=wait.pk).state == S.WAITING
     assert wf.signal("approved", {"by": "alice"}) == 1
     assert wf.signal("approved", {"by": "mallory"}) == 0

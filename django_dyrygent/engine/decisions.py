@@ -121,15 +121,18 @@ def start_waiting(step: Step, nodes: Sequence[WorkflowNode]) -> None:
     A wait's timeout and a timer's delay count from now; a timer's ``at`` is
     its due time as given.
     """
-    by_due: defaultdict[datetime | None, list[WorkflowNode]] = defaultdict(list)
+    by_due: defaultdict[tuple[datetime | None, str], list[WorkflowNode]] = defaultdict(list)
     for node in nodes:
         at = (node.signature or {}).get("at") if node.kind == NodeKind.TIMER else None
-        if at:
-            by_due[datetime.fromisoformat(at)].append(node)
+        due = datetime.fromisoformat(at) if at else step.now + node.timeout if node.timeout else None
+        when = due.isoformat(timespec="seconds") if due else ""
+        if node.kind == NodeKind.TIMER:
+            reason = f"timer due at {when}"
         else:
-            by_due[step.now + node.timeout if node.timeout else None].append(node)
-    for due, group in by_due.items():
-        step.transition_nodes(group, NodeState.WAITING, started_at=step.now, timeout_at=due)
+            reason = f"waiting for signal {node.task_name!r}" + (f" until {when}" if due else "")
+        by_due[(due, reason)].append(node)
+    for (due, reason), group in by_due.items():
+        step.transition_nodes(group, NodeState.WAITING, reason=reason, started_at=step.now, timeout_at=due)
 
 
 def expand_fanout(step: Step, fanout: WorkflowNode) -> list[WorkflowNode]:
