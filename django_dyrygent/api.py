@@ -1,4 +1,5 @@
-"""The JSON API: catalogue definitions and starts; workflows listed, read, canceled and retried; single nodes.
+"""The JSON API: catalogue definitions and starts; workflows listed, read, canceled, retried, paused, resumed and
+signalled; single nodes.
 
 Mounted by the project (``path("dyrygent/", include("django_dyrygent.urls"))``);
 ``openapi.py`` describes every view here and is served beside them. A machine
@@ -7,8 +8,8 @@ with whatever the project's middleware puts on ``request.user``. Answers are
 JSON, errors included: 401 unauthenticated (saying how), 403 missing permission
 or failed CSRF check, 404 unknown name, id or path, 405 wrong method, 400 bad
 input (with the form's errors), 409 a conflicting idempotency key or an
-impossible cancel/retry, 413 a body over ``DYRYGENT_API_MAX_BODY_BYTES``
-(refused from its Content-Length, before it is read).
+impossible cancel/retry/pause/resume, 413 a body over
+``DYRYGENT_API_MAX_BODY_BYTES`` (refused from its Content-Length, before it is read).
 
 CSRF: a session cookie is sent by the browser on its own, so unsafe requests
 made with a session are checked exactly as Django checks a form post
@@ -221,7 +222,14 @@ def describe_workflow(wf: Workflow) -> dict[str, Any]:
         "created_at": _iso(wf.created_at),
         "started_at": _iso(wf.started_at),
         "finished_at": _iso(wf.finished_at),
+        "paused_at": _iso(wf.paused_at),
+        "deadline": _iso(wf.deadline),
         "error": wf.error,
+        # The signals it waits for now: what a client may send to /signal/<name>/.
+        "waiting_for": sorted(set(
+            wf.nodes.filter(state=WorkflowNode.State.WAITING, kind=WorkflowNode.Kind.WAIT)
+            .values_list("task_name", flat=True)[:100]
+        )) if wf.state in (Workflow.State.RUNNING, Workflow.State.PAUSED) else [],
         "admin_url": admin_url,
     }
 
@@ -573,3 +581,52 @@ def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
             if match.func is not not_found:
                 message += f" Did you mean {request.path}/ (with the trailing slash)?"
     return error(404, message)
+
+
+def _change(request: HttpRequest, workflow_id: str, change: Callable[..., bool], verb: str,
+            expected: str) -> HttpResponse:
+    """Apply an engine change that answers whether the state changed; 409 when it did not."""
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
+    changed = change(wf.pk, reason=f"{verb}d by {request.user.get_username()} through the API")
+    wf.refresh_from_db()
+    if not changed:
+        return error(409, f"Workflow {wf.pk} is {wf.state}, not {expected}; nothing to {verb}.")
+    return JsonResponse(describe_workflow(wf))
+
+
+@endpoint(["POST"], "django_dyrygent.change_workflow")
+def pause(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    """409 unless the workflow was RUNNING."""
+    return _change(request, workflow_id, engine.pause, "pause", "RUNNING")
+
+
+@endpoint(["POST"], "django_dyrygent.change_workflow")
+def resume(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    """409 unless the workflow was PAUSED."""
+    return _change(request, workflow_id, engine.resume, "resume", "PAUSED")
+
+
+@endpoint(["POST"], "django_dyrygent.signal_workflow")
+def signal(request: HttpRequest, workflow_id: str, name: str) -> HttpResponse:
+    """Body ``{"payload": ...}`` (optional): ``wf.signal(name, payload)``; 200 with ``completed``.
+
+    ``completed`` is 0 when no node of that name is waiting (not reached yet,
+    already signalled, or the workflow ended): a repeated request is harmless.
+    """
+    wf = _workflow(workflow_id)
+    if isinstance(wf, JsonResponse):
+        return wf
+    body = _json_body(request)
+    if isinstance(body, JsonResponse):
+        return body
+    unknown = sorted(set(body) - {"payload"})
+    if unknown:
+        return error(400, f"Unknown field(s) {', '.join(unknown)}; the body takes payload.")
+    try:
+        completed = engine.signal(wf.pk, name, body.get("payload"))
+    except ValidationError as exc:
+        return error(400, "; ".join(exc.messages))
+    wf.refresh_from_db()
+    return JsonResponse({**describe_workflow(wf), "completed": completed})

@@ -13,7 +13,7 @@ in pass-results mode the join carries the list of results in header order.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import group
@@ -21,8 +21,9 @@ from celery.canvas import Signature, _chain, chord, maybe_signature
 from celery.utils import uuid
 from django.core.exceptions import ValidationError
 
-from .draft import Draft, check_dependencies, gc_paused
-from .states import NodeKind, TriggerRule
+from .draft import NO_DEFAULT, Draft, check_dependencies, gc_paused
+from .serialization import NotSerialisable, to_tree
+from .states import TASK_KINDS, WAITING_KINDS, NodeKind, TriggerRule
 
 #: A ``models.WorkflowNode`` (this module does not import models, see draft.py).
 Node = Any
@@ -177,6 +178,95 @@ def add_signature(
 
 def add_join(draft: Draft, dependencies: Iterable[Node]) -> Node:
     return draft.new_node(dependencies, task_id=uuid(), kind=NodeKind.JOIN)
+
+
+#: ``add_wait``'s default for ``default``: a timed-out wait fails instead of succeeding.
+
+
+def add_wait(
+    draft: Draft, name: str, dependencies: Iterable[Node] | None = None,
+    timeout: float | timedelta | None = None, default: Any = NO_DEFAULT,
+) -> Node:
+    """A node with no task: WAITING once its dependencies succeed, succeeded by a signal ``name``.
+
+    The name is stored as the node's ``task_name`` (what ``wf.signal`` looks
+    for). ``default``, when given, is the result a timed-out wait succeeds
+    with; it is stored in the node's ``signature`` as the JSON tree a task
+    result would be.
+    """
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise ValidationError(f"A wait needs a name of 1 to 255 characters, got {name!r}", code="bad_wait_name")
+    signature: dict[str, Any] = {}
+    if default is not NO_DEFAULT:
+        try:
+            signature["default"] = to_tree(default)
+        except NotSerialisable as exc:
+            raise ValidationError(f"The default of wait {name!r} is not JSON-serialisable: {exc}",
+                                  code="bad_default") from None
+    return draft.new_node(
+        check_dependencies(draft, dependencies), task_id=uuid(), task_name=name, kind=NodeKind.WAIT,
+        signature=signature, timeout=_as_timeout(timeout),
+    )
+
+
+def add_timer(
+    draft: Draft, dependencies: Iterable[Node] | None = None, delay: float | timedelta | None = None,
+    at: datetime | None = None, name: str = "",
+) -> Node:
+    """A node with no task that succeeds ``delay`` after it is reached, or at ``at``.
+
+    The delay is the node's ``timeout``; ``at`` (an aware datetime) is kept in
+    its ``signature`` until the node is reached, when either becomes its due
+    time, ``timeout_at``.
+    """
+    if (delay is None) == (at is None):
+        raise ValidationError("A timer needs a delay or a time (at=), not both", code="bad_timer")
+    signature: dict[str, Any] = {}
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise ValidationError(f"at must be an aware datetime, got {at!r}", code="bad_timer")
+        signature["at"] = at.isoformat()
+    if not isinstance(name, str) or len(name) > 255:
+        raise ValidationError(f"A timer's name is a string of at most 255 characters, got {name!r}",
+                              code="bad_timer")
+    return draft.new_node(
+        check_dependencies(draft, dependencies), task_id=uuid(), task_name=name, kind=NodeKind.TIMER,
+        signature=signature, timeout=_as_timeout(delay),
+    )
+
+
+def add_branch(
+    draft: Draft, signature: Any, paths: dict[str, Any], dependencies: Iterable[Node] | None = None,
+) -> Node:
+    """A task whose result chooses its paths: ``paths`` maps each key to a node or a list of nodes.
+
+    Every node of a path is made a dependent of the branch (an edge is added
+    to a node built before it). The keys and the nodes' positions are kept in
+    the branch's ``signature`` under ``paths``: positions, not task ids,
+    because ``retry()`` gives failed nodes fresh task ids.
+    """
+    sig = _as_signature(draft, signature)
+    _single_task(sig, "add_branch")
+    _no_links(sig, "a branch")
+    if not isinstance(paths, dict) or not paths:
+        raise ValidationError("A branch needs its paths: a dict of key -> node(s)", code="bad_branch")
+    node = draft.new_node(
+        check_dependencies(draft, dependencies), source=sig, task_id=_task_id(sig), task_name=sig.get("task") or "",
+        kind=NodeKind.BRANCH, signature=signature_to_dict(sig),
+    )
+    positions: dict[str, list[int]] = {}
+    for key, members in paths.items():
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"A branch's keys are non-empty strings, got {key!r}", code="bad_branch")
+        members = list(members) if isinstance(members, (list, tuple)) else [members]
+        for member in check_dependencies(draft, members):
+            if member is node or member.kind not in (*TASK_KINDS, NodeKind.JOIN, NodeKind.MAP, *WAITING_KINDS):
+                raise ValidationError(f"Path {key!r} of a branch holds {member!r}, which cannot follow it",
+                                      code="bad_branch")
+            draft.add_dependency(member, node)
+        positions[key] = [m.position for m in members]
+    node.signature["paths"] = positions
+    return node
 
 
 def add_callback(draft: Draft, signature: Any, kind: str) -> Node:

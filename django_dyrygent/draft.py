@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 WorkflowModel = Any
 Node = Any
 
+#: ``add_wait``'s "no default given" (a timed-out wait then fails).
+NO_DEFAULT: Any = object()
+
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
-GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP)
+GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT, NodeKind.TIMER, NodeKind.BRANCH)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
@@ -22,7 +22,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import canvas as celery_canvas
 from . import fastinit
-from .draft import GRAPH_KINDS, Draft
+from .draft import GRAPH_KINDS, NO_DEFAULT, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
 from .serialization import from_tree
 from .signals import Handler, connect_compat_handler
@@ -93,6 +93,10 @@ class Workflow(models.Model):
         _("deadline"), null=True, blank=True,
         help_text=_("The engine ends the workflow ERROR if it still runs at this time."),
     )
+    paused_at = models.DateTimeField(
+        _("paused at"), null=True, blank=True,
+        help_text=_("When the workflow was paused; resume() moves the deadline on by the time paused."),
+    )
     next_tick_at = models.DateTimeField(
         _("next tick at"), null=True, blank=True, db_index=True,
         help_text=_("When the scheduled safety-net tick is due; overdue means it was lost."),
@@ -148,7 +152,10 @@ class Workflow(models.Model):
         verbose_name = _("workflow")
         verbose_name_plural = _("workflows")
         ordering = ["-created_at"]
-        permissions = [("start_workflow", _("Can start workflows from the catalogue"))]
+        permissions = [
+            ("start_workflow", _("Can start workflows from the catalogue")),
+            ("signal_workflow", _("Can complete waiting nodes (signals, approvals)")),
+        ]
         indexes = [
             models.Index(fields=["state", "next_tick_at"], name="dyrygent_wf_state_tick_idx"),
         ]
@@ -236,6 +243,48 @@ class Workflow(models.Model):
         """
         return celery_canvas.add_fanout(self.draft, template, dependency, timeout=timeout)
 
+    def add_wait(
+        self, name: str, dependencies: Iterable[WorkflowNode] | None = None,
+        timeout: float | timedelta | None = None, default: Any = NO_DEFAULT,
+    ) -> WorkflowNode:
+        """Wait for an outside event: a node with no task, completed by ``wf.signal(name, payload)``.
+
+        It becomes WAITING when its dependencies have succeeded and holds no
+        worker and no broker message while it waits. ``signal`` (or
+        ``node.complete``) succeeds it with the payload as its result, passed
+        on like a task's under ``pass_results``. ``timeout`` (seconds or a
+        timedelta, counted from when it starts waiting): the tick then fails
+        it, or succeeds it with ``default`` when one is given.
+        """
+        return celery_canvas.add_wait(self.draft, name, dependencies, timeout=timeout, default=default)
+
+    def add_branch(
+        self, signature: Signature | dict[str, Any], paths: dict[str, WorkflowNode | list[WorkflowNode]],
+        dependencies: Iterable[WorkflowNode] | None = None,
+    ) -> WorkflowNode:
+        """A task that chooses which of its dependents run: it returns a key of ``paths`` (or a list).
+
+        ``paths`` maps each key to the node(s) that run when the task returns
+        it; they are made dependents of the branch. The nodes of the other
+        paths are SKIPPED (with the reason), and so is every node after them
+        whose dependencies were all skipped; a node that also follows a chosen
+        path or anything else runs. A result that names no key of ``paths``
+        fails the branch with a message listing them.
+        """
+        return celery_canvas.add_branch(self.draft, signature, paths, dependencies)
+
+    def add_timer(
+        self, dependencies: Iterable[WorkflowNode] | None = None, delay: float | timedelta | None = None,
+        at: datetime | None = None, name: str = "",
+    ) -> WorkflowNode:
+        """Wait for a time: a node with no task that succeeds ``delay`` after it is reached, or at ``at``.
+
+        The due time is a column of the node's row, fired by the workflow's
+        tick (or the workers' sweep): no worker and no broker message holds
+        it, so it survives worker and broker restarts. ``name`` labels it.
+        """
+        return celery_canvas.add_timer(self.draft, dependencies, delay=delay, at=at, name=name)
+
     def add_celery_canvas(
         self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None
     ) -> list[WorkflowNode]:
@@ -293,6 +342,42 @@ class Workflow(models.Model):
         from . import engine
 
         result = engine.cancel(self.pk, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    def pause(self, reason: str = "") -> bool:
+        """Stop publishing: running tasks finish and are recorded, nothing new starts until ``resume()``.
+
+        Returns whether the workflow was RUNNING and is now PAUSED.
+        """
+        from . import engine
+
+        result = engine.pause(self.pk, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    def resume(self, reason: str = "") -> bool:
+        """Publish what became ready while paused and run on; the deadline moves on by the pause.
+
+        Returns whether the workflow was PAUSED and is now RUNNING (or ended, if
+        everything finished while it was paused).
+        """
+        from . import engine
+
+        result = engine.resume(self.pk, reason=reason)
+        self.refresh_from_db()
+        return result
+
+    def signal(self, name: str, payload: Any = None) -> int:
+        """Complete the WAITING wait nodes named ``name`` with ``payload``; returns how many.
+
+        0 when no node of that name is waiting: not reached yet (nothing is
+        stored for later), already signalled, timed out, or the workflow has
+        ended. A payload that cannot be stored raises ValidationError.
+        """
+        from . import engine
+
+        result = engine.signal(self.pk, name, payload)
         self.refresh_from_db()
         return result
 
@@ -484,6 +569,14 @@ class WorkflowNode(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in NODE_FINAL
+
+    def complete(self, result: Any = None) -> bool:
+        """Succeed this WAITING wait node with ``result``; False when it is not waiting (any more)."""
+        from . import engine
+
+        done = engine.complete(self.workflow_id, self.pk, result)
+        self.refresh_from_db()
+        return done
 
     def get_result(self) -> Any:
         """The result as the task returned it (``result`` holds its JSON form:

@@ -55,6 +55,10 @@ WORKFLOW = _object({
     "created_at": TIME,
     "started_at": TIME,
     "finished_at": TIME,
+    "paused_at": _nullable("string", format="date-time", description="When it was paused (PAUSED only)."),
+    "deadline": _nullable("string", format="date-time", description="When the engine gives up (ERROR)."),
+    "waiting_for": {"type": "array", "items": {"type": "string"},
+                    "description": "Names of the waits a signal would complete now."},
     "error": {"type": "string", "description": "Why it did not succeed: for FAILURE, its first failure."},
     "admin_url": _nullable("string"),
 })
@@ -129,6 +133,12 @@ SCHEMAS: dict[str, Schema] = {
     "StartedWorkflow": _with(WORKFLOW, replayed={
         "type": "boolean", "description": "True when the idempotency key was seen: the first request's workflow."}),
     "RetriedWorkflow": _with(WORKFLOW, nodes_reset={**COUNT, "description": "Task nodes put back to run."}),
+    "SignalledWorkflow": _with(WORKFLOW, completed={
+        **COUNT, "description": "Waiting nodes the signal completed; 0 when none waits for it."}),
+    "SignalRequest": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"payload": {"description": "The waiting node's result: what a pass-results follower gets."}},
+    },
     "WorkflowPage": _page("Workflow"),
     "Node": NODE,
     "NodePage": _page("Node", workflow={"type": "string", "format": "uuid"}),
@@ -151,7 +161,7 @@ ERRORS = {
     "401": "Not authenticated: the message says how (the WWW-Authenticate header names Bearer).",
     "403": "A permission is missing (named), or the CSRF check of a session failed.",
     "404": "Unknown definition, workflow or path.",
-    "409": "Conflict: a reused idempotency key, or nothing to cancel or retry.",
+    "409": "Conflict: a reused idempotency key, or nothing to cancel, retry, pause or resume.",
     "413": "The body is over DYRYGENT_API_MAX_BODY_BYTES.",
 }
 
@@ -233,6 +243,23 @@ PATHS: dict[str, Schema] = {
         "operationId": "retryWorkflow", "summary": "Re-run the failed, upstream-failed and canceled nodes.",
         "parameters": [WORKFLOW_ID],
         "responses": {"200": _json("RetriedWorkflow", "Running again."), **_errors("401", "403", "404", "409")},
+    }},
+    "/workflows/{workflow_id}/pause/": {"post": {
+        "operationId": "pauseWorkflow", "summary": "Pause a running workflow: nothing new is published.",
+        "parameters": [WORKFLOW_ID],
+        "responses": {"200": _json("Workflow", "Paused."), **_errors("401", "403", "404", "409")},
+    }},
+    "/workflows/{workflow_id}/resume/": {"post": {
+        "operationId": "resumeWorkflow", "summary": "Resume a paused workflow: what became ready runs.",
+        "parameters": [WORKFLOW_ID],
+        "responses": {"200": _json("Workflow", "Running again (or ended)."), **_errors("401", "403", "404", "409")},
+    }},
+    "/workflows/{workflow_id}/signal/{name}/": {"post": {
+        "operationId": "signalWorkflow", "summary": "Complete the workflow's waiting nodes of that name.",
+        "parameters": [WORKFLOW_ID, _path("name", "The wait's name (wf.add_wait(name)).")],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("SignalRequest")}}},
+        "responses": {"200": _json("SignalledWorkflow", "The workflow, and how many waits the signal completed."),
+                      **_errors("400", "401", "403", "404", "413")},
     }},
     "/workflows/{workflow_id}/nodes/{node_id}/retry/": {"post": {
         "operationId": "retryNode", "summary": "Run a failed node again, and what did not succeed after it.",

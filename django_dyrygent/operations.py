@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Count, Max, Min, Q
 
 from .models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from .states import WORKFLOW_FINAL, NodeKind
+from .states import WAITING_KINDS, WORKFLOW_FINAL, NodeKind
 
 if TYPE_CHECKING:
     from .graph.layout import Item
@@ -158,6 +158,7 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
             "started_at": _iso(wf.started_at),
             "finished_at": _iso(wf.finished_at),
             "deadline": _iso(wf.deadline),
+            "paused_at": _iso(wf.paused_at),
             "next_tick_at": _iso(wf.next_tick_at),
             "duration_seconds": _seconds(wf.duration),
         },
@@ -257,7 +258,7 @@ def _dot_string(text: object) -> str:
 
 
 DOT_COLOURS = {
-    "PENDING": "#eeeeee", "QUEUED": "#cfe2ff", "STARTED": "#9ec5fe", "RETRY": "#ffe69c",
+    "PENDING": "#eeeeee", "WAITING": "#9fd8d9", "QUEUED": "#cfe2ff", "STARTED": "#9ec5fe", "RETRY": "#ffe69c",
     "SUCCESS": "#a3cfbb", "FAILURE": "#f1aeb5", "UPSTREAM_FAILED": "#f8d7da",
     "SKIPPED": "#e2e3e5", "CANCELED": "#adb5bd",
 }
@@ -280,8 +281,12 @@ def graph_to_dot(data: Data) -> str:
             )
             continue
         label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
+        # No task (a wait, a timer): dashed; a branch: heavy. As in the admin's picture.
+        style = ', style="rounded,filled,dashed"' if n["kind"] in WAITING_KINDS else ""
+        if n["kind"] == NodeKind.BRANCH:
+            style = ", penwidth=3"
         lines.append(
-            f'  n{n["id"]} [label={_dot_string(label)}, fillcolor="{colour}", '
+            f'  n{n["id"]} [label={_dot_string(label)}, fillcolor="{colour}"{style}, '
             f'tooltip={_dot_string(n["task_id"])}];'
         )
     for e in data["edges"]:
@@ -300,6 +305,10 @@ def _mermaid_text(text: object) -> str:
     return '"' + text.replace("\r", "").replace("\n", "<br/>") + '"'
 
 
+#: Node kinds drawn in their own shape: a branch as a rhombus, a wait as a stadium, a timer as a hexagon.
+MERMAID_SHAPES = {NodeKind.BRANCH: ("{", "}"), NodeKind.WAIT: ("([", "])"), NodeKind.TIMER: ("{{", "}}")}
+
+
 def graph_to_mermaid(data: Data) -> str:
     lines = ["flowchart LR"]
     for n in data["nodes"]:
@@ -307,7 +316,8 @@ def graph_to_mermaid(data: Data) -> str:
             lines.append(f'  n{n["id"]}(({_mermaid_text(" ")}))')
         else:
             label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
-            lines.append(f'  n{n["id"]}[{_mermaid_text(label)}]')
+            opening, closing = MERMAID_SHAPES.get(n["kind"], ("[", "]"))
+            lines.append(f'  n{n["id"]}{opening}{_mermaid_text(label)}{closing}')
         lines.append(f'  class n{n["id"]} {n["state"].lower()}')
     for e in data["edges"]:
         lines.append(f'  n{e["from"]} --> n{e["to"]}')

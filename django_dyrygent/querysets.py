@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 class WorkflowQuerySet(models.QuerySet["Workflow"]):
     def active(self) -> WorkflowQuerySet:
-        """Workflows the engine still drives."""
+        """Workflows that are not over (paused ones included)."""
         return self.filter(state__in=WORKFLOW_ACTIVE)
 
     def stale(self, older_than_seconds: float) -> WorkflowQuerySet:

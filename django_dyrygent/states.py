@@ -5,6 +5,8 @@ from django.utils.translation import gettext_lazy as _
 class WorkflowState(models.TextChoices):
     INITIAL = "INITIAL", _("Initial")
     RUNNING = "RUNNING", _("Running")
+    # Running tasks finish and are recorded, nothing new is published until resume().
+    PAUSED = "PAUSED", _("Paused")
     SUCCESS = "SUCCESS", _("Success")
     FAILURE = "FAILURE", _("Failure")
     ERROR = "ERROR", _("Error")
@@ -13,6 +15,8 @@ class WorkflowState(models.TextChoices):
 
 class NodeState(models.TextChoices):
     PENDING = "PENDING", _("Pending")
+    # A wait or timer node whose dependencies succeeded: waiting for its signal or its time.
+    WAITING = "WAITING", _("Waiting")
     QUEUED = "QUEUED", _("Queued")
     STARTED = "STARTED", _("Started")
     RETRY = "RETRY", _("Retry")
@@ -33,6 +37,15 @@ class NodeKind(models.TextChoices):
     # link_error / link_finalizer signatures: run once the workflow has ended.
     ERROR_CALLBACK = "error_callback", _("Error callback")
     FINALIZER = "finalizer", _("Finalizer")
+    # No Celery task: WAITING once its dependencies succeeded, succeeded by wf.signal(name)
+    # or node.complete(); its name is in task_name.
+    WAIT = "wait", _("Wait for a signal")
+    # No Celery task: WAITING once its dependencies succeeded, succeeds by itself at its due
+    # time (timeout_at), fired by the tick; nothing waits in a broker message.
+    TIMER = "timer", _("Timer")
+    # A task whose result (a key, or a list of keys) chooses which of its dependents run;
+    # the others are SKIPPED. Its signature keeps the paths (key -> node positions).
+    BRANCH = "branch", _("Branch")
 
 
 class TriggerRule(models.TextChoices):
@@ -76,15 +89,25 @@ NODE_FINAL = frozenset(
 NODE_OK = frozenset({NodeState.SUCCESS, NodeState.SKIPPED})
 NODE_FAILED = NODE_FINAL - NODE_OK
 NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
-WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
+# Runs that are not over: a paused run still counts (overlap policies, the active() queryset).
+WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING, WorkflowState.PAUSED})
 # Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
+# Steps of the workflow the counters count (nodes_total, nodes_done, ...): the user's, not joins.
+COUNTED_KINDS = (NodeKind.TASK, NodeKind.BRANCH, NodeKind.WAIT, NodeKind.TIMER)
+# Steps of the workflow published to Celery as tasks (callbacks run after it).
+TASK_KINDS = (NodeKind.TASK, NodeKind.BRANCH)
+# Nodes that wait in WAITING instead of being published.
+WAITING_KINDS = (NodeKind.WAIT, NodeKind.TIMER)
+# Nodes without a Celery task of their own: no call to check, no task name to look up.
+TASKLESS_KINDS = (NodeKind.JOIN, NodeKind.WAIT, NodeKind.TIMER)
 
 # The node state machine. Every node state change goes through
 # ``steps.Step.transition_nodes`` which refuses anything not listed here.
 NODE_TRANSITIONS: dict[str, set[str]] = {
     NodeState.PENDING: {
         NodeState.QUEUED,
+        NodeState.WAITING,  # a wait node reached
         NodeState.SUCCESS,  # join nodes complete in place
         NodeState.UPSTREAM_FAILED,
         NodeState.SKIPPED,
@@ -116,6 +139,11 @@ NODE_TRANSITIONS: dict[str, set[str]] = {
         NodeState.FAILURE,
         NodeState.CANCELED,
     },
+    NodeState.WAITING: {
+        NodeState.SUCCESS,  # signalled, a timer due, or a wait timed out with a default
+        NodeState.FAILURE,  # timed out
+        NodeState.CANCELED,
+    },
     NodeState.SUCCESS: set(),
     NodeState.FAILURE: {NodeState.PENDING},  # retry()
     NodeState.UPSTREAM_FAILED: {NodeState.PENDING},
@@ -130,7 +158,11 @@ WORKFLOW_TRANSITIONS: dict[str, set[str]] = {
         WorkflowState.FAILURE,
         WorkflowState.ERROR,
         WorkflowState.CANCELED,
+        WorkflowState.PAUSED,  # pause()
     },
+    # Not SUCCESS/FAILURE: a paused workflow whose nodes all ended is finished by resume().
+    # Not ERROR: its deadline is suspended while it is paused (resume() moves it on).
+    WorkflowState.PAUSED: {WorkflowState.RUNNING, WorkflowState.CANCELED},
     WorkflowState.SUCCESS: set(),
     WorkflowState.FAILURE: {WorkflowState.RUNNING},  # retry()
     WorkflowState.ERROR: {WorkflowState.RUNNING},

@@ -17,6 +17,9 @@ urlpatterns = [
     path("workflows/<str:workflow_id>/nodes/<str:node_id>/cancel/", api.cancel_node, name="api-node-cancel"),
     path("workflows/<str:workflow_id>/cancel/", api.cancel, name="api-cancel"),
     path("workflows/<str:workflow_id>/retry/", api.retry, name="api-retry"),
+    path("workflows/<str:workflow_id>/pause/", api.pause, name="api-pause"),
+    path("workflows/<str:workflow_id>/resume/", api.resume, name="api-resume"),
+    path("workflows/<str:workflow_id>/signal/<str:name>/", api.signal, name="api-signal"),
     path("openapi.json", api.openapi_document, name="api-openapi"),
     # Last: every other path under the API answers a JSON 404.
     re_path(r"^(?P<path>.*)$", api.not_found, name="api-not-found"),

@@ -51,6 +51,10 @@ def can_act(workflow: Workflow, action: str) -> bool:
     """Whether the change page's button for ``action`` would change anything now."""
     if action == "retry_workflows":
         return workflow.state != WorkflowState.INITIAL and workflow.nodes_failed > 0
+    if action == "pause_workflows":
+        return workflow.state == WorkflowState.RUNNING
+    if action == "resume_workflows":
+        return workflow.state == WorkflowState.PAUSED
     return workflow.state not in WORKFLOW_FINAL  # cancel, tick
 
 

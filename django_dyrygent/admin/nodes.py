@@ -5,7 +5,9 @@ to one node (retry it and what failed after it, mark it succeeded or
 skipped, cancel it) are actions, on the node list and as buttons on the
 node's page, each behind a permission of its own (``WorkflowNode.Meta``)
 and each one engine step (``engine.nodes``), so the event log records it.
-Heartbeats are only read. ``django_dyrygent.admin`` re-exports both admins.
+A waiting node is answered: the node list's *Approve* / *Reject* actions
+complete wait nodes and need the ``signal_workflow`` permission. Heartbeats
+are only read. ``django_dyrygent.admin`` re-exports both admins.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
+from .. import engine
 from ..engine import nodes as node_actions
 from ..graph import layout as graph
 from ..graph.layout import shorten
@@ -81,7 +84,8 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     list_defer = ("result", "custom_payload", "error", "previous_task_ids")
     change_form_template = "admin/django_dyrygent/workflownode/change_form.html"
-    actions = ("retry_nodes", "mark_nodes_succeeded", "mark_nodes_skipped", "cancel_nodes")
+    actions = ("retry_nodes", "mark_nodes_succeeded", "mark_nodes_skipped", "cancel_nodes", "approve_waits",
+               "reject_waits")
     json_values = {
         "arguments": lambda node: {"args": node.args, "kwargs": node.kwargs},
         "options": lambda node: (node.signature or {}).get("options"),
@@ -233,6 +237,36 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
         if node is not None and self.has_view_permission(request, node):
             context["node_actions"] = self.page_actions(request, node)
         return super().change_view(request, object_id, form_url, context)
+    def has_signal_permission(self, request: HttpRequest) -> bool:
+        """Who may answer waits (the actions below): ``django_dyrygent.signal_workflow``."""
+        return request.user.has_perm("django_dyrygent.signal_workflow")
+
+    @admin.action(description=_("Approve selected waiting nodes"), permissions=("signal",))
+    def approve_waits(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        self._answer(request, queryset, approved=True)
+
+    @admin.action(description=_("Reject selected waiting nodes"), permissions=("signal",))
+    def reject_waits(self, request: HttpRequest, queryset: QuerySet[WorkflowNode]) -> None:
+        self._answer(request, queryset, approved=False)
+
+    def _answer(self, request: HttpRequest, queryset: QuerySet[WorkflowNode], approved: bool) -> None:
+        """Complete each selected WAITING wait node; its result says who answered and how.
+
+        A rejection is a result, not a failure: a branch after the wait reads
+        ``approved`` and chooses its path.
+        """
+        result = {"approved": approved, "by": request.user.get_username()}
+        nodes = list(queryset.filter(kind=NodeKind.WAIT).values_list("workflow_id", "pk"))
+        done = sum(1 for workflow_id, pk in nodes if engine.complete(workflow_id, pk, result))
+        skipped = queryset.count() - done
+        self.message_user(request, ngettext(
+            "%(count)d waiting node answered.", "%(count)d waiting nodes answered.", done,
+        ) % {"count": done}, messages.SUCCESS if done else messages.WARNING)
+        if skipped:
+            self.message_user(request, ngettext(
+                "%(count)d node was not waiting for a signal.", "%(count)d nodes were not waiting for a signal.",
+                skipped,
+            ) % {"count": skipped}, messages.WARNING)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # The DAG links collapsed boxes to ?workflow=<id>&task_name=<name>.

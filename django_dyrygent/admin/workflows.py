@@ -10,6 +10,8 @@ them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -61,7 +63,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
     list_filter = ("state", "created_at")
     search_fields = ("^id", "name", "=nodes__task_id")
     date_hierarchy = "created_at"
-    actions = ("cancel_workflows", "retry_workflows", "tick_workflows")
+    actions = ("cancel_workflows", "retry_workflows", "tick_workflows", "pause_workflows", "resume_workflows")
     readonly_fields = ("state_badge", "progress", "duration", "pretty_payload", "pretty_options",
                        "pretty_tasks_options")
     list_defer = ("custom_payload", "options", "tasks_options", "error")
@@ -74,7 +76,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         # State and progress are in the live panel above the fields.
         (None, {"fields": ("id", "name", "error")}),
         (_("Timing"), {"fields": ("created_at", "started_at", "finished_at", "duration", "deadline",
-                                  "next_tick_at")}),
+                                  "paused_at", "next_tick_at")}),
         (_("Counters"), {"fields": ("nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed",
                                     "nodes_upstream_failed", "nodes_skipped", "ticks")}),
         (_("Data"), {"fields": ("pretty_payload", "pass_results", "pretty_options",
@@ -94,11 +96,13 @@ class WorkflowAdmin(ReadOnlyAdmin):
         "cancel_workflows": _("Cancel"),
         "retry_workflows": _("Retry failed nodes"),
         "tick_workflows": _("Tick now"),
+        "pause_workflows": _("Pause"),
+        "resume_workflows": _("Resume"),
     }
     #: How many of the latest events the change page lists.
     events_shown = 50
     #: Fields of the change page that change while the workflow runs: status.json sends them again.
-    live_fields = ("error", "started_at", "finished_at", "duration", "deadline", "next_tick_at",
+    live_fields = ("error", "started_at", "finished_at", "duration", "deadline", "paused_at", "next_tick_at",
                    "nodes_total", "nodes_done", "nodes_succeeded", "nodes_failed", "nodes_upstream_failed",
                    "nodes_skipped", "ticks")
     #: Shown before an action that cannot be undone (dag.js asks; without JavaScript it just runs).
@@ -194,6 +198,37 @@ class WorkflowAdmin(ReadOnlyAdmin):
             self.message_user(request, ngettext(
                 "%(count)d workflow had nothing to retry.", "%(count)d workflows had nothing to retry.", idle,
             ) % {"count": idle}, messages.WARNING)
+
+    @admin.action(description=_("Pause selected workflows"), permissions=("change",))
+    def pause_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        reason = f"paused by {request.user.get_username()} in the admin"
+        changed, total = self._each(queryset, partial(engine.pause, reason=reason))
+        self._report(request, changed, total, ngettext(
+            "%(count)d workflow paused.", "%(count)d workflows paused.", changed,
+        ), ngettext(
+            "%(count)d workflow was not running.", "%(count)d workflows were not running.", total - changed,
+        ))
+
+    @admin.action(description=_("Resume selected workflows"), permissions=("change",))
+    def resume_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        reason = f"resumed by {request.user.get_username()} in the admin"
+        changed, total = self._each(queryset, partial(engine.resume, reason=reason))
+        self._report(request, changed, total, ngettext(
+            "%(count)d workflow resumed.", "%(count)d workflows resumed.", changed,
+        ), ngettext(
+            "%(count)d workflow was not paused.", "%(count)d workflows were not paused.", total - changed,
+        ))
+
+    @staticmethod
+    def _each(queryset: QuerySet[Workflow], change: Callable[[Any], bool]) -> tuple[int, int]:
+        """Apply a one-workflow engine change to each selected workflow: (changed, selected)."""
+        pks = list(queryset.values_list("pk", flat=True))
+        return sum(1 for pk in pks if change(pk)), len(pks)
+
+    def _report(self, request: HttpRequest, changed: int, total: int, done: str, left: str) -> None:
+        self.message_user(request, done % {"count": changed}, messages.SUCCESS if changed else messages.WARNING)
+        if total > changed:
+            self.message_user(request, left % {"count": total - changed}, messages.WARNING)
 
     @admin.action(description=_("Tick selected workflows now"), permissions=("change",))
     def tick_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:

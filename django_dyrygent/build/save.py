@@ -32,7 +32,7 @@ from kombu.utils import json as kombu_json
 from ..conf import get_celery_app, settings
 from ..draft import Draft, gc_paused
 from ..serialization import NotSerialisable, to_tree
-from ..states import NodeKind, NodeState, WorkflowState
+from ..states import COUNTED_KINDS, TASKLESS_KINDS, NodeKind, NodeState, WorkflowState
 from . import copywriter
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def _check_task_names(draft: Draft, errors: list[str]) -> None:
     if not _registry_is_complete(app):
         return
     known = app.tasks
-    unknown = [n for n in draft.nodes if n.kind != NodeKind.JOIN and n.task_name and n.task_name not in known]
+    unknown = [n for n in draft.nodes if n.kind not in TASKLESS_KINDS and n.task_name and n.task_name not in known]
     for node in unknown:
         message = (
             f"{_describe(node)}: task {node.task_name!r} is not registered in the Celery app "
@@ -220,7 +220,7 @@ def validate(draft: Draft) -> Encoded:
     payload_cap = settings.MAX_PAYLOAD_BYTES
     argument_cap = settings.MAX_ARGUMENT_BYTES
     for node in draft.nodes:
-        if node.kind != NodeKind.JOIN:
+        if node.kind not in TASKLESS_KINDS:
             text = _check_node_call(node, errors, argument_cap)
             if text is not None:
                 encoded.signature[id(node)] = text
@@ -361,8 +361,8 @@ def _save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: Sen
     nodes = draft.nodes
     node_model = models.node
     skipped = {id(n) for n in draft.skipped}
-    workflow.nodes_total = sum(1 for n in nodes if n.kind == NodeKind.TASK)
-    workflow.nodes_skipped = sum(1 for n in draft.skipped if n.kind == NodeKind.TASK)
+    workflow.nodes_total = sum(1 for n in nodes if n.kind in COUNTED_KINDS)
+    workflow.nodes_skipped = sum(1 for n in draft.skipped if n.kind in COUNTED_KINDS)
     workflow.nodes_done = workflow.nodes_skipped
     workflow.start_sent = workflow.start_error = None
     now = timezone.now()

@@ -47,13 +47,14 @@ from ..serialization import storable_text
 from ..states import (
     NODE_FAILED,
     NODE_OK,
+    WAITING_KINDS,
     WORKFLOW_ACTIVE,
     WORKFLOW_FINAL,
     NodeKind,
     NodeState,
     WorkflowState,
 )
-from . import messaging, repair, sql
+from . import messaging, outcomes, repair, sql
 from .decisions import (
     abort,
     maybe_finish,
@@ -65,7 +66,7 @@ from .decisions import (
     start,
     tick_tolerance,
 )
-from .nodes import load_nodes, reset_nodes, resume
+from .nodes import load_nodes, reset_nodes, run_again
 from .sql import NODE_FIELDS
 from .steps import Step, TransitionNotAllowed, lock_workflow, locked_step
 
@@ -268,11 +269,105 @@ def cancel(workflow_id: UUID | str, reason: str | None = "") -> bool:
     return bool(locked_step(workflow_id, do_cancel))
 
 
+def pause(workflow_id: UUID | str, reason: str = "") -> bool:
+    """Pause a RUNNING workflow; returns False when it was not running.
+
+    Only publishing stops: a completion while paused is recorded and settles
+    its dependents' counters (``decisions.holds`` keeps them PENDING), so
+    resume releases them in one step. The tick chain stops too
+    (``next_tick_at`` cleared): a paused workflow costs no tick, no sweep
+    and no broker message, whatever its size. Repairs (node timeouts, lost
+    events, dead workers) wait for resume; the deadline is suspended.
+    """
+
+    def do_pause(step: Step) -> bool:
+        if step.wf.state != WorkflowState.RUNNING:
+            return False
+        step.transition_workflow(WorkflowState.PAUSED, reason=reason or "paused",
+                                 paused_at=step.now, next_tick_at=None)
+        return True
+
+    return bool(locked_step(workflow_id, do_pause))
+
+
+def resume(workflow_id: UUID | str, reason: str = "") -> bool:
+    """Resume a PAUSED workflow; returns False when it was not paused.
+
+    One locked step: the deadline moves on by the time spent paused (users
+    expect a pause not to eat their deadline), the nodes that became ready
+    meanwhile are queued, the workflow ends if everything finished while it
+    was paused, and the tick chain starts again.
+    """
+
+    def do_resume(step: Step) -> bool:
+        wf = step.wf
+        if wf.state != WorkflowState.PAUSED:
+            return False
+        fields: dict[str, Any] = {"paused_at": None}
+        if wf.deadline and wf.paused_at:
+            fields["deadline"] = wf.deadline + (step.now - wf.paused_at)
+        step.transition_workflow(WorkflowState.RUNNING, reason=reason or "resumed", **fields)
+        release_ready(step)
+        maybe_finish(step)
+        schedule_tick(step)
+        return True
+
+    return bool(locked_step(workflow_id, do_resume))
+
+
+def signal(workflow_id: UUID | str, name: str, payload: Any = None) -> int:
+    """Succeed the WAITING wait nodes named ``name`` with ``payload``; returns how many.
+
+    One locked step: the nodes move WAITING -> SUCCESS with the payload as
+    their result and their dependents are released, as after a task's
+    success. A second signal finds nothing WAITING and returns 0, as does a
+    signal for a node not reached yet (nothing is kept for later: a mailbox
+    would have to be drained, bounded and cleaned, and waits here are
+    approvals and callbacks that cannot come before their question was
+    asked) or for a workflow that is not RUNNING or PAUSED. A payload the
+    database cannot hold raises ValidationError and changes nothing.
+    """
+    return _complete_waits(workflow_id, {"task_name": name, "kind": NodeKind.WAIT}, payload, f"signal {name!r}")
+
+
+def complete(workflow_id: UUID | str, node_id: int, result: Any = None) -> bool:
+    """Succeed one WAITING wait (or timer: fired early) node with ``result``; False if not waiting."""
+    return bool(_complete_waits(workflow_id, {"pk": node_id}, result, "completed"))
+
+
+def _complete_waits(workflow_id: UUID | str, which: dict[str, Any], payload: Any, reason: str) -> int:
+    """Succeed the WAITING wait nodes ``which`` selects with ``payload``, settle them; how many."""
+    value = _storable_payload(payload)
+
+    def do_complete(step: Step) -> int:
+        if step.wf.state not in (WorkflowState.RUNNING, WorkflowState.PAUSED):
+            return 0
+        nodes = list(WorkflowNode.objects.filter(
+            workflow_id=step.wf.pk, kind__in=WAITING_KINDS, state=NodeState.WAITING, **which,
+        ).only(*NODE_FIELDS))
+        moved = step.transition_nodes(nodes, NodeState.SUCCESS, reason=reason, result=value, error="")
+        for node in moved:
+            step.results[node.pk] = value
+        settle(step, moved)
+        maybe_finish(step)
+        return len(moved)
+
+    return locked_step(workflow_id, do_complete) or 0
+
+
+def _storable_payload(payload: Any) -> Any:
+    value, problem = outcomes.encode_result(payload)
+    if problem:
+        raise ValidationError(problem.replace("Result", "Payload", 1), code="bad_payload")
+    return value
+
+
 def retry(workflow_id: UUID | str) -> int:
     """Re-run FAILURE / UPSTREAM_FAILED / CANCELED nodes with fresh task ids; resume.
 
     Successful nodes keep their results. Returns the number of nodes reset,
-    internal joins not counted (they are not the user's nodes).
+    internal joins not counted (they are not the user's nodes). A PAUSED
+    workflow stays paused: its reset nodes run once it is resumed.
     """
 
     def do_retry(step: Step) -> int:
@@ -294,7 +389,10 @@ def retry(workflow_id: UUID | str) -> int:
             step.watch_callbacks = True
             schedule_tick(step)
             return counted
-        resume(step, reason="retry")
+        if wf.state == WorkflowState.PAUSED:
+            release_ready(step)  # settles joins and skips; the queueing waits for resume
+            return counted
+        run_again(step, reason="retry")
         return counted
 
     return locked_step(workflow_id, do_retry) or 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.utils import uuid
@@ -22,12 +22,14 @@ from django.db.models import F, Q, QuerySet
 
 from ..conf import settings
 from ..models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from ..serialization import error_line, from_tree
+from ..serialization import error_line, from_tree, storable_text
 from ..states import (
     CALLBACK_KINDS,
     NODE_ACTIVE,
     NODE_FINAL,
     NODE_OK,
+    TASK_KINDS,
+    WAITING_KINDS,
     WORKFLOW_ACTIVE,
     NodeKind,
     NodeState,
@@ -53,6 +55,8 @@ def readiness(node: WorkflowNode) -> str | None:
         if not node.waiting:
             if node.kind == NodeKind.MAP and node.fanout_size is None:
                 return EXPAND
+            if node.kind in WAITING_KINDS:
+                return NodeState.WAITING
             return NodeState.SUCCESS if node.kind in JOIN_KINDS else NodeState.QUEUED
     elif rule == TriggerRule.ALL_DONE:
         if not node.waiting:
@@ -65,13 +69,28 @@ def readiness(node: WorkflowNode) -> str | None:
     return None
 
 
+#: Readiness targets a PAUSED workflow holds back: they would publish (or start waiting).
+HELD_WHILE_PAUSED = frozenset({NodeState.QUEUED, EXPAND})
+
+
+def holds(step: Step, target: str) -> bool:
+    """Whether a node ready for ``target`` stays PENDING for now: its workflow is paused.
+
+    Its counters are already settled, so ``ready_nodes`` finds it and resume
+    releases it. Joins, skips and upstream failures still settle: they
+    publish nothing, and leaving them would leave their dependents' counters
+    behind.
+    """
+    return step.wf.state == WorkflowState.PAUSED and target in HELD_WHILE_PAUSED
+
+
 def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[WorkflowNode]:
     """Move every ready PENDING node on; return the nodes that became final (joins, skips, ...)."""
     decided: defaultdict[str, list[WorkflowNode]] = defaultdict(list)
     for node in candidates:
         if node.state == NodeState.PENDING:
             target = readiness(node)
-            if target is not None:
+            if target is not None and not holds(step, target):
                 decided[target].append(node)
     finals = []
     for fanout in decided.pop(EXPAND, []):
@@ -94,7 +113,28 @@ def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[Wor
     finals.extend(skipped)
     queued = decided.pop(NodeState.QUEUED, [])
     queue_nodes(step, queued)
+    start_waiting(step, decided.pop(NodeState.WAITING, []))
     return finals
+
+
+def start_waiting(step: Step, nodes: Sequence[WorkflowNode]) -> None:
+    """WAITING from now: no message, no worker; a due time becomes ``timeout_at``, which the tick watches.
+
+    A wait's timeout and a timer's delay count from now; a timer's ``at`` is
+    its due time as given.
+    """
+    by_due: defaultdict[tuple[datetime | None, str], list[WorkflowNode]] = defaultdict(list)
+    for node in nodes:
+        at = (node.signature or {}).get("at") if node.kind == NodeKind.TIMER else None
+        due = datetime.fromisoformat(at) if at else step.now + node.timeout if node.timeout else None
+        when = due.isoformat(timespec="seconds") if due else ""
+        if node.kind == NodeKind.TIMER:
+            reason = f"timer due at {when}"
+        else:
+            reason = f"waiting for signal {node.task_name!r}" + (f" until {when}" if due else "")
+        by_due[(due, reason)].append(node)
+    for (due, reason), group in by_due.items():
+        step.transition_nodes(group, NodeState.WAITING, reason=reason, started_at=step.now, timeout_at=due)
 
 
 def expand_fanout(step: Step, fanout: WorkflowNode) -> list[WorkflowNode]:
@@ -183,7 +223,7 @@ def call_args(step: Step, nodes: Sequence[WorkflowNode]) -> dict[int, tuple[Any,
     """Arguments prepended to mutable signatures in pass-results mode (Celery canvas rules)."""
     if not step.wf.pass_results:
         return {}
-    mutable = [n for n in nodes if n.kind == NodeKind.TASK and not n.signature.get("immutable")]
+    mutable = [n for n in nodes if n.kind in TASK_KINDS and not n.signature.get("immutable")]
     if not mutable:
         return {}
     per_node = _dependency_results(step, mutable)
@@ -224,6 +264,8 @@ def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
     upstream failures, so a normal completion takes one or two levels.
     """
     frontier = [n for n in finished if n.state in NODE_FINAL]
+    for branch in [n for n in frontier if n.kind == NodeKind.BRANCH and n.state == NodeState.SUCCESS]:
+        frontier.extend(take_branch(step, branch))
     while frontier:
         ok = {n.pk for n in frontier if n.state in NODE_OK}
         rows = (
@@ -251,6 +293,56 @@ def settle(step: Step, finished: Iterable[WorkflowNode]) -> None:
             for chunk in db.chunks(pks, Workflow.write_connection()):
                 WorkflowNode.objects.filter(pk__in=chunk).update(**change)
         frontier = _apply_readiness(step, dependents.values())
+
+
+def branch_keys(node: WorkflowNode, result: Any) -> tuple[list[str], str | None]:
+    """The keys a branch's result chooses, or the error that fails the branch instead."""
+    paths = (node.signature or {}).get("paths") or {}
+    keys = [result] if isinstance(result, str) else list(result) if isinstance(result, (list, tuple)) else []
+    if keys and all(isinstance(k, str) and k in paths for k in keys):
+        return keys, None
+    known = ", ".join(repr(k) for k in sorted(paths))
+    return [], storable_text(
+        f"The branch task returned {result!r:.200}, which names none of its paths, or not only them: "
+        f"it must return one of {known}, or a non-empty list of them."
+    )
+
+
+def take_branch(step: Step, branch: WorkflowNode) -> list[WorkflowNode]:
+    """Skip what the succeeded ``branch`` did not choose; returns the nodes skipped.
+
+    The heads of the other paths (unless a chosen path holds them too), then
+    level by level every PENDING node all of whose dependencies were skipped
+    here: a node that also waits for anything else (a chosen path, another
+    branch of the graph) runs, with the skipped ones counting as done. One
+    query per level, only for a branch's decision.
+    """
+    result = step.results[branch.pk] if branch.pk in step.results else branch.result
+    keys, _problem = branch_keys(branch, result)
+    paths: dict[str, list[int]] = branch.signature["paths"]
+    kept = {pos for key in keys for pos in paths[key]}
+    dropped = {pos for key, positions in paths.items() if key not in keys for pos in positions} - kept
+    if not dropped:
+        return []
+    pending = WorkflowNode.objects.filter(workflow_id=step.wf.pk, state=NodeState.PENDING).only(*NODE_FIELDS)
+    conn = Workflow.write_connection()
+    skipped = {n.pk: n for chunk in db.chunks(dropped, conn) for n in pending.filter(position__in=chunk)}
+    frontier = list(skipped)
+    edges = WorkflowEdge.objects.values_list("node_id", "dependency_id")
+    while frontier:
+        after = {node for chunk in db.chunks(frontier, conn) for node, _dep in edges.filter(dependency_id__in=chunk)}
+        after -= skipped.keys()
+        needs: defaultdict[int, set[int]] = defaultdict(set)
+        for chunk in db.chunks(list(after), conn):
+            for node_id, dep_id in edges.filter(node_id__in=chunk):
+                needs[node_id].add(dep_id)
+        alone = [pk for pk in after if needs[pk] <= skipped.keys()]
+        level = {n.pk: n for chunk in db.chunks(alone, conn)
+                 for n in pending.filter(pk__in=chunk).exclude(kind__in=CALLBACK_KINDS)}
+        skipped.update(level)
+        frontier = list(level)
+    chosen = ", ".join(repr(k) for k in keys)
+    return step.transition_nodes(list(skipped.values()), NodeState.SKIPPED, reason=f"branch chose {chosen}")
 
 
 def ready_nodes(workflow: Any) -> QuerySet[WorkflowNode]:

@@ -77,10 +77,16 @@ def reset_nodes(step: Step, reset: list[WorkflowNode], nodes: dict[int, Workflow
     WorkflowNode.objects.bulk_update(recounted, ["waiting", "failed_dependencies"], batch_size=500)
 
 
-def resume(step: Step, reason: str) -> None:
-    """The workflow runs again (from FAILURE, ERROR or CANCELED) and whatever is ready now is queued."""
+def run_again(step: Step, reason: str) -> None:
+    """The workflow runs again (from FAILURE, ERROR or CANCELED) and whatever is ready now is queued.
+
+    A PAUSED workflow stays paused: what became ready waits for ``engine.resume``.
+    """
     wf = step.wf
     step.wf_fields["engine_errors"] = wf.engine_errors = 0
+    if wf.state == WorkflowState.PAUSED:
+        release_ready(step)
+        return
     if wf.state != WorkflowState.RUNNING:
         step.transition_workflow(
             WorkflowState.RUNNING, reason=reason, finished_at=None, error="",
@@ -149,7 +155,7 @@ def retry_node(workflow_id: UUID | str, node_id: int, reason: str = "") -> int:
                 )
         reset = [node] + [n for n in downstream(node, nodes) if n.state in NODE_FAILED]
         reset_nodes(step, reset, nodes, reason)
-        resume(step, reason)
+        run_again(step, reason)
         return sum(1 for n in reset if n.kind != NodeKind.JOIN)
 
     return locked_step(workflow_id, do_retry) or 0
@@ -204,7 +210,7 @@ def mark_node(
         step.transition_nodes([node], target, reason=reason, **fields)
         held_back = [n for n in downstream(node, nodes) if n.state == NodeState.UPSTREAM_FAILED]
         reset_nodes(step, held_back, nodes, reason=f"a dependency was {reason}")
-        resume(step, reason)
+        run_again(step, reason)
         # Those that another failed dependency holds back still are UPSTREAM_FAILED again by now.
         return (
             WorkflowNode.objects.filter(pk__in=[n.pk for n in held_back], kind=NodeKind.TASK)

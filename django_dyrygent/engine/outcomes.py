@@ -26,9 +26,9 @@ from .. import signals
 from ..conf import settings
 from ..models import Workflow, WorkflowEvent, WorkflowNode
 from ..serialization import NotSerialisable, size_of, storable_text, to_tree, unstorable
-from ..states import CALLBACK_KINDS, NODE_TRANSITIONS, NodeState
+from ..states import CALLBACK_KINDS, NODE_TRANSITIONS, NodeKind, NodeState
 from . import sql
-from .decisions import maybe_finish, settle
+from .decisions import branch_keys, maybe_finish, settle
 from .sql import NODE_FIELDS
 from .steps import Step, locked_step
 
@@ -155,6 +155,11 @@ def node_succeeded(workflow_id: UUID | str, task_id: str, result: Any) -> Workfl
         if problem:
             _finish_node(step, node, NodeState.FAILURE, error=problem, reason="result not storable")
             return node
+        if node.kind == NodeKind.BRANCH:
+            _keys, problem = branch_keys(node, value)
+            if problem:
+                _finish_node(step, node, NodeState.FAILURE, error=problem, reason="no such branch")
+                return node
         step.results[node.pk] = value
         _finish_node(step, node, NodeState.SUCCESS, result=value, error="")
         return node

@@ -27,9 +27,9 @@ from django.db.models import F, Q, QuerySet
 from ..conf import get_celery_app, settings
 from ..models import WorkflowNode
 from ..serialization import storable_text
-from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeState
+from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeKind, NodeState
 from . import outcomes
-from .decisions import call_args, queue_nodes, settle
+from .decisions import branch_keys, call_args, queue_nodes, settle
 from .outcomes import VALUE_REFUSED, format_error, stored_exception
 from .sql import NODE_FIELDS
 from .steps import Step
@@ -39,13 +39,16 @@ logger = logging.getLogger("django_dyrygent.engine")
 
 
 def late_nodes(workflow: Any, now: datetime) -> QuerySet[WorkflowNode]:
-    """STARTED/RETRY nodes of ``workflow`` (an id or an ``OuterRef``) past their ``timeout_at``.
+    """STARTED/RETRY/WAITING nodes of ``workflow`` (an id or an ``OuterRef``) past their ``timeout_at``.
 
     What ``enforce_timeouts`` acts on, and what the idle tick (``engine``)
     asks about without the lock: one definition, so the two cannot drift.
+    A waiting node's due time is therefore checked by the workflow's tick
+    with the rest, in the same statement: no query per waiting node.
     """
     return WorkflowNode.objects.filter(
-        workflow_id=workflow, state__in=[NodeState.STARTED, NodeState.RETRY], timeout_at__lt=now,
+        workflow_id=workflow, state__in=[NodeState.STARTED, NodeState.RETRY, NodeState.WAITING],
+        timeout_at__lt=now,
     )
 
 
@@ -66,6 +69,10 @@ def enforce_timeouts(step: Step) -> None:
     fail with "timed out".
     """
     late = list(late_nodes(step.wf.pk, step.now).only(*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids"))
+    waits = [n for n in late if n.state == NodeState.WAITING]
+    late = [n for n in late if n.state != NodeState.WAITING]
+    if waits:
+        _time_out_waits(step, waits)
     if not late:
         return
     step.to_terminate.extend(n.task_id for n in late)
@@ -75,6 +82,26 @@ def enforce_timeouts(step: Step) -> None:
         lambda n, runs: f"Timed out: no outcome {n.timeout.total_seconds():g}s after the task started"  # type: ignore[union-attr]
                         + (f" (attempt {n.attempts} of {runs})" if runs > 1 else ""),
     )
+
+
+def _time_out_waits(step: Step, nodes: Sequence[WorkflowNode]) -> None:
+    """Due timers succeed; waits past their timeout succeed with their default if any, else fail."""
+    timers = [n for n in nodes if n.kind == NodeKind.TIMER]
+    step.transition_nodes(timers, NodeState.SUCCESS, reason="timer fired")
+    nodes = [n for n in nodes if n.kind != NodeKind.TIMER]
+    defaulted = [n for n in nodes if "default" in (n.signature or {})]
+    for node in defaulted:
+        value = node.signature["default"]
+        step.results[node.pk] = value
+        step.transition_nodes([node], NodeState.SUCCESS, reason="timed out: default taken", result=value)
+    failed = [n for n in nodes if "default" not in (n.signature or {})]
+    for node in failed:
+        step.transition_nodes(
+            [node], NodeState.FAILURE, reason="timed out",
+            error=f"Timed out: no signal {node.task_name!r} {node.timeout.total_seconds():g}s after "  # type: ignore[union-attr]
+                  "the node started waiting",
+        )
+    settle(step, [*timers, *nodes])
 
 
 def _fresh_run(step: Step, node: WorkflowNode, **fields: Any) -> dict[str, Any]:
@@ -179,6 +206,8 @@ def record_backend_outcome(step: Step, node: WorkflowNode, meta: dict[str, Any],
     status = meta.get("status")
     if status == "SUCCESS":
         value, problem = outcomes.encode_result(meta.get("result"))
+        if not problem and node.kind == NodeKind.BRANCH:
+            _keys, problem = branch_keys(node, value)
         if not problem:
             problem = _store_backend_success(step, node, value, reason)
         if problem:

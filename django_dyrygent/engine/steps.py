@@ -36,8 +36,10 @@ from ..conf import settings
 from ..models import Workflow, WorkflowEvent, WorkflowNode
 from ..serialization import storable_text
 from ..states import (
+    COUNTED_KINDS,
     NODE_FINAL,
     NODE_TRANSITIONS,
+    TASK_KINDS,
     WORKFLOW_FINAL,
     WORKFLOW_TRANSITIONS,
     NodeKind,
@@ -202,7 +204,7 @@ class Step:
 
     def _record_node(self, node: WorkflowNode, old: str, new: str, reason: str) -> None:
         node.state = new
-        if node.kind == NodeKind.TASK and (old in NODE_FINAL) != (new in NODE_FINAL):
+        if node.kind in COUNTED_KINDS and (old in NODE_FINAL) != (new in NODE_FINAL):
             # Into a final state counts up; out of one (retry()) counts back down.
             final, step = (new, 1) if new in NODE_FINAL else (old, -1)
             self.counters["nodes_done"] += step
@@ -288,7 +290,7 @@ class Step:
             signals.send(signals.node_state_changed, node=node, old_state=old, new_state=new)
         for old, new in self.wf_changes:
             signals.send(signals.workflow_state_changed, workflow=wf, old_state=old, new_state=new)
-        published = [node for node, _args in self.to_publish if node.kind == NodeKind.TASK]
+        published = [node for node, _args in self.to_publish if node.kind in TASK_KINDS]
         if published:
             signals.send(signals.workflow_active_tick, workflow=wf, nodes=published)
         if self.finished:

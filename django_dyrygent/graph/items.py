@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from ..states import CALLBACK_KINDS, NODE_ACTIVE, NODE_FINAL, NodeKind, NodeState
+from ..states import CALLBACK_KINDS, NODE_ACTIVE, NODE_FINAL, WAITING_KINDS, NodeKind, NodeState
 
 #: One node as ``values()`` returns it (id, state, kind, task_name, ...).
 NodeRow = dict[str, Any]
@@ -40,6 +40,7 @@ STATE_PRIORITY = (
     NodeState.CANCELED,
     NodeState.RETRY,
     NodeState.STARTED,
+    NodeState.WAITING,
     NodeState.QUEUED,
     NodeState.PENDING,
     NodeState.SKIPPED,
@@ -118,7 +119,7 @@ class Item:
         """Second line of a box: progress of a group, the kind of a special node."""
         if self.is_group:
             return counts_text(self)
-        if self.kind in (NodeKind.MAP, *CALLBACK_KINDS):
+        if self.kind in (NodeKind.MAP, NodeKind.BRANCH, *CALLBACK_KINDS, *WAITING_KINDS):
             return str(NodeKind(self.kind).label).lower()
         return ""
 

@@ -30,7 +30,7 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 from ..serialization import error_line
-from ..states import CALLBACK_KINDS, NodeKind, NodeState
+from ..states import CALLBACK_KINDS, WAITING_KINDS, NodeKind, NodeState
 from .items import (
     ARGS_CHARS,
     BOX_HEIGHT,
@@ -339,6 +339,8 @@ def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
             classes += " dy-dot"
         if item.is_group:
             classes += " dy-group"
+        elif item.kind in (*WAITING_KINDS, NodeKind.BRANCH):
+            classes += f" dy-{item.kind}"
         parts.append(
             f'<a href="{escape(url_for(item))}" id="dy-{item.id}" class="{classes}">'
             f"<title>{escape(tooltip(item))}</title>"

@@ -45,3 +45,27 @@ def audit(delay=0.2):
 def notify(channel, delay=0.2):
     time.sleep(delay)
     return f"notified #{channel}"
+
+
+@shared_task(name="demo.build_release")
+def build_release(version, delay=0.2):
+    time.sleep(delay)
+    return f"release-{version}.tar.gz"
+
+
+@shared_task(name="demo.decide")
+def decide(answer):
+    """The branch after the approval: receives the wait's payload (pass-results mode), returns a path key."""
+    return "publish" if isinstance(answer, dict) and answer.get("approved") else "roll back"
+
+
+@shared_task(name="demo.publish_release")
+def publish_release(version, delay=0.2):
+    time.sleep(delay)
+    return f"published {version}"
+
+
+@shared_task(name="demo.roll_back")
+def roll_back(version, delay=0.2):
+    time.sleep(delay)
+    return f"rolled back {version}"

@@ -12,7 +12,11 @@ middle is one native canvas hung below ``fetch_inventory`` with
 leaf. Between the group and the chord header the importer puts one internal
 join node, so the N × N edges a naive import would draw become 2 × N.
 
-Two catalogue definitions at the bottom make these workflows startable by
+The ``release`` definition shows control flow: a person approves (a wait
+node, answered from the admin's node list or ``dyrygent_signal``), then a
+branch publishes or rolls back.
+
+Three catalogue definitions at the bottom make these workflows startable by
 name, without a view: from the admin ("Start a workflow"), the command line
 (``manage.py dyrygent_run demo --param hosts=3``), the JSON API mounted at
 ``/api/`` and the beat schedule in ``example_project/schedule.py``.
@@ -26,7 +30,18 @@ from django_dyrygent import catalogue
 from django_dyrygent.models import Workflow
 
 from .forms import StartDemoForm
-from .tasks import audit, check, fetch_inventory, notify, provision, summarize
+from .tasks import (
+    audit,
+    build_release,
+    check,
+    decide,
+    fetch_inventory,
+    notify,
+    provision,
+    publish_release,
+    roll_back,
+    summarize,
+)
 
 DEFAULT_HOSTS = 4
 
@@ -88,4 +103,22 @@ def nightly_audit(channel: str = "ops", delay: float = 0.2):
     """
     wf = Workflow(custom_payload={"source": "nightly-audit"})
     wf.add_celery_canvas(chain(audit.si(delay=delay), notify.si(channel, delay=delay)))
+    return wf
+
+
+@catalogue.register("release", deadline=timedelta(days=2))
+def release(version: str = "1.0", delay: float = 0.2):
+    """Ship a release: build it, wait for a person's approval, then publish it or roll back.
+
+    Answer the "approved" wait from the node list (Approve / Reject), or with
+    ``manage.py dyrygent_signal <id> approved --payload '{"approved": true}'``.
+    Nobody answering within a day counts as a rejection.
+    """
+    wf = Workflow(pass_results=True, custom_payload={"source": "release"})
+    built = wf.add_signature(build_release.si(version, delay=delay))
+    approved = wf.add_wait("approved", dependencies=[built], timeout=timedelta(days=1),
+                           default={"approved": False})
+    publish = wf.add_signature(publish_release.si(version, delay=delay))
+    rollback = wf.add_signature(roll_back.si(version, delay=delay))
+    wf.add_branch(decide.s(), {"publish": publish, "roll back": rollback}, dependencies=[approved])
     return wf

@@ -102,15 +102,24 @@ def test_buttons__cancel_and_tick_for_a_running_workflow_retry_only_after_a_fail
     wf = make_workflow("buttons")
     engine.tick(wf.pk, scheduled=False)
     page = admin_client.get(change_url(wf)).content.decode()
-    assert forms_of(page) == {"cancel_workflows": False, "retry_workflows": True, "tick_workflows": False}
+    assert forms_of(page) == {"cancel_workflows": False, "retry_workflows": True, "tick_workflows": False,
+                              "pause_workflows": False, "resume_workflows": True}
     assert admin_client.get(status_url(wf)).json()["actions"] == {
         "cancel_workflows": True, "retry_workflows": False, "tick_workflows": True,
+        "pause_workflows": True, "resume_workflows": False,
+    }
+    wf.pause()
+    assert admin_client.get(status_url(wf)).json()["actions"] == {
+        "cancel_workflows": True, "retry_workflows": False, "tick_workflows": True,
+        "pause_workflows": False, "resume_workflows": True,
     }
     failed = failed_workflow()
     page = admin_client.get(change_url(failed)).content.decode()
-    assert forms_of(page) == {"cancel_workflows": True, "retry_workflows": False, "tick_workflows": True}
+    assert forms_of(page) == {"cancel_workflows": True, "retry_workflows": False, "tick_workflows": True,
+                              "pause_workflows": True, "resume_workflows": True}
     assert admin_client.get(status_url(failed)).json()["actions"] == {
         "cancel_workflows": False, "retry_workflows": True, "tick_workflows": False,
+        "pause_workflows": False, "resume_workflows": False,
     }
 
 

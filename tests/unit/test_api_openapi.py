@@ -69,7 +69,7 @@ def user_with(*codenames, username="api"):
 def machine():
     """A client that authenticates with an API token only (no session, no CSRF)."""
     _token, key = ApiToken.issue(user_with("start_workflow", "view_workflow", "change_workflow", "retry_node",
-                                           "mark_node", "cancel_node"), "ci")
+                                           "mark_node", "cancel_node", "signal_workflow"), "ci")
     return Client(enforce_csrf_checks=True, HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
@@ -154,6 +154,28 @@ def test_openapi__node_actions_match(machine, call):
     assert call(machine, "post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/cancel/").status_code == 404
 
 
+def test_openapi__pause_resume_and_signal_match(machine, call):
+    wf = Workflow(name="approval")
+    first = wf.add_signature(record.si("build"))
+    wf.add_wait("approved", dependencies=[first])
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    url = f"/workflows/{wf.pk}"
+    assert call(machine, "post", f"{url}/resume/").status_code == 409
+    paused = call(machine, "post", f"{url}/pause/").json()
+    assert paused["state"] == "PAUSED" and paused["paused_at"]
+    assert call(machine, "post", f"{url}/pause/").status_code == 409
+    assert call(machine, "post", f"{url}/resume/").json()["state"] == "RUNNING"
+    assert call(machine, "post", f"{url}/signal/approved/", {"payload": {"ok": True}}).json()["completed"] == 0
+    outcomes.node_succeeded(wf.pk, first.task_id, "built")
+    assert call(machine, "get", f"{url}/").json()["waiting_for"] == ["approved"]
+    assert call(machine, "post", f"{url}/signal/approved/", {"nope": 1}).status_code == 400
+    signalled = call(machine, "post", f"{url}/signal/approved/", {"payload": {"ok": True}}).json()
+    assert (signalled["completed"], signalled["state"]) == (1, "SUCCESS")
+    for action in ("pause/", "resume/", "signal/approved/"):
+        assert call(machine, "post", f"/workflows/00000000-0000-0000-0000-000000000000/{action}").status_code == 404
+
+
 def test_openapi__refusals_match(call, client):
     assert call(client, "get", "/workflows/").status_code == 401
     assert call(client, "get", "/definitions/").status_code == 401
@@ -166,6 +188,9 @@ def test_openapi__refusals_match(call, client):
                         ("get", "/workflows/00000000-0000-0000-0000-000000000000/nodes/"),
                         ("post", "/workflows/00000000-0000-0000-0000-000000000000/cancel/"),
                         ("post", "/workflows/00000000-0000-0000-0000-000000000000/retry/"),
+                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/pause/"),
+                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/resume/"),
+                        ("post", "/workflows/00000000-0000-0000-0000-000000000000/signal/go/"),
                         ("post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/retry/"),
                         ("post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/mark/"),
                         ("post", "/workflows/00000000-0000-0000-0000-000000000000/nodes/1/cancel/")]:

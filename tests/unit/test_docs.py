@@ -50,7 +50,8 @@ def test_docs__every_dyrygent_command_exists_and_is_documented():
     commands = {name for name in get_commands() if name.startswith("dyrygent_")}
     assert commands == {
         "dyrygent_run", "dyrygent_status", "dyrygent_cancel", "dyrygent_retry",
-        "dyrygent_tick", "dyrygent_graph", "dyrygent_prune",
+        "dyrygent_tick", "dyrygent_graph", "dyrygent_prune", "dyrygent_pause", "dyrygent_resume",
+        "dyrygent_signal",
     }
     mentioned = set()
     for page in PAGES:
@@ -58,8 +59,9 @@ def test_docs__every_dyrygent_command_exists_and_is_documented():
     mentioned -= {"dyrygent_workflow"}  # the message header, not a command
     assert mentioned == commands
     operations = text("operations.md")
-    combined = {"dyrygent_cancel", "dyrygent_retry"}  # documented under one heading
+    combined = {"dyrygent_cancel", "dyrygent_retry", "dyrygent_pause", "dyrygent_resume"}  # in pairs
     assert "### dyrygent_cancel, dyrygent_retry" in operations
+    assert "### dyrygent_pause, dyrygent_resume" in operations
     missing = [name for name in commands - combined if f"### {name}" not in operations]
     assert not missing
 

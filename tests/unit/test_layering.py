@@ -50,7 +50,7 @@ RULES = (
          why="the run methods (apply_async, wait, tick, cancel, ...) are the documented facade"),
     Rule("models", ("admin", "worker", "graph", "tasks", "api", "launch", "workflows", "catalogue", "operations")),
     Rule("draft", ("*",), allowed=("states",), why="the draft holds data: a leaf"),
-    Rule("canvas", ("*",), allowed=("states", "draft")),
+    Rule("canvas", ("*",), allowed=("states", "draft", "serialization")),
     Rule("worker", ("admin", "build", "graph", "api", "launch")),
     Rule("graph", ("admin", "engine", "worker", "build")),
     Rule("admin.views", ("admin.workflows",), why="the change views are handed what they need"),

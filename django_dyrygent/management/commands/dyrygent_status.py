@@ -54,7 +54,7 @@ class Command(BaseCommand):
         c, t = data["counters"], data["timings"]
         state_style = {
             "SUCCESS": self.style.SUCCESS, "FAILURE": self.style.ERROR, "ERROR": self.style.ERROR,
-            "CANCELED": self.style.WARNING,
+            "CANCELED": self.style.WARNING, "PAUSED": self.style.WARNING,
         }.get(data["state"], str)
         self.stdout.write(f"Workflow {data['id']}" + (f"  {data['name']}" if data["name"] else ""))
         self.stdout.write(f"  state      {state_style(data['state'])}")
@@ -67,6 +67,8 @@ class Command(BaseCommand):
         self.stdout.write(f"  finished   {t['finished_at'] or '-'}")
         self.stdout.write(f"  duration   {_secs(t['duration_seconds'])}")
         self.stdout.write(f"  deadline   {t['deadline'] or '-'}")
+        if t["paused_at"]:
+            self.stdout.write(f"  paused     {t['paused_at']} (the deadline moves on by the pause at resume)")
         self.stdout.write(f"  ticks      {c['ticks']}")
         if data["error"]:
             self.stdout.write(f"  error      {data['error']}")
