@@ -138,7 +138,7 @@ class RowsCollector(Collector if prometheus_client else object):  # type: ignore
 
         live = GaugeMetricFamily("dyrygent_workflows_live", "Workflows not final yet, by state and definition.",
                                  labels=["state", "definition"])
-        for row in (Workflow.objects.filter(state__in=sorted(set(WORKFLOW_ACTIVE) | _paused()))
+        for row in (Workflow.objects.filter(state__in=sorted(WORKFLOW_ACTIVE))
                     .values("state", "definition").annotate(n=Count("id")).order_by()):
             live.add_metric([row["state"], row["definition"] or "-"], row["n"])
         yield live
@@ -152,11 +152,6 @@ class RowsCollector(Collector if prometheus_client else object):  # type: ignore
         workers.add_metric(["alive"], seen["alive"])
         workers.add_metric(["stale"], seen["total"] - seen["alive"])
         yield workers
-
-
-def _paused() -> set[str]:
-    paused = getattr(WorkflowState, "PAUSED", None)
-    return {paused} if paused else set()
 
 
 _connected = False

@@ -91,6 +91,8 @@ NODE_FAILED = NODE_FINAL - NODE_OK
 NODE_ACTIVE = frozenset({NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY})
 # Runs that are not over: a paused run still counts (overlap policies, the active() queryset).
 WORKFLOW_ACTIVE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING, WorkflowState.PAUSED})
+#: Not over and not paused: the workflows the engine drives, whose ticks keep coming.
+WORKFLOW_RUNNABLE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
 # Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 # Steps of the workflow the counters count (nodes_total, nodes_done, ...): the user's, not joins.

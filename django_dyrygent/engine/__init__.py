@@ -48,8 +48,8 @@ from ..states import (
     NODE_FAILED,
     NODE_OK,
     WAITING_KINDS,
-    WORKFLOW_ACTIVE,
     WORKFLOW_FINAL,
+    WORKFLOW_RUNNABLE,
     NodeKind,
     NodeState,
     WorkflowState,
@@ -147,7 +147,7 @@ def _tick(workflow_id: UUID | str, scheduled: bool) -> str:
             logger.warning("Tick for unknown workflow %s ignored", workflow_id)
             return "missing"
         state, due = busy
-        if scheduled and (state in WORKFLOW_ACTIVE or due is not None):
+        if scheduled and (state in WORKFLOW_RUNNABLE or due is not None):
             _retry_busy_tick(workflow_id, due)
         logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
         return "busy"

@@ -30,7 +30,7 @@ from ..states import (
     NODE_OK,
     TASK_KINDS,
     WAITING_KINDS,
-    WORKFLOW_ACTIVE,
+    WORKFLOW_RUNNABLE,
     NodeKind,
     NodeState,
     TriggerRule,
@@ -428,7 +428,7 @@ def schedule_tick(step: Step) -> None:
     due time leaves the chain to the pending one instead of starting another.
     """
     wf = step.wf
-    if wf.state not in WORKFLOW_ACTIVE and not step.watch_callbacks:
+    if wf.state not in WORKFLOW_RUNNABLE and not step.watch_callbacks:
         return
     interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at
