@@ -76,7 +76,7 @@ def test_admin_dag__recolours_live_until_final(worker, live_server, browser, mon
     assert "dy-s-SUCCESS" not in classes(f"dy-n{report.pk}")
     assert "dy-s-SUCCESS" not in classes(f"dy-n{fetch.pk}")
     assert field_text(browser, "nodes_done") == "0" and field_text(browser, "finished_at") == "-"
-    assert visible_actions(browser) == ["cancel_workflows", "tick_workflows"]
+    assert visible_actions(browser) == ["cancel_workflows", "tick_workflows", "pause_workflows"]
     events_at_load = len(browser.find_elements(By.CSS_SELECTOR, "#dy-events tbody tr"))
     # Markers that a reload would wipe; the fetch node element must be recoloured in place.
     browser.execute_script(
@@ -142,7 +142,7 @@ def test_admin_cancel__asks_before_canceling(worker, live_server, browser):
     wf.add_signature(record.si("slow", sleep=3))
     wf.apply_async()
     browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
-    assert visible_actions(browser) == ["cancel_workflows", "tick_workflows"]
+    assert visible_actions(browser) == ["cancel_workflows", "tick_workflows", "pause_workflows"]
 
     browser.find_element(By.NAME, "cancel_workflows").click()
     alert = WebDriverWait(browser, 5).until(lambda d: d.switch_to.alert)
