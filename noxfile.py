@@ -51,6 +51,9 @@ SCALE_TESTS = (
     "tests/worker/test_fanout.py::test_fanout__thousands_of_items",
     "tests/worker/test_e2e.py::test_large_workflow__ten_chained_groups_of_one_hundred_succeed",
 )
+#: The real-worker tests of the CI slice: a worker on each version, the whole engine, the admin in a browser.
+CI_WORKER_TESTS = ("tests/worker/test_smoke.py", "tests/worker/test_e2e.py", "tests/worker/test_browser.py",
+                   "tests/worker/test_pause.py", "tests/worker/test_waits.py")
 NOX_DIR = Path(os.environ.get("NOX_DIR", Path(tempfile.gettempdir()) / "dyrygent-nox"))
 VERSIONS_CODE = (
     "import json, sys, platform, django, celery, kombu, django_celery_results as r;"
@@ -206,11 +209,14 @@ def matrix(session: nox.Session, django: str, celery: str, database: str, broker
 def ci(session: nox.Session, django: str, celery: str, database: str, broker: str) -> None:
     """The slice CI runs: the oldest and the newest supported versions.
 
-    Within CI's time budget: without the scale tests and the fault suite
-    (tests/reliability/), which CI's `make test` runs on PostgreSQL.
+    Within CI's time budget: the tests without a worker (tests/unit), the
+    celery-dyrygent door, and of the real-worker tests the smoke, end-to-end
+    and browser ones. The rest of tests/worker and the fault suite run in
+    CI's `make test` passes (SQLite, PostgreSQL, MariaDB) on the pinned
+    versions; `nox -s matrix` runs everything on every cell.
     """
     run_cell(session, Cell(session.python, django, celery, database, broker),
-             ("--ignore=tests/reliability", *deselect(SCALE_TESTS)))
+             ("tests/unit", "tests/compat", *CI_WORKER_TESTS, *deselect(SCALE_TESTS)))
 
 
 @nox.session
