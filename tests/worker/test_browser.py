@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from django_dyrygent.admin.workflows import WorkflowAdmin
 from django_dyrygent.models import Workflow
+from tests.conftest import wait_for
 from tests.tasks import fail, record, square
 from tests.worker.conftest import ARTIFACTS, BROWSER_MARKS, log_in
 
@@ -63,6 +64,7 @@ def test_admin_dag__recolours_live_until_final(worker, live_server, browser, mon
     wf = build_workflow().apply_async()
     fetch = wf.nodes.get(position=0)
     report = wf.nodes.get(task_name="tests.record", signature__args=["report"])
+    wait_for(lambda: Workflow.objects.get(pk=wf.pk).state == Workflow.State.RUNNING, "the workflow to start")
     browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
     assert "provision hosts" in browser.title
 
@@ -141,6 +143,8 @@ def test_admin_cancel__asks_before_canceling(worker, live_server, browser):
     wf = Workflow(name="slow one")
     wf.add_signature(record.si("slow", sleep=3))
     wf.apply_async()
+    # Running, not still INITIAL: only a running workflow offers Pause.
+    wait_for(lambda: Workflow.objects.get(pk=wf.pk).state == Workflow.State.RUNNING, "the workflow to start")
     browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
     assert visible_actions(browser) == ["cancel_workflows", "tick_workflows", "pause_workflows"]
 
