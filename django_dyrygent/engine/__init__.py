@@ -327,6 +327,10 @@ def retry(workflow_id: UUID | str) -> int:
             schedule_tick(step)
             return len(reset)
         if wf.state != WorkflowState.RUNNING:
+            # A CANCELED ending skipped the error callback; it runs if this run ends FAILURE or ERROR.
+            skipped = [n for n in nodes.values()
+                       if n.kind == NodeKind.ERROR_CALLBACK and n.state == NodeState.SKIPPED]
+            step.transition_nodes(skipped, NodeState.PENDING, reason="retry")
             step.transition_workflow(
                 WorkflowState.RUNNING, reason="retry", finished_at=None, error="",
                 deadline=step.now + timedelta(seconds=float(settings.MAX_PROCESSING_TIME)),
