@@ -216,8 +216,8 @@ class Checker:
         for f in self.faults:
             if f.kind == "sigstop" and run["pid"] in f.pids and run["t"] >= f.wall_start:
                 return "worker paused while it ran (zombie)"
-            if f.kind == "pg_restart" and f.wall_start - 65 <= run["t"] and f.wall_start <= run["t"] \
-                    and run["t"] <= f.wall_end + 65:
+            # A worker retries a start it cannot record for DYRYGENT_OUTCOME_RETRY_FOR (60 s), then runs the body.
+            if f.kind == "pg_restart" and f.wall_start <= run["t"] <= f.wall_end + 65:
                 return "start not recordable: PostgreSQL down"
         return None
 
@@ -249,9 +249,18 @@ class Checker:
                 continue  # the body's first run (the earlier ids never ran it)
             if cause == "retry()":
                 self.report["retry() re-runs"] += 1
+            elif cause == "worker lost" and self.draining(runs, ids[: k + 1]):
+                # docs/reliability.md: SIGTERM to the main process drains "without re-runs"; issue 22
+                # (rolling restart) found the peer re-running the draining worker's node. Reported.
+                self.report["duplicates"]["worker lost while draining (SIGTERM to its main process)"] += 1
             else:
                 self.report["duplicates"][cause] += 1
                 self.report["duplicates by fault"][(cause, self.fault_before(event.created_at.timestamp()))] += 1
+
+    def draining(self, runs, task_ids):
+        """Whether an earlier run (under ``task_ids``) was on a worker scaled down by SIGTERM."""
+        drained = {pid for f in self.faults if f.kind == "scale" for pid in f.pids}
+        return any(r["pid"] in drained for r in runs if r["id"] in task_ids)
 
     def check_callbacks(self, spec, wf, nodes, labels, wf_events):
         failed_once = any(e.new_state in (W.FAILURE, W.ERROR) for e in wf_events)

@@ -153,6 +153,7 @@ class Cluster:
             self.redis_down = False
         elif kind == "scale" and self.extra is not None:
             # Scale down like an orchestrator: SIGTERM to the main process, a warm shutdown.
+            fault.pids = [self.extra.pid, *self.extra.children()]
             self.extra.proc.send_signal(signal.SIGTERM)
             self.draining.append(self.extra)
             self.extra = None

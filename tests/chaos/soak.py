@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -275,6 +276,10 @@ class Soak:
         return lines
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", dest="minutes", type=float, default=3.0, help="length of the traffic")
@@ -284,6 +289,7 @@ def main(argv=None):
     parser.add_argument("--dir", dest="dir", default=None,
                         help="working directory (default: $DYRYGENT_TEST_DIR/chaos or /tmp/dyrygent-tests/chaos)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # `timeout`, CI: stop the servers and workers too
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     print(f"chaos soak: seed {seed}, {args.minutes:g} minutes", flush=True)
     root = Path(args.dir or Path(os.environ.get("DYRYGENT_TEST_DIR", "/tmp/dyrygent-tests")) / "chaos")

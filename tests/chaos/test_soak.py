@@ -8,8 +8,10 @@ violations make the test fail.
 """
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.chaos
 SEED = 20261207
 
 
-def test_chaos_soak__every_workflow_ends_as_its_traffic_and_faults_imply(tmp_path):
+def test_chaos_soak__every_workflow_ends_as_its_traffic_and_faults_imply():
     if os.environ.get("DYRYGENT_CHAOS") != "1":
         pytest.skip("the chaos soak runs with DYRYGENT_CHAOS=1 (make chaos)")
     missing = harness.missing_binaries()
@@ -29,12 +31,26 @@ def test_chaos_soak__every_workflow_ends_as_its_traffic_and_faults_imply(tmp_pat
         pytest.skip(f"the chaos soak needs real servers: {missing}")
     minutes = float(os.environ.get("DYRYGENT_CHAOS_MINUTES") or 3)
     seed = int(os.environ.get("DYRYGENT_CHAOS_SEED") or SEED)
-    out = tmp_path / "soak.log"
-    with open(out, "w") as log:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.chaos.soak", "--minutes", str(minutes), "--seed", str(seed)],
-            cwd=harness.ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=minutes * 60 + 900,
-        )
-    text = out.read_text(errors="replace")
-    print(text)
-    assert proc.returncode == 0, text[-6000:]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.chaos.soak", "--minutes", str(minutes), "--seed", str(seed)],
+        cwd=harness.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+    )
+    # The soak bounds its own drain; this bounds a soak that hangs anyway (SIGINT: it cleans up).
+    watchdog = threading.Timer(minutes * 60 + 900, proc.send_signal, [signal.SIGINT])
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:  # shown as it comes with -s (make chaos)
+            print(line, end="", flush=True)
+            lines.append(line)
+        returncode = proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+    assert returncode == 0, "".join(lines)[-6000:]
