@@ -177,15 +177,15 @@ class Soak:
 
     def finished(self):
         from django_dyrygent.models import Workflow, WorkflowNode
-        from django_dyrygent.states import NODE_ACTIVE, WORKFLOW_ACTIVE
+        from django_dyrygent.states import NODE_ACTIVE, WORKFLOW_ACTIVE, WORKFLOW_FINAL
 
         if not all(s.pk is not None and s.script_done for s in self.specs):
             return False
         if Workflow.objects.filter(state__in=WORKFLOW_ACTIVE).exists():
             return False
-        return not WorkflowNode.objects.filter(state__in=[*NODE_ACTIVE, WorkflowNode.State.PENDING],
-                                               workflow__state__in=["SUCCESS", "FAILURE", "ERROR", "CANCELED"]
-                                               ).exclude(kind="join").exists()
+        # Callbacks (and late nodes) of ended workflows too.
+        waiting = [*NODE_ACTIVE, WorkflowNode.State.PENDING]
+        return not WorkflowNode.objects.filter(state__in=waiting, workflow__state__in=WORKFLOW_FINAL).exists()
 
     def run(self):
         cluster = self.cluster
