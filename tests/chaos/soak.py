@@ -124,7 +124,8 @@ class Soak:
     def inject(self, fault):
         try:
             fault.snapshot = self.active_nodes()
-        except Exception:
+        except Exception as exc:
+            self.log(f"active nodes before {fault.kind} not read ({exc!r}): its recovery is not measured")
             self.reset_connection()
             fault.snapshot = None
         try:
