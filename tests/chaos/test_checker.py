@@ -13,6 +13,7 @@ import pytest
 
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.chaos import checker, traffic
+from tests.chaos.faults import Fault
 
 S = WorkflowNode.State
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -110,3 +111,17 @@ def test_checker__a_workflow_left_running(tmp_path):
     WorkflowNode.objects.filter(pk=b.pk).update(state=S.QUEUED)
     found = _violations(spec, tmp_path)
     assert any("left RUNNING" in v for v in found) and any("left QUEUED" in v for v in found)
+
+
+@pytest.mark.django_db
+def test_checker__a_rerun_of_a_draining_workers_node_is_counted_apart(tmp_path):
+    spec, wf, a, b = _chain(tmp_path)  # every run's pid is 1
+    WorkflowNode.objects.filter(pk=b.pk).update(task_id="tb2", previous_task_ids=["tb"], attempts=2)
+    WorkflowEvent.objects.create(workflow=wf, node=b, old_state="STARTED", new_state="QUEUED",
+                                 reason="worker lost: no heartbeat; attempt 2 of 4", created_at=T0)
+    _run(tmp_path, "w0.c1", "tb2", 5, 6)
+    scaled_down = Fault(at=0, kind="scale", target=0, child=0, hold=20, started=0.0, pids=[1],
+                        wall_start=T0.timestamp())
+    violations, report = checker.check([spec], [scaled_down], tmp_path)
+    assert violations == []
+    assert report["duplicates"] == {"worker lost while draining (SIGTERM to its main process)": 1}
