@@ -5,6 +5,11 @@
 # Both create .venv with python3 when it is missing. `make test` lists skipped tests and why
 # (-rs). Extra pytest arguments:
 #   make test PYTEST_ARGS="-k smoke -x"
+#
+# The chaos soak (tests/chaos/, docs/reliability.md "Chaos soak"; needs PostgreSQL server binaries
+# and redis-server, starts its own):
+#   make chaos        3 minutes, the CI seed (CHAOS_SEED=N CHAOS_MINUTES=M to change them)
+#   make chaos-long   30 minutes, a random seed (printed; replay with make chaos CHAOS_SEED=N CHAOS_MINUTES=30)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,13 +17,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 DEMO_ARGS ?= --superuser
+CHAOS_SEED ?=
+CHAOS_MINUTES ?= 3
 
-.PHONY: demo test lint soak-resources install-demo install-test install-lint clean help
+.PHONY: demo test lint soak-resources chaos chaos-long install-demo install-test install-lint clean help
 
 help:
 	@echo "make demo   run the demo workflow on a real Celery worker (no server needed)"
 	@echo "make test   run the test suite (set DATABASE_URL / CELERY_BROKER_URL for PostgreSQL / Redis)"
 	@echo "make lint   ruff and mypy (configured in pyproject.toml)"
+	@echo "make chaos  the 3-minute chaos soak (own PostgreSQL and Redis; make chaos-long: 30 minutes)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +55,13 @@ demo: install-demo
 test: install-test
 	@$(PY) -m pytest -rs $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no test (exit 5): counted as a failure" >&2; fi; exit $$rc; }
+
+chaos: install-test
+	DYRYGENT_CHAOS=1 DYRYGENT_CHAOS_SEED=$(CHAOS_SEED) DYRYGENT_CHAOS_MINUTES=$(CHAOS_MINUTES) \
+	  $(PY) -m pytest -rs -s tests/chaos/test_soak.py
+
+chaos-long: install-test
+	$(PY) -m tests.chaos.soak --minutes 30 $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 lint: install-lint
 	$(VENV)/bin/ruff check .

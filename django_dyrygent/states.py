@@ -150,7 +150,8 @@ NODE_TRANSITIONS: dict[str, set[str]] = {
     NodeState.FAILURE: {NodeState.PENDING},  # retry()
     NodeState.UPSTREAM_FAILED: {NodeState.PENDING},
     NodeState.CANCELED: {NodeState.PENDING},
-    NodeState.SKIPPED: set(),
+    # retry() of a CANCELED workflow: its error callback, skipped by that ending, waits for the next one.
+    NodeState.SKIPPED: {NodeState.PENDING},
 }
 
 WORKFLOW_TRANSITIONS: dict[str, set[str]] = {

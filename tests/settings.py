@@ -84,9 +84,11 @@ DYRYGENT_TICK_INTERVAL = 30.0
 # is exercised by tests/unit/test_liveness.py (direct calls) and tests/reliability/
 # (subprocess workers, which switch it on through these variables).
 DYRYGENT_LIVENESS = os.environ.get("DYRYGENT_LIVENESS", "0") == "1"
-for _name in ("HEARTBEAT_INTERVAL", "WORKER_TIMEOUT", "SWEEP_INTERVAL", "OUTCOME_RETRY_FOR"):
+for _name in ("HEARTBEAT_INTERVAL", "WORKER_TIMEOUT", "SWEEP_INTERVAL", "OUTCOME_RETRY_FOR", "TICK_INTERVAL"):
     if os.environ.get(f"DYRYGENT_{_name}"):
         globals()[f"DYRYGENT_{_name}"] = float(os.environ[f"DYRYGENT_{_name}"])
+if os.environ.get("DYRYGENT_LOST_WORKER_RETRIES"):
+    DYRYGENT_LOST_WORKER_RETRIES = int(os.environ["DYRYGENT_LOST_WORKER_RETRIES"])
 if os.environ.get("CELERY_DB_REUSE_MAX"):
     CELERY_DB_REUSE_MAX = int(os.environ["CELERY_DB_REUSE_MAX"])
 

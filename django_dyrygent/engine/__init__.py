@@ -392,6 +392,11 @@ def retry(workflow_id: UUID | str) -> int:
         if wf.state == WorkflowState.PAUSED:
             release_ready(step)  # settles joins and skips; the queueing waits for resume
             return counted
+        if wf.state != WorkflowState.RUNNING:
+            # A CANCELED ending skipped the error callback; it runs if this run ends FAILURE or ERROR.
+            skipped = [n for n in nodes.values()
+                       if n.kind == NodeKind.ERROR_CALLBACK and n.state == NodeState.SKIPPED]
+            step.transition_nodes(skipped, NodeState.PENDING, reason="retry")
         run_again(step, reason="retry")
         return counted
 

@@ -115,7 +115,7 @@ def locked_step(wf):
 def test_states__final_node_states_only_leave_through_retry():
     for state in NODE_FINAL:
         assert NODE_TRANSITIONS[state] <= {S.PENDING}, state
-    assert NODE_TRANSITIONS[S.SUCCESS] == set() and NODE_TRANSITIONS[S.SKIPPED] == set()
+    assert NODE_TRANSITIONS[S.SUCCESS] == set()
     assert WORKFLOW_TRANSITIONS[W.SUCCESS] == set()
     for state in WORKFLOW_FINAL - {W.SUCCESS}:
         assert WORKFLOW_TRANSITIONS[state] == {W.RUNNING}, state
@@ -590,6 +590,40 @@ def test_link_error__skipped_and_finalizer_queued_when_the_workflow_succeeds(bro
     run(engine.tick, wf.pk)
     assert broker.take() == []
     assert Workflow.objects.get(pk=wf.pk).state == W.SUCCESS
+
+
+def test_link_error__runs_when_a_canceled_then_retried_workflow_fails(broker, run):
+    """Found by the chaos soak (seed 20261207): the cancel skipped the error callback for good."""
+    wf = Workflow()
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    wf.link_error(t("err"))
+    wf.link_finalizer(t("fin"))
+    started(run, wf)
+    broker.take()
+    assert run(wf.cancel) is True
+    assert node("task-err").state == S.SKIPPED and broker.take() == ["task-fin"]
+    run(outcomes.node_succeeded, wf.pk, "task-fin", None)
+    assert run(wf.retry) == 2
+    assert node("task-err").state == S.PENDING
+    (new_a,) = broker.take()
+    run(outcomes.node_failed, wf.pk, new_a, ValueError())
+    assert Workflow.objects.get(pk=wf.pk).state == W.FAILURE
+    # The error callback runs once now; the finalizer, which ran at the cancel, does not run again.
+    assert broker.take() == ["task-err"] and node("task-err").state == S.QUEUED
+
+
+def test_retry__a_canceled_workflow_that_then_succeeds_skips_its_error_callback_again(broker, run):
+    wf = Workflow()
+    wf.add_signature(t("a"))
+    wf.link_error(t("err"))
+    started(run, wf)
+    broker.take()
+    run(wf.cancel)
+    run(wf.retry)
+    (new_a,) = broker.take()
+    run(outcomes.node_succeeded, wf.pk, new_a, None)
+    assert Workflow.objects.get(pk=wf.pk).state == W.SUCCESS
+    assert node("task-err").state == S.SKIPPED and broker.take() == []
 
 
 def test_tick__an_empty_workflow_succeeds_at_once(broker, run):
