@@ -178,8 +178,10 @@ def wait_final(wf, drivers, timeout=TIMEOUT):
     while time.monotonic() < deadline and not drivers.stop.is_set():
         state = Workflow.objects.filter(pk=wf.pk).values_list("state", flat=True).get()
         if state in (Workflow.State.SUCCESS, Workflow.State.FAILURE, Workflow.State.CANCELED):
-            # Let duplicates still queued hit the finished workflow too.
-            time.sleep(0.2)
+            # Duplicates still queued hit the finished workflow too: wait until the inbox is
+            # drained (a report taken but not yet applied finishes before join() returns).
+            while not drivers.broker.inbox.empty() and time.monotonic() < deadline and not drivers.stop.is_set():
+                time.sleep(0.01)
             return state
         time.sleep(0.05)
     raise AssertionError(f"workflow not final after {timeout}s; errors: {drivers.errors!r}")
