@@ -1,0 +1,298 @@
+"""The JSON API under property-based fuzzing, driven by its own OpenAPI document.
+
+For every documented operation (and wrong methods, and paths the document does
+not have), hypothesis draws path parameters (ids of existing workflows and
+nodes, other UUIDs, arbitrary text), query strings, headers and bodies (valid
+for the operation's schema, arbitrary JSON, non-JSON bytes, wrong content
+types, lying Content-Lengths) and sends them as one of five identities:
+anonymous (sometimes with a broken Authorization header), a token user with
+every permission, a token user who may only view, a session with every
+permission that never sends a CSRF token, and a session with the CSRF token
+whose user may only view. Every answer must be JSON and not a 500, and:
+
+- the Workflow rows grow only on a 201 of the start endpoint, by one;
+- an answer that is not 2xx leaves every workflow and node as it was;
+- an identity that may not change workflows (or that failed the CSRF check)
+  leaves every workflow and node as it was, whatever it was answered.
+
+``DYRYGENT_FUZZ_EXAMPLES`` (default 25 per operation) runs it longer; examples
+are derandomized so CI replays the same requests on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from typing import Any
+
+import pytest
+from celery import chain
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from django_dyrygent import engine, openapi
+from django_dyrygent.catalogue import registry
+from django_dyrygent.engine import outcomes
+from django_dyrygent.models import ApiToken, Workflow, WorkflowNode
+from tests.tasks import Boom, fail, record
+
+pytestmark = pytest.mark.django_db
+
+API = "/dyrygent"
+EXAMPLES = int(os.environ.get("DYRYGENT_FUZZ_EXAMPLES", "25"))
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                           HealthCheck.data_too_large],
+)
+DOCUMENT = openapi.document("http://testserver" + API)
+OPERATIONS = [(method, template) for template, methods in DOCUMENT["paths"].items() for method in methods]
+ALL_PERMISSIONS = ("start_workflow", "view_workflow", "change_workflow", "retry_node", "mark_node",
+                   "cancel_node", "signal_workflow", "view_execution")
+IDENTITIES = ("anonymous", "full", "viewer", "session-no-csrf", "session-viewer")
+#: Identities whose requests must never change a workflow or a node.
+POWERLESS = {"anonymous", "viewer", "session-no-csrf", "session-viewer"}
+CSRF_TOKEN = "a" * 32
+
+# -- strategies ------------------------------------------------------------------------------------------
+
+#: JSON values of every kind, nested a little.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=10,
+)
+#: Text for a path segment or a query value: printable, unicode, control characters, separators.
+TEXT = st.text(max_size=40) | st.sampled_from(["", " ", "..", ".", "%", "%00", "\x00", "/", "?", "#", "-1", "0",
+                                                "1e9", "99999999999999999999", "null", "true", "[]", "{}"])
+
+
+def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values (mostly) valid for a JSON schema of the document: enough of the keywords it uses."""
+    if "$ref" in schema:
+        return from_schema(DOCUMENT["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return st.one_of(*(from_schema({**schema, "type": k}) for k in kind))
+    if kind == "object" and "properties" in schema:
+        required = set(schema.get("required", []))
+        return st.fixed_dictionaries(
+            {k: from_schema(v) for k, v in schema["properties"].items() if k in required},
+            optional={k: from_schema(v) for k, v in schema["properties"].items() if k not in required},
+        )
+    simple = {"object": st.dictionaries(st.text(max_size=8), JSON, max_size=3), "string": st.text(max_size=20),
+              "integer": st.integers(), "number": st.floats(allow_nan=False), "boolean": st.booleans(),
+              "null": st.none(), "array": st.lists(JSON, max_size=3)}
+    return simple.get(kind, JSON) if isinstance(kind, str) else JSON
+
+
+def body_strategy(operation: dict[str, Any]) -> st.SearchStrategy[tuple[bytes | None, str | None]]:
+    """(raw body, content type): per the operation's schema, any JSON, or not JSON at all."""
+    schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+    as_json = (from_schema(schema) if schema else JSON) | JSON
+    content_types = st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded",
+                                     "multipart/form-data", "multipart/form-data; boundary=x", "", "*/*"])
+    return st.one_of(
+        st.just((None, None)),
+        st.tuples(as_json.map(lambda v: json.dumps(v).encode()), st.just("application/json")),
+        st.tuples(as_json.map(lambda v: json.dumps(v).encode()), content_types),
+        st.tuples(st.binary(max_size=64), content_types),
+        st.tuples(st.sampled_from([b"{", b"\xff\xfe", b"[1,2]", b'"x"', b"a=1&b=2", b"--x\r\n\r\n", b"   "]),
+                  content_types),
+        st.tuples(st.sampled_from([b'{"params": {"x": "' + b"9" * 70000 + b'"}}', b"x" * 65537]),
+                  content_types),
+    )
+
+
+def query_strategy(operation: dict[str, Any]) -> st.SearchStrategy[list[tuple[str, str]]]:
+    """Query pairs: documented parameters with plausible and wrong values, unknown names, repeats."""
+    names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+    plausible = st.sampled_from(["1", "0", "-1", "500", "501", "2026-11-27", "2026-11-27T03:00:00Z",
+                                 "2026-13-45", "RUNNING", "FAILURE,SUCCESS", "task", "api", ",", "9" * 30])
+    value = plausible | TEXT
+    name = (st.sampled_from(names) if names else st.nothing()) | st.sampled_from(["nope", "format", ""]) | TEXT
+    return st.lists(st.tuples(name, value), max_size=4)
+
+
+def header_strategy(operation: dict[str, Any]) -> st.SearchStrategy[dict[str, str]]:
+    extra = st.fixed_dictionaries({}, optional={
+        "HTTP_IDEMPOTENCY_KEY": TEXT,
+        "CONTENT_LENGTH": st.sampled_from(["-1", "abc", "", "99999999", "0", "3"]),
+        "HTTP_ACCEPT": st.sampled_from(["text/html", "*/*", "application/xml"]),
+        "HTTP_X_CSRFTOKEN": st.sampled_from(["", "nope", "b" * 32]),
+    })
+    return extra
+
+
+# -- the world the requests land in ----------------------------------------------------------------------
+
+
+def user_with(username: str, *codenames: str) -> User:
+    user = User.objects.create_user(username)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def _failed() -> Workflow:
+    wf = Workflow(name="failing", started_by="owner")
+    wf.add_celery_canvas(chain(fail.si("x"), record.si("after")))
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    outcomes.node_failed(wf.pk, wf.nodes.get(position=0).task_id, exception=Boom("x"))
+    return wf
+
+
+def _waiting(paused: bool = False) -> Workflow:
+    wf = Workflow(name="approval", started_by="owner")
+    first = wf.add_signature(record.si("build"))
+    wf.add_wait("approved", dependencies=[first])
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    outcomes.node_succeeded(wf.pk, first.task_id, "built")
+    if paused:
+        engine.pause(wf.pk, reason="fixture")
+    return wf
+
+
+@pytest.fixture
+def world():
+    """Another user's runs in every interesting state, and the clients of the five identities."""
+    runs = [_failed(), _waiting(), _waiting(paused=True), Workflow.objects.create(name="done", state="SUCCESS")]
+    full = user_with("full", *ALL_PERMISSIONS)
+    viewer = user_with("viewer", "view_workflow")
+    _token, full_key = ApiToken.issue(full, "fuzz")
+    _token, viewer_key = ApiToken.issue(viewer, "fuzz")
+    session_full = Client(enforce_csrf_checks=True)
+    session_full.force_login(full)
+    session_viewer = Client(enforce_csrf_checks=True)
+    session_viewer.force_login(viewer)
+    session_viewer.cookies["csrftoken"] = CSRF_TOKEN
+    return {
+        "workflows": [str(wf.pk) for wf in runs],
+        "nodes": list(WorkflowNode.objects.values_list("pk", flat=True)),
+        "clients": {
+            "anonymous": Client(enforce_csrf_checks=True),
+            "full": Client(enforce_csrf_checks=True, HTTP_AUTHORIZATION=f"Bearer {full_key}"),
+            "viewer": Client(enforce_csrf_checks=True, HTTP_AUTHORIZATION=f"Bearer {viewer_key}"),
+            "session-no-csrf": session_full,
+            "session-viewer": session_viewer,
+        },
+    }
+
+
+def snapshot() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What a request must not change when it is refused: every workflow's and node's state and marks."""
+    return (
+        list(Workflow.objects.order_by("pk").values_list("pk", "state", "paused_at", "finished_at", "error")),
+        list(WorkflowNode.objects.order_by("pk").values_list("pk", "state", "attempts", "result", "reason")),
+    )
+
+
+def path_value(draw: st.DrawFn, name: str, world: dict[str, Any]) -> str:
+    if name == "workflow_id":
+        value = draw(st.sampled_from(world["workflows"]) | st.uuids().map(str) | TEXT)
+    elif name == "node_id":
+        value = draw(st.sampled_from(world["nodes"]).map(str) | st.integers().map(str) | TEXT)
+    elif name == "name":
+        value = draw(st.sampled_from([*(d.name for d in registry), "approved", "tests.secret"]) | TEXT)
+    else:
+        value = draw(TEXT)
+    return urllib.parse.quote(value, safe="")
+
+
+def send(client: Client, method: str, url: str, body: bytes | None, content_type: str | None,
+         headers: dict[str, str]) -> Any:
+    kwargs: dict[str, Any] = dict(headers)
+    if method == "HEAD" or method == "GET":
+        return client.generic(method, url, **kwargs)
+    return client.generic(method, url, data=body or b"", content_type=content_type or "", **kwargs)
+
+
+def check(identity: str, method: str, template: str, response: Any, before: Any, counted: int) -> None:
+    assert response.status_code != 500, response.content[:500]
+    assert response["Content-Type"].startswith("application/json"), (response.status_code, response.content[:300])
+    if method != "HEAD":
+        json.loads(response.content)
+    ok = 200 <= response.status_code < 300
+    grown = Workflow.objects.count() - counted
+    if template == "/definitions/{name}/start/" and method == "POST" and response.status_code == 201:
+        assert grown == 1
+    else:
+        assert grown == 0, f"{grown} workflow(s) started by {method} {template} answered {response.status_code}"
+    if not ok or identity in POWERLESS or method in ("GET", "HEAD", "OPTIONS"):
+        assert snapshot() == before, f"{identity} {method} {template} answered {response.status_code} changed runs"
+
+
+@pytest.mark.parametrize(("method", "template"), OPERATIONS, ids=[f"{m} {t}" for m, t in OPERATIONS])
+@FUZZ
+@given(data=st.data())
+def test_api_fuzz__documented_operations(world, method, template, data):
+    operation = DOCUMENT["paths"][template][method]
+    identity = data.draw(st.sampled_from(IDENTITIES), label="identity")
+    url = API + "".join(
+        path_value(data.draw, part[1:-1], world) if part.startswith("{") else part
+        for part in _split(template)
+    )
+    query = data.draw(query_strategy(operation), label="query")
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    verb = data.draw(st.sampled_from([method.upper()]) | st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD",
+                                                                          "OPTIONS", "PATCH"]), label="method")
+    body, content_type = data.draw(body_strategy(operation), label="body")
+    headers = data.draw(header_strategy(operation), label="headers")
+    if identity == "anonymous":
+        auth = data.draw(st.none() | st.sampled_from(["Bearer", "Bearer ", "Basic abc", "Bearer nope", "bearer  x"])
+                         | TEXT.map(lambda t: f"Bearer {t}"), label="authorization")
+        if auth is not None:
+            headers["HTTP_AUTHORIZATION"] = auth
+    elif identity == "session-viewer":
+        headers.setdefault("HTTP_X_CSRFTOKEN", CSRF_TOKEN)
+    before, counted = snapshot(), Workflow.objects.count()
+    response = send(world["clients"][identity], verb, url, body, content_type, headers)
+    check(identity, verb, template, response, before, counted)
+
+
+def _split(template: str) -> list[str]:
+    """``/a/{b}/c/`` -> ``["/a/", "{b}", "/c/"]``."""
+    parts, rest = [], template
+    while "{" in rest:
+        head, _, tail = rest.partition("{")
+        name, _, rest = tail.partition("}")
+        parts += [head, "{" + name + "}"]
+    return [*parts, rest]
+
+
+@FUZZ
+@given(data=st.data())
+def test_api_fuzz__paths_the_document_does_not_have(world, data):
+    """Anything else under the API answers JSON too (404 or 405), and changes nothing."""
+    identity = data.draw(st.sampled_from(IDENTITIES))
+    segments = data.draw(st.lists(st.sampled_from(["workflows", "nodes", "definitions", "openapi.json", "x", ""])
+                                  | TEXT.map(lambda t: urllib.parse.quote(t, safe="")), max_size=6))
+    url = API + "/" + "/".join(segments) + data.draw(st.sampled_from(["", "/"]))
+    verb = data.draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]))
+    before, counted = snapshot(), Workflow.objects.count()
+    response = send(world["clients"][identity], verb, url, b"{}", "application/json", {})
+    check(identity, verb, "", response, before, counted)
+
+
+def test_api_fuzz__covers_every_documented_operation():
+    """The document is the fuzzer's source: every route of urls.py is one of its operations."""
+    from django_dyrygent import urls
+
+    routes = {str(p.pattern) for p in urls.urlpatterns if p.name != "api-not-found"}
+    assert len({t for _m, t in OPERATIONS}) == len(routes)
+
+
+# -- what the fuzzing found --------------------------------------------------------------------------------
+
+
+def test_api_fuzz__openapi_json_refuses_other_methods_in_json_not_with_the_csrf_html_page():
+    """Found by fuzzing: a POST to openapi.json met Django's CSRF middleware first, answered by its HTML 403."""
+    response = Client(enforce_csrf_checks=True).post(f"{API}/openapi.json", "{}", content_type="application/json")
+    assert (response.status_code, response["Content-Type"], response["Allow"]) == (405, "application/json", "GET")
