@@ -359,10 +359,15 @@ def _time_param(request: HttpRequest, name: str) -> datetime.datetime | None:
             value = datetime.datetime.combine(day, datetime.time()) if day is not None else None
     except ValueError:
         value = None
-    if value is None:
-        raise BadQuery(f"{name} must be an ISO 8601 date or date-time (2026-11-27 or 2026-11-27T03:00:00Z), "
-                       f"not {raw!r}.")
-    return timezone.make_aware(value) if timezone.is_naive(value) else value
+    if value is not None:
+        try:
+            value = timezone.make_aware(value) if timezone.is_naive(value) else value
+            # In UTC, as the query has it: a time UTC cannot hold (0001-01-01T00:00+05:00) is a 400, not a 500.
+            return value.astimezone(datetime.timezone.utc)
+        except (OverflowError, ValueError):
+            pass
+    raise BadQuery(f"{name} must be an ISO 8601 date or date-time (2026-11-27 or 2026-11-27T03:00:00Z), "
+                   f"not {raw!r}.")
 
 
 def _check_known(request: HttpRequest, known: Sequence[str]) -> None:
@@ -376,7 +381,8 @@ def _page(request: HttpRequest, queryset: QuerySet[Any], sizes: tuple[int, int])
     limit = _int_param(request, "limit", sizes[0], 1, sizes[1])
     offset = _int_param(request, "offset", 0, 0)
     count = queryset.count()
-    rows = list(queryset[offset:offset + limit])
+    # Past the end the page is empty: asked of the database, an offset over its integers is a 500 (found by fuzzing).
+    rows = list(queryset[offset:offset + limit]) if offset < count else []
 
     def link(at: int | None) -> str | None:
         if at is None:
@@ -476,12 +482,17 @@ def nodes(request: HttpRequest, workflow_id: str) -> HttpResponse:
 # -- one node --------------------------------------------------------------------------------------------
 
 
+def _is_id(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²``, which ``int()`` refuses (a 500, found by fuzzing)."""
+    return text.isascii() and text.isdigit()
+
+
 def _node(workflow_id: str, node_id: str) -> WorkflowNode | JsonResponse:
     """The workflow's node, or the 404 response."""
     wf = _workflow(workflow_id)
     if isinstance(wf, JsonResponse):
         return wf
-    node = WorkflowNode.objects.filter(workflow_id=wf.pk, pk=int(node_id)).first() if node_id.isdigit() else None
+    node = WorkflowNode.objects.filter(workflow_id=wf.pk, pk=int(node_id)).first() if _is_id(node_id) else None
     if node is None:
         return error(404, f"Workflow {wf.pk} has no node {node_id!r}.")
     return node

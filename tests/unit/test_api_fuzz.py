@@ -296,3 +296,32 @@ def test_api_fuzz__openapi_json_refuses_other_methods_in_json_not_with_the_csrf_
     """Found by fuzzing: a POST to openapi.json met Django's CSRF middleware first, answered by its HTML 403."""
     response = Client(enforce_csrf_checks=True).post(f"{API}/openapi.json", "{}", content_type="application/json")
     assert (response.status_code, response["Content-Type"], response["Allow"]) == (405, "application/json", "GET")
+
+
+@pytest.fixture
+def full_client():
+    _token, key = ApiToken.issue(user_with("full", *ALL_PERMISSIONS), "regression")
+    return Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+
+def test_api_fuzz__an_offset_past_every_integer_is_an_empty_page(full_client):
+    """Found by fuzzing: an offset over the database's integers reached the query and failed with a 500."""
+    wf = _failed()
+    for url in (f"{API}/workflows/?offset={'9' * 30}", f"{API}/workflows/{wf.pk}/nodes/?offset={2 ** 63}"):
+        page = full_client.get(url).json()
+        assert (page["count"] > 0, page["results"], page["next"]) == (True, [], None)
+        assert page["previous"]
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00+05:00", "9999-12-31T23:59-05:00"])
+def test_api_fuzz__a_time_utc_cannot_hold_is_a_400(full_client, when):
+    """Found by fuzzing: a valid ISO time whose UTC is before year 1 or after 9999 failed in the query (500)."""
+    response = full_client.get(f"{API}/workflows/", {"created_after": when})
+    assert response.status_code == 400 and "created_after must be an ISO 8601" in response.json()["error"]
+
+
+def test_api_fuzz__a_node_id_of_unicode_digits_is_a_404(full_client):
+    """Found by fuzzing: ``"²".isdigit()`` is true but ``int("²")`` raises, so the node actions answered 500."""
+    wf = _failed()
+    response = full_client.post(f"{API}/workflows/{wf.pk}/nodes/%C2%B2/cancel/")
+    assert response.status_code == 404 and response.json()["error"] == f"Workflow {wf.pk} has no node '²'."
