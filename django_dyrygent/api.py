@@ -41,6 +41,7 @@ from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
 from .conf import settings
 from .engine import nodes as node_actions
 from .models import ApiToken, Workflow, WorkflowEdge, WorkflowNode
+from .serialization import unstorable
 from .states import NodeKind, NodeState, Trigger, WorkflowState
 
 P = ParamSpec("P")
@@ -410,6 +411,10 @@ def workflows(request: HttpRequest) -> HttpResponse:
         queryset = Workflow.objects.defer("custom_payload", "options", "tasks_options").order_by("-created_at", "-id")
         for name in ("definition", "started_by"):
             if name in request.GET:
+                # PostgreSQL refuses a NUL even in a lookup (a 500, found by fuzzing); no row can hold one anyway.
+                problem = unstorable(request.GET[name], name)
+                if problem:
+                    raise BadQuery(f"{problem}, which no workflow has.")
                 queryset = queryset.filter(**{name: request.GET[name]})
         states = _choices_param(request, "state", WorkflowState.values)
         if states:

@@ -325,3 +325,40 @@ def test_api_fuzz__a_node_id_of_unicode_digits_is_a_404(full_client):
     wf = _failed()
     response = full_client.post(f"{API}/workflows/{wf.pk}/nodes/%C2%B2/cancel/")
     assert response.status_code == 404 and response.json()["error"] == f"Workflow {wf.pk} has no node '²'."
+
+
+@pytest.mark.parametrize("name", ["definition", "started_by"])
+def test_api_fuzz__a_nul_in_a_text_filter_is_a_400(full_client, name):
+    """Found by fuzzing on PostgreSQL: a NUL reached the lookup, which PostgreSQL refuses (a 500)."""
+    response = full_client.get(f"{API}/workflows/", {name: "a\x00b"})
+    assert response.status_code == 400
+    assert response.json()["error"] == f"{name} contains a NUL character (\\x00), which no workflow has."
+
+
+@pytest.mark.parametrize("where", ["body", "header"])
+def test_api_fuzz__an_idempotency_key_no_column_can_hold_starts_nothing(full_client, where):
+    """Found by fuzzing on PostgreSQL: a key with a NUL failed in the replay lookup (a 500)."""
+    body: dict[str, Any] = {"params": {"x": 1}}
+    headers = {"Idempotency-Key": "a\x00b"} if where == "header" else {}
+    if where == "body":
+        body["idempotency_key"] = "a\x00b"
+    response = full_client.post(f"{API}/definitions/tests.add/start/", body, content_type="application/json",
+                                headers=headers)
+    assert response.status_code == 400 and "NUL character" in response.json()["error"]
+    assert not Workflow.objects.exists()
+
+
+@pytest.mark.parametrize("result", ["a\x00b", {"k": ["\ud800"]}])
+def test_api_fuzz__a_marked_result_no_column_can_hold_is_a_400_and_changes_nothing(full_client, result):
+    """Found by fuzzing on PostgreSQL: mark stored a NUL or a lone surrogate in jsonb, which refuses it (a 500).
+
+    The marked result now follows the rules of a task's own result (``outcomes.encode_result``).
+    """
+    wf = _failed()
+    node = wf.nodes.get(position=0)
+    before = snapshot()
+    response = full_client.post(f"{API}/workflows/{wf.pk}/nodes/{node.pk}/mark/",
+                                json.dumps({"state": "SUCCESS", "result": result}), content_type="application/json")
+    assert response.status_code == 400 and "database columns cannot hold" in response.json()["error"]
+    assert snapshot() == before
+
