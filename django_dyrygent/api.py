@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, Concatenate, ParamSpec, TypeAlias, cast
 
-from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 from django.utils import timezone
@@ -119,11 +120,19 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
                 return unauthorized(AUTH_HELP)
             # Before the CSRF check, which may read a form-encoded body.
             size = _content_length(request)
+            if size is None:  # Django's own reading of the body would raise ValueError: a 500 (found by fuzzing)
+                return error(400, "The Content-Length header must be a whole number of bytes.")
             if size > settings.API_MAX_BODY_BYTES:
                 return _too_big(size)
             # A token is sent on purpose, never by the browser on its own: no CSRF check for it.
             if not by_token and request.method not in ("GET", "HEAD", "OPTIONS"):
-                reason = _CsrfCheck(_no_view).failure(request)
+                try:
+                    reason = _csrf_failure(request)
+                except RequestDataTooBig:
+                    return _too_big(None)
+                except (MultiPartParserError, SuspiciousOperation, BadRequest) as exc:
+                    return error(400, f"Request body cannot be read as its Content-Type "
+                                      f"{request.content_type!r} says: {exc}")
                 if reason:
                     return error(403, f"CSRF check failed: {reason}. Send the csrftoken cookie's value "
                                       "in the X-CSRFToken header.")
@@ -136,11 +145,26 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
     return decorator
 
 
-def _content_length(request: HttpRequest) -> int:
+def _content_length(request: HttpRequest) -> int | None:
+    """The Content-Length header (0 when absent), or None when it is not a whole number of bytes."""
     try:
-        return int(request.META.get("CONTENT_LENGTH") or 0)
+        size = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return 0
+        return None
+    return size if size >= 0 else None
+
+
+def _csrf_failure(request: HttpRequest) -> str | None:
+    """Why Django's CSRF check refuses ``request``, or None; raises what reading a form body raises.
+
+    The body is read first: Django's check looks for the token in a form body,
+    and parsing a multipart one from the stream would leave ``request.body``
+    unreadable for the view. A body that is no form of its Content-Type
+    raises (MultiPartParserError, TooManyFieldsSent...), which Django would
+    answer with its HTML 400 page (found by fuzzing); the caller answers JSON.
+    """
+    request.body  # noqa: B018  (read into memory: the parsing below then works on a copy)
+    return _CsrfCheck(_no_view).failure(request)
 
 
 def _too_big(size: int | None) -> JsonResponse:

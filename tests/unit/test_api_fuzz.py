@@ -362,3 +362,49 @@ def test_api_fuzz__a_marked_result_no_column_can_hold_is_a_400_and_changes_nothi
     assert response.status_code == 400 and "database columns cannot hold" in response.json()["error"]
     assert snapshot() == before
 
+
+@pytest.fixture
+def session_client():
+    """A logged-in browser session with every permission and a valid CSRF cookie and header."""
+    client = Client(enforce_csrf_checks=True, HTTP_X_CSRFTOKEN=CSRF_TOKEN)
+    client.force_login(user_with("browser", *ALL_PERMISSIONS))
+    client.cookies["csrftoken"] = CSRF_TOKEN
+    return client
+
+
+@pytest.mark.parametrize("identity", ["token", "session"])
+@pytest.mark.parametrize("length", ["abc", "-1"])
+def test_api_fuzz__a_content_length_that_is_no_size_is_a_400(full_client, session_client, identity, length):
+    """Found by fuzzing: Django's reading of the body raised ValueError on Content-Length: abc (a 500)."""
+    client = full_client if identity == "token" else session_client
+    wf = _waiting()
+    response = client.post(f"{API}/workflows/{wf.pk}/pause/", b"{}", content_type="application/json",
+                           CONTENT_LENGTH=length)
+    assert response.status_code == 400 and "Content-Length" in response.json()["error"]
+    assert Workflow.objects.get(pk=wf.pk).state == "RUNNING"
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"\x00", "multipart/form-data"),  # no boundary: MultiPartParserError
+    (b"a=1&" * 2000, "application/x-www-form-urlencoded"),  # over DATA_UPLOAD_MAX_NUMBER_FIELDS
+])
+def test_api_fuzz__a_session_body_that_is_no_form_of_its_type_is_a_json_400(session_client, body, content_type):
+    """Found by fuzzing: the CSRF check parses a form body to look for the token; Django's HTML 400 answered."""
+    wf = _waiting()
+    response = session_client.post(f"{API}/workflows/{wf.pk}/pause/", body, content_type=content_type)
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert "Request body cannot be read as its Content-Type" in response.json()["error"]
+    assert Workflow.objects.get(pk=wf.pk).state == "RUNNING"
+
+
+def test_api_fuzz__a_session_multipart_body_leaves_the_body_readable_for_the_view(session_client):
+    """The CSRF check's form parsing reads a copy of the body, so the view still answers in JSON (400)."""
+    wf = _waiting()
+    response = session_client.post(f"{API}/workflows/{wf.pk}/signal/approved/", {"payload": "x"})  # multipart
+    assert response.status_code == 400 and response.json()["error"].startswith("Request body is not valid JSON")
+
+
+def test_api_fuzz__a_path_with_a_newline_is_a_json_404():
+    """Found by fuzzing: the catch-all's "." does not match a newline, so %0A reached the project's HTML 404."""
+    response = Client().get(f"{API}/workflows%0A/")
+    assert response.status_code == 404 and response.json()["error"] == f"No API endpoint at {API}/workflows\n/."
