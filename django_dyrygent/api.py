@@ -29,7 +29,7 @@ from typing import Any, Concatenate, ParamSpec, TypeAlias, cast
 
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import NoReverseMatch, Resolver404, resolve, reverse
@@ -130,6 +130,8 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
                     reason = _csrf_failure(request)
                 except RequestDataTooBig:
                     return _too_big(None)
+                except UnreadablePostError as exc:
+                    return _unreadable(exc)
                 except (MultiPartParserError, SuspiciousOperation, BadRequest) as exc:
                     return error(400, f"Request body cannot be read as its Content-Type "
                                       f"{request.content_type!r} says: {exc}")
@@ -174,12 +176,19 @@ def _too_big(size: int | None) -> JsonResponse:
                       "(or Django's DATA_UPLOAD_MAX_MEMORY_SIZE, whichever is smaller).")
 
 
+def _unreadable(exc: UnreadablePostError) -> JsonResponse:
+    """The 400 for a body the connection did not deliver in full (Django raises; uncaught, a 500)."""
+    return error(400, f"The request body could not be read in full: {exc}")
+
+
 def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
     """The request's JSON object ({} when empty), or a 400/413 response."""
     try:
         raw = request.body
     except RequestDataTooBig:  # Django's cap is the smaller one
         return _too_big(None)
+    except UnreadablePostError as exc:  # the client stopped short of its Content-Length
+        return _unreadable(exc)
     if len(raw) > settings.API_MAX_BODY_BYTES:  # a body sent without Content-Length
         return _too_big(len(raw))
     if not raw.strip():
