@@ -4,7 +4,8 @@ For every documented operation (and wrong methods, and paths the document does
 not have), hypothesis draws path parameters (ids of existing workflows and
 nodes, other UUIDs, arbitrary text), query strings, headers and bodies (valid
 for the operation's schema, arbitrary JSON, non-JSON bytes, wrong content
-types, lying Content-Lengths) and sends them as one of five identities:
+types, lying Content-Lengths); half the requests are well formed instead, so
+that they reach the engine and change runs. Each goes as one of five identities:
 anonymous (sometimes with a broken Authorization header), a token user with
 every permission, a token user who may only view, a session with every
 permission that never sends a CSRF token, and a session with the CSRF token
@@ -15,7 +16,7 @@ whose user may only view. Every answer must be JSON and not a 500, and:
 - an identity that may not change workflows (or that failed the CSRF check)
   leaves every workflow and node as it was, whatever it was answered.
 
-``DYRYGENT_FUZZ_EXAMPLES`` (default 25 per operation) runs it longer; examples
+``DYRYGENT_FUZZ_EXAMPLES`` (default 40 per operation) runs it longer; examples
 are derandomized so CI replays the same requests on every run.
 """
 
@@ -30,7 +31,7 @@ import pytest
 from celery import chain
 from django.contrib.auth.models import Permission, User
 from django.test import Client
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from django_dyrygent import engine, openapi
@@ -42,7 +43,7 @@ from tests.tasks import Boom, fail, record
 pytestmark = pytest.mark.django_db
 
 API = "/dyrygent"
-EXAMPLES = int(os.environ.get("DYRYGENT_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("DYRYGENT_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -236,17 +237,22 @@ def check(identity: str, method: str, template: str, response: Any, before: Any,
 def test_api_fuzz__documented_operations(world, method, template, data):
     operation = DOCUMENT["paths"][template][method]
     identity = data.draw(st.sampled_from(IDENTITIES), label="identity")
-    url = API + "".join(
-        path_value(data.draw, part[1:-1], world) if part.startswith("{") else part
-        for part in _split(template)
-    )
-    query = data.draw(query_strategy(operation), label="query")
-    if query:
-        url += "?" + urllib.parse.urlencode(query)
-    verb = data.draw(st.sampled_from([method.upper()]) | st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD",
-                                                                          "OPTIONS", "PATCH"]), label="method")
-    body, content_type = data.draw(body_strategy(operation), label="body")
-    headers = data.draw(header_strategy(operation), label="headers")
+    # Half the requests are well formed (existing ids, the documented method, a body of the schema), so that
+    # they reach the engine and change runs; the other half is anything.
+    if data.draw(st.booleans(), label="well formed"):
+        url, verb, body, content_type, headers = _well_formed(data, operation, template, world)
+    else:
+        url = API + "".join(
+            path_value(data.draw, part[1:-1], world) if part.startswith("{") else part
+            for part in _split(template)
+        )
+        query = data.draw(query_strategy(operation), label="query")
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        verb = data.draw(st.sampled_from([method.upper()]) | st.sampled_from(
+            ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]), label="method")
+        body, content_type = data.draw(body_strategy(operation), label="body")
+        headers = data.draw(header_strategy(operation), label="headers")
     if identity == "anonymous":
         auth = data.draw(st.none() | st.sampled_from(["Bearer", "Bearer ", "Basic abc", "Bearer nope", "bearer  x"])
                          | TEXT.map(lambda t: f"Bearer {t}"), label="authorization")
@@ -256,7 +262,33 @@ def test_api_fuzz__documented_operations(world, method, template, data):
         headers.setdefault("HTTP_X_CSRFTOKEN", CSRF_TOKEN)
     before, counted = snapshot(), Workflow.objects.count()
     response = send(world["clients"][identity], verb, url, body, content_type, headers)
+    event(f"{identity} {response.status_code}")  # what was reached: --hypothesis-show-statistics
     check(identity, verb, template, response, before, counted)
+
+
+def _well_formed(data: Any, operation: dict[str, Any], template: str,
+                 world: dict[str, Any]) -> tuple[str, str, bytes | None, str | None, dict[str, str]]:
+    """A request as a client that read the document would send it: (url, method, body, content type, headers)."""
+    workflow_id = data.draw(st.sampled_from(world["workflows"]), label="workflow")
+    node_ids = list(WorkflowNode.objects.filter(workflow_id=workflow_id).values_list("pk", flat=True))
+    values = {
+        "workflow_id": workflow_id,
+        "node_id": str(data.draw(st.sampled_from(node_ids or world["nodes"]), label="node")),
+        "name": "approved" if "signal" in template else data.draw(st.sampled_from(["tests.add", "tests.secret"])),
+    }
+    url = API + "".join(values[part[1:-1]] if part.startswith("{") else part for part in _split(template))
+    if template.endswith("/start/"):
+        value = data.draw(st.fixed_dictionaries({"params": st.fixed_dictionaries({"x": st.integers(-9, 9)})},
+                                                optional={"idempotency_key": st.sampled_from(["k1", "k2"])}))
+    else:
+        schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+        value = data.draw(from_schema(schema)) if schema else None
+    body = None if value is None else json.dumps(value).encode()
+    return url, _method_of(operation, template), body, "application/json", {}
+
+
+def _method_of(operation: dict[str, Any], template: str) -> str:
+    return next(m for m, op in DOCUMENT["paths"][template].items() if op is operation).upper()
 
 
 def _split(template: str) -> list[str]:
@@ -289,6 +321,28 @@ def test_api_fuzz__covers_every_documented_operation():
 
     routes = {str(p.pattern) for p in urls.urlpatterns if p.name != "api-not-found"}
     assert len({t for _m, t in OPERATIONS}) == len(routes)
+
+
+
+def test_api_fuzz__no_powerless_identity_changes_another_user_s_runs(world):
+    """Every action on every run and node, as each identity that may not act: refused, and nothing changes.
+
+    The fuzzing above draws these too; this sweeps all of them on every run, whatever the draws.
+    """
+    bodies = {"mark/": {"state": "SUCCESS", "result": 1}, "signal/approved/": {"payload": 1}}
+    urls = [f"{API}/workflows/{wf}/{action}" for wf in world["workflows"]
+            for action in ("cancel/", "retry/", "pause/", "resume/", "signal/approved/")]
+    urls += [f"{API}/workflows/{node.workflow_id}/nodes/{node.pk}/{action}"
+             for node in WorkflowNode.objects.all() for action in ("retry/", "mark/", "cancel/")]
+    urls.append(f"{API}/definitions/tests.add/start/")
+    before, counted = snapshot(), Workflow.objects.count()
+    for identity in sorted(POWERLESS):
+        headers = {"HTTP_X_CSRFTOKEN": CSRF_TOKEN} if identity == "session-viewer" else {}
+        for url in urls:
+            body = next((b for tail, b in bodies.items() if url.endswith(tail)), {"params": {"x": 1}})
+            response = world["clients"][identity].post(url, body, content_type="application/json", **headers)
+            assert response.status_code in (401, 403), (identity, url, response.status_code)
+            check(identity, "POST", "", response, before, counted)
 
 
 # -- what the fuzzing found --------------------------------------------------------------------------------
