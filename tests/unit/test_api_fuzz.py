@@ -27,10 +27,12 @@ import os
 import urllib.parse
 from typing import Any
 
+import jsonschema
 import pytest
 from celery import chain
 from django.contrib.auth.models import Permission, User
 from django.test import Client
+from django.urls import resolve
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -220,7 +222,13 @@ def check(identity: str, method: str, template: str, response: Any, before: Any,
     assert response.status_code != 500, response.content[:500]
     assert response["Content-Type"].startswith("application/json"), (response.status_code, response.content[:300])
     if method != "HEAD":
-        json.loads(response.content)
+        answer = json.loads(response.content)
+        if _routed_to(template, method, response):
+            # The document tells the truth: this status is documented for the operation, with this body.
+            documented = DOCUMENT["paths"][template][method.lower()]["responses"]
+            assert str(response.status_code) in documented, f"{method} {template}: {response.status_code} undocumented"
+            schema = documented[str(response.status_code)]["content"]["application/json"]["schema"]
+            jsonschema.validate(answer, {**schema, "components": DOCUMENT["components"]})
     ok = 200 <= response.status_code < 300
     grown = Workflow.objects.count() - counted
     if template == "/definitions/{name}/start/" and method == "POST" and response.status_code == 201:
@@ -229,6 +237,14 @@ def check(identity: str, method: str, template: str, response: Any, before: Any,
         assert grown == 0, f"{grown} workflow(s) started by {method} {template} answered {response.status_code}"
     if not ok or identity in POWERLESS or method in ("GET", "HEAD", "OPTIONS"):
         assert snapshot() == before, f"{identity} {method} {template} answered {response.status_code} changed runs"
+
+
+def _routed_to(template: str, method: str, response: Any) -> bool:
+    """Whether the request reached ``template``'s view with its documented method (a drawn id may hold a "/")."""
+    if not template or method.lower() not in DOCUMENT["paths"][template]:
+        return False
+    match = resolve(response.request["PATH_INFO"])
+    return match.route == (API + template).lstrip("/").replace("{", "<str:").replace("}", ">")
 
 
 @pytest.mark.parametrize(("method", "template"), OPERATIONS, ids=[f"{m} {t}" for m, t in OPERATIONS])
@@ -263,6 +279,7 @@ def test_api_fuzz__documented_operations(world, method, template, data):
     before, counted = snapshot(), Workflow.objects.count()
     response = send(world["clients"][identity], verb, url, body, content_type, headers)
     event(f"{identity} {response.status_code}")  # what was reached: --hypothesis-show-statistics
+    event(f"held to the document: {_routed_to(template, verb, response)}")
     check(identity, verb, template, response, before, counted)
 
 
@@ -485,3 +502,16 @@ def test_api_fuzz__a_body_cut_short_is_a_400(full_client, session_client, identi
     assert response.status_code == 400
     assert response.json()["error"] == "The request body could not be read in full: connection reset by peer"
     assert wf.nodes.get(kind="wait").state == "WAITING"
+
+
+def test_api_fuzz__every_operation_documents_the_400_and_413_the_shared_checks_answer(full_client):
+    """Found by fuzzing against the document: GET /workflows/ with a huge Content-Length answered an undocumented 413.
+
+    The checks every view shares (Content-Length, the session's body) answer 400 and 413 before any view runs.
+    """
+    for template, methods in DOCUMENT["paths"].items():
+        for method, operation in methods.items():
+            if template != "/openapi.json":
+                assert {"400", "413"} <= set(operation["responses"]), f"{method} {template}"
+    response = full_client.get(f"{API}/workflows/", CONTENT_LENGTH="99999999")
+    assert response.status_code == 413 and "413" in DOCUMENT["paths"]["/workflows/"]["get"]["responses"]
