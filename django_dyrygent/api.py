@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, Concatenate, ParamSpec, TypeAlias, cast
 
-from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 from django.utils import timezone
@@ -41,6 +42,7 @@ from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
 from .conf import settings
 from .engine import nodes as node_actions
 from .models import ApiToken, Workflow, WorkflowEdge, WorkflowNode
+from .serialization import unstorable
 from .states import NodeKind, NodeState, Trigger, WorkflowState
 
 P = ParamSpec("P")
@@ -118,11 +120,21 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
                 return unauthorized(AUTH_HELP)
             # Before the CSRF check, which may read a form-encoded body.
             size = _content_length(request)
+            if size is None:  # Django's own reading of the body would raise ValueError: a 500 (found by fuzzing)
+                return error(400, "The Content-Length header must be a whole number of bytes.")
             if size > settings.API_MAX_BODY_BYTES:
                 return _too_big(size)
             # A token is sent on purpose, never by the browser on its own: no CSRF check for it.
             if not by_token and request.method not in ("GET", "HEAD", "OPTIONS"):
-                reason = _CsrfCheck(_no_view).failure(request)
+                try:
+                    reason = _csrf_failure(request)
+                except RequestDataTooBig:
+                    return _too_big(None)
+                except UnreadablePostError as exc:
+                    return _unreadable(exc)
+                except (MultiPartParserError, SuspiciousOperation, BadRequest) as exc:
+                    return error(400, f"Request body cannot be read as its Content-Type "
+                                      f"{request.content_type!r} says: {exc}")
                 if reason:
                     return error(403, f"CSRF check failed: {reason}. Send the csrftoken cookie's value "
                                       "in the X-CSRFToken header.")
@@ -135,11 +147,26 @@ def endpoint(methods: Sequence[str], permission: str | None = None) -> Callable[
     return decorator
 
 
-def _content_length(request: HttpRequest) -> int:
+def _content_length(request: HttpRequest) -> int | None:
+    """The Content-Length header (0 when absent), or None when it is not a whole number of bytes."""
     try:
-        return int(request.META.get("CONTENT_LENGTH") or 0)
+        size = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return 0
+        return None
+    return size if size >= 0 else None
+
+
+def _csrf_failure(request: HttpRequest) -> str | None:
+    """Why Django's CSRF check refuses ``request``, or None; raises what reading a form body raises.
+
+    The body is read first: Django's check looks for the token in a form body,
+    and parsing a multipart one from the stream would leave ``request.body``
+    unreadable for the view. A body that is no form of its Content-Type
+    raises (MultiPartParserError, TooManyFieldsSent...), which Django would
+    answer with its HTML 400 page (found by fuzzing); the caller answers JSON.
+    """
+    request.body  # noqa: B018  (read into memory: the parsing below then works on a copy)
+    return _CsrfCheck(_no_view).failure(request)
 
 
 def _too_big(size: int | None) -> JsonResponse:
@@ -149,12 +176,19 @@ def _too_big(size: int | None) -> JsonResponse:
                       "(or Django's DATA_UPLOAD_MAX_MEMORY_SIZE, whichever is smaller).")
 
 
+def _unreadable(exc: UnreadablePostError) -> JsonResponse:
+    """The 400 for a body the connection did not deliver in full (Django raises; uncaught, a 500)."""
+    return error(400, f"The request body could not be read in full: {exc}")
+
+
 def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
     """The request's JSON object ({} when empty), or a 400/413 response."""
     try:
         raw = request.body
     except RequestDataTooBig:  # Django's cap is the smaller one
         return _too_big(None)
+    except UnreadablePostError as exc:  # the client stopped short of its Content-Length
+        return _unreadable(exc)
     if len(raw) > settings.API_MAX_BODY_BYTES:  # a body sent without Content-Length
         return _too_big(len(raw))
     if not raw.strip():
@@ -359,10 +393,15 @@ def _time_param(request: HttpRequest, name: str) -> datetime.datetime | None:
             value = datetime.datetime.combine(day, datetime.time()) if day is not None else None
     except ValueError:
         value = None
-    if value is None:
-        raise BadQuery(f"{name} must be an ISO 8601 date or date-time (2026-11-27 or 2026-11-27T03:00:00Z), "
-                       f"not {raw!r}.")
-    return timezone.make_aware(value) if timezone.is_naive(value) else value
+    if value is not None:
+        try:
+            value = timezone.make_aware(value) if timezone.is_naive(value) else value
+            # In UTC, as the query has it: a time UTC cannot hold (0001-01-01T00:00+05:00) is a 400, not a 500.
+            return value.astimezone(datetime.timezone.utc)
+        except (OverflowError, ValueError):
+            pass
+    raise BadQuery(f"{name} must be an ISO 8601 date or date-time (2026-11-27 or 2026-11-27T03:00:00Z), "
+                   f"not {raw!r}.")
 
 
 def _check_known(request: HttpRequest, known: Sequence[str]) -> None:
@@ -376,7 +415,8 @@ def _page(request: HttpRequest, queryset: QuerySet[Any], sizes: tuple[int, int])
     limit = _int_param(request, "limit", sizes[0], 1, sizes[1])
     offset = _int_param(request, "offset", 0, 0)
     count = queryset.count()
-    rows = list(queryset[offset:offset + limit])
+    # Past the end the page is empty: asked of the database, an offset over its integers is a 500 (found by fuzzing).
+    rows = list(queryset[offset:offset + limit]) if offset < count else []
 
     def link(at: int | None) -> str | None:
         if at is None:
@@ -404,6 +444,10 @@ def workflows(request: HttpRequest) -> HttpResponse:
         queryset = Workflow.objects.defer("custom_payload", "options", "tasks_options").order_by("-created_at", "-id")
         for name in ("definition", "started_by"):
             if name in request.GET:
+                # PostgreSQL refuses a NUL even in a lookup (a 500, found by fuzzing); no row can hold one anyway.
+                problem = unstorable(request.GET[name], name)
+                if problem:
+                    raise BadQuery(f"{problem}, which no workflow has.")
                 queryset = queryset.filter(**{name: request.GET[name]})
         states = _choices_param(request, "state", WorkflowState.values)
         if states:
@@ -476,12 +520,17 @@ def nodes(request: HttpRequest, workflow_id: str) -> HttpResponse:
 # -- one node --------------------------------------------------------------------------------------------
 
 
+def _is_id(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²``, which ``int()`` refuses (a 500, found by fuzzing)."""
+    return text.isascii() and text.isdigit()
+
+
 def _node(workflow_id: str, node_id: str) -> WorkflowNode | JsonResponse:
     """The workflow's node, or the 404 response."""
     wf = _workflow(workflow_id)
     if isinstance(wf, JsonResponse):
         return wf
-    node = WorkflowNode.objects.filter(workflow_id=wf.pk, pk=int(node_id)).first() if node_id.isdigit() else None
+    node = WorkflowNode.objects.filter(workflow_id=wf.pk, pk=int(node_id)).first() if _is_id(node_id) else None
     if node is None:
         return error(404, f"Workflow {wf.pk} has no node {node_id!r}.")
     return node
@@ -558,6 +607,7 @@ def cancel_node(request: HttpRequest, node: WorkflowNode) -> dict[str, Any] | Ht
     return {}
 
 
+@csrf_exempt  # it changes nothing; without this, Django's HTML 403 would answer a POST before the JSON 405
 def openapi_document(request: HttpRequest) -> HttpResponse:
     """The OpenAPI document of this API (no authentication: it describes, it grants nothing)."""
     if request.method not in ("GET", "HEAD"):

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from .catalogue import Definition, UnknownDefinition, registry
 from .models import FailedStart, QueuedRun, Workflow
+from .serialization import unstorable
 from .signals import workflow_finished
 from .states import WORKFLOW_ACTIVE, Overlap, Trigger
 
@@ -166,6 +167,9 @@ def _check_key(key: object) -> str | None:
         return None
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_LENGTH:
         raise StartError(f"The idempotency key must be a non-empty string of at most {MAX_KEY_LENGTH} characters.")
+    problem = unstorable(key, "the idempotency key")
+    if problem:  # PostgreSQL refuses it in the very lookup: a 500 of the API, found by fuzzing
+        raise StartError(f"{problem[0].upper()}{problem[1:]}, which no database column can hold.")
     return key
 
 

@@ -157,17 +157,23 @@ def _json(schema: str, description: str) -> Schema:
 
 
 ERRORS = {
-    "400": "Bad input: the message (and a form's errors) say which.",
+    "400": "Bad input: the message (and a form's errors) say which; on any operation, a Content-Length that is no "
+           "size or a body that cannot be read.",
     "401": "Not authenticated: the message says how (the WWW-Authenticate header names Bearer).",
     "403": "A permission is missing (named), or the CSRF check of a session failed.",
     "404": "Unknown definition, workflow or path.",
     "409": "Conflict: a reused idempotency key, or nothing to cancel, retry, pause or resume.",
-    "413": "The body is over DYRYGENT_API_MAX_BODY_BYTES.",
+    "413": "The body (on any operation, by its Content-Length) is over DYRYGENT_API_MAX_BODY_BYTES.",
 }
 
 
 def _errors(*statuses: str) -> dict[str, Schema]:
-    return {status: _json("Error", ERRORS[status]) for status in statuses}
+    """``statuses`` and 400 and 413, which the checks every view shares answer before the view runs.
+
+    (A Content-Length that is no size or over the cap, a session's body the CSRF check cannot read:
+    undocumented until the fuzzing in tests/unit/test_api_fuzz.py held every answer to this document.)
+    """
+    return {status: _json("Error", ERRORS[status]) for status in sorted({*statuses, "400", "413"})}
 
 
 def _query(name: str, description: str, schema: Schema) -> Schema:

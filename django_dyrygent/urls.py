@@ -21,6 +21,7 @@ urlpatterns = [
     path("workflows/<str:workflow_id>/resume/", api.resume, name="api-resume"),
     path("workflows/<str:workflow_id>/signal/<str:name>/", api.signal, name="api-signal"),
     path("openapi.json", api.openapi_document, name="api-openapi"),
-    # Last: every other path under the API answers a JSON 404.
-    re_path(r"^(?P<path>.*)$", api.not_found, name="api-not-found"),
+    # Last: every other path under the API answers a JSON 404. [\s\S], not ".": a path with a newline
+    # (%0A) fell through to the project's HTML 404 (found by fuzzing).
+    re_path(r"^(?P<path>[\s\S]*)$", api.not_found, name="api-not-found"),
 ]
