@@ -39,8 +39,9 @@ DATABASE = "dyrygent_upgrade"
 ERRORS = ("Traceback", "ProgrammingError", "IntegrityError", "DataError", "NotNullViolation", "ERROR/")
 
 #: Runs in the OLD source tree (its cwd and first on its path): submits a workflow of a chain and a
-#: group every ``interval`` seconds until the stop file appears. Errors are printed, not raised, so it
-#: keeps submitting after a failure and the test reports every one.
+#: group (its bodies take a moment, so some run when a worker stops) every ``interval`` seconds until
+#: the stop file appears. Errors are printed, not raised, so it keeps submitting after a failure and
+#: the test reports every one.
 SUBMITTER = '''
 import sys, time, traceback
 from pathlib import Path
@@ -62,8 +63,8 @@ while not stop.exists():
     print("attempt", i, flush=True)
     try:
         wf = Workflow(name=f"{prefix}{i}")
-        wf.add_celery_canvas(chain(run.si(f"{prefix}{i}-a"), group(run.si(f"{prefix}{i}-g{j}") for j in range(3)),
-                                   run.si(f"{prefix}{i}-z")))
+        bodies = group(run.si(f"{prefix}{i}-g{j}", seconds=0.2) for j in range(3))
+        wf.add_celery_canvas(chain(run.si(f"{prefix}{i}-a"), bodies, run.si(f"{prefix}{i}-z")))
         wf.apply_async()
         print("applied", wf.pk, flush=True)
     except Exception:
@@ -131,7 +132,7 @@ def _errors(text):
 
 def _new_workflow(i):
     wf = Workflow(name=f"new{i}")
-    wf.add_celery_canvas(chain(run.si(f"new{i}-a"), group(run.si(f"new{i}-g{j}") for j in range(3)),
+    wf.add_celery_canvas(chain(run.si(f"new{i}-a"), group(run.si(f"new{i}-g{j}", seconds=0.2) for j in range(3)),
                                run.si(f"new{i}-z")))
     return wf.apply_async()
 
@@ -222,6 +223,7 @@ def test_upgrade_under_traffic__migrate_to_head_while_the_old_release_runs_then_
     not_done = dict(Workflow.objects.exclude(state=Workflow.State.SUCCESS).values_list("name", "state"))
     assert not not_done, f"{not_done}\n{report}"
     S = WorkflowNode.State
+    twice = 0
     for wf in Workflow.objects.all():
         nodes = WorkflowNode.objects.filter(workflow=wf)
         assert set(nodes.values_list("state", flat=True)) == {S.SUCCESS}, wf.name
@@ -229,10 +231,18 @@ def test_upgrade_under_traffic__migrate_to_head_while_the_old_release_runs_then_
         assert (wf.nodes_total, wf.nodes_done, wf.nodes_succeeded) == (count, count, count), wf.name
         assert (wf.nodes_failed, wf.nodes_upstream_failed, wf.nodes_skipped) == (0, 0, 0), wf.name
         for node in nodes.filter(kind=WorkflowNode.Kind.TASK):
-            assert harness.runs(node.signature["args"][0]) >= 1, (wf.name, node.signature)
+            ran = harness.runs(node.signature["args"][0])
+            assert ran >= 1, (wf.name, node.signature)
+            twice += ran > 1
+    # At least once: a body running on an old worker at its SIGTERM may run again (docs/operations.md).
+    print(f"{len(names)} workflows, {twice} bodies ran more than once")
     # The old release's workers ran nodes on the new schema, and the new worker took over.
     ran_on = set(WorkflowNode.objects.filter(workflow__created_at__gte=migrated_at, kind=WorkflowNode.Kind.TASK)
                  .values_list("worker_hostname", flat=True))
     assert ran_on & {old.hostname, late.hostname} and new.hostname in ran_on, ran_on
-    # The heartbeats the old release wrote, if it kept them, load in the new code's model.
-    assert new.hostname in {beat.hostname for beat in WorkerHeartbeat.objects.all()}
+    # The heartbeats of both releases load in the new code's model, and tell the releases apart: the
+    # previous one marked its stop by back-dating last_seen, this one sets stopped_at (so the old
+    # workers really ran the old code).
+    stopped = dict(WorkerHeartbeat.objects.values_list("hostname", "stopped_at"))
+    assert stopped.keys() == {old.hostname, late.hostname, new.hostname}, stopped
+    assert stopped[old.hostname] is None and stopped[late.hostname] is None and stopped[new.hostname], stopped
