@@ -2,9 +2,13 @@
 # Failures told apart: the upstream-failed part of the failed count, and a row for each scheduled start
 # that could not happen (a worker that does not know the definition, parameters that no longer pass).
 # The node's own permissions, one per action on a single node.
+# The new counter keeps a database default: the previous release's web processes insert workflows
+# without it until they are restarted (migration_ops.py, tests/reliability/test_upgrade.py).
 
 import django.core.serializers.json
 from django.db import migrations, models
+
+from django_dyrygent.migration_ops import column_default
 
 
 class Migration(migrations.Migration):
@@ -40,6 +44,7 @@ class Migration(migrations.Migration):
             name='nodes_upstream_failed',
             field=models.PositiveIntegerField(default=0, help_text='The UPSTREAM_FAILED part of nodes failed: nodes that never ran because a dependency failed.', verbose_name='nodes upstream failed'),
         ),
+        column_default('workflow', 'nodes_upstream_failed', {'postgresql': '0', 'mysql': '0', 'mariadb': '0'}),
         migrations.AlterField(
             model_name='workflow',
             name='error',

@@ -230,12 +230,14 @@ def run_pids(label):
 class Worker:
     """A prefork Celery worker subprocess (own process group) against the suite's servers."""
 
-    def __init__(self, base, name, database_url, broker_url, concurrency=2, env=None, include=()):
+    def __init__(self, base, name, database_url, broker_url, concurrency=2, env=None, include=(), root=ROOT):
         self.base = Path(base)
         self.name = name
+        # The source tree it runs: another release's (tests/reliability/test_upgrade.py) comes first on the path.
+        self.root = Path(root)
         self.log_path = self.base / f"worker-{name}.log"
         self.env = dict(
-            os.environ, PYTHONPATH=str(ROOT), DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url,
+            os.environ, PYTHONPATH=str(self.root), DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url,
             CELERY_RESULT_BACKEND="django-db", CELERY_DB_REUSE_MAX="1000", DYRYGENT_LIVENESS="1",
             DYRYGENT_TEST_DIR=str(self.base / "worker-dir"), **(env if env is not None else FAST),
         )
@@ -253,7 +255,7 @@ class Worker:
             [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-P", "prefork",
              "-c", str(self.concurrency), "-Q", QUEUE, "-n", self.hostname, "--without-mingle",
              "--without-gossip", "--without-heartbeat", "-l", "warning", "-I", ",".join(self.include)],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
 
