@@ -51,4 +51,7 @@ def column_default(model_name: str, field_name: str, by_vendor: dict[str, str]) 
     def backwards(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
         alter(apps, schema_editor, set_default=False)
 
-    return migrations.RunPython(forwards, backwards, elidable=False)
+    # atomic=False: on MySQL/MariaDB (no transactional DDL) Django would otherwise wrap the
+    # operation in a transaction and refuse the ALTER; on PostgreSQL the whole migration is
+    # one transaction anyway, so the default still appears together with its column.
+    return migrations.RunPython(forwards, backwards, elidable=False, atomic=False)
