@@ -297,10 +297,10 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_short(self, obj: WorkflowNode) -> str:
-        """The list's column: the name alone, the id in the tooltip."""
+        """The list's column: the name and the id's first 8 characters (names repeat), the whole id in the tooltip."""
         url = admin_url(self.admin_site, "workflow", "change", obj.workflow_id)
-        return format_html('<a href="{}" title="{}">{}</a>', url, obj.workflow_id,
-                           shorten(obj.workflow.name or _("workflow"), 24))
+        return format_html('<a href="{}" title="{}">{} <code>{}</code></a>', url, obj.workflow_id,
+                           shorten(obj.workflow.name or _("workflow"), 18), str(obj.workflow_id)[:8])
 
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_link(self, obj: WorkflowNode) -> str:

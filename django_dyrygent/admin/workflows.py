@@ -173,11 +173,17 @@ class WorkflowAdmin(ReadOnlyAdmin):
         reason = f"canceled by {request.user.get_username()} in the admin"
         pks = list(queryset.values_list("pk", flat=True))
         canceled = sum(1 for pk in pks if engine.cancel(pk, reason=reason))
+        skipped = len(pks) - canceled
+        if not canceled:  # one message, not "0 canceled" and then why
+            self.message_user(request, ngettext(
+                "Nothing to cancel: the selected workflow had already ended.",
+                "Nothing to cancel: the %(count)d selected workflows had already ended.", skipped,
+            ) % {"count": skipped}, messages.WARNING)
+            return
         self.message_user(request, ngettext(
             "%(count)d workflow canceled.", "%(count)d workflows canceled.", canceled,
-        ) % {"count": canceled}, messages.SUCCESS if canceled else messages.WARNING)
-        if len(pks) > canceled:
-            skipped = len(pks) - canceled
+        ) % {"count": canceled}, messages.SUCCESS)
+        if skipped:
             self.message_user(request, ngettext(
                 "%(count)d workflow had already ended.", "%(count)d workflows had already ended.", skipped,
             ) % {"count": skipped}, messages.WARNING)

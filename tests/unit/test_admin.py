@@ -109,6 +109,20 @@ def test_cancel_workflows__cancels_through_engine_and_reports(admin_client):
     assert messages_of(response) == ["1 workflow canceled.", "1 workflow had already ended."]
 
 
+def test_cancel_workflows__only_finished_ones_selected_gives_one_clear_message(admin_client):
+    done, other = failed_workflow(), failed_workflow()
+    response = admin_client.post(CHANGELIST, {
+        "action": "cancel_workflows", "_selected_action": [done.pk, other.pk], "index": 0,
+    }, follow=True)
+    assert messages_of(response) == ["Nothing to cancel: the 2 selected workflows had already ended."]
+
+
+def test_node_list__workflow_column_names_the_workflow_and_its_short_id(admin_client):
+    wf = make_workflow("nightly")
+    content = admin_client.get(NODE_CHANGELIST).content.decode()
+    assert f'title="{wf.pk}">nightly <code>{str(wf.pk)[:8]}</code></a>' in content
+
+
 def test_retry_workflows__resets_failed_nodes_and_resumes(admin_client):
     wf = failed_workflow()
     response = admin_client.post(CHANGELIST, {
