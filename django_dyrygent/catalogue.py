@@ -40,6 +40,7 @@ from django import forms
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Model, QuerySet
+from django.forms.utils import pretty_name
 from django.http import QueryDict
 from django.utils.module_loading import module_has_submodule
 
@@ -74,6 +75,20 @@ HINT_FIELDS = {
 }
 
 
+#: Widgets and error messages of the time fields: the browser's own pickers, and an error that names the format.
+TIME_FIELDS: dict[type[forms.Field], tuple[forms.Widget, str]] = {
+    forms.DateField: (forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+                      "Enter a date as YYYY-MM-DD, e.g. 2026-12-07."),
+    forms.DateTimeField: (forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+                          "Enter a date and time as YYYY-MM-DD HH:MM[:SS], e.g. 2026-12-07 14:30."),
+    forms.TimeField: (forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+                      "Enter a time as HH:MM[:SS], e.g. 14:30."),
+    forms.DurationField: (forms.TextInput(), "Enter a duration as [DD] [HH:[MM:]]SS, e.g. 1:30:00 or 2 00:00:00."),
+}
+#: "name: text" lines of a Google-style "Args:" section, for help texts.
+ARG_LINE_RE = re.compile(r"^ {2,4}(\w+)(?:\s*\([^)]*\))?:\s*(.+)$")
+
+
 #: Form field class -> the type name the API and ``dyrygent_run --list`` show.
 FIELD_TYPES = {
     "CharField": "string", "IntegerField": "integer", "FloatField": "number", "DecimalField": "decimal",
@@ -99,7 +114,30 @@ def _coerce_like(value: typing.Any) -> typing.Callable[[typing.Any], typing.Any]
     return type(value)
 
 
-def _field_for(definition_name: str, param: inspect.Parameter, hint: typing.Any) -> forms.Field:
+def arg_help(factory: Factory) -> dict[str, str]:
+    """Each parameter's text in the factory's "Args:" docstring section (Google style), by name.
+
+    A parameter's line is indented 2 to 4 spaces under the header; deeper
+    lines continue it.
+    """
+    found: dict[str, str] = {}
+    inside, current = False, ""
+    for line in (inspect.getdoc(factory) or "").splitlines():
+        if line.strip() in ("Args:", "Arguments:", "Parameters:"):
+            inside = True
+        elif inside and line and not line.startswith(" "):
+            break  # the next section
+        elif inside and (match := ARG_LINE_RE.match(line)):
+            current = match.group(1)
+            found[current] = match.group(2).strip()
+        elif inside and current and line.strip():
+            found[current] += " " + line.strip()
+    return found
+
+
+def _field_for(
+    definition_name: str, param: inspect.Parameter, hint: typing.Any, help_text: str = "",
+) -> forms.Field:
     """One form field for one factory parameter; a parameter with a default is optional."""
     has_default = param.default is not inspect.Parameter.empty
     optional = has_default
@@ -109,7 +147,8 @@ def _field_for(definition_name: str, param: inspect.Parameter, hint: typing.Any)
         if len(args) == 1:
             hint, optional = args[0], True
             origin = typing.get_origin(hint)
-    kwargs: dict[str, typing.Any] = {"required": not optional, "label": param.name.replace("_", " ")}
+    kwargs: dict[str, typing.Any] = {"required": not optional, "label": pretty_name(param.name),
+                                     "help_text": help_text}
     if has_default and param.default is not None:
         kwargs["initial"] = param.default.value if isinstance(param.default, enum.Enum) else param.default
     if origin is typing.Literal:
@@ -132,6 +171,15 @@ def _field_for(definition_name: str, param: inspect.Parameter, hint: typing.Any)
         )
     if field_class is forms.BooleanField:
         kwargs["required"] = False  # an unticked box is False, not a missing value
+    if field_class in TIME_FIELDS:
+        widget, invalid = TIME_FIELDS[field_class]
+        kwargs["widget"] = widget
+        kwargs["error_messages"] = {"invalid": invalid}
+        if field_class is forms.DateTimeField:
+            kwargs["input_formats"] = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S",
+                                       "%Y-%m-%d"]
+        if not kwargs["help_text"]:
+            kwargs["help_text"] = invalid.removeprefix("Enter ").rstrip(".")
     return field_class(**kwargs)
 
 
@@ -145,6 +193,7 @@ def form_from_signature(definition_name: str, factory: Factory) -> type[forms.Fo
             f"{factory.__qualname__}: {exc}"
         ) from exc
     fields: dict[str, forms.Field] = {}
+    helps = arg_help(factory)
     for param in inspect.signature(factory).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
@@ -154,7 +203,7 @@ def form_from_signature(definition_name: str, factory: Factory) -> type[forms.Fo
                 f"{factory.__qualname__} has no type hint; give it one (int, str, date, ...) "
                 "or give the definition a form= of its own."
             )
-        fields[param.name] = _field_for(definition_name, param, hints[param.name])
+        fields[param.name] = _field_for(definition_name, param, hints[param.name], helps.get(param.name, ""))
     return type(f"{factory.__name__.title().replace('_', '')}Form", (forms.Form,), fields)
 
 

@@ -68,7 +68,7 @@ def test_register__derives_a_form_from_type_hints(site):
     assert isinstance(fields["extra"], forms.JSONField)
     assert definition.title == "First line." and definition.description == "First line.\n\nMore words."
     schema = {f["name"]: f for f in definition.fields_schema()}
-    assert schema["n"] == {"name": "n", "type": "integer", "required": True, "label": "n", "help_text": ""}
+    assert schema["n"] == {"name": "n", "type": "integer", "required": True, "label": "N", "help_text": ""}
     assert schema["colour"]["default"] == "red" and schema["dry_run"]["default"] is True
 
 
