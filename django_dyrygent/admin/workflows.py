@@ -10,6 +10,7 @@ them).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -36,7 +37,7 @@ from ..graph import layout as graph
 from ..graph.layout import Item
 from ..models import FailedStart, Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState
-from . import health
+from . import health, schedules
 from . import views as admin_views
 from .display import admin_url, can_act, error_summary, pretty_json, pretty_text, state_badge, workflow_progress
 from .nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
@@ -262,6 +263,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             path("<path:object_id>/dag/", view(self.dag_view), name="%s_%s_dag" % info),
             path("<path:object_id>/timeline/", view(self.timeline_view), name="%s_%s_timeline" % info),
             path("grid/<str:name>/", view(self.grid_view), name="%s_%s_grid" % info),
+            path("schedules/", view(self.schedules_view), name="%s_%s_schedules" % info),
             path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),
                  name="%s_%s_act" % info),
         ] + super().get_urls()
@@ -349,6 +351,27 @@ class WorkflowAdmin(ReadOnlyAdmin):
             ),
             "legend": [(s, NodeState(s).label) for s in graph.STATE_PRIORITY],
             "list_url": admin_url(self.admin_site, "workflow", "changelist") + f"?definition={quote(name, safe='')}",
+        })
+
+    def schedules_view(self, request: HttpRequest) -> HttpResponse:
+        """Which definitions Celery beat starts, when next, and how each one's last scheduled start went."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        change_head, change_tail = admin_url(self.admin_site, "workflow", "change", 0).rsplit("/0/", 1)
+        rows = [
+            {"entry": entry, "badge": state_badge(entry.last_state, entry.last_state.replace("_", " ").lower())
+             if entry.last_state else "",
+             "workflow_url": f"{change_head}/{entry.last_workflow.pk}/{change_tail}" if entry.last_workflow else "",
+             "parameters": json.dumps(entry.parameters, sort_keys=True) if entry.parameters else ""}
+            for entry in schedules.entries()
+        ]
+        return TemplateResponse(request, "admin/django_dyrygent/workflow/schedules.html", {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Scheduled workflows"),
+            "rows": rows,
+            "failed_starts_url": admin_url(self.admin_site, "failedstart", "changelist")
+            if self.admin_site.is_registered(FailedStart) else "",
         })
 
     def act_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponseRedirect:
