@@ -291,7 +291,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
             "fields": {name: str(self.readonly_html(obj, name)) for name in self.live_fields},
             "events": render_to_string("django_dyrygent/events.html", {"events": self.latest_events(obj)},
                                        request=request),
-            "actions": {name: bool(can_act(obj, name)) for name in self.object_action_labels},
+            "actions": {**{name: bool(can_act(obj, name)) for name in self.object_action_labels},
+                        "run_again": obj.is_final},
             "shape": graph.shape(items, edges),
             "items": {item.id: graph.item_status(item) for item in items},
         })

@@ -30,13 +30,18 @@ def dyrygent_start_link(context: Context) -> str:
 
 @register.simple_tag(takes_context=True)
 def dyrygent_run_again(context: Context, workflow: Workflow | None) -> str:
-    """"Run again with the same parameters" on a finished workflow started from a definition."""
+    """"Run again with the same parameters" on a workflow started from a definition.
+
+    Rendered hidden while the workflow runs: the live page shows it when the
+    status says the workflow ended (``dag.js``, ``actions.run_again``).
+    """
     request = context["request"]
-    if workflow is None or not workflow.definition or not workflow.is_final or workflow.definition not in registry:
+    if workflow is None or not workflow.definition or workflow.definition not in registry:
         return ""
     if not registry.get(workflow.definition).user_can_start(request.user):
         return ""
     return render_to_string("admin/django_dyrygent/catalogue/run_again.html", {
         "url": reverse("admin:django_dyrygent_workflow_run_again", args=[workflow.pk]),
         "workflow": workflow,
+        "hidden": not workflow.is_final,
     }, request=request)

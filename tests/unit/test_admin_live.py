@@ -106,12 +106,12 @@ def test_buttons__cancel_and_tick_for_a_running_workflow_retry_only_after_a_fail
                               "pause_workflows": False, "resume_workflows": True}
     assert admin_client.get(status_url(wf)).json()["actions"] == {
         "cancel_workflows": True, "retry_workflows": False, "tick_workflows": True,
-        "pause_workflows": True, "resume_workflows": False,
+        "pause_workflows": True, "resume_workflows": False, "run_again": False,
     }
     wf.pause()
     assert admin_client.get(status_url(wf)).json()["actions"] == {
         "cancel_workflows": True, "retry_workflows": False, "tick_workflows": True,
-        "pause_workflows": False, "resume_workflows": True,
+        "pause_workflows": False, "resume_workflows": True, "run_again": False,
     }
     failed = failed_workflow()
     page = admin_client.get(change_url(failed)).content.decode()
@@ -119,7 +119,7 @@ def test_buttons__cancel_and_tick_for_a_running_workflow_retry_only_after_a_fail
                               "pause_workflows": True, "resume_workflows": True}
     assert admin_client.get(status_url(failed)).json()["actions"] == {
         "cancel_workflows": False, "retry_workflows": True, "tick_workflows": False,
-        "pause_workflows": False, "resume_workflows": False,
+        "pause_workflows": False, "resume_workflows": False, "run_again": True,
     }
 
 

@@ -63,8 +63,9 @@ def test_start_form__errors_in_place_then_a_run_on_the_live_dag_then_run_again(
         lambda d: d.find_element(By.ID, "dy-state").text == "Success"
     )
 
-    # The finished page offers "Run again": a new run with the recorded parameters.
-    browser.refresh()
+    # The page, live, now offers "Run again" (no reload): a new run with the recorded parameters.
+    WebDriverWait(browser, 20, poll_frequency=0.2).until(
+        lambda d: d.find_element(By.ID, "dy-run-again").is_displayed())
     browser.find_element(By.ID, "dy-run-again").click()
     WebDriverWait(browser, 20).until(lambda d: str(wf.pk) not in d.current_url and "/change/" in d.current_url)
     again = Workflow.objects.exclude(pk=wf.pk).get()
