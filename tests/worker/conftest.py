@@ -14,7 +14,8 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 #: Screenshots and page sources of failed browser tests (git-ignored).
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
-#: The marks of every browser test: a real worker, and a skip only when the browser is missing.
+#: The marks of every browser test: a real worker, and a skip when the browser is missing or
+#: DYRYGENT_BROWSER_TESTS=0 (CI runs them in its SQLite pass and its version cells, not again per database).
 BROWSER_MARKS = [
     pytest.mark.worker,
     pytest.mark.skipif(
@@ -22,6 +23,7 @@ BROWSER_MARKS = [
         reason=f"chromium ({CHROMIUM}) or chromedriver ({CHROMEDRIVER}) is not installed; "
                "apt-get install chromium chromium-driver",
     ),
+    pytest.mark.skipif(os.environ.get("DYRYGENT_BROWSER_TESTS") == "0", reason="DYRYGENT_BROWSER_TESTS=0"),
 ]
 
 

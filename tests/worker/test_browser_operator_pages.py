@@ -19,9 +19,7 @@ from django_dyrygent.models import WorkerHeartbeat, Workflow
 from tests.tasks import Boom, fail, record
 from tests.worker.conftest import ARTIFACTS, BROWSER_MARKS
 
-pytestmark = BROWSER_MARKS
-
-pytestmark = [*pytestmark, pytest.mark.django_db(transaction=True)]  # noqa: F811
+pytestmark = [*BROWSER_MARKS, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(autouse=True)
