@@ -176,8 +176,22 @@ def mark_unpublished(workflow_id: UUID | str, task_ids: Sequence[str]) -> None:
         logger.exception("Could not mark %d unpublished node(s) of workflow %s", len(task_ids), workflow_id)
 
 
+#: Connection attempts a revoke makes before giving up on an unreachable broker.
+REVOKE_CONNECT_RETRIES = 2
+
+
 def revoke(task_ids: Sequence[str], terminate: bool = False) -> None:
+    """Ask the workers to drop these tasks; best effort, never blocking on a broker that is down.
+
+    Celery's broadcast retries its connection forever, which would hang the
+    caller of ``cancel()`` for as long as the broker is away. The revoke only
+    spares a worker the message: a node that is no longer runnable never runs
+    its body anyway (the run guard), so giving up after a few attempts is safe.
+    """
+    app = get_celery_app()
     try:
-        get_celery_app().control.revoke(list(task_ids), terminate=terminate)
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=REVOKE_CONNECT_RETRIES)
+            app.control.revoke(list(task_ids), terminate=terminate, connection=connection)
     except Exception:
         logger.exception("Could not revoke %d task(s): %s", len(task_ids), ", ".join(list(task_ids)[:10]))
