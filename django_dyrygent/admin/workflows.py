@@ -172,22 +172,12 @@ class WorkflowAdmin(ReadOnlyAdmin):
     @admin.action(description=_("Cancel selected workflows"), permissions=("change",))
     def cancel_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         reason = f"canceled by {request.user.get_username()} in the admin"
-        pks = list(queryset.values_list("pk", flat=True))
-        canceled = sum(1 for pk in pks if engine.cancel(pk, reason=reason))
-        skipped = len(pks) - canceled
-        if not canceled:  # one message, not "0 canceled" and then why
-            self.message_user(request, ngettext(
-                "Nothing to cancel: the selected workflow had already ended.",
-                "Nothing to cancel: the %(count)d selected workflows had already ended.", skipped,
-            ) % {"count": skipped}, messages.WARNING)
-            return
-        self.message_user(request, ngettext(
-            "%(count)d workflow canceled.", "%(count)d workflows canceled.", canceled,
-        ) % {"count": canceled}, messages.SUCCESS)
-        if skipped:
-            self.message_user(request, ngettext(
-                "%(count)d workflow had already ended.", "%(count)d workflows had already ended.", skipped,
-            ) % {"count": skipped}, messages.WARNING)
+        changed, total = self._each(queryset, partial(engine.cancel, reason=reason))
+        self._report(request, changed, total, ngettext(
+            "%(count)d workflow canceled.", "%(count)d workflows canceled.", changed,
+        ), ngettext(
+            "%(count)d workflow had already ended.", "%(count)d workflows had already ended.", total - changed,
+        ))
 
     @admin.action(description=_("Retry failed nodes of selected workflows"), permissions=("change",))
     def retry_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
@@ -233,7 +223,9 @@ class WorkflowAdmin(ReadOnlyAdmin):
         return sum(1 for pk in pks if change(pk)), len(pks)
 
     def _report(self, request: HttpRequest, changed: int, total: int, done: str, left: str) -> None:
-        self.message_user(request, done % {"count": changed}, messages.SUCCESS if changed else messages.WARNING)
+        """What changed, then what did not and why; when nothing changed, only the why (one message)."""
+        if changed:
+            self.message_user(request, done % {"count": changed}, messages.SUCCESS)
         if total > changed:
             self.message_user(request, left % {"count": total - changed}, messages.WARNING)
 
