@@ -41,10 +41,13 @@ def test_send_tick__a_refusing_broker_is_returned_not_raised(settings, monkeypat
     assert isinstance(messaging.send_tick(uuid.uuid4(), {}), ConnectionError)
 
 
-def test_revoke__a_broker_that_is_down_is_given_up_on_and_logged_not_waited_for(settings, caplog):
+def test_revoke__a_broker_that_is_down_is_given_up_on_and_logged_not_waited_for(settings, caplog, monkeypatch):
     """Celery's broadcast would retry its connection forever: cancel() hung while Redis was away (chaos soak)."""
     import threading
 
+    # Celery lets the environment's broker URL win over the app's (the PostgreSQL pass sets one).
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_WRITE_URL", raising=False)
     settings.DYRYGENT_CELERY_APP = "tests.unit.test_messaging.broker_down_app"
     done = threading.Event()
     thread = threading.Thread(target=lambda: (messaging.revoke(["lost-task"]), done.set()), daemon=True)
