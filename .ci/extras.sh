@@ -73,7 +73,10 @@ from django_dyrygent import filesystem_broker
 SECRET_KEY = "extras-check"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-INSTALLED_APPS = ["django_celery_results", "django_dyrygent", "tinyproj"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes", "django.contrib.auth",
+    "django_celery_results", "django_dyrygent", "tinyproj",
+]
 DATABASE = os.environ["TINY_DATABASE"]
 if DATABASE.startswith("postgres://"):
     _, rest = DATABASE.split("://", 1)

@@ -10,7 +10,9 @@ Ids (documented in docs/troubleshooting.md):
   (only with DYRYGENT_LIVENESS off: otherwise the workers sweep);
 * W005 Celery workers reconnect to the database for every task (MySQL/MariaDB only: on
   PostgreSQL the engine's hot path has its own connection);
-* W006 the worker timeout is too short for the heartbeat interval: live workers would look dead.
+* W006 the worker timeout is too short for the heartbeat interval: live workers would look dead;
+* E005 ``django.contrib.auth`` or ``django.contrib.contenttypes`` is not installed (API tokens
+  and the event log's actors are users; the admin actions check their permissions).
 """
 
 from __future__ import annotations
@@ -225,6 +227,29 @@ def check_celery(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMes
             )
         )
     return errors
+
+
+#: The apps django_dyrygent's models and permissions are built on.
+REQUIRED_APPS = ("django.contrib.contenttypes", "django.contrib.auth")
+
+
+@register()
+def check_required_apps(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
+    """Said once, by name, instead of Django's E300 about a field of ApiToken."""
+    from django.apps import apps
+
+    missing = [name for name in REQUIRED_APPS if not apps.is_installed(name)]
+    if not missing:
+        return []
+    return [
+        Error(
+            f"django_dyrygent needs {' and '.join(missing)} in INSTALLED_APPS: API tokens belong "
+            "to users, and the admin's and the API's actions check their permissions.",
+            hint="Add " + ", ".join(repr(name) for name in missing) + " to INSTALLED_APPS "
+            "(every project made by startproject has them), then run migrate.",
+            id="django_dyrygent.E005",
+        )
+    ]
 
 
 @register()

@@ -161,3 +161,18 @@ def test_check_liveness__a_worker_timeout_under_three_heartbeats_is_w006(setting
     settings.DYRYGENT_LIVENESS = False
     settings.DYRYGENT_WORKER_TIMEOUT = 1
     assert checks.check_liveness() == []
+
+
+def test_check_required_apps__passes_with_auth_and_contenttypes():
+    assert checks.check_required_apps() == []
+
+
+def test_check_required_apps__names_each_missing_app_as_e005(monkeypatch):
+    from django.apps import apps
+
+    installed = apps.is_installed
+    monkeypatch.setattr(apps, "is_installed", lambda name: name != "django.contrib.auth" and installed(name))
+    (error,) = checks.check_required_apps()
+    assert error.id == "django_dyrygent.E005"
+    assert "django.contrib.auth" in error.msg and "contenttypes" not in error.msg
+    assert "'django.contrib.auth'" in error.hint
