@@ -35,8 +35,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F, Q, QuerySet
 
 from ..models import ConcurrencyKey, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState, WorkflowState
@@ -54,11 +53,7 @@ def lock_keys(keys: Iterable[str]) -> None:
 
 def running(keys: Iterable[str]) -> dict[str, int]:
     """Key -> how many of its nodes hold a slot now (one query)."""
-    rows = (
-        WorkflowNode.objects.filter(concurrency_key__in=list(keys), state__in=HOLDS_SLOT)
-        .values("concurrency_key").annotate(n=Count("pk")).values_list("concurrency_key", "n")
-    )
-    return {str(key): n for key, n in rows}
+    return WorkflowNode.objects.slots_taken(keys)
 
 
 def queue(key: str, first: int, own: Any = None) -> list[tuple[int, Any, int | None]]:
@@ -145,29 +140,7 @@ def admittable(workflow: Any) -> QuerySet[WorkflowNode]:
     interval. A free slot may be promised to an older waiter of another
     workflow: the locked tick that follows then admits nothing.
     """
-    held = (
-        WorkflowNode.objects.filter(concurrency_key=OuterRef("concurrency_key"), state__in=HOLDS_SLOT)
-        .order_by().values("concurrency_key").annotate(n=Count("pk")).values("n")
-    )
     return (
         WorkflowNode.objects.filter(workflow_id=workflow, state=NodeState.WAITING, concurrency_key__isnull=False)
-        .annotate(held=Coalesce(Subquery(held), Value(0)))
-        .filter(held__lt=F("concurrency_limit"))
+        .with_slots_taken().filter(**{"slots_taken__lt": F("concurrency_limit")})
     )
-
-
-def describe(nodes: Iterable[WorkflowNode]) -> dict[int, str]:
-    """Node id -> why it waits ("waiting for concurrency key K: n of N running"), for keyed waiters.
-
-    One query for all the keys of ``nodes`` (none when none waits for a key):
-    what the admin, the JSON API and ``dyrygent_status`` show.
-    """
-    waiters = [n for n in nodes if n.concurrency_key and n.state == NodeState.WAITING]
-    if not waiters:
-        return {}
-    taken = running({str(n.concurrency_key) for n in waiters})
-    return {
-        n.pk: f"waiting for concurrency key {n.concurrency_key}: "
-              f"{taken.get(str(n.concurrency_key), 0)} of {n.concurrency_limit} running"
-        for n in waiters
-    }

@@ -306,3 +306,31 @@ def test_race__two_workflows_starting_at_once_for_the_last_slot_exactly_one_gets
         states = sorted(WorkflowNode.objects.filter(workflow__in=racers).values_list("state", flat=True))
         assert states == [S.QUEUED, S.WAITING], states
         assert WorkflowNode.objects.filter(concurrency_key=key, state=S.QUEUED).count() == 2
+
+
+# -- what the admin shows ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_admin__node_page_list_and_picture_say_why_a_node_waits(admin_client, broker):
+    keyed(limit=2, count=2, name="holder")
+    wf, (waiter,) = keyed(limit=2, name="waiter")
+    why = f"waiting for concurrency key {KEY}: 2 of 2 running"
+    page = admin_client.get(f"/admin/django_dyrygent/workflownode/{waiter.pk}/change/").content.decode()
+    assert why in page and f"<code>{KEY}</code> (limit 2)" in page
+    listing = admin_client.get("/admin/django_dyrygent/workflownode/", {"state__exact": "WAITING"}).content.decode()
+    assert why in listing
+    picture = admin_client.get(f"/admin/django_dyrygent/workflow/{wf.pk}/change/").content.decode()
+    assert why in picture and "dy-keyed" in picture and "concurrency key (waits for a slot when WAITING)" in picture
+    assert f"key {KEY}" in picture  # the box's second line
+
+
+@pytest.mark.django_db
+def test_admin__node_list_queries_do_not_grow_with_keyed_rows(admin_client, broker):
+    keyed(limit=1, count=3, name="small")
+    with CaptureQueriesContext(connection) as small:
+        assert admin_client.get("/admin/django_dyrygent/workflownode/").status_code == 200
+    keyed(limit=1, count=30, name="large")
+    with CaptureQueriesContext(connection) as large:
+        assert admin_client.get("/admin/django_dyrygent/workflownode/").status_code == 200
+    assert len(small.captured_queries) == len(large.captured_queries)
