@@ -470,7 +470,8 @@ def _iso(value: datetime.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def describe_node(node: WorkflowNode, dependencies: list[int]) -> dict[str, Any]:
+def describe_node(node: WorkflowNode, dependencies: list[int], key_wait: str = "") -> dict[str, Any]:
+    """One node as the API shows it; ``key_wait``: why it waits for a slot of its key (``key_waits``)."""
     return {
         "id": node.pk,
         "task_id": node.task_id,
@@ -481,7 +482,9 @@ def describe_node(node: WorkflowNode, dependencies: list[int]) -> dict[str, Any]
         "dependencies": dependencies,
         "result": node.result,
         "error": node.error,
-        "reason": node.reason,
+        "reason": key_wait or node.reason,
+        "concurrency_key": node.concurrency_key,
+        "concurrency_limit": node.concurrency_limit,
         "attempts": node.attempts,
         "queued_at": _iso(node.queued_at),
         "started_at": _iso(node.started_at),
@@ -513,8 +516,9 @@ def nodes(request: HttpRequest, workflow_id: str) -> HttpResponse:
     edges = WorkflowEdge.objects.filter(node_id__in=list(dependencies)).order_by("position", "id")
     for node_id, dependency_id in edges.values_list("node_id", "dependency_id"):
         dependencies[node_id].append(dependency_id)
-    return JsonResponse({"workflow": str(wf.pk), **paging,
-                         "results": [describe_node(node, dependencies[node.pk]) for node in rows]})
+    waits = WorkflowNode.objects.key_waits(rows)
+    return JsonResponse({"workflow": str(wf.pk), **paging, "results": [
+        describe_node(node, dependencies[node.pk], waits.get(node.pk, "")) for node in rows]})
 
 
 # -- one node --------------------------------------------------------------------------------------------
@@ -566,7 +570,8 @@ def node_action(permission: str) -> Callable[[NodeAction], ApiView[[str, str]]]:
             node.refresh_from_db()
             dependencies = list(WorkflowEdge.objects.filter(node_id=node.pk).order_by("position", "id")
                                 .values_list("dependency_id", flat=True))
-            return JsonResponse({**describe_node(node, dependencies), **answer})
+            waits = WorkflowNode.objects.key_waits([node])
+            return JsonResponse({**describe_node(node, dependencies, waits.get(node.pk, "")), **answer})
 
         return view
 

@@ -25,6 +25,9 @@ from .draft import NO_DEFAULT, Draft, check_dependencies, gc_paused
 from .serialization import NotSerialisable, to_tree
 from .states import TASK_KINDS, WAITING_KINDS, NodeKind, TriggerRule
 
+#: The longest concurrency key a node may declare (its column's length).
+CONCURRENCY_KEY_MAX_LENGTH = 200
+
 #: A ``models.WorkflowNode`` (this module does not import models, see draft.py).
 Node = Any
 #: Trigger rules as a set: ``TriggerRule.values`` builds a list on every read.
@@ -113,6 +116,34 @@ def _as_attempts(max_attempts: int) -> int:
     )
 
 
+def concurrency_fields(key: str | None, limit: int | None) -> dict[str, Any]:
+    """A node's ``concurrency_key`` and ``concurrency_limit``, checked; empty without a key.
+
+    Refused with a message naming the problem: a limit without a key (or a
+    key without a limit), a limit that is not a whole number of at least 1,
+    a key that is not a non-blank string that fits its column.
+    """
+    if key is None and limit is None:
+        return {}
+    if key is None:
+        raise ValidationError(
+            f"concurrency_limit={limit!r} was given without a concurrency_key: say which key it limits",
+            code="bad_concurrency",
+        )
+    if not isinstance(key, str) or not key.strip() or len(key) > CONCURRENCY_KEY_MAX_LENGTH:
+        raise ValidationError(
+            f"concurrency_key must be a non-blank string of at most {CONCURRENCY_KEY_MAX_LENGTH} "
+            f"characters, got {key!r:.300}",
+            code="bad_concurrency",
+        )
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValidationError(
+            f"concurrency_limit of key {key!r} must be a whole number of at least 1, got {limit!r}",
+            code="bad_concurrency",
+        )
+    return {"concurrency_key": key, "concurrency_limit": limit}
+
+
 def _single_task(sig: Signature, what: str) -> None:
     if isinstance(sig, CANVAS_TYPES):
         raise ValidationError(
@@ -151,9 +182,12 @@ def add_signature(
     trigger_rule: str = TriggerRule.ALL_SUCCESS,
     timeout: float | timedelta | None = None,
     max_attempts: int = 1,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
 ) -> Node:
     sig = _as_signature(draft, signature)
     _single_task(sig, "add_signature")
+    keyed = concurrency_fields(concurrency_key, concurrency_limit)
     if trigger_rule not in TRIGGER_RULES:
         raise ValidationError(
             f"Unknown trigger_rule {trigger_rule!r}; use one of {', '.join(TriggerRule.values)}.",
@@ -170,6 +204,7 @@ def add_signature(
         trigger_rule=trigger_rule,
         timeout=None if timeout is None else _as_timeout(timeout),
         max_attempts=1 if max_attempts == 1 and type(max_attempts) is int else _as_attempts(max_attempts),
+        **keyed,
     )
     if callbacks:
         _add_linked(draft, callbacks, [node])
@@ -339,12 +374,27 @@ def _add_linked(draft: Draft, callbacks: list[tuple[Signature, str]], leaves: li
 # -- canvas ------------------------------------------------------------------------------------
 
 
-def add_canvas(draft: Draft, canvas: Any, dependencies: Iterable[Node] | None = None) -> list[Node]:
+def add_canvas(
+    draft: Draft, canvas: Any, dependencies: Iterable[Node] | None = None,
+    concurrency_key: str | None = None, concurrency_limit: int | None = None,
+) -> list[Node]:
+    """Add ``canvas`` after ``dependencies``; returns its leaves.
+
+    A concurrency key applies to every task the canvas holds (not to the
+    joins between them, which run no task, nor to its linked callbacks).
+    """
+    keyed = concurrency_fields(concurrency_key, concurrency_limit)
     with gc_paused():
         deps = check_dependencies(draft, dependencies)
         if len(deps) > 1:
             deps = [add_join(draft, deps)]
-        return _add(draft, _as_signature(draft, canvas), deps)
+        first = len(draft.nodes)
+        leaves = _add(draft, _as_signature(draft, canvas), deps)
+    if keyed:
+        for node in draft.nodes[first:]:
+            if node.kind == NodeKind.TASK:
+                node.concurrency_key, node.concurrency_limit = concurrency_key, concurrency_limit
+    return leaves
 
 
 def _add(draft: Draft, sig: Signature, deps: list[Node]) -> list[Node]:

@@ -22,6 +22,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import canvas as celery_canvas
 from . import fastinit
+from .canvas import CONCURRENCY_KEY_MAX_LENGTH
 from .draft import GRAPH_KINDS, NO_DEFAULT, Draft
 from .querysets import WorkflowNodeQuerySet, WorkflowQuerySet
 from .serialization import from_tree
@@ -218,6 +219,8 @@ class Workflow(models.Model):
         trigger_rule: str = TriggerRule.ALL_SUCCESS,
         timeout: float | timedelta | None = None,
         max_attempts: int = 1,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
     ) -> WorkflowNode:
         """Add one signature as a node depending on ``dependencies``; returns the node.
 
@@ -225,9 +228,14 @@ class Workflow(models.Model):
         ``timeout``: seconds (or timedelta) after its start at which a node
         still running is given up on and its task revoked; ``max_attempts``:
         how many runs it gets in all before a timeout fails it.
+        ``concurrency_key`` and ``concurrency_limit`` (given together): at most
+        that many nodes with the key run at once across all workflows; a node
+        that finds them all taken waits (WAITING, no worker, no message), in
+        the order the nodes became ready.
         """
         return celery_canvas.add_signature(
             self.draft, signature, dependencies, trigger_rule=trigger_rule, timeout=timeout, max_attempts=max_attempts,
+            concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
         )
 
     def add_fanout(
@@ -286,10 +294,16 @@ class Workflow(models.Model):
         return celery_canvas.add_timer(self.draft, dependencies, delay=delay, at=at, name=name)
 
     def add_celery_canvas(
-        self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None
+        self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None,
+        concurrency_key: str | None = None, concurrency_limit: int | None = None,
     ) -> list[WorkflowNode]:
-        """Add a chain/group/chord/signature; returns the nodes a follower must depend on."""
-        return celery_canvas.add_canvas(self.draft, canvas, dependencies)
+        """Add a chain/group/chord/signature; returns the nodes a follower must depend on.
+
+        ``concurrency_key``/``concurrency_limit``: as for ``add_signature``, on every task of the canvas.
+        """
+        return celery_canvas.add_canvas(
+            self.draft, canvas, dependencies, concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
+        )
 
     def leaves(self) -> list[WorkflowNode]:
         """Nodes nobody depends on (callbacks excluded)."""
@@ -490,6 +504,17 @@ class WorkflowNode(models.Model):
     queued_at = models.DateTimeField(_("queued at"), null=True, blank=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    # NULL, not "": a node without a key (the previous release inserts none) is outside the
+    # partial index below and needs no database default.
+    concurrency_key = models.CharField(  # noqa: DJ001
+        _("concurrency key"), max_length=CONCURRENCY_KEY_MAX_LENGTH, null=True, blank=True,
+        help_text=_("Nodes sharing this key, across all workflows, run at most concurrency limit at once "
+                    "(QUEUED, STARTED or RETRY); the others wait in WAITING, first ready first run."),
+    )
+    concurrency_limit = models.PositiveIntegerField(
+        _("concurrency limit"), null=True, blank=True,
+        help_text=_("How many nodes of the concurrency key may hold a slot when this one is admitted."),
+    )
     worker_hostname = models.CharField(
         _("worker"), max_length=255, blank=True, default="",
         help_text=_("Celery node name of the worker running the node (empty: unknown, or the "
@@ -529,6 +554,9 @@ class WorkflowNode(models.Model):
             models.Index(fields=["workflow", "position"], name="dyrygent_node_wf_pos_idx"),
             models.Index(fields=["state"], name="dyrygent_node_state_idx"),
             models.Index(fields=["task_name"], name="dyrygent_node_task_name_idx"),
+            # Partial: a node without a key (nearly all) writes no entry, at build or at any state change.
+            models.Index(fields=["concurrency_key", "state"], name="dyrygent_node_key_state_idx",
+                         condition=models.Q(concurrency_key__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -625,8 +653,8 @@ class WorkflowEdge(models.Model):
 
 
 __all__ = [
-    "ApiToken", "FailedStart", "QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge", "WorkflowEvent",
-    "WorkflowNode",
+    "ApiToken", "ConcurrencyKey", "FailedStart", "QueuedRun", "WorkerHeartbeat", "Workflow", "WorkflowEdge",
+    "WorkflowEvent", "WorkflowNode",
 ]
 
 
@@ -813,3 +841,24 @@ class ApiToken(models.Model):
             # At most one write a minute per token: a busy client does not write on every call.
             cls.objects.filter(pk=token.pk).update(last_used_at=now)
         return token.user
+
+
+class ConcurrencyKey(models.Model):
+    """One concurrency key in use: the row whose lock serialises the admissions under that key.
+
+    The slots themselves are not counted here: a key's occupancy is read
+    from the states of its nodes, so a node that ends by any path (a crash
+    the sweep repairs included) frees its slot without anyone decrementing
+    a counter. The row only gives every database (PostgreSQL, MySQL/MariaDB,
+    SQLite through its write lock) one thing to lock per key.
+    """
+
+    key = models.CharField(_("key"), max_length=CONCURRENCY_KEY_MAX_LENGTH, unique=True)
+
+    class Meta:
+        verbose_name = _("concurrency key")
+        verbose_name_plural = _("concurrency keys")
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key

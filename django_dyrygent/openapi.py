@@ -73,7 +73,10 @@ NODE = _object({
     "dependencies": {"type": "array", "items": {"type": "integer"}, "description": "Ids of the nodes it waits for."},
     "result": {"description": "The task's result as stored (JSON; datetimes tagged as in Celery messages)."},
     "error": {"type": "string", "description": "Exception and traceback of a failed node."},
-    "reason": {"type": "string"},
+    "reason": {"type": "string", "description": "Why it is in its state; for a node waiting for a slot of its "
+                                                "concurrency key, 'waiting for concurrency key K: n of N running'."},
+    "concurrency_key": _nullable("string"),
+    "concurrency_limit": _nullable("integer", minimum=1),
     "attempts": {"type": "integer", "minimum": 1},
     "queued_at": TIME,
     "started_at": TIME,

@@ -169,6 +169,11 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
     data["node_rows"] = count
     if count <= node_limit:
         data["collapsed"] = False
+        rows = list(nodes.order_by("position").only(
+            "position", "task_id", "task_name", "kind", "state", "reason", "attempts", "signature",
+            "queued_at", "started_at", "finished_at", "concurrency_key", "concurrency_limit",
+        ))
+        waits = WorkflowNode.objects.key_waits(rows)
         data["nodes"] = [
             {
                 "position": n.position,
@@ -177,17 +182,15 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
                 "kind": n.kind,
                 "state": n.state,
                 "call": call_text(n.signature),
-                "reason": n.reason,
+                "reason": waits.get(n.pk, n.reason),
+                "concurrency_key": n.concurrency_key,
                 "attempts": n.attempts,
                 "queued_at": _iso(n.queued_at),
                 "started_at": _iso(n.started_at),
                 "finished_at": _iso(n.finished_at),
                 "duration_seconds": _seconds(n.duration),
             }
-            for n in nodes.order_by("position").only(
-                "position", "task_id", "task_name", "kind", "state", "reason", "attempts", "signature",
-                "queued_at", "started_at", "finished_at",
-            )
+            for n in rows
         ]
     else:
         data["collapsed"] = True

@@ -15,7 +15,8 @@ class WorkflowState(models.TextChoices):
 
 class NodeState(models.TextChoices):
     PENDING = "PENDING", _("Pending")
-    # A wait or timer node whose dependencies succeeded: waiting for its signal or its time.
+    # A wait or timer node whose dependencies succeeded: waiting for its signal or its time;
+    # or a task node waiting for a free slot of its concurrency key.
     WAITING = "WAITING", _("Waiting")
     QUEUED = "QUEUED", _("Queued")
     STARTED = "STARTED", _("Started")
@@ -142,6 +143,7 @@ NODE_TRANSITIONS: dict[str, set[str]] = {
         NodeState.CANCELED,
     },
     NodeState.WAITING: {
+        NodeState.QUEUED,  # a task node waiting for a slot of its concurrency key was admitted
         NodeState.SUCCESS,  # signalled, a timer due, or a wait timed out with a default
         NodeState.FAILURE,  # timed out
         NodeState.CANCELED,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import django
 from django.contrib import admin, messages
@@ -34,6 +34,7 @@ from ..engine import nodes as node_actions
 from ..graph import layout as graph
 from ..graph.layout import shorten
 from ..models import WorkerHeartbeat, WorkflowNode
+from ..querysets import WorkflowNodeQuerySet, key_wait
 from ..states import NODE_FAILED, NodeKind, NodeState, WorkflowState
 from ..worker import liveness
 from ..worker.liveness import Snapshot
@@ -68,10 +69,10 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     list_select_related = ("workflow",)
     readonly_fields = ("workflow_link", "state_badge", "arguments", "pretty_result", "pretty_error",
                        "pretty_previous_task_ids", "duration", "dependency_links", "dependent_links",
-                       "pretty_payload", "pretty_options")
+                       "pretty_payload", "pretty_options", "concurrency")
     fieldsets = (
         (None, {"fields": ("workflow_link", "state_badge", "task_name", "task_id", "kind", "trigger_rule",
-                           "reason")}),
+                           "reason", "concurrency")}),
         (_("Call"), {"fields": ("arguments", "pretty_options", "pretty_result", "pretty_error")}),
         (_("Attempts"), {"fields": ("attempts", "retries", "publish_count", "pretty_previous_task_ids",
                                     "worker_hostname", "worker_pid")}),
@@ -293,7 +294,28 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj: WorkflowNode) -> str:
-        return state_badge(obj.state, obj.get_state_display())
+        badge = state_badge(obj.state, obj.get_state_display())
+        why = self._key_wait(obj)
+        return format_html('{} <span class="dy-key-wait">{}</span>', badge, why) if why else badge
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowNode]:
+        # The slots taken of each node's key, in the same query (nothing counted for a node without a key).
+        return cast(WorkflowNodeQuerySet, super().get_queryset(request)).with_slots_taken()
+
+    @staticmethod
+    def _key_wait(obj: WorkflowNode) -> str:
+        """Why ``obj`` waits for a slot of its concurrency key; empty when it does not."""
+        if obj.state != NodeState.WAITING or not obj.concurrency_key:
+            return ""
+        return key_wait(obj.concurrency_key, obj.concurrency_limit, getattr(obj, "slots_taken", 0))
+
+    @admin.display(description=_("concurrency key"))
+    def concurrency(self, obj: WorkflowNode) -> str:
+        if not obj.concurrency_key:
+            return "-"
+        why = self._key_wait(obj)
+        return format_html("<code>{}</code> (limit {}){}", obj.concurrency_key, obj.concurrency_limit,
+                           format_html("<br>{}", why) if why else "")
 
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_short(self, obj: WorkflowNode) -> str:

@@ -54,7 +54,7 @@ from ..states import (
     NodeState,
     WorkflowState,
 )
-from . import messaging, outcomes, repair, sql
+from . import messaging, outcomes, repair, slots, sql
 from .decisions import (
     abort,
     maybe_finish,
@@ -163,7 +163,7 @@ def _idle_tick(workflow_id: UUID | str) -> str | None:
     pay that, nor make the completions pay it. Here
     one unlocked SELECT asks what the locked tick would act on (the same
     querysets: ``repair.late_nodes``, ``repair.stale_nodes``,
-    ``decisions.ready_nodes``, the deadline, the counters, a failed tick to
+    ``decisions.ready_nodes``, ``slots.admittable``, the deadline, the counters, a failed tick to
     clear); when none holds, a conditional UPDATE counts the tick and moves
     ``next_tick_at`` (only if this is the due tick, as ``schedule_tick``
     decides), and the next tick is sent. Returns None whenever anything is
@@ -181,7 +181,7 @@ def _idle_tick(workflow_id: UUID | str) -> str | None:
 
 #: What ``_idle_check`` reads of each workflow, in order (``_tick_if_idle`` unpacks it).
 _IDLE_FIELDS = ("pk", "state", "next_tick_at", "deadline", "engine_errors", "nodes_done", "nodes_total",
-                "options", "late", "stale", "ready")
+                "options", "late", "stale", "ready", "admit")
 
 
 def _idle_check(workflows: QuerySet[Workflow], now: datetime, limit: int | None = None) -> list[tuple[Any, ...]]:
@@ -189,7 +189,7 @@ def _idle_check(workflows: QuerySet[Workflow], now: datetime, limit: int | None 
     ref = OuterRef("pk")
     rows = workflows.annotate(
         late=Exists(repair.late_nodes(ref, now)), stale=Exists(repair.stale_nodes(ref, now)),
-        ready=Exists(ready_nodes(ref)),
+        ready=Exists(ready_nodes(ref)), admit=Exists(slots.admittable(ref)),
     ).values_list(*_IDLE_FIELDS)
     return list(rows if limit is None else rows[:limit])
 
@@ -285,6 +285,12 @@ def pause(workflow_id: UUID | str, reason: str = "") -> bool:
             return False
         step.transition_workflow(WorkflowState.PAUSED, reason=reason or "paused",
                                  paused_at=step.now, next_tick_at=None)
+        # Its nodes waiting for a concurrency key give up their place in the queue until resume:
+        # the waiters behind them may now be let in.
+        for key, limit in WorkflowNode.objects.filter(
+            workflow_id=step.wf.pk, state=NodeState.WAITING, concurrency_key__isnull=False,
+        ).values_list("concurrency_key", "concurrency_limit"):
+            step.freed_keys[str(key)] = max(step.freed_keys.get(str(key), 0), limit or 1)
         return True
 
     return bool(locked_step(workflow_id, do_pause))

@@ -36,7 +36,7 @@ from ..states import (
     TriggerRule,
     WorkflowState,
 )
-from . import db
+from . import db, slots
 from .sql import NODE_FIELDS
 from .steps import Step
 
@@ -207,9 +207,22 @@ def _next_position(step: Step) -> int:
 
 
 def queue_nodes(step: Step, nodes: Sequence[WorkflowNode], reason: str = "") -> None:
-    """Mark nodes QUEUED now; they are published after commit with their call arguments."""
+    """Mark nodes QUEUED now; they are published after commit with their call arguments.
+
+    A node with a concurrency key that does not hold a slot yet is queued
+    only if ``slots.admit`` gives it one; otherwise it waits (``wait_for_slot``).
+    """
     if not nodes:
         return
+    keyed = [n for n in nodes if n.concurrency_key and n.state not in slots.HOLDS_SLOT]
+    if keyed:
+        admitted, held, nudge = slots.admit(keyed, step.wf.state == WorkflowState.RUNNING, step.wf.pk)
+        step.to_tick |= nudge
+        wait_for_slot(step, held)
+        chosen = {n.pk for n in admitted}
+        nodes = [n for n in nodes if n not in keyed or n.pk in chosen]
+        if not nodes:
+            return
     calls = call_args(step, nodes)
     moved = step.transition_nodes(
         nodes, NodeState.QUEUED, reason=reason, queued_at=step.now,
@@ -217,6 +230,16 @@ def queue_nodes(step: Step, nodes: Sequence[WorkflowNode], reason: str = "") -> 
     )
     for node in moved:
         step.to_publish.append((node, calls.get(node.pk, ())))
+
+
+def wait_for_slot(step: Step, nodes: Sequence[WorkflowNode]) -> None:
+    """PENDING -> WAITING for a slot of their key; ``queued_at`` is their place in the key's queue."""
+    by_key: defaultdict[str, list[WorkflowNode]] = defaultdict(list)
+    for node in nodes:
+        by_key[str(node.concurrency_key)].append(node)
+    for key, group in by_key.items():
+        step.transition_nodes(group, NodeState.WAITING, reason=f"waiting for concurrency key {key}",
+                              queued_at=step.now)
 
 
 def call_args(step: Step, nodes: Sequence[WorkflowNode]) -> dict[int, tuple[Any, ...]]:
@@ -359,8 +382,20 @@ def ready_nodes(workflow: Any) -> QuerySet[WorkflowNode]:
 
 
 def release_ready(step: Step) -> None:
-    """Queue every PENDING node whose rule is already satisfied (start, retry, safety net)."""
-    candidates = list(ready_nodes(step.wf.pk).only(*NODE_FIELDS).order_by("position"))
+    """Queue every PENDING node whose rule is already satisfied (start, retry, safety net).
+
+    The same query reads the workflow's nodes waiting for a slot of their
+    concurrency key (WAITING with a key), which are admitted if their turn
+    has come: no statement more for a workflow without keys.
+    """
+    candidates = list(
+        (ready_nodes(step.wf.pk) | WorkflowNode.objects.filter(
+            workflow_id=step.wf.pk, state=NodeState.WAITING, concurrency_key__isnull=False,
+        )).only(*NODE_FIELDS).order_by("position")
+    )
+    waiters = [n for n in candidates if n.state == NodeState.WAITING]
+    if waiters:
+        queue_nodes(step, waiters, reason="a slot of its concurrency key")
     finals = _apply_readiness(step, candidates)
     settle(step, finals)
 

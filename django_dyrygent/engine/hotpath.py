@@ -64,7 +64,9 @@ run in autocommit (no ``BEGIN``/``COMMIT`` round trips), all through
 Anything the statement does not decide makes it write nothing, and the
 report takes the locked path instead (``outcomes.node_succeeded``), which
 then counts it once: a result that cannot be stored, a node that is not a
-task or not active (a duplicate report), a workflow not RUNNING or passing
+task or not active (a duplicate report), a node or a dependent with a
+concurrency key (its slot is freed and taken under the key's lock,
+``slots``), a workflow not RUNNING or passing
 results, a dependent whose readiness is anything but "queue this task" or
 "succeed this join" (a fan-out, a skip, an upstream failure, a callback),
 a join's dependent that is anything but a task that keeps waiting or is

@@ -38,6 +38,7 @@ Quote = Callable[[str], str]
 NODE_FIELDS = (
     "id", "workflow_id", "task_id", "task_name", "kind", "state", "trigger_rule",
     "waiting", "failed_dependencies", "signature", "publish_count", "fanout_size", "timeout",
+    "concurrency_key", "concurrency_limit",
 )
 # Those fields in model order (what Model.from_db expects), and their columns.
 NODE_FIELD_OBJECTS = [f for f in WorkflowNode._meta.concrete_fields if f.attname in NODE_FIELDS]
@@ -177,7 +178,7 @@ def _ready(counts: str) -> str:
     """A task dependent this completion queues: its last dependency, plain rule, nothing failed."""
     return (
         f"n.waiting = {counts}.n AND n.failed_dependencies = 0 AND n.state = %(pending)s "
-        f"AND n.kind = %(task_kind)s AND n.trigger_rule = ANY(%(queue_rules)s)"
+        f"AND n.kind = %(task_kind)s AND n.trigger_rule = ANY(%(queue_rules)s) AND n.concurrency_key IS NULL"
     )
 
 
@@ -284,7 +285,8 @@ def _success(quote: Quote, event_log: bool, joins: bool) -> str:
         f"WITH wf AS (SELECT id, tasks_options FROM {wf_t} "
         f"  WHERE id = %(wf)s AND state = %(running)s AND NOT pass_results FOR KEY SHARE), "
         f"me AS (SELECT id, state FROM {node_t} WHERE workflow_id = (SELECT id FROM wf) "
-        f"  AND task_id = %(task)s AND kind = %(task_kind)s AND state = ANY(%(active)s) FOR UPDATE), "
+        f"  AND task_id = %(task)s AND kind = %(task_kind)s AND state = ANY(%(active)s) "
+        f"  AND concurrency_key IS NULL FOR UPDATE), "
         f"deps AS (SELECT n.id, n.state, n.kind, n.waiting, n.failed_dependencies, h.n, "
         f"  ({_ready('h')}) AS ready{join_ready} "
         f"  FROM {node_t} n JOIN (SELECT node_id, count(*) AS n FROM {edge_t} "

@@ -45,7 +45,7 @@ from ..states import (
     NodeKind,
     NodeState,
 )
-from . import db, messaging, waiting
+from . import db, messaging, slots, waiting
 
 # The engine's documented logger (docs/operations.md), shared by its modules.
 logger = logging.getLogger("django_dyrygent.engine")
@@ -122,6 +122,10 @@ class Step:
         # A finished workflow whose callbacks still run keeps its tick chain (see repair.watch_callbacks).
         self.watch_callbacks = False
         self.tick_countdown: float | None = None  # set by decisions.schedule_tick: send the next tick after commit
+        # Concurrency keys a node of this step let go of (key -> that node's limit), and the
+        # workflows whose waiters the freed slots let in: ticked after commit (slots.py).
+        self.freed_keys: dict[str, int] = {}
+        self.to_tick: set[Any] = set()
 
     # state changes -------------------------------------------------------------------
 
@@ -204,6 +208,10 @@ class Step:
 
     def _record_node(self, node: WorkflowNode, old: str, new: str, reason: str) -> None:
         node.state = new
+        # From __dict__: a node loaded without the field is never read again for it.
+        key = node.__dict__.get("concurrency_key")
+        if key and old in slots.HOLDS_SLOT and new not in slots.HOLDS_SLOT:
+            self.freed_keys[key] = max(self.freed_keys.get(key, 0), node.concurrency_limit or 1)
         if node.kind in COUNTED_KINDS and (old in NODE_FINAL) != (new in NODE_FINAL):
             # Into a final state counts up; out of one (retry()) counts back down.
             final, step = (new, 1) if new in NODE_FINAL else (old, -1)
@@ -273,6 +281,8 @@ class Step:
                     waiting.notify_finished(conn, self.wf.pk, self.wf.state)
         if self.events and settings.EVENT_LOG:
             WorkflowEvent.objects.bulk_create(self.events, batch_size=1000)
+        if self.freed_keys:
+            self.to_tick |= slots.heads(self.freed_keys)
         if self.to_publish:
             transaction.on_commit(partial(messaging.publish, self.wf.pk, None, self.to_publish))
         if self.to_revoke:
@@ -282,6 +292,9 @@ class Step:
         if self.tick_countdown is not None:
             # After the publish: the nodes are what the workers wait for.
             transaction.on_commit(partial(messaging.send_tick, self.wf.pk, None, self.tick_countdown))
+        for workflow_id in sorted(self.to_tick, key=str):
+            # A tick of the workflow whose waiter a slot freed here lets in (its own lock admits it).
+            transaction.on_commit(partial(messaging.send_tick, workflow_id, None, None))
         transaction.on_commit(self.announce)
 
     def announce(self) -> None:

@@ -121,7 +121,8 @@ class Item:
             return counts_text(self)
         if self.kind in (NodeKind.MAP, NodeKind.BRANCH, *CALLBACK_KINDS, *WAITING_KINDS):
             return str(NodeKind(self.kind).label).lower()
-        return ""
+        key = self.node.get("concurrency_key")
+        return shorten(f"key {key}", LABEL_CHARS) if key else ""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from django.db.models.functions import Left, Right
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from ..querysets import key_wait
 from ..serialization import error_line
 from ..states import CALLBACK_KINDS, WAITING_KINDS, NodeKind, NodeState
 from .items import (
@@ -121,11 +122,14 @@ def load(workflow: Workflow, details: bool = True) -> Graph:
     """
     from ..models import WorkflowEdge, WorkflowNode
 
-    fields = ["id", "task_name", "kind", "state", "position"]
+    fields = ["id", "task_name", "kind", "state", "position", "concurrency_key"]
     nodes = WorkflowNode.objects.filter(workflow_id=workflow.pk).order_by("position", "id")
     if details:
-        nodes = nodes.annotate(error_head=Left(F("error"), ERROR_CHARS), error_tail=Right(F("error"), ERROR_CHARS))
-        fields += ["task_id", "signature", "started_at", "finished_at", "error_head", "error_tail", "reason"]
+        nodes = nodes.annotate(
+            error_head=Left(F("error"), ERROR_CHARS), error_tail=Right(F("error"), ERROR_CHARS),
+        ).with_slots_taken()
+        fields += ["task_id", "signature", "started_at", "finished_at", "error_head", "error_tail", "reason",
+                   "concurrency_limit", "slots_taken"]
     edges = WorkflowEdge.objects.filter(workflow_id=workflow.pk).order_by("position", "id")
     return Graph(
         nodes=list(nodes.values(*fields)),
@@ -295,7 +299,9 @@ def tooltip(item: Item) -> str:
     if started and finished:
         lines.append(f"duration: {format_duration(finished - started)}")
     error = error_line(node.get("error_head"), node.get("error_tail"))
-    if error:
+    if node.get("concurrency_key") and node["state"] == NodeState.WAITING and "slots_taken" in node:
+        lines.append(key_wait(node["concurrency_key"], node.get("concurrency_limit"), node["slots_taken"]))
+    elif error:
         lines.append(f"error: {shorten(error, ARGS_CHARS)}")
     elif node.get("reason") and node["state"] != NodeState.SUCCESS:
         lines.append(f"reason: {shorten(node['reason'], ARGS_CHARS)}")
@@ -341,6 +347,8 @@ def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
             classes += " dy-group"
         elif item.kind in (*WAITING_KINDS, NodeKind.BRANCH):
             classes += f" dy-{item.kind}"
+        elif item.node.get("concurrency_key"):
+            classes += " dy-keyed"
         parts.append(
             f'<a href="{escape(url_for(item))}" id="dy-{item.id}" class="{classes}">'
             f"<title>{escape(tooltip(item))}</title>"

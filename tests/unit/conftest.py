@@ -1,5 +1,6 @@
-"""Helpers of the admin tests: workflows to look at and the admin's URLs."""
+"""Helpers of the unit tests: workflows to look at, the admin's URLs, engine calls with their commit."""
 
+import pytest
 from celery import chain, group
 from django.urls import reverse
 
@@ -10,6 +11,17 @@ from tests.tasks import add, record
 
 CHANGELIST = "/admin/django_dyrygent/workflow/"
 NODE_CHANGELIST = "/admin/django_dyrygent/workflownode/"
+
+
+@pytest.fixture
+def run(django_capture_on_commit_callbacks):
+    """Call an engine entry point and run what it queued for after commit."""
+
+    def call(fn, *args, **kwargs):
+        with django_capture_on_commit_callbacks(execute=True):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def make_workflow(name="wf", width=2, **kwargs):

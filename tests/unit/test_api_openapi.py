@@ -218,3 +218,18 @@ def test_openapi__every_operation_was_called_with_its_success_status(document):
         for status in operation["responses"] if status.startswith("2")
     }
     assert wanted - EXERCISED == set()
+
+
+def test_openapi__a_node_waiting_for_a_concurrency_key_says_why(machine, call):
+    flows = []
+    for name in ("holder", "waiter"):
+        wf = Workflow(name=name)
+        wf.add_signature(record.si(name), concurrency_key="customer-42", concurrency_limit=1)
+        wf.apply_async()
+        engine.tick(wf.pk, scheduled=False)
+        flows.append(wf)
+    (waiting,) = call(machine, "get", f"/workflows/{flows[1].pk}/nodes/").json()["results"]
+    assert [waiting[f] for f in ("state", "concurrency_key", "concurrency_limit")] == ["WAITING", "customer-42", 1]
+    assert waiting["reason"] == "waiting for concurrency key customer-42: 1 of 1 running"
+    (running,) = call(machine, "get", f"/workflows/{flows[0].pk}/nodes/").json()["results"]
+    assert (running["state"], running["reason"]) == ("QUEUED", "")

@@ -70,17 +70,6 @@ def broker(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def run(django_capture_on_commit_callbacks):
-    """Call an engine entry point and run what it queued for after commit."""
-
-    def call(fn, *args, **kwargs):
-        with django_capture_on_commit_callbacks(execute=True):
-            return fn(*args, **kwargs)
-
-    return call
-
-
 def states(wf):
     return {n.task_id: n.state for n in WorkflowNode.objects.filter(workflow=wf, kind="task")}
 

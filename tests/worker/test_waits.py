@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from django_dyrygent import engine
 from django_dyrygent.engine import outcomes
-from django_dyrygent.models import Workflow, WorkflowNode
+from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from django_dyrygent.worker.recovery import Sweeper
 from tests.conftest import wait_for
 from tests.models import Execution
@@ -136,6 +136,31 @@ def test_signal__waiting_node_survives_tick_and_sweep():
     assert wait.reason.startswith("waiting for signal 'approved' until 20")
     assert after(wf).state == S.PENDING
     assert wf.signal("approved") == 1
+
+
+@pytest.mark.worker
+def test_signal__a_wait_without_timeout_survives_the_workers_sweep_then_a_signal_completes_it(worker, settings):
+    settings.DYRYGENT_LIVENESS = True  # the sweep judges nodes whose worker or message seems lost
+    wf = Workflow(name="approval-sweep")
+    before = wf.add_signature(record.si("before"))
+    wait = wf.add_wait("approved", dependencies=[before])
+    wf.add_signature(record.si("after"), dependencies=[wait])
+    wf.apply_async()
+    wait_for(lambda: WorkflowNode.objects.get(pk=wait.pk).state == S.WAITING, "the wait to be reached")
+    # As if it had waited a day with its tick message lost: every repair of the sweep looks at it.
+    day_ago = timezone.now() - timedelta(days=1)
+    WorkflowNode.objects.filter(pk=wait.pk).update(started_at=day_ago, queued_at=day_ago)
+    for _ in range(2):
+        Workflow.objects.filter(pk=wf.pk).update(next_tick_at=day_ago)
+        Sweeper().sweep_once(stale_after=0)
+    swept = WorkflowNode.objects.get(pk=wait.pk)
+    assert (swept.state, swept.timeout_at, swept.publish_count) == (S.WAITING, None, 0)
+    assert swept.reason == "waiting for signal 'approved'"
+    assert list(WorkflowEvent.objects.filter(node_id=wait.pk).values_list("new_state", flat=True)) == [S.WAITING]
+    assert not Execution.objects.filter(label="after").exists()
+    assert wf.signal("approved") == 1
+    assert wf.wait(timeout=TIMEOUT) == W.SUCCESS
+    assert Execution.objects.filter(label="after").count() == 1
 
 
 @pytest.mark.django_db
