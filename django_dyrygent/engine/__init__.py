@@ -362,6 +362,54 @@ def _storable_payload(payload: Any) -> Any:
     return value
 
 
+def adopt_child(workflow_id: UUID | str, node_id: int, child: Workflow) -> bool:
+    """Save and start ``child`` (unsaved, its id the node's task id) if the node still waits for it.
+
+    One locked step of the parent, so a cancel of the parent either comes
+    first (the node is no longer WAITING: nothing is saved, False) or after
+    (it finds the child and cancels it). A second start of the same node (a
+    duplicate message) finds its child saved and returns False.
+    """
+
+    def do_adopt(step: Step) -> bool:
+        node = _waiting_child_node(step, node_id, child.pk)
+        if node is None or Workflow.objects.filter(pk=child.pk).exists():
+            return False
+        child.parent_node = node
+        child.apply_async()
+        WorkflowNode.objects.filter(pk=node.pk, state=NodeState.WAITING).update(
+            reason=f"running sub-workflow {child.pk}"[:255])
+        return True
+
+    return bool(locked_step(workflow_id, do_adopt))
+
+
+def fail_child_start(workflow_id: UUID | str, node_id: int, task_id: str, error: str) -> bool:
+    """Fail a sub-workflow node whose child could not be built or saved, saying why; False if moot."""
+
+    def do_fail(step: Step) -> bool:
+        node = _waiting_child_node(step, node_id, task_id)
+        if node is None:
+            return False
+        step.transition_nodes([node], NodeState.FAILURE, reason="its sub-workflow could not start",
+                              error=storable_text(error))
+        settle(step, [node])
+        maybe_finish(step)
+        return True
+
+    return bool(locked_step(workflow_id, do_fail))
+
+
+def _waiting_child_node(step: Step, node_id: int, task_id: Any) -> WorkflowNode | None:
+    """The sub-workflow node, if it still waits for the child of this attempt (``task_id``)."""
+    if step.wf.state in WORKFLOW_FINAL:
+        return None
+    return WorkflowNode.objects.filter(
+        pk=node_id, workflow_id=step.wf.pk, kind=NodeKind.SUBWORKFLOW, state=NodeState.WAITING,
+        task_id=str(task_id),
+    ).only(*NODE_FIELDS).first()
+
+
 def retry(workflow_id: UUID | str) -> int:
     """Re-run FAILURE / UPSTREAM_FAILED / CANCELED nodes with fresh task ids; resume.
 
