@@ -1,10 +1,13 @@
 """Sub-workflows without a worker: the engine driven directly, the child started by ``subworkflows.start``."""
 
+import threading
+
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection, connections
 
 from django_dyrygent import engine, subworkflows
-from django_dyrygent.engine import decisions, outcomes
+from django_dyrygent.engine import decisions, messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
 from tests import subflows
 from tests.tasks import record
@@ -194,3 +197,40 @@ def test_subworkflow__a_paused_parent_holds_the_start_and_resume_starts_it():
     assert wf.resume()
     sub.refresh_from_db()
     assert sub.state == S.WAITING
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_subworkflow__child_failing_while_parent_is_canceled_never_deadlocks_and_ends_consistently(monkeypatch):
+    """Two threads, released together, twenty rounds: one cancels the parent (locking the child after
+    it), one fails the child's task (its end told to the parent after its commit)."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers: nothing runs concurrently")
+    for name in ("publish", "revoke", "send_tick", "send_child_starts"):
+        monkeypatch.setattr(messaging, name, lambda *args, **kwargs: None)
+    for _round in range(20):
+        wf, sub, child = running_child()
+        task = child.nodes.get(position=0)
+        barrier = threading.Barrier(2)
+        errors = []
+
+        def run(call, *args, barrier=barrier, errors=errors):
+            try:
+                barrier.wait(5)
+                call(*args)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=run, args=(engine.cancel, wf.pk, "race")),
+                   threading.Thread(target=run, args=(outcomes.node_failed, child.pk, task.task_id, ValueError("x")))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not any(t.is_alive() for t in threads) and not errors, errors
+        state = (Workflow.objects.get(pk=wf.pk).state, WorkflowNode.objects.get(pk=sub.pk).state,
+                 Workflow.objects.get(pk=child.pk).state)
+        assert state in {(W.CANCELED, S.CANCELED, W.CANCELED), (W.CANCELED, S.CANCELED, W.FAILURE),
+                         (W.FAILURE, S.FAILURE, W.FAILURE)}, state
