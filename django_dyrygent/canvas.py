@@ -295,13 +295,61 @@ def add_branch(
             raise ValidationError(f"A branch's keys are non-empty strings, got {key!r}", code="bad_branch")
         members = list(members) if isinstance(members, (list, tuple)) else [members]
         for member in check_dependencies(draft, members):
-            if member is node or member.kind not in (*TASK_KINDS, NodeKind.JOIN, NodeKind.MAP, *WAITING_KINDS):
+            if member is node or member.kind not in (
+                *TASK_KINDS, NodeKind.JOIN, NodeKind.MAP, NodeKind.SUBWORKFLOW, *WAITING_KINDS,
+            ):
                 raise ValidationError(f"Path {key!r} of a branch holds {member!r}, which cannot follow it",
                                       code="bad_branch")
             draft.add_dependency(member, node)
         positions[key] = [m.position for m in members]
     node.signature["paths"] = positions
     return node
+
+
+def add_subworkflow(
+    draft: Draft, definition: Any, params: dict[str, Any] | None = None,
+    dependencies: Iterable[Node] | None = None, name: str = "",
+) -> Node:
+    """A node with no task that runs a child workflow: ``definition`` is a catalogue name or a factory.
+
+    Only what builds the child is stored (the name or the factory's dotted
+    path, and the parameters as a JSON tree): the child is built when the
+    node is reached, so it sees the catalogue and the code of that moment.
+    The task id is a UUID: it is the child workflow's id, so one attempt of
+    the node can start one child only, and ``retry()`` (a fresh task id)
+    starts a fresh child.
+    """
+    if isinstance(definition, str):
+        if not definition.strip():
+            raise ValidationError("A sub-workflow needs a catalogue definition's name or a factory",
+                                  code="bad_subworkflow")
+        source = {"definition": definition}
+    elif callable(definition):
+        path = f"{getattr(definition, '__module__', '')}.{getattr(definition, '__qualname__', '')}"
+        if "<" in path or not getattr(definition, "__module__", None):
+            raise ValidationError(
+                f"A sub-workflow's factory must be a module-level function (it is stored by its dotted path "
+                f"and imported when the node is reached), got {definition!r}", code="bad_subworkflow")
+        source = {"factory": path}
+    else:
+        raise ValidationError(f"A sub-workflow needs a definition name or a factory, got {definition!r}",
+                              code="bad_subworkflow")
+    if params is not None and not isinstance(params, dict):
+        raise ValidationError(f"A sub-workflow's params are a dict, got {type(params).__name__}",
+                              code="bad_subworkflow")
+    try:
+        source["params"] = to_tree(params or {})
+    except NotSerialisable as exc:
+        raise ValidationError(f"The params of sub-workflow {next(iter(source.values()))!r} are not "
+                              f"JSON-serialisable: {exc}", code="bad_subworkflow") from None
+    label = name or source.get("definition") or source["factory"]
+    if not isinstance(label, str) or len(label) > 255:
+        raise ValidationError(f"A sub-workflow's name is a string of at most 255 characters, got {label!r}",
+                              code="bad_subworkflow")
+    return draft.new_node(
+        check_dependencies(draft, dependencies), task_id=uuid(), task_name=label, kind=NodeKind.SUBWORKFLOW,
+        signature={"subworkflow": source},
+    )
 
 
 def add_callback(draft: Draft, signature: Any, kind: str) -> Node:

@@ -103,6 +103,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_PAYLOAD_BYTES", 1024 * 1024, (int,), "non_negative"),
     # Largest JSON-encoded args + kwargs of one signature apply_async accepts, in bytes (0: no cap).
     Setting("MAX_ARGUMENT_BYTES", 1024 * 1024, (int,), "non_negative"),
+    # How deep sub-workflows may nest: a child whose ancestors already number this many fails its
+    # node instead of starting (a definition that runs itself would otherwise never end).
+    Setting("MAX_SUBWORKFLOW_DEPTH", 10, (int,), "positive"),
     # What apply_async does with a task name the Celery registry does not know, when this
     # process's registry is complete (a worker process): warn in the log, refuse, or ignore.
     Setting("UNKNOWN_TASKS", "warn", (str,), choices=("warn", "refuse", "ignore")),
@@ -149,6 +152,7 @@ class Settings:
     OUTCOME_RETRY_FOR: float
     MAX_PAYLOAD_BYTES: int
     MAX_ARGUMENT_BYTES: int
+    MAX_SUBWORKFLOW_DEPTH: int
     UNKNOWN_TASKS: str
     CATALOGUE_MODULE: str | None
     STORE_NODE_RESULTS: bool

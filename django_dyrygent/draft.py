@@ -35,7 +35,9 @@ Node = Any
 NO_DEFAULT: Any = object()
 
 #: Node kinds a follower may depend on (callbacks run after the workflow, not inside it).
-GRAPH_KINDS = (NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT, NodeKind.TIMER, NodeKind.BRANCH)
+GRAPH_KINDS = (
+    NodeKind.TASK, NodeKind.JOIN, NodeKind.MAP, NodeKind.WAIT, NodeKind.TIMER, NodeKind.BRANCH, NodeKind.SUBWORKFLOW,
+)
 
 
 @contextmanager

@@ -142,6 +142,11 @@ class Workflow(models.Model):
         _("started from"), max_length=20, choices=Trigger.choices, blank=True, default="",
     )
     started_by = models.CharField(_("started by"), max_length=150, blank=True, default="")
+    parent_node = models.ForeignKey(
+        "WorkflowNode", on_delete=models.SET_NULL, null=True, blank=True, related_name="subworkflows",
+        verbose_name=_("parent node"),
+        help_text=_("The sub-workflow node of another workflow that started this one; it ends as this one does."),
+    )
     idempotency_key = models.CharField(
         _("idempotency key"), max_length=255, null=True, blank=True, unique=True,
         help_text=_("A client's key: a repeated start request with it returns this workflow."),
@@ -292,6 +297,24 @@ class Workflow(models.Model):
         it, so it survives worker and broker restarts. ``name`` labels it.
         """
         return celery_canvas.add_timer(self.draft, dependencies, delay=delay, at=at, name=name)
+
+    def add_subworkflow(
+        self, definition: str | Callable[..., Any], params: dict[str, Any] | None = None,
+        dependencies: Iterable[WorkflowNode] | None = None, name: str = "",
+    ) -> WorkflowNode:
+        """Run another workflow as one node: a catalogue definition's name, or a factory.
+
+        A factory is a module-level function returning an unsaved Workflow (or
+        a canvas), stored by its dotted path and called with ``params`` as
+        keywords; a definition's ``params`` go through its form, as from any
+        door. The child is built and started when the node is reached, never
+        before; the node is WAITING while it runs, then SUCCESS with the
+        child's result (its last nodes' results), FAILURE when the child
+        fails or errs, CANCELED when the child is canceled. Canceling this
+        workflow cancels the child. ``name`` labels the node (default: the
+        definition or factory).
+        """
+        return celery_canvas.add_subworkflow(self.draft, definition, params, dependencies, name=name)
 
     def add_celery_canvas(
         self, canvas: Signature | dict[str, Any], dependencies: Iterable[WorkflowNode] | None = None,

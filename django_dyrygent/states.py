@@ -47,6 +47,9 @@ class NodeKind(models.TextChoices):
     # A task whose result (a key, or a list of keys) chooses which of its dependents run;
     # the others are SKIPPED. Its signature keeps the paths (key -> node positions).
     BRANCH = "branch", _("Branch")
+    # No Celery task: runs another workflow (a catalogue definition or a factory), started when
+    # the node is reached; WAITING while the child runs, then it ends as the child did.
+    SUBWORKFLOW = "subworkflow", _("Sub-workflow")
 
 
 class TriggerRule(models.TextChoices):
@@ -97,13 +100,13 @@ WORKFLOW_RUNNABLE = frozenset({WorkflowState.INITIAL, WorkflowState.RUNNING})
 # Nodes that run once the workflow has ended (link_error, link_finalizer), never as part of it.
 CALLBACK_KINDS = (NodeKind.ERROR_CALLBACK, NodeKind.FINALIZER)
 # Steps of the workflow the counters count (nodes_total, nodes_done, ...): the user's, not joins.
-COUNTED_KINDS = (NodeKind.TASK, NodeKind.BRANCH, NodeKind.WAIT, NodeKind.TIMER)
+COUNTED_KINDS = (NodeKind.TASK, NodeKind.BRANCH, NodeKind.WAIT, NodeKind.TIMER, NodeKind.SUBWORKFLOW)
 # Steps of the workflow published to Celery as tasks (callbacks run after it).
 TASK_KINDS = (NodeKind.TASK, NodeKind.BRANCH)
 # Nodes that wait in WAITING instead of being published.
 WAITING_KINDS = (NodeKind.WAIT, NodeKind.TIMER)
 # Nodes without a Celery task of their own: no call to check, no task name to look up.
-TASKLESS_KINDS = (NodeKind.JOIN, NodeKind.WAIT, NodeKind.TIMER)
+TASKLESS_KINDS = (NodeKind.JOIN, NodeKind.WAIT, NodeKind.TIMER, NodeKind.SUBWORKFLOW)
 
 # The node state machine. Every node state change goes through
 # ``steps.Step.transition_nodes`` which refuses anything not listed here.
@@ -144,7 +147,7 @@ NODE_TRANSITIONS: dict[str, set[str]] = {
     },
     NodeState.WAITING: {
         NodeState.QUEUED,  # a task node waiting for a slot of its concurrency key was admitted
-        NodeState.SUCCESS,  # signalled, a timer due, or a wait timed out with a default
+        NodeState.SUCCESS,  # signalled, a timer due, a wait timed out with a default, a child succeeded
         NodeState.FAILURE,  # timed out
         NodeState.CANCELED,
     },

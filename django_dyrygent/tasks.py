@@ -12,10 +12,10 @@ from uuid import UUID
 
 from celery import Celery, Task, shared_task
 
-from . import engine, launch
+from . import engine, launch, subworkflows
 from .catalogue import UnknownDefinition
 from .engine import db
-from .engine.messaging import TICK_TASK
+from .engine.messaging import START_CHILD_TASK, TICK_TASK
 from .worker.recovery import Sweeper
 
 #: Keeps its broker probe between two sweeps run by this process.
@@ -42,6 +42,12 @@ def sweep(stale_after: float | None = None, batch_size: int = 100) -> int:
         _sweeper.sweep_once, batch_size=batch_size, stale_after=stale_after, retry_for=RETRY_FOR, what="a sweep",
     )
     return ticked
+
+
+@shared_task(name=START_CHILD_TASK, ignore_result=True)
+def start_subworkflow(node_id: int) -> str:
+    """Build and start the child workflow of a reached sub-workflow node (``subworkflows.start``)."""
+    return db.run(subworkflows.start, node_id, retry_for=RETRY_FOR, what="a sub-workflow start")
 
 
 # Expected failures: Celery logs them in one line, without a traceback.

@@ -156,3 +156,19 @@ def hold(self, flag, timeout=30):
         time.sleep(0.05)
     Execution.objects.create(label=f"held:{flag}", task_id=self.request.id or "")
     return flag
+
+
+@shared_task(bind=True, name="tests.split", max_retries=2)
+def split(self, label, n, rerun=False):
+    """Adds ``n`` nodes its dependents wait for, and one beside them ("also run that"), from inside its
+    body; with ``rerun``, the body runs a second time (a Celery retry, same task id) and adds them again."""
+    from celery import group
+
+    from django_dyrygent.growth import extend
+
+    Execution.objects.create(label=f"split:{label}", task_id=self.request.id or "")
+    extend("items", group(record.si(f"{label}-{i}") for i in range(n)))
+    extend("also", record.si(f"{label}-also"), dependents_wait=False)
+    if rerun and self.request.retries == 0:
+        raise self.retry(countdown=0.1)
+    return n

@@ -38,14 +38,16 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models import Exists, F, Max, OuterRef, QuerySet
 from django.utils import timezone
 
 from ..conf import settings
-from ..models import Workflow, WorkflowEdge, WorkflowNode
+from ..models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from ..serialization import storable_text
 from ..states import (
+    CALLBACK_KINDS,
     NODE_FAILED,
+    NODE_FINAL,
     NODE_OK,
     WAITING_KINDS,
     WORKFLOW_FINAL,
@@ -366,6 +368,159 @@ def _storable_payload(payload: Any) -> Any:
     if problem:
         raise ValidationError(problem.replace("Result", "Payload", 1), code="bad_payload")
     return value
+
+
+def adopt_child(workflow_id: UUID | str, node_id: int, child: Workflow) -> bool:
+    """Save and start ``child`` (unsaved, its id the node's task id) if the node still waits for it.
+
+    One locked step of the parent, so a cancel of the parent either comes
+    first (the node is no longer WAITING: nothing is saved, False) or after
+    (it finds the child and cancels it). A second start of the same node (a
+    duplicate message) finds its child saved and returns False.
+    """
+
+    def do_adopt(step: Step) -> bool:
+        node = _waiting_child_node(step, node_id, child.pk)
+        if node is None or Workflow.objects.filter(pk=child.pk).exists():
+            return False
+        child.parent_node = node
+        child.apply_async()
+        WorkflowNode.objects.filter(pk=node.pk, state=NodeState.WAITING).update(
+            reason=f"running sub-workflow {child.pk}"[:255])
+        return True
+
+    return bool(locked_step(workflow_id, do_adopt))
+
+
+def fail_child_start(workflow_id: UUID | str, node_id: int, task_id: str, error: str) -> bool:
+    """Fail a sub-workflow node whose child could not be built or saved, saying why; False if moot."""
+
+    def do_fail(step: Step) -> bool:
+        node = _waiting_child_node(step, node_id, task_id)
+        if node is None:
+            return False
+        step.transition_nodes([node], NodeState.FAILURE, reason="its sub-workflow could not start",
+                              error=storable_text(error))
+        settle(step, [node])
+        maybe_finish(step)
+        return True
+
+    return bool(locked_step(workflow_id, do_fail))
+
+
+def _waiting_child_node(step: Step, node_id: int, task_id: Any) -> WorkflowNode | None:
+    """The sub-workflow node, if it still waits for the child of this attempt (``task_id``)."""
+    if step.wf.state in WORKFLOW_FINAL:
+        return None
+    return WorkflowNode.objects.filter(
+        pk=node_id, workflow_id=step.wf.pk, kind=NodeKind.SUBWORKFLOW, state=NodeState.WAITING,
+        task_id=str(task_id),
+    ).only(*NODE_FIELDS).first()
+
+
+#: Node kinds a running task may add to its workflow (``grow``): what ``add_celery_canvas`` makes.
+GROWN_KINDS = (NodeKind.TASK, NodeKind.JOIN)
+
+
+def grow(
+    workflow_id: UUID | str, task_id: str, key: str, nodes: list[WorkflowNode],
+    edges: list[tuple[int, int]], leaves: list[int], dependents_wait: bool = True,
+) -> list[WorkflowNode]:
+    """Add validated, unsaved ``nodes`` after the node running ``task_id``; returns the saved ``leaves``.
+
+    ``edges`` are (node index, dependency index) pairs among ``nodes``, in
+    dependency order; ``leaves`` the indexes of the nodes a follower waits
+    for. One locked step, all or nothing:
+
+    * the workflow must be RUNNING or PAUSED and the node not ended
+      (ValidationError otherwise, nothing written);
+    * ``key`` already used by this node (its task ran again: execution is
+      at least once) returns the nodes it added then, and adds nothing;
+    * the roots of the addition wait for the node, so they run once it
+      succeeds (with its result under ``pass_results``) and never if it
+      fails; with ``dependents_wait`` its PENDING dependents wait for the
+      added leaves too. Neither can have been released: the node has not
+      ended, and it holds this lock against its own completion;
+    * the counters count the new nodes, so the workflow cannot end before them.
+    """
+
+    def do_grow(step: Step) -> list[WorkflowNode]:
+        wf = step.wf
+        if wf.state not in (WorkflowState.RUNNING, WorkflowState.PAUSED):
+            raise ValidationError(
+                f"Workflow {wf.pk} is {wf.state}: nodes can only be added to a running (or paused) workflow",
+                code="workflow_ended",
+            )
+        node = WorkflowNode.objects.filter(workflow_id=wf.pk, task_id=task_id).only(*NODE_FIELDS).first()
+        if node is None:
+            raise ValidationError(
+                f"No node of workflow {wf.pk} runs task {task_id} (a run replaced by a retry adds nothing)",
+                code="unknown_node",
+            )
+        grown: dict[str, list[list[int]]] = dict((node.signature or {}).get("grown") or {})
+        if key in grown:
+            return list(WorkflowNode.objects.filter(workflow_id=wf.pk, position__in=grown[key][1])
+                        .order_by("position"))
+        if node.state in NODE_FINAL or node.kind != NodeKind.TASK:
+            raise ValidationError(
+                f"Node {node.task_id} is a {node.kind} node in state {node.state}: only a task node that has "
+                "not ended can add nodes after itself (its dependents may already run)",
+                code="node_ended",
+            )
+        _save_grown(step, node, nodes, edges, [nodes[i] for i in leaves] if dependents_wait else [])
+        grown[key] = [[n.position for n in nodes], [nodes[i].position for i in leaves]]
+        node.signature = {**(node.signature or {}), "grown": grown}
+        WorkflowNode.objects.filter(pk=node.pk).update(signature=node.signature)
+        step.events.append(WorkflowEvent(
+            workflow_id=wf.pk, node_id=node.pk, old_state=node.state, new_state=node.state,
+            reason=f"added {len(nodes)} node(s) as {key!r}"[:255], created_at=step.now,
+        ))
+        return [nodes[i] for i in leaves]
+
+    return locked_step(workflow_id, do_grow) or []
+
+
+def _save_grown(
+    step: Step, node: WorkflowNode, nodes: list[WorkflowNode], edges: list[tuple[int, int]],
+    leaves: list[WorkflowNode],
+) -> None:
+    """Insert ``nodes`` after ``node`` (see ``grow``), their edges, and edges from ``leaves`` to its dependents."""
+    wf = step.wf
+    base = (WorkflowNode.objects.filter(workflow_id=wf.pk).aggregate(m=Max("position"))["m"] or 0) + 1
+    internal = [0] * len(nodes)
+    for index, _dependency in edges:
+        internal[index] += 1
+    roots = [i for i, count in enumerate(internal) if not count]
+    for i, new in enumerate(nodes):
+        new.workflow_id, new.position, new.state = wf.pk, base + i, NodeState.PENDING
+        new.waiting = internal[i] + (i in roots)
+    WorkflowNode.objects.bulk_create(nodes, batch_size=1000)
+    if any(n.pk is None for n in nodes):  # MySQL: no ids from bulk inserts
+        ids = dict(WorkflowNode.objects.filter(task_id__in=[n.task_id for n in nodes]).values_list("task_id", "pk"))
+        for new in nodes:
+            new.pk = ids[new.task_id]
+    for new in nodes:
+        new._state.adding = False
+    order: dict[int, int] = {}
+    rows = [WorkflowEdge(workflow_id=wf.pk, node_id=nodes[i].pk, dependency_id=node.pk) for i in roots]
+    for index, dependency in edges:
+        order[index] = order.get(index, 0) + 1
+        rows.append(WorkflowEdge(workflow_id=wf.pk, node_id=nodes[index].pk, dependency_id=nodes[dependency].pk,
+                                 position=order[index] - 1))
+    if leaves:
+        waiting_after = list(
+            WorkflowEdge.objects.filter(dependency_id=node.pk, node__state=NodeState.PENDING)
+            .exclude(node__kind__in=CALLBACK_KINDS).values_list("node_id", flat=True)
+        )
+        last = dict(WorkflowEdge.objects.filter(node_id__in=waiting_after).values("node_id")
+                    .annotate(m=Max("position")).values_list("node_id", "m"))
+        for dependent in waiting_after:
+            rows.extend(WorkflowEdge(workflow_id=wf.pk, node_id=dependent, dependency_id=leaf.pk,
+                                     position=last[dependent] + 1 + j) for j, leaf in enumerate(leaves))
+        WorkflowNode.objects.filter(pk__in=waiting_after, state=NodeState.PENDING).update(
+            waiting=F("waiting") + len(leaves))
+    WorkflowEdge.objects.bulk_create(rows, batch_size=1000)
+    step.counters["nodes_total"] += sum(1 for n in nodes if n.kind == NodeKind.TASK)
 
 
 def retry(workflow_id: UUID | str) -> int:

@@ -12,13 +12,17 @@ Worker reports (``outcomes``), repair (``repair``) and the entry points
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
+from uuid import UUID
 
 from celery.utils import uuid
-from django.db.models import F, Q, QuerySet
+from django.db import transaction
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 
 from ..conf import settings
 from ..models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
@@ -30,20 +34,26 @@ from ..states import (
     NODE_OK,
     TASK_KINDS,
     WAITING_KINDS,
+    WORKFLOW_FINAL,
     WORKFLOW_RUNNABLE,
     NodeKind,
     NodeState,
     TriggerRule,
     WorkflowState,
 )
-from . import db, slots
+from . import db, messaging, slots
 from .sql import NODE_FIELDS
-from .steps import Step
+from .steps import Step, lock_workflow, locked_step
+
+# The engine's documented logger (docs/operations.md), shared by its modules.
+logger = logging.getLogger("django_dyrygent.engine")
 
 # Nodes without a Celery task of their own: they succeed when their dependencies have.
 JOIN_KINDS = (NodeKind.JOIN, NodeKind.MAP)
 # Pseudo-target of readiness: a fan-out node whose source succeeded expands.
 EXPAND = "EXPAND"
+# Pseudo-target of readiness: a sub-workflow node whose dependencies succeeded starts its child.
+SPAWN = "SPAWN"
 
 
 def readiness(node: WorkflowNode) -> str | None:
@@ -55,6 +65,8 @@ def readiness(node: WorkflowNode) -> str | None:
         if not node.waiting:
             if node.kind == NodeKind.MAP and node.fanout_size is None:
                 return EXPAND
+            if node.kind == NodeKind.SUBWORKFLOW:
+                return SPAWN
             if node.kind in WAITING_KINDS:
                 return NodeState.WAITING
             return NodeState.SUCCESS if node.kind in JOIN_KINDS else NodeState.QUEUED
@@ -70,7 +82,7 @@ def readiness(node: WorkflowNode) -> str | None:
 
 
 #: Readiness targets a PAUSED workflow holds back: they would publish (or start waiting).
-HELD_WHILE_PAUSED = frozenset({NodeState.QUEUED, EXPAND})
+HELD_WHILE_PAUSED = frozenset({NodeState.QUEUED, EXPAND, SPAWN})
 
 
 def holds(step: Step, target: str) -> bool:
@@ -114,6 +126,7 @@ def _apply_readiness(step: Step, candidates: Iterable[WorkflowNode]) -> list[Wor
     queued = decided.pop(NodeState.QUEUED, [])
     queue_nodes(step, queued)
     start_waiting(step, decided.pop(NodeState.WAITING, []))
+    start_children(step, decided.pop(SPAWN, []))
     return finals
 
 
@@ -437,6 +450,8 @@ def finish(step: Step, target: str, reason: str = "", error: str = "") -> None:
         fields["error"] = error
     step.transition_workflow(target, reason=reason, **fields)
     step.finished = True
+    if step.wf.parent_node_id is not None:
+        transaction.on_commit(partial(child_ended, step.wf.pk))
     callbacks = list(
         WorkflowNode.objects.filter(workflow_id=step.wf.pk, kind__in=CALLBACK_KINDS,
                                     state=NodeState.PENDING)
@@ -490,12 +505,164 @@ def start(step: Step) -> None:
 
 
 def abort(step: Step, target: str, reason: str, error: str = "") -> None:
-    """End the workflow now (cancel, deadline): revoke what runs, cancel what waits."""
+    """End the workflow now (cancel, deadline): revoke what runs, cancel what waits, and the children."""
     open_nodes = list(
         WorkflowNode.objects.filter(workflow_id=step.wf.pk)
         .exclude(state__in=NODE_FINAL).exclude(kind__in=CALLBACK_KINDS)
         .only(*NODE_FIELDS)
     )
     step.to_revoke.extend(n.task_id for n in open_nodes if n.state in NODE_ACTIVE)
+    started = [n for n in open_nodes if n.kind == NodeKind.SUBWORKFLOW and n.state == NodeState.WAITING]
     step.transition_nodes(open_nodes, NodeState.CANCELED, reason=reason)
     finish(step, target, reason=reason, error=error)
+    if started:
+        cancel_children(step, started, f"its parent workflow {step.wf.pk} ended {target}: {reason}")
+
+
+# -- sub-workflows -------------------------------------------------------------------------------
+#
+# A sub-workflow node's task id is its child's workflow id: one attempt starts one child at most.
+# Locks are only ever nested parent first (a parent's cancel locks its children; a child is
+# inserted under its parent's lock); a child tells its parent of its end after its own commit,
+# so a child failing while its parent is canceled cannot deadlock, and whichever commits second
+# finds the node already final and changes nothing.
+
+
+def child_id(node: WorkflowNode) -> UUID:
+    return UUID(node.task_id)
+
+
+def child_check_interval() -> timedelta:
+    """How long a started child is left alone before the parent's tick looks at it.
+
+    The child's end reaches its parent at once (``child_ended``, after the
+    child's commit); this is the safety net for a report (or the start
+    message) lost with its process, as a lost task message is
+    (DYRYGENT_REQUEUE_AFTER).
+    """
+    return timedelta(seconds=float(settings.REQUEUE_AFTER))
+
+
+def start_children(step: Step, nodes: Sequence[WorkflowNode]) -> None:
+    """WAITING from now; a worker builds and starts each child (``subworkflows.start``) after commit.
+
+    Building runs the user's factory, so it happens outside this lock, in a
+    task sent by name (the engine does not import the catalogue). The node's
+    ``timeout_at`` is when the tick checks on the child (``check_children``).
+    """
+    if not nodes:
+        return
+    moved = step.transition_nodes(nodes, NodeState.WAITING, reason="starting its sub-workflow",
+                                  started_at=step.now, timeout_at=step.now + child_check_interval())
+    if moved:
+        transaction.on_commit(partial(messaging.send_child_starts, step.wf.pk, [n.pk for n in moved]))
+
+
+def check_children(step: Step, nodes: Sequence[WorkflowNode]) -> None:
+    """The tick's look at started children: apply a child's end, or start a child whose start was lost."""
+    ended = finish_children(step, nodes)
+    waiting = [n for n in nodes if n not in ended]
+    if not waiting:
+        return
+    known = set(Workflow.objects.filter(pk__in=[child_id(n) for n in waiting]).values_list("pk", flat=True))
+    lost = [n.pk for n in waiting if child_id(n) not in known]
+    WorkflowNode.objects.filter(pk__in=[n.pk for n in waiting], state=NodeState.WAITING).update(
+        timeout_at=step.now + child_check_interval())
+    if lost:
+        logger.warning("Workflow %s: the start of sub-workflow node(s) %s was lost; sent again", step.wf.pk, lost)
+        transaction.on_commit(partial(messaging.send_child_starts, step.wf.pk, lost))
+
+
+def finish_children(step: Step, nodes: Sequence[WorkflowNode]) -> list[WorkflowNode]:
+    """End each WAITING sub-workflow node whose child has ended, as the child did; returns them.
+
+    SUCCESS carries the child's result (``child_result``); FAILURE or ERROR
+    fail the node with the child's error; a canceled child cancels the node
+    (a failed outcome: its dependents do not run, ``retry()`` starts a new
+    child). Then the dependents are settled and the workflow may end.
+    """
+    nodes = [n for n in nodes if n.kind == NodeKind.SUBWORKFLOW and n.state == NodeState.WAITING]
+    children = {
+        row[0]: row for row in Workflow.objects.filter(
+            pk__in=[child_id(n) for n in nodes], state__in=WORKFLOW_FINAL,
+        ).values_list("pk", "state", "error")
+    }
+    ended = []
+    for node in nodes:
+        child = children.get(child_id(node))
+        if child is None:
+            continue
+        pk, state, error = child
+        about = f"sub-workflow {pk} ended {state}"
+        if state == WorkflowState.SUCCESS:
+            value = step.results[node.pk] = child_result(pk)
+            ended += step.transition_nodes([node], NodeState.SUCCESS, reason=about, result=value, error="")
+        elif state == WorkflowState.CANCELED:
+            ended += step.transition_nodes([node], NodeState.CANCELED, reason=about,
+                                           error=storable_text(f"The {about}: {error}" if error else ""))
+        else:
+            ended += step.transition_nodes([node], NodeState.FAILURE, reason=about,
+                                           error=storable_text(f"The {about}: {error or state}"))
+    if ended:
+        settle(step, ended)
+        maybe_finish(step)
+    return ended
+
+
+def child_result(workflow_id: Any) -> Any:
+    """A succeeded child's result: the result of its last node, or the list of its last nodes' results.
+
+    Its last nodes are those nothing depends on (callbacks aside), in
+    creation order; an internal join there stands for the nodes it joins,
+    and a skipped one (an untaken branch) has nothing to give. As Celery's
+    canvas: a chain gives its last task's result, a group the list.
+    """
+    leaves = (
+        WorkflowNode.objects.filter(workflow_id=workflow_id, state=NodeState.SUCCESS)
+        .exclude(kind__in=CALLBACK_KINDS)
+        .exclude(Exists(WorkflowEdge.objects.filter(dependency_id=OuterRef("pk"))))
+        .order_by("position").values_list("pk", "kind", "result")
+    )
+    results: list[Any] = []
+    for pk, kind, result in leaves:
+        if kind == NodeKind.JOIN:
+            joined = WorkflowEdge.objects.filter(node_id=pk).order_by("position")
+            results.extend(joined.values_list("dependency__result", flat=True))
+        else:
+            results.append(result)
+    return results[0] if len(results) == 1 else results or None
+
+
+def child_ended(workflow_id: Any) -> None:
+    """After a child's ending commit: end its parent's node as it ended (one locked step of the parent).
+
+    A failure here is logged and left to the parent's tick
+    (``check_children``): the child's outcome is committed either way.
+    """
+    try:
+        row = Workflow.objects.filter(pk=workflow_id).values_list("parent_node_id", "parent_node__workflow_id").first()
+        if row is None or row[0] is None:
+            return
+        node_id, parent_id = row
+
+        def end_node(step: Step) -> None:
+            if step.wf.state in WORKFLOW_FINAL:
+                return
+            node = WorkflowNode.objects.filter(pk=node_id, workflow_id=step.wf.pk).only(*NODE_FIELDS).first()
+            if node is not None and node.task_id == str(workflow_id):
+                finish_children(step, [node])
+
+        locked_step(parent_id, end_node)
+    except Exception:
+        logger.exception("Could not tell the parent of sub-workflow %s that it ended; its tick will", workflow_id)
+
+
+def cancel_children(step: Step, nodes: Sequence[WorkflowNode], reason: str) -> None:
+    """Cancel the children of ``nodes`` in this transaction, locked after their parent (see above)."""
+    for node in nodes:
+        child = lock_workflow(child_id(node))
+        if child is None or child.state in WORKFLOW_FINAL:
+            continue
+        child_step = Step(child)
+        abort(child_step, WorkflowState.CANCELED, reason[:255])
+        child_step.flush()

@@ -38,6 +38,8 @@ HEADER = "dyrygent_workflow"
 PUBLISHED_AT_HEADER = "dyrygent_published_at"
 #: Celery name of the tick task (``tasks.tick``), sent by name.
 TICK_TASK = "django_dyrygent.tick"
+#: Celery name of the task that builds and starts a sub-workflow node's child (``tasks.start_subworkflow``).
+START_CHILD_TASK = "django_dyrygent.start_subworkflow"
 
 
 #: What ``publish`` sends: a QUEUED node and the arguments prepended to its call.
@@ -76,6 +78,23 @@ def send_tick(
         logger.exception("Could not send the tick of workflow %s", workflow_id)
         return exc
     return None
+
+
+def send_child_starts(workflow_id: UUID | str, node_ids: Sequence[int]) -> None:
+    """Ask a worker to build and start the child of each sub-workflow node, with the tick's options.
+
+    Sent by name (``django_dyrygent.start_subworkflow``): building runs the
+    user's factory, which the engine does not import. A message the broker
+    refuses is logged; the parent's tick sends it again (``decisions.check_children``).
+    """
+    try:
+        options = dict(from_tree(_workflow_field(workflow_id, "options") or {}))
+        options.pop("countdown", None)
+        options.pop("eta", None)
+        for node_id in node_ids:
+            get_celery_app().signature(START_CHILD_TASK, args=(node_id,)).apply_async(**options)
+    except Exception:
+        logger.exception("Could not send the start of sub-workflow node(s) %s of workflow %s", node_ids, workflow_id)
 
 
 def publish(workflow_id: UUID | str, tasks_options: dict[str, Any] | None, entries: Sequence[Entry]) -> None:

@@ -29,7 +29,7 @@ from ..models import WorkflowNode
 from ..serialization import storable_text
 from ..states import CALLBACK_KINDS, NODE_ACTIVE, NodeKind, NodeState
 from . import outcomes
-from .decisions import branch_keys, call_args, queue_nodes, settle
+from .decisions import branch_keys, call_args, check_children, queue_nodes, settle
 from .outcomes import VALUE_REFUSED, format_error, stored_exception
 from .sql import NODE_FIELDS
 from .steps import Step
@@ -71,6 +71,10 @@ def enforce_timeouts(step: Step) -> None:
     late = list(late_nodes(step.wf.pk, step.now).only(*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids"))
     waits = [n for n in late if n.state == NodeState.WAITING]
     late = [n for n in late if n.state != NodeState.WAITING]
+    children = [n for n in waits if n.kind == NodeKind.SUBWORKFLOW]
+    waits = [n for n in waits if n.kind != NodeKind.SUBWORKFLOW]
+    if children:
+        check_children(step, children)
     if waits:
         _time_out_waits(step, waits)
     if not late:

@@ -20,7 +20,7 @@ PACKAGE = Path(django_dyrygent.__file__).parent
 #: What the engine's callers are: the engine never imports them (it would import its own callers).
 ABOVE_ENGINE = (
     "admin", "build", "worker", "graph", "management", "tasks", "api", "launch", "workflows", "canvas",
-    "draft", "catalogue", "operations", "checks", "urls", "apps", "templatetags",
+    "draft", "catalogue", "operations", "checks", "urls", "apps", "templatetags", "subworkflows", "growth",
 )
 
 
