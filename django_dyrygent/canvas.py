@@ -144,6 +144,14 @@ def concurrency_fields(key: str | None, limit: int | None) -> dict[str, Any]:
     return {"concurrency_key": key, "concurrency_limit": limit}
 
 
+def default_concurrency(draft: Draft, key: str, limit: int | None) -> None:
+    """Give every task of ``draft`` that has no concurrency key of its own ``key`` and ``limit``."""
+    fields = concurrency_fields(key, limit)
+    for node in draft.nodes:
+        if node.kind == NodeKind.TASK and not node.concurrency_key:
+            node.concurrency_key, node.concurrency_limit = fields["concurrency_key"], fields["concurrency_limit"]
+
+
 def _single_task(sig: Signature, what: str) -> None:
     if isinstance(sig, CANVAS_TYPES):
         raise ValidationError(

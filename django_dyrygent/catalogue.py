@@ -30,6 +30,7 @@ import decimal
 import enum
 import inspect
 import re
+import string
 import types
 import typing
 import uuid
@@ -38,12 +39,13 @@ from importlib import import_module
 
 from django import forms
 from django.apps import apps
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db.models import Model, QuerySet
 from django.forms.utils import pretty_name
 from django.http import QueryDict
 from django.utils.module_loading import module_has_submodule
 
+from .canvas import concurrency_fields
 from .conf import settings
 from .states import Overlap
 
@@ -263,6 +265,39 @@ class Definition:
     tasks_options: dict[str, typing.Any] = field(default_factory=dict)
     deadline: datetime.timedelta | None = None
     pass_results: bool | None = None
+    #: Concurrency key of every task the factory left without one: a ``str.format`` template
+    #: filled with the parameters ("customer-{customer_id}"), and its limit.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            concurrency_fields(self.concurrency_key, self.concurrency_limit)
+        except ValidationError as exc:
+            raise ImproperlyConfigured(f"Workflow definition {self.name!r}: {' '.join(exc.messages)}") from None
+        if self.concurrency_key is not None and self.form_class is not None:
+            named = {re.split(r"[.\[]", field_name, maxsplit=1)[0]
+                     for _text, field_name, _spec, _conv in string.Formatter().parse(self.concurrency_key)
+                     if field_name is not None}
+            parameters = list(self.new_form().fields)
+            unknown = sorted(named - set(parameters))
+            if unknown:
+                raise ImproperlyConfigured(
+                    f"Workflow definition {self.name!r}: concurrency_key {self.concurrency_key!r} names "
+                    f"{', '.join(unknown)}, not parameters of it ({', '.join(parameters) or 'none'})."
+                )
+
+    def key_for(self, parameters: dict[str, typing.Any]) -> str | None:
+        """The concurrency key of a run with these (cleaned) parameters; None without one."""
+        if self.concurrency_key is None:
+            return None
+        try:
+            return self.concurrency_key.format(**parameters)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ImproperlyConfigured(
+                f"Workflow definition {self.name!r}: concurrency_key {self.concurrency_key!r} cannot be "
+                f"filled from its parameters ({', '.join(sorted(parameters)) or 'none'}): {exc!r}"
+            ) from None
 
     @property
     def title(self) -> str:
@@ -405,12 +440,14 @@ def register(
     permission: str = "", overlap: str = Overlap.ALLOW, options: dict[str, typing.Any] | None = None,
     tasks_options: dict[str, typing.Any] | None = None, deadline: datetime.timedelta | None = None,
     pass_results: bool | None = None, site: Registry | None = None,
+    concurrency_key: str | None = None, concurrency_limit: int | None = None,
 ) -> typing.Callable[[F], F]: ...
 def register(
     name: str | Factory | None = None, *, description: str | None = None, form: type[forms.BaseForm] | None = None,
     permission: str = "", overlap: str = Overlap.ALLOW, options: dict[str, typing.Any] | None = None,
     tasks_options: dict[str, typing.Any] | None = None, deadline: datetime.timedelta | None = None,
     pass_results: bool | None = None, site: Registry | None = None,
+    concurrency_key: str | None = None, concurrency_limit: int | None = None,
 ) -> typing.Any:
     """Decorator: register the decorated factory as a workflow definition.
 
@@ -425,7 +462,10 @@ def register(
     ``tasks_options``, ``deadline`` (a timedelta from the start) and
     ``pass_results`` are defaults for what the factory leaves unset.
     ``permission``: an extra "app_label.codename" permission needed to start
-    it, on top of ``django_dyrygent.start_workflow``.
+    it, on top of ``django_dyrygent.start_workflow``. ``concurrency_key`` (a
+    ``str.format`` template of the parameters, e.g. "customer-{customer_id}")
+    and ``concurrency_limit``: at most that many tasks of runs with the same
+    key run at once; the tasks the factory gave a key of their own keep it.
     """
 
     def decorator(factory: F) -> F:
@@ -447,6 +487,8 @@ def register(
             tasks_options=dict(tasks_options or {}),
             deadline=deadline,
             pass_results=pass_results,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         ))
         return factory
 

@@ -28,6 +28,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .canvas import default_concurrency
 from .catalogue import Definition, UnknownDefinition, registry
 from .models import FailedStart, QueuedRun, Workflow
 from .serialization import unstorable
@@ -128,6 +129,14 @@ def build(definition: Definition, form: forms.BaseForm) -> Workflow:
         wf.pass_results = definition.pass_results
     if definition.deadline is not None and wf.deadline is None:
         wf.deadline = timezone.now() + definition.deadline
+    key = definition.key_for(form.cleaned_data)
+    if key is not None:
+        try:
+            default_concurrency(wf.draft, key, definition.concurrency_limit)
+        except ValidationError as exc:  # the parameters made a key that cannot be stored (too long, blank)
+            for message in exc.messages:
+                form.add_error(None, message)
+            raise ParameterError(definition, form) from None
     wf.definition = definition.name
     wf.parameters = _as_json(definition.parameters(form))
     return wf

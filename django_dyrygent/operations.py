@@ -238,9 +238,10 @@ def graph_data(workflow: Workflow) -> Data:
             "kind": n["kind"],
             "state": n["state"],
             "position": n["position"],
+            "concurrency_key": n["concurrency_key"],
         }
         for n in WorkflowNode.objects.filter(workflow_id=workflow.pk)
-        .order_by("position").values("pk", "task_id", "task_name", "kind", "state", "position")
+        .order_by("position").values("pk", "task_id", "task_name", "kind", "state", "position", "concurrency_key")
     ]
     edges = [
         {"from": dep, "to": node}
@@ -267,6 +268,12 @@ DOT_COLOURS = {
 }
 
 
+def _export_label(node: dict[str, Any]) -> str:
+    """A node's label in the dot and Mermaid exports: its name, its state, its concurrency key if any."""
+    label = node_label(node["task_name"], node["kind"]) + "\n" + node["state"]
+    return label + (f"\nkey {node['concurrency_key']}" if node.get("concurrency_key") else "")
+
+
 def graph_to_dot(data: Data) -> str:
     wf = data["workflow"]
     lines = [
@@ -283,7 +290,7 @@ def graph_to_dot(data: Data) -> str:
                 f'tooltip={_dot_string("join " + n["state"])}];'
             )
             continue
-        label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
+        label = _export_label(n)
         # No task (a wait, a timer): dashed; a branch: heavy. As in the admin's picture.
         style = ', style="rounded,filled,dashed"' if n["kind"] in WAITING_KINDS else ""
         if n["kind"] == NodeKind.BRANCH:
@@ -318,7 +325,7 @@ def graph_to_mermaid(data: Data) -> str:
         if n["kind"] == NodeKind.JOIN:
             lines.append(f'  n{n["id"]}(({_mermaid_text(" ")}))')
         else:
-            label = node_label(n["task_name"], n["kind"]) + "\n" + n["state"]
+            label = _export_label(n)
             opening, closing = MERMAID_SHAPES.get(n["kind"], ("[", "]"))
             lines.append(f'  n{n["id"]}{opening}{_mermaid_text(label)}{closing}')
         lines.append(f'  class n{n["id"]} {n["state"].lower()}')

@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from ..states import WORKFLOW_FINAL, WorkflowState
+from ..states import WORKFLOW_FINAL, WORKFLOW_RUNNABLE, WorkflowState
 
 if TYPE_CHECKING:
     from django.contrib.admin import AdminSite
@@ -55,7 +55,10 @@ def can_act(workflow: Workflow, action: str) -> bool:
         return workflow.state == WorkflowState.RUNNING
     if action == "resume_workflows":
         return workflow.state == WorkflowState.PAUSED
-    return workflow.state not in WORKFLOW_FINAL  # cancel, tick
+    if action == "tick_workflows":
+        # A paused workflow's tick does nothing (nothing is published until resume): no button.
+        return workflow.state in WORKFLOW_RUNNABLE
+    return workflow.state not in WORKFLOW_FINAL  # cancel
 
 
 def short_time(value: datetime | None) -> str:

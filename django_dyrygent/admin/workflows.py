@@ -36,7 +36,7 @@ from ..graph import grid, timeline
 from ..graph import layout as graph
 from ..graph.layout import Item
 from ..models import FailedStart, Workflow, WorkflowEvent, WorkflowNode
-from ..states import NODE_ACTIVE, NodeState
+from ..states import NODE_ACTIVE, NodeState, WorkflowState
 from . import health, schedules
 from . import views as admin_views
 from .display import admin_url, can_act, error_summary, pretty_json, pretty_text, state_badge, workflow_progress
@@ -231,8 +231,17 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     @admin.action(description=_("Tick selected workflows now"), permissions=("change",))
     def tick_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
-        pks = list(queryset.values_list("pk", flat=True))
-        outcomes = [engine.tick(pk, scheduled=False) for pk in pks]
+        rows = list(queryset.values_list("pk", "state"))
+        paused = sum(1 for _pk, state in rows if state == WorkflowState.PAUSED)
+        if paused:
+            self.message_user(request, ngettext(
+                "%(count)d workflow is paused and was not ticked: a tick publishes nothing until it is resumed.",
+                "%(count)d workflows are paused and were not ticked: a tick publishes nothing until they are "
+                "resumed.", paused,
+            ) % {"count": paused}, messages.WARNING)
+            if paused == len(rows):
+                return
+        outcomes = [engine.tick(pk, scheduled=False) for pk, state in rows if state != WorkflowState.PAUSED]
         busy = outcomes.count("busy")
         ticked = len(outcomes) - busy - outcomes.count("missing")
         self.message_user(request, ngettext(

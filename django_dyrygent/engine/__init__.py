@@ -18,6 +18,7 @@ is several modules, one concern each, lowest first:
 * ``db``: connections usable before each step, retried after a blip, and
   whether this process is a worker (the hot path's own connection);
 * ``waiting``: ``Workflow.wait()``, woken by the commit that ends a workflow;
+* ``slots``: concurrency keys, admitted under the key's lock, handed on when a slot frees;
 * ``nodes``: the operator's actions on one node, and the reset ``retry`` shares with them;
 * this module: the entry points, each one locked step.
 

@@ -251,8 +251,9 @@ def wait_for_slot(step: Step, nodes: Sequence[WorkflowNode]) -> None:
     for node in nodes:
         by_key[str(node.concurrency_key)].append(node)
     for key, group in by_key.items():
+        # No timeout_at: nothing times out a node waiting for a slot (its own timeout counts from its start).
         step.transition_nodes(group, NodeState.WAITING, reason=f"waiting for concurrency key {key}",
-                              queued_at=step.now)
+                              queued_at=step.now, timeout_at=None)
 
 
 def call_args(step: Step, nodes: Sequence[WorkflowNode]) -> dict[int, tuple[Any, ...]]:

@@ -355,3 +355,54 @@ def test_start_scheduled__a_run_ending_while_the_start_is_queued_does_not_strand
     outcome = launch.start_scheduled("tests.hold-queue", {"flag": "f2"})
     assert outcome.status == "started" and outcome.workflow.parameters == {"flag": "f2"}
     assert outcome.workflow.trigger == "queue" and not QueuedRun.objects.exists()
+
+
+# -- concurrency keys -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"concurrency_limit": 2}, "'keyed': concurrency_limit=2 was given without a concurrency_key"),
+    ({"concurrency_key": "c-{customer}", "concurrency_limit": 0}, "'keyed': concurrency_limit of key"),
+    ({"concurrency_key": "c-{customer}"}, "'keyed': concurrency_limit of key 'c-{customer}' must be"),
+])
+def test_register__bad_concurrency_is_refused_naming_the_definition(site, kwargs, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        catalogue.register("keyed", site=site, **kwargs)(lambda: None)
+    assert len(site) == 0
+
+
+@pytest.mark.django_db
+def test_start__a_definition_s_concurrency_key_is_filled_from_the_parameters(site):
+    @catalogue.register("billing", concurrency_key="customer-{customer}", concurrency_limit=2, site=site)
+    def billing(customer: int):
+        wf = Workflow()
+        wf.add_signature(add.si(1, 2))
+        wf.add_signature(add.si(2, 3), concurrency_key="ledger", concurrency_limit=1)  # its own wins
+        return wf
+
+    wf = launch.start(site.get("billing"), {"customer": "42"}).workflow
+    assert sorted(wf.nodes.values_list("concurrency_key", "concurrency_limit")) == [
+        ("customer-42", 2), ("ledger", 1)]
+
+
+def test_register__a_key_template_naming_no_parameter_is_refused(site):
+    def typo(customer: int = 1):
+        return add.si(1, 2)
+
+    with pytest.raises(ImproperlyConfigured, match=r"'typo': concurrency_key 'customer-\{custmer\}' names custmer, "
+                                                   r"not parameters of it \(customer\)"):
+        catalogue.register("typo", concurrency_key="customer-{custmer}", concurrency_limit=1, site=site)(typo)
+    assert len(site) == 0
+
+
+@pytest.mark.django_db
+def test_start__a_key_too_long_from_the_parameters_is_a_parameter_error(site):
+
+    @catalogue.register("long", concurrency_key="c-{name}", concurrency_limit=1, site=site)
+    def long(name: str = "x"):
+        return add.si(1, 2)
+
+    with pytest.raises(launch.ParameterError) as refused:
+        launch.start(site.get("long"), {"name": "n" * 300})
+    assert "at most 200 characters" in str(refused.value.errors)
+    assert not Workflow.objects.exists()

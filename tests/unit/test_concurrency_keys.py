@@ -15,6 +15,7 @@ import pytest
 from celery import group
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -22,6 +23,7 @@ from django.utils import timezone
 from django_dyrygent import engine
 from django_dyrygent.engine import hotpath, messaging, outcomes
 from django_dyrygent.models import ConcurrencyKey, WorkerHeartbeat, Workflow, WorkflowNode
+from django_dyrygent.operations import graph_data, graph_to_dot, graph_to_mermaid
 from django_dyrygent.worker.recovery import Sweeper
 from tests.tasks import noop
 
@@ -230,8 +232,8 @@ def test_sweep__a_slot_held_by_a_dead_worker_s_node_is_freed_when_the_sweep_fail
     assert state(b) == S.QUEUED
 
 
-@pytest.mark.django_db
-def test_plain_nodes__never_touch_a_key_nor_the_key_table(broker, run):
+def plain_lifecycle(run):
+    """Start a plain a -> b workflow and succeed ``a``; the statements it took."""
     wf = Workflow(name="plain")
     a = wf.add_signature(noop.si())
     wf.add_signature(noop.si(), dependencies=[a])
@@ -239,9 +241,19 @@ def test_plain_nodes__never_touch_a_key_nor_the_key_table(broker, run):
     with CaptureQueriesContext(connection) as queries:
         run(engine.tick, wf.pk, scheduled=False)
         succeed(wf, a, run)
+        run(engine.tick, wf.pk, scheduled=True)
+    return [q["sql"] for q in queries.captured_queries]
+
+
+@pytest.mark.django_db
+def test_plain_nodes__run_the_same_statements_while_keys_are_busy_and_never_touch_them(broker, run):
+    alone = plain_lifecycle(run)
+    keyed(limit=1, count=3, name="busy key")  # keys in use elsewhere: one running, two waiting
+    beside = plain_lifecycle(run)
+    assert len(beside) == len(alone), (alone, beside)
     table = ConcurrencyKey._meta.db_table
-    assert not any(table in q["sql"] for q in queries.captured_queries)
-    assert broker.ticks == [] and not ConcurrencyKey.objects.exists()
+    assert not any(table in q for q in alone + beside)
+    assert broker.ticks == []
 
 
 @pytest.mark.django_db
@@ -334,3 +346,15 @@ def test_admin__node_list_queries_do_not_grow_with_keyed_rows(admin_client, brok
     with CaptureQueriesContext(connection) as large:
         assert admin_client.get("/admin/django_dyrygent/workflownode/").status_code == 200
     assert len(small.captured_queries) == len(large.captured_queries)
+
+
+@pytest.mark.django_db
+def test_status_and_exports__name_the_key_and_why_the_node_waits(broker, capsys):
+    keyed(limit=1, name="holder")
+    wf, (waiter,) = keyed(limit=1, name="waiter")
+    call_command("dyrygent_status", str(wf.pk))
+    assert f"waiting for concurrency key {KEY}: 1 of 1 running" in capsys.readouterr().out
+    data = graph_data(wf)
+    assert [n["concurrency_key"] for n in data["nodes"]] == [KEY]
+    assert f"WAITING\\nkey {KEY}" in graph_to_dot(data)
+    assert f"WAITING<br/>key {KEY}" in graph_to_mermaid(data)

@@ -2,6 +2,7 @@
 resume releases what became ready meanwhile in one step and moves the deadline on.
 """
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -204,6 +205,32 @@ def test_pause_workflows__admin_actions_need_change_permission_and_report(admin_
     admin_client.post(f"/admin/django_dyrygent/workflow/{wf.pk}/act/resume_workflows/")
     wf.refresh_from_db()
     assert wf.state == W.RUNNING
+
+
+def _tick_form(page):
+    (form,) = re.findall(r'<form [^>]*data-action="tick_workflows"[^>]*>', page)
+    return form
+
+
+@pytest.mark.django_db
+def test_tick_workflows__not_offered_on_a_paused_workflow_and_the_action_says_why(admin_client):
+    wf = started_chain("a")
+    change = f"/admin/django_dyrygent/workflow/{wf.pk}/change/"
+    assert " hidden" not in _tick_form(admin_client.get(change).content.decode())
+    wf.pause()
+    assert _tick_form(admin_client.get(change).content.decode()).endswith(" hidden>")
+    status = admin_client.get(f"/admin/django_dyrygent/workflow/{wf.pk}/status.json").json()
+    assert status["actions"]["tick_workflows"] is False and status["actions"]["resume_workflows"] is True
+    ticks = Workflow.objects.get(pk=wf.pk).ticks
+    response = admin_client.post("/admin/django_dyrygent/workflow/", {
+        "action": "tick_workflows", "_selected_action": [wf.pk], "index": 0,
+    }, follow=True)
+    page = response.content.decode()
+    assert "1 workflow is paused and was not ticked: a tick publishes nothing until it is resumed." in page
+    assert "ticked." not in page
+    assert Workflow.objects.get(pk=wf.pk).ticks == ticks
+    wf.resume()
+    assert " hidden" not in _tick_form(admin_client.get(change).content.decode())
 
 
 @pytest.mark.django_db
