@@ -281,3 +281,21 @@ def test_subworkflow__its_own_look_and_links_both_ways_in_admin_status_exports_a
     nodes = client.get(f"/dyrygent/workflows/{wf.pk}/nodes/").json()["results"]
     assert [(n["kind"], n["subworkflow"]) for n in nodes] == [
         ("task", None), ("subworkflow", str(child.pk)), ("task", None)]
+
+
+@pytest.mark.django_db
+def test_subworkflow__a_child_ending_while_its_parent_is_paused_is_recorded_and_resume_runs_on():
+    wf, sub, child = running_child()
+    assert wf.pause()
+    for node in child.nodes.order_by("position"):
+        engine.tick(child.pk, scheduled=False)
+        outcomes.node_succeeded(child.pk, node.task_id, node.signature["args"][0])
+    child.refresh_from_db()
+    assert child.state == W.SUCCESS
+    decisions.child_ended(child.pk)
+    sub.refresh_from_db()
+    after = wf.nodes.get(position=2)
+    assert (sub.state, sub.result, after.state) == (S.SUCCESS, "x", S.PENDING)
+    assert wf.resume()
+    after.refresh_from_db()
+    assert after.state == S.QUEUED
