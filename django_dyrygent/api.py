@@ -42,6 +42,7 @@ from .catalogue import START_PERMISSION, Definition, UnknownDefinition, registry
 from .conf import settings
 from .engine import nodes as node_actions
 from .models import ApiToken, Workflow, WorkflowEdge, WorkflowNode
+from .operations import family
 from .serialization import unstorable
 from .states import NodeKind, NodeState, Trigger, WorkflowState
 
@@ -264,6 +265,7 @@ def describe_workflow(wf: Workflow) -> dict[str, Any]:
             wf.nodes.filter(state=WorkflowNode.State.WAITING, kind=WorkflowNode.Kind.WAIT)
             .values_list("task_name", flat=True)[:100]
         )) if wf.state in (Workflow.State.RUNNING, Workflow.State.PAUSED) else [],
+        **family(wf),
         "admin_url": admin_url,
     }
 
@@ -490,6 +492,8 @@ def describe_node(node: WorkflowNode, dependencies: list[int], key_wait: str = "
         "started_at": _iso(node.started_at),
         "finished_at": _iso(node.finished_at),
         "duration_seconds": node.duration.total_seconds() if node.duration is not None else None,
+        # Its task id is the id of the workflow it runs (once started; retry() starts another).
+        "subworkflow": node.task_id if node.kind == NodeKind.SUBWORKFLOW else None,
     }
 
 

@@ -60,6 +60,13 @@ WORKFLOW = _object({
     "waiting_for": {"type": "array", "items": {"type": "string"},
                     "description": "Names of the waits a signal would complete now."},
     "error": {"type": "string", "description": "Why it did not succeed: for FAILURE, its first failure."},
+    "parent_workflow": _nullable("string", format="uuid",
+                                 description="The workflow whose sub-workflow node runs this one."),
+    "parent_node": _nullable("string", description="That node's task id."),
+    "subworkflows": {"type": "array", "description": "The workflows this one's sub-workflow nodes started.",
+                     "items": _object({"id": {"type": "string", "format": "uuid"},
+                                       "state": {"type": "string", "enum": list(WorkflowState.values)},
+                                       "node": {"type": "string", "description": "The node's task id."}})},
     "admin_url": _nullable("string"),
 })
 
@@ -82,6 +89,8 @@ NODE = _object({
     "started_at": TIME,
     "finished_at": TIME,
     "duration_seconds": _nullable("number"),
+    "subworkflow": _nullable("string", format="uuid",
+                             description="For a sub-workflow node: the id of the workflow it runs (or will run)."),
 })
 
 PARAMETER = _object({

@@ -163,6 +163,7 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
             "duration_seconds": _seconds(wf.duration),
         },
         "custom_payload": wf.custom_payload,
+        **family(wf),
     }
     nodes = WorkflowNode.objects.filter(workflow_id=wf.pk)
     count = nodes.count()
@@ -181,7 +182,7 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
                 "task_name": n.task_name,
                 "kind": n.kind,
                 "state": n.state,
-                "call": call_text(n.signature),
+                "call": node_call(n.kind, n.signature),
                 "reason": waits.get(n.pk, n.reason),
                 "concurrency_key": n.concurrency_key,
                 "attempts": n.attempts,
@@ -210,6 +211,24 @@ def workflow_summary(workflow: Workflow, node_limit: int = NODE_TABLE_LIMIT) -> 
     return data
 
 
+def family(wf: Workflow) -> Data:
+    """The workflow's place among sub-workflows: the workflow and node that run it, and what its nodes run.
+
+    ``parent_workflow`` / ``parent_node`` (the node's task id) are None for a
+    top-level workflow; ``subworkflows`` lists the children its sub-workflow
+    nodes started (oldest first, at most 100), each with its node's task id.
+    """
+    parent = (WorkflowNode.objects.filter(pk=wf.parent_node_id).values("workflow_id", "task_id").first()
+              if wf.parent_node_id else None)
+    children = Workflow.objects.filter(parent_node__workflow_id=wf.pk).order_by("created_at").values_list(
+        "pk", "state", "parent_node__task_id")[:100]
+    return {
+        "parent_workflow": str(parent["workflow_id"]) if parent else None,
+        "parent_node": parent["task_id"] if parent else None,
+        "subworkflows": [{"id": str(pk), "state": state, "node": node} for pk, state, node in children],
+    }
+
+
 def call_text(signature: dict[str, Any] | None, limit: int = 60) -> str:
     """``('web-1', retries=3)``: the stored arguments, shortened, to tell sibling nodes apart."""
     signature = signature or {}
@@ -217,6 +236,13 @@ def call_text(signature: dict[str, Any] | None, limit: int = 60) -> str:
     parts += [f"{k}={v!r}" for k, v in (signature.get("kwargs") or {}).items()]
     text = " ".join(("(" + ", ".join(parts) + ")").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def node_call(kind: str, signature: dict[str, Any] | None) -> str:
+    """``call_text`` of what a node calls: a task's arguments, a sub-workflow's parameters."""
+    if kind == NodeKind.SUBWORKFLOW:
+        return call_text({"kwargs": ((signature or {}).get("subworkflow") or {}).get("params") or {}})
+    return call_text(signature)
 
 
 def node_label(task_name: str, kind: str) -> str:
@@ -291,10 +317,12 @@ def graph_to_dot(data: Data) -> str:
             )
             continue
         label = _export_label(n)
-        # No task (a wait, a timer): dashed; a branch: heavy. As in the admin's picture.
+        # No task (a wait, a timer): dashed; a branch: heavy; a sub-workflow: doubled.
         style = ', style="rounded,filled,dashed"' if n["kind"] in WAITING_KINDS else ""
         if n["kind"] == NodeKind.BRANCH:
             style = ", penwidth=3"
+        elif n["kind"] == NodeKind.SUBWORKFLOW:  # a box in a box, as in the admin's picture
+            style = ", peripheries=2"
         lines.append(
             f'  n{n["id"]} [label={_dot_string(label)}, fillcolor="{colour}"{style}, '
             f'tooltip={_dot_string(n["task_id"])}];'
@@ -315,8 +343,12 @@ def _mermaid_text(text: object) -> str:
     return '"' + text.replace("\r", "").replace("\n", "<br/>") + '"'
 
 
-#: Node kinds drawn in their own shape: a branch as a rhombus, a wait as a stadium, a timer as a hexagon.
-MERMAID_SHAPES = {NodeKind.BRANCH: ("{", "}"), NodeKind.WAIT: ("([", "])"), NodeKind.TIMER: ("{{", "}}")}
+#: Node kinds drawn in their own shape: a branch as a rhombus, a wait as a stadium, a timer as a hexagon,
+#: a sub-workflow as a subroutine (a box with doubled sides).
+MERMAID_SHAPES = {
+    NodeKind.BRANCH: ("{", "}"), NodeKind.WAIT: ("([", "])"), NodeKind.TIMER: ("{{", "}}"),
+    NodeKind.SUBWORKFLOW: ("[[", "]]"),
+}
 
 
 def graph_to_mermaid(data: Data) -> str:

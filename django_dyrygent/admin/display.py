@@ -9,13 +9,15 @@ from inline styles: the pages work under a strict Content-Security-Policy.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -40,6 +42,20 @@ def admin_url(site: AdminSite, model: str, view: str, *args: Any) -> str:
 JSON_SHOWN_CHARS = 3000
 #: Width of the progress bar's drawing (the CSS scales it).
 BAR_UNITS = 100
+
+
+def workflow_link(site: AdminSite, workflow_id: Any, name: str = "", state: str = "") -> str:
+    """A link to a workflow's page: its name (or "workflow"), its short id and, when given, its state."""
+    url = admin_url(site, "workflow", "change", workflow_id)
+    badge = state_badge(state) if state else ""
+    return format_html('<a href="{}">{} <code>{}</code></a> {}', url, name or _("workflow"), str(workflow_id)[:8],
+                       badge)
+
+
+def workflow_links(site: AdminSite, workflows: Iterable[Workflow]) -> str:
+    """``workflow_link`` of each workflow, one a line; empty for none."""
+    rows = ((workflow_link(site, w.pk, w.name, w.state),) for w in workflows)
+    return format_html_join(mark_safe("<br>"), "{}", rows)
 
 
 def state_badge(state: str, label: str | None = None) -> str:

@@ -33,12 +33,12 @@ from .. import engine
 from ..engine import nodes as node_actions
 from ..graph import layout as graph
 from ..graph.layout import shorten
-from ..models import WorkerHeartbeat, WorkflowNode
+from ..models import WorkerHeartbeat, Workflow, WorkflowNode
 from ..querysets import WorkflowNodeQuerySet, key_wait
 from ..states import NODE_FAILED, NodeKind, NodeState, WorkflowState
 from ..worker import liveness
 from ..worker.liveness import Snapshot
-from .display import admin_url, short_time, state_badge
+from .display import admin_url, short_time, state_badge, workflow_link, workflow_links
 from .readonly import ReadOnlyAdmin
 
 #: Node page action -> (permission codename, the states it applies to, label, what it does).
@@ -69,10 +69,10 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     list_select_related = ("workflow",)
     readonly_fields = ("workflow_link", "state_badge", "arguments", "pretty_result", "pretty_error",
                        "pretty_previous_task_ids", "duration", "dependency_links", "dependent_links",
-                       "pretty_payload", "pretty_options", "concurrency")
+                       "pretty_payload", "pretty_options", "concurrency", "subworkflow_link")
     fieldsets = (
         (None, {"fields": ("workflow_link", "state_badge", "task_name", "task_id", "kind", "trigger_rule",
-                           "reason", "concurrency")}),
+                           "reason", "concurrency", "subworkflow_link")}),
         (_("Call"), {"fields": ("arguments", "pretty_options", "pretty_result", "pretty_error")}),
         (_("Attempts"), {"fields": ("attempts", "retries", "publish_count", "pretty_previous_task_ids",
                                     "worker_hostname", "worker_pid")}),
@@ -326,10 +326,15 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("workflow"), ordering="workflow")
     def workflow_link(self, obj: WorkflowNode) -> str:
-        wf = obj.workflow
-        url = admin_url(self.admin_site, "workflow", "change", wf.pk)
-        name = wf.name or _("workflow")
-        return format_html('<a href="{}">{} <code>{}</code></a>', url, name, str(wf.pk)[:8])
+        return workflow_link(self.admin_site, obj.workflow.pk, obj.workflow.name)
+
+    @admin.display(description=_("sub-workflow"))
+    def subworkflow_link(self, obj: WorkflowNode) -> str:
+        """For a sub-workflow node: the workflow it runs (its id is the node's task id) and earlier attempts'."""
+        if obj.kind != NodeKind.SUBWORKFLOW:
+            return "—"
+        children = Workflow.objects.filter(parent_node=obj).order_by("-created_at").only("id", "name", "state")
+        return workflow_links(self.admin_site, children[:20]) or str(_("not started yet"))
 
     @admin.display(description=_("arguments"))
     def arguments(self, obj: WorkflowNode) -> str:

@@ -39,7 +39,17 @@ from ..models import FailedStart, Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState, WorkflowState
 from . import health, schedules
 from . import views as admin_views
-from .display import admin_url, can_act, error_summary, pretty_json, pretty_text, state_badge, workflow_progress
+from .display import (
+    admin_url,
+    can_act,
+    error_summary,
+    pretty_json,
+    pretty_text,
+    state_badge,
+    workflow_link,
+    workflow_links,
+    workflow_progress,
+)
 from .nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
 from .readonly import ReadOnlyAdmin
 from .starts import recent_failures
@@ -66,7 +76,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     actions = ("cancel_workflows", "retry_workflows", "tick_workflows", "pause_workflows", "resume_workflows")
     readonly_fields = ("state_badge", "progress", "duration", "pretty_payload", "pretty_options",
-                       "pretty_tasks_options")
+                       "pretty_tasks_options", "parent_link", "subworkflow_links")
     list_defer = ("custom_payload", "options", "tasks_options", "error")
     json_values = {
         "custom_payload": lambda wf: wf.custom_payload,
@@ -84,6 +94,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
                                 "pretty_tasks_options")}),
         # Which catalogue definition and parameters made it (see catalogue.py).
         (_("Catalogue"), {"fields": ("definition", "parameters", "trigger", "started_by", "idempotency_key")}),
+        # Both ways: the node of another workflow that runs this one, and the workflows this one's nodes run.
+        (_("Sub-workflows"), {"fields": ("parent_link", "subworkflow_links")}),
     )
 
     #: Groups of interchangeable siblings larger than this are drawn as one box.
@@ -154,6 +166,24 @@ class WorkflowAdmin(ReadOnlyAdmin):
     @admin.display(description=_("duration"))
     def duration(self, obj: Workflow) -> str:
         return graph.format_duration(obj.duration) or "—"
+
+    @admin.display(description=_("run by"))
+    def parent_link(self, obj: Workflow) -> str:
+        """The parent workflow and its sub-workflow node that started this one."""
+        node = obj.parent_node
+        if node is None:
+            return "—"
+        parent = node.workflow
+        node_url = admin_url(self.admin_site, "workflownode", "change", node.pk)
+        return format_html("{} · {} <a href=\"{}\">{}</a>", workflow_link(self.admin_site, parent.pk, parent.name,
+                                                                          parent.state),
+                           _("node"), node_url, node.task_name or node.task_id)
+
+    @admin.display(description=_("sub-workflows"))
+    def subworkflow_links(self, obj: Workflow) -> str:
+        """The workflows its sub-workflow nodes started, oldest first (a retried node starts a new one)."""
+        children = Workflow.objects.filter(parent_node__workflow_id=obj.pk).order_by("created_at")
+        return workflow_links(self.admin_site, children.only("id", "name", "state")[:100]) or "—"
 
     @admin.display(description=_("custom payload"))
     def pretty_payload(self, obj: Workflow) -> str:

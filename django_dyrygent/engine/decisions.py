@@ -8,6 +8,14 @@ here takes the ``steps.Step`` of a transaction that holds the workflow lock;
 none of them commits, talks to the broker or reads the result backend.
 Worker reports (``outcomes``), repair (``repair``) and the entry points
 (``engine``) are built on them.
+
+Sub-workflow nodes: ``start_children`` has a worker start a reached node's
+child after commit, ``finish_children`` ends a node as its child ended, and
+``abort`` cancels the children of what it cancels (``cancel_children``, the
+child locked after its parent). ``child_ended`` is the exception to the
+rule above: run after a child's ending commit, it is a locked step of the
+parent's own, kept here because ``finish`` must reach it and the modules
+above import this one.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ class Item:
         """Second line of a box: progress of a group, the kind of a special node."""
         if self.is_group:
             return counts_text(self)
-        if self.kind in (NodeKind.MAP, NodeKind.BRANCH, *CALLBACK_KINDS, *WAITING_KINDS):
+        if self.kind in (NodeKind.MAP, NodeKind.BRANCH, NodeKind.SUBWORKFLOW, *CALLBACK_KINDS, *WAITING_KINDS):
             return str(NodeKind(self.kind).label).lower()
         key = self.node.get("concurrency_key")
         return shorten(f"key {key}", LABEL_CHARS) if key else ""

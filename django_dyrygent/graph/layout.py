@@ -324,6 +324,9 @@ def box_geometry(item: Item) -> dict[str, str]:
     if item.is_group:
         geometry["bar_x"] = f"{item.x + 1:g}"
         geometry["bar_w"] = f"{bar_width(item.done, len(item.nodes)):g}"
+    elif item.kind == NodeKind.SUBWORKFLOW:  # the inner box, 3 units inside
+        geometry.update(ix=f"{item.x + 3:g}", iy=f"{item.y + 3:g}", iw=f"{item.width - 6:g}",
+                        ih=f"{item.height - 6:g}")
     return geometry
 
 
@@ -345,7 +348,7 @@ def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
             classes += " dy-dot"
         if item.is_group:
             classes += " dy-group"
-        elif item.kind in (*WAITING_KINDS, NodeKind.BRANCH):
+        elif item.kind in (*WAITING_KINDS, NodeKind.BRANCH, NodeKind.SUBWORKFLOW):
             classes += f" dy-{item.kind}"
         elif item.node.get("concurrency_key"):
             classes += " dy-keyed"
@@ -361,6 +364,9 @@ def svg_markup(drawing: Layout, url_for: Callable[[Item], str]) -> SafeString:
                 parts.append(
                     f'<rect class="dy-bar" x="{g["bar_x"]}" y="{g["y"]}" width="{g["bar_w"]}" height="3"/>'
                 )
+            elif item.kind == NodeKind.SUBWORKFLOW:  # a box in a box: a whole workflow runs there
+                parts.append(f'<rect class="dy-inner" x="{g["ix"]}" y="{g["iy"]}" width="{g["iw"]}" '
+                             f'height="{g["ih"]}" rx="3"/>')
             parts.append(f'<text x="{g["tx"]}" y="{g["ty"]}">{escape(item.label)}</text>')
             sublabel = item.sublabel
             if sublabel:

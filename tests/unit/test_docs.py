@@ -133,6 +133,9 @@ QUOTED = [
     "No configured Celery app is current",
     "Celery has no result backend",
     "The Celery app cannot be loaded",
+    "levels deep, over",
+    "starting its sub-workflow",
+    "running sub-workflow",
 ]
 
 

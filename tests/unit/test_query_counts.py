@@ -310,3 +310,42 @@ def test_sweep__of_overdue_workflows_with_nothing_due_costs_one_select_and_one_u
     ticks = dict(Workflow.objects.values_list("pk", "ticks"))
     assert ticks == {**{wf.pk: 2 for wf in flows}, on_time.pk: 1}
     assert not Workflow.objects.filter(next_tick_at__lt=timezone.now()).exists()
+
+
+#: Statements of each step of a plain three-task chain's life, by database: start (the first tick), then
+#: per task STARTED and its success (the last one ends the workflow). The same as before control flow
+#: (sub-workflows, graphs that grow) was added (measured at acacdcd): plain nodes pay nothing for it.
+PLAIN_CHAIN_STATEMENTS = {
+    "postgresql": [7, 1, 3, 1, 3, 1, 13],
+    "sqlite": [8, 1, 11, 1, 11, 1, 10],
+}
+
+
+def plain_chain_life(extra=None):
+    """The statement count of each step of a chain a -> b -> c driven as a worker reports it."""
+    wf = Workflow(name="plain")
+    tasks = [noop.si(name).set(task_id=f"plain-{name}-{extra is not None}") for name in "abc"]
+    wf.add_celery_canvas(chain(*tasks))
+    if extra is not None:
+        extra(wf)
+    wf.apply_async()
+    counts = [len(queries(engine.tick, wf.pk, scheduled=False))]
+    for sig in tasks:
+        counts.append(len(queries(hotpath.node_started, wf.pk, sig.id)))
+        counts.append(len(queries(hotpath.node_succeeded, wf.pk, sig.id, None)))
+    return counts
+
+
+def with_control_flow(wf):
+    """Beside the chain: a wait, then a sub-workflow after it (never reached here)."""
+    from tests import subflows
+
+    wf.add_subworkflow(subflows.adder, {"x": 1}, dependencies=[wf.add_wait("never")])
+
+
+def test_plain_nodes__pay_nothing_for_control_flow_in_statements():
+    plain = plain_chain_life()
+    assert plain == PLAIN_CHAIN_STATEMENTS.get(connection.vendor, plain)
+    # Beside a wait and a sub-workflow node: each plain step costs the same (the last success differs:
+    # there it does not end the workflow, which still waits).
+    assert plain_chain_life(with_control_flow)[1:-1] == plain[1:-1]

@@ -3,12 +3,17 @@
 import threading
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.db import connection, connections
+from django.test import Client
+from django.urls import reverse
 
 from django_dyrygent import engine, subworkflows
 from django_dyrygent.engine import decisions, messaging, outcomes
-from django_dyrygent.models import Workflow, WorkflowNode
+from django_dyrygent.models import ApiToken, Workflow, WorkflowNode
+from django_dyrygent.operations import graph_data, graph_to_dot, graph_to_mermaid
 from tests import subflows
 from tests.tasks import record
 
@@ -234,3 +239,63 @@ def test_subworkflow__child_failing_while_parent_is_canceled_never_deadlocks_and
                  Workflow.objects.get(pk=child.pk).state)
         assert state in {(W.CANCELED, S.CANCELED, W.CANCELED), (W.CANCELED, S.CANCELED, W.FAILURE),
                          (W.FAILURE, S.FAILURE, W.FAILURE)}, state
+
+
+@pytest.mark.django_db
+def test_subworkflow__its_own_look_and_links_both_ways_in_admin_status_exports_and_api(admin_client, capsys,
+                                                                                        django_user_model):
+    wf, sub, child = running_child()
+    wf_page = admin_client.get(reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])).content.decode()
+    child_url = reverse("admin:django_dyrygent_workflow_change", args=[child.pk])
+    node_url = reverse("admin:django_dyrygent_workflownode_change", args=[sub.pk])
+    picture = wf_page[wf_page.index('class="dy-dag'):]
+    node_svg = picture[picture.index(f'href="{node_url}"'):]
+    node_svg = node_svg[:node_svg.index("</a>")]
+    assert "dy-subworkflow" in node_svg and 'class="dy-inner"' in node_svg and "sub-workflow" in node_svg
+    assert '<span class="dy-swatch dy-subworkflow"></span>sub-workflow' in wf_page
+    assert f'<a href="{child_url}">' in wf_page  # the Sub-workflows fieldset (the picture links nodes)
+    child_page = admin_client.get(child_url).content.decode()
+    assert reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]) in child_page and node_url in child_page
+    assert child_url in admin_client.get(node_url).content.decode()
+
+    call_command("dyrygent_status", str(wf.pk))
+    out = capsys.readouterr().out
+    assert "held (subworkflow)(flag='x')" in out and f"running sub-workflow {child.pk}" in out
+    assert f"runs       sub-workflow {child.pk} RUNNING (node {sub.task_id})" in out
+    call_command("dyrygent_status", str(child.pk))
+    assert f"run by     workflow {wf.pk} (sub-workflow node {sub.task_id})" in capsys.readouterr().out
+    data = graph_data(wf)
+    assert f'n{sub.pk} [label="tests.subflows.held (subworkflow)\\nWAITING", fillcolor="#9fd8d9", ' \
+           'peripheries=2' in graph_to_dot(data)
+    assert f'n{sub.pk}[["tests.subflows.held (subworkflow)<br/>WAITING"]]' in graph_to_mermaid(data)
+
+    user = django_user_model.objects.create_user("viewer")
+    user.user_permissions.add(Permission.objects.get(codename="view_workflow"))
+    _token, key = ApiToken.issue(user, "test")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    parent_json = client.get(f"/dyrygent/workflows/{wf.pk}/").json()
+    assert parent_json["subworkflows"] == [{"id": str(child.pk), "state": "RUNNING", "node": sub.task_id}]
+    assert parent_json["parent_workflow"] is None
+    child_json = client.get(f"/dyrygent/workflows/{child.pk}/").json()
+    assert (child_json["parent_workflow"], child_json["parent_node"]) == (str(wf.pk), sub.task_id)
+    nodes = client.get(f"/dyrygent/workflows/{wf.pk}/nodes/").json()["results"]
+    assert [(n["kind"], n["subworkflow"]) for n in nodes] == [
+        ("task", None), ("subworkflow", str(child.pk)), ("task", None)]
+
+
+@pytest.mark.django_db
+def test_subworkflow__a_child_ending_while_its_parent_is_paused_is_recorded_and_resume_runs_on():
+    wf, sub, child = running_child()
+    assert wf.pause()
+    for node in child.nodes.order_by("position"):
+        engine.tick(child.pk, scheduled=False)
+        outcomes.node_succeeded(child.pk, node.task_id, node.signature["args"][0])
+    child.refresh_from_db()
+    assert child.state == W.SUCCESS
+    decisions.child_ended(child.pk)
+    sub.refresh_from_db()
+    after = wf.nodes.get(position=2)
+    assert (sub.state, sub.result, after.state) == (S.SUCCESS, "x", S.PENDING)
+    assert wf.resume()
+    after.refresh_from_db()
+    assert after.state == S.QUEUED

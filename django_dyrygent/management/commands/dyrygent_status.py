@@ -70,6 +70,11 @@ class Command(BaseCommand):
         if t["paused_at"]:
             self.stdout.write(f"  paused     {t['paused_at']} (the deadline moves on by the pause at resume)")
         self.stdout.write(f"  ticks      {c['ticks']}")
+        if data["parent_workflow"]:
+            self.stdout.write(
+                f"  run by     workflow {data['parent_workflow']} (sub-workflow node {data['parent_node']})")
+        for child in data["subworkflows"]:
+            self.stdout.write(f"  runs       sub-workflow {child['id']} {child['state']} (node {child['node']})")
         if data["error"]:
             self.stdout.write(f"  error      {data['error']}")
         self.stdout.write("")
