@@ -142,6 +142,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         context = dict(extra_context or {})
         context["worker_warning"] = health.warning()
+        context["worker_warning_url"] = admin_url(self.admin_site, "workflow", "worker_warning")
+        context["worker_warning_interval"] = self.dag_poll_interval
         if self.admin_site.is_registered(FailedStart) and request.user.has_perm("django_dyrygent.view_failedstart"):
             context["failed_starts"] = recent_failures()
             context["failed_starts_url"] = admin_url(self.admin_site, "failedstart", "changelist")
@@ -256,6 +258,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             path("<path:object_id>/timeline/", view(self.timeline_view), name="%s_%s_timeline" % info),
             path("grid/<str:name>/", view(self.grid_view), name="%s_%s_grid" % info),
             path("schedules/", view(self.schedules_view), name="%s_%s_schedules" % info),
+            path("worker-warning.json", view(self.worker_warning_view), name="%s_%s_worker_warning" % info),
             path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),
                  name="%s_%s_act" % info),
         ] + super().get_urls()
@@ -287,7 +290,14 @@ class WorkflowAdmin(ReadOnlyAdmin):
                         "run_again": obj.is_final},
             "shape": graph.shape(items, edges),
             "items": {item.id: graph.item_status(item) for item in items},
+            "worker_warning": health.banner(obj),
         })
+
+    def worker_warning_view(self, request: HttpRequest) -> JsonResponse:
+        """The workflow list's banner, polled by dag.js: it comes and goes with the workers' heartbeats."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        return JsonResponse({"worker_warning": health.banner()})
 
     def readonly_html(self, obj: Workflow, name: str) -> str:
         """A read-only field as the change form shows it (Django's AdminReadonlyField rules)."""

@@ -122,3 +122,44 @@ def test_browser_heartbeats__alive_stale_and_who_sweeps(live_server, browser):  
     assert sweeps == {"celery@web-1": "True", "celery@web-2": "False", "celery@web-3": "False"}
     assert rows["celery@web-1"].find_element(By.CSS_SELECTOR, ".field-queue_list").text == "celery, reports"
     shoot(browser, "admin-worker-heartbeats.png")
+
+
+def test_browser_worker_banner__comes_and_goes_with_the_heartbeat_without_reloading(
+    live_server, browser, settings, monkeypatch,  # noqa: F811
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from django_dyrygent.admin.workflows import WorkflowAdmin
+
+    settings.DYRYGENT_LIVENESS = True
+    monkeypatch.setattr(WorkflowAdmin, "dag_poll_interval", 300)
+    now = timezone.now()
+    WorkerHeartbeat.objects.all().delete()
+    worker = WorkerHeartbeat.objects.create(hostname="celery@web-1", pid=11, started_at=now - timedelta(hours=1),
+                                            last_seen=now, queues=[settings.CELERY_TASK_DEFAULT_QUEUE])
+    wf = Workflow(name="waits for a worker")
+    wf.add_celery_canvas(chain(record.si("a"), record.si("b")))
+    wf.apply_async()
+    log_in(browser, live_server)
+
+    def banner(driver):
+        found = driver.find_elements(By.ID, "dy-worker-warning")
+        return found[0].text if found else ""
+
+    def beat(age):
+        WorkerHeartbeat.objects.filter(pk=worker.pk).update(last_seen=timezone.now() - timedelta(seconds=age))
+
+    for url in (reverse("admin:django_dyrygent_workflow_changelist"),
+                reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])):
+        beat(0)
+        browser.get(live_server.url + url)
+        assert banner(browser) == ""
+        browser.execute_script("window.dyNotReloaded = true;")
+        beat(3600)  # the worker went silent an hour ago
+        WebDriverWait(browser, 30, poll_frequency=0.1).until(lambda d: "No Celery worker is alive" in banner(d))
+        if url.endswith("/workflow/"):
+            shoot(browser, "admin-workflow-list-no-worker.png")
+        beat(0)  # it beats again
+        WebDriverWait(browser, 30, poll_frequency=0.1).until(lambda d: banner(d) == "")
+        assert browser.execute_script("return window.dyNotReloaded === true;")
