@@ -39,7 +39,16 @@ from ..models import FailedStart, Workflow, WorkflowEvent, WorkflowNode
 from ..states import NODE_ACTIVE, NodeState
 from . import health, schedules
 from . import views as admin_views
-from .display import admin_url, can_act, error_summary, pretty_json, pretty_text, state_badge, workflow_progress
+from .display import (
+    admin_url,
+    can_act,
+    error_summary,
+    list_time,
+    pretty_json,
+    pretty_text,
+    state_badge,
+    workflow_progress,
+)
 from .nodes import WorkerHeartbeatAdmin, WorkflowNodeAdmin
 from .readonly import ReadOnlyAdmin
 from .starts import recent_failures
@@ -58,7 +67,7 @@ ERROR_HEAD_CHARS = 1000
 class WorkflowAdmin(ReadOnlyAdmin):
     change_form_template = "admin/django_dyrygent/workflow/change_form.html"
     list_display = (
-        "display_name", "short_id", "state_badge", "progress", "why", "created_at", "duration",
+        "display_name", "short_id", "state_badge", "progress", "why", "created", "duration",
     )
     list_display_links = ("display_name", "short_id")
     list_filter = ("state", "created_at")
@@ -127,6 +136,10 @@ class WorkflowAdmin(ReadOnlyAdmin):
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj: Workflow) -> str:
         return state_badge(obj.state, obj.get_state_display())
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, obj: Workflow) -> str:
+        return list_time(obj.created_at)
 
     @admin.display(description=_("progress"))
     def progress(self, obj: Workflow) -> str:

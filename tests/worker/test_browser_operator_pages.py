@@ -163,3 +163,48 @@ def test_browser_worker_banner__comes_and_goes_with_the_heartbeat_without_reload
         beat(0)  # it beats again
         WebDriverWait(browser, 30, poll_frequency=0.1).until(lambda d: banner(d) == "")
         assert browser.execute_script("return window.dyNotReloaded === true;")
+
+
+def overflow(driver):
+    """How far the page and the list's own box scroll sideways (0: they do not)."""
+    return driver.execute_script(
+        "var page = document.documentElement, box = document.querySelector('#changelist .results');"
+        "return [page.scrollWidth - page.clientWidth, box.scrollWidth - box.clientWidth];"
+    )
+
+
+def test_browser_lists__fit_a_1400_px_window_with_long_names(live_server, browser, settings):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    assert browser.execute_script("return window.innerWidth;") == 1400
+    long_host = "eu-west-1-warehouse-replica-0042.internal.example.com"
+    failed = Workflow(name="nightly-import-of-customer-orders-from-the-eu-west-1-warehouse-shards-01-to-64")
+    failed.add_celery_canvas(chain(
+        record.si(long_host, {"batch": "2026-12-07T00:00:00+00:00", "tables": ["orders", "order_lines"]}),
+        fail.si("ConnectionResetError: the replica " + long_host + " closed the connection during COPY"),
+        record.si("reindex-the-search-cluster-for-customer-orders-and-order-lines-after-import"),
+    ))
+    failed.apply_async()
+    engine.tick(failed.pk, scheduled=False)
+    outcomes.node_succeeded(failed.pk, failed.nodes.get(position=0).task_id, "ok")
+    engine.tick(failed.pk, scheduled=False)
+    outcomes.node_failed(failed.pk, failed.nodes.get(position=1).task_id, exception=Boom(
+        "psycopg.OperationalError: consuming input failed: server closed the connection unexpectedly; "
+        + long_host * 3))
+    for i in range(3):
+        other = Workflow(name=f"Quarterly revenue reconciliation for the Asia-Pacific subsidiaries, batch {i}")
+        other.add_celery_canvas(chain(record.si(f"reconcile-{long_host}-{i}"), record.si("report")))
+        other.apply_async()
+    log_in(browser, live_server)
+
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_changelist"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 4
+    shoot(browser, "admin-workflow-list-1400.png")
+    assert overflow(browser) == [0, 0]
+    created = browser.find_element(By.CSS_SELECTOR, "#result_list td.field-created time").text
+    assert len(created.split()) == 2 and created.split()[1].count(":") == 2  # to the second
+
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflownode_changelist"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 9
+    shoot(browser, "admin-node-list-1400.png")
+    assert overflow(browser) == [0, 0]
