@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from django_dyrygent import engine, tasks
 from django_dyrygent.engine import outcomes
-from django_dyrygent.models import WorkerHeartbeat, Workflow
+from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowNode
 from tests.tasks import Boom, fail, record
 from tests.worker.conftest import ARTIFACTS, BROWSER_MARKS
 
@@ -208,3 +208,33 @@ def test_browser_lists__fit_a_1400_px_window_with_long_names(live_server, browse
     assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 9
     shoot(browser, "admin-node-list-1400.png")
     assert overflow(browser) == [0, 0]
+
+
+def test_browser_dag__started_and_queued_pending_and_skipped_differ_by_more_than_colour(live_server, browser):  # noqa: F811
+    from celery import group
+
+    wf = Workflow(name="four states")
+    wf.add_celery_canvas(group(record.si(state) for state in ("QUEUED", "STARTED", "PENDING", "SKIPPED")))
+    wf.apply_async()
+    for node in wf.nodes.all():
+        WorkflowNode.objects.filter(pk=node.pk).update(state=node.args[0])
+    log_in(browser, live_server)
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
+    # What is left of a box once its colours are ignored: the outline's dashes and width, hollow or filled.
+    marks = browser.execute_script(
+        "var out = {}; document.querySelectorAll('#dy-dag a.dy-node').forEach(function (a) {"
+        "  var rect = a.querySelector('rect'), style = getComputedStyle(rect);"
+        "  var state = a.getAttribute('class').match(/dy-s-(\\w+)/)[1];"
+        "  out[state] = [style.strokeDasharray, style.strokeWidth, style.fill === 'rgb(255, 255, 255)'];"
+        "}); return out;"
+    )
+    assert set(marks) == {"QUEUED", "STARTED", "PENDING", "SKIPPED"}
+    assert marks["STARTED"] != marks["QUEUED"] and marks["PENDING"] != marks["SKIPPED"]
+    assert len({tuple(m) for m in marks.values()}) == 4
+    swatches = browser.execute_script(
+        "var out = {}; document.querySelectorAll('.dy-legend .dy-swatch').forEach(function (s) {"
+        "  var style = getComputedStyle(s), state = (s.className.match(/dy-s-(\\w+)/) || [])[1];"
+        "  if (state) { out[state] = [style.outlineStyle, style.boxShadow.replace(/rgba?\\([^)]*\\)/g, '')]; }"
+        "}); return out;"
+    )
+    assert swatches["STARTED"] != swatches["QUEUED"] and swatches["PENDING"] != swatches["SKIPPED"]
