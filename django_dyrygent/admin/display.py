@@ -77,13 +77,18 @@ def can_act(workflow: Workflow, action: str) -> bool:
     return workflow.state not in WORKFLOW_FINAL  # cancel
 
 
-def short_time(value: datetime | None) -> str:
+def short_time(value: datetime | None, shown: str = "%H:%M:%S") -> str:
     """``09:08:55`` in the current time zone, the date in its tooltip: one short line in the node list."""
     if not value:
         return "—"
     value = timezone.localtime(value)
     return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(),
-                       value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], value.strftime("%H:%M:%S"))
+                       value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], value.strftime(shown))
+
+
+def list_time(value: datetime | None) -> str:
+    """``2026-12-07 16:21:05`` to the second, able to wrap between date and time in a narrow column."""
+    return short_time(value, "%Y-%m-%d %H:%M:%S")
 
 
 def progress_parts(total: int, succeeded: int, failed: int, done: int) -> dict[str, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -86,3 +87,9 @@ def warning(workflow: Workflow | None = None) -> str:
         "No live worker consumes the queues %(queues)s, which nodes of this workflow are sent to: they wait "
         "until a worker reads them (celery worker -Q %(queues)s).", len(missing),
     ) % {"queues": ",".join(missing)}
+
+
+def banner(workflow: Workflow | None = None) -> str:
+    """The banner's HTML, as the page renders it: the live refresh swaps it in when the workers change."""
+    return render_to_string("admin/django_dyrygent/workflow/worker_warning_banner.html",
+                            {"worker_warning": warning(workflow)})

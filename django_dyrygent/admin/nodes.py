@@ -282,7 +282,7 @@ class WorkflowNodeAdmin(ReadOnlyAdmin):
     def display_task(self, obj: WorkflowNode) -> str:
         label, title = graph.node_names({"task_name": obj.task_name, "kind": obj.kind, "position": obj.position,
                                          "task_id": obj.task_id, "signature": obj.signature})
-        return format_html('<span class="dy-nowrap" title="{}">{}</span>', title, label)
+        return format_html('<span class="dy-wrap" title="{}">{}</span>', title, label)
 
     @admin.display(description=_("task id"), ordering="task_id")
     def short_task_id(self, obj: WorkflowNode) -> str:

@@ -43,6 +43,7 @@ from .display import (
     admin_url,
     can_act,
     error_summary,
+    list_time,
     pretty_json,
     pretty_text,
     state_badge,
@@ -68,7 +69,7 @@ ERROR_HEAD_CHARS = 1000
 class WorkflowAdmin(ReadOnlyAdmin):
     change_form_template = "admin/django_dyrygent/workflow/change_form.html"
     list_display = (
-        "display_name", "short_id", "state_badge", "progress", "why", "created_at", "duration",
+        "display_name", "short_id", "state_badge", "progress", "why", "created", "duration",
     )
     list_display_links = ("display_name", "short_id")
     list_filter = ("state", "created_at")
@@ -140,6 +141,10 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def state_badge(self, obj: Workflow) -> str:
         return state_badge(obj.state, obj.get_state_display())
 
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, obj: Workflow) -> str:
+        return list_time(obj.created_at)
+
     @admin.display(description=_("progress"))
     def progress(self, obj: Workflow) -> str:
         """Succeeded, failed and remaining parts, from the row counters: no COUNT query per row."""
@@ -154,6 +159,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         context = dict(extra_context or {})
         context["worker_warning"] = health.warning()
+        context["worker_warning_url"] = admin_url(self.admin_site, "workflow", "worker_warning")
+        context["worker_warning_interval"] = self.dag_poll_interval
         if self.admin_site.is_registered(FailedStart) and request.user.has_perm("django_dyrygent.view_failedstart"):
             context["failed_starts"] = recent_failures()
             context["failed_starts_url"] = admin_url(self.admin_site, "failedstart", "changelist")
@@ -295,6 +302,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
             path("<path:object_id>/timeline/", view(self.timeline_view), name="%s_%s_timeline" % info),
             path("grid/<str:name>/", view(self.grid_view), name="%s_%s_grid" % info),
             path("schedules/", view(self.schedules_view), name="%s_%s_schedules" % info),
+            path("worker-warning.json", view(self.worker_warning_view), name="%s_%s_worker_warning" % info),
             path("<path:object_id>/act/<str:action>/", view(require_POST(self.act_view)),
                  name="%s_%s_act" % info),
         ] + super().get_urls()
@@ -326,7 +334,14 @@ class WorkflowAdmin(ReadOnlyAdmin):
                         "run_again": obj.is_final},
             "shape": graph.shape(items, edges),
             "items": {item.id: graph.item_status(item) for item in items},
+            "worker_warning": health.banner(obj),
         })
+
+    def worker_warning_view(self, request: HttpRequest) -> JsonResponse:
+        """The workflow list's banner, polled by dag.js: it comes and goes with the workers' heartbeats."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        return JsonResponse({"worker_warning": health.banner()})
 
     def readonly_html(self, obj: Workflow, name: str) -> str:
         """A read-only field as the change form shows it (Django's AdminReadonlyField rules)."""

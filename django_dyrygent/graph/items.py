@@ -125,18 +125,58 @@ class Item:
         return shorten(f"key {key}", LABEL_CHARS) if key else ""
 
 
+@dataclass(eq=False)
+class Waypoint:
+    """Where a long edge crosses a rank: a slot of that rank's column, kept free of boxes.
+
+    Edges from one source (or into one target) share their waypoints, so a
+    node feeding many distant nodes costs one lane, not one per edge.
+    """
+
+    rank: int
+    order: int = 0
+    y: float = 0
+    #: The column the lane crosses: from ``left`` to ``right``.
+    left: float = 0
+    right: float = 0
+
+
+#: One horizontal run of an edge: (x where it enters, x where it leaves, y).
+Run = tuple[float, float, float]
+
+
 @dataclass
 class Edge:
     source: Item
     target: Item
+    #: The ranks in between, in order; empty for an edge between neighbouring ranks.
+    waypoints: list[Waypoint] = field(default_factory=list)
+    #: Horizontal runs through the columns (set by the layout); cubic Béziers join them in the gaps.
+    runs: list[Run] = field(default_factory=list)
 
     @property
     def path(self) -> str:
-        """A cubic Bézier from the right side of the source to the left side of the target."""
-        x1, y1 = self.source.x + self.source.width, self.source.y + self.source.height / 2
-        x2, y2 = self.target.x, self.target.y + self.target.height / 2
-        bend = max((x2 - x1) / 2, GAP_X / 2)
-        return f"M{x1:g},{y1:g} C{x1 + bend:g},{y1:g} {x2 - bend:g},{y2:g} {x2:g},{y2:g}"
+        """Runs through the columns joined by cubic Béziers in the gaps between columns.
+
+        Every column is crossed straight, on the source's or target's own row
+        or on a waypoint's free slot, and every curve stays within the gap
+        between two columns, where no box is: the edge never crosses a box.
+        """
+        runs = self.runs or [
+            (self.source.x + self.source.width,) * 2 + (self.source.y + self.source.height / 2,),
+            (self.target.x,) * 2 + (self.target.y + self.target.height / 2,),
+        ]
+        x1, out, y1 = runs[0]
+        parts = [f"M{x1:g},{y1:g}"]
+        if out != x1:
+            parts.append(f"H{out:g}")
+        for enter, leave, y2 in runs[1:]:
+            bend = max((enter - out) / 2, GAP_X / 2)
+            parts.append(f"C{out + bend:g},{y1:g} {enter - bend:g},{y2:g} {enter:g},{y2:g}")
+            if leave != enter:
+                parts.append(f"H{leave:g}")
+            out, y1 = leave, y2
+        return " ".join(parts)
 
 
 @dataclass

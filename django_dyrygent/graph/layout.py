@@ -8,20 +8,23 @@ needs no JavaScript library or system binary:
 2. ``collapse`` folds huge groups of interchangeable siblings (same task
    name, same dependencies, same dependents) into one box, so a
    10,000-node workflow stays readable and cheap to draw;
-3. ``layout`` ranks items by their longest path from a root, orders each
-   rank by the barycentre of its parents and places boxes on a grid, with
-   cubic Bézier edges.
+3. ``layout`` ranks items by their longest path from a root, gives an
+   edge spanning several ranks a waypoint in each rank it crosses, orders
+   each rank (boxes and waypoints) by the barycentre of its neighbours and
+   places them on a grid; edges run straight across columns and curve in
+   the gaps between them, so none passes through a box.
 
 The admin's status endpoint runs ``load`` + ``collapse`` only (no layout):
 item ids are stable, so the browser can recolour the picture in place.
-What the drawing is made of (``Item``, ``Edge``, sizes, labels) is in
-``dag_items``.
+What the drawing is made of (``Item``, ``Edge``, ``Waypoint``, sizes,
+labels) is in ``items``.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from django.db.models import F
@@ -50,6 +53,8 @@ from .items import (
     Item,
     Layout,
     NodeRow,
+    Run,
+    Waypoint,
     call_label,
     counts_text,
     format_call,
@@ -81,11 +86,13 @@ __all__ = [
     "Graph",
     "Item",
     "LABEL_CHARS",
+    "LANES_PER_ELEMENT",
     "Layout",
     "MARGIN",
     "NodeRow",
     "STATE_PRIORITY",
     "SWEEPS",
+    "Waypoint",
     "bar_width",
     "box_geometry",
     "call_label",
@@ -194,35 +201,137 @@ def _group_key(node: NodeRow, deps: Adjacency, dependents: Adjacency) -> tuple[A
 
 
 def layout(items: list[Item], edges: list[Edge], sweeps: int = SWEEPS) -> Layout:
-    """Place items left to right by rank, top to bottom by barycentre.
+    """Place items left to right by rank, top to bottom by barycentre; route edges between boxes.
 
     Rank: longest path from a root (callbacks, which run once the workflow
-    ended, go in a last column of their own). Order: the first sweep sorts
-    every rank by the mean position of its parents; each further sweep first
-    sorts the roots by the mean position of their children, then the other
-    ranks again, so roots feeding the same nodes end up side by side. Ties
-    keep creation order. Each rank is centred vertically.
+    ended, go in a last column of their own). An edge spanning several ranks
+    gets a waypoint in each rank it crosses (``_lanes``): a slot of that
+    rank, ordered with the boxes, so the edge passes between boxes instead
+    of through them. Order: the first sweep sorts every rank by the mean
+    position of its neighbours on the left; each further sweep first sorts
+    the roots by the mean position of their neighbours on the right, then
+    the other ranks again, so roots feeding the same nodes end up side by
+    side. Ties keep creation order. Each rank is centred vertically.
     """
     ranks = _rank(items)
+    rows, left_of, right_of = _lanes(ranks, edges, len(items) + len(edges))
     for sweep in range(max(sweeps, 1)):
-        if sweep:
-            _sort_rank(ranks[0], lambda item: [_centred(c, ranks) for c in item.children])
-        for rank in ranks[1:]:
-            _sort_rank(rank, lambda item: [_centred(p, ranks) for p in item.parents])
-    tallest = max((len(r) for r in ranks), default=0)
+        if sweep and rows:
+            _sort_rank(rows[0], lambda slot: [_centred(n, rows) for n in right_of[id(slot)]])
+        for row in rows[1:]:
+            _sort_rank(row, lambda slot: [_centred(n, rows) for n in left_of[id(slot)]])
+    for rank in ranks:
+        rank.sort(key=lambda item: item.order)
+    tallest = max((len(r) for r in rows), default=0)
     pitch_y = BOX_HEIGHT + GAP_Y
     left: float = MARGIN
-    for rank in ranks:
+    columns = []
+    for rank, row in zip(ranks, rows, strict=True):
         # A column of join dots only is as narrow as a dot.
         column = max(item.width for item in rank)
-        offset = (tallest - len(rank)) * pitch_y / 2
-        for item in rank:
-            item.x = left + (column - item.width) / 2
-            item.y = MARGIN + offset + item.order * pitch_y + (BOX_HEIGHT - item.height) / 2
+        offset = (tallest - len(row)) * pitch_y / 2
+        for slot in row:
+            top = MARGIN + offset + slot.order * pitch_y
+            if isinstance(slot, Waypoint):
+                slot.left, slot.right, slot.y = left, left + column, top + BOX_HEIGHT / 2
+            else:
+                slot.x = left + (column - slot.width) / 2
+                slot.y = top + (BOX_HEIGHT - slot.height) / 2
+        columns.append((left, left + column))
         left += column + GAP_X
+    _straighten(rows, left_of)
+    for edge in edges:
+        if edge.target.rank - edge.source.rank == len(edge.waypoints) + 1:
+            edge.runs = _runs(edge, columns)
     width = left - (GAP_X if ranks else 0) + MARGIN
     height = 2 * MARGIN + tallest * pitch_y - (GAP_Y if tallest else 0)
     return Layout(items=items, edges=edges, width=width, height=height, ranks=ranks)
+
+
+#: Long edges cross at most this many ranks in all, per item and edge: drawing an edge costs one
+#: run per rank it crosses. Past it (only in contrived graphs, many long edges sharing neither
+#: source nor target) the remaining long edges are drawn direct, and the layout stays linear.
+LANES_PER_ELEMENT = 3
+
+Slot = Item | Waypoint
+
+
+def _lanes(
+    ranks: list[list[Item]], edges: list[Edge], size: int,
+) -> tuple[list[list[Slot]], dict[int, list[Slot]], dict[int, list[Slot]]]:
+    """Give long edges waypoints; return the rows (items and waypoints) and each slot's neighbours.
+
+    A long edge joins the lane of its source, or that of its target when the
+    target has more long edges coming in than the source has going out: a
+    node fed from many ranks (a final notify) or feeding many (a fetch) has
+    one lane, so the count of waypoints stays near the count of edges.
+    """
+    rows: list[list[Slot]] = [list(rank) for rank in ranks]
+    for edge in edges:
+        edge.waypoints, edge.runs = [], []
+    long = [e for e in edges if e.target.rank - e.source.rank > 1]
+    going_out = Counter(e.source.id for e in long)
+    coming_in = Counter(e.target.id for e in long)
+    lanes: dict[tuple[str, str], dict[int, Waypoint]] = {}
+    budget = LANES_PER_ELEMENT * size
+    for edge in long:
+        source, target = edge.source, edge.target
+        key = ("in", target.id) if coming_in[target.id] > going_out[source.id] else ("out", source.id)
+        lane = lanes.setdefault(key, {})
+        crossed = range(source.rank + 1, target.rank)
+        if len(crossed) > budget:
+            continue
+        budget -= len(crossed)
+        for r in crossed:
+            if r not in lane:
+                lane[r] = Waypoint(rank=r, order=len(rows[r]))
+                rows[r].append(lane[r])
+        edge.waypoints = [lane[r] for r in range(source.rank + 1, target.rank)]
+    left_of: dict[int, list[Slot]] = defaultdict(list)
+    right_of: dict[int, list[Slot]] = defaultdict(list)
+    linked = set()
+    for edge in edges:
+        hops: list[Slot] = [edge.source, *edge.waypoints, edge.target]
+        for a, b in pairwise(hops):
+            if (id(a), id(b)) not in linked:
+                linked.add((id(a), id(b)))
+                right_of[id(a)].append(b)
+                left_of[id(b)].append(a)
+    return rows, left_of, right_of
+
+
+def _straighten(rows: list[list[Slot]], left_of: dict[int, list[Slot]]) -> None:
+    """Move each waypoint level with where its lane comes from, if its column has room there.
+
+    Ranks are centred, so a lane's slots in a short rank sit off the line of
+    the slots before them; a waypoint slides towards that line, but no closer
+    than half a gap to the slots above and below it (their order is kept).
+    """
+    for row in rows[1:]:
+        for index, slot in enumerate(row):
+            if not isinstance(slot, Waypoint) or len(left_of[id(slot)]) != 1:
+                continue
+            low = _bottom(row[index - 1]) + GAP_Y / 2 if index else float("-inf")
+            high = row[index + 1].y - GAP_Y / 2 if index + 1 < len(row) else float("inf")
+            if low <= high:
+                slot.y = min(max(_middle(left_of[id(slot)][0]), low), high)
+
+
+def _bottom(slot: Slot) -> float:
+    return slot.y if isinstance(slot, Waypoint) else slot.y + slot.height
+
+
+def _middle(slot: Slot) -> float:
+    return slot.y if isinstance(slot, Waypoint) else slot.y + slot.height / 2
+
+
+def _runs(edge: Edge, columns: list[tuple[float, float]]) -> list[Run]:
+    """Source side to its column's right edge, across each waypoint's column, target's column to its side."""
+    source, target = edge.source, edge.target
+    runs: list[Run] = [(source.x + source.width, columns[source.rank][1], _middle(source))]
+    runs += [(w.left, w.right, w.y) for w in edge.waypoints]
+    runs.append((columns[target.rank][0], target.x, _middle(target)))
+    return runs
 
 
 def _rank(items: list[Item]) -> list[list[Item]]:
@@ -258,13 +367,13 @@ def _rank(items: list[Item]) -> list[list[Item]]:
     return ranks
 
 
-def _centred(item: Item, ranks: list[list[Item]]) -> float:
-    """Position of an item relative to the middle of its rank (ranks are drawn centred)."""
-    return item.order - (len(ranks[item.rank]) - 1) / 2
+def _centred(slot: Slot, rows: list[list[Slot]]) -> float:
+    """Position of a slot relative to the middle of its rank (ranks are drawn centred)."""
+    return slot.order - (len(rows[slot.rank]) - 1) / 2
 
 
-def _sort_rank(rank: list[Item], neighbours: Callable[[Item], list[float]]) -> None:
-    def key(item: Item) -> tuple[float, int]:
+def _sort_rank(rank: list[Slot], neighbours: Callable[[Slot], list[float]]) -> None:
+    def key(item: Slot) -> tuple[float, int]:
         points = neighbours(item)
         centre = sum(points) / len(points) if points else _centred_self(item, rank)
         return (centre, item.order)
@@ -274,7 +383,7 @@ def _sort_rank(rank: list[Item], neighbours: Callable[[Item], list[float]]) -> N
         item.order = order
 
 
-def _centred_self(item: Item, rank: list[Item]) -> float:
+def _centred_self(item: Slot, rank: list[Slot]) -> float:
     return item.order - (len(rank) - 1) / 2
 
 

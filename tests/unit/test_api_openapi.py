@@ -7,12 +7,15 @@ that every documented operation was called with its success status.
 
 import json
 import re
+from datetime import timedelta
+from urllib.parse import quote
 
 import jsonschema
 import pytest
 from celery import chain
 from django.contrib.auth.models import Permission, User
 from django.test import Client
+from django.utils import timezone
 
 from django_dyrygent import engine
 from django_dyrygent.engine import outcomes
@@ -139,6 +142,44 @@ def test_openapi__workflow_reads_lists_and_actions_match(machine, call):
     assert call(machine, "post", f"/workflows/{wf.pk}/cancel/").status_code == 409
     assert call(machine, "post", "/workflows/00000000-0000-0000-0000-000000000000/cancel/").status_code == 404
     assert call(machine, "post", "/workflows/00000000-0000-0000-0000-000000000000/retry/").status_code == 404
+
+
+def test_openapi__workflow_list_filters_by_definition_state_started_by_and_time_and_pages(machine, call):
+    now = timezone.now()
+
+    def made(name, hours_ago, **fields):
+        wf = Workflow.objects.create(name=name, **fields)
+        Workflow.objects.filter(pk=wf.pk).update(created_at=now - timedelta(hours=hours_ago))
+        return str(wf.pk)
+
+    nightly = made("nightly", 30, definition="tests.add", started_by="alice", state="SUCCESS")
+    recent = made("recent", 1, definition="tests.add", started_by="bob", state="FAILURE")
+    other = made("other", 2, definition="tests.other", started_by="alice", state="RUNNING")
+
+    def ids(query):
+        return [run["id"] for run in call(machine, "get", f"/workflows/?{query}").json()["results"]]
+
+    assert ids("") == [recent, other, nightly]  # newest first
+    assert ids("definition=tests.add") == [recent, nightly]
+    assert ids("started_by=alice") == [other, nightly]
+    assert ids("state=SUCCESS,FAILURE&started_by=bob") == [recent]
+    three_hours_ago = quote((now - timedelta(hours=3)).isoformat())
+    assert ids(f"created_after={three_hours_ago}") == [recent, other]
+    assert ids(f"created_before={three_hours_ago}") == [nightly]
+    first = call(machine, "get", "/workflows/?limit=2").json()
+    assert (first["count"], [r["id"] for r in first["results"]], first["previous"]) == (3, [recent, other], None)
+    second = call(machine, "get", first["next"].split(API, 1)[1]).json()
+    assert [r["id"] for r in second["results"]] == [nightly] and second["next"] is None
+
+
+def test_openapi__a_run_s_nodes_carry_their_results(machine, call):
+    wf = Workflow(name="results")
+    wf.add_celery_canvas(chain(record.si("a"), record.si("b")))
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    outcomes.node_succeeded(wf.pk, wf.nodes.get(position=0).task_id, {"rows": 42})
+    nodes = call(machine, "get", f"/workflows/{wf.pk}/nodes/").json()["results"]
+    assert [(n["state"], n["result"]) for n in nodes] == [("SUCCESS", {"rows": 42}), ("QUEUED", None)]
 
 
 def test_openapi__node_actions_match(machine, call):

@@ -1,6 +1,10 @@
 """The admin's DAG layout: deterministic ranks, order, coordinates and collapsing."""
 
+import random
+import re
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from itertools import pairwise
 
 import pytest
 from celery import chain, group
@@ -202,3 +206,164 @@ def test_label__short_task_name_with_arguments_truncated():
     assert label([]) == "build"
     long = label(["a-very-long-host-name.example.com"])
     assert len(long) == graph.LABEL_CHARS and long.endswith("…")
+
+
+# -- edges between boxes, never through them ------------------------------------------------------
+
+
+def path_points(path, steps=48):
+    """The points of an SVG path of M, H, L and C commands, each Bézier flattened into ``steps`` chords."""
+    points = []
+    for command, text in re.findall(r"([MLHC])([^MLHC]*)", path):
+        numbers = [float(n) for n in text.replace(",", " ").split()]
+        if command in "ML":
+            points.append(tuple(numbers))
+        elif command == "H":
+            points.append((numbers[0], points[-1][1]))
+        else:
+            (x0, y0), (x1, y1, x2, y2, x3, y3) = points[-1], numbers
+            for k in range(1, steps + 1):
+                t = k / steps
+                a, b, c, d = (1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3
+                points.append((a * x0 + b * x1 + c * x2 + d * x3, a * y0 + b * y1 + c * y2 + d * y3))
+    return points
+
+
+def crosses(segment, box):
+    """Whether a segment enters the inside of a box (touching its border is not crossing)."""
+    (x0, y0), (x1, y1) = segment
+    left, top, right, bottom = box
+    low, high = 0.0, 1.0
+    for p, q in ((-(x1 - x0), x0 - left), (x1 - x0, right - x0), (-(y1 - y0), y0 - top), (y1 - y0, bottom - y0)):
+        if p == 0:
+            if q <= 0:
+                return False
+            continue
+        t = q / p
+        if p < 0:
+            low = max(low, t)
+        else:
+            high = min(high, t)
+        if low >= high:
+            return False
+    return True
+
+
+def boxes_crossed(drawing):
+    """(source, target, box crossed) for every edge segment that passes through a box other than its ends."""
+    columns = defaultdict(list)  # the boxes of each rank, looked at only by segments reaching that rank's x
+    for item in drawing.items:
+        columns[item.rank].append((item, (item.x, item.y, item.x + item.width, item.y + item.height)))
+    spans = {rank: (min(b[0] for _, b in boxes), max(b[2] for _, b in boxes)) for rank, boxes in columns.items()}
+    found = set()
+    for edge in drawing.edges:
+        points = path_points(edge.path)
+        for segment in pairwise(points):
+            low, high = sorted((segment[0][0], segment[1][0]))
+            for rank, (left, right) in spans.items():
+                if high <= left or low >= right:
+                    continue
+                for item, box in columns[rank]:
+                    if item is not edge.source and item is not edge.target and crosses(segment, box):
+                        found.add((edge.source.id, edge.target.id, item.id))
+    return found
+
+
+def test_crosses__the_geometry_of_the_check_itself():
+    box = (10, 10, 20, 20)
+    assert crosses(((0, 15), (30, 15)), box)
+    assert crosses(((0, 0), (30, 30)), box)
+    assert crosses(((12, 12), (13, 13)), box)  # inside
+    assert not crosses(((0, 10), (30, 10)), box)  # along the border
+    assert not crosses(((0, 0), (30, 5)), box)
+    assert not crosses(((0, 15), (9, 15)), box)
+    assert path_points("M0,0 H10 C15,0 15,10 20,10")[:2] == [(0, 0), (10, 0)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("hosts", [1, 4, 12])
+def test_layout__example_project_edges_pass_between_boxes(hosts):
+    from example_project.demo.workflows import build_demo_workflow
+
+    wf = build_demo_workflow(hosts=hosts).apply_async()
+    drawing = graph.layout(*graph.collapse(graph.load(wf)))
+    audit, notify = (next(i for i in drawing.items if i.task_name == name) for name in ("demo.audit", "demo.notify"))
+    assert boxes_crossed(drawing) == set()
+    (long_edge,) = [e for e in drawing.edges if (e.source, e.target) == (audit, notify)]
+    assert len(long_edge.waypoints) == notify.rank - audit.rank - 1 >= 2
+
+
+def random_dag(seed, size, joins=True):
+    """A DAG of ``size`` nodes whose edges go from lower to higher ids, many of them long."""
+    rng = random.Random(seed)
+    nodes, edges = [], []
+    for pk in range(1, size + 1):
+        kind = "join" if joins and pk > 3 and rng.random() < 0.15 else "task"
+        nodes.append(node(pk, task="" if kind == "join" else f"t.{rng.choice('abcdef')}", kind=kind))
+        for dep in rng.sample(range(1, pk), min(pk - 1, rng.choice([0, 1, 1, 2, 3]))):
+            edges.append((dep, pk))
+    return nodes, edges
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_layout__random_dags_edges_pass_between_boxes(seed):
+    nodes, edges = random_dag(seed, size=20 + 15 * seed)
+    drawing = draw(nodes, edges)
+    assert boxes_crossed(drawing) == set()
+    assert any(edge.waypoints for edge in drawing.edges)
+
+
+def test_layout__collapsed_groups_joins_and_callbacks_edges_pass_between_boxes():
+    # root -> 30 builds (a box) -> join -> report, root -> audit -> notify, and report -> notify; a finalizer.
+    builds = list(range(2, 32))
+    nodes = [node(1, task="t.root")] + [node(i, task="t.build") for i in builds]
+    nodes += [node(40, kind="join", task=""), node(41, task="t.report"), node(42, task="t.audit"),
+              node(43, task="t.notify"), node(44, kind="finalizer", task="t.cleanup")]
+    edges = [(1, i) for i in builds] + [(i, 40) for i in builds] + [(40, 41), (1, 42), (42, 43), (41, 43)]
+    drawing = draw(nodes, edges)
+    assert boxes_crossed(drawing) == set()
+    (long_edge,) = [e for e in drawing.edges if (e.source.id, e.target.id) == ("n42", "n43")]
+    assert [w.rank for w in long_edge.waypoints] == [2, 3]
+
+
+def test_layout__a_long_edge_runs_through_a_free_slot_of_each_rank_it_crosses():
+    # a -> b -> c -> d and a -> d: the shortcut takes a slot of its own in the ranks of b and c.
+    drawing = draw([node(1), node(2), node(3), node(4)], [(1, 2), (2, 3), (3, 4), (1, 4)])
+    (shortcut,) = [e for e in drawing.edges if (e.source.id, e.target.id) == ("n1", "n4")]
+    items = by_id(drawing)
+    assert [w.rank for w in shortcut.waypoints] == [1, 2]
+    for waypoint, item in zip(shortcut.waypoints, (items["n2"], items["n3"]), strict=True):
+        assert (waypoint.left, waypoint.right) == (item.x, item.x + BOX_WIDTH)
+        # Below the box, half a gap clear of it, as level with the root as that allows.
+        assert waypoint.y == item.y + BOX_HEIGHT + GAP_Y / 2 == items["n1"].y + BOX_HEIGHT / 2
+    assert shortcut.path.count("C") == 3 and shortcut.path.count("H") == 2
+    assert drawing.height == 2 * MARGIN + 2 * BOX_HEIGHT + GAP_Y
+    assert boxes_crossed(drawing) == set()
+
+
+def test_layout__long_edges_share_the_lane_of_their_source_or_target():
+    # A chain of 12; the root feeds every node from the third on, and every node feeds the last.
+    size = 12
+    chain_edges = [(i, i + 1) for i in range(1, size)]
+    fan_out = [(1, i) for i in range(3, size + 1)]
+    fan_in = [(i, size) for i in range(2, size - 1)]
+    drawing = draw([node(i, task=f"t.{i}") for i in range(1, size + 1)], chain_edges + fan_out + fan_in)
+    waypoints = {id(w) for edge in drawing.edges for w in edge.waypoints}
+    # One lane out of the root (ranks 1 to 10), one into the last node (ranks 2 to 10): not one per edge.
+    assert len(waypoints) == (size - 2) + (size - 3)
+    assert sum(len(edge.waypoints) for edge in drawing.edges) == 100
+    assert boxes_crossed(drawing) == set()
+
+
+def test_layout__waypoints_stay_within_their_budget_on_contrived_graphs():
+    # Long edges sharing neither source nor target: s_i (rank i) -> t_i (rank size + i).
+    size = 60
+    spine = [(i, i + 1) for i in range(1, 2 * size)]
+    long = [(i, size + i) for i in range(1, size)]
+    drawing = draw([node(i, task=f"t.{i}") for i in range(1, 2 * size + 1)], spine + long)
+    # What drawing the edges costs (a run per rank crossed) stays linear in the items and edges.
+    runs = sum(len(edge.waypoints) for edge in drawing.edges)
+    assert runs <= graph.LANES_PER_ELEMENT * (len(drawing.items) + len(drawing.edges)) < (size - 1) ** 2
+    # Past the budget an edge is drawn direct, from box side to box side.
+    direct = [e for e in drawing.edges if e.target.rank - e.source.rank > 1 and not e.waypoints]
+    assert direct and all(e.path.count("C") == 1 for e in direct)

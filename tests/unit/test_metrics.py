@@ -81,3 +81,35 @@ def test_metrics_view__says_what_to_install_without_prometheus_client(client, mo
     monkeypatch.setattr(metrics, "prometheus_client", None)
     response = client.get("/dyrygent/metrics")
     assert response.status_code == 501 and b"django-dyrygent[prometheus]" in response.content
+
+
+def test_grafana_queries__name_only_series_and_labels_that_exist(metrics_on):
+    """The docs' Grafana queries: each series is exposed, with every label they group or filter by."""
+    import re
+    from pathlib import Path
+
+    series = {}
+    for metric in metrics._metrics.values():
+        labels = set(metric._labelnames)
+        if metric._type == "counter":
+            series[metric._name + "_total"] = labels
+        else:
+            for suffix in ("_sum", "_count"):
+                series[metric._name + suffix] = labels
+            series[metric._name + "_bucket"] = labels | {"le"}
+    Workflow.objects.create(name="live", definition="tests.metrics", state="RUNNING")
+    WorkerHeartbeat.objects.create(hostname="w@h", pid=1, started_at=timezone.now(), last_seen=timezone.now())
+    for family in metrics.RowsCollector().collect():
+        series[family.name] = {label for sample in family.samples for label in sample.labels}
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = page.split("A Grafana panel's queries", 1)[1].split("```promql", 1)[1].split("```", 1)[0]
+    queries = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(queries) >= 6
+    for line in queries:
+        names = re.findall(r"\b(dyrygent_[a-z_]+)", line)
+        assert names and all(name in series for name in names), (line, sorted(series))
+        used = set(re.findall(r"by \(([^)]*)\)", line)) | set(re.findall(r"[{,]\s*([a-z_]+)\s*=~?", line))
+        used = {label.strip() for group in used for label in group.split(",")}
+        known = set().union(*(series[name] for name in names))
+        assert used <= known, (line, used - known)

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from django_dyrygent import engine, tasks
 from django_dyrygent.engine import outcomes
-from django_dyrygent.models import WorkerHeartbeat, Workflow
+from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowNode
 from tests.tasks import Boom, fail, record
 from tests.worker.conftest import ARTIFACTS, BROWSER_MARKS
 
@@ -122,3 +122,119 @@ def test_browser_heartbeats__alive_stale_and_who_sweeps(live_server, browser):  
     assert sweeps == {"celery@web-1": "True", "celery@web-2": "False", "celery@web-3": "False"}
     assert rows["celery@web-1"].find_element(By.CSS_SELECTOR, ".field-queue_list").text == "celery, reports"
     shoot(browser, "admin-worker-heartbeats.png")
+
+
+def test_browser_worker_banner__comes_and_goes_with_the_heartbeat_without_reloading(
+    live_server, browser, settings, monkeypatch,  # noqa: F811
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from django_dyrygent.admin.workflows import WorkflowAdmin
+
+    settings.DYRYGENT_LIVENESS = True
+    monkeypatch.setattr(WorkflowAdmin, "dag_poll_interval", 300)
+    now = timezone.now()
+    WorkerHeartbeat.objects.all().delete()
+    worker = WorkerHeartbeat.objects.create(hostname="celery@web-1", pid=11, started_at=now - timedelta(hours=1),
+                                            last_seen=now, queues=[settings.CELERY_TASK_DEFAULT_QUEUE])
+    wf = Workflow(name="waits for a worker")
+    wf.add_celery_canvas(chain(record.si("a"), record.si("b")))
+    wf.apply_async()
+    log_in(browser, live_server)
+
+    def banner(driver):
+        found = driver.find_elements(By.ID, "dy-worker-warning")
+        return found[0].text if found else ""
+
+    def beat(age):
+        WorkerHeartbeat.objects.filter(pk=worker.pk).update(last_seen=timezone.now() - timedelta(seconds=age))
+
+    for url in (reverse("admin:django_dyrygent_workflow_changelist"),
+                reverse("admin:django_dyrygent_workflow_change", args=[wf.pk])):
+        beat(0)
+        browser.get(live_server.url + url)
+        assert banner(browser) == ""
+        browser.execute_script("window.dyNotReloaded = true;")
+        beat(3600)  # the worker went silent an hour ago
+        WebDriverWait(browser, 30, poll_frequency=0.1).until(lambda d: "No Celery worker is alive" in banner(d))
+        if url.endswith("/workflow/"):
+            shoot(browser, "admin-workflow-list-no-worker.png")
+        beat(0)  # it beats again
+        WebDriverWait(browser, 30, poll_frequency=0.1).until(lambda d: banner(d) == "")
+        assert browser.execute_script("return window.dyNotReloaded === true;")
+
+
+def overflow(driver):
+    """How far the page and the list's own box scroll sideways (0: they do not)."""
+    return driver.execute_script(
+        "var page = document.documentElement, box = document.querySelector('#changelist .results');"
+        "return [page.scrollWidth - page.clientWidth, box.scrollWidth - box.clientWidth];"
+    )
+
+
+def test_browser_lists__fit_a_1400_px_window_with_long_names(live_server, browser, settings):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    assert browser.execute_script("return window.innerWidth;") == 1400
+    long_host = "eu-west-1-warehouse-replica-0042.internal.example.com"
+    failed = Workflow(name="nightly-import-of-customer-orders-from-the-eu-west-1-warehouse-shards-01-to-64")
+    failed.add_celery_canvas(chain(
+        record.si(long_host, {"batch": "2026-12-07T00:00:00+00:00", "tables": ["orders", "order_lines"]}),
+        fail.si("ConnectionResetError: the replica " + long_host + " closed the connection during COPY"),
+        record.si("reindex-the-search-cluster-for-customer-orders-and-order-lines-after-import"),
+    ))
+    failed.apply_async()
+    engine.tick(failed.pk, scheduled=False)
+    outcomes.node_succeeded(failed.pk, failed.nodes.get(position=0).task_id, "ok")
+    engine.tick(failed.pk, scheduled=False)
+    outcomes.node_failed(failed.pk, failed.nodes.get(position=1).task_id, exception=Boom(
+        "psycopg.OperationalError: consuming input failed: server closed the connection unexpectedly; "
+        + long_host * 3))
+    for i in range(3):
+        other = Workflow(name=f"Quarterly revenue reconciliation for the Asia-Pacific subsidiaries, batch {i}")
+        other.add_celery_canvas(chain(record.si(f"reconcile-{long_host}-{i}"), record.si("report")))
+        other.apply_async()
+    log_in(browser, live_server)
+
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_changelist"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 4
+    shoot(browser, "admin-workflow-list-1400.png")
+    assert overflow(browser) == [0, 0]
+    created = browser.find_element(By.CSS_SELECTOR, "#result_list td.field-created time").text
+    assert len(created.split()) == 2 and created.split()[1].count(":") == 2  # to the second
+
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflownode_changelist"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 9
+    shoot(browser, "admin-node-list-1400.png")
+    assert overflow(browser) == [0, 0]
+
+
+def test_browser_dag__started_and_queued_pending_and_skipped_differ_by_more_than_colour(live_server, browser):  # noqa: F811
+    from celery import group
+
+    wf = Workflow(name="four states")
+    wf.add_celery_canvas(group(record.si(state) for state in ("QUEUED", "STARTED", "PENDING", "SKIPPED")))
+    wf.apply_async()
+    for node in wf.nodes.all():
+        WorkflowNode.objects.filter(pk=node.pk).update(state=node.args[0])
+    log_in(browser, live_server)
+    browser.get(live_server.url + reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
+    # What is left of a box once its colours are ignored: the outline's dashes and width, hollow or filled.
+    marks = browser.execute_script(
+        "var out = {}; document.querySelectorAll('#dy-dag a.dy-node').forEach(function (a) {"
+        "  var rect = a.querySelector('rect'), style = getComputedStyle(rect);"
+        "  var state = a.getAttribute('class').match(/dy-s-(\\w+)/)[1];"
+        "  out[state] = [style.strokeDasharray, style.strokeWidth, style.fill === 'rgb(255, 255, 255)'];"
+        "}); return out;"
+    )
+    assert set(marks) == {"QUEUED", "STARTED", "PENDING", "SKIPPED"}
+    assert marks["STARTED"] != marks["QUEUED"] and marks["PENDING"] != marks["SKIPPED"]
+    assert len({tuple(m) for m in marks.values()}) == 4
+    swatches = browser.execute_script(
+        "var out = {}; document.querySelectorAll('.dy-legend .dy-swatch').forEach(function (s) {"
+        "  var style = getComputedStyle(s), state = (s.className.match(/dy-s-(\\w+)/) || [])[1];"
+        "  if (state) { out[state] = [style.outlineStyle, style.boxShadow.replace(/rgba?\\([^)]*\\)/g, '')]; }"
+        "}); return out;"
+    )
+    assert swatches["STARTED"] != swatches["QUEUED"] and swatches["PENDING"] != swatches["SKIPPED"]

@@ -130,3 +130,17 @@ def test_warning__a_routing_error_never_breaks_the_page(admin_client, no_workers
     response = admin_client.get(reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
     assert response.status_code == 200
     assert "Could not tell which queues the nodes of workflow" in caplog.text
+
+
+@pytest.mark.django_db
+def test_live_banner__in_the_page_status_and_the_list_endpoint(admin_client, client, no_workers):
+    wf = waiting_workflow()
+    status = reverse("admin:django_dyrygent_workflow_status", args=[wf.pk])
+    endpoint = reverse("admin:django_dyrygent_workflow_worker_warning")
+    assert 'data-url="%s"' % endpoint in admin_client.get(WORKFLOWS).content.decode()
+    assert "No Celery worker is alive" in admin_client.get(status).json()["worker_warning"]
+    assert "No Celery worker is alive" in admin_client.get(endpoint).json()["worker_warning"]
+    beat("w1@host", queues=(settings.CELERY_TASK_DEFAULT_QUEUE, "reports"))
+    assert admin_client.get(status).json()["worker_warning"].strip() == ""
+    assert admin_client.get(endpoint).json()["worker_warning"].strip() == ""
+    assert client.get(endpoint).status_code == 302  # the admin's login first

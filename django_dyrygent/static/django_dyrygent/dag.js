@@ -1,8 +1,10 @@
 /* django_dyrygent: refresh a running workflow's admin page in place.
    Polls <workflow>/status.json and updates everything that can change: the
    state, the progress bar, the read-only fields (timing, counters, error), the
-   event list, which action buttons can act, and the SVG nodes (recoloured by
-   class). Stops once the workflow is final. No framework, no CDN.
+   event list, which action buttons can act, the banner saying no worker is
+   alive, and the SVG nodes (recoloured by class). Stops once the workflow is
+   final. On the workflow list, polls the workers' banner alone, at the
+   interval picked on a workflow's page. No framework, no CDN.
    HTML pieces in the status are rendered and escaped by the server. */
 (function () {
   "use strict";
@@ -18,8 +20,58 @@
     });
   }
 
+  var STORED = "django_dyrygent.refresh";  /* the chosen interval, kept for the next pages */
+
+  function setHtml(el, html) {
+    /* Compared with the last HTML received, not with innerHTML (the browser
+       re-serialises it): an unchanged part is not rebuilt, so a selection survives. */
+    if (el && el.dyHtml !== html) {
+      el.innerHTML = html;
+      el.dyHtml = html;
+    }
+  }
+
+  function getJson(url) {
+    return fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error(url + " " + response.status);
+        }
+        return response.json();
+      });
+  }
+
+  function watchWorkers() {
+    /* The list's banner comes and goes with the heartbeats; the list itself is not redrawn. */
+    var box = document.getElementById("dy-worker-warning-box");
+    if (!box || !box.dataset.url) {
+      return;
+    }
+    var kept = window.localStorage ? parseInt(window.localStorage.getItem(STORED), 10) : NaN;
+    var interval = kept || parseInt(box.dataset.pollInterval, 10) || 5000;
+    var failures = 0;
+
+    function poll() {
+      getJson(box.dataset.url)
+        .then(function (status) {
+          failures = 0;
+          setHtml(box, status.worker_warning);
+          window.setTimeout(poll, interval);
+        })
+        .catch(function () {
+          failures += 1;
+          if (failures < 10) {
+            window.setTimeout(poll, interval * failures);
+          }
+        });
+    }
+
+    window.setTimeout(poll, interval);
+  }
+
   function start() {
     confirmActions();
+    watchWorkers();
     var panel = document.getElementById("dy-panel");
     if (!panel || panel.dataset.final === "true") {
       return;
@@ -33,7 +85,6 @@
     var live = document.getElementById("dy-live");
     var pause = document.getElementById("dy-pause");
     var every = document.getElementById("dy-interval");
-    var STORED = "django_dyrygent.refresh";  /* the chosen interval, kept for the next pages */
 
     function schedule(ms) {
       window.clearTimeout(timer);
@@ -104,15 +155,6 @@
       });
     }
 
-    function setHtml(el, html) {
-      /* Compared with the last HTML received, not with innerHTML (the browser
-         re-serialises it): an unchanged part is not rebuilt, so a selection survives. */
-      if (el && el.dyHtml !== html) {
-        el.innerHTML = html;
-        el.dyHtml = html;
-      }
-    }
-
     function applyPage(status) {
       var badge = document.getElementById("dy-state");
       setState(badge, status.state);
@@ -123,6 +165,9 @@
       });
       if (status.events !== undefined) {
         setHtml(document.getElementById("dy-events"), status.events);
+      }
+      if (status.worker_warning !== undefined) {
+        setHtml(document.getElementById("dy-worker-warning-box"), status.worker_warning);
       }
       Object.keys(status.actions || {}).forEach(function (name) {
         var form = document.querySelector("form[data-action='" + name + "']");
@@ -162,13 +207,7 @@
     }
 
     function poll() {
-      fetch(statusUrl, {credentials: "same-origin", headers: {"Accept": "application/json"}})
-        .then(function (response) {
-          if (!response.ok) {
-            throw new Error("status " + response.status);
-          }
-          return response.json();
-        })
+      getJson(statusUrl)
         .then(function (status) {
           failures = 0;
           return Promise.resolve(apply(status)).then(function () {
