@@ -76,6 +76,22 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
+def _parse(source: str) -> ast.Module:
+    """``ast.parse``, again on CPython's spurious "AST constructor recursion depth mismatch".
+
+    CPython 3.11 keeps the AST converter's depth in per-interpreter state, so a parse can fail
+    while a thread left by an earlier test (a worker, a server) converts an AST too (CPython
+    gh-106905 and its discussion); the same source parses on the next try.
+    """
+    for _ in range(4):
+        try:
+            return ast.parse(source)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc):
+                raise
+    return ast.parse(source)
+
+
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
@@ -124,7 +140,7 @@ def imports_of(path: Path, root: Path, package: str) -> list[Import]:
             else:
                 visit(child, lazy, typing_only)
 
-    visit(ast.parse(path.read_text()), False, False)
+    visit(_parse(path.read_text()), False, False)
     return found
 
 
