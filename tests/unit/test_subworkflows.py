@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.db import connection, connections
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from django_dyrygent import engine, subworkflows
@@ -299,3 +300,31 @@ def test_subworkflow__a_child_ending_while_its_parent_is_paused_is_recorded_and_
     assert wf.resume()
     after.refresh_from_db()
     assert after.state == S.QUEUED
+
+
+@pytest.mark.django_db
+def test_subworkflow__the_api_list_reads_families_and_waits_in_queries_that_do_not_grow_with_the_page(
+        django_user_model):
+    user = django_user_model.objects.create_user("lister")
+    user.user_permissions.add(Permission.objects.get(codename="view_workflow"))
+    _token, key = ApiToken.issue(user, "test")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    def listed():
+        with CaptureQueriesContext(connection) as queries:
+            runs = client.get("/dyrygent/workflows/?limit=50").json()["results"]
+        return runs, len(queries)
+
+    running_child()
+    listed()  # the token's first use and the permission cache are read once
+    _runs, one_family = listed()
+    for _ in range(3):
+        running_child()
+    runs, four_families = listed()
+    assert len(runs) == 8 and four_families == one_family
+    by_id = {run["id"]: run for run in runs}
+    children = [run for run in runs if run["parent_workflow"]]
+    assert len(children) == 4
+    for child in children:
+        parent = by_id[child["parent_workflow"]]
+        assert parent["subworkflows"] == [{"id": child["id"], "state": "RUNNING", "node": child["parent_node"]}]
