@@ -234,7 +234,7 @@ def families(workflows: Sequence[Workflow]) -> dict[Any, Data]:
             children[owner].append({"id": str(pk), "state": state, "node": node})
     out = {}
     for wf in workflows:
-        parent = parents.get(wf.parent_node_id)
+        parent = parents.get(wf.parent_node_id) if wf.parent_node_id else None
         out[wf.pk] = {
             "parent_workflow": str(parent["workflow_id"]) if parent else None,
             "parent_node": parent["task_id"] if parent else None,
