@@ -47,8 +47,8 @@ from django.db import DatabaseError
 from ..conf import settings
 from ..engine import db, hotpath, outcomes
 from ..engine.messaging import HEADER
+from . import backend, broker, recovery
 from . import heartbeat as worker
-from . import recovery
 
 logger = logging.getLogger("django_dyrygent.handlers")
 
@@ -351,6 +351,10 @@ def connect_worker_signals() -> None:
     celery_signals.task_rejected.connect(on_task_rejected, weak=False, dispatch_uid="django_dyrygent.rejected")
     celery_signals.worker_init.connect(install_run_guard, weak=False, dispatch_uid="django_dyrygent.guard")
     celery_signals.worker_init.connect(serve_worker, weak=False, dispatch_uid="django_dyrygent.serve_worker")
+    celery_signals.worker_init.connect(broker.guard_redis_restore, weak=False,
+                                       dispatch_uid="django_dyrygent.redis_restore")
+    celery_signals.worker_init.connect(backend.guard_database_backend, weak=False,
+                                       dispatch_uid="django_dyrygent.result_backend")
     worker.connect()
 
 

@@ -24,7 +24,17 @@ What is checked, per workflow:
    worker, message taken as lost, ``retry()``) or under one id twice (the
    broker delivered it twice): counted by cause, and by the fault before it;
 5. the counters on the workflow row equal its node rows;
-6. no workflow, node or callback is left active.
+6. no workflow, node or callback is left active;
+7. control flow: the nodes of a path its branch did not choose are SKIPPED
+   and their bodies never ran; a wait ended the way its outcome says
+   (completed once by the soak's ``signal()`` / ``complete()``, whose repeat
+   completed nothing; or timed out: FAILURE, or SUCCESS with its default),
+   and the body after it started only once it was done; a timer fired no
+   earlier than its delay after it was reached, and the body after it
+   started no earlier either;
+8. nothing was published while the workflow was paused: no node entered
+   ``QUEUED`` between a pause and the next resume (event order), and every
+   body that started in that window was published before the pause.
 """
 
 import bisect
@@ -33,11 +43,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
-from django_dyrygent.states import NODE_ACTIVE, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind
+from django_dyrygent.states import COUNTED_KINDS, NODE_ACTIVE, NODE_FINAL, NODE_OK, WORKFLOW_FINAL, NodeKind
 from tests.chaos import traffic
 
 S = WorkflowNode.State
 W = Workflow.State
+WAITS = (NodeKind.WAIT, NodeKind.TIMER)
+#: Nodes whose body is a Celery task of the soak (tests/chaos/tasks.py).
+BODY_KINDS = (NodeKind.TASK, NodeKind.BRANCH)
+#: Clock slack between the engine's timestamps and the bodies' (one machine, one clock; rounding only).
+SLACK = 0.05
 REPLACING = (("worker lost", "worker lost"), ("outcome lost", "outcome lost"),
              ("republished", "message taken as lost"), ("retry", "retry()"), ("timed out", "timeout"))
 
@@ -118,7 +133,8 @@ class Checker:
         edges = list(WorkflowEdge.objects.filter(workflow_id=wf.pk).values_list("node_id", "dependency_id"))
         events = list(WorkflowEvent.objects.filter(workflow_id=wf.pk).order_by("created_at", "pk"))
         wf_events = [e for e in events if e.node_id is None]
-        tasks = [n for n in nodes.values() if n.kind == NodeKind.TASK]
+        tasks = [n for n in nodes.values() if n.kind in BODY_KINDS]
+        counted = [n for n in nodes.values() if n.kind in COUNTED_KINDS]
 
         # 6. nothing left active
         if wf.state not in WORKFLOW_FINAL:
@@ -141,18 +157,18 @@ class Checker:
         # 5. counters
         failed_maps = sum(1 for n in nodes.values() if n.kind == NodeKind.MAP and n.state == S.FAILURE)
         want = {
-            "nodes_total": len(tasks) + failed_maps,
-            "nodes_done": sum(n.state in NODE_FINAL for n in tasks) + failed_maps,
-            "nodes_succeeded": sum(n.state == S.SUCCESS for n in tasks),
-            "nodes_skipped": sum(n.state == S.SKIPPED for n in tasks),
-            "nodes_failed": sum(n.state in NODE_FINAL and n.state not in NODE_OK for n in tasks) + failed_maps,
+            "nodes_total": len(counted) + failed_maps,
+            "nodes_done": sum(n.state in NODE_FINAL for n in counted) + failed_maps,
+            "nodes_succeeded": sum(n.state == S.SUCCESS for n in counted),
+            "nodes_skipped": sum(n.state == S.SKIPPED for n in counted),
+            "nodes_failed": sum(n.state in NODE_FINAL and n.state not in NODE_OK for n in counted) + failed_maps,
         }
         have = {name: getattr(wf, name) for name in want}
         if have != want:
             self.fail(spec, f"counters {have} != rows {want}")
 
         # 4. runs: at least once, more than once only for a documented cause
-        labels = {n.pk: label_of(n) for n in nodes.values() if n.kind != NodeKind.JOIN}
+        labels = {n.pk: label_of(n) for n in nodes.values() if n.kind not in (NodeKind.JOIN, *WAITS)}
         node_events = defaultdict(list)
         for e in events:
             if e.node_id is not None:
@@ -183,6 +199,10 @@ class Checker:
                 else:
                     self.fail(spec, f"body {labels[n.pk]} (task {run['id']}) started while the workflow was final")
 
+        # 7, 8. control flow and pauses
+        self.check_control_flow(spec, nodes, labels, node_events, edges)
+        self.check_pauses(spec, wf_events, events, tasks, labels)
+
         # 3. dependencies before dependents
         deps = defaultdict(list)
         for node_id, dep_id in edges:
@@ -193,7 +213,9 @@ class Checker:
                 if dep_id in seen:
                     continue
                 seen.add(dep_id)
-                if nodes[dep_id].kind == NodeKind.TASK:
+                if nodes[dep_id].state == S.SKIPPED:
+                    continue  # a path its branch did not choose: counts as done (rule 7)
+                if nodes[dep_id].kind in BODY_KINDS:
                     yield dep_id
                 else:
                     yield from task_deps(dep_id, seen)
@@ -210,6 +232,103 @@ class Checker:
                                     f"(first start {first:.3f}, dependency's first success "
                                     f"{min(done) if done else None})")
 
+    def check_control_flow(self, spec, nodes, labels, node_events, edges):
+        by_label = {label: pk for pk, label in labels.items()}
+        if spec.branch:
+            branch = nodes[by_label[spec.branch["label"]]]
+            for label in spec.skipped():
+                node = nodes[by_label[label]]
+                ran = self.runs.get(label, [])
+                if ran:
+                    self.fail(spec, f"{label} is on a path the branch did not choose, yet its body ran "
+                                    f"{len(ran)} times")
+                if branch.state == S.SUCCESS and node.state != S.SKIPPED:
+                    self.fail(spec, f"{label} is on a path the branch did not choose, yet it is {node.state}")
+            chosen = {label for key in spec.chosen() for label in spec.branch["paths"][key]}
+            for label in chosen:
+                if nodes[by_label[label]].state == S.SKIPPED:
+                    self.fail(spec, f"{label} is on a chosen path, yet SKIPPED")
+        followers = defaultdict(list)  # a wait or timer -> the bodies after it
+        for node_id, dep_id in edges:
+            if nodes[dep_id].kind in WAITS and node_id in labels:
+                followers[dep_id].append(labels[node_id])
+        for n in nodes.values():
+            if n.kind not in WAITS:
+                continue
+            events = node_events[n.pk]
+            done = [e for e in events if e.new_state == S.SUCCESS]
+            if len(done) > 1:
+                self.fail(spec, f"{n.kind} {n.task_name} succeeded {len(done)} times")
+            reached = [e.created_at.timestamp() for e in events if e.new_state == S.WAITING]
+            ended = done[0].created_at.timestamp() if done else None
+            if n.kind == NodeKind.WAIT:
+                self.check_wait(spec, n, done)
+            elif done and reached and ended < reached[0] + spec.timer["delay"] - SLACK:
+                self.fail(spec, f"timer fired {ended - reached[0]:.3f}s after it was reached, "
+                                f"before its delay of {spec.timer['delay']}s")
+            for label in followers[n.pk]:
+                for run in self.runs.get(label, []):
+                    if ended is None or run["t"] < ended - SLACK:
+                        self.fail(spec, f"{label} started before the {n.kind} it follows was done "
+                                        f"(start {run['t']:.3f}, done {ended})")
+                    if n.kind == NodeKind.TIMER and reached and run["t"] < reached[0] + spec.timer["delay"] - SLACK:
+                        self.fail(spec, f"{label} started {run['t'] - reached[0]:.3f}s after its timer was "
+                                        f"reached, before the timer's delay of {spec.timer['delay']}s")
+
+    def check_wait(self, spec, node, done):
+        outcome = spec.wait["outcome"]
+        signals = spec.results.get("signals", [])
+        if sum(signals) > 1:
+            self.fail(spec, f"wait {node.task_name} completed by the soak {sum(signals)} times: {signals}")
+        if node.state != S.SUCCESS:
+            if outcome in ("signal", "complete", "default") and node.state not in (S.CANCELED, S.UPSTREAM_FAILED):
+                self.fail(spec, f"wait {node.task_name} ({outcome}) ended {node.state}: {node.error[:80]}")
+            if outcome == "timeout" and node.state == S.FAILURE and not node.error.startswith("Timed out"):
+                self.fail(spec, f"wait {node.task_name} failed, but not by its timeout: {node.error[:80]}")
+            return
+        reason = done[0].reason if done else ""
+        if outcome == "timeout":
+            self.fail(spec, f"wait {node.task_name} should have timed out, yet succeeded ({reason!r})")
+        elif outcome == "default" and not reason.startswith("timed out: default"):
+            self.fail(spec, f"wait {node.task_name} should have timed out with its default, yet: {reason!r}")
+        elif outcome in ("signal", "complete"):
+            want = "signal" if outcome == "signal" else "completed"
+            if not reason.startswith(want):
+                self.fail(spec, f"wait {node.task_name} completed by {reason!r}, not by the soak's {outcome}")
+            if signals and signals[-1] and len(signals) > 1 and signals[-2]:
+                self.fail(spec, f"wait {node.task_name}: the repeated {outcome} completed it again: {signals}")
+
+    def check_pauses(self, spec, wf_events, events, tasks, labels):
+        """No node queued (published) while paused; a body started while paused was published before."""
+        windows, start = [], None
+        for e in wf_events:
+            if e.new_state == W.PAUSED and start is None:
+                start = e
+            elif e.old_state == W.PAUSED and start is not None:
+                windows.append((start, e))
+                start = None
+        if start is not None:
+            windows.append((start, None))
+        if not windows:
+            return
+        published = defaultdict(list)  # node -> event pks that put it in QUEUED
+        for e in events:
+            if e.node_id is not None and e.new_state == S.QUEUED:
+                published[e.node_id].append(e.pk)
+                for paused, resumed in windows:
+                    if paused.pk < e.pk and (resumed is None or e.pk < resumed.pk):
+                        self.fail(spec, f"node {labels.get(e.node_id, e.node_id)} queued while the workflow was "
+                                        f"paused ({e.old_state} -> QUEUED, {e.reason!r})")
+        for n in tasks:
+            for run in self.runs.get(labels[n.pk], ()):
+                for paused, resumed in windows:
+                    end = resumed.created_at.timestamp() if resumed else float("inf")
+                    if not paused.created_at.timestamp() + SLACK < run["t"] < end:
+                        continue
+                    if not any(pk < paused.pk for pk in published[n.pk]):
+                        self.fail(spec, f"body {labels[n.pk]} started while the workflow was paused, and was not "
+                                        f"published before the pause")
+
     def allowed_late(self, run, canceled_running):
         if canceled_running:
             return "node STARTED when the cancel landed"
@@ -223,7 +342,7 @@ class Checker:
 
     def check_runs(self, spec, wf, node, label, events):
         runs = self.runs.get(label, [])
-        if wf.state == W.SUCCESS and not runs:
+        if wf.state == W.SUCCESS and not runs and node.state != S.SKIPPED:
             self.fail(spec, f"{label}: SUCCESS workflow but its body never ran")
         if node.state == S.SUCCESS and not any(r["failed"] is False for r in runs):
             self.fail(spec, f"{label}: SUCCESS but no run of its body succeeded ({len(runs)} runs)")

@@ -75,8 +75,13 @@ class Soak:
             pk = traffic.build(spec).apply_async().pk
         spec.pk = pk
         now = time.monotonic()
+        if spec.wait and spec.wait["outcome"] in ("signal", "complete"):
+            spec.wait_done = False
+            self.later(now + spec.wait["delay"], f"{spec.wait['outcome']} {spec.name}", lambda: self.signal(spec))
         if spec.script == "none":
             spec.script_done = True
+        elif spec.script == "pause":
+            self.later(now + spec.delay, f"pause {spec.name}", lambda: self.pause(spec))
         elif spec.script in ("cancel", "cancel-retry"):
             self.later(now + spec.delay, f"cancel {spec.name}", lambda: self.cancel(spec))
         elif spec.script == "retry":
@@ -97,6 +102,38 @@ class Soak:
             self.later(time.monotonic() + 1, f"retry {spec.name}", lambda: self.retry(spec, when_final=True))
         else:
             spec.script_done = True
+
+    def pause(self, spec):
+        wf = self._workflow(spec)
+        spec.results.setdefault("pause", []).append(wf.pause(reason="chaos pause"))
+        # PAUSED without this call: an earlier attempt committed, then raised (a connection lost).
+        if spec.results["pause"][-1] or wf.state == wf.State.PAUSED:
+            self.later(time.monotonic() + spec.hold, f"resume {spec.name}", lambda: self.resume(spec))
+        else:
+            spec.script_done = True
+
+    def resume(self, spec):
+        spec.results.setdefault("resume", []).append(self._workflow(spec).resume(reason="chaos resume"))
+        spec.script_done = True
+
+    def signal(self, spec):
+        """Complete the wait once it is waiting (retried each second), then once more: that one must do nothing."""
+        from django_dyrygent.models import WorkflowNode
+        from django_dyrygent.states import NodeKind
+
+        wf = self._workflow(spec)
+        if spec.wait["outcome"] == "signal":
+            done = wf.signal(spec.wait["name"])
+        else:
+            done = int(WorkflowNode.objects.get(workflow_id=wf.pk, kind=NodeKind.WAIT).complete())
+        results = spec.results.setdefault("signals", [])
+        results.append(done)
+        if any(results[:-1]) or (not done and wf.is_final):  # the repeat after the success, or too late
+            spec.wait_done = True
+            return None
+        if done:
+            return 0.3  # once more: it must complete nothing
+        return 1.0
 
     def retry(self, spec, when_final):
         wf = self._workflow(spec)
@@ -180,7 +217,7 @@ class Soak:
         from django_dyrygent.models import Workflow, WorkflowNode
         from django_dyrygent.states import NODE_ACTIVE, WORKFLOW_ACTIVE, WORKFLOW_FINAL
 
-        if not all(s.pk is not None and s.script_done for s in self.specs):
+        if not all(s.pk is not None and s.script_done and s.wait_done for s in self.specs):
             return False
         if Workflow.objects.filter(state__in=WORKFLOW_ACTIVE).exists():
             return False

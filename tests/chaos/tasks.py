@@ -54,6 +54,13 @@ def source(self, label, count, seconds=0.0):
     return list(range(count))
 
 
+@shared_task(bind=True, name="chaos.choose")
+def choose(self, label, key, seconds=0.0, mode="ok"):
+    """A branch's task: record like ``body``, then return the path key the traffic chose."""
+    _execute(label, self.request.id, seconds, mode)
+    return key
+
+
 @shared_task(bind=True, name="chaos.item")
 def item(self, index, prefix, seconds=0.0, fail_index=-1):
     """One fan-out item (the item comes first): label ``<prefix>.<index>``; item ``fail_index`` fails."""

@@ -31,7 +31,9 @@ def test_schedule__a_fault_every_10_to_30s_and_every_kind_in_a_long_run():
 def test_plan__every_shape_and_script_appears_and_outcomes_are_known():
     specs = traffic.plan(3, 1800)
     assert {s.shape for s in specs} == set(traffic.SHAPES)
-    assert {s.script for s in specs} == {"none", "cancel", "heal", "retry", "cancel-retry"}
+    assert {s.script for s in specs} == set(traffic.SCRIPTS)
+    assert {s.wait["outcome"] for s in specs if s.wait} == set(traffic.WAIT_OUTCOMES)
+    assert {str(s.branch["key"]) for s in specs if s.branch} == {"left", "right", "['left', 'right']"}
     for spec in specs:
         modes = [mode for _, _, mode, _ in spec.nodes]
         if spec.script == "heal":  # one body fails until healed, none for good: SUCCESS after the retry
