@@ -67,13 +67,18 @@ def test_start__of_a_swept_workflow_leaves_no_tick_chain(swept, sent_ticks, djan
 def test_sweep__at_rest_issues_the_same_statements_for_3_and_30_live_workflows_and_sends_nothing(
     swept, sent_ticks, django_capture_on_commit_callbacks,
 ):
+    an_hour_ago = timezone.now() - timedelta(hours=1)  # live for an hour: any tick of theirs would be overdue
     live(3)
+    Workflow.objects.update(created_at=an_hour_ago, started_at=an_hour_ago)
+    Workflow.objects.filter(next_tick_at__isnull=False).update(next_tick_at=an_hour_ago)  # a chain's, if any
     with django_capture_on_commit_callbacks(execute=True):
-        few = statements(engine.sweep)
+        few = statements(engine.sweep, stale_after=60)
     live(27, start=3)
+    Workflow.objects.update(created_at=an_hour_ago, started_at=an_hour_ago)
+    Workflow.objects.filter(next_tick_at__isnull=False).update(next_tick_at=an_hour_ago)  # a chain's, if any
     ticks_before = dict(Workflow.objects.values_list("pk", "ticks"))
     with django_capture_on_commit_callbacks(execute=True):
-        many = statements(engine.sweep)
+        many = statements(engine.sweep, stale_after=60)
     assert len(few) == len(many) == 2, many  # the overdue check and the due check; no write
     assert sent_ticks == []
     assert dict(Workflow.objects.values_list("pk", "ticks")) == ticks_before
