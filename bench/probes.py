@@ -25,6 +25,13 @@ the driver can read one run's figures after the workflow ends:
 * when ``workflow_finished`` was sent, right after the commit that ended a
   workflow (``bench:finished``), for the latency of ``wait()``.
 
+In the worker's main process (the liveness thread: heartbeats and the sweep)
+the statements and the messages it publishes are counted apart
+(``bench:main:stmts``, ``bench:main:msgs``, flushed every second), each
+sweep's duration is listed (``bench:sweeps``, seconds), and the pool
+processes count the messages they publish (``bench:msgs``): the
+live-workflows case (``bench/live.py``) reads what a worker costs at rest.
+
 ``BENCH_QUERY_TIMES=DIR`` (profiling runs) also times every statement and
 writes the totals per statement text to ``DIR/queries-<pid>.json``.
 """
@@ -32,6 +39,7 @@ writes the totals per statement text to ``DIR/queries-<pid>.json``.
 import json
 import os
 import re
+import threading
 import time
 
 from celery import signals
@@ -50,7 +58,7 @@ LOCKING = re.compile(
 # The one-statement success (hotpath.py), in autocommit: it holds the workflow row FOR NO KEY
 # UPDATE from inside the statement to its commit, so the statement's whole time is the upper bound.
 HOT_LOCKING = re.compile(r"^\s*WITH .*FOR NO KEY UPDATE", re.S)
-_buffer = {"stmts": 0, "holds": [], "cntholds": [], "lockwaits": [], "returned": {}, "published": {},
+_buffer = {"stmts": 0, "msgs": 0, "holds": [], "cntholds": [], "lockwaits": [], "returned": {}, "published": {},
            "finished": {}}
 _lock = {"held_since": None}
 _redis = {}
@@ -124,7 +132,15 @@ def _install(**kwargs):
     from django.db import connection
 
     _installed["on"] = True
+    _buffer.update(stmts=0, msgs=0)  # the main process's, copied by the fork
     _wrap(connection)
+
+
+@signals.worker_init.connect(weak=False)
+def _main_connections(**kwargs):
+    """Before the liveness thread opens its connection: wrap every connection the main process opens."""
+    if enabled():
+        _installed["on"] = True
 
 
 def _counters_held(cursor):
@@ -149,8 +165,48 @@ def _new_connection(sender=None, connection=None, **kwargs):
 
 @signals.after_task_publish.connect(weak=False)
 def _published(sender=None, headers=None, **kwargs):
+    if enabled():
+        _buffer["msgs"] += 1
     if enabled() and headers and headers.get("dyrygent_workflow") and headers.get("id"):
         _buffer["published"][headers["id"]] = time.time()
+
+
+@signals.worker_ready.connect(weak=False)
+def _main_process(**kwargs):
+    """The main process, once its pool has forked: count its statements and messages, time its sweeps."""
+    if not enabled():
+        return
+    from django.db import connections
+
+    from django_dyrygent.worker import recovery
+
+    for conn in connections.all(initialized_only=True):
+        _wrap(conn)
+    _buffer.update(stmts=0, msgs=0)  # what start-up ran is not the worker at rest
+    sweep_once = recovery.Sweeper.sweep_once
+
+    def timed_sweep(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return sweep_once(self, *args, **kwargs)
+        finally:
+            client().rpush("bench:sweeps", time.perf_counter() - start)
+
+    recovery.Sweeper.sweep_once = timed_sweep
+    threading.Thread(target=_flush_main, name="bench-probes", daemon=True).start()
+
+
+def _flush_main():
+    while True:
+        time.sleep(1.0)
+        stmts, msgs = _buffer["stmts"], _buffer["msgs"]
+        _buffer["stmts"] -= stmts
+        _buffer["msgs"] -= msgs
+        _buffer.update(holds=[], cntholds=[], lockwaits=[], returned={}, published={}, finished={})
+        pipe = client().pipeline(transaction=False)
+        pipe.incrby("bench:main:stmts", stmts)
+        pipe.incrby("bench:main:msgs", msgs)
+        pipe.execute()
 
 
 @receiver(dy_signals.workflow_finished, weak=False)
@@ -176,6 +232,8 @@ def _flush_buffer(task_name):
     if buf["stmts"]:
         pipe.incrby(f"bench:stmts:{task_name}", buf["stmts"])
         pipe.incr(f"bench:tasks:{task_name}")
+    if buf["msgs"]:
+        pipe.incrby("bench:msgs", buf["msgs"])
     for key in ("holds", "cntholds", "lockwaits"):
         if buf[key]:
             pipe.rpush(f"bench:{key}", *buf[key])
@@ -183,4 +241,4 @@ def _flush_buffer(task_name):
         if buf[key]:
             pipe.hset(f"bench:{key}", mapping=buf[key])
     pipe.execute()
-    buf.update(stmts=0, holds=[], cntholds=[], lockwaits=[], returned={}, published={}, finished={})
+    buf.update(stmts=0, msgs=0, holds=[], cntholds=[], lockwaits=[], returned={}, published={}, finished={})

@@ -1,6 +1,7 @@
 """The printed report of bench/run.py: issue 9's target table, then the engine's own figures."""
 
 from bench.cases import CD_RETRY_POLICY, CELERY_DYRYGENT, NATIVE, OURS, median, percentile
+from bench.live import render_live
 
 CONFIGS = (("default", "Celery's default DB handling"), ("reuse", "CELERY_DB_REUSE_MAX=1000"))
 
@@ -203,6 +204,8 @@ def _other_targets(report):
             f"{a.get('page_seconds', 0):.2f}s (HTTP {a.get('page_status')}, {a.get('page_bytes', 0) / 1024:.0f} KB), "
             f"status JSON {a.get('status_seconds', 0):.2f}s, peak {a.get('peak_bytes', 0) / mb:.0f} MB"
         )
+    if report.get("live"):
+        out.extend(render_live(report["live"]))
     peaks = report.get("worker_peak_bytes") or {}
     if peaks:
         out.append("  worker pool peak memory per process: "

@@ -41,6 +41,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
 from bench import cases as C  # noqa: E402
 from bench import harness as H  # noqa: E402
+from bench.live import run_live  # noqa: E402
 from bench.report import errors, render  # noqa: E402
 
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "dyrygent-bench"
@@ -189,6 +190,11 @@ def main_phase(args):
                     profile_ours(worker, [c for c in wide if c.name in PROFILED], bench_dir, args, probes))
 
         phase_worker(args, bench_dir, probes, "reuse-wide", wide_c, reuse, [C.OURS], wide, report, profile_wide)
+        save()
+    if args.live:
+        phase_worker(args, bench_dir, probes, "live", small_c, {"BENCH_DB_REUSE_MAX": "1000"}, [C.OURS], [],
+                     report, lambda worker: report.update(live=run_live(
+                         probes, args.live, args.live_sleep, args.live_window, args.live_settle, args.timeout)))
         save()
     if args.query_times:
         report["query_times"] = read_query_times(bench_dir / "query-times")
@@ -372,6 +378,12 @@ def main(argv=None):
                         help="runs of each case under py-spy (more runs: more samples per hop)")
     parser.add_argument("--profile-native", action="store_true",
                         help="with --profile, native Celery's canvas of the same cases too")
+    parser.add_argument("--live", type=int, default=0, metavar="N",
+                        help="the live-workflows case: N workflows each waiting on a sleeping node, at rest")
+    parser.add_argument("--live-sleep", type=float, default=60, help="seconds each live workflow's node sleeps")
+    parser.add_argument("--live-window", type=float, default=30, help="seconds the live case measures at rest")
+    parser.add_argument("--live-settle", type=float, default=15,
+                        help="seconds between the last start and the window (start-up traffic)")
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="worker logs, profiles, intermediate files")
     parser.add_argument("--json", help="also write the raw results here (after every phase)")
     parser.add_argument("--render", metavar="JSON", nargs="+",

@@ -10,3 +10,11 @@ def noop(self, *args, **kwargs):
     if probes.enabled():
         probes.task_returned(self.request.id)
     return None
+
+
+@shared_task(name="bench.sleep")
+def sleep(seconds):
+    """The live-workflows case's long node: a workflow waiting on it is live and has nothing due."""
+    import time
+
+    time.sleep(seconds)

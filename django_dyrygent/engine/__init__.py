@@ -39,7 +39,7 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import Exists, F, Max, OuterRef, QuerySet
+from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from ..conf import settings
@@ -67,6 +67,7 @@ from .decisions import (
     schedule_tick,
     settle,
     start,
+    swept_by_workers,
     tick_tolerance,
 )
 from .nodes import load_nodes, reset_nodes, run_again
@@ -150,7 +151,8 @@ def _tick(workflow_id: UUID | str, scheduled: bool) -> str:
             logger.warning("Tick for unknown workflow %s ignored", workflow_id)
             return "missing"
         state, due = busy
-        if scheduled and (state in WORKFLOW_RUNNABLE or due is not None):
+        timed_by_sweep = state == WorkflowState.RUNNING and swept_by_workers()
+        if scheduled and not timed_by_sweep and (state in WORKFLOW_RUNNABLE or due is not None):
             _retry_busy_tick(workflow_id, due)
         logger.debug("Workflow %s is locked by another worker; tick skipped", workflow_id)
         return "busy"
@@ -187,21 +189,51 @@ _IDLE_FIELDS = ("pk", "state", "next_tick_at", "deadline", "engine_errors", "nod
                 "options", "late", "stale", "ready", "admit")
 
 
-def _idle_check(workflows: QuerySet[Workflow], now: datetime, limit: int | None = None) -> list[tuple[Any, ...]]:
-    """One SELECT: each workflow's tick fields and whether a repair has anything to act on."""
+def _idle_check(workflows: QuerySet[Workflow], now: datetime, limit: int | None = None,
+                due_only: bool = False) -> list[tuple[Any, ...]]:
+    """One SELECT: each workflow's tick fields and whether a repair has anything to act on.
+
+    ``due_only``: only the workflows ``_tick_if_idle`` would not call idle, filtered in SQL.
+    """
     ref = OuterRef("pk")
-    rows = workflows.annotate(
+    annotated = workflows.annotate(
         late=Exists(repair.late_nodes(ref, now)), stale=Exists(repair.stale_nodes(ref, now)),
         ready=Exists(ready_nodes(ref)), admit=Exists(slots.admittable(ref)),
-    ).values_list(*_IDLE_FIELDS)
+    )
+    if due_only:
+        annotated = annotated.filter(
+            Q(late=True) | Q(stale=True) | Q(ready=True) | Q(admit=True) | Q(engine_errors__gt=0)
+            | Q(nodes_done__gte=F("nodes_total")) | Q(deadline__lte=now)
+        )
+    rows = annotated.values_list(*_IDLE_FIELDS)
     return list(rows if limit is None else rows[:limit])
 
 
+def due_workflows(now: datetime, limit: int) -> list[tuple[Any, ...]]:
+    """RUNNING workflows with something due, at most ``limit``, least ticked first: one SELECT.
+
+    The sweep's question when it is the timer (``swept_by_workers``): the
+    idle check of ``_idle_check`` for every running workflow at once,
+    filtered in SQL, so the answer (and the sweep's work) is what is due,
+    not how many workflows are live. Least ticked first: a workflow that
+    stays due (a repair that cannot act yet) does not hold the others back.
+    """
+    running = Workflow.objects.filter(state=WorkflowState.RUNNING).order_by("ticks")
+    return _idle_check(running, now, limit, due_only=True)
+
+
 def _tick_if_idle(row: tuple[Any, ...], now: datetime) -> str | None:
-    """Count the tick and move the chain on when ``row`` says nothing is due; None otherwise."""
+    """Count the tick and move the chain on when ``row`` says nothing is due; None otherwise.
+
+    A RUNNING workflow the sweep times (``swept_by_workers``) has no chain:
+    its idle tick is counted and sends nothing; one still carrying a chain's
+    ``next_tick_at`` goes to the locked tick, which clears it.
+    """
     pk, state, due, deadline, errors, done, total, options, *work = row
     if state != WorkflowState.RUNNING or errors or any(work) or done >= total or (deadline and deadline <= now):
         return None
+    if swept_by_workers():
+        return str(state) if due is None and _count_idle_tick(pk, None, None) else None
     the_due_one = due is None or due <= now + tick_tolerance()
     interval = float(settings.TICK_INTERVAL)
     following = now + timedelta(seconds=interval) if the_due_one else None
@@ -611,17 +643,33 @@ def skip(workflow_id: UUID | str, nodes: Iterable[WorkflowNode | int], reason: s
 
 
 def sweep(stale_after: float | None = None, batch_size: int = 100) -> int:
-    """Tick active workflows whose scheduled tick is overdue; returns how many were ticked."""
+    """Tick active workflows whose scheduled tick is overdue, or that have something due; how many.
+
+    When the sweep is the timer of running workflows (``swept_by_workers``)
+    it also asks, in one SELECT, which of them have anything due
+    (``due_workflows``) and ticks those at once; the overdue ones are then
+    the workflows that keep a chain (not started yet, callbacks watched).
+    """
     stale_after = settings.STALE_AFTER if stale_after is None else stale_after
     # One SELECT for the whole batch (``_idle_check``): an overdue workflow with nothing
     # due then costs its conditional UPDATE only; the others get a whole tick.
     now = timezone.now()
-    rows = _idle_check(Workflow.objects.stale(stale_after).order_by("next_tick_at"), now, batch_size)
+    overdue = Workflow.objects.stale(stale_after)
+    timer = swept_by_workers()
+    if timer:
+        overdue = overdue.exclude(state=WorkflowState.RUNNING)
+    rows = _idle_check(overdue.order_by("next_tick_at"), now, batch_size)
     done = 0
     for row in rows:
         try:
             if _tick_if_idle(row, now) is None:
                 tick(row[0], scheduled=True)
+            done += 1
+        except Exception:
+            logger.exception("Sweeping workflow %s failed", row[0])
+    for row in due_workflows(now, batch_size) if timer else ():
+        try:
+            tick(row[0], scheduled=False)
             done += 1
         except Exception:
             logger.exception("Sweeping workflow %s failed", row[0])

@@ -478,16 +478,36 @@ def finish(step: Step, target: str, reason: str = "", error: str = "") -> None:
         schedule_tick(step)
 
 
+def swept_by_workers() -> bool:
+    """Whether the workers' sweep is the timer of RUNNING workflows (DYRYGENT_LIVENESS).
+
+    With liveness on, the sweeping worker asks every DYRYGENT_SWEEP_INTERVAL,
+    in one statement for all of them, which running workflows have anything
+    due (``engine.due_workflows``), and ticks those. A workflow that is only
+    waiting then costs no tick message and no statement of its own, however
+    many there are. Without liveness nothing sweeps unless the operator
+    schedules it, so each workflow keeps its own chain of countdown ticks.
+    """
+    return bool(settings.LIVENESS)
+
+
 def schedule_tick(step: Step) -> None:
-    """Keep exactly one chain of countdown ticks per active workflow.
+    """Keep exactly one chain of countdown ticks per active workflow (none for RUNNING ones the sweep times).
 
     A tick reschedules itself only when it is the one that was due (or none
     is due, e.g. the first tick, or the scheduled one was lost): an extra
     tick (admin "tick now", a retry, a duplicate message) arriving before the
     due time leaves the chain to the pending one instead of starting another.
+    A RUNNING workflow swept by the workers (``swept_by_workers``) has no
+    chain: ``next_tick_at`` is cleared, so a chain left by a process without
+    liveness ends at its next tick.
     """
     wf = step.wf
     if wf.state not in WORKFLOW_RUNNABLE and not step.watch_callbacks:
+        return
+    if wf.state == WorkflowState.RUNNING and swept_by_workers():
+        if wf.next_tick_at is not None:
+            step.wf_fields["next_tick_at"] = wf.next_tick_at = None
         return
     interval = float(settings.TICK_INTERVAL)
     due = wf.next_tick_at

@@ -37,6 +37,9 @@ logger = logging.getLogger("django_dyrygent.recovery")
 
 FIELDS = (*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", "queued_at",
           "started_at", "worker_hostname", "worker_pid")
+#: What judging a waiting node reads (``liveness.waiting_verdict``, ``liveness.queue_of``): up to
+#: ``BATCH`` of them every sweep, so no JSON column but the signature (its queue option).
+WAITING_FIELDS = ("id", "workflow_id", "task_id", "task_name", "state", "queued_at", "started_at", "signature")
 #: Most nodes one sweep judges per kind (keeps a sweep's cost bounded).
 BATCH = 1000
 
@@ -78,7 +81,7 @@ class Sweeper:
             if why:
                 verdicts[node.pk] = (node, why)
         waiting = list(
-            running.filter(state__in=[NodeState.QUEUED, NodeState.RETRY])
+            running.filter(state__in=[NodeState.QUEUED, NodeState.RETRY]).only(*WAITING_FIELDS)
             .exclude(task_id__in=held).order_by("queued_at")[:BATCH]
         )
         if waiting:
