@@ -22,8 +22,9 @@ moves WAITING -> QUEUED only in a locked step of its own workflow, through
 the state table's conditional UPDATE: released exactly once. A step that
 frees a slot (or pauses a workflow with waiters) ticks, after its commit,
 the workflows of the waiters now at the head of the queue; should that
-tick be lost, the workflow's own tick chain finds the free slot
-(``admittable``) within one tick interval.
+tick be lost, the workers' sweep (``due_workflows``; without liveness the
+workflow's own tick chain) finds the free slot (``admittable``) within one
+interval.
 
 Plain nodes never come here: every entry point is guarded by the node's
 key, and the PostgreSQL hot path leaves keyed nodes to the locked path.
