@@ -127,7 +127,6 @@ def test_browser_heartbeats__alive_stale_and_who_sweeps(live_server, browser):  
 def test_browser_worker_banner__comes_and_goes_with_the_heartbeat_without_reloading(
     live_server, browser, settings, monkeypatch,  # noqa: F811
 ):
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from django_dyrygent.admin.workflows import WorkflowAdmin
@@ -143,9 +142,9 @@ def test_browser_worker_banner__comes_and_goes_with_the_heartbeat_without_reload
     wf.apply_async()
     log_in(browser, live_server)
 
-    def banner(driver):
-        found = driver.find_elements(By.ID, "dy-worker-warning")
-        return found[0].text if found else ""
+    def banner(driver):  # read in one script: the refresh may swap the element out between two calls
+        return driver.execute_script(
+            "var el = document.getElementById('dy-worker-warning'); return el ? el.textContent.trim() : '';")
 
     def beat(age):
         WorkerHeartbeat.objects.filter(pk=worker.pk).update(last_seen=timezone.now() - timedelta(seconds=age))
