@@ -46,10 +46,23 @@ HOLDS_SLOT = frozenset(NODE_ACTIVE)
 
 
 def lock_keys(keys: Iterable[str]) -> None:
-    """Lock the keys' rows (made on first use) for this transaction, in key order."""
+    """Lock the keys' rows (made on first use) for this transaction, in key order.
+
+    The rows that exist are locked before anything is inserted: MySQL/MariaDB's
+    ``INSERT IGNORE`` of an existing key takes a shared lock on its row, and two
+    steps that both hold it and then ask for the exclusive one deadlock.
+    """
     wanted = sorted(set(keys))
-    ConcurrencyKey.objects.bulk_create([ConcurrencyKey(key=k) for k in wanted], ignore_conflicts=True)
-    list(ConcurrencyKey.objects.select_for_update().filter(key__in=wanted).order_by("key").values_list("pk"))
+    locked = _lock(wanted)
+    missing = [k for k in wanted if k not in locked]
+    if missing:
+        ConcurrencyKey.objects.bulk_create([ConcurrencyKey(key=k) for k in missing], ignore_conflicts=True)
+        _lock(missing)
+
+
+def _lock(keys: list[str]) -> set[str]:
+    return set(ConcurrencyKey.objects.select_for_update().filter(key__in=keys).order_by("key")
+               .values_list("key", flat=True))
 
 
 def running(keys: Iterable[str]) -> dict[str, int]:

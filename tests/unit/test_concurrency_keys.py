@@ -207,7 +207,8 @@ def test_safety_net__a_waiter_with_no_free_slot_leaves_the_tick_idle(broker, run
     Workflow.objects.filter(pk=second.pk).update(next_tick_at=timezone.now())
     with CaptureQueriesContext(connection) as queries:
         run(engine.tick, second.pk, scheduled=True)
-    assert not any("FOR UPDATE" in q["sql"] for q in queries.captured_queries)
+    if connection.vendor != "mysql":  # MySQL/MariaDB keep the locked tick (_count_idle_tick)
+        assert not any("FOR UPDATE" in q["sql"] for q in queries.captured_queries)
     assert state(b) == S.WAITING
 
 
