@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import engine
@@ -73,7 +74,10 @@ class Sweeper:
         now = timezone.now()
         snapshot = liveness.Snapshot.load(now, self.observing_since)
         held = snapshot.held()
-        running = WorkflowNode.objects.filter(workflow__state=WorkflowState.RUNNING).only(*FIELDS)
+        # A finished workflow's callbacks run after it ended: theirs are judged like any node's.
+        running = WorkflowNode.objects.filter(
+            Q(workflow__state=WorkflowState.RUNNING) | Q(kind__in=CALLBACK_KINDS)
+        ).only(*FIELDS)
         verdicts: dict[Any, tuple[WorkflowNode, str]] = {}
         for node in running.filter(state=NodeState.STARTED, worker_pid__isnull=False,
                                    started_at__lt=now - liveness.grace())[:BATCH]:
@@ -110,13 +114,16 @@ class Sweeper:
 
 
 def _recover(step: Step, items: list[tuple[WorkflowNode, str]]) -> int:
-    """Under the workflow lock: re-read the judged nodes, consult the result backend, act."""
-    if step.wf.state != WorkflowState.RUNNING:
-        return 0
+    """Under the workflow lock: re-read the judged nodes, consult the result backend, act.
+
+    In a workflow that is no longer RUNNING only its callbacks are acted on.
+    """
+    running = step.wf.state == WorkflowState.RUNNING
     judged = {node.pk: (node, why) for node, why in items}
     current = {
         n.pk: n for n in WorkflowNode.objects.filter(pk__in=judged).only(*FIELDS)
         if (n.state, n.task_id) == (judged[n.pk][0].state, judged[n.pk][0].task_id)
+        and (running or n.kind in CALLBACK_KINDS)
     }
     if not current:
         return 0
@@ -130,8 +137,9 @@ def _recover(step: Step, items: list[tuple[WorkflowNode, str]]) -> int:
     for node in ran:
         logger.warning("Workflow %s: node %s: %s", step.wf.pk, node.task_id, why_of[node.pk])
         rerun_or_fail(step, [node], lost_worker_runs, why_of[node.pk][:200], _lost_error(why_of[node.pk]))
-    release_ready(step)
-    maybe_finish(step)
+    if running:
+        release_ready(step)
+        maybe_finish(step)
     return len(current)
 
 
@@ -160,11 +168,13 @@ def worker_lost(workflow_id: UUID | str, task_id: str, detail: str) -> WorkflowN
             return None
         if node.state not in (NodeState.QUEUED, NodeState.STARTED, NodeState.RETRY):
             return None
-        if step.wf.state != WorkflowState.RUNNING:
+        running = step.wf.state == WorkflowState.RUNNING
+        if not running and node.kind not in CALLBACK_KINDS:
             return None
         why = f"worker lost: {detail}"[:200]
         rerun_or_fail(step, [node], lost_worker_runs, why, _lost_error(why))
-        maybe_finish(step)
+        if running:
+            maybe_finish(step)
         return node
 
     return locked_step(workflow_id, lost)

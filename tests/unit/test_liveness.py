@@ -400,3 +400,40 @@ def test_queue_of__asks_the_router_once_per_task_name_in_a_batch(monkeypatch):
     asked.clear()
     assert batch == [liveness.queue_of(current_app, n, None) for n in [*nodes, own]]  # same answers unbatched
     assert len(asked) == len(nodes) and batch[-1] == "own"
+
+
+@pytest.fixture
+def ended_with_finalizer(db, settings):
+    """A workflow that ended FAILURE, its finalizer STARTED on w1@host (pid 100)."""
+    settings.DYRYGENT_LIVENESS = True
+    wf = Workflow(name="ended")
+    a = wf.add_signature(noop.si())
+    final = wf.link_finalizer(noop.si())
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    outcomes.node_failed(wf.pk, a.task_id, exception=RuntimeError("boom"))
+    final.refresh_from_db()
+    assert (Workflow.objects.get(pk=wf.pk).state, final.state) == (Workflow.State.FAILURE, S.QUEUED)
+    hotpath.node_started(wf.pk, final.task_id, HOST, 100)
+    final.refresh_from_db()
+    return wf, final
+
+
+def test_recover__a_finished_workflows_callback_whose_worker_died_runs_again(ended_with_finalizer):
+    wf, final = ended_with_finalizer
+    first_id = final.task_id
+    _age(final, 120)
+    _beat(age=100)
+    assert Sweeper().recover() == 1
+    final.refresh_from_db()
+    assert (final.state, final.attempts, final.previous_task_ids) == (S.QUEUED, 2, [first_id])
+    assert Workflow.objects.get(pk=wf.pk).state == Workflow.State.FAILURE  # the workflow's end stands
+
+
+def test_on_task_failure__worker_lost_error_reruns_a_finished_workflows_callback(ended_with_finalizer):
+    wf, final = ended_with_finalizer
+    sender = SimpleNamespace(request=_request(wf, final.task_id))
+    handlers.on_task_failure(sender=sender, task_id=final.task_id, exception=WorkerLostError("signal 9 (SIGKILL)"))
+    final.refresh_from_db()
+    assert (final.state, final.attempts) == (S.QUEUED, 2)
+    assert Workflow.objects.get(pk=wf.pk).state == Workflow.State.FAILURE
