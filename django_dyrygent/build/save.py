@@ -61,8 +61,8 @@ class Models(NamedTuple):
     edge: type[WorkflowEdge]
     event: type[WorkflowEvent]
 
-#: ``send_tick(workflow_id, options)``: None, or the broker's exception.
-SendTick = Callable[[Any, dict[str, Any]], BaseException | None]
+#: ``start(workflow)``: the engine's start, called at the commit that saved the rows.
+Start = Callable[["Workflow"], None]
 #: The signature's parts that become Celery's JSON tree (``serialization.to_tree``).
 CALL_PARTS = ("args", "kwargs", "options")
 #: What ``canvas.signature_to_dict`` stores; a signature with other keys takes the slow checks.
@@ -339,21 +339,20 @@ def _find_cycle(draft: Draft) -> list[Node] | None:
     return list(reversed(cycle + [node]))
 
 
-def save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: SendTick, models: Models) -> None:
-    """Validate, save workflow, nodes and edges in one transaction, send the first tick on commit.
+def save_and_start(draft: Draft, options: dict[str, Any] | None, start: Start, models: Models) -> None:
+    """Validate, save workflow, nodes and edges in one transaction, start the workflow on commit.
 
-    ``send_tick(workflow_id, options)`` sends the first tick (the engine's,
-    handed in by the model's run method) and returns None, or the broker's
-    exception. Whether the first tick could be sent is recorded on the workflow: ``start_sent`` is
-    None until the transaction commits, then True or False, and
-    ``start_error`` holds the exception when the broker refused it; the
-    sweeper starts such a workflow later.
+    ``start(workflow)`` is the engine's (``engine.start_saved``, handed in by
+    the model's run method). It records on the workflow whether the broker
+    took the start: ``start_sent`` is None until the transaction commits,
+    then True or False, and ``start_error`` holds the exception when the
+    broker refused it; the sweeper starts such a workflow later.
     """
     with gc_paused():
-        _save_and_start(draft, options, send_tick, models)
+        _save_and_start(draft, options, start, models)
 
 
-def _save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: SendTick, models: Models) -> None:
+def _save_and_start(draft: Draft, options: dict[str, Any] | None, start: Start, models: Models) -> None:
     workflow = draft.workflow
     if options is not None:
         workflow.tasks_options = dict(options)
@@ -386,7 +385,7 @@ def _save_and_start(draft: Draft, options: dict[str, Any] | None, send_tick: Sen
             else:
                 _bulk_create_graph(using, workflow, draft, models)
             _log_skipped(workflow, draft.skipped, now, using, models.event)
-            transaction.on_commit(partial(send_start, workflow, send_tick, models.workflow), using=using)
+            transaction.on_commit(partial(start, workflow), using=using)
     except IntegrityError as exc:
         _back_to_draft(workflow, nodes)
         taken = set(
@@ -452,34 +451,3 @@ def _log_skipped(
     )
 
 
-def send_start(workflow: WorkflowModel, send_tick: SendTick, model: type[Workflow]) -> None:
-    """Send the first tick; record on ``workflow`` whether the broker took it.
-
-    A broker that is down does not lose the workflow (its rows are committed
-    and the sweeper ticks it once overdue), but the caller is told through
-    ``workflow.start_sent`` / ``workflow.start_error``, not by a log line only.
-    """
-    error = send_tick(workflow.pk, workflow.options)
-    workflow.start_sent, workflow.start_error = error is None, error
-    if error is not None:
-        logger.warning(
-            "Could not send the start of workflow %s (%s); its rows are saved and the sweeper "
-            "will start it once the broker is back.", workflow.pk, error,
-        )
-        _mark_start_lost(workflow, model)
-
-
-def _mark_start_lost(workflow: WorkflowModel, model: type[Workflow]) -> None:
-    """Make the unsent first tick overdue now, so the next sweep starts the workflow.
-
-    ``next_tick_at`` is when the scheduled tick is due, and a tick overdue by
-    DYRYGENT_STALE_AFTER is taken as lost; this one is known lost, so there
-    is nothing to wait for. A workflow that meanwhile started is left alone.
-    """
-    overdue = timezone.now() - timedelta(seconds=float(settings.STALE_AFTER) + 1)
-    try:
-        model.objects.filter(pk=workflow.pk, state=WorkflowState.INITIAL).update(
-            next_tick_at=overdue
-        )
-    except Exception:  # the sweeper still finds it after DYRYGENT_STALE_AFTER
-        logger.exception("Could not mark the start of workflow %s as lost", workflow.pk)

@@ -98,6 +98,81 @@ def tick(workflow_id: UUID | str, scheduled: bool = True) -> str:
         return _engine_error(workflow_id, exc)
 
 
+def start_saved(workflow: Workflow) -> None:
+    """Start a workflow whose rows just committed, in this process: its roots go out at once.
+
+    ``Workflow.apply_async`` calls it at the commit that saved the rows. The
+    start is the first tick's step (``decisions.start``: RUNNING, deadline,
+    the roots queued), run here under the workflow lock in its own short
+    transaction, and the roots are published at that commit: no tick
+    message and no worker stand between the caller's commit and the first
+    node. A start asked to wait (``eta`` or ``countdown`` in the workflow's
+    options) is the first tick's, as before, and so is a start that fails
+    here (the tick tries again; if the broker refuses it too, the sweep
+    starts the workflow).
+
+    ``workflow.start_sent`` says whether the broker took the roots (or the
+    first tick), ``start_error`` why not. A root the broker refused stays
+    QUEUED without ``queued_at``, which the next tick or sweep publishes
+    again; the workflow is marked due so that comes at once.
+    """
+    options = workflow.options or {}
+    if "eta" in options or "countdown" in options:
+        _send_first_tick(workflow)
+        return
+    try:
+        step = locked_step(workflow.pk, _start_if_initial)
+    except Exception:
+        logger.exception("Could not start workflow %s in this process; its first tick will", workflow.pk)
+        _send_first_tick(workflow)
+        return
+    # After the step's own publish: at once in autocommit, in order inside a caller's transaction.
+    transaction.on_commit(partial(_record_start, workflow, step))
+
+
+def _record_start(workflow: Workflow, step: Step | None) -> None:
+    error = step.publish_error if step is not None else None
+    workflow.start_sent, workflow.start_error = error is None, error
+    if error is not None:
+        _start_not_sent(workflow, error, (WorkflowState.RUNNING,))
+
+
+def _start_if_initial(step: Step) -> Step:
+    if step.wf.state == WorkflowState.INITIAL:
+        start(step)
+        schedule_tick(step)
+    return step
+
+
+def _send_first_tick(workflow: Workflow) -> None:
+    """Leave the start to the first tick; record whether the broker took it."""
+    error = messaging.send_tick(workflow.pk, workflow.options)
+    workflow.start_sent, workflow.start_error = error is None, error
+    if error is not None:
+        _start_not_sent(workflow, error, (WorkflowState.INITIAL,))
+
+
+def _start_not_sent(workflow: Workflow, error: Exception, states: tuple[str, ...]) -> None:
+    """Say so, and make the workflow's tick overdue now, so the next sweep starts (or publishes) it.
+
+    ``next_tick_at`` is when the scheduled tick is due, and a tick overdue by
+    DYRYGENT_STALE_AFTER is taken as lost; this one is known lost, so there
+    is nothing to wait for. A workflow that meanwhile moved on is left alone;
+    a running one the workers' sweep times (no ``next_tick_at``) is found by
+    its unpublished nodes instead.
+    """
+    logger.warning(
+        "Could not send the start of workflow %s (%s); its rows are saved and the sweeper "
+        "will start it once the broker is back.", workflow.pk, error,
+    )
+    overdue = timezone.now() - timedelta(seconds=float(settings.STALE_AFTER) + 1)
+    chain = Q(state=WorkflowState.INITIAL) | Q(next_tick_at__isnull=False)
+    try:
+        Workflow.objects.filter(chain, pk=workflow.pk, state__in=states).update(next_tick_at=overdue)
+    except Exception:  # the sweeper still finds it after DYRYGENT_STALE_AFTER
+        logger.exception("Could not mark the start of workflow %s as lost", workflow.pk)
+
+
 def _engine_error(workflow_id: UUID | str, exc: Exception) -> str:
     detail = storable_text("".join(tb_module.format_exception(type(exc), exc, exc.__traceback__)))
     with transaction.atomic():

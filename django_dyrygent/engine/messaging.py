@@ -97,8 +97,10 @@ def send_child_starts(workflow_id: UUID | str, node_ids: Sequence[int]) -> None:
         logger.exception("Could not send the start of sub-workflow node(s) %s of workflow %s", node_ids, workflow_id)
 
 
-def publish(workflow_id: UUID | str, tasks_options: dict[str, Any] | None, entries: Sequence[Entry]) -> None:
-    """Publish queued nodes with their own task ids and the workflow header.
+def publish(
+    workflow_id: UUID | str, tasks_options: dict[str, Any] | None, entries: Sequence[Entry],
+) -> Exception | None:
+    """Publish queued nodes with their own task ids and the workflow header; the first error, if any.
 
     ``tasks_options`` None means the workflow's own (read here, after commit).
     A node whose message could not be sent is marked at once (``queued_at``
@@ -106,8 +108,11 @@ def publish(workflow_id: UUID | str, tasks_options: dict[str, Any] | None, entri
     publishes it again, instead of after DYRYGENT_REQUEUE_AFTER. When the
     broker itself is unreachable the remaining nodes are not even tried (each
     attempt would wait for Celery's publish retries): they are marked too.
+    The error is returned (already logged) for a caller that reports it:
+    ``Workflow.apply_async``'s ``start_error``.
     """
     failed: list[WorkflowNode] = []
+    error: Exception | None = None
     try:
         app = get_celery_app()
         if tasks_options is None:
@@ -119,16 +124,19 @@ def publish(workflow_id: UUID | str, tasks_options: dict[str, Any] | None, entri
                 except Exception as exc:
                     logger.exception("Could not publish node %s (%s) of workflow %s",
                                      node.task_id, node.task_name, workflow_id)
+                    error = error or exc
                     failed.append(node)
                     if _broker_unreachable(exc, producer):
                         failed.extend(n for n, _args in entries[i + 1:])
                         break
-    except Exception:
+    except Exception as exc:
         logger.exception("Could not publish %d node(s) of workflow %s", len(entries), workflow_id)
+        error = error or exc
         done = {n.task_id for n in failed}
         failed.extend(n for n, _args in entries if n.task_id not in done)
     if failed:
         mark_unpublished(workflow_id, [n.task_id for n in failed])
+    return error
 
 
 def _broker_unreachable(exc: Exception, producer: Any) -> bool:

@@ -126,6 +126,8 @@ class Step:
         # workflows whose waiters the freed slots let in: ticked after commit (slots.py).
         self.freed_keys: dict[str, int] = {}
         self.to_tick: set[Any] = set()
+        # The broker's error when this step's publish after commit failed (``messaging.publish``).
+        self.publish_error: Exception | None = None
 
     # state changes -------------------------------------------------------------------
 
@@ -284,7 +286,7 @@ class Step:
         if self.freed_keys:
             self.to_tick |= slots.heads(self.freed_keys)
         if self.to_publish:
-            transaction.on_commit(partial(messaging.publish, self.wf.pk, None, self.to_publish))
+            transaction.on_commit(self.publish)
         if self.to_revoke:
             transaction.on_commit(partial(messaging.revoke, self.to_revoke))
         if self.to_terminate:
@@ -296,6 +298,9 @@ class Step:
             # A tick of the workflow whose waiter a slot freed here lets in (its own lock admits it).
             transaction.on_commit(partial(messaging.send_tick, workflow_id, None, None))
         transaction.on_commit(self.announce)
+
+    def publish(self) -> None:
+        self.publish_error = messaging.publish(self.wf.pk, None, self.to_publish)
 
     def announce(self) -> None:
         wf = self.wf

@@ -241,8 +241,10 @@ def test_apply_async__broker_down_keeps_the_rows_and_tells_the_caller(
         assert wf.apply_async() is wf
         assert wf.start_sent is None  # decided when the transaction commits
     assert wf.start_sent is False and wf.start_error is not None
-    assert models.Workflow.objects.get(pk=wf.pk).state == "INITIAL"
-    assert models.WorkflowNode.objects.filter(workflow=wf).count() == 1
+    # Started in this process; the root the broker refused is marked unpublished (queued_at NULL).
+    assert models.Workflow.objects.get(pk=wf.pk).state == "RUNNING"
+    (node,) = models.WorkflowNode.objects.filter(workflow=wf)
+    assert node.state == "QUEUED" and node.queued_at is None
     assert any("Could not send the start of workflow" in r.getMessage() for r in caplog.records)
 
     compat = CompatWorkflow()
@@ -251,7 +253,8 @@ def test_apply_async__broker_down_keeps_the_rows_and_tells_the_caller(
         result = compat.apply_async()
     assert result.start_sent is False and result.start_error is not None
 
-    # What the sweeper does once the broker is back: the saved workflow starts.
-    with django_capture_on_commit_callbacks(execute=False):
+    # What the sweeper does once the broker is back: the unpublished root is published again.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
         engine.tick(wf.pk, scheduled=True)
-    assert models.Workflow.objects.get(pk=wf.pk).state == "RUNNING"
+    node.refresh_from_db()
+    assert node.state == "QUEUED" and node.queued_at is not None and callbacks

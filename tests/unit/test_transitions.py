@@ -294,14 +294,14 @@ def test_flush__no_event_rows_when_the_event_log_is_off(settings):
 # -- the engine, event by event ----------------------------------------------------------
 
 
-def test_tick__starts_the_workflow_and_queues_only_the_roots(broker, run):
+def test_apply_async__starts_the_workflow_at_commit_and_publishes_only_the_roots(broker, run):
     wf = Workflow()
     wf.add_celery_canvas(chain(t("a"), group(t("b"), t("c")), t("d")))
     wf.add_signature(t("x"))
     run(wf.apply_async)
-    assert broker.ticks == [(str(wf.pk), None)]  # the first tick, on commit
-    assert run(engine.tick, wf.pk) == W.RUNNING
+    # No start tick: the roots go out from the caller's commit, the tick chain starts after them.
     assert sorted(broker.take()) == ["task-a", "task-x"]
+    assert broker.ticks == [(str(wf.pk), 30.0)] and wf.start_sent is True
     assert states(wf) == {
         "task-a": S.QUEUED, "task-x": S.QUEUED, "task-b": S.PENDING, "task-c": S.PENDING, "task-d": S.PENDING,
     }
@@ -312,9 +312,19 @@ def test_tick__starts_the_workflow_and_queues_only_the_roots(broker, run):
     events = WorkflowEvent.objects.filter(workflow=wf)
     assert {(e.old_state, e.new_state) for e in events if e.node_id is None} == {(W.INITIAL, W.RUNNING)}
     assert sorted(e.node.task_id for e in events if e.new_state == S.QUEUED) == ["task-a", "task-x"]
-    # A second tick publishes nothing new.
-    run(engine.tick, wf.pk)
+    # A tick publishes nothing new.
+    assert run(engine.tick, wf.pk) == W.RUNNING
     assert broker.take() == []
+
+
+def test_apply_async__a_delayed_start_is_left_to_the_first_tick(broker, run):
+    wf = Workflow(options={"countdown": 5})
+    wf.add_signature(t("a"))
+    run(wf.apply_async)
+    assert broker.take() == [] and broker.ticks == [(str(wf.pk), None)]
+    assert Workflow.objects.get(pk=wf.pk).state == W.INITIAL and wf.start_sent is True
+    assert run(engine.tick, wf.pk) == W.RUNNING
+    assert broker.take() == ["task-a"]
 
 
 def test_publish__sends_the_nodes_task_id_header_and_merged_options(broker, run):
