@@ -175,7 +175,7 @@ def test_reconcile__a_lost_tick_is_picked_up_by_the_sweeper(monkeypatch):
     sent = []
     monkeypatch.setattr(messaging, "send_tick", lambda *a, **k: sent.append(a[0]))
     monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
-    wf = Workflow(name="lost-tick")
+    wf = Workflow(name="lost-tick", options={"countdown": 60})  # a delayed start: the first tick's
     wf.add_signature(record.si("x"))
     wf.apply_async()
     assert sent == [wf.pk]  # the first tick, "lost" on its way
