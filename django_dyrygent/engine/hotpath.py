@@ -72,11 +72,14 @@ results, a dependent whose readiness is anything but "queue this task" or
 a join's dependent that is anything but a task that keeps waiting or is
 queued (another join, a skip, ...), held by another transaction, or also a
 direct dependent of the node (one UPDATE cannot change a row twice), and
-the completion that brings ``nodes_done`` to ``nodes_total`` (the counters'
-lock serialises them, so exactly one completion sees it; under the lock it
-finishes the workflow through ``maybe_finish``). These are rare: once per
-workflow, or per group whose join feeds a join. SQLite and MariaDB always
-take the locked path for outcomes.
+the completion that brings ``nodes_done`` to ``nodes_total`` when the
+workflow has a failed node, a callback to run or a parent to tell (under the
+lock it finishes the workflow through ``maybe_finish``). These are rare:
+once per workflow, or per group whose join feeds a join. Otherwise the last
+completion ends the workflow SUCCESS in its own statement (``sql.success_sql``
+with ``last``): the counters' lock serialises the completions, so exactly
+one of them sees the count complete. SQLite and MariaDB always take the
+locked path for outcomes.
 """
 
 import logging
@@ -99,7 +102,7 @@ from .. import signals
 from ..conf import settings
 from ..models import Workflow, WorkflowNode
 from ..states import CALLBACK_KINDS, NODE_ACTIVE, NODE_TRANSITIONS, NodeKind, NodeState, TriggerRule, WorkflowState
-from . import db, messaging, outcomes, sql, steps
+from . import db, messaging, outcomes, sql, steps, waiting
 
 logger = logging.getLogger("django_dyrygent.hotpath")
 
@@ -349,7 +352,7 @@ def success_params(conn: BaseDatabaseWrapper, workflow_id: Any, task_id: str, va
         "running": WorkflowState.RUNNING, "task_kind": NodeKind.TASK, "active": _SUCCEEDS_FROM,
         "pending": NodeState.PENDING, "queued": NodeState.QUEUED, "success": NodeState.SUCCESS,
         "queue_rules": _QUEUE_RULES, "callbacks": [str(k) for k in CALLBACK_KINDS],
-        "join_kind": NodeKind.JOIN,
+        "join_kind": NodeKind.JOIN, "ended": WorkflowState.SUCCESS, "channel": waiting.channel(workflow_id),
     }
 
 
@@ -358,24 +361,33 @@ def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
     with _cursor() as (conn, cursor):
         params = success_params(conn, workflow_id, task_id, value)
         event_log = bool(settings.EVENT_LOG)
-        # Its own transaction in autocommit (a worker); a savepoint inside the caller's.
-        with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
-            cursor.execute(sql.success_sql(conn, event_log, joins=False), params)
-            rows = cursor.fetchall()
+
+        def run(joins: bool, last: bool) -> list[tuple[Any, ...]]:
+            # Its own transaction in autocommit (a worker); a savepoint inside the caller's.
+            with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
+                cursor.execute(sql.success_sql(conn, event_log, joins, last), params)
+                return cursor.fetchall()
+
+        joins = last = False
+        rows = run(joins, last)
         node_ok, deps_ok = rows[0][:2]
         if node_ok and not deps_ok:
             # Nothing written: a dependent needs more than a decrement, maybe a join this
             # completion releases (once per join, not per sibling): the statement that decides joins.
-            with transaction.atomic(using=conn.alias) if conn.in_atomic_block else nullcontext():
-                cursor.execute(sql.success_sql(conn, event_log, joins=True), params)
-                rows = cursor.fetchall()
+            joins = True
+            rows = run(joins, last)
+        node_ok, deps_ok, count_ok = rows[0][:3]
+        if node_ok and deps_ok and not count_ok:
+            # Nothing written: maybe the workflow's last node, which ends it (once per workflow).
+            last = True
+            rows = run(joins, last)
     node_ok, deps_ok, count_ok = rows[0][:3]
     if not (node_ok and deps_ok and count_ok):
         raise _Fallback(
             "workflow not RUNNING or passing results, or node not an active task" if not node_ok
             else "a dependent needs a decision (fan-out, skip, upstream failure, callback, a join's "
                  "dependent that is not a plain task or that another completion holds)"
-            if not deps_ok else "the last node: finishing the workflow takes the lock"
+            if not deps_ok else "the last node of a workflow that has failures, callbacks or a parent"
         )
     node, released, tasks_options = None, [], None
     for row in sorted(rows, key=lambda r: r[4]):
@@ -386,9 +398,12 @@ def _fast_success(workflow_id: Any, task_id: str, value: Any) -> WorkflowNode:
         else:
             released.append(_node(conn, values))
     assert node is not None  # decision ok: the node row was updated
-    wf = Workflow.from_db(conn.alias, ["id", "state", "pass_results"],
-                          [node.workflow_id, WorkflowState.RUNNING, False])
+    state = WorkflowState.SUCCESS if last else WorkflowState.RUNNING
+    wf = Workflow.from_db(conn.alias, ["id", "state", "pass_results"], [node.workflow_id, state, False])
     step = steps.Step(wf)
+    if last:  # announced as decisions.finish's are
+        step.wf_changes.append((WorkflowState.RUNNING, WorkflowState.SUCCESS))
+        step.finished = True
     step.node_changes.append((node, old, NodeState.SUCCESS))
     step.node_changes.extend((dep, NodeState.PENDING, NodeState.QUEUED) for dep in released)
     step.to_publish = [(dep, ()) for dep in released]

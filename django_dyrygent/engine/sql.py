@@ -196,7 +196,7 @@ def _blocked(alias: str) -> str:
     )
 
 
-def success_sql(conn: BaseDatabaseWrapper, event_log: bool, joins: bool) -> str:
+def success_sql(conn: BaseDatabaseWrapper, event_log: bool, joins: bool, last: bool = False) -> str:
     """The one statement of a plain success (PostgreSQL); see ``hotpath``'s docstring.
 
     Locks, always in this order: the workflow row FOR KEY SHARE (``wf``), the
@@ -224,14 +224,25 @@ def success_sql(conn: BaseDatabaseWrapper, event_log: bool, joins: bool) -> str:
     is the server's clock when ``cnt`` was locked (a join succeeded here
     finishes at it).
 
+    With ``last`` the statement is the one of the workflow's last task node:
+    ``count_ok`` asks that this success completes the count with nothing
+    failed, no callback waiting to run and no parent workflow to tell (the
+    locked path's ``decisions.finish`` does all three), and the counters'
+    UPDATE ends the workflow SUCCESS with its event row and ``wait()``'s
+    notification (parameter ``channel``), under the counters' lock that
+    serialises it with every other completion. Without ``last`` such a
+    completion writes nothing (``count_ok`` false) and ``hotpath`` asks again
+    with ``last``: one statement more, once per workflow, instead of the
+    locked step.
+
     Result rows: ``node_ok, deps_ok, count_ok, locked_at``, then a role (1:
     the node, 2: a dependent queued, 3: a join's dependent queued), the old
     state, the workflow's ``tasks_options`` (role 1) and ``NODE_DB_COLUMNS``.
     """
-    return _once(_success, conn, event_log, joins)
+    return _once(_success, conn, event_log, joins, last)
 
 
-def _success(quote: Quote, event_log: bool, joins: bool) -> str:
+def _success(quote: Quote, event_log: bool, joins: bool, last: bool) -> str:
     node_t, wf_t, edge_t = _table(quote, WorkflowNode), _table(quote, Workflow), _table(quote, WorkflowEdge)
     names = ", ".join(quote(c) for c in NODE_DB_COLUMNS)
     cols = ", ".join(f"d.{quote(c)}" for c in NODE_DB_COLUMNS)
@@ -244,6 +255,7 @@ def _success(quote: Quote, event_log: bool, joins: bool) -> str:
         + "  UNION ALL SELECT workflow_id, id, %(pending)s, %(queued)s, '', %(now)s FROM released WHERE ready"
         + (" UNION ALL SELECT workflow_id, id, %(pending)s, %(queued)s, '', %(now)s FROM released2 WHERE ready"
            if joins else "")
+        + (" UNION ALL SELECT id, NULL, %(running)s, %(ended)s, '', %(now)s FROM counters" if last else "")
         + ") "
     ) if event_log else ""
     queue = (
@@ -282,7 +294,7 @@ def _success(quote: Quote, event_log: bool, joins: bool) -> str:
         f"  RETURNING jdeps.ready, {cols}), "
     ) if joins else ""
     return (
-        f"WITH wf AS (SELECT id, tasks_options FROM {wf_t} "
+        f"WITH wf AS (SELECT id, tasks_options, parent_node_id FROM {wf_t} "
         f"  WHERE id = %(wf)s AND state = %(running)s AND NOT pass_results FOR KEY SHARE), "
         f"me AS (SELECT id, state FROM {node_t} WHERE workflow_id = (SELECT id FROM wf) "
         f"  AND task_id = %(task)s AND kind = %(task_kind)s AND state = ANY(%(active)s) "
@@ -293,23 +305,35 @@ def _success(quote: Quote, event_log: bool, joins: bool) -> str:
         f"    WHERE dependency_id = (SELECT id FROM me) GROUP BY node_id) h ON h.node_id = n.id "
         f"  ORDER BY n.id FOR UPDATE OF n), "
         f"{join_ctes}"
-        f"cnt AS (SELECT nodes_done, nodes_total FROM {wf_t} WHERE id = (SELECT id FROM wf) "
+        f"cnt AS (SELECT nodes_done, nodes_total, nodes_failed FROM {wf_t} WHERE id = (SELECT id FROM wf) "
         f"  AND EXISTS (SELECT 1 FROM me) AND (SELECT count(*) FROM deps) >= 0 "
         + ("  AND (SELECT count(*) FROM jdeps) >= 0 " if joins else "")
         + "FOR NO KEY UPDATE), "
         f"decision AS MATERIALIZED (SELECT *, node_ok AND deps_ok AND count_ok AS ok FROM (SELECT "
         f"  EXISTS (SELECT 1 FROM me) AS node_ok, "
         f"{deps_ok}"
-        f"  EXISTS (SELECT 1 FROM cnt WHERE nodes_done + 1 < nodes_total) AS count_ok, "
-        f"  (SELECT clock_timestamp() FROM cnt) AS locked_at) c), "
+        + (
+            # The last task node, nothing failed, nobody else to run or tell: decisions.finish's SUCCESS.
+            f"  EXISTS (SELECT 1 FROM cnt WHERE nodes_done + 1 = nodes_total AND nodes_failed = 0) "
+            f"  AND (SELECT parent_node_id FROM wf) IS NULL "
+            f"  AND NOT EXISTS (SELECT 1 FROM {node_t} WHERE workflow_id = (SELECT id FROM wf) "
+            f"    AND kind = ANY(%(callbacks)s) AND state = %(pending)s) AS count_ok, "
+            if last else "  EXISTS (SELECT 1 FROM cnt WHERE nodes_done + 1 < nodes_total) AS count_ok, "
+        )
+        + "  (SELECT clock_timestamp() FROM cnt) AS locked_at) c), "
         f"done AS (UPDATE {node_t} d SET state = %(success)s, result = %(result)s, error = '', "
         f"  finished_at = %(now)s FROM me WHERE d.id = me.id AND (SELECT ok FROM decision) "
         f"  RETURNING me.state AS old_state, {cols}), "
         f"{released}{released2}"
         f"counters AS (UPDATE {wf_t} SET nodes_done = nodes_done + 1, nodes_succeeded = nodes_succeeded + 1 "
-        f"  WHERE id = (SELECT id FROM wf) AND (SELECT ok FROM decision) RETURNING id)"
+        + (", state = %(ended)s, finished_at = %(now)s, next_tick_at = NULL " if last else "")
+        + f"  WHERE id = (SELECT id FROM wf) AND (SELECT ok FROM decision) RETURNING id)"
         f"{events} "
-        f"SELECT dc.node_ok, dc.deps_ok, dc.count_ok, dc.locked_at, r.* FROM decision dc LEFT JOIN ("
+        f"SELECT dc.node_ok, dc.deps_ok, dc.count_ok, dc.locked_at, r.* FROM decision dc "
+        # wait()'s wake-up, delivered at the commit; an uncorrelated subquery runs once.
+        + ("CROSS JOIN (SELECT count(*) FROM (SELECT pg_notify(%(channel)s, %(ended)s) FROM counters) n) nf "
+           if last else "")
+        + "LEFT JOIN ("
         f"  SELECT 1 AS role, old_state, (SELECT tasks_options FROM wf) AS tasks_options, {names} FROM done "
         f"  UNION ALL SELECT 2, %(pending)s, NULL, {names} FROM released WHERE ready"
         + (" UNION ALL SELECT 3, %(pending)s, NULL, {names} FROM released2 WHERE ready".replace("{names}", names)

@@ -12,8 +12,8 @@ from celery import chain, group
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
-from django_dyrygent import engine
-from django_dyrygent.engine import hotpath, messaging, outcomes
+from django_dyrygent import engine, signals
+from django_dyrygent.engine import hotpath, messaging, outcomes, waiting
 from django_dyrygent.engine import sql as hotsql
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowEvent, WorkflowNode
 from tests.tasks import noop
@@ -68,13 +68,75 @@ def assert_falls_back_unchanged(wf, task_id, why):
     assert rows(wf) == before
 
 
-def test_hotpath__the_last_node_changes_nothing_then_the_locked_path_finishes_the_workflow():
-    wf = start(running(chain(noop.si().set(task_id="a"), noop.si().set(task_id="b"))))
+def test_hotpath__the_last_node_ends_the_workflow_in_its_statement_as_the_locked_path_does(
+    django_capture_on_commit_callbacks
+):
+    fast, locked = (start(running(chain(noop.si().set(task_id=f"{p}a"), noop.si().set(task_id=f"{p}b"))))
+                    for p in ("", "locked-"))
+    for wf, prefix in ((fast, ""), (locked, "locked-")):
+        assert run(wf, f"{prefix}a") is not None
+        hotpath.node_started(wf.pk, f"{prefix}b")
+    finished, changed = [], []
+    signals.workflow_finished.connect(receiver := lambda workflow, **kw: finished.append(workflow.pk), weak=False)
+    signals.workflow_state_changed.connect(
+        changer := lambda workflow, old_state, new_state, **kw: changed.append((workflow.pk, old_state, new_state)),
+        weak=False)
+    try:
+        with django_capture_on_commit_callbacks(execute=True), CaptureQueriesContext(connection) as queries:
+            assert hotpath._fast_success(fast.pk, "b", 2).state == S.SUCCESS
+        with django_capture_on_commit_callbacks(execute=True):
+            outcomes.node_succeeded(locked.pk, "locked-b", 2)
+    finally:
+        signals.workflow_finished.disconnect(receiver)
+        signals.workflow_state_changed.disconnect(changer)
+    # Two statements (the plain one finds the count complete, the last one ends it), no locked step.
+    statements = [q["sql"] for q in queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+    assert [q.lstrip()[:10] for q in statements] == ["WITH wf AS"] * 2
+    assert effects(fast) == effects(locked)
+    assert finished == [fast.pk, locked.pk]
+    assert changed == [(fast.pk, "RUNNING", "SUCCESS"), (locked.pk, "RUNNING", "SUCCESS")]
+    for wf in (fast, locked):
+        wf.refresh_from_db()
+        assert wf.finished_at is not None and wf.next_tick_at is None
+
+
+@pytest.mark.parametrize("shape", ["error callback", "finalizer", "failed node", "child workflow"])
+def test_hotpath__the_last_node_of_a_workflow_with_more_to_do_falls_back_unchanged(shape):
+    wf = running(chain(noop.si().set(task_id="a"), noop.si().set(task_id="b")))
+    if shape == "error callback":
+        wf.link_error(noop.si())
+    elif shape == "finalizer":
+        wf.link_finalizer(noop.si())
+    elif shape == "failed node":
+        wf.add_signature(noop.si().set(task_id="c"))
+    start(wf)
+    if shape == "child workflow":  # a parent to tell: its node ends with the child
+        parent = start(running(noop.si().set(task_id="parent-a")))
+        Workflow.objects.filter(pk=wf.pk).update(parent_node=parent.nodes.get())
+    if shape == "failed node":
+        hotpath.node_started(wf.pk, "c")
+        outcomes.node_failed(wf.pk, "c", RuntimeError("boom"))
     assert run(wf, "a") is not None
     assert_falls_back_unchanged(wf, "b", "the last node")
     assert hotpath.node_succeeded(wf.pk, "b", 2).state == S.SUCCESS
     wf.refresh_from_db()
-    assert (wf.state, wf.nodes_done, wf.nodes_succeeded) == (Workflow.State.SUCCESS, 2, 2)
+    assert wf.state == (Workflow.State.FAILURE if shape == "failed node" else Workflow.State.SUCCESS)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hotpath__the_statement_that_ends_the_workflow_wakes_a_listener_at_its_commit():
+    wf = start(running(noop.si().set(task_id="only")))
+    listener = connection.get_new_connection(connection.get_connection_params())
+    try:
+        listener.autocommit = True
+        with listener.cursor() as cursor:
+            cursor.execute(hotsql.listen_sql(connection, waiting.channel(wf.pk)))
+        assert run(wf, "only") is not None
+        heard = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        assert heard == ["SUCCESS"]
+        assert Workflow.objects.get(pk=wf.pk).state == Workflow.State.SUCCESS
+    finally:
+        listener.close()
 
 
 def group_then(prefix=""):
