@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 
 from tests.celery_app import app as celery_app
 
@@ -163,6 +164,50 @@ def wait_for(predicate, what, timeout=30):
     """Like ``wait_until``, but a timeout fails the test naming what never happened."""
     if not wait_until(predicate, timeout, interval=0.05):
         raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(pk):
+    """The workflow row locked by another connection (a thread's) for the duration of the block.
+
+    The row must be committed for the other connection to see it: use it with ``transactional_db``.
+    """
+    from django_dyrygent.engine import steps
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                steps.lock_workflow(pk)
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+def idle_tick_locks(sql):
+    """The statements among ``sql`` that lock as the idle tick does on MySQL/MariaDB.
+
+    An UPDATE there cannot skip a locked row, so the idle tick first takes the
+    workflow's id alone ``FOR UPDATE SKIP LOCKED``: never waited for, unlike
+    the locked tick's, which reads the whole row.
+    """
+    from django_dyrygent.models import Workflow
+
+    quote = connection.ops.quote_name
+    workflow_id = f"SELECT {quote(Workflow._meta.db_table)}.{quote('id')}"
+    return [q for q in sql if q.endswith(" FOR UPDATE SKIP LOCKED")
+            and q.startswith(workflow_id) and "," not in q.partition(" FROM ")[0]]
 
 
 def database_url():

@@ -324,29 +324,36 @@ def _count_idle_tick(pk: Any, due: datetime | None, following: datetime | None) 
 
     Conditional on what the idle check read (still RUNNING, ``next_tick_at``
     still ``due``): a step or another tick that moved the chain or ended the
-    workflow meanwhile sends this one to the locked path. On PostgreSQL the
-    row is first taken ``FOR KEY SHARE SKIP LOCKED``, in the same statement:
-    a locked step (``FOR UPDATE``) in progress is not waited for (the
-    locked tick then says "busy", as before), while the completions'
-    ``FOR KEY SHARE`` does not conflict and their counters' lock is only
-    held to their commit. SQLite waits for the row like any step (one writer
-    at a time, briefly). MySQL/MariaDB always answer False: an UPDATE there
-    cannot skip a locked row, so an idle tick would wait out a locked step
-    (the fault suite holds one for 30 s) where the locked tick's ``SKIP
-    LOCKED`` says "busy" at once; they keep the locked tick.
+    workflow meanwhile sends this one to the locked path. A locked step in
+    progress is not waited for: the locked tick then says "busy" at once with
+    its own ``SKIP LOCKED``, where waiting would stall the tick for as long
+    as the step holds the row (the fault suite holds one for 30 s). On
+    PostgreSQL the row is taken ``FOR KEY SHARE SKIP LOCKED`` in the UPDATE
+    itself, so the completions' ``FOR KEY SHARE`` does not conflict and their
+    counters' lock is only held to their commit. An UPDATE on MySQL/MariaDB
+    cannot skip a locked row, so there a ``SELECT ... FOR UPDATE SKIP
+    LOCKED`` of the id goes first, in a transaction that ends with the
+    UPDATE; a server without SKIP LOCKED answers False (the locked tick).
+    SQLite waits for the row like any step (one writer at a time, briefly).
     """
     conn = Workflow.write_connection()
-    if conn.vendor == "mysql":
+    if conn.vendor == "postgresql":
+        key = Workflow._meta.pk.get_db_prep_value(pk, conn)
+        with conn.cursor() as cursor:
+            cursor.execute(sql.idle_tick_sql(conn), [key, str(WorkflowState.RUNNING), due, following])
+            return bool(cursor.rowcount)
+    change: dict[str, Any] = {"ticks": F("ticks") + 1}
+    if following is not None:
+        change["next_tick_at"] = following
+    row = Workflow.objects.filter(pk=pk, state=WorkflowState.RUNNING, next_tick_at=due)
+    if conn.vendor == "sqlite":
+        return bool(row.update(**change))
+    if not conn.features.has_select_for_update_skip_locked:
         return False
-    if conn.vendor != "postgresql":
-        change: dict[str, Any] = {"ticks": F("ticks") + 1}
-        if following is not None:
-            change["next_tick_at"] = following
-        return bool(Workflow.objects.filter(pk=pk, state=WorkflowState.RUNNING, next_tick_at=due).update(**change))
-    key = Workflow._meta.pk.get_db_prep_value(pk, conn)
-    with conn.cursor() as cursor:
-        cursor.execute(sql.idle_tick_sql(conn), [key, str(WorkflowState.RUNNING), due, following])
-        return bool(cursor.rowcount)
+    # No savepoint inside a caller's transaction: nothing here is worth rolling back alone.
+    with transaction.atomic(using=conn.alias, savepoint=False):
+        free = list(row.select_for_update(skip_locked=True).order_by().values_list("id", flat=True))
+        return bool(free) and bool(row.update(**change))
 
 
 def _retry_busy_tick(workflow_id: UUID | str, due: datetime | None) -> None:

@@ -160,19 +160,24 @@ def probe_queues(app: Celery, queues: Iterable[str], now: datetime) -> QueueProb
 def queue_of(
     app: Celery, node: WorkflowNode, tasks_options: dict[str, Any] | None, routes: dict[str, str] | None = None,
 ) -> str:
-    """The queue a node's message goes to: its own option, the workflow's, the routes, the default.
+    """The queue a node's message goes to: its own option, the workflow's, the routes, the default."""
+    signature = node.signature or {}
+    return route(app, (signature.get("options") or {}).get("queue"), (tasks_options or {}).get("queue"),
+                 node.task_name or signature.get("task", ""), routes)
+
+
+def route(app: Celery, own: Any, workflow: Any, task: str, routes: dict[str, str] | None = None) -> str:
+    """``queue_of`` from the parts the sweep reads in SQL: the node's and the workflow's queue option, the task.
 
     ``routes`` (task name -> queue) keeps what the router said for the
-    caller's batch: the sweep asks about up to a thousand queued nodes every
+    caller's batch: the sweep asks about every kind of queued node every
     few seconds, most of them the same few tasks, and each routing costs
     Python in the worker's main process, which also hands tasks to the pool.
     """
-    options = (node.signature or {}).get("options") or {}
-    queue = options.get("queue") or (tasks_options or {}).get("queue")
+    queue = own or workflow
     if queue:
         name = getattr(queue, "name", queue)
         return name or app.conf.task_default_queue
-    task = node.task_name or (node.signature or {}).get("task", "")
     if routes is not None and task in routes:
         return routes[task]
     queue = app.amqp.router.route({}, task).get("queue")
@@ -180,6 +185,22 @@ def queue_of(
     if routes is not None:
         routes[task] = found
     return found
+
+
+def lost_before(snapshot: Snapshot, probe: QueueProbe | None) -> datetime:
+    """Only a node waiting since before this moment can ``waiting_verdict`` find lost.
+
+    The sweep filters on it in SQL, so a node queued since the previous probe
+    (most of a healthy backlog) is not even read. Past the long bound any
+    node; before the probe only when the probe can tell: some queue was empty
+    and every live worker beat after it (else no node of it can be lost yet).
+    """
+    bound = snapshot.now - timedelta(seconds=float(settings.QUEUED_LOST_AFTER))
+    if probe is None or 0 not in probe.sizes.values():
+        return bound
+    if any(b.last_seen <= probe.taken_at for b in snapshot.live()):
+        return bound
+    return max(bound, probe.taken_at)
 
 
 def waiting_verdict(

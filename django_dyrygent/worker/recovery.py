@@ -21,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db.models import Q
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.utils import timezone
 
 from .. import engine
@@ -30,7 +31,7 @@ from ..engine.outcomes import note_stale_report
 from ..engine.repair import backend_metas, record_backend_outcome, republish, rerun_or_fail, result_backend
 from ..engine.sql import NODE_FIELDS
 from ..engine.steps import Step, locked_step
-from ..models import Workflow, WorkflowNode
+from ..models import WorkflowNode
 from ..states import CALLBACK_KINDS, NodeState, WorkflowState
 from . import liveness
 
@@ -38,9 +39,11 @@ logger = logging.getLogger("django_dyrygent.recovery")
 
 FIELDS = (*NODE_FIELDS, "attempts", "max_attempts", "previous_task_ids", "queued_at",
           "started_at", "worker_hostname", "worker_pid")
-#: What judging a waiting node reads (``liveness.waiting_verdict``, ``liveness.queue_of``): up to
-#: ``BATCH`` of them every sweep, so no JSON column but the signature (its queue option).
-WAITING_FIELDS = ("id", "workflow_id", "task_id", "task_name", "state", "queued_at", "started_at", "signature")
+#: What judging a waiting node reads (``liveness.waiting_verdict``): no JSON column. Its queue
+#: comes from ``ROUTING``, read in SQL (a signature can be large; only its queue option counts).
+WAITING_FIELDS = ("id", "workflow_id", "task_id", "task_name", "state", "queued_at", "started_at")
+#: What ``liveness.route`` needs of a waiting node, in order: the task, its own queue option, its workflow's.
+ROUTING = ("task_name", "signature_task", "own_queue", "workflow_queue")
 #: Most nodes one sweep judges per kind (keeps a sweep's cost bounded).
 BATCH = 1000
 
@@ -71,6 +74,13 @@ class Sweeper:
         return ticked, self.recover()
 
     def recover(self) -> int:
+        """Judge active nodes and act on the verdicts; returns how many nodes were recovered.
+
+        Waiting nodes are filtered in SQL to those ``liveness.waiting_verdict``
+        can act on (``liveness.lost_before``): a healthy backlog of thousands
+        of QUEUED nodes would otherwise be read, every sweep, only to be
+        found not lost, in the main process that also feeds the pool.
+        """
         now = timezone.now()
         snapshot = liveness.Snapshot.load(now, self.observing_since)
         held = snapshot.held()
@@ -84,18 +94,30 @@ class Sweeper:
             why = liveness.started_verdict(node, snapshot, held)
             if why:
                 verdicts[node.pk] = (node, why)
-        waiting = list(
-            running.filter(state__in=[NodeState.QUEUED, NodeState.RETRY]).only(*WAITING_FIELDS)
-            .exclude(task_id__in=held).order_by("queued_at")[:BATCH]
+        waiting = running.filter(state__in=[NodeState.QUEUED, NodeState.RETRY]).exclude(task_id__in=held).annotate(
+            signature_task=KeyTextTransform("task", "signature"),
+            own_queue=KeyTextTransform("queue", KeyTransform("options", "signature")),
+            workflow_queue=KeyTextTransform("queue", "workflow__tasks_options"),
         )
-        if waiting:
+        # The queues to probe for the next sweep: those of every waiting node, whose number of
+        # kinds does not grow with the nodes (one row per task and queue options).
+        kinds = list(waiting.order_by().values_list(*ROUTING).distinct()[:BATCH])
+        if kinds:
             app = get_celery_app()
-            options = dict(Workflow.objects.filter(pk__in={n.workflow_id for n in waiting})
-                           .values_list("pk", "tasks_options"))
             routes: dict[str, str] = {}
-            queues = {n.pk: liveness.queue_of(app, n, options.get(n.workflow_id), routes) for n in waiting}
-            for node in waiting:
-                why = liveness.waiting_verdict(node, snapshot, held, self.probe, queues[node.pk])
+
+            def queue_of(kind: tuple[Any, ...]) -> str:
+                task, signature_task, own, workflow = kind
+                return liveness.route(app, own, workflow, task or signature_task or "", routes)
+
+            queues = {kind: queue_of(kind) for kind in kinds}
+            before = liveness.lost_before(snapshot, self.probe)
+            lost = Q(state=NodeState.QUEUED, queued_at__lt=before) | Q(state=NodeState.RETRY, started_at__lt=before)
+            for node in waiting.filter(lost).only(*WAITING_FIELDS).order_by("queued_at")[:BATCH]:
+                kind = tuple(getattr(node, name) for name in ROUTING)
+                if kind not in queues:  # waiting since the first read, or beyond its BATCH
+                    queues[kind] = queue_of(kind)
+                why = liveness.waiting_verdict(node, snapshot, held, self.probe, queues[kind])
                 if why:
                     verdicts[node.pk] = (node, why)
             self.probe = liveness.probe_queues(app, set(queues.values()), timezone.now())

@@ -4,7 +4,6 @@ multiply, the lock query leaves large columns alone, tick options may carry a co
 
 import socket
 import threading
-from contextlib import contextmanager
 
 import pytest
 from celery import Celery, group
@@ -12,9 +11,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from django_dyrygent import conf, engine, tasks
-from django_dyrygent.engine import messaging, outcomes, steps
+from django_dyrygent.engine import messaging, outcomes
 from django_dyrygent.models import Workflow, WorkflowNode
-from tests.conftest import purge_queue
+from tests.conftest import lock_held_elsewhere, purge_queue
 from tests.models import Execution
 from tests.tasks import record
 
@@ -87,30 +86,6 @@ def sent_ticks(monkeypatch):
                         lambda pk, options=None, countdown=None: sent.append((pk, countdown)))
     monkeypatch.setattr(messaging, "publish", lambda *a, **k: None)
     return sent
-
-
-@contextmanager
-def lock_held_elsewhere(pk):
-    """The workflow row locked by another connection for the duration of the block."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold():
-        try:
-            with transaction.atomic():
-                steps.lock_workflow(pk)
-                locked.set()
-                release.wait(30)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert locked.wait(10)
-        yield
-    finally:
-        release.set()
-        thread.join()
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 from billiard.exceptions import WorkerLostError
 from celery.states import SUCCESS
-from django.db import OperationalError
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_dyrygent import engine
+from django_dyrygent.conf import get_celery_app
 from django_dyrygent.engine import db, hotpath, messaging, outcomes
 from django_dyrygent.models import WorkerHeartbeat, Workflow, WorkflowEvent, WorkflowNode
 from django_dyrygent.worker import handlers, liveness, recovery
@@ -437,3 +439,111 @@ def test_on_task_failure__worker_lost_error_reruns_a_finished_workflows_callback
     final.refresh_from_db()
     assert (final.state, final.attempts) == (S.QUEUED, 2)
     assert Workflow.objects.get(pk=wf.pk).state == Workflow.State.FAILURE
+
+
+# -- the sweep's scan of waiting nodes reads only what a verdict can act on --------------------------
+
+
+@pytest.fixture
+def judged(db, settings, monkeypatch):
+    """The task ids ``waiting_verdict`` was asked about (the nodes the scan read), the queues probed.
+
+    Every probe finds its queues empty; one live worker beat just now.
+    """
+    settings.DYRYGENT_LIVENESS = True
+    _beat(age=0)
+    seen = SimpleNamespace(nodes=[], probed=[], verdict=liveness.waiting_verdict)
+    monkeypatch.setattr(liveness, "waiting_verdict",
+                        lambda node, *args: seen.nodes.append(node.task_id) or seen.verdict(node, *args))
+
+    def probe(app, queues, now):
+        seen.probed.append(set(queues))
+        return liveness.QueueProbe(taken_at=now, sizes=dict.fromkeys(queues, 0))
+
+    monkeypatch.setattr(liveness, "probe_queues", probe)
+    return seen
+
+
+def _backlog(count, queued_age, queue=None, **fields):
+    """A RUNNING workflow of ``count`` QUEUED nodes, published ``queued_age`` seconds ago."""
+    wf = Workflow(name=f"backlog-{count}", **fields)
+    for i in range(count):
+        wf.add_signature(noop.si(i).set(queue=queue) if queue else noop.si(i))
+    wf.apply_async()
+    engine.tick(wf.pk, scheduled=False)
+    wf.nodes.update(queued_at=timezone.now() - timedelta(seconds=queued_age))
+    return wf
+
+
+def _previous_probe(sizes, age=10):
+    return liveness.QueueProbe(taken_at=timezone.now() - timedelta(seconds=age), sizes=sizes)
+
+
+def test_recover__a_backlog_queued_since_the_previous_probe_is_not_read_whatever_its_size(judged):
+    default = get_celery_app().conf.task_default_queue
+    sweeper = Sweeper()
+    statements = []
+    for count in (3, 300):
+        _backlog(count, queued_age=5)
+        sweeper.probe = _previous_probe({default: 0})
+        with CaptureQueriesContext(connection) as ctx:
+            assert sweeper.recover() == 0
+        statements.append(len(ctx.captured_queries))
+    assert statements[0] == statements[1]
+    assert judged.nodes == []  # queued after the probe and well within QUEUED_LOST_AFTER: none can be lost
+    assert judged.probed == [{default}, {default}]  # their queue is still probed, for the next sweep
+
+
+def test_recover__what_is_lost_is_found_and_recovered_as_every_verdict_says(judged):
+    """The filter in SQL leaves the verdicts as they were: the same nodes recovered, for the same reasons."""
+    default = get_celery_app().conf.task_default_queue
+    lost = _backlog(2, queued_age=30)  # published before the probe, its queue empty since: lost
+    backlog = _backlog(50, queued_age=5)
+    retry = backlog.nodes.order_by("position").first()  # a retry due since before the probe: lost too
+    WorkflowNode.objects.filter(pk=retry.pk).update(state=S.RETRY, started_at=timezone.now() - timedelta(seconds=30))
+    sweeper = Sweeper()
+    sweeper.probe = _previous_probe({default: 0})
+    snapshot = liveness.Snapshot.load(timezone.now())
+    verdicts = {n: judged.verdict(n, snapshot, set(), sweeper.probe, default)
+                for n in WorkflowNode.objects.filter(state__in=[S.QUEUED, S.RETRY])}
+    expected = {n.pk: (n.task_id, why) for n, why in verdicts.items() if why}
+    untouched = {n.pk: n.task_id for n, why in verdicts.items() if not why}
+    assert sorted(expected) == sorted([*lost.nodes.values_list("pk", flat=True), retry.pk])
+
+    assert sweeper.recover() == 3
+    assert sorted(judged.nodes) == sorted(task_id for task_id, _why in expected.values())  # only these were read
+    for node in WorkflowNode.objects.filter(pk__in=expected):
+        task_id, why = expected[node.pk]
+        event = WorkflowEvent.objects.filter(node=node).latest("id")
+        assert (node.state, node.task_id != task_id) == (S.QUEUED, True)
+        assert why in event.reason
+    assert dict(backlog.nodes.exclude(pk=retry.pk).values_list("pk", "task_id")) == untouched
+
+
+def test_recover__past_the_long_bound_a_node_is_found_without_a_probe(judged, settings):
+    settings.DYRYGENT_QUEUED_LOST_AFTER = 20
+    old, recent = _backlog(2, queued_age=30), _backlog(3, queued_age=5)
+    old_ids = set(old.nodes.values_list("task_id", flat=True))
+    assert Sweeper().recover() == 2
+    assert set(judged.nodes) == old_ids
+    assert not old.nodes.filter(task_id__in=old_ids).exists()  # republished under fresh task ids
+    assert recent.nodes.filter(publish_count=1).count() == 3
+
+
+def test_recover__each_node_is_judged_against_its_queue_read_in_sql(judged):
+    """Its own queue option, else its workflow's, else the task's route: what ``queue_of`` says of the row."""
+    default = get_celery_app().conf.task_default_queue
+    own = _backlog(2, queued_age=30, queue="own")
+    workflows = _backlog(2, queued_age=30, tasks_options={"queue": "wfq"})
+    routed = _backlog(2, queued_age=30)
+    sweeper = Sweeper()
+    sweeper.probe = _previous_probe({"own": 0, "wfq": 3, default: None})
+    app = get_celery_app()
+    for wf in (own, workflows, routed):
+        wf.refresh_from_db()
+        assert {liveness.queue_of(app, n, wf.tasks_options) for n in wf.nodes.all()} == \
+            {{own.pk: "own", workflows.pk: "wfq", routed.pk: default}[wf.pk]}
+    assert sweeper.recover() == 2  # only the empty queue's
+    assert not own.nodes.filter(publish_count=1).exists()
+    assert workflows.nodes.filter(publish_count=1).count() == routed.nodes.filter(publish_count=1).count() == 2
+    assert judged.probed == [{"own", "wfq", default}]

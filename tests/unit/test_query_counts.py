@@ -25,6 +25,7 @@ from django_dyrygent.build.save import BULK_BATCH
 from django_dyrygent.engine import hotpath, outcomes
 from django_dyrygent.engine import sql as hotsql
 from django_dyrygent.models import Workflow, WorkflowEdge, WorkflowNode
+from tests.conftest import idle_tick_locks
 from tests.tasks import noop
 
 pytestmark = pytest.mark.django_db
@@ -223,13 +224,18 @@ def locking(sql):
     return [q for q in sql if "FOR UPDATE" in q.upper() or (q.startswith("UPDATE") and "lock_version" in q)]
 
 
-@pytest.mark.skipif(connection.vendor == "mysql", reason="MySQL/MariaDB keep the locked tick (_count_idle_tick)")
+#: MySQL/MariaDB's idle tick takes its row first, one statement more (``idle_tick_locks``).
+IDLE_LOCK = connection.vendor == "mysql"
+IDLE_TICK_STATEMENTS = 3 if IDLE_LOCK else 2
+
+
 def test_tick__with_nothing_due_costs_two_statements_and_no_lock(
     django_capture_on_commit_callbacks, monkeypatch, settings,
 ):
     """The scheduled tick of a running workflow with nothing to repair: one SELECT, one UPDATE.
 
     The locked tick ran six statements under FOR UPDATE for the same answer.
+    MySQL/MariaDB add the SELECT that takes the row without waiting (``idle_tick_locks``).
     """
     sent = []
     monkeypatch.setattr("django_dyrygent.engine.messaging.send_tick", lambda *args: sent.append(args))
@@ -238,8 +244,9 @@ def test_tick__with_nothing_due_costs_two_statements_and_no_lock(
     with django_capture_on_commit_callbacks(execute=True):
         small_sql = queries(engine.tick, small.pk)
         large_sql = queries(engine.tick, large.pk)
-    assert len(small_sql) == len(large_sql) == 2, (small_sql, large_sql)
-    assert locking(small_sql + large_sql) == []
+    assert len(small_sql) == len(large_sql) == IDLE_TICK_STATEMENTS, (small_sql, large_sql)
+    assert locking(small_sql + large_sql) == idle_tick_locks(small_sql + large_sql)
+    assert len(idle_tick_locks(small_sql + large_sql)) == (2 if IDLE_LOCK else 0)
     for wf in (small, large):
         wf.refresh_from_db()
         assert wf.ticks == 2  # counted (the first was the start)
@@ -249,7 +256,6 @@ def test_tick__with_nothing_due_costs_two_statements_and_no_lock(
     assert sent == [(small.pk, {}, interval), (large.pk, {}, interval)]
 
 
-@pytest.mark.skipif(connection.vendor == "mysql", reason="MySQL/MariaDB keep the locked tick (_count_idle_tick)")
 def test_tick__with_nothing_due_that_is_not_the_due_one_keeps_the_chain(
     django_capture_on_commit_callbacks, monkeypatch,
 ):
@@ -260,7 +266,7 @@ def test_tick__with_nothing_due_that_is_not_the_due_one_keeps_the_chain(
     due = Workflow.objects.get(pk=wf.pk).next_tick_at
     with django_capture_on_commit_callbacks(execute=True):
         sql = queries(engine.tick, wf.pk)
-    assert len(sql) == 2 and locking(sql) == [], sql
+    assert len(sql) == IDLE_TICK_STATEMENTS and locking(sql) == idle_tick_locks(sql), sql
     wf.refresh_from_db()
     assert (wf.next_tick_at, wf.ticks, sent) == (due, 2, [])
 
@@ -301,7 +307,6 @@ def test_tick__with_something_due_takes_the_locked_path(due, settings):
         assert (wf.engine_errors, wf.error) == (0, "")
 
 
-@pytest.mark.skipif(connection.vendor == "mysql", reason="MySQL/MariaDB keep the locked tick (_count_idle_tick)")
 def test_sweep__of_overdue_workflows_with_nothing_due_costs_one_select_and_one_update_each(
     django_capture_on_commit_callbacks, monkeypatch,
 ):
@@ -314,7 +319,7 @@ def test_sweep__of_overdue_workflows_with_nothing_due_costs_one_select_and_one_u
     Workflow.objects.filter(pk__in=[wf.pk for wf in flows]).update(next_tick_at=overdue)
     with django_capture_on_commit_callbacks(execute=True):
         sql = queries(engine.sweep, stale_after=60)
-    assert len(sql) == 1 + len(flows) and locking(sql) == [], sql
+    assert len(sql) == 1 + (IDLE_TICK_STATEMENTS - 1) * len(flows) and locking(sql) == idle_tick_locks(sql), sql
     assert sorted(sent) == sorted(wf.pk for wf in flows)
     ticks = dict(Workflow.objects.values_list("pk", "ticks"))
     assert ticks == {**{wf.pk: 2 for wf in flows}, on_time.pk: 1}
