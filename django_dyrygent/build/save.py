@@ -65,6 +65,8 @@ class Models(NamedTuple):
 Start = Callable[["Workflow"], None]
 #: The signature's parts that become Celery's JSON tree (``serialization.to_tree``).
 CALL_PARTS = ("args", "kwargs", "options")
+#: Exact types whose empty value is its own JSON tree.
+_EMPTY_TYPES = (list, dict)
 #: What ``canvas.signature_to_dict`` stores; a signature with other keys takes the slow checks.
 SIGNATURE_KEYS = frozenset({"task", *CALL_PARTS, "immutable"})
 #: In ASCII JSON text: an escaped NUL, or an escaped surrogate (lone or in a pair). Text without
@@ -219,9 +221,10 @@ def validate(draft: Draft) -> Encoded:
     seen: dict[str, Node] = {}
     payload_cap = settings.MAX_PAYLOAD_BYTES
     argument_cap = settings.MAX_ARGUMENT_BYTES
+    encode = kombu_json.JSONEncoder(allow_nan=False).encode
     for node in draft.nodes:
         if node.kind not in TASKLESS_KINDS:
-            text = _check_node_call(node, errors, argument_cap)
+            text = _check_node_call(node, errors, argument_cap, encode)
             if text is not None:
                 encoded.signature[id(node)] = text
         _check_payload(node, errors, payload_cap, encoded)
@@ -272,27 +275,34 @@ def _check_payload(node: Node, errors: list[str], cap: int, encoded: Encoded) ->
     encoded.custom_payload[id(node)] = text
 
 
-def _check_node_call(node: Node, errors: list[str], cap: int) -> str | None:
+def _check_node_call(node: Node, errors: list[str], cap: int, encode: Callable[[Any], str]) -> str | None:
     """Task name, arguments and options of one node: JSON, text a column takes, size cap.
 
-    The usual signature is encoded once (Celery's JSON encoder), and that text
-    is both checked and returned for saving; the tree replaces the
-    arguments and options, as Celery's serializer would carry them. Anything
-    unusual takes the value-by-value checks, which name the culprit.
+    The usual signature is encoded once (Celery's JSON encoder; ``encode`` is
+    one kombu encoder for the whole draft, where ``kombu_json.dumps`` would
+    make one per call), and that text is both checked and returned for
+    saving; the tree replaces the arguments and options, as Celery's
+    serializer would carry them. Anything unusual takes the value-by-value
+    checks, which name the culprit.
     """
     sig = node.signature or {}
     if not sig.get("task"):
         errors.append(f"{_describe(node)}: the signature names no task, so it cannot be published")
     if sig.keys() <= SIGNATURE_KEYS and isinstance(sig.get("task"), str) and isinstance(sig.get("immutable"), bool):
         try:
-            text = kombu_json.dumps(sig, allow_nan=False)
+            text = encode(sig)
         except (TypeError, ValueError, OverflowError, RecursionError):
             pass  # the slow checks name the part
         else:
             if not _needs_close_look(text, cap):
-                tree = json.loads(text)
-                for part in CALL_PARTS:
-                    if part in sig:
+                parts = [part for part in CALL_PARTS if part in sig]
+                if all(type(sig[part]) in _EMPTY_TYPES and not sig[part] for part in parts):
+                    # Nothing to pass (``.si()``): the tree of an empty list or dict is a new empty one.
+                    for part in parts:
+                        sig[part] = type(sig[part])()
+                else:
+                    tree = json.loads(text)
+                    for part in parts:
                         sig[part] = tree[part]
                 return text
     describe = _describe(node)
