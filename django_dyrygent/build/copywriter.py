@@ -55,7 +55,7 @@ def copy_graph(
         node.pk = pk
     columns, rows = node_rows(node_model, nodes, encoded)
     copy_rows(connection, node_table, columns, rows)
-    workflow_id = workflow.pk
+    workflow_id = str(workflow.pk)  # as COPY's text: psycopg formats a str for half a UUID's cost
     pk = attrgetter(node_model._meta.pk.attname)
     edge_rows = (
         (workflow_id, pk(node), pk(dep), i)
@@ -70,8 +70,8 @@ def copy_graph(
 
 def node_rows(
     model: type[WorkflowNode], nodes: Sequence[Node], encoded: Encoded | None = None
-) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
-    """The columns of ``WorkflowNode`` and one tuple of values per node, JSON columns as JSON text.
+) -> tuple[list[str], Iterator[list[Any]]]:
+    """The columns of ``WorkflowNode`` and one list of values per node, JSON columns as JSON text.
 
     Values are the instances' own (no per-field preparation): the model's
     columns hold nothing a field converts on the way in but JSON. The rows
@@ -80,26 +80,24 @@ def node_rows(
     fields = model._meta.concrete_fields
     columns = [str(f.column) for f in fields]
     values = attrgetter(*(f.attname for f in fields))
-    encoders: list[tuple[int, Callable[[Node, Any], Any]]] = []
-    for i, field in enumerate(fields):
-        if isinstance(field, JSONField):
-            texts = getattr(encoded, field.name, None) or {}
-            encoders.append((i, partial(_json_text, texts, field.encoder)))
+    json_columns = [
+        (i, getattr(encoded, field.name, None) or {}, field.encoder)
+        for i, field in enumerate(fields) if isinstance(field, JSONField)
+    ]
 
-    def rows() -> Iterator[tuple[Any, ...]]:
+    def rows() -> Iterator[list[Any]]:
         for node in nodes:
             row = list(values(node))
-            for i, encode in encoders:
-                row[i] = encode(node, row[i])
-            yield tuple(row)
+            key = id(node)
+            for i, texts, encoder in json_columns:
+                text = texts.get(key)
+                row[i] = text if text is not None else _json_text(encoder, row[i])
+            yield row
 
     return columns, rows()
 
 
-def _json_text(texts: dict[int, str], encoder: type[json.JSONEncoder] | None, node: Node, value: Any) -> str | None:
-    text = texts.get(id(node))
-    if text is not None:
-        return text
+def _json_text(encoder: type[json.JSONEncoder] | None, value: Any) -> str | None:
     if not value and type(value) in (list, dict):  # a default: [] or {}
         return "[]" if type(value) is list else "{}"
     # A nullable JSON column stores None as SQL NULL, as the ORM does.
