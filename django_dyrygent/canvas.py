@@ -12,13 +12,13 @@ in pass-results mode the join carries the list of results in header order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import group
 from celery.canvas import Signature, _chain, chord, maybe_signature
-from celery.utils import uuid
 from django.core.exceptions import ValidationError
 
 from .draft import NO_DEFAULT, Draft, check_dependencies, gc_paused
@@ -56,6 +56,20 @@ CELERY_CHAINING_OPTIONS = frozenset(
         "stamps",
     }
 )
+
+
+#: A hex digit's value with its two high bits set to 10 (RFC 4122's variant).
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def uuid() -> str:
+    """A random (version 4) UUID as text, what ``celery.utils.uuid`` gives, in half its time.
+
+    A canvas of 10,000 signatures needs 10,000 task ids, and ``uuid4()``
+    builds a ``UUID`` object for each only to format it.
+    """
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def signature_to_dict(sig: Signature) -> dict[str, Any]:
