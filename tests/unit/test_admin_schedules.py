@@ -9,8 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_dyrygent.admin import schedules
+from django_dyrygent.conf import get_celery_app
 from django_dyrygent.models import FailedStart, Workflow
-from tests.celery_app import app
 
 pytestmark = pytest.mark.django_db
 URL = "/admin/django_dyrygent/workflow/schedules/"
@@ -18,7 +18,8 @@ URL = "/admin/django_dyrygent/workflow/schedules/"
 
 @pytest.fixture
 def beat_schedule(monkeypatch):
-    monkeypatch.setitem(app.conf, "beat_schedule", {
+    # The app the page reads (the current one): another test module may have made its own current.
+    monkeypatch.setitem(get_celery_app().conf, "beat_schedule", {
         "nightly": {"task": "django_dyrygent.start_definition", "schedule": crontab(minute=0, hour=3),
                     "kwargs": {"name": "tests.add", "params": {"x": 1, "y": 2}}},
         "often": {"task": "django_dyrygent.start_definition", "schedule": 30.0, "args": ["tests.hold-skip"]},
@@ -61,5 +62,5 @@ def test_schedules_page__lists_them_and_needs_the_view_permission(admin_client, 
 
 
 def test_schedules_page__says_how_to_add_one_when_there_is_none(admin_client, monkeypatch):
-    monkeypatch.setitem(app.conf, "beat_schedule", {})
+    monkeypatch.setitem(get_celery_app().conf, "beat_schedule", {})
     assert "No schedule starts a workflow definition." in admin_client.get(URL).content.decode()
