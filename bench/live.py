@@ -14,10 +14,8 @@ reports, per second:
 * tick tasks run, and each sweep's duration (the probes time
   ``Sweeper.sweep_once`` in the sweeping worker).
 
-Each workflow is started by the driver itself (``Workflow.tick()``, right
-after ``apply_async``): on one worker whose processes all sleep, the start
-tick would wait in the queue behind the sleeping nodes. The start tick
-``apply_async`` sent still comes, as an idle tick, once a process is free.
+``apply_async`` starts each workflow itself, at its commit (no start tick
+to wait in the queue behind the sleeping nodes).
 
 Nodes that finish inside the window (a few, ``concurrency`` per ``sleep``
 seconds) are work, not rest: their statements are reported apart as the
@@ -62,7 +60,6 @@ def run_live(redis_client, count, sleep, window, settle, timeout):
         wf = Workflow(name="live")
         wf.add_celery_canvas(signature("bench.sleep", args=(sleep,)).set(immutable=True))
         wf.apply_async()
-        wf.tick()
         ids.append(wf.pk)
     out = {"count": count, "sleep": sleep, "window": window, "apply_seconds": time.perf_counter() - t0}
     deadline = time.monotonic() + timeout
