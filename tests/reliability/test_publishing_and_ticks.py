@@ -52,9 +52,9 @@ def test_publish__a_publish_that_failed_is_retried_by_the_next_tick_not_after_re
     wf = Workflow(name="broker-down", options={"queue": PARKED})
     wf.add_celery_canvas(group(record.si(f"p{i}") for i in range(5)))
     settings.DYRYGENT_CELERY_APP = f"{__name__}.DOWN"
-    with transaction.atomic():  # publish runs on commit, after the tick's transaction
+    with transaction.atomic():  # the start runs at the commit: it queues the five nodes; every publish fails
         wf.apply_async()
-    engine.tick(wf.pk, scheduled=False)  # queues the five nodes; every publish fails
+    assert wf.start_sent is False
     nodes = wf.nodes.all()
     assert set(nodes.values_list("state", flat=True)) == {S.QUEUED}
     # The failure is recorded at once: no queued_at (nothing was sent).
