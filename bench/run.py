@@ -198,7 +198,7 @@ def main_phase(args):
         save()
     if args.query_times:
         report["query_times"] = read_query_times(bench_dir / "query-times")
-    if not args.skip_big:
+    if not (args.skip_big or args.skip_huge):
         # Last: the longest part, and the table above is complete without it.
         phase_worker(args, bench_dir, probes, "huge", small_c, {"BENCH_DB_REUSE_MAX": "1000"}, [C.OURS], [],
                      report, lambda worker: report.update(huge=huge(args, bench_dir, sizes["huge"], worker)))
@@ -370,6 +370,8 @@ def main(argv=None):
                         help="which cases of the table (none: only --profile and the large workflows)")
     parser.add_argument("--skip-big", action="store_true",
                         help="skip the apply_async of 10,000 nodes and the 100,000-node workflow")
+    parser.add_argument("--skip-huge", action="store_true",
+                        help="skip the 100,000-node workflow only (its run takes minutes)")
     parser.add_argument("--query-times", action="store_true",
                         help="time every SQL statement of ours on the connection-reusing worker")
     parser.add_argument("--profile", action="store_true",
