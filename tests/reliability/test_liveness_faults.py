@@ -13,8 +13,9 @@ import time
 import pytest
 from celery import chain, current_app, group
 from django.db.models import Max
+from django.utils import timezone
 
-from django_dyrygent import conf
+from django_dyrygent import engine
 from django_dyrygent.engine.messaging import HEADER
 from django_dyrygent.models import Workflow, WorkflowEvent, WorkflowNode
 from tests.reliability import harness
@@ -197,9 +198,12 @@ def test_broker_down_at_apply_async__the_workers_sweep_starts_it_within_60s_with
         wf.apply_async()
         assert wf.start_sent is False and wf.start_error is not None
         wf.refresh_from_db()
-        assert wf.state == Workflow.State.INITIAL
-        # Known lost, so overdue at once: the next sweep takes it, not one DYRYGENT_STALE_AFTER later.
-        assert Workflow.objects.stale(conf.settings.STALE_AFTER).filter(pk=wf.pk).exists()
+        # Started by apply_async; its root, known unpublished, is due at once: the next sweep
+        # publishes it, not one DYRYGENT_REQUEUE_AFTER later.
+        assert wf.state == Workflow.State.RUNNING
+        root = WorkflowNode.objects.get(pk=first.pk)
+        assert root.state == WorkflowNode.State.QUEUED and root.queued_at is None
+        assert wf.pk in [row[0] for row in engine.due_workflows(timezone.now(), 100)]
     finally:
         rel.redis.start()
     rel.ready_worker("after-outage", env={})  # no beat anywhere: only the workers' own sweep
