@@ -230,7 +230,9 @@ def success_sql(conn: BaseDatabaseWrapper, event_log: bool, joins: bool, last: b
     locked path's ``decisions.finish`` does all three), and the counters'
     UPDATE ends the workflow SUCCESS with its event row and ``wait()``'s
     notification (parameter ``channel``), under the counters' lock that
-    serialises it with every other completion. Without ``last`` such a
+    serialises it with every other completion, at ``locked_at`` (not the
+    reporting worker's ``now``, taken before the statement waited: a sibling
+    counted meanwhile may have run after it). Without ``last`` such a
     completion writes nothing (``count_ok`` false) and ``hotpath`` asks again
     with ``last``: one statement more, once per workflow, instead of the
     locked step.
@@ -255,7 +257,8 @@ def _success(quote: Quote, event_log: bool, joins: bool, last: bool) -> str:
         + "  UNION ALL SELECT workflow_id, id, %(pending)s, %(queued)s, '', %(now)s FROM released WHERE ready"
         + (" UNION ALL SELECT workflow_id, id, %(pending)s, %(queued)s, '', %(now)s FROM released2 WHERE ready"
            if joins else "")
-        + (" UNION ALL SELECT id, NULL, %(running)s, %(ended)s, '', %(now)s FROM counters" if last else "")
+        + (" UNION ALL SELECT id, NULL, %(running)s, %(ended)s, '', (SELECT locked_at FROM decision) FROM counters"
+           if last else "")
         + ") "
     ) if event_log else ""
     queue = (
@@ -326,7 +329,10 @@ def _success(quote: Quote, event_log: bool, joins: bool, last: bool) -> str:
         f"  RETURNING me.state AS old_state, {cols}), "
         f"{released}{released2}"
         f"counters AS (UPDATE {wf_t} SET nodes_done = nodes_done + 1, nodes_succeeded = nodes_succeeded + 1 "
-        + (", state = %(ended)s, finished_at = %(now)s, next_tick_at = NULL " if last else "")
+        # Ended at the server's clock once every lock is held, as a join is: every completion
+        # counted before committed by then, so none ran after the workflow's end.
+        + (", state = %(ended)s, finished_at = (SELECT locked_at FROM decision), next_tick_at = NULL "
+           if last else "")
         + f"  WHERE id = (SELECT id FROM wf) AND (SELECT ok FROM decision) RETURNING id)"
         f"{events} "
         f"SELECT dc.node_ok, dc.deps_ok, dc.count_ok, dc.locked_at, r.* FROM decision dc "

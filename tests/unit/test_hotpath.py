@@ -445,3 +445,20 @@ def test_hotpath__a_worker_s_success_statement_is_planned_once_per_connection(in
     assert plans == ([1, 4] if prepared else [])
     assert set(wf.nodes.values_list("state", flat=True)) == {S.SUCCESS}
     assert Workflow.objects.get(pk=wf.pk).state == Workflow.State.SUCCESS
+
+
+def test_hotpath__the_workflow_ends_after_every_completion_it_counts_not_at_the_reporter_s_clock(monkeypatch):
+    """The last completion's ``now`` was taken before its statement waited for the counters' lock;
+    a sibling counted meanwhile ran after that moment, so the end is the server's clock under the lock."""
+    wf = start(running(group(noop.si().set(task_id="early"), noop.si().set(task_id="late"))))
+    for task_id in ("early", "late"):
+        hotpath.node_started(wf.pk, task_id)
+    reported = hotpath.timezone.now()  # the last reporter read its clock here, then waited
+    assert run(wf, "late") is not None
+    monkeypatch.setattr(hotpath.timezone, "now", lambda: reported)
+    assert hotpath._fast_success(wf.pk, "early", 1).state == S.SUCCESS
+    wf.refresh_from_db()
+    late = wf.nodes.get(task_id="late")
+    ended = WorkflowEvent.objects.get(workflow=wf, node=None, new_state=Workflow.State.SUCCESS)
+    assert wf.state == Workflow.State.SUCCESS
+    assert wf.finished_at >= late.finished_at and ended.created_at == wf.finished_at
