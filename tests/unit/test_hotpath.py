@@ -431,22 +431,6 @@ def test_hotpath__a_dropped_connection_is_replaced_and_the_step_retried(in_worke
     assert wf.nodes.get(task_id="n1").state == S.QUEUED
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("prepared", [True, False])
-def test_hotpath__a_worker_s_success_statement_is_planned_once_per_connection(in_worker, settings, prepared):
-    settings.DYRYGENT_PREPARED_STATEMENTS = prepared
-    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(4)])))
-    for i in range(4):
-        assert run(wf, f"n{i}") is not None
-    with hotpath._connection().cursor() as cursor:
-        cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements")
-        plans = sorted(runs for statement, runs in cursor.fetchall() if statement.lstrip().startswith("WITH wf AS"))
-    # The plain statement ran four times (the last node's finds the count complete), the last one once.
-    assert plans == ([1, 4] if prepared else [])
-    assert set(wf.nodes.values_list("state", flat=True)) == {S.SUCCESS}
-    assert Workflow.objects.get(pk=wf.pk).state == Workflow.State.SUCCESS
-
-
 def test_hotpath__the_workflow_ends_after_every_completion_it_counts_not_at_the_reporter_s_clock(monkeypatch):
     """The last completion's ``now`` was taken before its statement waited for the counters' lock;
     a sibling counted meanwhile ran after that moment, so the end is the server's clock under the lock."""
