@@ -19,7 +19,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,7 +32,7 @@ from kombu.utils import json as kombu_json
 from ..conf import get_celery_app, settings
 from ..draft import Draft, gc_paused
 from ..serialization import NotSerialisable, to_tree
-from ..states import COUNTED_KINDS, TASKLESS_KINDS, NodeKind, NodeState, WorkflowState
+from ..states import COUNTED_KINDS, TASKLESS_KINDS, NodeKind, NodeState
 from . import copywriter
 
 if TYPE_CHECKING:
