@@ -71,6 +71,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Progress is event driven; the tick is only the safety net (library default).
 DYRYGENT_TICK_INTERVAL = 10.0
+# BENCH_PREPARED_STATEMENTS=0: the hot path without its prepared statement (an A/B of that lever).
+DYRYGENT_PREPARED_STATEMENTS = os.environ.get("BENCH_PREPARED_STATEMENTS", "1") == "1"
 
 LOGGING = {
     "version": 1,

@@ -116,6 +116,10 @@ SETTINGS: tuple[Setting, ...] = (
     # are published with ignore_result=True (the node row holds the outcome) and a worker
     # stores an outcome there itself only when it cannot write it to the database.
     Setting("STORE_NODE_RESULTS", False, (bool,)),
+    # PostgreSQL: the hot path's success statement is a server-side prepared statement on the
+    # worker's own connection (planned once per connection). Off behind a pooler that cannot
+    # keep prepared statements (PgBouncer in transaction mode before 1.21).
+    Setting("PREPARED_STATEMENTS", True, (bool,)),
     # Prometheus metrics (the [prometheus] extra): django_dyrygent.metrics.
     Setting("METRICS", False, (bool,)),
     # Largest request body the JSON API reads, in bytes; a larger one is answered 413.
@@ -156,6 +160,7 @@ class Settings:
     UNKNOWN_TASKS: str
     CATALOGUE_MODULE: str | None
     STORE_NODE_RESULTS: bool
+    PREPARED_STATEMENTS: bool
     METRICS: bool
     API_MAX_BODY_BYTES: int
 

@@ -147,6 +147,15 @@ def copy_sql(conn: BaseDatabaseWrapper, table: str, columns: Sequence[str]) -> s
 
 # -- the hot path (PostgreSQL) -----------------------------------------------------------------
 
+#: For the hot path's own connection (``hotpath._prepared_cursor``), once per session: plans of
+#: index lookups and nested loops only, so that a generic plan made on near-empty tables never
+#: scans a table once it is large (the hot statements read a handful of rows by key).
+KEY_LOOKUP_PLANS = (
+    "SELECT set_config('enable_seqscan', 'off', false), set_config('enable_hashjoin', 'off', false),"
+    " set_config('enable_mergejoin', 'off', false)"
+)
+
+
 
 def started_sql(conn: BaseDatabaseWrapper, listened: bool, lazy: bool = False) -> str:
     """STARTED's one statement (PostgreSQL): a conditional UPDATE of the node, RETURNING it.
@@ -297,9 +306,11 @@ def _success(quote: Quote, event_log: bool, joins: bool, last: bool) -> str:
         f"  RETURNING jdeps.ready, {cols}), "
     ) if joins else ""
     return (
-        f"WITH wf AS (SELECT id, tasks_options, parent_node_id FROM {wf_t} "
-        f"  WHERE id = %(wf)s AND state = %(running)s AND NOT pass_results FOR KEY SHARE), "
-        f"me AS (SELECT id, state FROM {node_t} WHERE workflow_id = (SELECT id FROM wf) "
+        # The workflow by its key alone (a generic plan never picks the state index), and
+        # whether it runs and does not pass results: no node of another one is decided.
+        f"WITH wf AS (SELECT id, tasks_options, parent_node_id, "
+        f"  state = %(running)s AND NOT pass_results AS live FROM {wf_t} WHERE id = %(wf)s FOR KEY SHARE), "
+        f"me AS (SELECT id, state FROM {node_t} WHERE workflow_id = (SELECT id FROM wf WHERE live) "
         f"  AND task_id = %(task)s AND kind = %(task_kind)s AND state = ANY(%(active)s) "
         f"  AND concurrency_key IS NULL FOR UPDATE), "
         f"deps AS (SELECT n.id, n.state, n.kind, n.waiting, n.failed_dependencies, h.n, "

@@ -431,6 +431,67 @@ def test_hotpath__a_dropped_connection_is_replaced_and_the_step_retried(in_worke
     assert wf.nodes.get(task_id="n1").state == S.QUEUED
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepared", [True, False])
+def test_hotpath__a_worker_s_success_statement_is_planned_once_per_connection(in_worker, settings, prepared):
+    settings.DYRYGENT_PREPARED_STATEMENTS = prepared
+    wf = start(running(chain(*[noop.si().set(task_id=f"n{i}") for i in range(4)])))
+    for i in range(4):
+        assert run(wf, f"n{i}") is not None
+    with hotpath._connection().cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements")
+        plans = sorted(runs for statement, runs in cursor.fetchall() if statement.lstrip().startswith("WITH wf AS"))
+    # The plain statement ran four times (the last node's finds the count complete), the last one once.
+    assert plans == ([1, 4] if prepared else [])
+    assert set(wf.nodes.values_list("state", flat=True)) == {S.SUCCESS}
+    assert Workflow.objects.get(pk=wf.pk).state == Workflow.State.SUCCESS
+
+
+def _generic_plan(conn, statement, params):
+    """The plan PostgreSQL keeps for ``statement`` once it goes generic, as EXPLAIN prints it.
+
+    Prepared by hand with ``$n`` placeholders, in a transaction rolled back
+    after (``plan_cache_mode`` and the statement do not outlive it).
+    """
+    import re
+
+    import psycopg
+
+    names = []
+
+    def placeholder(match):
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    prepared = re.sub(r"%\((\w+)\)s", placeholder, statement)
+    literal = psycopg.ClientCursor(conn.connection)
+    values = ", ".join(literal.mogrify("%s", [params[name]]) for name in names)
+    with conn.connection.transaction(force_rollback=True), conn.connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute("PREPARE dyrygent_plan_probe AS " + prepared)
+        cursor.execute(f"EXPLAIN (COSTS OFF) EXECUTE dyrygent_plan_probe({values})")
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("joins,last", [(False, False), (True, False), (False, True)])
+def test_hotpath__the_prepared_statement_s_generic_plan_reads_by_key_though_the_tables_were_nearly_empty(
+    in_worker, settings, joins, last,
+):
+    """A generic plan lives as long as the connection: one made on near-empty tables (a new
+    deployment) must not scan the node table once it holds thousands of rows."""
+    settings.DYRYGENT_PREPARED_STATEMENTS = True
+    wf = start(running(chain(group(noop.si().set(task_id=f"g{i}") for i in range(2)), noop.si().set(task_id="t"))))
+    assert run(wf, "g0") is not None  # the own connection, set up for prepared statements
+    conn = hotpath._connection()
+    plan = _generic_plan(conn, hotsql.success_sql(conn, True, joins, last),
+                         hotpath.success_params(conn, wf.pk, "g1", None))
+    assert "Seq Scan" not in plan, plan
+    assert "Hash Join" not in plan, plan
+    assert "dyrygent_wf_state_tick_idx" not in plan, plan  # the workflow by its key, not by its state
+
+
 def test_hotpath__the_workflow_ends_after_every_completion_it_counts_not_at_the_reporter_s_clock(monkeypatch):
     """The last completion's ``now`` was taken before its statement waited for the counters' lock;
     a sibling counted meanwhile ran after that moment, so the end is the server's clock under the lock."""
