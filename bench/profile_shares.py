@@ -16,10 +16,10 @@ from pathlib import Path
 
 #: (label, test on one frame); indented labels are parts of the row above.
 ROWS: list[tuple[str, Callable[[str], bool]]] = [
-    ("our signal receivers (handlers.on_task_*)", lambda f: "django_dyrygent/handlers.py" in f),
-    ("  STARTED (hotpath.node_started)", lambda f: f.startswith("node_started (django_dyrygent/hotpath")),
-    ("  success (hotpath.node_succeeded)", lambda f: f.startswith("node_succeeded (django_dyrygent/hotpath")),
-    ("  publishing the next node (messaging.publish)", lambda f: f.startswith("publish (django_dyrygent/messaging")),
+    ("our signal receivers (handlers.on_task_*)", lambda f: "django_dyrygent/worker/handlers.py" in f),
+    ("  STARTED (hotpath.node_started)", lambda f: f.startswith("node_started (django_dyrygent/engine/hotpath")),
+    ("  success (hotpath.node_succeeded)", lambda f: f.startswith("node_succeeded (django_dyrygent/engine/hotpath")),
+    ("  publishing the next node (messaging.publish)", lambda f: f.startswith("publish (django_dyrygent/engine/messaging")),
     ("  signals (Step.announce)", lambda f: f.startswith("Step.announce (")),
     ("  db.run's connection checks", lambda f: f.startswith("drop_broken_connections (")),
     ("waiting on PostgreSQL (psycopg)", lambda f: "psycopg/" in f and ("wait" in f or "execute" in f)),
