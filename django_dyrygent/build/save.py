@@ -61,8 +61,9 @@ class Models(NamedTuple):
     edge: type[WorkflowEdge]
     event: type[WorkflowEvent]
 
-#: ``start(workflow)``: the engine's start, called at the commit that saved the rows.
-Start = Callable[["Workflow"], None]
+#: ``start(workflow, nodes)``: the engine's start, called in the transaction that saved the rows, last;
+#: ``nodes`` None inside a caller's transaction (the start then waits for its commit).
+Start = Callable[["Workflow", "Sequence[WorkflowNode] | None"], None]
 #: The signature's parts that become Celery's JSON tree (``serialization.to_tree``).
 CALL_PARTS = ("args", "kwargs", "options")
 #: Exact types whose empty value is its own JSON tree.
@@ -350,10 +351,12 @@ def _find_cycle(draft: Draft) -> list[Node] | None:
 
 
 def save_and_start(draft: Draft, options: dict[str, Any] | None, start: Start, models: Models) -> None:
-    """Validate, save workflow, nodes and edges in one transaction, start the workflow on commit.
+    """Validate, save workflow, nodes and edges in one transaction and start the workflow.
 
-    ``start(workflow)`` is the engine's (``engine.start_saved``, handed in by
-    the model's run method). It records on the workflow whether the broker
+    ``start(workflow, nodes)`` is the engine's (``engine.start_saved``, handed
+    in by the model's run method), called last in that transaction: with the
+    nodes in hand it starts the workflow there; inside a caller's transaction
+    (``nodes`` None) it starts it at the caller's commit. It records on the workflow whether the broker
     took the start: ``start_sent`` is None until the transaction commits,
     then True or False, and ``start_error`` holds the exception when the
     broker refused it; the sweeper starts such a workflow later.
@@ -377,6 +380,10 @@ def _save_and_start(draft: Draft, options: dict[str, Any] | None, start: Start, 
     now = timezone.now()
     connection = models.workflow.write_connection()
     using = connection.alias
+    before_start: dict[str, Any] | None = None
+    # Inside a caller's transaction the start waits for its commit (nothing of the workflow runs
+    # or shows as started before the caller's rows are there); otherwise it is part of this one.
+    in_hand = None if connection.in_atomic_block else nodes
     try:
         with transaction.atomic(using=using):
             workflow.save(force_insert=True, using=using)
@@ -395,9 +402,10 @@ def _save_and_start(draft: Draft, options: dict[str, Any] | None, start: Start, 
             else:
                 _bulk_create_graph(using, workflow, draft, models)
             _log_skipped(workflow, draft.skipped, now, using, models.event)
-            transaction.on_commit(partial(start, workflow), using=using)
+            before_start = {f: getattr(workflow, f) for f in _STARTED_FIELDS}
+            start(workflow, in_hand)
     except IntegrityError as exc:
-        _back_to_draft(workflow, nodes)
+        _back_to_draft(workflow, nodes, before_start, skipped)
         taken = set(
             node_model.objects.using(using)
             .filter(task_id__in=[n.task_id for n in nodes[:10000]])
@@ -412,7 +420,7 @@ def _save_and_start(draft: Draft, options: dict[str, Any] | None, start: Start, 
             ) from exc
         raise
     except BaseException:
-        _back_to_draft(workflow, nodes)
+        _back_to_draft(workflow, nodes, before_start, skipped)
         raise
     for node in nodes:
         node._state.adding = False
@@ -436,12 +444,32 @@ def _bulk_create_graph(using: str, workflow: WorkflowModel, draft: Draft, models
     models.edge.objects.using(using).bulk_create(edges, batch_size=BULK_BATCH)
 
 
-def _back_to_draft(workflow: WorkflowModel, nodes: Sequence[Node]) -> None:
-    """After a rollback: the instances are unsaved again, so the draft can be fixed and applied."""
+#: What the start may change on the workflow instance, put back by ``_back_to_draft``.
+_STARTED_FIELDS = ("state", "started_at", "deadline", "next_tick_at", "nodes_done", "nodes_succeeded",
+                   "nodes_failed", "nodes_skipped", "finished_at")
+#: What the start may change on a node instance that was PENDING (``_back_to_draft``).
+_NODE_STARTED_FIELDS = {"queued_at": None, "finished_at": None, "timeout_at": None, "reason": ""}
+
+
+def _back_to_draft(
+    workflow: WorkflowModel, nodes: Sequence[Node], before_start: dict[str, Any] | None, skipped: set[int],
+) -> None:
+    """After a rollback: the instances are unsaved again, so the draft can be fixed and applied.
+
+    A start that ran in the rolled-back transaction is undone on the
+    instances too: the workflow's fields as they were before it, its nodes
+    PENDING again (those skipped before start stay so).
+    """
     workflow._state.adding = True
+    for field, value in (before_start or {}).items():
+        setattr(workflow, field, value)
     for node in nodes:
         node._state.adding = True
         node.pk = None
+        if before_start is not None and node.state != NodeState.PENDING and id(node) not in skipped:
+            node.state = NodeState.PENDING
+            for field, value in _NODE_STARTED_FIELDS.items():
+                setattr(node, field, value)
 
 
 def _log_skipped(

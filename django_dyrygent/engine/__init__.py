@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import traceback as tb_module
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -98,28 +98,73 @@ def tick(workflow_id: UUID | str, scheduled: bool = True) -> str:
         return _engine_error(workflow_id, exc)
 
 
-def start_saved(workflow: Workflow) -> None:
-    """Start a workflow whose rows just committed, in this process: its roots go out at once.
+def start_saved(workflow: Workflow, nodes: Sequence[WorkflowNode] | None = None) -> None:
+    """Start a workflow whose rows were just written, in this process: its roots go out at commit.
 
-    ``Workflow.apply_async`` calls it at the commit that saved the rows. The
-    start is the first tick's step (``decisions.start``: RUNNING, deadline,
-    the roots queued), run here under the workflow lock in its own short
-    transaction, and the roots are published at that commit: no tick
-    message and no worker stand between the caller's commit and the first
-    node. A start asked to wait (``eta`` or ``countdown`` in the workflow's
-    options) is the first tick's, as before, and so is a start that fails
-    here (the tick tries again; if the broker refuses it too, the sweep
-    starts the workflow).
+    ``Workflow.apply_async`` calls it inside the transaction that saved the
+    rows, with the nodes it wrote (``nodes``, their ids set). The start is
+    the first tick's step (``decisions.start``: RUNNING, deadline, the roots
+    queued, each through the state table's conditional UPDATE), run here in
+    that same transaction from the rows in hand (``_start_in_hand``): no
+    second transaction, no lock to wait for (nobody else sees the rows
+    yet), no read of the nodes back. The roots are published at the commit:
+    no tick message and no worker stand between the caller's commit and the
+    first node. Without ``nodes``, or when the step fails (its savepoint is
+    rolled back), the start runs after the commit in a locked step of its
+    own (``_start_after_commit``). A start asked to wait (``eta`` or
+    ``countdown`` in the workflow's options) is the first tick's, as before,
+    and so is a start that fails there too (if the broker refuses the tick,
+    the sweep starts the workflow).
 
-    ``workflow.start_sent`` says whether the broker took the roots (or the
-    first tick), ``start_error`` why not. A root the broker refused stays
-    QUEUED without ``queued_at``, which the next tick or sweep publishes
-    again; the workflow is marked due so that comes at once.
+    ``workflow.start_sent`` says, once the transaction has committed,
+    whether the broker took the roots (or the first tick), ``start_error``
+    why not. A root the broker refused stays QUEUED without ``queued_at``,
+    which the next tick or sweep publishes again; the workflow is marked due
+    so that comes at once.
     """
     options = workflow.options or {}
     if "eta" in options or "countdown" in options:
-        _send_first_tick(workflow)
+        transaction.on_commit(partial(_send_first_tick, workflow))
         return
+    step = None
+    if nodes is not None:
+        try:
+            with transaction.atomic():
+                step = _start_in_hand(workflow, nodes)
+        except Exception:
+            logger.exception("Could not start workflow %s with its rows; it starts after the commit", workflow.pk)
+            step = None
+    if step is None:
+        transaction.on_commit(partial(_start_after_commit, workflow))
+        return
+    # After the step's own publish (queued by its flush).
+    transaction.on_commit(partial(_record_start, workflow, step))
+
+
+def _start_in_hand(workflow: Workflow, nodes: Sequence[WorkflowNode]) -> Step:
+    """``decisions.start`` on the rows this transaction just wrote; the candidates are those in hand.
+
+    The workflow row is this transaction's own (inserted, not yet visible
+    to anyone): no lock to take. The candidates are what ``ready_nodes``
+    would read back: PENDING, not a callback, no dependency left to wait
+    for or one already failed.
+    """
+    wf = workflow
+    candidates = [
+        n for n in nodes if n.state == NodeState.PENDING and n.kind not in CALLBACK_KINDS
+        and (n.waiting == 0 or n.failed_dependencies > 0)
+    ]
+    candidates.sort(key=lambda n: n.position)
+    step = Step(wf)
+    step.tasks_options = wf.tasks_options or {}
+    start(step, candidates)
+    schedule_tick(step)
+    step.flush()
+    return step
+
+
+def _start_after_commit(workflow: Workflow) -> None:
+    """The start in a locked step of its own, after the commit; the first tick's if that fails."""
     try:
         step = locked_step(workflow.pk, _start_if_initial)
     except Exception:

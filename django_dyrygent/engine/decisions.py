@@ -403,18 +403,21 @@ def ready_nodes(workflow: Any) -> QuerySet[WorkflowNode]:
     )
 
 
-def release_ready(step: Step) -> None:
+def release_ready(step: Step, candidates: list[WorkflowNode] | None = None) -> None:
     """Queue every PENDING node whose rule is already satisfied (start, retry, safety net).
 
     The same query reads the workflow's nodes waiting for a slot of their
     concurrency key (WAITING with a key), which are admitted if their turn
-    has come: no statement more for a workflow without keys.
+    has come: no statement more for a workflow without keys. ``candidates``:
+    what that query would return, already in hand (the start of a workflow
+    whose rows this transaction wrote, ``engine.start_saved``).
     """
-    candidates = list(
-        (ready_nodes(step.wf.pk) | WorkflowNode.objects.filter(
-            workflow_id=step.wf.pk, state=NodeState.WAITING, concurrency_key__isnull=False,
-        )).only(*NODE_FIELDS).order_by("position")
-    )
+    if candidates is None:
+        candidates = list(
+            (ready_nodes(step.wf.pk) | WorkflowNode.objects.filter(
+                workflow_id=step.wf.pk, state=NodeState.WAITING, concurrency_key__isnull=False,
+            )).only(*NODE_FIELDS).order_by("position")
+        )
     waiters = [n for n in candidates if n.state == NodeState.WAITING]
     if waiters:
         queue_nodes(step, waiters, reason="a slot of its concurrency key")
@@ -522,14 +525,17 @@ def tick_tolerance() -> timedelta:
     return timedelta(seconds=min(1.0, float(settings.TICK_INTERVAL) / 2))
 
 
-def start(step: Step) -> None:
-    """First tick of an INITIAL workflow: RUNNING under its deadline, then release the roots."""
+def start(step: Step, candidates: list[WorkflowNode] | None = None) -> None:
+    """First tick of an INITIAL workflow: RUNNING under its deadline, then release the roots.
+
+    ``candidates``: the nodes ``release_ready`` would read, when in hand.
+    """
     wf = step.wf
     step.transition_workflow(
         WorkflowState.RUNNING, started_at=step.now,
         deadline=wf.deadline or step.now + timedelta(seconds=float(settings.MAX_PROCESSING_TIME)),
     )
-    release_ready(step)
+    release_ready(step, candidates)
     maybe_finish(step)
 
 

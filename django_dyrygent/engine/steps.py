@@ -118,6 +118,8 @@ class Step:
         self.to_revoke: list[str] = []
         self.to_terminate: list[str] = []
         self.results: dict[int, Any] = {}  # node id -> result known in memory
+        # The workflow's tasks_options when in hand; None: ``messaging.publish`` reads them after commit.
+        self.tasks_options: dict[str, Any] | None = None
         self.finished = False
         # A finished workflow whose callbacks still run keeps its tick chain (see repair.watch_callbacks).
         self.watch_callbacks = False
@@ -300,7 +302,7 @@ class Step:
         transaction.on_commit(self.announce)
 
     def publish(self) -> None:
-        self.publish_error = messaging.publish(self.wf.pk, None, self.to_publish)
+        self.publish_error = messaging.publish(self.wf.pk, self.tasks_options, self.to_publish)
 
     def announce(self) -> None:
         wf = self.wf

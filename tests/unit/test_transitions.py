@@ -7,6 +7,7 @@ explicitly keeps the test inside pytest-django's transaction.
 """
 
 import itertools
+from collections import Counter
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from celery import chain, chord, group
 from celery.canvas import Signature
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.test.utils import CaptureQueriesContext
 
 from django_dyrygent import engine
 from django_dyrygent.engine import hotpath, messaging, outcomes
@@ -325,6 +327,70 @@ def test_apply_async__a_delayed_start_is_left_to_the_first_tick(broker, run):
     assert Workflow.objects.get(pk=wf.pk).state == W.INITIAL and wf.start_sent is True
     assert run(engine.tick, wf.pk) == W.RUNNING
     assert broker.take() == ["task-a"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_async__outside_a_transaction_starts_in_the_one_that_saves_without_reading_the_nodes_back(
+    broker, monkeypatch,
+):
+    wf = Workflow(name="in-hand")
+    wf.add_celery_canvas(chain(t("a"), group(t("b"), t("c")), t("d")))
+    wf.add_signature(t("x"))
+    commits = []
+    real_commit = transaction.get_connection().commit
+    monkeypatch.setattr(transaction.get_connection(), "commit", lambda: commits.append(1) or real_commit())
+    with CaptureQueriesContext(transaction.get_connection()) as ctx:
+        wf.apply_async()
+    assert len(commits) == 1  # the rows and the start: one transaction
+    node_table = WorkflowNode._meta.db_table
+    read_back = [q["sql"] for q in ctx.captured_queries
+                 if q["sql"].startswith("SELECT") and node_table in q["sql"].split(" FROM ", 1)[-1]
+                 and "nextval" not in q["sql"]]
+    assert read_back == []
+    assert sorted(broker.take()) == ["task-a", "task-x"] and wf.start_sent is True
+    assert states(wf) == {
+        "task-a": S.QUEUED, "task-x": S.QUEUED, "task-b": S.PENDING, "task-c": S.PENDING, "task-d": S.PENDING,
+    }
+    wf.refresh_from_db()
+    assert wf.state == W.RUNNING and wf.started_at and wf.deadline and wf.finished_at is None
+    assert Counter(wf.events.values_list("node__task_id", "old_state", "new_state")) == Counter([
+        (None, W.INITIAL, W.RUNNING), ("task-a", S.PENDING, S.QUEUED), ("task-x", S.PENDING, S.QUEUED),
+    ])
+    assert set(wf.nodes.filter(state=S.QUEUED).values_list("publish_count", flat=True)) == {1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_async__inside_a_caller_s_transaction_the_workflow_starts_at_its_commit(broker):
+    wf = Workflow(name="deferred")
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    with transaction.atomic():
+        wf.apply_async()
+        assert Workflow.objects.get(pk=wf.pk).state == W.INITIAL
+        assert broker.take() == [] and wf.start_sent is None
+    assert broker.take() == ["task-a"] and wf.start_sent is True
+    assert Workflow.objects.get(pk=wf.pk).state == W.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_async__a_start_that_fails_with_the_rows_in_hand_runs_after_the_commit(broker, monkeypatch):
+    from django_dyrygent.engine import decisions
+
+    real_start, calls = decisions.start, []
+
+    def start_once_failing(step, candidates=None):
+        calls.append(candidates)
+        if len(calls) == 1:
+            raise RuntimeError("the in-hand start broke")
+        return real_start(step, candidates)
+
+    monkeypatch.setattr(engine, "start", start_once_failing)
+    wf = Workflow(name="fallback")
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    wf.apply_async()
+    assert [c is None for c in calls] == [False, True]  # in hand, then read back after the commit
+    assert broker.take() == ["task-a"] and wf.start_sent is True
+    assert Workflow.objects.get(pk=wf.pk).state == W.RUNNING
+    assert list(wf.events.filter(node=None).values_list("old_state", "new_state")) == [(W.INITIAL, W.RUNNING)]
 
 
 def test_publish__sends_the_nodes_task_id_header_and_merged_options(broker, run):
