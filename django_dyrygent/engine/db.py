@@ -92,6 +92,20 @@ def run(func: Callable[..., T], *args: Any, retry_for: float = 10.0, what: str =
             pause = min(pause * 2, MAX_PAUSE)
 
 
+#: SQLSTATE of a deadlock victim (PostgreSQL), MySQL/MariaDB's error number for one.
+_DEADLOCK_SQLSTATE = "40P01"
+_DEADLOCK_MYSQL = 1213
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether the database chose this transaction as a deadlock's victim (it rolled it back whole)."""
+    cause = exc.__cause__ or exc
+    if getattr(cause, "sqlstate", None) == _DEADLOCK_SQLSTATE or getattr(cause, "pgcode", None) == _DEADLOCK_SQLSTATE:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(cause, "args", ()))
+    return bool(args) and args[0] == _DEADLOCK_MYSQL
+
+
 def chunks(items: Iterable[T], connection: BaseDatabaseWrapper, size: int | None = None) -> Iterator[list[T]]:
     """``items`` in lists short enough for one IN (...) on ``connection``."""
     if size is None:

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -317,8 +317,34 @@ class Step:
             signals.send(signals.workflow_finished, workflow=wf)
 
 
+#: Times a locked step chosen as a deadlock's victim runs again before the error is raised.
+DEADLOCK_RETRIES = 3
+
+
 def locked_step(workflow_id: UUID | str, action: Callable[[Step], T]) -> T | None:
-    """Run ``action(step)`` under the workflow lock (waiting for it) and flush."""
+    """Run ``action(step)`` under the workflow lock (waiting for it) and flush.
+
+    A step the database chose as a deadlock's victim was rolled back whole
+    (its broker work and signals were only queued for the commit), so it is
+    run again from the lock, up to ``DEADLOCK_RETRIES`` times: a cancel
+    waiting for the workflow row while completions of the one-statement
+    success upgrade their lock on it can close such a cycle (``hotpath``).
+    Inside a caller's transaction the error is the caller's.
+    """
+    attempt = 0
+    while True:
+        try:
+            return _locked_step(workflow_id, action)
+        except OperationalError as exc:
+            conn = Workflow.write_connection()
+            if not db.is_deadlock(exc) or conn.in_atomic_block or attempt >= DEADLOCK_RETRIES:
+                raise
+            attempt += 1
+            logger.info("Workflow %s: %s was a deadlock's victim; running it again (%d)",
+                        workflow_id, getattr(action, "__name__", "a step"), attempt)
+
+
+def _locked_step(workflow_id: UUID | str, action: Callable[[Step], T]) -> T | None:
     with transaction.atomic():
         wf = lock_workflow(workflow_id)
         if wf is None:

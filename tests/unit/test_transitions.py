@@ -707,3 +707,62 @@ def test_edges__stay_in_place_while_the_engine_runs(broker, run):
     for task_id in ("task-a", "task-b", "task-c"):
         run(outcomes.node_succeeded, wf.pk, task_id, None)
     assert WorkflowEdge.objects.filter(workflow=wf).count() == edges == 3
+
+
+class _Victim(Exception):
+    sqlstate = "40P01"  # what psycopg 3 says of a deadlock's victim
+
+
+def _deadlock():
+    from django.db import OperationalError
+
+    exc = OperationalError("deadlock detected")
+    exc.__cause__ = _Victim()
+    return exc
+
+
+@pytest.mark.django_db(transaction=True)
+def test_locked_step__a_deadlock_s_victim_runs_again_from_the_lock(broker, monkeypatch):
+    from django_dyrygent.engine import steps
+
+    wf = Workflow(name="victim")
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    wf.apply_async()
+    broker.take()
+    real_lock, locks = steps.lock_workflow, []
+
+    def lock_once_a_victim(pk, skip_locked=False):
+        locks.append(pk)
+        if len(locks) == 1:
+            raise _deadlock()
+        return real_lock(pk, skip_locked)
+
+    monkeypatch.setattr(steps, "lock_workflow", lock_once_a_victim)
+    assert engine.cancel(wf.pk, reason="after a deadlock") is True
+    assert len(locks) == 2
+    assert Workflow.objects.get(pk=wf.pk).state == W.CANCELED
+    assert broker.revoked == ["task-a"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_locked_step__other_errors_and_a_caller_s_transaction_are_not_retried(broker, monkeypatch):
+    from django.db import OperationalError
+
+    from django_dyrygent.engine import steps
+
+    wf = Workflow(name="not-retried")
+    wf.add_celery_canvas(chain(t("a"), t("b")))
+    wf.apply_async()
+    errors = iter([OperationalError("server closed the connection"), _deadlock()])
+    locks = []
+
+    def failing_lock(pk, skip_locked=False):
+        locks.append(pk)
+        raise next(errors)
+
+    monkeypatch.setattr(steps, "lock_workflow", failing_lock)
+    with pytest.raises(OperationalError, match="server closed"):
+        steps.locked_step(wf.pk, lambda step: None)
+    with pytest.raises(OperationalError, match="deadlock"), transaction.atomic():
+        steps.locked_step(wf.pk, lambda step: None)
+    assert len(locks) == 2
