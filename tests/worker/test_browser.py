@@ -136,6 +136,7 @@ def test_admin_dag__recolours_live_until_final(worker, live_server, browser, mon
 
 
 def test_admin_cancel__asks_before_canceling(worker, live_server, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -157,7 +158,9 @@ def test_admin_cancel__asks_before_canceling(worker, live_server, browser):
 
     browser.find_element(By.NAME, "cancel_workflows").click()
     WebDriverWait(browser, 5).until(lambda d: d.switch_to.alert).accept()
-    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "dy-state").text == "Canceled")
+    # The action posts the form and the page reloads: an element found just before goes stale.
+    WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_element(By.ID, "dy-state").text == "Canceled")
     wf.refresh_from_db()
     assert wf.state == Workflow.State.CANCELED
     assert visible_actions(browser) == ["retry_workflows"]

@@ -15,6 +15,7 @@ pytestmark = BROWSER_MARKS
 
 def test_start_form__errors_in_place_then_a_run_on_the_live_dag_then_run_again(
         worker, live_server, browser, monkeypatch):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -59,7 +60,7 @@ def test_start_form__errors_in_place_then_a_run_on_the_live_dag_then_run_again(
     assert browser.current_url.endswith(reverse("admin:django_dyrygent_workflow_change", args=[wf.pk]))
     assert (wf.definition, wf.trigger, wf.started_by) == ("tests.report", "admin", "root")
     assert wf.wait(timeout=60) == Workflow.State.SUCCESS
-    WebDriverWait(browser, 30, poll_frequency=0.2).until(
+    WebDriverWait(browser, 30, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: d.find_element(By.ID, "dy-state").text == "Success"
     )
 
