@@ -156,7 +156,6 @@ KEY_LOOKUP_PLANS = (
 )
 
 
-
 def started_sql(conn: BaseDatabaseWrapper, listened: bool, lazy: bool = False) -> str:
     """STARTED's one statement (PostgreSQL): a conditional UPDATE of the node, RETURNING it.
 

@@ -324,29 +324,44 @@ DEADLOCK_RETRIES = 3
 def locked_step(workflow_id: UUID | str, action: Callable[[Step], T]) -> T | None:
     """Run ``action(step)`` under the workflow lock (waiting for it) and flush.
 
-    A step the database chose as a deadlock's victim was rolled back whole
-    (its broker work and signals were only queued for the commit), so it is
-    run again from the lock, up to ``DEADLOCK_RETRIES`` times: a cancel
-    waiting for the workflow row while completions of the one-statement
-    success upgrade their lock on it can close such a cycle (``hotpath``).
-    Inside a caller's transaction the error is the caller's.
+    A step the database chose as a deadlock's victim while it waited for the
+    workflow row is asked again, up to ``DEADLOCK_RETRIES`` times: nothing of
+    it had run (the action starts once the lock is held), and the
+    transaction was rolled back whole. A cancel queued for the row while
+    completions of the one-statement success upgrade their lock on it can
+    close such a cycle (``hotpath``). A deadlock once the action has started
+    (its objects may hold what the rolled-back transaction wrote), or inside
+    a caller's transaction, is raised.
     """
     attempt = 0
     while True:
         try:
             return _locked_step(workflow_id, action)
-        except OperationalError as exc:
-            conn = Workflow.write_connection()
-            if not db.is_deadlock(exc) or conn.in_atomic_block or attempt >= DEADLOCK_RETRIES:
-                raise
+        except _LockDeadlock as victim:
+            if attempt >= DEADLOCK_RETRIES:
+                raise victim.error from None
             attempt += 1
-            logger.info("Workflow %s: %s was a deadlock's victim; running it again (%d)",
+            logger.info("Workflow %s: %s was a deadlock's victim waiting for the lock; asking again (%d)",
                         workflow_id, getattr(action, "__name__", "a step"), attempt)
 
 
+class _LockDeadlock(Exception):
+    """Waiting for the workflow row, the step was chosen as a deadlock's victim (``error``)."""
+
+    def __init__(self, error: OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _locked_step(workflow_id: UUID | str, action: Callable[[Step], T]) -> T | None:
+    outermost = not Workflow.write_connection().in_atomic_block
     with transaction.atomic():
-        wf = lock_workflow(workflow_id)
+        try:
+            wf = lock_workflow(workflow_id)
+        except OperationalError as exc:
+            if outermost and db.is_deadlock(exc):
+                raise _LockDeadlock(exc) from exc
+            raise
         if wf is None:
             logger.warning("Workflow %s does not exist (%s ignored)", workflow_id, action.__name__)
             return None

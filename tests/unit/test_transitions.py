@@ -722,7 +722,7 @@ def _deadlock():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_locked_step__a_deadlock_s_victim_runs_again_from_the_lock(broker, monkeypatch):
+def test_locked_step__a_deadlock_s_victim_waiting_for_the_lock_asks_again(broker, monkeypatch):
     from django_dyrygent.engine import steps
 
     wf = Workflow(name="victim")
@@ -745,7 +745,7 @@ def test_locked_step__a_deadlock_s_victim_runs_again_from_the_lock(broker, monke
 
 
 @pytest.mark.django_db(transaction=True)
-def test_locked_step__other_errors_and_a_caller_s_transaction_are_not_retried(broker, monkeypatch):
+def test_locked_step__other_errors_a_caller_s_transaction_and_a_started_action_are_not_retried(broker, monkeypatch):
     from django.db import OperationalError
 
     from django_dyrygent.engine import steps
@@ -760,9 +760,22 @@ def test_locked_step__other_errors_and_a_caller_s_transaction_are_not_retried(br
         locks.append(pk)
         raise next(errors)
 
+    real_lock = steps.lock_workflow
     monkeypatch.setattr(steps, "lock_workflow", failing_lock)
     with pytest.raises(OperationalError, match="server closed"):
         steps.locked_step(wf.pk, lambda step: None)
     with pytest.raises(OperationalError, match="deadlock"), transaction.atomic():
         steps.locked_step(wf.pk, lambda step: None)
     assert len(locks) == 2
+
+    # Once the action has started, its objects may hold what the rolled-back transaction wrote.
+    monkeypatch.setattr(steps, "lock_workflow", real_lock)
+    actions = []
+
+    def victim_after_the_lock(step):
+        actions.append(step)
+        raise _deadlock()
+
+    with pytest.raises(OperationalError, match="deadlock"):
+        steps.locked_step(wf.pk, victim_after_the_lock)
+    assert len(actions) == 1
