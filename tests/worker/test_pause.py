@@ -290,8 +290,9 @@ def test_pause__tasks_in_flight_finish_nothing_new_published_then_resume_succeed
 def test_pause__racing_completions_publish_nothing_after_the_pause(worker):
     """Pause while eight chains complete steps: what was published before the pause is all that runs."""
     wf = Workflow(name="pause-race")
+    # Each step takes a little while: the pause lands among completions, not after the last one.
     wf.add_celery_canvas(group(
-        chain(record.si(f"c{i}-1"), record.si(f"c{i}-2"), record.si(f"c{i}-3")) for i in range(8)
+        chain(*(record.si(f"c{i}-{step}", sleep=0.2) for step in (1, 2, 3))) for i in range(8)
     ))
     wf.apply_async()
     wait_for(lambda: wf.nodes.filter(state=S.SUCCESS).exists(), "a first completion")
