@@ -166,21 +166,12 @@ def _publish_batch(
     batch = getattr(producer, "batch", None)
     if batch is None or len(entries) < 2 or not getattr(producer, "supports_batch_publish", False):
         return None, None
-    not_sent: set[str] = set()
-    error: Exception | None = None
     try:
         # Two commands a message at most (a queue with an expiry): no flush before the end.
         with batch(max_size=2 * len(entries) + 1):
-            for node, extra_args in entries:
-                try:
-                    _publish_one(app, producer, workflow_id, tasks_options, node, extra_args)
-                except Exception as exc:  # this message only (its arguments, its options)
-                    if _broker_unreachable(exc, producer):
-                        raise
-                    logger.exception("Could not publish node %s (%s) of workflow %s",
-                                     node.task_id, node.task_name, workflow_id)
-                    error = error or exc
-                    not_sent.add(node.task_id)
+            not_sent, error, unreachable = _publish_each(app, producer, workflow_id, tasks_options, entries)
+            if unreachable:
+                raise BrokerUnreachable("the broker is unreachable: the batch is dropped")
     except Exception:
         logger.warning("Publishing %d node(s) of workflow %s in one round trip failed; one by one instead",
                        len(entries), workflow_id, exc_info=True)
@@ -192,7 +183,10 @@ def _publish_each(
     app: Celery, producer: Any, workflow_id: UUID | str, tasks_options: dict[str, Any] | None,
     entries: Sequence[Entry],
 ) -> tuple[set[str], Exception | None, bool]:
-    """Publish ``entries`` one message at a time: (task ids not sent, the first error, unreachable).
+    """Publish ``entries`` message by message: (task ids not sent, the first error, unreachable).
+
+    Inside a batch (``_publish_batch``) each message is only buffered for the
+    batch's one round trip; outside, each is its own round trip.
 
     When the broker itself is unreachable the remaining nodes are not even
     tried (each attempt would wait for Celery's publish retries): they are
